@@ -1,0 +1,190 @@
+"""The weight layout map: every upstream tensor and what it becomes in the standalone layout.
+
+The table is data. ``plan(config)`` expands it for a concrete config into ``Entry`` objects; the
+forward conversion (upstream -> standalone) and the reverse are both derived from those entries,
+so they cannot drift apart. Three operations:
+
+- rename:  one source tensor, one target tensor.
+- concat:  several sources concatenated along dim 0 (q/k/v -> wqkv, gate/up -> w_gate_up).
+- stack:   one source per residual codec group stacked into a new leading dim.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable, Mapping
+
+import torch
+
+from q3tts.standalone.config import Qwen3TTSConfig, TransformerConfig
+
+
+@dataclass(frozen=True)
+class Rule:
+    target: str
+    sources: tuple[str, ...]
+    op: str = "rename"  # rename | concat | stack
+    split: tuple[str, ...] = ()  # concat: size name of each source (see _sizes)
+    when: str | None = None  # only for configs that have this part (see _has)
+
+
+# One decoder layer; prefixed per stack below.
+LAYER_RULES = (
+    Rule("attn.wqkv.weight", ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"),
+         op="concat", split=("q", "kv", "kv")),
+    Rule("attn.wo.weight", ("self_attn.o_proj.weight",)),
+    Rule("attn.q_norm.weight", ("self_attn.q_norm.weight",)),
+    Rule("attn.k_norm.weight", ("self_attn.k_norm.weight",)),
+    Rule("attn_norm.weight", ("input_layernorm.weight",)),
+    Rule("mlp_norm.weight", ("post_attention_layernorm.weight",)),
+    Rule("mlp.w_gate_up.weight", ("mlp.gate_proj.weight", "mlp.up_proj.weight"), op="concat", split=("ffn", "ffn")),
+    Rule("mlp.w_down.weight", ("mlp.down_proj.weight",)),
+)
+
+# (standalone prefix, upstream prefix) of each decoder stack's layer {i}.
+STACKS = {
+    "talker": ("talker.decoder.layers.{i}.", "talker.model.layers.{i}."),
+    "code_predictor": ("code_predictor.decoder.layers.{i}.", "talker.code_predictor.model.layers.{i}."),
+}
+
+TOP_RULES = (
+    Rule("talker.text_embedding.weight", ("talker.model.text_embedding.weight",)),
+    Rule("talker.text_projection.fc1.weight", ("talker.text_projection.linear_fc1.weight",)),
+    Rule("talker.text_projection.fc1.bias", ("talker.text_projection.linear_fc1.bias",)),
+    Rule("talker.text_projection.fc2.weight", ("talker.text_projection.linear_fc2.weight",)),
+    Rule("talker.text_projection.fc2.bias", ("talker.text_projection.linear_fc2.bias",)),
+    Rule("talker.codec_embedding.weight", ("talker.model.codec_embedding.weight",)),
+    Rule("talker.decoder.norm.weight", ("talker.model.norm.weight",)),
+    Rule("talker.codec_head.weight", ("talker.codec_head.weight",)),
+    Rule("code_predictor.decoder.norm.weight", ("talker.code_predictor.model.norm.weight",)),
+    Rule("code_predictor.codec_embeddings", ("talker.code_predictor.model.codec_embedding.{g}.weight",), op="stack"),
+    Rule("code_predictor.heads", ("talker.code_predictor.lm_head.{g}.weight",), op="stack"),
+    Rule("code_predictor.input_projection.weight", ("talker.code_predictor.small_to_mtp_projection.weight",),
+         when="input_projection"),
+    Rule("code_predictor.input_projection.bias", ("talker.code_predictor.small_to_mtp_projection.bias",),
+         when="input_projection"),
+)
+
+# The speaker encoder keeps upstream's module names, so its tensors map one to one under this prefix.
+SPEAKER_ENCODER_PREFIX = "speaker_encoder."
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One target tensor and the source tensors it is made of, with their expected shapes."""
+
+    target: str
+    target_shape: tuple[int, ...]
+    sources: tuple[str, ...]
+    source_shapes: tuple[tuple[int, ...], ...]
+    op: str
+
+    def to_standalone(self, tensors: list[torch.Tensor]) -> torch.Tensor:
+        if self.op == "rename":
+            return tensors[0]
+        if self.op == "concat":
+            return torch.cat(tensors, dim=0)
+        return torch.stack(tensors, dim=0)
+
+    def to_upstream(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+        if self.op == "rename":
+            return [tensor]
+        if self.op == "concat":
+            return [t.contiguous() for t in torch.split(tensor, [s[0] for s in self.source_shapes], dim=0)]
+        return [t.contiguous() for t in tensor.unbind(0)]
+
+
+def _sizes(tc: TransformerConfig) -> dict[str, int]:
+    return {
+        "q": tc.num_attention_heads * tc.head_dim,
+        "kv": tc.num_key_value_heads * tc.head_dim,
+        "ffn": tc.intermediate_size,
+    }
+
+
+def _has(config: Qwen3TTSConfig, part: str) -> bool:
+    if part == "input_projection":
+        return config.talker.code_predictor.transformer.hidden_size != config.talker.transformer.hidden_size
+    raise KeyError(part)
+
+
+def target_shapes(config: Qwen3TTSConfig) -> dict[str, tuple[int, ...]]:
+    """Shapes of the standalone model's tensors, from the model itself built on the meta device."""
+    from q3tts.standalone.model import Qwen3TTS
+
+    with torch.device("meta"):
+        model = Qwen3TTS(config)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def plan(config: Qwen3TTSConfig) -> list[Entry]:
+    """Every target tensor of ``config``'s standalone model, with its sources. Raises if the table
+    and the model disagree (a table that forgot a tensor is a bug, not a user error)."""
+    shapes = target_shapes(config)
+    entries: list[Entry] = []
+
+    def add(rule: Rule, target: str, sources: tuple[str, ...], sizes: Mapping[str, int] | None = None):
+        tshape = shapes[target]
+        if rule.op == "rename":
+            sshapes = (tshape,)
+        elif rule.op == "concat":
+            sshapes = tuple((sizes[s], *tshape[1:]) for s in rule.split)
+        else:
+            sshapes = tuple(tshape[1:] for _ in sources)
+        entries.append(Entry(target, tshape, sources, sshapes, rule.op))
+
+    stack_cfgs = {"talker": config.talker.transformer, "code_predictor": config.talker.code_predictor.transformer}
+    for stack, (dst_prefix, src_prefix) in STACKS.items():
+        tc = stack_cfgs[stack]
+        for i in range(tc.num_hidden_layers):
+            for rule in LAYER_RULES:
+                add(rule, dst_prefix.format(i=i) + rule.target,
+                    tuple(src_prefix.format(i=i) + s for s in rule.sources), _sizes(tc))
+    groups = config.talker.num_code_groups - 1
+    for rule in TOP_RULES:
+        if rule.when and not _has(config, rule.when):
+            continue
+        if rule.op == "stack":
+            add(rule, rule.target, tuple(rule.sources[0].format(g=g) for g in range(groups)))
+        else:
+            add(rule, rule.target, rule.sources)
+    for name in shapes:
+        if name.startswith(SPEAKER_ENCODER_PREFIX):
+            entries.append(Entry(name, shapes[name], (name,), (shapes[name],), "rename"))
+
+    covered = {e.target for e in entries}
+    if covered != set(shapes):
+        raise AssertionError(f"layout table out of date: uncovered {sorted(set(shapes) - covered)[:5]}")
+    return entries
+
+
+def source_names(entries: Iterable[Entry]) -> list[str]:
+    return [s for e in entries for s in e.sources]
+
+
+def convert_tensors(
+    entries: Iterable[Entry],
+    get: Callable[[str], torch.Tensor],
+    direction: str = "to_standalone",
+) -> Iterable[tuple[str, torch.Tensor]]:
+    """Yield converted (name, tensor) pairs, one entry at a time, reading inputs with ``get``.
+
+    Shapes are checked against the plan before anything is combined, so a mis-shaped tensor is
+    reported by its own name.
+    """
+    for e in entries:
+        if direction == "to_standalone":
+            parts = []
+            for name, shape in zip(e.sources, e.source_shapes):
+                t = get(name)
+                if tuple(t.shape) != shape:
+                    raise ValueError(f"tensor {name} has shape {tuple(t.shape)}, the config implies {shape}")
+                parts.append(t)
+            yield e.target, e.to_standalone(parts)
+        elif direction == "to_upstream":
+            t = get(e.target)
+            if tuple(t.shape) != e.target_shape:
+                raise ValueError(f"tensor {e.target} has shape {tuple(t.shape)}, the config implies {e.target_shape}")
+            yield from zip(e.sources, e.to_upstream(t))
+        else:
+            raise ValueError(f"unknown direction {direction!r}")

@@ -1,0 +1,184 @@
+"""Transformer building blocks shared by the talker and the code predictor.
+
+Numerics follow upstream exactly where it matters for parity:
+- RMSNorm normalises in fp32, casts back to the input dtype, then multiplies by the weight.
+- RoPE cos/sin are computed in fp32 from an fp32 ``inv_freq`` and cast to the activation dtype.
+- Attention calls SDPA the way transformers' sdpa integration does: without a padding mask,
+  ``is_causal`` for multi-token queries and ``enable_gqa``; with a mask, a boolean mask and
+  repeated KV heads.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import TransformerConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(dtype)
+
+
+def rope_inv_freq(head_dim: int, theta: float) -> torch.Tensor:
+    """fp32 inverse frequencies, [head_dim/2]. Kept out of the state dict and never cast."""
+    return 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device="cpu").float() / head_dim))
+
+
+def mrope_row_index(mrope_section: tuple[int, ...], interleaved: bool) -> torch.Tensor:
+    """For each of the head_dim/2 frequencies, which of the three position rows drives it.
+
+    Interleaved layout (Qwen3 style): frequency j belongs to row j % 3 while that row still has
+    frequencies left in its section, otherwise to row 0. Contiguous layout (Qwen2-VL style): the
+    sections follow each other.
+    """
+    half = sum(mrope_section)
+    rows = torch.zeros(half, dtype=torch.long, device="cpu")
+    if interleaved:
+        n_rows = len(mrope_section)
+        for row in range(1, n_rows):
+            idx = torch.arange(row, mrope_section[row] * n_rows, n_rows, device="cpu")
+            rows[idx] = row
+    else:
+        start = 0
+        for row, n in enumerate(mrope_section):
+            rows[start : start + n] = row % 3
+            start += n
+    return rows
+
+
+def rope_cos_sin(
+    inv_freq: torch.Tensor, positions: torch.Tensor, dtype: torch.dtype, row_index: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin of shape [B, L, head_dim].
+
+    ``positions`` is [B, L] (1-D RoPE) or [3, B, L] (M-RoPE, with ``row_index`` choosing the row
+    per frequency). Products are formed in fp32, as upstream does under a disabled autocast.
+    """
+    inv_freq = inv_freq.to(positions.device)
+    if positions.dim() == 2:
+        freqs = positions.float()[..., None] * inv_freq  # [B, L, half]
+    else:
+        all_rows = positions.float()[..., None] * inv_freq  # [3, B, L, half]
+        idx = row_index.to(positions.device)
+        freqs = torch.gather(all_rows, 0, idx.view(1, 1, 1, -1).expand(1, *all_rows.shape[1:])).squeeze(0)
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: [B, heads, L, head_dim]; cos/sin: [B, L, head_dim]."""
+    cos = cos.unsqueeze(1)
+    sin = sin.unsqueeze(1)
+    return (x * cos) + (rotate_half(x) * sin)
+
+
+class Attention(nn.Module):
+    """GQA attention with fused qkv and per-head q/k RMSNorm applied before RoPE."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.n_heads = cfg.num_attention_heads
+        self.n_kv_heads = cfg.num_key_value_heads
+        self.head_dim = cfg.head_dim
+        self.q_size = self.n_heads * self.head_dim
+        self.kv_size = self.n_kv_heads * self.head_dim
+        self.wqkv = nn.Linear(cfg.hidden_size, self.q_size + 2 * self.kv_size, bias=False)
+        self.wo = nn.Linear(self.q_size, cfg.hidden_size, bias=False)
+        self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
+        self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """``mask`` is None (plain causal) or a boolean [B, 1, L, L] (True = attend)."""
+        bsz, seqlen, _ = x.shape
+        q, k, v = self.wqkv(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q = self.q_norm(q.view(bsz, seqlen, self.n_heads, self.head_dim)).transpose(1, 2)
+        k = self.k_norm(k.view(bsz, seqlen, self.n_kv_heads, self.head_dim)).transpose(1, 2)
+        v = v.view(bsz, seqlen, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q = apply_rope(q, cos, sin)
+        k = apply_rope(k, cos, sin)
+        out = attend(q, k, v, mask, self.head_dim**-0.5)
+        return self.wo(out.transpose(1, 2).reshape(bsz, seqlen, self.q_size))
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float) -> torch.Tensor:
+    """SDPA with the same call shape transformers' sdpa integration uses, so kernels match."""
+    if mask is None:
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=None, scale=scale, is_causal=q.shape[2] > 1, enable_gqa=True
+        )
+    n_rep = q.shape[1] // k.shape[1]
+    if n_rep > 1:
+        k = k.repeat_interleave(n_rep, dim=1)
+        v = v.repeat_interleave(n_rep, dim=1)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, is_causal=False)
+
+
+class SwiGLU(nn.Module):
+    """down(silu(gate(x)) * up(x)) with gate and up fused into one matmul."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.hidden = hidden
+        self.w_gate_up = nn.Linear(dim, 2 * hidden, bias=False)
+        self.w_down = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.w_gate_up(x).split(self.hidden, dim=-1)
+        return self.w_down(F.silu(gate) * up)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.attn = Attention(cfg)
+        self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size)
+
+    def forward(self, x, cos, sin, mask):
+        x = x + self.attn(self.attn_norm(x), cos, sin, mask)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+def padding_mask(attention_mask: torch.Tensor) -> torch.Tensor | None:
+    """Causal boolean mask [B, 1, L, L] that also hides padded keys; None when nothing is padded.
+
+    A padded query row sees no key at all; SDPA returns NaN for such rows on some builds, so the
+    row is allowed to see itself. Those positions are padding and never reach an output.
+    """
+    if bool(attention_mask.all()):
+        return None
+    bsz, seqlen = attention_mask.shape
+    keep = attention_mask.bool()
+    causal = torch.ones(seqlen, seqlen, dtype=torch.bool, device=attention_mask.device).tril()
+    eye = torch.eye(seqlen, dtype=torch.bool, device=attention_mask.device)
+    mask = (causal[None] & keep[:, None, :]) | eye
+    return mask[:, None]
+
+
+def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding: cumsum(mask) - 1, with pads at 1 (as upstream)."""
+    pos = attention_mask.float().cumsum(-1) - 1
+    return pos.masked_fill(attention_mask == 0, 1)

@@ -1,0 +1,124 @@
+"""Qwen3TTS: the standalone model and its loader."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .checkpoint import CheckpointError, load_state_dict
+from .config import ConfigError, Qwen3TTSConfig
+from .mel import log_mel_spectrogram
+from .speaker_encoder import SpeakerEncoder
+from .talker import CodePredictor, Talker
+
+
+class Qwen3TTS(nn.Module):
+    def __init__(self, config: Qwen3TTSConfig):
+        super().__init__()
+        self.config = config
+        self.talker = Talker(config.talker)
+        self.code_predictor = CodePredictor(config.talker.code_predictor, config.talker.transformer.hidden_size)
+        self.speaker_encoder = SpeakerEncoder(config.speaker_encoder) if config.speaker_encoder is not None else None
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.talker.codec_head.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.talker.codec_head.weight.device
+
+    # ---------------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike,
+        dtype: torch.dtype | None = None,
+        device: str | torch.device = "cpu",
+        revision: str | None = None,
+    ) -> "Qwen3TTS":
+        """Load a standalone checkpoint directory (written by ``convert-ckpt``) or a hub repo id
+        holding one.
+
+        ``dtype=None`` keeps the stored dtype. Every tensor in the checkpoint must be used and
+        every parameter must be present; anything else is a CheckpointError naming the tensors.
+        """
+        directory = resolve_checkpoint_dir(path, revision)
+        config_path = directory / "config.json"
+        if not config_path.is_file():
+            raise CheckpointError(f"{directory}: no config.json (is this a standalone checkpoint directory?)")
+        try:
+            raw = json.loads(config_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{config_path}: invalid JSON ({e})") from e
+        if "talker_config" in raw and raw.get("format") is None:
+            raise CheckpointError(
+                f"{directory} is an upstream qwen-tts checkpoint; convert it first: convert-ckpt {directory} OUT_DIR"
+            )
+        config = Qwen3TTSConfig.from_dict(raw)
+        with torch.device("meta"):
+            model = cls(config)
+        state = load_state_dict(directory, dtype=dtype, device=device)
+        expected = set(model.state_dict())
+        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+        if missing or unexpected:
+            raise CheckpointError(
+                f"{directory}: checkpoint does not match the config: "
+                + (f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''} " if missing else "")
+                + (f"unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}" if unexpected else "")
+            )
+        for name, param in model.state_dict().items():
+            if tuple(state[name].shape) != tuple(param.shape):
+                raise CheckpointError(
+                    f"{directory}: tensor {name} has shape {tuple(state[name].shape)}, config implies {tuple(param.shape)}"
+                )
+        model.load_state_dict(state, strict=True, assign=True)
+        model.checkpoint_dir = directory
+        return model.eval()
+
+    # ---------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def extract_speaker_embedding(self, audio: np.ndarray, sr: int) -> torch.Tensor:
+        """x-vector [enc_dim] of a mono 24 kHz waveform, in the model dtype (as upstream's)."""
+        if self.speaker_encoder is None:
+            raise ValueError(
+                f"this checkpoint (tts_model_type={self.config.tts_model_type!r}) has no speaker encoder; "
+                "only 'base' models can clone a voice"
+            )
+        sample_rate = self.config.speaker_encoder.sample_rate
+        if sr != sample_rate:
+            raise ValueError(f"extract_speaker_embedding: audio must be {sample_rate} Hz, got sr={sr}")
+        wav = torch.as_tensor(np.asarray(audio)).float()
+        if wav.dim() != 1:
+            raise ValueError(f"extract_speaker_embedding: expected a 1-D mono waveform, got shape {tuple(wav.shape)}")
+        peak = float(wav.abs().max()) if wav.numel() else 0.0
+        if peak > 1.0:
+            warnings.warn(f"waveform exceeds [-1, 1] (peak {peak:.3f}); the speaker encoder expects normalised audio")
+        mels = log_mel_spectrogram(wav[None].to(self.device), sr=sample_rate).transpose(1, 2)
+        return self.speaker_encoder(mels.to(self.dtype))[0]
+
+
+def resolve_checkpoint_dir(path: str | os.PathLike, revision: str | None = None) -> Path:
+    """A local directory as is; anything else is taken as a hub repo id and downloaded."""
+    p = Path(path)
+    if p.is_dir():
+        return p
+    if p.exists():
+        raise CheckpointError(f"{p} is a file, expected a checkpoint directory")
+    text = str(path)
+    if text.count("/") != 1 or text.startswith((".", "/")):
+        raise CheckpointError(f"{text}: no such directory (and not a hub repo id of the form owner/name)")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as e:
+        raise CheckpointError(f"{text}: not a local directory, and huggingface_hub is not installed to fetch it") from e
+    try:
+        return Path(snapshot_download(text, revision=revision))
+    except Exception as e:  # network errors, missing repos, offline mode: one clear message
+        raise CheckpointError(f"{text}: could not download from the hub ({type(e).__name__}: {e})") from e

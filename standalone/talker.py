@@ -1,0 +1,143 @@
+"""The talker (group-0 codec LM over text + codec embeddings) and the code predictor
+(residual groups 1..G-1, one small transformer per frame)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import CodePredictorConfig, TalkerConfig, TransformerConfig
+from .layers import (
+    DecoderLayer,
+    RMSNorm,
+    mrope_row_index,
+    padding_mask,
+    positions_from_mask,
+    rope_cos_sin,
+    rope_inv_freq,
+)
+
+
+class DecoderStack(nn.Module):
+    """Layers + final norm. Returns the final hidden states and, on request, every layer's output
+    (used to localise a mismatch to the first diverging layer)."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def forward(self, x, cos, sin, mask, collect: list | None = None):
+        for layer in self.layers:
+            x = layer(x, cos, sin, mask)
+            if collect is not None:
+                collect.append(x)
+        return self.norm(x)
+
+
+class TextProjection(nn.Module):
+    """Two-layer SiLU MLP with biases: text_hidden -> text_hidden -> hidden."""
+
+    def __init__(self, text_hidden: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(text_hidden, text_hidden, bias=True)
+        self.fc2 = nn.Linear(text_hidden, hidden, bias=True)
+
+    def forward(self, x):
+        return self.fc2(F.silu(self.fc1(x)))
+
+
+class Talker(nn.Module):
+    def __init__(self, cfg: TalkerConfig):
+        super().__init__()
+        self.cfg = cfg
+        tc = cfg.transformer
+        self.text_embedding = nn.Embedding(cfg.text_vocab_size, cfg.text_hidden_size)
+        self.text_projection = TextProjection(cfg.text_hidden_size, tc.hidden_size)
+        self.codec_embedding = nn.Embedding(cfg.vocab_size, tc.hidden_size)
+        self.decoder = DecoderStack(tc)
+        self.codec_head = nn.Linear(tc.hidden_size, cfg.vocab_size, bias=False)
+        # Plain attributes, not buffers: they must stay fp32 whatever dtype the module is cast to.
+        self.inv_freq = rope_inv_freq(tc.head_dim, tc.rope_theta)
+        self.mrope_rows = mrope_row_index(cfg.mrope_section, cfg.mrope_interleaved)
+
+    def embed_text(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.text_projection(self.text_embedding(ids))
+
+    def forward(
+        self,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        collect: list | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prefill forward. Returns (final hidden states [B, L, H], codec logits [B, L, V]).
+
+        With a left-padding ``attention_mask`` [B, L], positions restart after the padding and
+        padded keys are hidden, as upstream's get_rope_index and causal mask do.
+        """
+        bsz, seqlen, _ = inputs_embeds.shape
+        if attention_mask is None:
+            pos = torch.arange(seqlen, device=inputs_embeds.device).expand(bsz, seqlen)
+            mask = None
+        else:
+            pos = positions_from_mask(attention_mask)
+            mask = padding_mask(attention_mask)
+        pos3 = pos.unsqueeze(0).expand(3, bsz, seqlen)
+        cos, sin = rope_cos_sin(self.inv_freq, pos3, inputs_embeds.dtype, self.mrope_rows)
+        h = self.decoder(inputs_embeds, cos, sin, mask, collect)
+        return h, self.codec_head(h)
+
+
+class CodePredictor(nn.Module):
+    """Predicts codec groups 1..G-1 from the talker's hidden state and the group-0 code.
+
+    Embeddings and heads of the G-1 groups are stacked into single tensors so a group is an index,
+    not a module lookup. The embeddings have the talker's width; ``input_projection`` maps them to
+    the predictor's width when the two differ (1.7B), and is absent otherwise (0.6B).
+    """
+
+    def __init__(self, cfg: CodePredictorConfig, talker_hidden: int):
+        super().__init__()
+        self.cfg = cfg
+        tc = cfg.transformer
+        n = cfg.num_code_groups - 1
+        self.codec_embeddings = nn.Parameter(torch.empty(n, cfg.vocab_size, talker_hidden))
+        self.heads = nn.Parameter(torch.empty(n, cfg.vocab_size, tc.hidden_size))
+        self.input_projection = (
+            nn.Linear(talker_hidden, tc.hidden_size, bias=True) if talker_hidden != tc.hidden_size else None
+        )
+        self.decoder = DecoderStack(tc)
+        self.inv_freq = rope_inv_freq(tc.head_dim, tc.rope_theta)
+
+    def embed(self, group: int, codes: torch.Tensor) -> torch.Tensor:
+        """Embedding of residual group ``group`` (1-based) codes, in the talker's width."""
+        return F.embedding(codes, self.codec_embeddings[group - 1])
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.input_projection is None else self.input_projection(x)
+
+    def forward(self, inputs_embeds: torch.Tensor, collect: list | None = None) -> torch.Tensor:
+        """Teacher-forced pass over [talker hidden, e0(g0), e1(g1), ...]; returns final hidden states."""
+        bsz, seqlen, _ = inputs_embeds.shape
+        x = self.project(inputs_embeds)
+        pos = torch.arange(seqlen, device=x.device).expand(bsz, seqlen)
+        cos, sin = rope_cos_sin(self.inv_freq, pos, x.dtype)
+        return self.decoder(x, cos, sin, None, collect)
+
+    def logits(self, hidden: torch.Tensor, group: int) -> torch.Tensor:
+        """Logits for residual group ``group`` (1-based) from hidden states [.., cp_hidden]."""
+        return F.linear(hidden, self.heads[group - 1])
+
+    def teacher_forced_logits(
+        self, talker_hidden: torch.Tensor, codes: torch.Tensor, codec_embedding: nn.Embedding, collect: list | None = None
+    ) -> torch.Tensor:
+        """Logits of every residual group given all the codes of a frame (as in training).
+
+        talker_hidden [B, H]; codes [B, G]. Returns [B, G-1, V]: entry k predicts group k+1.
+        """
+        g = self.cfg.num_code_groups
+        parts = [talker_hidden[:, None], codec_embedding(codes[:, :1])]
+        parts += [self.embed(k, codes[:, k : k + 1]) for k in range(1, g - 1)]
+        h = self.forward(torch.cat(parts, dim=1), collect)
+        return torch.stack([self.logits(h[:, k], k) for k in range(1, g)], dim=1)

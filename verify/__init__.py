@@ -1,0 +1,1 @@
+"""q3tts.verify: drives upstream qwen-tts and the standalone model on identical inputs."""

@@ -1,0 +1,317 @@
+"""Fixture factory: complete upstream-format checkpoint directories for tiny random configs.
+
+A directory written here is what a released Qwen3-TTS repo holds (config.json,
+generation_config.json, model.safetensors, vocab.json, merges.txt, tokenizer_config.json,
+preprocessor_config.json, speech_tokenizer/...), only tiny, and it loads through upstream's own
+``qwen_tts.Qwen3TTSModel.from_pretrained``.
+
+Weights are drawn so that every one of them matters. Upstream's init (std 0.02, unit norms, zero
+biases, zero codebooks) gives near-uniform logits and near-silent audio, where any
+implementation "matches". Here: linear layers keep activations at unit scale (std 1/sqrt(fan_in)),
+output heads are peaked (std 4/sqrt(fan_in)), norms, biases and layer scales are perturbed away from
+their neutral values, and codebooks are random.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+MODEL_TYPES = ("base", "custom_voice", "voice_design")
+
+# Text-token layout of the tiny tokenizer: 256 byte tokens, BPE merges up to _N_BPE, then specials.
+_N_BPE = 300
+SPECIAL_TOKENS = {
+    "<|endoftext|>": 300,
+    "<|im_start|>": 301,
+    "<|im_end|>": 302,
+    "<tts_pad>": 303,
+    "<tts_text_bos>": 304,
+    "<tts_text_eod>": 305,
+}
+TEXT_VOCAB_SIZE = 320
+
+GENERATION_CONFIG = {
+    "do_sample": True,
+    "repetition_penalty": 1.05,
+    "temperature": 0.9,
+    "top_p": 1.0,
+    "top_k": 50,
+    "subtalker_dosample": True,
+    "subtalker_temperature": 0.9,
+    "subtalker_top_p": 1.0,
+    "subtalker_top_k": 50,
+    "max_new_tokens": 8192,
+}
+
+
+def tiny_config(model_type: str, *, num_code_groups: int = 4) -> dict[str, Any]:
+    """config.json content for a tiny model, shaped like the released files.
+
+    The codec vocabulary is 16 codes + 1024 special ids: upstream suppresses the top 1024 ids
+    unconditionally, so a smaller vocabulary would suppress real codes.
+    """
+    if model_type not in MODEL_TYPES:
+        raise ValueError(f"unknown model type {model_type!r}")
+    talker = dict(
+        vocab_size=1040, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=8, hidden_act="silu",
+        max_position_embeddings=512, rms_norm_eps=1e-6, rope_theta=1000000,
+        rope_scaling={"interleaved": True, "mrope_section": [2, 1, 1], "rope_type": "default"},
+        num_code_groups=num_code_groups, text_hidden_size=24, text_vocab_size=TEXT_VOCAB_SIZE,
+        position_id_per_seconds=13, attention_bias=False, use_cache=True, tie_word_embeddings=False,
+        codec_eos_token_id=17, codec_think_id=18, codec_nothink_id=19, codec_think_bos_id=20,
+        codec_think_eos_id=21, codec_pad_id=22, codec_bos_id=23,
+        codec_language_id={"english": 30, "chinese": 31, "german": 33},
+        spk_id={}, spk_is_dialect={},
+        code_predictor_config=dict(
+            vocab_size=16, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+            num_attention_heads=2, num_key_value_heads=1, head_dim=8, hidden_act="silu",
+            max_position_embeddings=64, rope_theta=1000000, rms_norm_eps=1e-6,
+            num_code_groups=num_code_groups, layer_types=["full_attention"] * 2,
+            attention_bias=False, use_cache=True, tie_word_embeddings=False, rope_scaling=None,
+        ),
+    )
+    cfg: dict[str, Any] = dict(
+        architectures=["Qwen3TTSForConditionalGeneration"],
+        model_type="qwen3_tts",
+        tts_model_type=model_type,
+        tts_model_size="tiny",
+        tokenizer_type="qwen3_tts_tokenizer_12hz",
+        im_start_token_id=SPECIAL_TOKENS["<|im_start|>"],
+        im_end_token_id=SPECIAL_TOKENS["<|im_end|>"],
+        tts_pad_token_id=SPECIAL_TOKENS["<tts_pad>"],
+        tts_bos_token_id=SPECIAL_TOKENS["<tts_text_bos>"],
+        tts_eos_token_id=SPECIAL_TOKENS["<tts_text_eod>"],
+        assistant_token_id=1,
+        transformers_version="4.57.3",
+        talker_config=talker,
+    )
+    if model_type == "base":
+        # Written without model_type, as released files are: upstream's speaker config class
+        # takes no **kwargs, so any extra key would break loading.
+        cfg["speaker_encoder_config"] = dict(
+            mel_dim=128, enc_dim=32, enc_channels=[16, 16, 16, 16, 48], enc_kernel_sizes=[5, 3, 3, 3, 1],
+            enc_dilations=[1, 2, 3, 4, 1], enc_attention_channels=8, enc_res2net_scale=8,
+            enc_se_channels=8, sample_rate=24000,
+        )
+    elif model_type == "custom_voice":
+        talker["spk_id"] = {"alice": 40, "bob": 41, "carol": 42}
+        talker["spk_is_dialect"] = {"alice": False, "bob": "beijing_dialect", "carol": False}
+        talker["codec_language_id"]["beijing_dialect"] = 32
+    return cfg
+
+
+def tiny_speech_tokenizer_config() -> dict[str, Any]:
+    return dict(
+        model_type="qwen3_tts_tokenizer_12hz", architectures=["Qwen3TTSTokenizerV2Model"],
+        encoder_valid_num_quantizers=4, input_sample_rate=24000, output_sample_rate=24000,
+        decode_upsample_rate=1920, encode_downsample_rate=1920,
+        encoder_config=dict(
+            audio_channels=1, num_filters=8, kernel_size=7, residual_kernel_size=3, last_kernel_size=3,
+            num_residual_layers=1, compress=2, upsampling_ratios=[8, 6, 5, 4], hidden_size=16,
+            num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2, head_dim=8,
+            intermediate_size=32, hidden_act="gelu", norm_eps=1e-5, layer_scale_initial_scale=0.01,
+            rope_theta=10000, max_position_embeddings=8000, sliding_window=250, num_quantizers=8,
+            num_semantic_quantizers=1, codebook_size=16, codebook_dim=8,
+            vector_quantization_hidden_dimension=8, pad_mode="constant", use_causal_conv=True,
+            sampling_rate=24000, frame_rate=12.5, upsample_groups=16,
+        ),
+        decoder_config=dict(
+            latent_dim=16, codebook_dim=8, codebook_size=16, decoder_dim=32, hidden_size=16,
+            intermediate_size=32, hidden_act="silu", num_hidden_layers=1, num_attention_heads=2,
+            num_key_value_heads=2, head_dim=8, rms_norm_eps=1e-5, layer_scale_initial_scale=0.01,
+            rope_theta=10000, max_position_embeddings=8000, sliding_window=72, num_quantizers=4,
+            upsample_rates=[8, 5, 4, 3], upsampling_ratios=[2, 2],
+        ),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Weights
+# --------------------------------------------------------------------------------------------
+
+def _is_head(name: str) -> bool:
+    return name.endswith("codec_head.weight") or ".lm_head." in name
+
+
+def _is_norm_weight(name: str) -> bool:
+    return name.endswith(".weight") and ("norm" in name.rsplit(".", 2)[-2] or "layernorm" in name)
+
+
+def init_tensor(name: str, shape: torch.Size, gen: torch.Generator) -> torch.Tensor:
+    """Draw one tensor so that it matters (see module docstring). Deterministic given ``gen``."""
+    randn = lambda: torch.randn(shape, generator=gen)  # noqa: E731
+    leaf = name.rsplit(".", 1)[-1]
+    if len(shape) == 0:
+        return torch.tensor(1.0)
+    if _is_norm_weight(name) or leaf == "gamma":
+        return 1.0 + 0.2 * randn()
+    if leaf == "bias":
+        return 0.1 * randn()
+    if leaf in ("alpha", "beta"):  # SnakeBeta, log-scale parameters
+        return 0.2 * randn()
+    if leaf == "scale":  # layer scale: upstream starts at 0.01, which would mute the transformer
+        return 0.5 + 0.1 * randn()
+    if leaf == "cluster_usage":
+        return 0.5 + torch.rand(shape, generator=gen) * 1.5
+    if leaf in ("embedding_sum", "embed_sum"):
+        return randn()
+    if leaf == "initialized":
+        return torch.ones(shape)
+    if "embedding" in name and len(shape) == 2:  # token embeddings: unit scale
+        return randn()
+    fan_in = math.prod(shape[1:]) if len(shape) > 1 else shape[0]
+    gain = 1.0
+    if _is_head(name):
+        gain = 4.0
+    elif name.startswith("decoder.decoder.") and shape[0] == 1:
+        gain = 0.02  # the codec's last conv: speech-like amplitude (RMS ~0.15), rarely clipped at +-1
+    std = gain / math.sqrt(fan_in)
+    return std * randn()
+
+
+def random_state_dict(module: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, tensor in module.state_dict().items():
+        if tensor.dtype in (torch.float32, torch.float16, torch.bfloat16):
+            out[name] = init_tensor(name, tensor.shape, gen).to(torch.float32).contiguous()
+        else:
+            out[name] = tensor.clone().contiguous()
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Text tokenizer files
+# --------------------------------------------------------------------------------------------
+
+_CORPUS = (
+    "Hello world, this is a tiny text to speech model. The quick brown fox jumps over the lazy dog. "
+    "Speak slowly and clearly, with a warm voice. 1234567890 numbers and 中文 字符 and emoji. "
+) * 4 + "assistant\nuser\n" * 40  # chat-template roles must be single tokens (upstream slices by position)
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """The byte -> printable character map of byte-level BPE (GPT-2 / Qwen2)."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    chars = printable[:]
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, (chr(c) for c in chars)))
+
+
+def _train_bpe(corpus: str, n_merges: int) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """A tiny deterministic byte-level BPE trainer (most frequent pair, ties by first seen)."""
+    b2u = _bytes_to_unicode()
+    vocab = {b2u[b]: i for i, b in enumerate(sorted(b2u))}
+    words: dict[tuple[str, ...], int] = {}
+    # Pre-split roughly as Qwen2's regex does: words with their leading space, punctuation, newlines.
+    for piece in re.findall(r" ?[^\W\d]+| ?\d| ?[^\w\s]+|\s+", corpus):
+        sym = tuple(b2u[b] for b in piece.encode("utf-8"))
+        words[sym] = words.get(sym, 0) + 1
+    merges: list[tuple[str, str]] = []
+    while len(merges) < n_merges:
+        counts: dict[tuple[str, str], int] = {}
+        for w, c in words.items():
+            for a, b in zip(w, w[1:]):
+                counts[(a, b)] = counts.get((a, b), 0) + c
+        if not counts:
+            break
+        best = max(counts, key=lambda p: counts[p])
+        merges.append(best)
+        vocab[best[0] + best[1]] = len(vocab)
+        new_words = {}
+        for w, c in words.items():
+            out, i = [], 0
+            while i < len(w):
+                if i + 1 < len(w) and (w[i], w[i + 1]) == best:
+                    out.append(w[i] + w[i + 1])
+                    i += 2
+                else:
+                    out.append(w[i])
+                    i += 1
+            new_words[tuple(out)] = new_words.get(tuple(out), 0) + c
+        words = new_words
+    return vocab, merges
+
+
+def write_text_tokenizer(dst: Path) -> None:
+    vocab, merges = _train_bpe(_CORPUS, _N_BPE - 256)
+    (dst / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    (dst / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
+    added = {
+        str(i): dict(content=t, lstrip=False, normalized=False, rstrip=False, single_word=False, special=True)
+        for t, i in SPECIAL_TOKENS.items()
+    }
+    tok_cfg = dict(
+        add_bos_token=False, add_prefix_space=False, added_tokens_decoder=added, bos_token=None,
+        clean_up_tokenization_spaces=False, eos_token="<|im_end|>", errors="replace",
+        model_max_length=32768, pad_token="<|endoftext|>", split_special_tokens=False,
+        tokenizer_class="Qwen2Tokenizer", unk_token=None,
+    )
+    (dst / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2, ensure_ascii=False), encoding="utf-8")
+
+
+# --------------------------------------------------------------------------------------------
+# Directories
+# --------------------------------------------------------------------------------------------
+
+def _dump(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def build_upstream_modules(config: dict[str, Any]):
+    """Instantiate upstream's talker model for ``config`` (fp32, default init)."""
+    from qwen_tts.core.models.configuration_qwen3_tts import Qwen3TTSConfig
+    from qwen_tts.core.models.modeling_qwen3_tts import Qwen3TTSForConditionalGeneration
+
+    return Qwen3TTSForConditionalGeneration(Qwen3TTSConfig(**copy.deepcopy(config)))
+
+
+def write_speech_tokenizer(dst: Path, seed: int) -> None:
+    from qwen_tts.core.tokenizer_12hz.configuration_qwen3_tts_tokenizer_v2 import Qwen3TTSTokenizerV2Config
+    from qwen_tts.core.tokenizer_12hz.modeling_qwen3_tts_tokenizer_v2 import Qwen3TTSTokenizerV2Model
+
+    dst.mkdir(parents=True, exist_ok=True)
+    cfg = tiny_speech_tokenizer_config()
+    model = Qwen3TTSTokenizerV2Model(Qwen3TTSTokenizerV2Config(**copy.deepcopy(cfg)))
+    save_file(random_state_dict(model, seed), str(dst / "model.safetensors"), metadata={"format": "pt"})
+    _dump(dst / "config.json", cfg)
+    _dump(dst / "preprocessor_config.json", dict(
+        chunk_length_s=None, feature_extractor_type="EncodecFeatureExtractor", feature_size=1, overlap=None,
+        padding_side="right", padding_value=0.0, return_attention_mask=True, sampling_rate=24000,
+    ))
+
+
+def write_upstream_checkpoint(
+    dst: str | Path, model_type: str = "base", *, seed: int = 0, dtype: torch.dtype = torch.float32
+) -> Path:
+    """Write a complete tiny upstream checkpoint directory and return its path.
+
+    ``dtype`` is the storage dtype of model.safetensors (released files are bf16; fp32 keeps the
+    fp32 parity tests free of storage rounding). The speech tokenizer is always fp32, as released.
+    """
+    dst = Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    config = tiny_config(model_type)
+    model = build_upstream_modules(config)
+    state = {k: v.to(dtype) for k, v in random_state_dict(model, seed).items()}
+    save_file(state, str(dst / "model.safetensors"), metadata={"format": "pt"})
+    _dump(dst / "config.json", config)
+    _dump(dst / "generation_config.json", GENERATION_CONFIG)
+    _dump(dst / "preprocessor_config.json", {"processor_class": "Qwen3TTSProcessor"})
+    write_text_tokenizer(dst)
+    write_speech_tokenizer(dst / "speech_tokenizer", seed + 1)
+    return dst
