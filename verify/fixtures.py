@@ -98,8 +98,8 @@ def tiny_config(model_type: str, *, num_code_groups: int = 4) -> dict[str, Any]:
         # Written without model_type, as released files are: upstream's speaker config class
         # takes no **kwargs, so any extra key would break loading.
         cfg["speaker_encoder_config"] = dict(
-            mel_dim=128, enc_dim=32, enc_channels=[16, 16, 16, 16, 48], enc_kernel_sizes=[5, 3, 3, 3, 1],
-            enc_dilations=[1, 2, 3, 4, 1], enc_attention_channels=8, enc_res2net_scale=8,
+            mel_dim=128, enc_dim=32, enc_channels=[32, 32, 32, 32, 96], enc_kernel_sizes=[5, 3, 3, 3, 1],
+            enc_dilations=[1, 2, 3, 4, 1], enc_attention_channels=16, enc_res2net_scale=8,
             enc_se_channels=8, sample_rate=24000,
         )
     elif model_type == "custom_voice":
@@ -155,6 +155,9 @@ def init_tensor(name: str, shape: torch.Size, gen: torch.Generator) -> torch.Ten
     if _is_norm_weight(name) or leaf == "gamma":
         return 1.0 + 0.2 * randn()
     if leaf == "bias":
+        if name.startswith("speaker_encoder."):
+            # Every speaker-encoder conv feeds a ReLU: a positive mean keeps most units alive.
+            return 0.5 + 0.1 * randn()
         return 0.1 * randn()
     if leaf in ("alpha", "beta"):  # SnakeBeta, log-scale parameters
         return 0.2 * randn()
@@ -172,6 +175,8 @@ def init_tensor(name: str, shape: torch.Size, gen: torch.Generator) -> torch.Ten
     gain = 1.0
     if _is_head(name):
         gain = 4.0
+    elif name == "speaker_encoder.asp.conv.weight":
+        gain = 3.0  # peaked attention over time, so the pooling weights are not uniform
     elif name.startswith("decoder.decoder.") and shape[0] == 1:
         gain = 0.02  # the codec's last conv: speech-like amplitude (RMS ~0.15), rarely clipped at +-1
     std = gain / math.sqrt(fan_in)

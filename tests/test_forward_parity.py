@@ -1,0 +1,48 @@
+"""Component forwards of the standalone model equal upstream's on all model types and dtypes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from q3tts.verify.compare import TOLERANCES
+from q3tts.verify.fixtures import MODEL_TYPES
+from q3tts.verify.forward_parity import format_table, run_forward_cases
+
+DTYPES = [torch.float32, torch.bfloat16]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_component_forwards_match_upstream(load_pair, model_type, dtype):
+    upstream, standalone = load_pair(model_type, dtype)
+    results = run_forward_cases(upstream, standalone, dtype)
+    failed = [r for r in results if not r.passed]
+    assert not failed, "forward parity failed:\n" + format_table(results)
+    cases = {r.case for r in results}
+    groups = standalone.config.talker.num_code_groups
+    expected = {"text_projection", "talker.prefill.hidden", "talker.prefill.logits",
+                "talker.padded.hidden", "talker.padded.logits"}
+    expected |= {f"code_predictor.group{k}" for k in range(1, groups)}
+    if model_type == "base":
+        expected |= {"speaker_encoder.mel", "speaker_encoder.embedding"}
+    assert cases == expected
+
+
+def test_fp32_tolerance_is_the_stated_bound():
+    # The issue's bound; loosening it needs a measured reason recorded in verify/compare.py.
+    assert TOLERANCES[torch.float32].atol == 1e-5 and TOLERANCES[torch.float32].rtol == 0.0
+
+
+@pytest.mark.parametrize("model_type", ["base"])
+def test_padded_rows_equal_unpadded_rows(load_pair, model_type):
+    """Left padding must not change a row's real positions (positions restart after the pads)."""
+    _, st = load_pair(model_type, torch.float32)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(1, 7, st.config.talker.transformer.hidden_size, generator=g)
+    pad = torch.randn(1, 3, x.shape[-1], generator=g)
+    with torch.inference_mode():
+        h_plain, _ = st.talker(x, torch.ones(1, 7, dtype=torch.long))
+        mask = torch.tensor([[0, 0, 0] + [1] * 7])
+        h_pad, _ = st.talker(torch.cat([pad, x], dim=1), mask)
+    torch.testing.assert_close(h_pad[:, 3:], h_plain, atol=1e-5, rtol=0)

@@ -1,0 +1,98 @@
+"""Tensor comparison: the metrics, the per-dtype tolerances, and layer-output capture.
+
+All tolerances live here, in one table. fp32 is the reference mode: both sides run the same
+kernels, so differences are reassociation noise (fused vs separate matmuls), measured at or below
+about 2e-6 on the tiny fixtures. bf16 differences come from rounding each fused/unfused matmul output
+to 8 bits of mantissa and compound over layers, so bf16 is judged relative to the tensor's scale
+plus a cosine floor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import asdict, dataclass
+from typing import Iterator, Sequence
+
+import torch
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    atol: float  # absolute bound on max |ref - got|
+    rtol: float  # plus rtol * max |ref| (scale-relative)
+    min_cosine: float
+
+    def bound(self, ref_scale: float) -> float:
+        return self.atol + self.rtol * ref_scale
+
+
+TOLERANCES: dict[torch.dtype, Tolerance] = {
+    torch.float32: Tolerance(atol=1e-5, rtol=0.0, min_cosine=0.999999),
+    torch.bfloat16: Tolerance(atol=0.0, rtol=4e-2, min_cosine=0.999),
+}
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+
+
+@dataclass
+class Comparison:
+    case: str
+    dtype: str
+    max_abs: float
+    max_rel: float  # max |ref - got| / max |ref|
+    cosine: float
+    bound: float
+    passed: bool
+    first_bad_layer: str | None = None
+    note: str = ""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def compare(case: str, ref: torch.Tensor, got: torch.Tensor, dtype: torch.dtype, tol: Tolerance | None = None) -> Comparison:
+    tol = tol or TOLERANCES[dtype]
+    if ref.shape != got.shape:
+        return Comparison(case, DTYPE_NAMES[dtype], float("inf"), float("inf"), 0.0, 0.0, False,
+                          note=f"shape mismatch: upstream {tuple(ref.shape)} vs standalone {tuple(got.shape)}")
+    r, g = ref.detach().double().flatten(), got.detach().double().flatten()
+    if not (torch.isfinite(r).all() and torch.isfinite(g).all()):
+        return Comparison(case, DTYPE_NAMES[dtype], float("nan"), float("nan"), 0.0, 0.0, False, note="non-finite values")
+    diff = (r - g).abs()
+    max_abs = float(diff.max()) if diff.numel() else 0.0
+    scale = float(r.abs().max()) if r.numel() else 0.0
+    max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf"))
+    denom = float(r.norm() * g.norm())
+    cosine = float(r @ g) / denom if denom > 0 else (1.0 if max_abs == 0 else 0.0)
+    bound = tol.bound(scale)
+    passed = max_abs <= bound and cosine >= tol.min_cosine
+    return Comparison(case, DTYPE_NAMES[dtype], max_abs, max_rel, cosine, bound, passed)
+
+
+@contextlib.contextmanager
+def capture_outputs(modules: Sequence[torch.nn.Module]) -> Iterator[list]:
+    """Record each module's output (first element if a tuple) via forward hooks, in call order
+    per module: ``captured[i]`` is a list of the outputs of ``modules[i]``."""
+    captured: list[list[torch.Tensor]] = [[] for _ in modules]
+    handles = []
+    for i, m in enumerate(modules):
+        def hook(_m, _inp, out, i=i):
+            captured[i].append((out[0] if isinstance(out, (tuple, list)) else out).detach())
+        handles.append(m.register_forward_hook(hook))
+    try:
+        yield captured
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def first_divergent_layer(
+    names: Sequence[str], ref_outputs: Sequence[torch.Tensor], got_outputs: Sequence[torch.Tensor],
+    dtype: torch.dtype, select=lambda t: t,
+) -> str | None:
+    """Name of the first layer whose output exceeds the dtype's tolerance, or None."""
+    for name, r, g in zip(names, ref_outputs, got_outputs):
+        if not compare(name, select(r), select(g), dtype).passed:
+            return name
+    return None

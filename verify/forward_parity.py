@@ -1,0 +1,161 @@
+"""Component forward parity: upstream qwen-tts and the standalone model on identical inputs.
+
+Cases (each side computes from its own weights; only integer ids, codes and the waveform are shared):
+- text_projection:            text_projection(text_embedding(ids))
+- talker.prefill.hidden/logits: talker over T(text ids) + C(codec ids), all-ones attention mask
+- talker.padded.hidden/logits:  a left-padded batch, compared on the real positions only
+- code_predictor.group{k}:    teacher-forced code-predictor logits of every residual group
+- speaker_encoder.mel / speaker_encoder.embedding (base models only): from a waveform
+
+When a case fails, the first decoder layer whose output exceeds tolerance is named (forward
+hooks on both sides).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from q3tts.standalone import Qwen3TTS
+
+from .compare import Comparison, capture_outputs, compare, first_divergent_layer
+
+
+@dataclass(frozen=True)
+class ParityInputs:
+    text_ids: torch.Tensor  # [B, L]
+    codec_ids: torch.Tensor  # [B, L]
+    pad_lengths: tuple[int, ...]  # left padding per row of the padded batch
+    frame_codes: torch.Tensor  # [B, G]
+    waveform: np.ndarray  # float32, 24 kHz
+
+    @classmethod
+    def make(cls, model: Qwen3TTS, seed: int = 0, batch: int = 2, length: int = 12) -> "ParityInputs":
+        cfg = model.config.talker
+        g = torch.Generator().manual_seed(seed)
+        text_ids = torch.randint(0, cfg.text_vocab_size, (batch, length), generator=g)
+        codec_ids = torch.randint(0, cfg.vocab_size, (batch, length), generator=g)
+        pads = tuple(int(i * max(1, length // 3)) for i in range(batch))
+        codes = torch.randint(0, cfg.code_predictor.vocab_size, (batch, cfg.num_code_groups), generator=g)
+        return cls(text_ids, codec_ids, pads, codes, speech_like_waveform(seed))
+
+
+def speech_like_waveform(seed: int, seconds: float = 1.0, sr: int = 24000) -> np.ndarray:
+    """Deterministic harmonic tone with vibrato and noise, peak about 0.6: exercises every mel bin."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    f0 = 140 + 30 * np.sin(2 * math.pi * 3 * t)
+    phase = 2 * math.pi * np.cumsum(f0) / sr
+    wav = sum((0.3 / k) * np.sin(k * phase + rng.uniform(0, 2 * math.pi)) for k in range(1, 12))
+    wav = wav * (0.6 + 0.4 * np.sin(2 * math.pi * 2 * t)) + 0.02 * rng.standard_normal(t.shape)
+    return (0.6 * wav / np.abs(wav).max()).astype(np.float32)
+
+
+def load_upstream(src: str | Path, dtype: torch.dtype):
+    """Upstream's Qwen3TTSForConditionalGeneration, loaded by upstream's own wrapper."""
+    from qwen_tts import Qwen3TTSModel
+
+    return Qwen3TTSModel.from_pretrained(str(src), dtype=dtype).model.eval()
+
+
+def _layer_names(prefix: str, n: int) -> list[str]:
+    return [f"{prefix}.layers.{i}" for i in range(n)]
+
+
+@torch.inference_mode()
+def run_forward_cases(upstream, standalone: Qwen3TTS, dtype: torch.dtype, seed: int = 0) -> list[Comparison]:
+    inp = ParityInputs.make(standalone, seed)
+    results: list[Comparison] = []
+    up_talker, st_talker = upstream.talker, standalone.talker
+
+    # --- text projection -----------------------------------------------------------------
+    ref = up_talker.text_projection(up_talker.model.text_embedding(inp.text_ids))
+    got = st_talker.embed_text(inp.text_ids)
+    results.append(compare("text_projection", ref, got, dtype))
+
+    # --- talker prefill, unpadded and left-padded ------------------------------------------
+    def talker_case(name: str, mask: torch.Tensor):
+        up_x = up_talker.text_projection(up_talker.model.text_embedding(inp.text_ids)) + up_talker.model.codec_embedding(inp.codec_ids)
+        st_x = st_talker.embed_text(inp.text_ids) + st_talker.codec_embedding(inp.codec_ids)
+        n_layers = len(up_talker.model.layers)
+        with capture_outputs([*up_talker.model.layers, up_talker.model.norm]) as up_cap:
+            up_out = up_talker(inputs_embeds=up_x, attention_mask=mask, use_cache=False)
+        with capture_outputs(list(st_talker.decoder.layers)) as st_cap:
+            st_hidden, st_logits = st_talker(st_x, attention_mask=mask)
+        real = mask.bool()
+        up_hidden = up_cap[-1][0]
+        hidden_cmp = compare(f"{name}.hidden", up_hidden[real], st_hidden[real], dtype)
+        logits_cmp = compare(f"{name}.logits", up_out.logits[real], st_logits[real], dtype)
+        if not (hidden_cmp.passed and logits_cmp.passed):
+            bad = first_divergent_layer(
+                _layer_names("talker", n_layers), [c[0] for c in up_cap[:-1]], [c[0] for c in st_cap], dtype,
+                select=lambda t: t[real],
+            )
+            hidden_cmp.first_bad_layer = logits_cmp.first_bad_layer = bad or "talker.norm/codec_head"
+        results.extend([hidden_cmp, logits_cmp])
+
+    bsz, length = inp.text_ids.shape
+    talker_case("talker.prefill", torch.ones(bsz, length, dtype=torch.long))
+    mask = torch.ones(bsz, length, dtype=torch.long)
+    for row, pad in enumerate(inp.pad_lengths):
+        mask[row, :pad] = 0
+    talker_case("talker.padded", mask)
+
+    # --- code predictor, every residual group -------------------------------------------------
+    h = up_talker.text_projection(up_talker.model.text_embedding(inp.text_ids[:, :1]))[:, 0]
+    h_st = st_talker.embed_text(inp.text_ids[:, :1])[:, 0]
+    cp_layers = up_talker.code_predictor.model.layers
+    with capture_outputs(list(cp_layers)) as up_cap:
+        ref_logits, _ = up_talker.forward_sub_talker_finetune(inp.frame_codes, h)
+    with capture_outputs(list(standalone.code_predictor.decoder.layers)) as st_cap:
+        got_logits = standalone.code_predictor.teacher_forced_logits(h_st, inp.frame_codes, st_talker.codec_embedding)
+    bad_cp = first_divergent_layer(
+        _layer_names("code_predictor", len(cp_layers)), [c[0] for c in up_cap], [c[0] for c in st_cap], dtype
+    )
+    for k in range(ref_logits.shape[1]):
+        c = compare(f"code_predictor.group{k + 1}", ref_logits[:, k], got_logits[:, k], dtype)
+        if not c.passed:
+            c.first_bad_layer = bad_cp or f"code_predictor.heads[{k}]"
+        results.append(c)
+
+    # --- speaker encoder ---------------------------------------------------------------------
+    if upstream.speaker_encoder is not None:
+        from qwen_tts.core.models.modeling_qwen3_tts import mel_spectrogram
+
+        from q3tts.standalone.mel import log_mel_spectrogram
+
+        wav = torch.from_numpy(inp.waveform)[None]
+        ref_mel = mel_spectrogram(wav, n_fft=1024, num_mels=128, sampling_rate=24000, hop_size=256,
+                                  win_size=1024, fmin=0, fmax=12000)
+        got_mel = log_mel_spectrogram(wav)
+        results.append(compare("speaker_encoder.mel", ref_mel, got_mel, torch.float32))
+        up_blocks = list(upstream.speaker_encoder.blocks)
+        with capture_outputs(up_blocks) as up_cap:
+            ref = upstream.extract_speaker_embedding(inp.waveform, 24000)
+        with capture_outputs(list(standalone.speaker_encoder.blocks)) as st_cap:
+            got = standalone.extract_speaker_embedding(inp.waveform, 24000)
+        c = compare("speaker_encoder.embedding", ref, got, dtype)
+        if not c.passed:
+            c.first_bad_layer = first_divergent_layer(
+                [f"speaker_encoder.blocks.{i}" for i in range(len(up_blocks))],
+                [x[0] for x in up_cap], [x[0] for x in st_cap], dtype,
+            ) or "speaker_encoder.mfa/asp/fc"
+        results.append(c)
+    return results
+
+
+def format_table(results: list[Comparison]) -> str:
+    header = f"{'case':34} {'dtype':5} {'max_abs':>10} {'max_rel':>10} {'cosine':>10} {'bound':>10}  verdict"
+    lines = [header, "-" * len(header)]
+    for r in results:
+        verdict = "PASS" if r.passed else "FAIL" + (f" (first bad layer: {r.first_bad_layer})" if r.first_bad_layer else "")
+        if r.note:
+            verdict += f" [{r.note}]"
+        lines.append(
+            f"{r.case:34} {r.dtype:5} {r.max_abs:10.3e} {r.max_rel:10.3e} {r.cosine:10.7f} {r.bound:10.3e}  {verdict}"
+        )
+    return "\n".join(lines)
