@@ -1,10 +1,16 @@
 """Tensor comparison: the metrics, the per-dtype tolerances, and layer-output capture.
 
-All tolerances live here, in one table. fp32 is the reference mode: both sides run the same
-kernels, so differences are reassociation noise (fused vs separate matmuls), measured at or below
-about 2e-6 on the tiny fixtures. bf16 differences come from rounding each fused/unfused matmul output
-to 8 bits of mantissa and compound over layers, so bf16 is judged relative to the tensor's scale
-plus a cosine floor.
+All tolerances live here, in one table.
+
+fp32 is the reference mode: 1e-5 absolute, as the project states. Both sides call the same
+kernels, so differences are reassociation noise; measured on the tiny fixtures: 0 for text
+projection, talker and mel, <= 4.3e-6 for code-predictor logits (values up to ~11, i.e. a few
+ulps), <= 4.2e-7 for the speaker embedding.
+
+bf16 is judged relative to the tensor's scale (max |ref|) plus a cosine floor, because one
+rounding flip in an 8-bit mantissa moves a value by 2^-8 of its magnitude and compounds over
+layers. rtol 1e-2 allows about 2.5 bf16 ulps of the largest value. Measured on the tiny fixtures:
+0 difference in every bf16 case (same kernels, same rounding points).
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ class Tolerance:
 
 TOLERANCES: dict[torch.dtype, Tolerance] = {
     torch.float32: Tolerance(atol=1e-5, rtol=0.0, min_cosine=0.999999),
-    torch.bfloat16: Tolerance(atol=0.0, rtol=4e-2, min_cosine=0.999),
+    torch.bfloat16: Tolerance(atol=0.0, rtol=1e-2, min_cosine=0.9999),
 }
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
