@@ -60,20 +60,25 @@ def mrope_row_index(mrope_section: tuple[int, ...], interleaved: bool) -> torch.
 def rope_cos_sin(
     inv_freq: torch.Tensor, positions: torch.Tensor, dtype: torch.dtype, row_index: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin of shape [B, L, head_dim].
+    """cos/sin for ``positions``: [R, L] (1-D RoPE; R is 1 or the batch) -> [R, L, head_dim];
+    [3, B, L] (M-RoPE, ``row_index`` picks the row of each frequency) -> [B, L, head_dim].
 
-    ``positions`` is [B, L] (1-D RoPE) or [3, B, L] (M-RoPE, with ``row_index`` choosing the row
-    per frequency). Products are formed in fp32, as upstream does under a disabled autocast.
+    cos and sin are evaluated over a tensor of exactly upstream's shape ([R, L, head_dim], or
+    [3, B, L, head_dim] before the row selection): vectorised and scalar-tail math differ in the
+    last bit, and which elements land in the tail depends on the shape. Products are fp32.
     """
-    inv_freq = inv_freq.to(positions.device)
-    if positions.dim() == 2:
-        freqs = positions.float()[..., None] * inv_freq  # [B, L, half]
-    else:
-        all_rows = positions.float()[..., None] * inv_freq  # [3, B, L, half]
-        idx = row_index.to(positions.device)
-        freqs = torch.gather(all_rows, 0, idx.view(1, 1, 1, -1).expand(1, *all_rows.shape[1:])).squeeze(0)
+    pos = positions.float()
+    inv = inv_freq.to(pos.device)
+    freqs = pos[..., None] * inv  # [..., L, half]: a single rounding, as upstream's K=1 matmul
     emb = torch.cat((freqs, freqs), dim=-1)
-    return emb.cos().to(dtype), emb.sin().to(dtype)
+    cos, sin = emb.cos(), emb.sin()
+    if positions.dim() == 3:
+        half = inv.shape[0]
+        idx = row_index.to(pos.device).view(1, 1, 1, half).expand(1, *cos.shape[1:3], half)
+        cos = torch.gather(cos[..., :half], 0, idx).squeeze(0)
+        sin = torch.gather(sin[..., :half], 0, idx).squeeze(0)
+        cos, sin = torch.cat((cos, cos), dim=-1), torch.cat((sin, sin), dim=-1)
+    return cos.to(dtype), sin.to(dtype)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:

@@ -121,7 +121,7 @@ class CodePredictor(nn.Module):
         """Teacher-forced pass over [talker hidden, e0(g0), e1(g1), ...]; returns final hidden states."""
         bsz, seqlen, _ = inputs_embeds.shape
         x = self.project(inputs_embeds)
-        pos = torch.arange(seqlen, device=x.device).expand(bsz, seqlen)
+        pos = torch.arange(seqlen, device=x.device)[None]  # one row, broadcast over the batch, as upstream
         cos, sin = rope_cos_sin(self.inv_freq, pos, x.dtype)
         return self.decoder(x, cos, sin, None, collect)
 
