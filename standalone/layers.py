@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import TransformerConfig
+from .kv_cache import KVCache
 
 
 class RMSNorm(nn.Module):
@@ -131,8 +132,16 @@ class Attention(nn.Module):
         cos: torch.Tensor,
         sin: torch.Tensor,
         mask: torch.Tensor | None,
+        cache: KVCache | None = None,
+        layer: int = 0,
+        start: int = 0,
     ) -> torch.Tensor:
-        """``mask`` is None (plain causal) or a boolean [B, 1, L, L] (True = attend)."""
+        """``mask`` is None (causal over the keys) or a boolean [B, 1, L, kv_len] (True = attend).
+
+        With a ``cache``, the new keys/values are stored at ``start`` and the query attends to
+        every cached position; without a mask that is only correct for a prefill from position 0
+        or a single-token step, which is all the decode loop does.
+        """
         bsz, seqlen, _ = x.shape
         q, k, v = split_linear(x, self.wqkv.weight, (self.q_size, self.kv_size, self.kv_size))
         q = self.q_norm(q.view(bsz, seqlen, self.n_heads, self.head_dim)).transpose(1, 2)
@@ -140,6 +149,8 @@ class Attention(nn.Module):
         v = v.view(bsz, seqlen, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q = apply_rope(q, cos, sin)
         k = apply_rope(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(layer, start, k, v)
         out = attend(q, k, v, mask, self.head_dim**-0.5)
         return self.wo(out.transpose(1, 2).reshape(bsz, seqlen, self.q_size))
 
@@ -179,8 +190,8 @@ class DecoderLayer(nn.Module):
         self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size)
 
-    def forward(self, x, cos, sin, mask):
-        x = x + self.attn(self.attn_norm(x), cos, sin, mask)
+    def forward(self, x, cos, sin, mask, cache: KVCache | None = None, layer: int = 0, start: int = 0):
+        x = x + self.attn(self.attn_norm(x), cos, sin, mask, cache, layer, start)
         return x + self.mlp(self.mlp_norm(x))
 
 

@@ -8,6 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import CodePredictorConfig, TalkerConfig, TransformerConfig
+from .kv_cache import KVCache
+from .sampling import SamplingParams, sample_next_token
 from .layers import (
     DecoderLayer,
     RMSNorm,
@@ -28,12 +30,15 @@ class DecoderStack(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, x, cos, sin, mask, collect: list | None = None):
-        for layer in self.layers:
-            x = layer(x, cos, sin, mask)
+    def forward(self, x, cos, sin, mask, collect: list | None = None, cache: KVCache | None = None, start: int = 0):
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, mask, cache, i, start)
             if collect is not None:
                 collect.append(x)
         return self.norm(x)
+
+    def new_cache(self, cfg: TransformerConfig, batch: int, max_len: int, dtype, device) -> KVCache:
+        return KVCache(len(self.layers), batch, cfg.num_key_value_heads, max_len, cfg.head_dim, dtype, device)
 
 
 class TextProjection(nn.Module):
@@ -78,14 +83,23 @@ class Talker(nn.Module):
         """
         bsz, seqlen, _ = inputs_embeds.shape
         if attention_mask is None:
-            pos = torch.arange(seqlen, device=inputs_embeds.device).expand(bsz, seqlen)
-            mask = None
-        else:
-            pos = positions_from_mask(attention_mask)
-            mask = padding_mask(attention_mask)
+            attention_mask = torch.ones(bsz, seqlen, dtype=torch.long, device=inputs_embeds.device)
+        pos = positions_from_mask(attention_mask)
         pos3 = pos.unsqueeze(0).expand(3, bsz, seqlen)
-        cos, sin = rope_cos_sin(self.inv_freq, pos3, inputs_embeds.dtype, self.mrope_rows)
-        h = self.decoder(inputs_embeds, cos, sin, mask, collect)
+        return self.step(inputs_embeds, pos3, padding_mask(attention_mask), collect=collect)
+
+    def step(
+        self,
+        x: torch.Tensor,
+        positions: torch.Tensor,
+        mask: torch.Tensor | None,
+        cache: KVCache | None = None,
+        start: int = 0,
+        collect: list | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One forward over x [B, S, H] at M-RoPE ``positions`` [3, B, S]; prefill or decode."""
+        cos, sin = rope_cos_sin(self.inv_freq, positions, x.dtype, self.mrope_rows)
+        h = self.decoder(x, cos, sin, mask, collect, cache, start)
         return h, self.codec_head(h)
 
 
@@ -109,6 +123,7 @@ class CodePredictor(nn.Module):
         )
         self.decoder = DecoderStack(tc)
         self.inv_freq = rope_inv_freq(tc.head_dim, tc.rope_theta)
+        self._rope_cache: dict = {}
 
     def embed(self, group: int, codes: torch.Tensor) -> torch.Tensor:
         """Embedding of residual group ``group`` (1-based) codes, in the talker's width."""
@@ -141,3 +156,31 @@ class CodePredictor(nn.Module):
         parts += [self.embed(k, codes[:, k : k + 1]) for k in range(1, g - 1)]
         h = self.forward(torch.cat(parts, dim=1), collect)
         return torch.stack([self.logits(h[:, k], k) for k in range(1, g)], dim=1)
+
+    def _rope_at(self, start: int, length: int, dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin for positions start..start+length-1 with upstream's [1, length, head_dim]
+        shape, cached: the code predictor revisits the same 16 positions every frame."""
+        key = (start, length, dtype, device)
+        hit = self._rope_cache.get(key)
+        if hit is None:
+            pos = torch.arange(start, start + length, device=device)[None]
+            hit = self._rope_cache[key] = rope_cos_sin(self.inv_freq, pos, dtype)
+        return hit
+
+    def generate_frame(
+        self, past_hidden: torch.Tensor, e0: torch.Tensor, cache: KVCache, params: SamplingParams
+    ) -> torch.Tensor:
+        """Residual codes [B, G-1] of one frame: a 2-position prefill over [talker hidden,
+        embedding of g0] predicts group 1, then one single-token step per further group."""
+        x = self.project(torch.cat((past_hidden, e0), dim=1))
+        cos, sin = self._rope_at(0, 2, x.dtype, x.device)
+        h = self.decoder(x, cos, sin, None, None, cache, 0)
+        token = sample_next_token(self.logits(h, 1)[:, -1], None, params)
+        out = [token]
+        for group in range(2, self.cfg.num_code_groups):
+            x = self.project(self.embed(group - 1, token[:, None]))
+            cos, sin = self._rope_at(group, 1, x.dtype, x.device)
+            h = self.decoder(x, cos, sin, None, None, cache, group)
+            token = sample_next_token(self.logits(h, group)[:, -1], None, params)
+            out.append(token)
+        return torch.stack(out, dim=1)

@@ -1,0 +1,143 @@
+"""The decode loop: talker prefill, then per frame 15 code-predictor steps and one talker step.
+
+Upstream runs this as two nested transformers `generate()` calls with dynamic caches. Here it is
+one loop over preallocated static caches; every tensor op that shapes the numbers (call shapes,
+the embedding sum, the order of sampling draws) mirrors upstream, so the same torch RNG state
+yields the same codes:
+
+    prefill talker -> sample g0 (1 draw [B, V_talker])
+    per frame:  code predictor prefill [h, C(g0)] -> group 1 (1 draw [B, V_cp]),
+                14 single steps -> groups 2..15 (1 draw each),
+                talker step on sum of the 16 code embeddings + next trailing text -> next g0 (1 draw)
+
+Quirks kept on purpose: the repetition penalty sees only the generated group-0 ids; EOS is
+blocked for the first ``min_new_tokens`` (2) ids; the top 1024 ids except EOS are suppressed;
+the group-0 id sampled last never gets residual codes (at most max_new_tokens - 1 frames);
+finished rows keep running (their g0 is EOS) so batch RNG consumption matches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .layers import padding_mask
+from .prompt import TalkerPrompt
+from .sampling import SamplingParams, sample_next_token
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    max_new_tokens: int = 4096
+    min_new_tokens: int = 2
+    talker: SamplingParams = SamplingParams(repetition_penalty=1.05)
+    subtalker: SamplingParams = SamplingParams()
+    eos_token_id: int | None = None  # None: the config's codec EOS
+
+
+def suppress_mask_for(vocab_size: int, eos_token_id: int, device) -> torch.Tensor:
+    """Upstream suppresses the top 1024 ids (the special-token block) except the codec EOS."""
+    mask = torch.zeros(vocab_size, dtype=torch.bool, device=device)
+    mask[max(0, vocab_size - 1024):] = True
+    mask[eos_token_id] = False
+    return mask
+
+
+@torch.inference_mode()
+def decode_codes(model, prompt: TalkerPrompt, params: GenerationParams, progress: bool = False):
+    """Run the talker + code predictor loop. Returns (codes per row [frames, G], hidden per row
+    [frames, H]), cut at the first EOS like upstream."""
+    tcfg = model.config.talker
+    talker, cp = model.talker, model.code_predictor
+    groups = tcfg.num_code_groups
+    eos = params.eos_token_id if params.eos_token_id is not None else tcfg.codec_eos_token_id
+    if params.max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {params.max_new_tokens}")
+    x, mask, trailing, tts_pad = prompt.inputs_embeds, prompt.attention_mask, prompt.trailing_text, prompt.tts_pad_embed
+    bsz, prompt_len, _ = x.shape
+    device, dtype = x.device, x.dtype
+    talker_params = SamplingParams(**{**params.talker.__dict__, "min_new_tokens": params.min_new_tokens,
+                                      "eos_token_id": eos})
+    suppress = suppress_mask_for(tcfg.vocab_size, eos, device)
+
+    max_len = prompt_len + params.max_new_tokens
+    tcache = talker.decoder.new_cache(tcfg.transformer, bsz, max_len, dtype, device)
+    ccache = cp.decoder.new_cache(tcfg.code_predictor.transformer, bsz, groups, dtype, device)
+    padded = not bool(mask.all())
+    full_mask = torch.ones(bsz, max_len, dtype=torch.long, device=device)
+    full_mask[:, :prompt_len] = mask
+    n_pads = (mask == 0).sum(dim=1)  # decode positions continue from the real (unpadded) length
+
+    # --- prefill -----------------------------------------------------------------------------
+    hidden, logits = talker.step(x, positions_3d(mask), padding_mask(mask) if padded else None, tcache, 0)
+    past_hidden = hidden[:, -1:]
+    generated = torch.empty(bsz, 0, dtype=torch.long, device=device)
+    g0 = sample_next_token(logits[:, -1], generated, talker_params, suppress)
+    generated = torch.cat([generated, g0[:, None]], dim=1)
+    unfinished = g0 != eos
+    frames: list[torch.Tensor] = []
+    hiddens = [past_hidden]
+
+    bar = _progress(params.max_new_tokens, progress)
+    cur = prompt_len
+    step = 0
+    while bool(unfinished.any()) and generated.shape[1] < params.max_new_tokens:
+        codes = cp.generate_frame(past_hidden, talker.codec_embedding(g0[:, None]), ccache, params.subtalker)
+        frame = torch.cat([g0[:, None], codes], dim=1)
+        frames.append(frame)
+        step_embeds = [talker.codec_embedding(g0[:, None])] + [cp.embed(k + 1, codes[:, k : k + 1]) for k in range(groups - 1)]
+        x = torch.cat(step_embeds, dim=1).sum(1, keepdim=True)
+        x = x + (trailing[:, step].unsqueeze(1) if step < trailing.shape[1] else tts_pad)
+        positions = (torch.full((bsz, 1), cur, device=device) - n_pads[:, None]).float()
+        step_mask = padding_mask_decode(full_mask[:, : cur + 1]) if padded else None
+        hidden, logits = talker.step(x, positions.unsqueeze(0).expand(3, -1, -1), step_mask, tcache, cur)
+        past_hidden = hidden[:, -1:]
+        hiddens.append(past_hidden)
+        cur += 1
+        step += 1
+        nxt = sample_next_token(logits[:, -1], generated, talker_params, suppress)
+        g0 = torch.where(unfinished, nxt, torch.full_like(nxt, eos))
+        generated = torch.cat([generated, g0[:, None]], dim=1)
+        unfinished = unfinished & (g0 != eos)
+        bar.update(1)
+    bar.close()
+
+    if not frames:
+        empty_codes = torch.empty(0, groups, dtype=torch.long, device=device)
+        return [empty_codes for _ in range(bsz)], [hidden.new_empty(0, hidden.shape[-1]) for _ in range(bsz)]
+    codes_all = torch.stack(frames, dim=1)  # [B, F, G]
+    hidden_all = torch.cat(hiddens, dim=1)[:, :-1]  # the hidden that produced each frame's g0
+    is_eos = codes_all[:, :, 0] == eos
+    lengths = torch.where(is_eos.any(dim=1), is_eos.int().argmax(dim=1), torch.full_like(is_eos[:, 0], codes_all.shape[1], dtype=torch.long))
+    return ([codes_all[i, : int(n)] for i, n in enumerate(lengths)],
+            [hidden_all[i, : int(n)] for i, n in enumerate(lengths)])
+
+
+def positions_3d(mask: torch.Tensor) -> torch.Tensor:
+    pos = mask.float().cumsum(-1) - 1
+    pos = pos.masked_fill(mask == 0, 1)
+    return pos.unsqueeze(0).expand(3, -1, -1)
+
+
+def padding_mask_decode(mask_so_far: torch.Tensor) -> torch.Tensor:
+    """[B, 1, 1, kv_len] boolean: a single new query sees every real key."""
+    return mask_so_far.bool()[:, None, None, :]
+
+
+class _NoBar:
+    def update(self, n):
+        pass
+
+    def close(self):
+        pass
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled:
+        return _NoBar()
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # tqdm is a dependency, but a bar is never worth a crash
+        return _NoBar()
+    return tqdm(total=total, unit="frame", desc="generating", leave=False)
