@@ -36,6 +36,7 @@ SIDE_FILES = (
     "preprocessor_config.json",
 )
 SIDE_DIRS = ("speech_tokenizer",)
+UPSTREAM_CONFIG_NAME = "upstream_config.json"
 
 
 class ConversionError(ValueError):
@@ -112,6 +113,9 @@ def convert_checkpoint(
     try:
         save_file(out, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "producer": f"q3tts.convert {CONVERTER_VERSION}"})
         (tmp / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
+        # The upstream config.json, byte for byte: the reverse conversion and the text tokenizer's
+        # fix_mistral_regex decision (its transformers_version) need it.
+        shutil.copy2(src / "config.json", tmp / UPSTREAM_CONFIG_NAME)
         for name in SIDE_FILES:
             if (src / name).is_file():
                 shutil.copy2(src / name, tmp / name)

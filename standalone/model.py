@@ -19,12 +19,14 @@ from .prompt import build_talker_prompt
 from .sampling import SamplingParams
 from .speaker_encoder import SpeakerEncoder
 from .talker import CodePredictor, Talker
+from .voices import VoiceMethods
 
 
-class Qwen3TTS(nn.Module):
+class Qwen3TTS(VoiceMethods, nn.Module):
     def __init__(self, config: Qwen3TTSConfig):
         super().__init__()
         self.config = config
+        self.checkpoint_dir: Path | None = None
         self.talker = Talker(config.talker)
         self.code_predictor = CodePredictor(config.talker.code_predictor, config.talker.transformer.hidden_size)
         self.speaker_encoder = SpeakerEncoder(config.speaker_encoder) if config.speaker_encoder is not None else None

@@ -32,19 +32,31 @@ def checkpoints(tmp_path_factory):
     return out
 
 
-_upstream_cache: dict = {}
+_loaded: dict = {}
 
 
 @pytest.fixture(scope="session")
-def load_pair(checkpoints):
-    """load_pair(model_type, dtype) -> (upstream model, standalone model), cached per session."""
-    from q3tts.verify.forward_parity import load_upstream
+def load_models(checkpoints):
+    """load_models(model_type, dtype) -> (upstream Qwen3TTSModel wrapper, standalone Qwen3TTS),
+    loaded once per session."""
+    from q3tts.verify.forward_parity import load_upstream_wrapper
 
     def load(model_type: str, dtype: torch.dtype):
         key = (model_type, dtype)
-        if key not in _upstream_cache:
+        if key not in _loaded:
             up_dir, st_dir = checkpoints[model_type]
-            _upstream_cache[key] = (load_upstream(up_dir, dtype), Qwen3TTS.from_pretrained(st_dir, dtype=dtype))
-        return _upstream_cache[key]
+            _loaded[key] = (load_upstream_wrapper(up_dir, dtype), Qwen3TTS.from_pretrained(st_dir, dtype=dtype))
+        return _loaded[key]
+
+    return load
+
+
+@pytest.fixture(scope="session")
+def load_pair(load_models):
+    """load_pair(model_type, dtype) -> (upstream Qwen3TTSForConditionalGeneration, standalone)."""
+
+    def load(model_type: str, dtype: torch.dtype):
+        wrapper, standalone = load_models(model_type, dtype)
+        return wrapper.model, standalone
 
     return load

@@ -55,11 +55,18 @@ def speech_like_waveform(seed: int, seconds: float = 1.0, sr: int = 24000) -> np
     return (0.6 * wav / np.abs(wav).max()).astype(np.float32)
 
 
-def load_upstream(src: str | Path, dtype: torch.dtype):
-    """Upstream's Qwen3TTSForConditionalGeneration, loaded by upstream's own wrapper."""
+def load_upstream_wrapper(src: str | Path, dtype: torch.dtype):
+    """Upstream's Qwen3TTSModel (processor + model), loaded the way its README loads it."""
     from qwen_tts import Qwen3TTSModel
 
-    return Qwen3TTSModel.from_pretrained(str(src), dtype=dtype).model.eval()
+    wrapper = Qwen3TTSModel.from_pretrained(str(src), dtype=dtype)
+    wrapper.model.eval()
+    return wrapper
+
+
+def load_upstream(src: str | Path, dtype: torch.dtype):
+    """Upstream's Qwen3TTSForConditionalGeneration."""
+    return load_upstream_wrapper(src, dtype).model
 
 
 def _layer_names(prefix: str, n: int) -> list[str]:

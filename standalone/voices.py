@@ -1,0 +1,222 @@
+"""Text-level methods that mirror upstream's `Qwen3TTSModel` wrapper: custom voice, voice design,
+voice clone, and the voice-clone prompt.
+
+Until the standalone speech-tokenizer decoder exists they return codes ([frames, G] LongTensor
+per item) instead of audio. ICL cloning needs reference codes; without a standalone encoder they
+must be given (``ref_code=``, e.g. from upstream's ``Qwen3TTSTokenizer.encode``), and their
+absence is a clear error.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Sequence, Union
+
+import numpy as np
+import torch
+
+from .text import TextTokenizer
+
+AudioLike = Union[str, "tuple[np.ndarray, int]"]
+
+# Upstream's fallbacks when generation_config.json lacks a key (qwen_tts wrapper).
+HARD_DEFAULTS = dict(
+    do_sample=True, top_k=50, top_p=1.0, temperature=0.9, repetition_penalty=1.05,
+    subtalker_dosample=True, subtalker_top_k=50, subtalker_top_p=1.0, subtalker_temperature=0.9,
+    max_new_tokens=2048,
+)
+
+
+@dataclass
+class VoiceClonePromptItem:
+    ref_code: torch.Tensor | None  # [T, G] reference codes (ICL) or None (x-vector only)
+    ref_spk_embedding: torch.Tensor  # [enc_dim]
+    x_vector_only_mode: bool
+    icl_mode: bool
+    ref_text: str | None = None
+
+
+def _as_list(x) -> list:
+    return x if isinstance(x, list) else [x]
+
+
+def _broadcast(name: str, values: list, n: int) -> list:
+    if len(values) == 1 and n > 1:
+        return values * n
+    if len(values) != n:
+        raise ValueError(f"batch size mismatch: {n} texts but {len(values)} {name}")
+    return values
+
+
+class VoiceMethods:
+    """Mixed into Qwen3TTS; needs ``config``, ``checkpoint_dir``, ``generate`` and
+    ``extract_speaker_embedding``."""
+
+    # --- plumbing ----------------------------------------------------------------------------
+    @property
+    def text_tokenizer(self) -> TextTokenizer:
+        tok = getattr(self, "_text_tokenizer", None)
+        if tok is None:
+            tok = self._text_tokenizer = TextTokenizer.from_dir(self.checkpoint_dir)
+        return tok
+
+    @property
+    def generate_defaults(self) -> dict[str, Any]:
+        d = getattr(self, "_generate_defaults", None)
+        if d is None:
+            path = self.checkpoint_dir / "generation_config.json"
+            d = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+            self._generate_defaults = d
+        return d
+
+    def _tokenize(self, text: str) -> torch.Tensor:
+        return torch.tensor([self.text_tokenizer.encode(text)], dtype=torch.long, device=self.device)
+
+    def _merge_generate_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        merged = dict(kwargs)
+        for name, fallback in HARD_DEFAULTS.items():
+            if merged.get(name) is None:
+                merged[name] = self.generate_defaults.get(name, fallback)
+        return merged
+
+    def _require_type(self, model_type: str, method: str) -> None:
+        if self.config.tts_model_type != model_type:
+            raise ValueError(
+                f"{method} needs a {model_type!r} checkpoint; this one is {self.config.tts_model_type!r} "
+                f"(size {self.config.tts_model_size!r})"
+            )
+
+    def get_supported_speakers(self) -> list[str]:
+        return sorted(s.lower() for s in self.config.talker.spk_id)
+
+    def get_supported_languages(self) -> list[str]:
+        return sorted(["auto"] + [k.lower() for k in self.config.talker.codec_language_id if "dialect" not in k])
+
+    def _languages(self, language, n: int) -> list[str]:
+        langs = _as_list(language) if isinstance(language, list) else ([language] * n if language is not None else ["Auto"] * n)
+        langs = _broadcast("languages", langs, n)
+        supported = set(self.get_supported_languages())
+        bad = [lang for lang in langs if lang is None or str(lang).lower() not in supported]
+        if bad:
+            raise ValueError(f"unsupported languages: {bad}; supported: {sorted(supported)}")
+        return langs
+
+    def _instruct_ids(self, instructs: Sequence[str | None]) -> list[torch.Tensor | None]:
+        return [None if not ins else self._tokenize(TextTokenizer.instruct_text(ins)) for ins in instructs]
+
+    # --- modes -------------------------------------------------------------------------------
+    def generate_custom_voice(self, text, speaker, language=None, instruct=None, non_streaming_mode: bool = True, **kwargs):
+        self._require_type("custom_voice", "generate_custom_voice")
+        texts = _as_list(text)
+        n = len(texts)
+        languages = self._languages(language, n)
+        speakers = _broadcast("speakers", _as_list(speaker), n)
+        supported = set(self.get_supported_speakers())
+        bad = [s for s in speakers if s not in (None, "") and str(s).lower() not in supported]
+        if bad:
+            raise ValueError(f"unsupported speakers: {bad}; supported: {sorted(supported)}")
+        if self.config.tts_model_size in "0b6":  # upstream drops instructions for 0.6B (substring test kept)
+            instruct = None
+        instructs = _as_list(instruct) if isinstance(instruct, list) else ([instruct] * n if instruct is not None else [""] * n)
+        instructs = _broadcast("instructs", instructs, n)
+        codes, _ = self.generate(
+            input_ids=[self._tokenize(TextTokenizer.assistant_text(t)) for t in texts],
+            instruct_ids=self._instruct_ids(instructs), languages=languages, speakers=speakers,
+            non_streaming_mode=non_streaming_mode, **self._merge_generate_kwargs(kwargs),
+        )
+        return codes
+
+    def generate_voice_design(self, text, instruct, language=None, non_streaming_mode: bool = True, **kwargs):
+        self._require_type("voice_design", "generate_voice_design")
+        texts = _as_list(text)
+        n = len(texts)
+        languages = self._languages(language, n)
+        instructs = _broadcast("instructs", _as_list(instruct), n)
+        codes, _ = self.generate(
+            input_ids=[self._tokenize(TextTokenizer.assistant_text(t)) for t in texts],
+            instruct_ids=self._instruct_ids(instructs), languages=languages,
+            non_streaming_mode=non_streaming_mode, **self._merge_generate_kwargs(kwargs),
+        )
+        return codes
+
+    def create_voice_clone_prompt(self, ref_audio, ref_text=None, x_vector_only_mode=False, ref_code=None):
+        """Speaker embedding (and, for ICL, reference codes) of reference audio.
+
+        ``ref_audio``: (waveform float32, sr) or a path, or a list. ``ref_code``: [T, G] codes per
+        item, required for ICL (x_vector_only_mode=False) until a standalone encoder exists.
+        """
+        self._require_type("base", "create_voice_clone_prompt")
+        audios = _as_list(ref_audio) if isinstance(ref_audio, list) else [ref_audio]
+        n = len(audios)
+        texts = _broadcast("ref_texts", _as_list(ref_text) if isinstance(ref_text, list) else [ref_text], n)
+        xvec = _broadcast("x_vector_only_mode flags", _as_list(x_vector_only_mode), n)
+        codes = _broadcast("ref_codes", _as_list(ref_code) if isinstance(ref_code, list) else [ref_code], n)
+        items = []
+        for i, (audio, rtext, xonly, code) in enumerate(zip(audios, texts, xvec, codes)):
+            wav, sr = _load_audio(audio)
+            if not xonly:
+                if not rtext:
+                    raise ValueError(f"ref_text is required for ICL cloning (x_vector_only_mode=False); item {i} has none")
+                if code is None:
+                    raise ValueError(
+                        f"item {i}: ICL cloning needs reference codes, and the standalone runtime has no speech-tokenizer "
+                        "encoder yet; pass ref_code=[T, G] codes (e.g. from qwen_tts Qwen3TTSTokenizer.encode) "
+                        "or use x_vector_only_mode=True"
+                    )
+                code = torch.as_tensor(code, dtype=torch.long)
+                if code.dim() != 2 or code.shape[1] != self.config.talker.num_code_groups:
+                    raise ValueError(f"item {i}: ref_code must be [T, {self.config.talker.num_code_groups}], got {tuple(code.shape)}")
+            sample_rate = self.config.speaker_encoder.sample_rate
+            if sr != sample_rate:
+                raise ValueError(
+                    f"item {i}: reference audio is {sr} Hz; resample it to {sample_rate} Hz first "
+                    "(upstream resamples with librosa/soxr, which the runtime does not depend on)"
+                )
+            items.append(VoiceClonePromptItem(
+                ref_code=None if xonly else code, ref_spk_embedding=self.extract_speaker_embedding(wav, sr),
+                x_vector_only_mode=bool(xonly), icl_mode=not xonly, ref_text=rtext,
+            ))
+        return items
+
+    def generate_voice_clone(self, text, language=None, ref_audio=None, ref_text=None, x_vector_only_mode=False,
+                             voice_clone_prompt=None, non_streaming_mode: bool = False, ref_code=None, **kwargs):
+        self._require_type("base", "generate_voice_clone")
+        texts = _as_list(text)
+        n = len(texts)
+        languages = self._languages(language, n)
+        if voice_clone_prompt is None:
+            if ref_audio is None:
+                raise ValueError("generate_voice_clone needs voice_clone_prompt or ref_audio")
+            voice_clone_prompt = self.create_voice_clone_prompt(ref_audio, ref_text, x_vector_only_mode, ref_code)
+        items = _broadcast("voice clone prompts", list(voice_clone_prompt), n)
+        prompt = dict(
+            ref_code=[it.ref_code for it in items], ref_spk_embedding=[it.ref_spk_embedding for it in items],
+            x_vector_only_mode=[it.x_vector_only_mode for it in items], icl_mode=[it.icl_mode for it in items],
+        )
+        ref_ids = [None if not it.ref_text else self._tokenize(TextTokenizer.ref_text(it.ref_text)) for it in items]
+        codes, _ = self.generate(
+            input_ids=[self._tokenize(TextTokenizer.assistant_text(t)) for t in texts], ref_ids=ref_ids,
+            voice_clone_prompt=prompt, languages=languages, non_streaming_mode=non_streaming_mode,
+            **self._merge_generate_kwargs(kwargs),
+        )
+        return codes
+
+
+def _load_audio(audio) -> tuple[np.ndarray, int]:
+    if isinstance(audio, tuple) and len(audio) == 2:
+        wav, sr = audio
+        wav = np.asarray(wav, dtype=np.float32)
+    elif isinstance(audio, (str, bytes)) or hasattr(audio, "__fspath__"):
+        try:
+            import soundfile as sf
+        except ImportError as e:
+            raise ValueError("reading audio files needs the 'soundfile' package; pass (waveform, sr) instead") from e
+        wav, sr = sf.read(str(audio), dtype="float32", always_2d=False)
+    elif isinstance(audio, np.ndarray):
+        raise ValueError("for a numpy waveform pass a tuple (waveform, sample_rate)")
+    else:
+        raise TypeError(f"unsupported audio input type: {type(audio).__name__}")
+    if wav.ndim > 1:
+        wav = wav.mean(axis=-1).astype(np.float32)
+    return wav, int(sr)

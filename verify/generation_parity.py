@@ -1,0 +1,211 @@
+"""Generation parity: upstream's `generate` and the standalone one on identical inputs and RNG.
+
+Each case builds the keyword arguments of `Qwen3TTSForConditionalGeneration.generate` (token ids
+from upstream's own processor, speaker embeddings from each side's own speaker encoder), runs
+both sides from the same torch seed, and compares the codes frame by frame.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from .forward_parity import speech_like_waveform
+
+
+@dataclass
+class CodesComparison:
+    case: str
+    mode: str  # greedy | sampled
+    dtype: str
+    identical: bool
+    frames_upstream: list[int]
+    frames_standalone: list[int]
+    first_divergence: tuple[int, int, int] | None  # (batch item, frame, group)
+    hidden_max_abs: float
+    seconds_upstream: float
+    seconds_standalone: float
+    note: str = ""
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def first_divergence(ref: list[torch.Tensor], got: list[torch.Tensor]) -> tuple[int, int, int] | None:
+    """(item, frame, group) of the first differing code; a length difference counts at the
+    shorter length (group -1 when one side simply stopped earlier)."""
+    for i, (a, b) in enumerate(zip(ref, got)):
+        n = min(a.shape[0], b.shape[0])
+        diff = (a[:n] != b[:n]).nonzero()
+        if diff.numel():
+            f, g = diff[0].tolist()
+            return i, f, g
+        if a.shape[0] != b.shape[0]:
+            return i, n, -1
+    if len(ref) != len(got):
+        return min(len(ref), len(got)), 0, -1
+    return None
+
+
+@dataclass
+class Case:
+    name: str
+    model_types: tuple[str, ...]
+    build: Callable[["CaseContext"], dict[str, Any]]
+    description: str = ""
+
+
+@dataclass
+class CaseContext:
+    """What a case needs to build its inputs: upstream's tokenizer and both speaker encoders."""
+
+    wrapper: Any  # upstream Qwen3TTSModel (processor + model)
+    standalone: Any
+    seed: int
+    _cache: dict = field(default_factory=dict)
+
+    def ids(self, text: str, kind: str = "assistant") -> torch.Tensor:
+        w = self.wrapper
+        template = {"assistant": w._build_assistant_text, "ref": w._build_ref_text, "instruct": w._build_instruct_text}[kind]
+        return w._tokenize_texts([template(text)])[0]
+
+    def ref_codes(self, frames: int) -> torch.Tensor:
+        cfg = self.standalone.config.talker
+        g = torch.Generator().manual_seed(self.seed + frames)
+        return torch.randint(0, cfg.code_predictor.vocab_size, (frames, cfg.num_code_groups), generator=g)
+
+    def clone_prompt(self, icl: list[bool], ref_frames: list[int]) -> tuple[dict, dict]:
+        """Voice-clone prompt dicts for (upstream, standalone): each side's own x-vector of the
+        same waveform, shared reference codes."""
+        wav = speech_like_waveform(self.seed)
+        up_emb = self.wrapper.model.extract_speaker_embedding(wav, 24000)
+        st_emb = self.standalone.extract_speaker_embedding(wav, 24000)
+        codes = [self.ref_codes(n) if flag else None for flag, n in zip(icl, ref_frames)]
+        common = dict(ref_code=codes, x_vector_only_mode=[not f for f in icl], icl_mode=list(icl))
+        return {**common, "ref_spk_embedding": [up_emb] * len(icl)}, {**common, "ref_spk_embedding": [st_emb] * len(icl)}
+
+
+TEXTS = ("Hello world, this is a test.", "Speak slowly 123!", "The quick brown fox jumps over the lazy dog again.")
+
+
+def _plain(ctx, non_streaming):
+    return dict(input_ids=[ctx.ids(TEXTS[0])], languages=["auto"], non_streaming_mode=non_streaming)
+
+
+def _custom(speaker, language, non_streaming=True, instruct=None):
+    def build(ctx):
+        return dict(input_ids=[ctx.ids(TEXTS[0])], languages=[language], speakers=[speaker],
+                    instruct_ids=[ctx.ids(instruct, "instruct") if instruct else None],
+                    non_streaming_mode=non_streaming)
+    return build
+
+
+def _design(instruct, non_streaming=True, language="auto"):
+    def build(ctx):
+        return dict(input_ids=[ctx.ids(TEXTS[1])], languages=[language],
+                    instruct_ids=[ctx.ids(instruct, "instruct") if instruct else None], non_streaming_mode=non_streaming)
+    return build
+
+
+def _clone(icl, non_streaming, ref_frames=4, ref_text="Hello there."):
+    def build(ctx):
+        up, st = ctx.clone_prompt([icl], [ref_frames])
+        return dict(input_ids=[ctx.ids(TEXTS[0])], languages=["english"], non_streaming_mode=non_streaming,
+                    ref_ids=[ctx.ids(ref_text, "ref")], voice_clone_prompt=(up, st))
+    return build
+
+
+def _batch_custom(ctx):
+    return dict(input_ids=[ctx.ids(t) for t in TEXTS], languages=["english", "auto", "chinese"],
+                speakers=["alice", "bob", "carol"], instruct_ids=[None, ctx.ids("Whisper.", "instruct"), None],
+                non_streaming_mode=False)
+
+
+def _batch_design(ctx):
+    return dict(input_ids=[ctx.ids(t) for t in TEXTS], languages=["auto", "english", "german"],
+                instruct_ids=[ctx.ids("A deep calm voice.", "instruct"), None, ctx.ids("Fast and bright.", "instruct")],
+                non_streaming_mode=True)
+
+
+def _batch_clone(ctx):
+    up, st = ctx.clone_prompt([True, False, True], [3, 0, 14])
+    return dict(input_ids=[ctx.ids(t) for t in TEXTS], languages=["english", "auto", "chinese"],
+                ref_ids=[ctx.ids("Hi."), None, ctx.ids("A longer reference sentence here.")],
+                voice_clone_prompt=(up, st), non_streaming_mode=False)
+
+
+CASES: tuple[Case, ...] = (
+    Case("plain.streaming", ("base", "custom_voice", "voice_design"), lambda c: _plain(c, False),
+         "no speaker, language auto, streaming text"),
+    Case("plain.non_streaming", ("base", "custom_voice", "voice_design"), lambda c: _plain(c, True)),
+    Case("custom_voice.english", ("custom_voice",), _custom("alice", "english")),
+    Case("custom_voice.streaming", ("custom_voice",), _custom("alice", "english", non_streaming=False)),
+    Case("custom_voice.dialect_auto", ("custom_voice",), _custom("bob", "auto"), "dialect speaker, language auto"),
+    Case("custom_voice.dialect_chinese", ("custom_voice",), _custom("bob", "chinese")),
+    Case("custom_voice.instruct", ("custom_voice",), _custom("carol", "german", instruct="Sound happy.")),
+    Case("voice_design.instruct", ("voice_design",), _design("A warm low voice, speaking slowly.")),
+    Case("voice_design.streaming", ("voice_design",), _design("Bright.", non_streaming=False, language="english")),
+    Case("voice_design.no_instruct", ("voice_design",), _design(None)),
+    Case("clone.xvector", ("base",), _clone(False, False)),
+    Case("clone.icl.streaming", ("base",), _clone(True, False, ref_frames=4), "text longer than the reference codes"),
+    Case("clone.icl.streaming_long_ref", ("base",), _clone(True, False, ref_frames=24), "reference codes outlast the text"),
+    Case("clone.icl.non_streaming", ("base",), _clone(True, True)),
+    Case("batch.custom_voice", ("custom_voice",), _batch_custom, "left-padded batch of 3"),
+    Case("batch.voice_design", ("voice_design",), _batch_design, "left-padded batch of 3"),
+    Case("batch.clone", ("base",), _batch_clone, "left-padded batch: ICL, x-vector, ICL with long reference"),
+)
+
+
+def cases_for(model_type: str) -> list[Case]:
+    return [c for c in CASES if model_type in c.model_types]
+
+
+SAMPLING = dict(do_sample=True, top_k=50, top_p=1.0, temperature=0.9, subtalker_dosample=True,
+                subtalker_top_k=50, subtalker_top_p=1.0, subtalker_temperature=0.9, repetition_penalty=1.05)
+SAMPLING_TOP_P = dict(SAMPLING, top_p=0.8, subtalker_top_p=0.9, top_k=0, temperature=1.3)
+GREEDY = dict(do_sample=False, subtalker_dosample=False)
+MODES = {"greedy": GREEDY, "sampled": SAMPLING, "sampled_top_p": SAMPLING_TOP_P}
+
+
+def run_case(case: Case, ctx: CaseContext, mode: str, dtype_name: str, max_new_tokens: int = 24) -> CodesComparison:
+    kwargs = case.build(ctx)
+    up_kwargs, st_kwargs = dict(kwargs), dict(kwargs)
+    if "voice_clone_prompt" in kwargs:
+        up_kwargs["voice_clone_prompt"], st_kwargs["voice_clone_prompt"] = kwargs["voice_clone_prompt"]
+    common = dict(MODES[mode], max_new_tokens=max_new_tokens)
+    torch.manual_seed(ctx.seed)
+    t0 = time.perf_counter()
+    up_codes, up_hidden = ctx.wrapper.model.generate(**up_kwargs, **common)
+    t1 = time.perf_counter()
+    torch.manual_seed(ctx.seed)
+    st_codes, st_hidden = ctx.standalone.generate(**st_kwargs, **common)
+    t2 = time.perf_counter()
+    div = first_divergence(up_codes, st_codes)
+    hidden_diff = 0.0
+    for a, b in zip(up_hidden, st_hidden):
+        n = min(a.shape[0], b.shape[0])
+        if n:
+            hidden_diff = max(hidden_diff, float((a[:n].float() - b[:n].float()).abs().max()))
+    return CodesComparison(
+        case=case.name, mode=mode, dtype=dtype_name, identical=div is None,
+        frames_upstream=[int(c.shape[0]) for c in up_codes], frames_standalone=[int(c.shape[0]) for c in st_codes],
+        first_divergence=div, hidden_max_abs=hidden_diff, seconds_upstream=t1 - t0, seconds_standalone=t2 - t1,
+    )
+
+
+def format_codes_table(results: list[CodesComparison]) -> str:
+    header = f"{'case':32} {'mode':13} {'dtype':5} {'frames':>12}  verdict"
+    lines = [header, "-" * len(header)]
+    for r in results:
+        frames = ",".join(str(f) for f in r.frames_upstream)
+        if r.identical:
+            verdict = "IDENTICAL"
+        else:
+            item, frame, group = r.first_divergence
+            verdict = f"DIFFER at item {item}, frame {frame}" + (f", group {group}" if group >= 0 else " (length)")
+        lines.append(f"{r.case:32} {r.mode:13} {r.dtype:5} {frames:>12}  {verdict}")
+    return "\n".join(lines)
+
