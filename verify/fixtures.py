@@ -252,13 +252,19 @@ def _train_bpe(corpus: str, n_merges: int) -> tuple[dict[str, int], list[tuple[s
     return vocab, merges
 
 
-def write_text_tokenizer(dst: Path) -> None:
+def write_text_tokenizer(dst: Path, filler_tokens: int = 0) -> None:
+    """vocab.json + merges.txt + tokenizer_config.json. ``filler_tokens`` pads the vocabulary
+    with unreachable entries (a >100k vocabulary triggers upstream's fix_mistral_regex logic);
+    the special tokens then follow the filler."""
     vocab, merges = _train_bpe(_CORPUS, _N_BPE - 256)
+    for i in range(filler_tokens):
+        vocab[f"<filler_{i}>"] = len(vocab)
+    specials = {t: i - _N_BPE + len(vocab) for t, i in SPECIAL_TOKENS.items()}
     (dst / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     (dst / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
     added = {
         str(i): dict(content=t, lstrip=False, normalized=False, rstrip=False, single_word=False, special=True)
-        for t, i in SPECIAL_TOKENS.items()
+        for t, i in specials.items()
     }
     tok_cfg = dict(
         add_bos_token=False, add_prefix_space=False, added_tokens_decoder=added, bos_token=None,
