@@ -59,7 +59,8 @@ def decode_codes(model, prompt: TalkerPrompt, params: GenerationParams, progress
     device, dtype = x.device, x.dtype
     talker_params = SamplingParams(**{**params.talker.__dict__, "min_new_tokens": params.min_new_tokens,
                                       "eos_token_id": eos})
-    suppress = suppress_mask_for(tcfg.vocab_size, eos, device)
+    # Upstream builds the suppression list from the config's EOS, even when eos_token_id is overridden.
+    suppress = suppress_mask_for(tcfg.vocab_size, tcfg.codec_eos_token_id, device)
 
     max_len = prompt_len + params.max_new_tokens
     tcache = talker.decoder.new_cache(tcfg.transformer, bsz, max_len, dtype, device)
@@ -108,7 +109,8 @@ def decode_codes(model, prompt: TalkerPrompt, params: GenerationParams, progress
         return [empty_codes for _ in range(bsz)], [hidden.new_empty(0, hidden.shape[-1]) for _ in range(bsz)]
     codes_all = torch.stack(frames, dim=1)  # [B, F, G]
     hidden_all = torch.cat(hiddens, dim=1)[:, :-1]  # the hidden that produced each frame's g0
-    is_eos = codes_all[:, :, 0] == eos
+    # Upstream cuts at the config's EOS, not at an overriding eos_token_id (which only stops the loop).
+    is_eos = codes_all[:, :, 0] == tcfg.codec_eos_token_id
     lengths = torch.where(is_eos.any(dim=1), is_eos.int().argmax(dim=1), torch.full_like(is_eos[:, 0], codes_all.shape[1], dtype=torch.long))
     return ([codes_all[i, : int(n)] for i, n in enumerate(lengths)],
             [hidden_all[i, : int(n)] for i, n in enumerate(lengths)])

@@ -154,6 +154,8 @@ CASES: tuple[Case, ...] = (
     Case("clone.icl.streaming_long_ref", ("base",), _clone(True, False, ref_frames=24), "reference codes outlast the text"),
     Case("clone.icl.non_streaming", ("base",), _clone(True, True)),
     Case("batch.custom_voice", ("custom_voice",), _batch_custom, "left-padded batch of 3"),
+    Case("batch.eos_override", ("custom_voice",), lambda c: dict(_batch_custom(c), eos_token_id=1039),
+         "eos_token_id moved to a suppressed id: suppression still follows the config's EOS"),
     Case("batch.voice_design", ("voice_design",), _batch_design, "left-padded batch of 3"),
     Case("batch.clone", ("base",), _batch_clone, "left-padded batch: ICL, x-vector, ICL with long reference"),
 )
