@@ -151,21 +151,49 @@ class Qwen3TTS(VoiceMethods, nn.Module):
         return self.speaker_encoder(mels.to(self.dtype))[0]
 
 
-def resolve_checkpoint_dir(path: str | os.PathLike, revision: str | None = None) -> Path:
-    """A local directory as is; anything else is taken as a hub repo id and downloaded."""
+def resolve_checkpoint_dir(path: str | os.PathLike, revision: str | None = None, probe_timeout: float = 5.0) -> Path:
+    """A local directory as is; anything shaped like ``owner/name`` is a hub repo id.
+
+    A hub id is served from the local hub cache when possible. Otherwise it is downloaded, after
+    a short reachability probe so that an offline machine fails at once instead of hanging in
+    retries; with HF_HUB_OFFLINE=1 nothing is fetched.
+    """
     p = Path(path)
     if p.is_dir():
         return p
     if p.exists():
         raise CheckpointError(f"{p} is a file, expected a checkpoint directory")
     text = str(path)
-    if text.count("/") != 1 or text.startswith((".", "/")):
+    if text.count("/") != 1 or text.startswith((".", "/", "~")) or text.endswith("/"):
         raise CheckpointError(f"{text}: no such directory (and not a hub repo id of the form owner/name)")
     try:
+        import huggingface_hub
         from huggingface_hub import snapshot_download
     except ImportError as e:
         raise CheckpointError(f"{text}: not a local directory, and huggingface_hub is not installed to fetch it") from e
     try:
+        return Path(snapshot_download(text, revision=revision, local_files_only=True))
+    except Exception:
+        pass  # not cached: fetch it below
+    if huggingface_hub.constants.HF_HUB_OFFLINE:
+        raise CheckpointError(f"{text}: not in the local hub cache, and HF_HUB_OFFLINE is set")
+    endpoint = huggingface_hub.constants.ENDPOINT
+    if not _reachable(endpoint, probe_timeout):
+        raise CheckpointError(f"{text}: cannot reach {endpoint} (offline?); download it elsewhere and pass the directory")
+    try:
         return Path(snapshot_download(text, revision=revision))
-    except Exception as e:  # network errors, missing repos, offline mode: one clear message
-        raise CheckpointError(f"{text}: could not download from the hub ({type(e).__name__}: {e})") from e
+    except Exception as e:  # missing repo, auth, network: one clear message
+        raise CheckpointError(f"{text}: download from {endpoint} failed ({type(e).__name__}: {e})") from e
+
+
+def _reachable(url: str, timeout: float) -> bool:
+    import socket
+    from urllib.parse import urlparse
+
+    u = urlparse(url)
+    port = u.port or (443 if u.scheme == "https" else 80)
+    try:
+        with socket.create_connection((u.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False

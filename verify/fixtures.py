@@ -328,3 +328,25 @@ def write_upstream_checkpoint(
     write_text_tokenizer(dst)
     write_speech_tokenizer(dst / "speech_tokenizer", seed + 1)
     return dst
+
+
+def shard_checkpoint(directory: str | Path, n_shards: int) -> list[str]:
+    """Rewrite ``model.safetensors`` of ``directory`` as ``n_shards`` shards plus an index, the
+    way large released checkpoints are stored."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    state = load_file(str(directory / "model.safetensors"))
+    names = list(state)
+    per = math.ceil(len(names) / n_shards)
+    weight_map, files = {}, []
+    for i in range(n_shards):
+        file = f"model-{i + 1:05d}-of-{n_shards:05d}.safetensors"
+        part = {n: state[n] for n in names[i * per:(i + 1) * per]}
+        save_file(part, str(directory / file), metadata={"format": "pt"})
+        weight_map.update({n: file for n in part})
+        files.append(file)
+    total = sum(t.numel() * t.element_size() for t in state.values())
+    _dump(directory / "model.safetensors.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map})
+    (directory / "model.safetensors").unlink()
+    return files
