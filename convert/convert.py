@@ -16,6 +16,7 @@ import os
 import shutil
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -232,7 +233,9 @@ def _produce(outputs: list[OutputTensor], source: SourceWeights, direction: str)
     if direction == "standalone":
         for out in outputs:
             parts = [source.get(n) for n in out.inputs]
-            yield out, out.entry.to_standalone(parts).to(out.dtype)
+            tensor = out.entry.to_standalone(parts).to(out.dtype)
+            yield out, tensor
+            del parts, tensor  # before the next read: one output tensor in memory at a time
     else:
         cached: dict[str, list[torch.Tensor]] = {}
         for out in outputs:
@@ -240,8 +243,9 @@ def _produce(outputs: list[OutputTensor], source: SourceWeights, direction: str)
             if key not in cached:
                 cached.clear()  # the previous entry's pieces are all written by now
                 cached[key] = out.entry.to_upstream(source.get(key))
-            piece = cached[key][out.entry.sources.index(out.name)]
-            yield out, piece.to(out.dtype)
+            piece = cached[key][out.entry.sources.index(out.name)].to(out.dtype)
+            yield out, piece
+            del piece
 
 
 # --------------------------------------------------------------------------------------------
@@ -257,7 +261,8 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
 
 
 def _write_weights(tmp: Path, outputs: list[OutputTensor], source: SourceWeights, direction: str,
-                   shard_bytes: int | None, progress: bool) -> list[str]:
+                   shard_bytes: int | None, progress: bool, hashes: dict[str, str]) -> list[str]:
+    """Write the weight file(s); their sha256 (computed while writing) go into ``hashes``."""
     specs = [(o.name, o.dtype, o.shape) for o in outputs]
     shards = plan_shards(specs, shard_bytes)
     names = [WEIGHTS_NAME] if len(shards) == 1 else [
@@ -282,6 +287,7 @@ def _write_weights(tmp: Path, outputs: list[OutputTensor], source: SourceWeights
             w.close()
     finally:
         bar.close()
+    hashes.update({file: w.sha256.hexdigest() for file, w in writers.items()})
     if len(names) > 1:
         index = {"metadata": {"total_size": total}, "weight_map": {o.name: shard_of[i] for i, o in enumerate(outputs)}}
         (tmp / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
@@ -301,26 +307,46 @@ def _bar(total: int, enabled: bool):
     return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="converting", disable=not enabled, leave=False)
 
 
-def _copy_side_files(src: Path, tmp: Path) -> None:
+def _copy_hashing(src: Path, dst: Path, chunk: int = 1 << 22) -> str:
+    """Copy a file byte for byte and return its sha256, reading it once."""
+    h = hashlib.sha256()
+    with open(src, "rb") as fi, open(dst, "wb") as fo:
+        while block := fi.read(chunk):
+            fo.write(block)
+            h.update(block)
+    shutil.copystat(src, dst)
+    return h.hexdigest()
+
+
+def _copy_side_files(src: Path, tmp: Path, hashes: dict[str, str]) -> None:
     for name in SIDE_FILES:
         if (src / name).is_file():
-            shutil.copy2(src / name, tmp / name)
+            hashes[name] = _copy_hashing(src / name, tmp / name)
     for name in SIDE_DIRS:
         if (src / name).is_dir():
-            shutil.copytree(src / name, tmp / name)
+            for p in sorted((src / name).rglob("*")):
+                rel = p.relative_to(src)
+                if p.is_dir():
+                    (tmp / rel).mkdir(parents=True, exist_ok=True)
+                elif p.is_file():
+                    (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                    hashes[rel.as_posix()] = _copy_hashing(p, tmp / rel)
 
 
-def write_manifest(directory: Path, src: Path, source_files: list[str]) -> None:
+def write_manifest(directory: Path, known: dict[str, str], source_hashes: dict[str, str]) -> None:
+    """sha256 + size of every file in ``directory`` (``known`` hashes are reused, the rest are
+    computed) and the sha256 of the source files."""
     files = {}
     for p in sorted(directory.rglob("*")):
         if p.is_file() and p.name != MANIFEST_NAME:
-            files[p.relative_to(directory).as_posix()] = {"sha256": sha256_file(p), "size": p.stat().st_size}
+            rel = p.relative_to(directory).as_posix()
+            files[rel] = {"sha256": known.get(rel) or sha256_file(p), "size": p.stat().st_size}
     manifest = {
         "format": FORMAT_NAME,
         "converter_version": CONVERTER_VERSION,
         "upstream_version": upstream_version(),
         "files": files,
-        "source_files": {name: sha256_file(src / name) for name in [*source_files, "config.json"]},
+        "source_files": source_hashes,
     }
     (directory / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
 
@@ -381,22 +407,30 @@ def convert_checkpoint(
             summary.seconds = time.perf_counter() - t0
             return summary
         tmp = _make_tmp(dst)
+        # The sources are hashed for the manifest on a second thread while the conversion runs
+        # (hashlib releases the GIL), instead of in a second pass afterwards.
+        pool = ThreadPoolExecutor(max_workers=1)
         try:
-            summary.files = _write_weights(tmp, outputs, source, to, shard_size, progress)
+            source_hashes = {name: pool.submit(sha256_file, src / name) for name in [*source.files, "config.json"]} \
+                if to == "standalone" else {}
+            hashes: dict[str, str] = {}
+            summary.files = _write_weights(tmp, outputs, source, to, shard_size, progress, hashes)
             if to == "standalone":
                 (tmp / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
                 shutil.copy2(src / "config.json", tmp / UPSTREAM_CONFIG_NAME)
             else:
                 shutil.copy2(src / UPSTREAM_CONFIG_NAME, tmp / "config.json")
-            _copy_side_files(src, tmp)
+            _copy_side_files(src, tmp, hashes)
             summary.seconds = time.perf_counter() - t0
             _write_report(tmp, summary, src, outputs, dtype)
             if to == "standalone":
-                write_manifest(tmp, src, source.files)
+                write_manifest(tmp, hashes, {k: f.result() for k, f in source_hashes.items()})
             _replace(tmp, dst)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
     summary.seconds = time.perf_counter() - t0
     return summary
 

@@ -8,6 +8,7 @@ offsets outside the file, a truncated data section) is a StreamError naming the 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -119,8 +120,9 @@ class SafetensorsWriter:
         raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
         raw += b" " * (-len(raw) % 8)  # the data section starts 8-byte aligned
         self._f = open(path, "wb")
-        self._f.write(struct.pack("<Q", len(raw)))
-        self._f.write(raw)
+        self.sha256 = hashlib.sha256()  # of the whole file, computed as it is written
+        self._put(struct.pack("<Q", len(raw)))
+        self._put(raw)
         self._next = 0
         self.total_bytes = offset
 
@@ -131,8 +133,12 @@ class SafetensorsWriter:
                               f"got {name} {tensor.dtype} {list(tensor.shape)}")
         if nbytes:
             data = tensor.detach().contiguous().view(-1).view(torch.uint8).numpy()
-            self._f.write(memoryview(data))
+            self._put(memoryview(data))
         self._next += 1
+
+    def _put(self, data) -> None:
+        self._f.write(data)
+        self.sha256.update(data)
 
     def close(self) -> None:
         if self._next != len(self._order):

@@ -12,7 +12,6 @@ import argparse
 import json
 import math
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -69,17 +68,28 @@ def drop_page_cache() -> bool:
 
 
 def run_child(args: list[str]) -> tuple[float, int, str]:
-    """Wall seconds, peak RSS (bytes) and output of a child process."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    """Wall seconds, peak RSS (bytes) and output of a child process.
+
+    The peak is the child's own VmHWM, polled from /proc: getrusage(RUSAGE_CHILDREN) would also
+    count the parent's pages that a forked child shares for a moment before exec.
+    """
     t0 = time.perf_counter()
-    r = subprocess.run(args, capture_output=True, text=True)
+    p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    hwm_kb = 0
+    while p.poll() is None:
+        try:
+            with open(f"/proc/{p.pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        hwm_kb = max(hwm_kb, int(line.split()[1]))
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+        time.sleep(0.02)
     seconds = time.perf_counter() - t0
-    if r.returncode:
-        raise RuntimeError(f"{args} failed: {r.stderr}")
-    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    if peak_kb <= before:
-        peak_kb = before  # ru_maxrss is the max over all children so far
-    return seconds, peak_kb * 1024, r.stdout + r.stderr
+    out = p.stdout.read()
+    if p.returncode:
+        raise RuntimeError(f"{args} failed: {out}")
+    return seconds, hwm_kb * 1024, out
 
 
 def main(argv=None) -> None:
