@@ -26,7 +26,9 @@ import torch
 from q3tts.standalone.checkpoint import INDEX_NAME, WEIGHTS_NAME
 from q3tts.standalone.config import FORMAT_NAME, ConfigError, Qwen3TTSConfig
 
-from .layout import Entry, plan
+from q3tts.standalone.codec import load_codec_config
+
+from .layout import Entry, codec_plan, plan
 from .stream_io import DTYPE_NAMES, SafetensorsWriter, StreamError, TensorInfo, plan_shards, read_header, read_tensor
 
 CONVERTER_VERSION = "0.2.0"
@@ -40,7 +42,8 @@ SIDE_FILES = (
     "tokenizer.json",
     "preprocessor_config.json",
 )
-SIDE_DIRS = ("speech_tokenizer",)
+CODEC_DIR = "speech_tokenizer"
+SIDE_DIRS = (CODEC_DIR,)
 UPSTREAM_CONFIG_NAME = "upstream_config.json"
 REPORT_NAME = "conversion-report.json"
 MANIFEST_NAME = "manifest.json"
@@ -194,33 +197,32 @@ def _check_accounting(source: SourceWeights, wanted: list[str], what: str) -> No
         )
 
 
-def plan_outputs(source: SourceWeights, config: Qwen3TTSConfig, direction: str, dtype: torch.dtype | None) -> list[OutputTensor]:
-    """Validate every source tensor against the layout plan and list the output tensors."""
-    entries = plan(config)
+def plan_outputs(source: SourceWeights, entries: list[Entry], direction: str, dtype: torch.dtype | None,
+                 what: str) -> list[OutputTensor]:
+    """Validate every source tensor against the layout entries and list the output tensors."""
     outputs: list[OutputTensor] = []
     if direction == "standalone":
-        _check_accounting(source, [s for e in entries for s in e.sources],
-                          f"a {config.tts_model_type} model with this config")
+        _check_accounting(source, [s for e in entries for s in e.sources], what)
         for e in entries:
             dtypes = set()
             for name, shape in zip(e.sources, e.source_shapes):
                 info = source.infos[name]
-                if info.shape != shape:
+                if shape is not None and info.shape != shape:
                     raise ConversionError(f"{source.directory}: tensor {name} has shape {list(info.shape)}, the config implies {list(shape)}")
                 dtypes.add(info.dtype)
             if len(dtypes) != 1:
                 raise ConversionError(f"{source.directory}: tensors {list(e.sources)} mix dtypes {sorted(map(str, dtypes))}")
-            out_dtype = _cast_dtype(dtypes.pop(), dtype)
-            outputs.append(OutputTensor(e.target, out_dtype, e.target_shape, e.sources, e))
+            target_shape = e.target_shape if e.target_shape is not None else source.infos[e.sources[0]].shape
+            outputs.append(OutputTensor(e.target, _cast_dtype(dtypes.pop(), dtype), target_shape, e.sources, e))
     else:
-        _check_accounting(source, [e.target for e in entries], "a standalone checkpoint with this config")
+        _check_accounting(source, [e.target for e in entries], what)
         for e in entries:
             info = source.infos[e.target]
-            if info.shape != e.target_shape:
+            if e.target_shape is not None and info.shape != e.target_shape:
                 raise ConversionError(f"{source.directory}: tensor {e.target} has shape {list(info.shape)}, the config implies {list(e.target_shape)}")
             out_dtype = _cast_dtype(info.dtype, dtype)
             for name, shape in zip(e.sources, e.source_shapes):
-                outputs.append(OutputTensor(name, out_dtype, shape, (e.target,), e))
+                outputs.append(OutputTensor(name, out_dtype, shape if shape is not None else info.shape, (e.target,), e))
     return outputs
 
 
@@ -275,10 +277,14 @@ def _write_weights(tmp: Path, outputs: list[OutputTensor], source: SourceWeights
     total = sum(torch.empty((), dtype=o.dtype).element_size() * _numel(o.shape) for o in outputs)
     bar = _bar(total, progress)
     writers: dict[str, SafetensorsWriter] = {}
+    # Standalone files name their producer (so they are never converted twice); files written
+    # back in upstream's layout carry upstream's plain metadata.
+    metadata = {"format": "pt"}
+    if direction == "standalone":
+        metadata["producer"] = f"q3tts.convert {CONVERTER_VERSION}"
     try:
         for file, idx in zip(names, shards):
-            writers[file] = SafetensorsWriter(tmp / file, [specs[i] for i in idx],
-                                              metadata={"format": "pt", "producer": f"q3tts.convert {CONVERTER_VERSION}"})
+            writers[file] = SafetensorsWriter(tmp / file, [specs[i] for i in idx], metadata=metadata)
         for i, (out, tensor) in enumerate(_produce(outputs, source, direction)):
             writers[shard_of[i]].write(out.name, tensor)
             bar.update(tensor.numel() * tensor.element_size())
@@ -318,7 +324,7 @@ def _copy_hashing(src: Path, dst: Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def _copy_side_files(src: Path, tmp: Path, hashes: dict[str, str]) -> None:
+def _copy_side_files(src: Path, tmp: Path, hashes: dict[str, str], skip: set[str] = frozenset()) -> None:
     for name in SIDE_FILES:
         if (src / name).is_file():
             hashes[name] = _copy_hashing(src / name, tmp / name)
@@ -326,6 +332,8 @@ def _copy_side_files(src: Path, tmp: Path, hashes: dict[str, str]) -> None:
         if (src / name).is_dir():
             for p in sorted((src / name).rglob("*")):
                 rel = p.relative_to(src)
+                if rel.as_posix() in skip:
+                    continue
                 if p.is_dir():
                     (tmp / rel).mkdir(parents=True, exist_ok=True)
                 elif p.is_file():
@@ -395,15 +403,25 @@ def convert_checkpoint(
         if dst.resolve() == src.resolve() or src.resolve() in dst.resolve().parents:
             raise ConversionError(f"{dst}: the destination must not be the source or inside it")
 
+    what = (f"a {config.tts_model_type} model with this config" if to == "standalone"
+            else "a standalone checkpoint with this config")
+    codec = _codec_job(src, to, dtype)
     with SourceWeights(src) as source:
-        outputs = plan_outputs(source, config, to, dtype)
+        outputs = plan_outputs(source, plan(config), to, dtype, what)
         summary = ConversionSummary(
             direction=to, tensors_in=len(source.infos), tensors_out=len(outputs), bytes_in=source.nbytes,
             bytes_out=sum(_numel(o.shape) * torch.empty((), dtype=o.dtype).element_size() for o in outputs),
             seconds=0.0, dst=dst,
         )
+        if codec is not None:
+            summary.tensors_in += len(codec[0].infos)
+            summary.tensors_out += len(codec[1])
+            summary.bytes_in += codec[0].nbytes
+            summary.bytes_out += sum(_numel(o.shape) * torch.empty((), dtype=o.dtype).element_size() for o in codec[1])
         if dry_run:
             summary.plan = _plan_lines(outputs, source, to)
+            if codec is not None:
+                summary.plan += [f"speech_tokenizer/ {line}" for line in _plan_lines(codec[1], codec[0], to)]
             summary.seconds = time.perf_counter() - t0
             return summary
         tmp = _make_tmp(dst)
@@ -420,9 +438,16 @@ def convert_checkpoint(
                 shutil.copy2(src / "config.json", tmp / UPSTREAM_CONFIG_NAME)
             else:
                 shutil.copy2(src / UPSTREAM_CONFIG_NAME, tmp / "config.json")
-            _copy_side_files(src, tmp, hashes)
+            _copy_side_files(src, tmp, hashes, skip={f"{CODEC_DIR}/{f}" for f in (codec[0].files if codec else [])})
+            if codec is not None:
+                codec_hashes: dict[str, str] = {}
+                (tmp / CODEC_DIR).mkdir(exist_ok=True)
+                with codec[0] as codec_source:
+                    summary.files += [f"{CODEC_DIR}/{f}" for f in _write_weights(
+                        tmp / CODEC_DIR, codec[1], codec_source, to, None, progress, codec_hashes)]
+                hashes.update({f"{CODEC_DIR}/{k}": v for k, v in codec_hashes.items()})
             summary.seconds = time.perf_counter() - t0
-            _write_report(tmp, summary, src, outputs, dtype)
+            _write_report(tmp, summary, src, [("", outputs)] + ([(f"{CODEC_DIR}/", codec[1])] if codec else []), dtype)
             if to == "standalone":
                 write_manifest(tmp, hashes, {k: f.result() for k, f in source_hashes.items()})
             _replace(tmp, dst)
@@ -435,6 +460,45 @@ def convert_checkpoint(
     return summary
 
 
+def _codec_job(src: Path, direction: str, dtype: torch.dtype | None):
+    """(source weights, output tensors) of the speech tokenizer, or None when there is none.
+    Its config.json is upstream's in both layouts; the weights follow the codec layout map."""
+    directory = src / CODEC_DIR
+    if not (directory / "config.json").is_file():
+        return None
+    try:
+        cfg = load_codec_config(directory)
+    except (ValueError, KeyError, TypeError) as e:
+        raise ConversionError(f"{directory / 'config.json'}: {e}") from e
+    has_weights = (directory / WEIGHTS_NAME).is_file() or (directory / INDEX_NAME).is_file()
+    if not has_weights:
+        return None
+    source = SourceWeights(directory)
+    marker = _producer(directory)
+    if direction == "standalone" and marker:
+        raise ConversionError(f"{directory}: already converted by {marker}; refusing to convert it again")
+    if direction == "upstream" and not marker:
+        raise ConversionError(f"{directory}: not in the standalone layout")
+    entries = codec_plan(cfg, source.infos if direction == "standalone" else
+                         [n for n in source.infos if n.startswith("encoder.")])
+    return source, plan_outputs(source, entries, direction, dtype, "the 12 Hz speech tokenizer")
+
+
+def _producer(directory: Path) -> str | None:
+    """The converter that wrote a weight file, from its safetensors metadata (None if upstream's)."""
+    from .stream_io import read_header
+
+    for file in sorted(directory.glob("*.safetensors")):
+        try:
+            _, meta = read_header(file)
+        except StreamError as e:
+            raise ConversionError(str(e)) from e
+        producer = meta.get("producer", "")
+        if producer.startswith("q3tts.convert"):
+            return producer
+    return None
+
+
 def _plan_lines(outputs: list[OutputTensor], source: SourceWeights, direction: str) -> list[str]:
     lines = []
     for o in outputs:
@@ -444,7 +508,8 @@ def _plan_lines(outputs: list[OutputTensor], source: SourceWeights, direction: s
     return lines
 
 
-def _write_report(tmp: Path, summary: ConversionSummary, src: Path, outputs: list[OutputTensor], dtype) -> None:
+def _write_report(tmp: Path, summary: ConversionSummary, src: Path,
+                  groups: list[tuple[str, list[OutputTensor]]], dtype) -> None:
     report = {
         "converter_version": CONVERTER_VERSION,
         "direction": summary.direction,
@@ -456,8 +521,8 @@ def _write_report(tmp: Path, summary: ConversionSummary, src: Path, outputs: lis
         "bytes_out": summary.bytes_out,
         "seconds": round(summary.seconds, 3),
         "weight_files": summary.files,
-        "tensors": [{"name": o.name, "from": list(o.inputs), "op": o.entry.op, "shape": list(o.shape),
-                     "dtype": DTYPE_NAMES[o.dtype]} for o in outputs],
+        "tensors": [{"name": prefix + o.name, "from": list(o.inputs), "op": o.entry.op, "shape": list(o.shape),
+                     "dtype": DTYPE_NAMES[o.dtype]} for prefix, group in groups for o in group],
     }
     (tmp / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
 

@@ -74,9 +74,9 @@ class Entry:
     """One target tensor and the source tensors it is made of, with their expected shapes."""
 
     target: str
-    target_shape: tuple[int, ...]
+    target_shape: tuple[int, ...] | None  # None: carried through, shape taken from the file
     sources: tuple[str, ...]
-    source_shapes: tuple[tuple[int, ...], ...]
+    source_shapes: tuple[tuple[int, ...] | None, ...]
     op: str
 
     def to_standalone(self, tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -140,12 +140,11 @@ def plan(config: Qwen3TTSConfig) -> list[Entry]:
             for rule in LAYER_RULES:
                 add(rule, dst_prefix.format(i=i) + rule.target,
                     tuple(src_prefix.format(i=i) + s for s in rule.sources), _sizes(tc))
-    groups = config.talker.num_code_groups - 1
     for rule in TOP_RULES:
         if rule.when and not _has(config, rule.when):
             continue
         if rule.op == "stack":
-            add(rule, rule.target, tuple(rule.sources[0].format(g=g) for g in range(groups)))
+            add(rule, rule.target, expand_stack(rule, shapes[rule.target][0]))
         else:
             add(rule, rule.target, rule.sources)
     for name in shapes:
@@ -155,6 +154,89 @@ def plan(config: Qwen3TTSConfig) -> list[Entry]:
     covered = {e.target for e in entries}
     if covered != set(shapes):
         raise AssertionError(f"layout table out of date: uncovered {sorted(set(shapes) - covered)[:5]}")
+    return entries
+
+
+def expand_stack(rule: Rule, count: int) -> tuple[str, ...]:
+    """Sources of a stack of ``count`` tensors: fixed names first, then the {g} template for the rest."""
+    fixed = [t for t in rule.sources if "{g}" not in t]
+    templates = [t for t in rule.sources if "{g}" in t]
+    rest = [t.format(g=g) for t in templates for g in range(count - len(fixed))]
+    return tuple(fixed + rest)
+
+
+# --- speech tokenizer (12 Hz codec) -----------------------------------------------------------
+_Q = "decoder.quantizer."
+CODEC_LAYER_RULES = (
+    Rule("attn.wqkv.weight", ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"),
+         op="concat", split=("q", "kv", "kv")),
+    Rule("attn.wo.weight", ("self_attn.o_proj.weight",)),
+    Rule("attn_norm.weight", ("input_layernorm.weight",)),
+    Rule("mlp_norm.weight", ("post_attention_layernorm.weight",)),
+    Rule("w_gate_up.weight", ("mlp.gate_proj.weight", "mlp.up_proj.weight"), op="concat", split=("ffn", "ffn")),
+    Rule("w_down.weight", ("mlp.down_proj.weight",)),
+    Rule("attn_scale", ("self_attn_layer_scale.scale",)),
+    Rule("mlp_scale", ("mlp_layer_scale.scale",)),
+)
+CODEC_STACK = ("decoder.transformer.layers.{i}.", "decoder.pre_transformer.layers.{i}.")
+CODEC_TOP_RULES = (
+    Rule("decoder.codebook_sums", (_Q + "rvq_first.vq.layers.0._codebook.embedding_sum",
+                                   _Q + "rvq_rest.vq.layers.{g}._codebook.embedding_sum"), op="stack"),
+    Rule("decoder.codebook_usage", (_Q + "rvq_first.vq.layers.0._codebook.cluster_usage",
+                                    _Q + "rvq_rest.vq.layers.{g}._codebook.cluster_usage"), op="stack"),
+    Rule("decoder.semantic_input_proj", (_Q + "rvq_first.input_proj.weight",)),
+    Rule("decoder.semantic_output_proj", (_Q + "rvq_first.output_proj.weight",)),
+    Rule("decoder.acoustic_input_proj", (_Q + "rvq_rest.input_proj.weight",)),
+    Rule("decoder.acoustic_output_proj", (_Q + "rvq_rest.output_proj.weight",)),
+    Rule("decoder.transformer.input_proj.weight", ("decoder.pre_transformer.input_proj.weight",)),
+    Rule("decoder.transformer.input_proj.bias", ("decoder.pre_transformer.input_proj.bias",)),
+    Rule("decoder.transformer.output_proj.weight", ("decoder.pre_transformer.output_proj.weight",)),
+    Rule("decoder.transformer.output_proj.bias", ("decoder.pre_transformer.output_proj.bias",)),
+    Rule("decoder.transformer.norm.weight", ("decoder.pre_transformer.norm.weight",)),
+)
+# Convolution stacks keep upstream's module names, so they map one to one under these prefixes.
+CODEC_IDENTITY_PREFIXES = ("decoder.pre_conv.", "decoder.upsample.", "decoder.decoder.")
+# The encoder (reference-audio tokenizer) is not part of the standalone runtime; its tensors are
+# carried through unchanged so that nothing is lost and a round trip restores them.
+CODEC_PASSTHROUGH_PREFIX = "encoder."
+
+
+def codec_plan(cfg, source_names: Iterable[str] = ()) -> list[Entry]:
+    """Entries for the speech tokenizer's weights: the decoder through the table, plus every
+    ``encoder.*`` name found in the source, carried unchanged."""
+    from q3tts.standalone.codec import CodecDecoder
+
+    with torch.device("meta"):
+        model = CodecDecoder(cfg)
+    shapes = {"decoder." + k: tuple(v.shape) for k, v in model.state_dict().items()}
+    entries: list[Entry] = []
+    sizes = {"q": cfg.num_attention_heads * cfg.head_dim, "kv": cfg.num_key_value_heads * cfg.head_dim,
+             "ffn": cfg.intermediate_size}
+
+    def add(rule: Rule, target: str, sources: tuple[str, ...]):
+        tshape = shapes[target]
+        if rule.op == "rename":
+            sshapes = (tshape,)
+        elif rule.op == "concat":
+            sshapes = tuple((sizes[x], *tshape[1:]) for x in rule.split)
+        else:
+            sshapes = tuple(tshape[1:] for _ in sources)
+        entries.append(Entry(target, tshape, sources, sshapes, rule.op))
+
+    dst_prefix, src_prefix = CODEC_STACK
+    for i in range(cfg.num_hidden_layers):
+        for rule in CODEC_LAYER_RULES:
+            add(rule, dst_prefix.format(i=i) + rule.target, tuple(src_prefix.format(i=i) + x for x in rule.sources))
+    for rule in CODEC_TOP_RULES:
+        add(rule, rule.target, expand_stack(rule, shapes[rule.target][0]) if rule.op == "stack" else rule.sources)
+    for name, shape in shapes.items():
+        if name.startswith(CODEC_IDENTITY_PREFIXES):
+            entries.append(Entry(name, shape, (name,), (shape,), "rename"))
+    covered = {e.target for e in entries}
+    if covered != set(shapes):
+        raise AssertionError(f"codec layout table out of date: uncovered {sorted(set(shapes) - covered)[:5]}")
+    for name in sorted(n for n in source_names if n.startswith(CODEC_PASSTHROUGH_PREFIX)):
+        entries.append(Entry(name, None, (name,), (None,), "rename"))
     return entries
 
 

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from .checkpoint import CheckpointError, load_state_dict
+from .codec import CodecDecoder, load_codec
 from .config import ConfigError, Qwen3TTSConfig
 from .generation import GenerationParams, decode_codes
 from .mel import log_mel_spectrogram
@@ -88,6 +89,24 @@ class Qwen3TTS(VoiceMethods, nn.Module):
         return model.eval()
 
     # ---------------------------------------------------------------------------------------
+    @property
+    def codec(self) -> CodecDecoder:
+        """The speech-tokenizer decoder, loaded from ``speech_tokenizer/`` on first use, in the
+        model's dtype (as upstream loads its codec with the same dtype argument)."""
+        codec = getattr(self, "_codec", None)
+        if codec is None:
+            codec = load_codec(self.checkpoint_dir, self.dtype, self.device)
+            # Not a registered submodule: the talker checkpoint's strict key accounting (and
+            # state_dict) must not change once audio has been decoded.
+            object.__setattr__(self, "_codec", codec)
+        return codec
+
+    def decode_codes(self, codes) -> tuple[list[np.ndarray], int]:
+        """Codes ([frames, G] per item, or one such tensor) -> (float32 waveforms, sample rate),
+        like upstream's Qwen3TTSTokenizer.decode."""
+        items = [codes] if isinstance(codes, torch.Tensor) and codes.dim() == 2 else list(codes)
+        return self.codec.decode(items), self.codec.cfg.output_sample_rate
+
     @torch.inference_mode()
     def generate(
         self,

@@ -1,10 +1,10 @@
 """Text-level methods that mirror upstream's `Qwen3TTSModel` wrapper: custom voice, voice design,
-voice clone, and the voice-clone prompt.
+voice clone, and the voice-clone prompt. They return ``(list of float32 waveforms, sample_rate)``
+like upstream's; ``return_codes=True`` returns the codes ([frames, G] per item) instead.
 
-Until the standalone speech-tokenizer decoder exists they return codes ([frames, G] LongTensor
-per item) instead of audio. ICL cloning needs reference codes; without a standalone encoder they
-must be given (``ref_code=``, e.g. from upstream's ``Qwen3TTSTokenizer.encode``), and their
-absence is a clear error.
+ICL cloning needs reference codes. The standalone runtime has the speech-tokenizer decoder but
+not its encoder, so the codes must be given (``ref_code=``, e.g. from upstream's
+``Qwen3TTSTokenizer.encode``); their absence is a clear error.
 """
 
 from __future__ import annotations
@@ -106,7 +106,8 @@ class VoiceMethods:
         return [None if not ins else self._tokenize(TextTokenizer.instruct_text(ins)) for ins in instructs]
 
     # --- modes -------------------------------------------------------------------------------
-    def generate_custom_voice(self, text, speaker, language=None, instruct=None, non_streaming_mode: bool = True, **kwargs):
+    def generate_custom_voice(self, text, speaker, language=None, instruct=None, non_streaming_mode: bool = True,
+                              return_codes: bool = False, **kwargs):
         self._require_type("custom_voice", "generate_custom_voice")
         texts = _as_list(text)
         n = len(texts)
@@ -125,9 +126,10 @@ class VoiceMethods:
             instruct_ids=self._instruct_ids(instructs), languages=languages, speakers=speakers,
             non_streaming_mode=non_streaming_mode, **self._merge_generate_kwargs(kwargs),
         )
-        return codes
+        return codes if return_codes else self.decode_codes(codes)
 
-    def generate_voice_design(self, text, instruct, language=None, non_streaming_mode: bool = True, **kwargs):
+    def generate_voice_design(self, text, instruct, language=None, non_streaming_mode: bool = True,
+                              return_codes: bool = False, **kwargs):
         self._require_type("voice_design", "generate_voice_design")
         texts = _as_list(text)
         n = len(texts)
@@ -138,7 +140,7 @@ class VoiceMethods:
             instruct_ids=self._instruct_ids(instructs), languages=languages,
             non_streaming_mode=non_streaming_mode, **self._merge_generate_kwargs(kwargs),
         )
-        return codes
+        return codes if return_codes else self.decode_codes(codes)
 
     def create_voice_clone_prompt(self, ref_audio, ref_text=None, x_vector_only_mode=False, ref_code=None):
         """Speaker embedding (and, for ICL, reference codes) of reference audio.
@@ -180,7 +182,8 @@ class VoiceMethods:
         return items
 
     def generate_voice_clone(self, text, language=None, ref_audio=None, ref_text=None, x_vector_only_mode=False,
-                             voice_clone_prompt=None, non_streaming_mode: bool = False, ref_code=None, **kwargs):
+                             voice_clone_prompt=None, non_streaming_mode: bool = False, ref_code=None,
+                             return_codes: bool = False, **kwargs):
         self._require_type("base", "generate_voice_clone")
         texts = _as_list(text)
         n = len(texts)
@@ -200,7 +203,20 @@ class VoiceMethods:
             voice_clone_prompt=prompt, languages=languages, non_streaming_mode=non_streaming_mode,
             **self._merge_generate_kwargs(kwargs),
         )
-        return codes
+        if return_codes:
+            return codes
+        # As upstream: decode the reference codes together with the new ones, then cut the
+        # reference's share of the samples (upstream's float formula, off by one sample at times).
+        full = [c if it.ref_code is None else torch.cat([it.ref_code.to(c.device), c], dim=0) for c, it in zip(codes, items)]
+        wavs, sr = self.decode_codes(full)
+        out = []
+        for wav, it, total in zip(wavs, items, full):
+            if it.ref_code is None:
+                out.append(wav)
+            else:
+                cut = int(int(it.ref_code.shape[0]) / max(int(total.shape[0]), 1) * wav.shape[0])
+                out.append(wav[cut:])
+        return out, sr
 
 
 def _load_audio(audio) -> tuple[np.ndarray, int]:

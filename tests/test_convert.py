@@ -29,6 +29,10 @@ def _all_tensors(directory):
     return out
 
 
+def _codec_tensors(directory):
+    return load_file(str(directory / "speech_tokenizer" / "model.safetensors"))
+
+
 def run_cli(*args, env=None):
     r = CliRunner().invoke(convert_cli, [str(a) for a in args], env=env)
     return r.exit_code, r.output  # stdout and stderr, interleaved
@@ -57,6 +61,11 @@ def test_round_trip_is_bit_identical(checkpoints, tmp_path, model_type, sharded)
     assert set(back) == set(original)
     for name, t in original.items():
         assert back[name].dtype == t.dtype and torch.equal(back[name], t), name
+    # The speech tokenizer too: converted to the standalone layout and back, bit for bit.
+    codec_in, codec_st, codec_back = (_codec_tensors(d) for d in (src, tmp_path / "st", tmp_path / "back"))
+    assert set(codec_back) == set(codec_in) and set(codec_st) != set(codec_in)
+    for name, t in codec_in.items():
+        assert codec_back[name].dtype == t.dtype and torch.equal(codec_back[name], t), name
     # The restored directory is upstream's: same config.json bytes, same side files.
     assert (tmp_path / "back" / "config.json").read_bytes() == (src / "config.json").read_bytes()
     for name in ("vocab.json", "merges.txt", "generation_config.json"):
@@ -95,9 +104,10 @@ def test_dry_run_lists_every_source_tensor_and_writes_nothing(checkpoints, tmp_p
     assert exit_code == 0, out
     assert not (tmp_path / "o").exists()
     lines = [l for l in out.splitlines() if " -> " in l]
-    n_sources = len(_all_tensors(up))
+    n_sources = len(_all_tensors(up)) + len(_codec_tensors(up))
     listed = sum(l.split(" -> ")[0].count("[") for l in lines)
     assert listed == n_sources
+    assert any(l.startswith("speech_tokenizer/ decoder.quantizer.rvq_first.vq.layers.0._codebook.embedding_sum") for l in lines)
     assert any("self_attn.q_proj.weight [32, 32] F32, talker.model.layers.0.self_attn.k_proj.weight" in l
                and "-> talker.decoder.layers.0.attn.wqkv.weight [64, 32] F32 (concat)" in l for l in lines)
     assert "nothing written" in out
@@ -105,7 +115,8 @@ def test_dry_run_lists_every_source_tensor_and_writes_nothing(checkpoints, tmp_p
 
 def test_output_layout_manifest_and_report(checkpoints, tmp_path):
     exit_code, out = run_cli(checkpoints["base"][0], tmp_path / "o")
-    assert exit_code == 0 and "converted 137 tensors" in out, out
+    n_in = 137 + len(_codec_tensors(checkpoints["base"][0]))
+    assert exit_code == 0 and f"converted {n_in} tensors" in out, out
     o = tmp_path / "o"
     names = {p.name for p in o.iterdir()}
     assert {"config.json", "model.safetensors", "manifest.json", "conversion-report.json", "upstream_config.json",
@@ -114,12 +125,14 @@ def test_output_layout_manifest_and_report(checkpoints, tmp_path):
     cfg = json.loads((o / "config.json").read_text())
     assert cfg["format"] == "q3tts-standalone" and cfg["format_version"] == 1
     report = json.loads((o / "conversion-report.json").read_text())
-    assert report["tensors_in"] == 137 and report["tensors_out"] == 121 and len(report["tensors"]) == 121
+    n_codec_out = len(_codec_tensors(o))
+    assert report["tensors_in"] == n_in and report["tensors_out"] == 121 + n_codec_out
+    assert len(report["tensors"]) == 121 + n_codec_out
     manifest = json.loads((o / "manifest.json").read_text())
     assert manifest["converter_version"] and manifest["upstream_version"] == "0.1.1"
     assert "speech_tokenizer/model.safetensors" in manifest["files"]
     # Side files byte for byte.
-    for rel in ("speech_tokenizer/model.safetensors", "vocab.json", "generation_config.json"):
+    for rel in ("speech_tokenizer/config.json", "speech_tokenizer/preprocessor_config.json", "vocab.json", "generation_config.json"):
         assert (o / rel).read_bytes() == (checkpoints["base"][0] / rel).read_bytes()
 
 
