@@ -57,3 +57,30 @@ def released_config(size: str, model_type: str) -> dict[str, Any]:
     if model_type == "base":
         cfg["speaker_encoder_config"] = {"enc_dim": hidden, "sample_rate": 24000}
     return cfg
+
+
+def released_speech_tokenizer_config() -> dict[str, Any]:
+    """speech_tokenizer/config.json of the released 12 Hz tokenizer (upstream.md section 2.5)."""
+    return {
+        "model_type": "qwen3_tts_tokenizer_12hz", "architectures": ["Qwen3TTSTokenizerV2Model"],
+        "encoder_valid_num_quantizers": 16, "input_sample_rate": 24000, "output_sample_rate": 24000,
+        "decode_upsample_rate": 1920, "encode_downsample_rate": 1920,
+        "encoder_config": {
+            "audio_channels": 1, "num_filters": 64, "kernel_size": 7, "residual_kernel_size": 3, "last_kernel_size": 3,
+            "num_residual_layers": 1, "compress": 2, "upsampling_ratios": [8, 6, 5, 4], "hidden_size": 512,
+            "num_hidden_layers": 8, "num_attention_heads": 8, "num_key_value_heads": 8, "head_dim": 64,
+            "intermediate_size": 2048, "hidden_act": "gelu", "norm_eps": 1e-5, "layer_scale_initial_scale": 0.01,
+            "rope_theta": 10000, "max_position_embeddings": 8000, "sliding_window": 250, "num_quantizers": 32,
+            "num_semantic_quantizers": 1, "codebook_size": 2048, "codebook_dim": 256,
+            "vector_quantization_hidden_dimension": 256, "pad_mode": "constant", "use_causal_conv": True,
+            "sampling_rate": 24000, "frame_rate": 12.5,
+        },
+        "decoder_config": {
+            "latent_dim": 1024, "codebook_dim": 512, "codebook_size": 2048, "decoder_dim": 1536, "hidden_size": 512,
+            "intermediate_size": 1024, "hidden_act": "silu", "num_hidden_layers": 8, "num_attention_heads": 16,
+            "num_key_value_heads": 16, "head_dim": 64, "rms_norm_eps": 1e-5, "layer_scale_initial_scale": 0.01,
+            "rope_theta": 10000, "max_position_embeddings": 8000, "sliding_window": 72, "num_quantizers": 16,
+            "upsample_rates": [8, 5, 4, 3], "upsampling_ratios": [2, 2], "num_semantic_quantizers": 1,
+            "semantic_codebook_size": 4096, "vector_quantization_hidden_dimension": 512,
+        },
+    }
