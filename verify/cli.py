@@ -19,15 +19,36 @@ DTYPE_CHOICES = ("fp32", "bf16")
               help="Use this converted directory instead of converting SRC.")
 @click.option("--dtype", "dtypes", multiple=True, type=click.Choice(DTYPE_CHOICES),
               help="Dtypes to check (repeatable). Default: fp32 and bf16.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the shared inputs.")
+@click.option("--seeds", default="0,1", show_default=True, help="Comma-separated seeds for sampled generation.")
+@click.option("--frames", type=int, default=None,
+              help="Frames generated per generation case (default 24 on the fixtures, 6 on a real checkpoint).")
+@click.option("--report-dir", type=click.Path(file_okay=False), default="parity-report", show_default=True,
+              help="Where parity.json and parity.md are written.")
+@click.option("--no-generation", is_flag=True, help="Only component forwards and audio.")
+@click.option("--against-upstream", "against", default=None, metavar="VERSION",
+              help="Build a fresh virtualenv with qwen-tts==VERSION ('latest' for the newest release), "
+                   "run the tiny parity there and write the report. Gates upstream releases.")
+@click.option("--reuse-torch", is_flag=True,
+              help="With --against-upstream: let the new environment see this one's packages (torch, ...) "
+                   "so only what VERSION needs differently is installed.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def main(src: str | None, standalone_dir: str | None, dtypes: tuple[str, ...], seed: int, debug: bool) -> None:
-    """Compare upstream and standalone forwards on SRC (an upstream checkpoint directory or hub
-    id). Without SRC, builds the tiny fixtures of all three model types (the embedded default).
-    Exits 0 only when every case passes."""
+def main(src, standalone_dir, dtypes, seeds, frames, report_dir, no_generation, against, reuse_torch, debug) -> None:
+    """Compare upstream qwen-tts and the standalone model on SRC (an upstream checkpoint directory or
+    hub id). Without SRC, builds tiny random checkpoints of all three model types (the embedded
+    default). Exits 0 only when every case passes."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        ok = _run(src, standalone_dir, dtypes or DTYPE_CHOICES, seed)
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+        if not seed_list:
+            raise click.BadParameter("at least one seed", param_hint="--seeds")
+        if against:
+            from .gate import run_gate
+
+            ok = run_gate(against, Path(report_dir), reuse_torch=reuse_torch, extra_args=list(dtypes_args(dtypes)))
+        else:
+            ok = run(src, standalone_dir, dtypes or DTYPE_CHOICES, seed_list, frames, Path(report_dir), not no_generation)
+    except click.ClickException:
+        raise
     except Exception as e:  # one line unless --debug
         if debug:
             raise
@@ -36,47 +57,77 @@ def main(src: str | None, standalone_dir: str | None, dtypes: tuple[str, ...], s
     sys.exit(0 if ok else 1)
 
 
-def _run(src, standalone_dir, dtype_names, seed) -> bool:
+def dtypes_args(dtypes):
+    for d in dtypes:
+        yield from ("--dtype", d)
+
+
+def run(src, standalone_dir, dtype_names, seeds, frames, report_dir: Path, generation: bool) -> bool:
+    import torch
+
     from q3tts.convert import convert_checkpoint
     from q3tts.standalone import Qwen3TTS
     from q3tts.standalone.model import resolve_checkpoint_dir
 
     from .compare import DTYPES
     from .fixtures import MODEL_TYPES, write_upstream_checkpoint
-    from .forward_parity import format_table, load_upstream, run_forward_cases
+    from .forward_parity import load_upstream_wrapper
+    from .report import build_report, render_markdown, write_report
+    from .suite import config_summary, run_suite
 
     with tempfile.TemporaryDirectory(prefix="verify-parity-") as work:
         work = Path(work)
         pairs = []
         if src is None:
-            click.echo("No SRC given: building the tiny fixtures (base, custom_voice, voice_design).")
-            for mt in MODEL_TYPES:
-                up = write_upstream_checkpoint(work / f"upstream-{mt}", mt, seed=seed)
+            click.echo("No SRC: building tiny random checkpoints of all three model types (base, custom_voice, voice_design).")
+            frames = frames or 24
+            for i, mt in enumerate(MODEL_TYPES):
+                up = write_upstream_checkpoint(work / f"upstream-{mt}", mt, seed=10 + i)
                 st = work / f"standalone-{mt}"
                 convert_checkpoint(up, st)
-                pairs.append((mt, up, st))
+                pairs.append((f"tiny-{mt}", "fixture", up, st))
         else:
+            frames = frames or 6
             up = resolve_checkpoint_dir(src)
             st = Path(standalone_dir) if standalone_dir else work / "standalone"
             if not standalone_dir:
+                click.echo(f"Converting {up} ...")
                 convert_checkpoint(up, st)
-            pairs.append((Path(up).name, up, st))
+            pairs.append((Path(str(src)).name, str(src), up, st))
 
-        all_ok = True
-        for name, up, st in pairs:
+        runs = []
+        for name, source, up, st in pairs:
             for dn in dtype_names:
                 dtype = DTYPES[dn]
                 t0 = time.perf_counter()
-                upstream = load_upstream(up, dtype)
+                wrapper = load_upstream_wrapper(up, dtype)
+                t_up = time.perf_counter() - t0
+                t0 = time.perf_counter()
                 standalone = Qwen3TTS.from_pretrained(st, dtype=dtype)
-                results = run_forward_cases(upstream, standalone, dtype, seed=seed)
-                ok = all(r.passed for r in results)
-                all_ok &= ok
-                click.echo(f"\n== {name} / {dn}: {'PASS' if ok else 'FAIL'} ({time.perf_counter() - t0:.1f} s)")
-                click.echo(format_table(results))
-        verdict = "PASS: every forward case matches upstream" if all_ok else "FAIL: some cases differ (see above)"
-        click.echo(f"\nverdict: {verdict}")
-        return all_ok
+                t_st = time.perf_counter() - t0
+                results = run_suite(wrapper, standalone, standalone.config.tts_model_type, dtype, seeds, frames,
+                                    cache_key=f"{name}:{up}", generation=generation)
+                run_ok = all(r.passed for r in results)
+                runs.append({
+                    "checkpoint": name, "source": source, "dtype": dn, "config": config_summary(standalone),
+                    "seconds_upstream": t_up + sum(r.seconds_upstream for r in results),
+                    "seconds_standalone": t_st + sum(r.seconds_standalone for r in results),
+                    "passed": run_ok, "cases": [r.as_dict() for r in results],
+                })
+                n_fail = sum(1 for r in results if not r.passed)
+                click.echo(f"  {name} / {dn}: {'PASS' if run_ok else f'FAIL ({n_fail} of {len(results)} cases)'}, "
+                           f"{len(results)} cases")
+                del wrapper, standalone
+                torch.set_num_threads(torch.get_num_threads())
+        report = build_report(runs, seeds, frames)
+        j, m = write_report(report, report_dir)
+        s = report["summary"]
+        click.echo(f"\nverdict: {report['verdict']} ({s['passed']}/{s['cases']} cases pass)")
+        for line in render_markdown(report).splitlines():
+            if line.startswith("| ") and ("FAIL" in line) and "## " not in line:
+                click.echo("  " + line)
+        click.echo(f"report: {m} and {j}")
+        return report["verdict"] == "PASS"
 
 
 if __name__ == "__main__":

@@ -72,6 +72,15 @@ class CaseContext:
         template = {"assistant": w._build_assistant_text, "ref": w._build_ref_text, "instruct": w._build_instruct_text}[kind]
         return w._tokenize_texts([template(text)])[0]
 
+    def speaker(self, role: str) -> str:
+        """A speaker of the checkpoint by role: 'plain0', 'plain1' (no dialect), 'dialect'."""
+        t = self.standalone.config.talker
+        plain = sorted(s for s in t.spk_id if t.spk_is_dialect.get(s, False) is False)
+        dialect = sorted(s for s in t.spk_id if t.spk_is_dialect.get(s, False) is not False)
+        if role == "dialect":
+            return (dialect or plain)[0]
+        return plain[int(role[-1]) % len(plain)]
+
     def ref_codes(self, frames: int) -> torch.Tensor:
         cfg = self.standalone.config.talker
         g = torch.Generator().manual_seed(self.seed + frames)
@@ -97,7 +106,7 @@ def _plain(ctx, non_streaming):
 
 def _custom(speaker, language, non_streaming=True, instruct=None):
     def build(ctx):
-        return dict(input_ids=[ctx.ids(TEXTS[0])], languages=[language], speakers=[speaker],
+        return dict(input_ids=[ctx.ids(TEXTS[0])], languages=[language], speakers=[ctx.speaker(speaker)],
                     instruct_ids=[ctx.ids(instruct, "instruct") if instruct else None],
                     non_streaming_mode=non_streaming)
     return build
@@ -120,7 +129,8 @@ def _clone(icl, non_streaming, ref_frames=4, ref_text="Hello there."):
 
 def _batch_custom(ctx):
     return dict(input_ids=[ctx.ids(t) for t in TEXTS], languages=["english", "auto", "chinese"],
-                speakers=["alice", "bob", "carol"], instruct_ids=[None, ctx.ids("Whisper.", "instruct"), None],
+                speakers=[ctx.speaker("plain0"), ctx.speaker("dialect"), ctx.speaker("plain1")],
+                instruct_ids=[None, ctx.ids("Whisper.", "instruct"), None],
                 non_streaming_mode=False)
 
 
@@ -141,11 +151,11 @@ CASES: tuple[Case, ...] = (
     Case("plain.streaming", ("base", "custom_voice", "voice_design"), lambda c: _plain(c, False),
          "no speaker, language auto, streaming text"),
     Case("plain.non_streaming", ("base", "custom_voice", "voice_design"), lambda c: _plain(c, True)),
-    Case("custom_voice.english", ("custom_voice",), _custom("alice", "english")),
-    Case("custom_voice.streaming", ("custom_voice",), _custom("alice", "english", non_streaming=False)),
-    Case("custom_voice.dialect_auto", ("custom_voice",), _custom("bob", "auto"), "dialect speaker, language auto"),
-    Case("custom_voice.dialect_chinese", ("custom_voice",), _custom("bob", "chinese")),
-    Case("custom_voice.instruct", ("custom_voice",), _custom("carol", "german", instruct="Sound happy.")),
+    Case("custom_voice.english", ("custom_voice",), _custom("plain0", "english")),
+    Case("custom_voice.streaming", ("custom_voice",), _custom("plain0", "english", non_streaming=False)),
+    Case("custom_voice.dialect_auto", ("custom_voice",), _custom("dialect", "auto"), "dialect speaker, language auto"),
+    Case("custom_voice.dialect_chinese", ("custom_voice",), _custom("dialect", "chinese")),
+    Case("custom_voice.instruct", ("custom_voice",), _custom("plain1", "german", instruct="Sound happy.")),
     Case("voice_design.instruct", ("voice_design",), _design("A warm low voice, speaking slowly.")),
     Case("voice_design.streaming", ("voice_design",), _design("Bright.", non_streaming=False, language="english")),
     Case("voice_design.no_instruct", ("voice_design",), _design(None)),
@@ -154,7 +164,8 @@ CASES: tuple[Case, ...] = (
     Case("clone.icl.streaming_long_ref", ("base",), _clone(True, False, ref_frames=24), "reference codes outlast the text"),
     Case("clone.icl.non_streaming", ("base",), _clone(True, True)),
     Case("batch.custom_voice", ("custom_voice",), _batch_custom, "left-padded batch of 3"),
-    Case("batch.eos_override", ("custom_voice",), lambda c: dict(_batch_custom(c), eos_token_id=1039),
+    Case("batch.eos_override", ("custom_voice",),
+         lambda c: dict(_batch_custom(c), eos_token_id=c.standalone.config.talker.vocab_size - 1),
          "eos_token_id moved to a suppressed id: suppression still follows the config's EOS"),
     Case("batch.voice_design", ("voice_design",), _batch_design, "left-padded batch of 3"),
     Case("batch.clone", ("base",), _batch_clone, "left-padded batch: ICL, x-vector, ICL with long reference"),

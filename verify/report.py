@@ -1,0 +1,150 @@
+"""verify-parity reports: DIR/parity.json (machine) and DIR/parity.md (a person, in ten seconds).
+
+parity.json schema (schema_version 1):
+
+    {
+      "schema_version": 1,
+      "verdict": "PASS" | "FAIL",            # PASS only if every case of every run passed
+      "created": ISO-8601 UTC time,
+      "versions": {"torch", "transformers", "qwen-tts", "qwen3-tts-standalone", "python"},
+      "seeds": [int], "frames": int,          # sampling seeds; frames generated per case
+      "summary": {"cases": int, "passed": int, "failed": int},
+      "runs": [                               # one per checkpoint and dtype
+        {
+          "checkpoint": str, "source": str, "dtype": "fp32" | "bf16",
+          "config": {...},                    # summary of the model config
+          "seconds_upstream": float, "seconds_standalone": float,   # wall time of each side
+          "passed": bool,
+          "cases": [
+            {"case": str, "component": str, "kind": "forward" | "generation" | "audio",
+             "dtype": str, "passed": bool,
+             "metrics": {...},                # forward: max_abs, max_rel, cosine, bound
+                                              # generation: frames_upstream, frames_standalone,
+                                              #   first_divergence {item, frame, group} | null
+                                              # audio: max_abs, snr_db, bound, min_snr_db, rms
+             "first_bad_layer": str | null,   # forward cases that fail: first layer over tolerance
+             "note": str, "seconds_upstream": float, "seconds_standalone": float}
+          ]
+        }
+      ]
+    }
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+
+def versions() -> dict[str, str | None]:
+    import importlib.metadata as md
+
+    import torch
+
+    def v(name):
+        try:
+            return md.version(name)
+        except md.PackageNotFoundError:
+            return None
+
+    return {"torch": torch.__version__, "transformers": v("transformers"), "qwen-tts": v("qwen-tts"),
+            "qwen3-tts-standalone": v("qwen3-tts-standalone"), "python": platform.python_version()}
+
+
+def build_report(runs: list[dict[str, Any]], seeds: list[int], frames: int) -> dict[str, Any]:
+    cases = [c for r in runs for c in r["cases"]]
+    failed = sum(1 for c in cases if not c["passed"])
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "verdict": "PASS" if cases and not failed else "FAIL",
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "versions": versions(),
+        "seeds": seeds, "frames": frames,
+        "summary": {"cases": len(cases), "passed": len(cases) - failed, "failed": failed},
+        "runs": runs,
+    }
+
+
+def _num(x: float, fmt: str = ".2e") -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float) and math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    return format(x, fmt)
+
+
+def _metric_cell(c: dict[str, Any]) -> str:
+    m = c["metrics"]
+    if c["kind"] == "forward":
+        return f"max abs {_num(m['max_abs'])} (bound {_num(m['bound'])}), max rel {_num(m['max_rel'])}, cos {m['cosine']:.7f}"
+    if c["kind"] == "audio":
+        return f"max abs {_num(m['max_abs'])} (bound {_num(m['bound'])}), SNR {_num(m['snr_db'], '.1f')} dB, RMS {m['rms']:.3f}"
+    div = m["first_divergence"]
+    frames = ",".join(map(str, m["frames_upstream"]))
+    if div is None:
+        return f"identical codes ({frames} frames)"
+    where = f"item {div['item']}, frame {div['frame']}" + (f", group {div['group']}" if div["group"] >= 0 else " (length)")
+    return f"codes differ at {where}"
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    s = report["summary"]
+    v = report["versions"]
+    lines = [
+        f"# Parity: {report['verdict']}",
+        "",
+        f"**{s['passed']} of {s['cases']} cases pass**" + (f", {s['failed']} fail." if s["failed"] else "."),
+        f"torch {v['torch']}, transformers {v['transformers']}, qwen-tts {v['qwen-tts']}, "
+        f"qwen3-tts-standalone {v['qwen3-tts-standalone']}; seeds {report['seeds']}, {report['frames']} frames per "
+        f"generation case; {report['created']}.",
+        "",
+        "| checkpoint | dtype | cases | verdict | upstream s | standalone s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in report["runs"]:
+        n_fail = sum(1 for c in r["cases"] if not c["passed"])
+        lines.append(f"| {r['checkpoint']} | {r['dtype']} | {len(r['cases'])} | {'PASS' if r['passed'] else f'FAIL ({n_fail})'} "
+                     f"| {r['seconds_upstream']:.1f} | {r['seconds_standalone']:.1f} |")
+    failures = [(r, c) for r in report["runs"] for c in r["cases"] if not c["passed"]]
+    if failures:
+        lines += ["", "## Failures", "", "| checkpoint | dtype | case | where | numbers |", "|---|---|---|---|---|"]
+        for r, c in failures:
+            where = c["first_bad_layer"] or c["component"]
+            lines.append(f"| {r['checkpoint']} | {c['dtype']} | {c['case']} | {where} | {_metric_cell(c)}"
+                         + (f" ({c['note']})" if c["note"] and c["kind"] != "generation" else "") + " |")
+    for r in report["runs"]:
+        cfg = r["config"]
+        t = cfg["talker"]
+        lines += ["", f"## {r['checkpoint']} / {r['dtype']}", "",
+                  f"{cfg['tts_model_type']}, talker {t['layers']} layers x {t['hidden']} ({t['heads']}/{t['kv_heads']} heads, "
+                  f"head_dim {t['head_dim']}), code predictor {cfg['code_predictor']['layers']} layers x "
+                  f"{cfg['code_predictor']['hidden']}, {cfg['code_predictor']['groups']} code groups.", "",
+                  "| case | verdict | numbers |", "|---|---|---|"]
+        for c in r["cases"]:
+            lines.append(f"| {c['case']} | {'PASS' if c['passed'] else 'FAIL'} | {_metric_cell(c)} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: dict[str, Any], directory: Path) -> tuple[Path, Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    j, m = directory / "parity.json", directory / "parity.md"
+    j.write_text(json.dumps(_finite(report), indent=2, allow_nan=False) + "\n")
+    m.write_text(render_markdown(report))
+    return j, m
+
+
+def _finite(x):
+    """Strict JSON: infinities (an SNR of identical audio) become the strings "inf"/"-inf"."""
+    if isinstance(x, float) and (math.isinf(x) or math.isnan(x)):
+        return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x

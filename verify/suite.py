@@ -1,0 +1,202 @@
+"""The parity suite: every case verify-parity runs on one checkpoint at one dtype.
+
+Cases and their components:
+- forward (component = the module): text_projection, talker.{prefill,padded,mrope}.*,
+  code_predictor.group{k}, speaker_encoder.{mel,embedding}; compared with per-dtype tolerances,
+  and a failing case names the first layer that exceeds tolerance.
+- generation (component "generation"): every voice mode the checkpoint's type offers, greedy and
+  seeded sampling (per seed), left-padded batches; codes must be identical, else the first
+  diverging (item, frame, group) is reported.
+- audio (component "codec"): codes -> waveform for clips below and across the 300-frame chunk.
+
+Upstream's generation and audio outputs do not depend on the standalone side, so they are cached
+per (model, case, mode, seed, frames); the fault-injection self-test reuses them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from .compare import AUDIO_TOLERANCES, DTYPE_NAMES, capture_outputs, compare, first_divergent_layer
+from .forward_parity import run_forward_cases
+from .generation_parity import CASES, MODES, CaseContext, first_divergence
+
+
+@dataclass
+class CaseResult:
+    case: str
+    component: str
+    kind: str  # forward | generation | audio
+    dtype: str
+    passed: bool
+    metrics: dict[str, Any] = field(default_factory=dict)
+    first_bad_layer: str | None = None
+    note: str = ""
+    seconds_upstream: float = 0.0
+    seconds_standalone: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+_UPSTREAM_CACHE: dict = {}
+
+
+def _component(case: str) -> str:
+    return case.split(".")[0]
+
+
+def forward_results(upstream, standalone, dtype, seed) -> list[CaseResult]:
+    out = []
+    t0 = time.perf_counter()
+    comparisons = run_forward_cases(upstream, standalone, dtype, seed=seed)
+    comparisons.append(mrope_case(upstream, standalone, dtype, seed))
+    elapsed = time.perf_counter() - t0
+    for c in comparisons:
+        out.append(CaseResult(
+            case=c.case, component=_component(c.case), kind="forward", dtype=c.dtype, passed=c.passed,
+            metrics={"max_abs": c.max_abs, "max_rel": c.max_rel, "cosine": c.cosine, "bound": c.bound},
+            first_bad_layer=c.first_bad_layer, note=c.note,
+        ))
+    if out:  # forward cases run both sides back to back; the wall time is shared
+        out[0].seconds_upstream = out[0].seconds_standalone = elapsed / 2
+    return out
+
+
+@torch.inference_mode()
+def mrope_case(upstream, standalone, dtype, seed):
+    """The talker's M-RoPE with three *different* position rows. Generation always feeds three
+    identical rows (which makes M-RoPE equal to 1-D RoPE), so only this case can see the
+    section split and the interleaving."""
+    g = torch.Generator().manual_seed(seed + 11)
+    tc = standalone.config.talker.transformer
+    bsz, length = 2, 9
+    x = torch.randn(bsz, length, tc.hidden_size, generator=g).to(dtype)
+    base = torch.arange(length).float()
+    pos = torch.stack([base, base * 2 + 1, base.flip(0) + 3]).unsqueeze(1).expand(3, bsz, length)
+    up_model = upstream.talker.model
+    with capture_outputs(list(up_model.layers)) as up_cap:
+        ref = up_model(inputs_embeds=x, position_ids=pos, use_cache=False).last_hidden_state
+    with capture_outputs(list(standalone.talker.decoder.layers)) as st_cap:
+        got, _ = standalone.talker.step(x, pos, None)
+    c = compare("talker.mrope.hidden", ref, got, dtype)
+    if not c.passed:
+        c.first_bad_layer = first_divergent_layer(
+            [f"talker.layers.{i}" for i in range(len(up_model.layers))], [t[0] for t in up_cap], [t[0] for t in st_cap], dtype
+        ) or "talker.norm"
+    return c
+
+
+def generation_results(wrapper, standalone, model_type, dtype, seeds, frames, cache_key) -> list[CaseResult]:
+    out = []
+    dname = DTYPE_NAMES[dtype]
+    for case in [c for c in CASES if model_type in c.model_types]:
+        plans = [("greedy", seeds[0])] + [("sampled", s) for s in seeds]
+        if case.name in ("custom_voice.english", "voice_design.instruct", "clone.icl.streaming", "plain.streaming"):
+            plans.append(("sampled_top_p", seeds[0]))
+        for mode, seed in plans:
+            ctx = CaseContext(wrapper, standalone, seed=seed)
+            kwargs = case.build(ctx)
+            up_kwargs, st_kwargs = dict(kwargs), dict(kwargs)
+            if "voice_clone_prompt" in kwargs:
+                up_kwargs["voice_clone_prompt"], st_kwargs["voice_clone_prompt"] = kwargs["voice_clone_prompt"]
+            common = dict(MODES[mode], max_new_tokens=frames + 1)
+            key = (cache_key, dname, case.name, mode, seed, frames)
+            if key not in _UPSTREAM_CACHE:
+                torch.manual_seed(seed)
+                t0 = time.perf_counter()
+                codes, _ = wrapper.model.generate(**up_kwargs, **common)
+                _UPSTREAM_CACHE[key] = (codes, time.perf_counter() - t0)
+            up_codes, up_s = _UPSTREAM_CACHE[key]
+            torch.manual_seed(seed)
+            t0 = time.perf_counter()
+            try:
+                st_codes, _ = standalone.generate(**st_kwargs, **common)
+                error = ""
+            except Exception as e:  # a broken standalone side is a failed case, not a crash
+                st_codes, error = [], f"{type(e).__name__}: {e}"
+            st_s = time.perf_counter() - t0
+            div = first_divergence(up_codes, st_codes) if not error else (0, 0, -1)
+            out.append(CaseResult(
+                case=f"generation.{case.name}.{mode}" + (f".seed{seed}" if mode != "greedy" else ""),
+                component="generation", kind="generation", dtype=dname, passed=div is None and not error,
+                metrics={"frames_upstream": [int(c.shape[0]) for c in up_codes],
+                         "frames_standalone": [int(c.shape[0]) for c in st_codes],
+                         "first_divergence": None if div is None else {"item": div[0], "frame": div[1], "group": div[2]}},
+                note=error or case.description, seconds_upstream=up_s, seconds_standalone=st_s,
+            ))
+    return out
+
+
+AUDIO_FRAMES = (5, 80, 330)  # below the 72-frame window, past it, and across the 300-frame chunk
+
+
+def audio_results(wrapper, standalone, dtype, seed, cache_key) -> list[CaseResult]:
+    if wrapper.model.speech_tokenizer is None:
+        return []
+    out = []
+    dname = DTYPE_NAMES[dtype]
+    bound, min_snr = AUDIO_TOLERANCES[dtype]
+    groups = standalone.config.talker.num_code_groups
+    vocab = standalone.codec.cfg.codebook_size
+    for frames in AUDIO_FRAMES:
+        codes = torch.randint(0, vocab, (frames, groups), generator=torch.Generator().manual_seed(seed + frames))
+        key = (cache_key, dname, "audio", frames, seed)
+        if key not in _UPSTREAM_CACHE:
+            t0 = time.perf_counter()
+            (ref,), _ = wrapper.model.speech_tokenizer.decode([{"audio_codes": codes}])
+            _UPSTREAM_CACHE[key] = (ref, time.perf_counter() - t0)
+        ref, up_s = _UPSTREAM_CACHE[key]
+        t0 = time.perf_counter()
+        try:
+            (got,), _ = standalone.decode_codes([codes])
+            error = ""
+        except Exception as e:
+            got, error = np.zeros(0, np.float32), f"{type(e).__name__}: {e}"
+        st_s = time.perf_counter() - t0
+        if error or got.shape != ref.shape:
+            max_abs, snr = float("inf"), float("-inf")
+            error = error or f"length {got.shape} vs {ref.shape}"
+        else:
+            diff = ref.astype(np.float64) - got
+            max_abs = float(np.abs(diff).max())
+            noise = float(np.sum(diff**2))
+            snr = float("inf") if noise == 0 else float(10 * np.log10(np.sum(ref.astype(np.float64) ** 2) / noise))
+        out.append(CaseResult(
+            case=f"audio.{frames}_frames", component="codec", kind="audio", dtype=dname,
+            passed=not error and max_abs <= bound and snr >= min_snr,
+            metrics={"max_abs": max_abs, "snr_db": snr, "bound": bound, "min_snr_db": min_snr,
+                     "rms": float(np.sqrt(np.mean(ref**2)))},
+            note=error, seconds_upstream=up_s, seconds_standalone=st_s,
+        ))
+    return out
+
+
+def run_suite(wrapper, standalone, model_type: str, dtype: torch.dtype, seeds: list[int], frames: int,
+              cache_key: str, generation: bool = True, audio: bool = True) -> list[CaseResult]:
+    results = forward_results(wrapper.model, standalone, dtype, seeds[0])
+    if generation:
+        results += generation_results(wrapper, standalone, model_type, dtype, seeds, frames, cache_key)
+    if audio:
+        results += audio_results(wrapper, standalone, dtype, seeds[0], cache_key)
+    return results
+
+
+def config_summary(standalone) -> dict[str, Any]:
+    c = standalone.config
+    t = c.talker
+    return {
+        "tts_model_type": c.tts_model_type, "tts_model_size": c.tts_model_size,
+        "talker": {"layers": t.transformer.num_hidden_layers, "hidden": t.transformer.hidden_size,
+                   "heads": t.transformer.num_attention_heads, "kv_heads": t.transformer.num_key_value_heads,
+                   "head_dim": t.transformer.head_dim, "vocab": t.vocab_size, "mrope_section": list(t.mrope_section)},
+        "code_predictor": {"layers": t.code_predictor.transformer.num_hidden_layers,
+                           "hidden": t.code_predictor.transformer.hidden_size, "groups": t.num_code_groups},
+        "speakers": len(t.spk_id), "languages": len(t.codec_language_id),
+        "speaker_encoder": c.speaker_encoder is not None,
+    }
