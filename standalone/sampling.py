@@ -50,6 +50,15 @@ def sample_next_token(
 ) -> torch.Tensor:
     """logits [B, V] (any dtype); generated [B, T] ids so far (T may be 0); suppress_mask [V] bool.
     Returns the next ids [B]."""
+    scores = constrain_logits(logits, generated, params, suppress_mask)
+    if not params.do_sample:
+        return torch.argmax(scores, dim=-1)
+    probs = torch.softmax(warp_logits(scores, params), dim=-1)
+    return torch.multinomial(probs, num_samples=1).squeeze(1)
+
+
+def constrain_logits(logits, generated, params: SamplingParams, suppress_mask=None) -> torch.Tensor:
+    """Steps 1-4: fp32, repetition penalty, min_new_tokens, suppression."""
     scores = logits.float()
     if params.repetition_penalty != 1.0 and generated is not None and generated.shape[1] > 0:
         picked = torch.gather(scores, 1, generated)
@@ -62,8 +71,11 @@ def sample_next_token(
             scores[:, params.eos_token_id] = -float("inf")
     if suppress_mask is not None:
         scores = scores.masked_fill(suppress_mask, -float("inf"))
-    if not params.do_sample:
-        return torch.argmax(scores, dim=-1)
+    return scores
+
+
+def warp_logits(scores: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """Step 5, in HF's order: temperature, top-k, top-p."""
     if params.temperature is not None and params.temperature != 1.0:
         scores = scores / params.temperature
     if params.top_k is not None and params.top_k != 0:
@@ -77,5 +89,4 @@ def sample_next_token(
         remove_sorted[..., -1:] = False
         remove = remove_sorted.scatter(1, sorted_idx, remove_sorted)
         scores = scores.masked_fill(remove, -float("inf"))
-    probs = torch.softmax(scores, dim=-1)
-    return torch.multinomial(probs, num_samples=1).squeeze(1)
+    return scores

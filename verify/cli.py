@@ -31,8 +31,11 @@ DTYPE_CHOICES = ("fp32", "bf16")
 @click.option("--reuse-torch", is_flag=True,
               help="With --against-upstream: let the new environment see this one's packages (torch, ...) "
                    "so only what VERSION needs differently is installed.")
+@click.option("--self-test", is_flag=True,
+              help="Plant each fault of the catalogue in the standalone side of the tiny fixtures and check that "
+                   "the suite catches it and names the right component and layer.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def main(src, standalone_dir, dtypes, seeds, frames, report_dir, no_generation, against, reuse_torch, debug) -> None:
+def main(src, standalone_dir, dtypes, seeds, frames, report_dir, no_generation, against, reuse_torch, self_test, debug) -> None:
     """Compare upstream qwen-tts and the standalone model on SRC (an upstream checkpoint directory or
     hub id). Without SRC, builds tiny random checkpoints of all three model types (the embedded
     default). Exits 0 only when every case passes."""
@@ -41,7 +44,9 @@ def main(src, standalone_dir, dtypes, seeds, frames, report_dir, no_generation, 
         seed_list = [int(s) for s in seeds.split(",") if s.strip()]
         if not seed_list:
             raise click.BadParameter("at least one seed", param_hint="--seeds")
-        if against:
+        if self_test:
+            ok = run_self_test(Path(report_dir))
+        elif against:
             from .gate import run_gate
 
             ok = run_gate(against, Path(report_dir), reuse_torch=reuse_torch, extra_args=list(dtypes_args(dtypes)))
@@ -128,6 +133,45 @@ def run(src, standalone_dir, dtype_names, seeds, frames, report_dir: Path, gener
                 click.echo("  " + line)
         click.echo(f"report: {m} and {j}")
         return report["verdict"] == "PASS"
+
+
+def run_self_test(report_dir: Path) -> bool:
+    import json
+
+    import torch
+
+    from q3tts.convert import convert_checkpoint
+    from q3tts.standalone import Qwen3TTS
+
+    from .faults import CATALOGUE, run_fault
+    from .fixtures import MODEL_TYPES, write_upstream_checkpoint
+    from .forward_parity import load_upstream_wrapper
+
+    with tempfile.TemporaryDirectory(prefix="verify-selftest-") as work:
+        work = Path(work)
+        pairs = {}
+        for i, mt in enumerate(MODEL_TYPES):
+            up = write_upstream_checkpoint(work / f"up-{mt}", mt, seed=10 + i)
+            convert_checkpoint(up, work / f"st-{mt}")
+            pairs[mt] = (load_upstream_wrapper(up, torch.float32), Qwen3TTS.from_pretrained(work / f"st-{mt}"))
+        rows = []
+        for fault in CATALOGUE:
+            wrapper, standalone = pairs[fault.model_type]
+            r = run_fault(fault, wrapper, standalone, seeds=[0], frames=12, cache_key=f"selftest-{fault.model_type}")
+            rows.append(r)
+            where = ", ".join(r.reported_layers) or "-"
+            click.echo(f"  {'caught' if r.ok else 'MISSED'}  {fault.name:26} {fault.description}; "
+                       f"failing: {', '.join(r.failing_components) or 'nothing'}; layer: {where}")
+    caught = sum(r.ok for r in rows)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    (report_dir / "faults.json").write_text(json.dumps([r.__dict__ | {"ok": r.ok} for r in rows], indent=2) + "\n")
+    md = ["# Fault-injection self-test", "", f"**{caught} of {len(rows)} planted faults caught and located.**", "",
+          "| fault | planted bug | caught | failing components | first bad layer |", "|---|---|---|---|---|"]
+    md += [f"| {r.fault} | {r.description} | {'yes' if r.ok else 'NO'} | {', '.join(r.failing_components)} | "
+           f"{', '.join(r.reported_layers) or '-'} |" for r in rows]
+    (report_dir / "faults.md").write_text("\n".join(md) + "\n")
+    click.echo(f"\nself-test: {caught}/{len(rows)} faults caught and located; report: {report_dir / 'faults.md'}")
+    return caught == len(rows)
 
 
 if __name__ == "__main__":

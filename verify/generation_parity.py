@@ -147,7 +147,17 @@ def _batch_clone(ctx):
                 voice_clone_prompt=(up, st), non_streaming_mode=False)
 
 
+def _eos_first_step(ctx):
+    """EOS moved to the code greedy decoding picks first: only min_new_tokens keeps the run going,
+    so the case fails if EOS is not blocked for the first two steps."""
+    base = _plain(ctx, False)
+    codes, _ = ctx.wrapper.model.generate(**base, do_sample=False, subtalker_dosample=False, max_new_tokens=2)
+    return dict(base, eos_token_id=int(codes[0][0, 0]))
+
+
 CASES: tuple[Case, ...] = (
+    Case("eos.first_step", ("base", "custom_voice", "voice_design"), _eos_first_step,
+         "eos_token_id = the first greedy code: min_new_tokens must hold it back"),
     Case("plain.streaming", ("base", "custom_voice", "voice_design"), lambda c: _plain(c, False),
          "no speaker, language auto, streaming text"),
     Case("plain.non_streaming", ("base", "custom_voice", "voice_design"), lambda c: _plain(c, True)),
@@ -178,7 +188,7 @@ def cases_for(model_type: str) -> list[Case]:
 
 SAMPLING = dict(do_sample=True, top_k=50, top_p=1.0, temperature=0.9, subtalker_dosample=True,
                 subtalker_top_k=50, subtalker_top_p=1.0, subtalker_temperature=0.9, repetition_penalty=1.05)
-SAMPLING_TOP_P = dict(SAMPLING, top_p=0.8, subtalker_top_p=0.9, top_k=0, temperature=1.3)
+SAMPLING_TOP_P = dict(SAMPLING, top_p=0.9, subtalker_top_p=0.9, top_k=0, temperature=2.0, subtalker_temperature=2.0)
 GREEDY = dict(do_sample=False, subtalker_dosample=False)
 MODES = {"greedy": GREEDY, "sampled": SAMPLING, "sampled_top_p": SAMPLING_TOP_P}
 
