@@ -9,8 +9,10 @@ leaves room for other BLAS builds and thread counts, which may reassociate sums.
 
 bf16 is judged relative to the tensor's scale (max |ref|) plus a cosine floor, because one
 rounding flip in an 8-bit mantissa moves a value by 2^-8 of its magnitude and compounds over
-layers. rtol 1e-2 allows about 2.5 bf16 ulps of the largest value. Measured on the tiny fixtures:
-0 in every bf16 case too (same kernels, same rounding points).
+layers. Measured: 0 in every bf16 case on the fixtures (same kernels, same rounding points), but
+up to 1.5% of max |ref| (cosine >= 0.99998) under config fuzzing (tests/test_fuzz.py), where other
+shapes and weight alignments make oneDNN pick other bf16 kernels on one side. rtol 3e-2 leaves 2x
+headroom over that.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ class Tolerance:
 
 TOLERANCES: dict[torch.dtype, Tolerance] = {
     torch.float32: Tolerance(atol=1e-5, rtol=0.0, min_cosine=0.999999),
-    torch.bfloat16: Tolerance(atol=0.0, rtol=1e-2, min_cosine=0.9999),
+    torch.bfloat16: Tolerance(atol=0.0, rtol=3e-2, min_cosine=0.9999),
 }
 
 # Decoded audio: max abs difference of the waveforms and their SNR. Measured on the tiny fixture:
