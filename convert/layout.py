@@ -117,6 +117,18 @@ def target_shapes(config: Qwen3TTSConfig) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
+def _entry(rule: Rule, target: str, tshape: tuple[int, ...], sources: tuple[str, ...],
+           sizes: Mapping[str, int] | None) -> Entry:
+    """The entry for one rule: source shapes follow from the target's shape and the operation."""
+    if rule.op == "rename":
+        sshapes = (tshape,)
+    elif rule.op == "concat":
+        sshapes = tuple((sizes[x], *tshape[1:]) for x in rule.split)
+    else:
+        sshapes = tuple(tshape[1:] for _ in sources)
+    return Entry(target, tshape, sources, sshapes, rule.op)
+
+
 def plan(config: Qwen3TTSConfig) -> list[Entry]:
     """Every target tensor of ``config``'s standalone model, with its sources. Raises if the table
     and the model disagree (a table that forgot a tensor is a bug, not a user error)."""
@@ -124,14 +136,7 @@ def plan(config: Qwen3TTSConfig) -> list[Entry]:
     entries: list[Entry] = []
 
     def add(rule: Rule, target: str, sources: tuple[str, ...], sizes: Mapping[str, int] | None = None):
-        tshape = shapes[target]
-        if rule.op == "rename":
-            sshapes = (tshape,)
-        elif rule.op == "concat":
-            sshapes = tuple((sizes[s], *tshape[1:]) for s in rule.split)
-        else:
-            sshapes = tuple(tshape[1:] for _ in sources)
-        entries.append(Entry(target, tshape, sources, sshapes, rule.op))
+        entries.append(_entry(rule, target, shapes[target], sources, sizes))
 
     stack_cfgs = {"talker": config.talker.transformer, "code_predictor": config.talker.code_predictor.transformer}
     for stack, (dst_prefix, src_prefix) in STACKS.items():
@@ -214,14 +219,7 @@ def codec_plan(cfg, source_names: Iterable[str] = ()) -> list[Entry]:
              "ffn": cfg.intermediate_size}
 
     def add(rule: Rule, target: str, sources: tuple[str, ...]):
-        tshape = shapes[target]
-        if rule.op == "rename":
-            sshapes = (tshape,)
-        elif rule.op == "concat":
-            sshapes = tuple((sizes[x], *tshape[1:]) for x in rule.split)
-        else:
-            sshapes = tuple(tshape[1:] for _ in sources)
-        entries.append(Entry(target, tshape, sources, sshapes, rule.op))
+        entries.append(_entry(rule, target, shapes[target], sources, sizes))
 
     dst_prefix, src_prefix = CODEC_STACK
     for i in range(cfg.num_hidden_layers):

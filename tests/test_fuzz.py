@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from q3tts.convert.layout import convert_tensors, plan
 from q3tts.standalone import Qwen3TTS, Qwen3TTSConfig
 from q3tts.verify.compare import compare
-from q3tts.verify.fixtures import init_tensor, tiny_config
+from q3tts.verify.fixtures import randomize_, tiny_config
 from q3tts.verify.generation_parity import first_divergence
 
 FUZZ = settings(max_examples=14, deadline=None, derandomize=True,
@@ -57,12 +57,7 @@ def build(cfg: dict, dtype: torch.dtype):
     from qwen_tts.core.models.configuration_qwen3_tts import Qwen3TTSConfig as UpConfig
     from qwen_tts.core.models.modeling_qwen3_tts import Qwen3TTSForConditionalGeneration
 
-    up = Qwen3TTSForConditionalGeneration(UpConfig(**copy.deepcopy(cfg)))
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in up.state_dict().items():
-            if p.is_floating_point():
-                p.copy_(init_tensor(name, p.shape, gen))
+    up = randomize_(Qwen3TTSForConditionalGeneration(UpConfig(**copy.deepcopy(cfg))), 0)
     up = up.to(dtype).eval()
     # As from_pretrained(dtype=...) leaves them: RoPE inverse frequencies stay fp32.
     for rot in (up.talker.model.rotary_emb, up.talker.code_predictor.model.rotary_emb):

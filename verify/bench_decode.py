@@ -23,7 +23,7 @@ from q3tts.convert.layout import codec_plan, convert_tensors
 from q3tts.standalone.codec import CodecConfig, CodecDecoder
 
 from .bench_generation import environment
-from .fixtures import init_tensor, tiny_speech_tokenizer_config
+from .fixtures import randomize_, tiny_speech_tokenizer_config
 from .released import released_speech_tokenizer_config
 
 
@@ -31,12 +31,7 @@ def build_codecs(config: dict, seed: int = 0):
     from qwen_tts.core.tokenizer_12hz.configuration_qwen3_tts_tokenizer_v2 import Qwen3TTSTokenizerV2Config
     from qwen_tts.core.tokenizer_12hz.modeling_qwen3_tts_tokenizer_v2 import Qwen3TTSTokenizerV2Model
 
-    up = Qwen3TTSTokenizerV2Model(Qwen3TTSTokenizerV2Config(**copy.deepcopy(config))).eval()
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in up.state_dict().items():
-            if p.is_floating_point():
-                p.copy_(init_tensor(name, p.shape, gen))
+    up = randomize_(Qwen3TTSTokenizerV2Model(Qwen3TTSTokenizerV2Config(**copy.deepcopy(config))).eval(), seed)
     cfg = CodecConfig.from_upstream(config)
     state = {k: v for k, v in up.state_dict().items() if k.startswith("decoder.")}
     converted = dict(convert_tensors(codec_plan(cfg), state.__getitem__))

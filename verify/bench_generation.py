@@ -29,7 +29,7 @@ import torch
 from q3tts.convert.layout import convert_tensors, plan
 from q3tts.standalone import Qwen3TTS, Qwen3TTSConfig
 
-from .fixtures import init_tensor, tiny_config
+from .fixtures import randomize_, tiny_config
 from .released import released_config
 
 
@@ -108,12 +108,7 @@ def build_pair(config: dict, seed: int = 0):
     from qwen_tts.core.models.configuration_qwen3_tts import Qwen3TTSConfig as UpConfig
     from qwen_tts.core.models.modeling_qwen3_tts import Qwen3TTSForConditionalGeneration
 
-    up = Qwen3TTSForConditionalGeneration(UpConfig(**copy.deepcopy(config))).eval()
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in up.state_dict().items():
-            if p.is_floating_point():
-                p.copy_(init_tensor(name, p.shape, gen))
+    up = randomize_(Qwen3TTSForConditionalGeneration(UpConfig(**copy.deepcopy(config))).eval(), seed)
     cfg = Qwen3TTSConfig.from_upstream(config)
     with torch.device("meta"):
         st = Qwen3TTS(cfg)
@@ -189,17 +184,10 @@ def bench_model(name: str, config: dict, frames: int, batch: int, bandwidth: flo
 
 
 def environment() -> dict:
-    import importlib.metadata as md
+    from .report import versions
 
-    def v(p):
-        try:
-            return md.version(p)
-        except md.PackageNotFoundError:
-            return None
-
-    return {"torch": torch.__version__, "transformers": v("transformers"), "qwen-tts": v("qwen-tts"),
-            "python": platform.python_version(), "threads": torch.get_num_threads(),
-            "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()}
+    return {**versions(), "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count()}
 
 
 def write_reports(results: dict, out_dir: Path) -> None:

@@ -183,6 +183,16 @@ def init_tensor(name: str, shape: torch.Size, gen: torch.Generator) -> torch.Ten
     return std * randn()
 
 
+@torch.no_grad()
+def randomize_(module: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Overwrite a module's floating-point tensors in place with the fixture initialiser."""
+    gen = torch.Generator().manual_seed(seed)
+    for name, p in module.state_dict().items():
+        if p.is_floating_point():
+            p.copy_(init_tensor(name, p.shape, gen))
+    return module
+
+
 def random_state_dict(module: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     out = {}
