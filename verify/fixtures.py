@@ -360,3 +360,39 @@ def shard_checkpoint(directory: str | Path, n_shards: int) -> list[str]:
     _dump(directory / "model.safetensors.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map})
     (directory / "model.safetensors").unlink()
     return files
+
+
+def write_release_size_checkpoint(dst: str | Path, size: str = "0.6B", model_type: str = "custom_voice", *,
+                                  seed: int = 0, dtype: torch.dtype = torch.bfloat16) -> Path:
+    """An upstream checkpoint directory at a released size (config from verify/released.py, the
+    fixture initialiser's weights, bf16 talker and fp32 codec as released, the tiny tokenizer).
+    Several GB: for verify-parity at real size, never for the test suite."""
+    from safetensors.torch import save_file as _save
+
+    from .released import released_config, released_speech_tokenizer_config
+
+    dst = Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    config = released_config(size, model_type)
+    model = randomize_(build_upstream_modules(config), seed)
+    _save({k: v.to(dtype).contiguous() for k, v in model.state_dict().items()}, str(dst / "model.safetensors"),
+          metadata={"format": "pt"})
+    del model
+    _dump(dst / "config.json", config)
+    _dump(dst / "generation_config.json", GENERATION_CONFIG)
+    _dump(dst / "preprocessor_config.json", {"processor_class": "Qwen3TTSProcessor"})
+    write_text_tokenizer(dst)
+    cfg = released_speech_tokenizer_config()
+    from qwen_tts.core.tokenizer_12hz.configuration_qwen3_tts_tokenizer_v2 import Qwen3TTSTokenizerV2Config
+    from qwen_tts.core.tokenizer_12hz.modeling_qwen3_tts_tokenizer_v2 import Qwen3TTSTokenizerV2Model
+
+    codec = randomize_(Qwen3TTSTokenizerV2Model(Qwen3TTSTokenizerV2Config(**copy.deepcopy(cfg))), seed + 1)
+    (dst / "speech_tokenizer").mkdir(exist_ok=True)
+    _save({k: v.contiguous() for k, v in codec.state_dict().items()}, str(dst / "speech_tokenizer" / "model.safetensors"),
+          metadata={"format": "pt"})
+    _dump(dst / "speech_tokenizer" / "config.json", cfg)
+    _dump(dst / "speech_tokenizer" / "preprocessor_config.json", dict(
+        chunk_length_s=None, feature_extractor_type="EncodecFeatureExtractor", feature_size=1, overlap=None,
+        padding_side="right", padding_value=0.0, return_attention_mask=True, sampling_rate=24000,
+    ))
+    return dst
