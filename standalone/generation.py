@@ -73,9 +73,11 @@ def decode_codes(model, prompt: TalkerPrompt, params: GenerationParams, progress
     # --- prefill -----------------------------------------------------------------------------
     hidden, logits = talker.step(x, positions_3d(mask), padding_mask(mask) if padded else None, tcache, 0)
     past_hidden = hidden[:, -1:]
-    generated = torch.empty(bsz, 0, dtype=torch.long, device=device)
-    g0 = sample_next_token(logits[:, -1], generated, talker_params, suppress)
-    generated = torch.cat([generated, g0[:, None]], dim=1)
+    # Group-0 ids so far (the repetition penalty's history), preallocated; a view is passed per step.
+    history = torch.empty(bsz, params.max_new_tokens, dtype=torch.long, device=device)
+    g0 = sample_next_token(logits[:, -1], history[:, :0], talker_params, suppress)
+    history[:, 0] = g0
+    n_ids = 1
     unfinished = g0 != eos
     frames: list[torch.Tensor] = []
     hiddens = [past_hidden]
@@ -83,11 +85,11 @@ def decode_codes(model, prompt: TalkerPrompt, params: GenerationParams, progress
     bar = _progress(params.max_new_tokens, progress)
     cur = prompt_len
     step = 0
-    while bool(unfinished.any()) and generated.shape[1] < params.max_new_tokens:
-        codes = cp.generate_frame(past_hidden, talker.codec_embedding(g0[:, None]), ccache, params.subtalker)
-        frame = torch.cat([g0[:, None], codes], dim=1)
-        frames.append(frame)
-        step_embeds = [talker.codec_embedding(g0[:, None])] + [cp.embed(k + 1, codes[:, k : k + 1]) for k in range(groups - 1)]
+    while bool(unfinished.any()) and n_ids < params.max_new_tokens:
+        e0 = talker.codec_embedding(g0[:, None])
+        codes = cp.generate_frame(past_hidden, e0, ccache, params.subtalker)
+        frames.append(torch.cat([g0[:, None], codes], dim=1))
+        step_embeds = [e0] + [cp.embed(k + 1, codes[:, k : k + 1]) for k in range(groups - 1)]
         x = torch.cat(step_embeds, dim=1).sum(1, keepdim=True)
         x = x + (trailing[:, step].unsqueeze(1) if step < trailing.shape[1] else tts_pad)
         positions = (torch.full((bsz, 1), cur, device=device) - n_pads[:, None]).float()
@@ -97,9 +99,10 @@ def decode_codes(model, prompt: TalkerPrompt, params: GenerationParams, progress
         hiddens.append(past_hidden)
         cur += 1
         step += 1
-        nxt = sample_next_token(logits[:, -1], generated, talker_params, suppress)
+        nxt = sample_next_token(logits[:, -1], history[:, :n_ids], talker_params, suppress)
         g0 = torch.where(unfinished, nxt, torch.full_like(nxt, eos))
-        generated = torch.cat([generated, g0[:, None]], dim=1)
+        history[:, n_ids] = g0
+        n_ids += 1
         unfinished = unfinished & (g0 != eos)
         bar.update(1)
     bar.close()
