@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import RMSNorm, apply_rope, attend, rope_cos_sin, rope_inv_freq, split_linear
+from .layers import Attention, RMSNorm, rope_cos_sin, rope_inv_freq, split_linear
 
 
 @dataclass(frozen=True)
@@ -163,31 +163,11 @@ class DecoderBlock(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------
-class CodecAttention(nn.Module):
-    """Plain GQA attention (no q/k norm), fused qkv storage, sliding-window causal mask."""
-
-    def __init__(self, cfg: CodecConfig):
-        super().__init__()
-        self.n_heads, self.n_kv, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-        self.q_size, self.kv_size = self.n_heads * self.head_dim, self.n_kv * self.head_dim
-        self.wqkv = nn.Linear(cfg.hidden_size, self.q_size + 2 * self.kv_size, bias=False)
-        self.wo = nn.Linear(self.q_size, cfg.hidden_size, bias=False)
-
-    def forward(self, x, cos, sin, mask):
-        b, t, _ = x.shape
-        q, k, v = split_linear(x, self.wqkv.weight, (self.q_size, self.kv_size, self.kv_size))
-        q = apply_rope(q.view(b, t, self.n_heads, self.head_dim).transpose(1, 2), cos, sin)
-        k = apply_rope(k.view(b, t, self.n_kv, self.head_dim).transpose(1, 2), cos, sin)
-        v = v.view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
-        out = attend(q, k, v, mask, self.head_dim**-0.5)
-        return self.wo(out.transpose(1, 2).reshape(b, t, self.q_size))
-
-
 class CodecLayer(nn.Module):
     def __init__(self, cfg: CodecConfig):
         super().__init__()
         self.attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.attn = CodecAttention(cfg)
+        self.attn = Attention(cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim)
         self.attn_scale = nn.Parameter(torch.ones(cfg.hidden_size))
         self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.w_gate_up = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=False)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .layers import padding_mask
+from .layers import mrope_positions, padding_mask
 from .prompt import TalkerPrompt
 from .sampling import SamplingParams, sample_next_token
 
@@ -45,7 +45,7 @@ def suppress_mask_for(vocab_size: int, eos_token_id: int, device) -> torch.Tenso
 
 
 @torch.inference_mode()
-def decode_codes(model, prompt: TalkerPrompt, params: GenerationParams, progress: bool = False):
+def generate_codes(model, prompt: TalkerPrompt, params: GenerationParams, progress: bool = False):
     """Run the talker + code predictor loop. Returns (codes per row [frames, G], hidden per row
     [frames, H]), cut at the first EOS like upstream."""
     tcfg = model.config.talker
@@ -71,7 +71,7 @@ def decode_codes(model, prompt: TalkerPrompt, params: GenerationParams, progress
     n_pads = (mask == 0).sum(dim=1)  # decode positions continue from the real (unpadded) length
 
     # --- prefill -----------------------------------------------------------------------------
-    hidden, logits = talker.step(x, positions_3d(mask), padding_mask(mask) if padded else None, tcache, 0)
+    hidden, logits = talker.step(x, mrope_positions(mask), padding_mask(mask) if padded else None, tcache, 0)
     past_hidden = hidden[:, -1:]
     # Group-0 ids so far (the repetition penalty's history), preallocated; a view is passed per step.
     history = torch.empty(bsz, params.max_new_tokens, dtype=torch.long, device=device)
@@ -117,12 +117,6 @@ def decode_codes(model, prompt: TalkerPrompt, params: GenerationParams, progress
     lengths = torch.where(is_eos.any(dim=1), is_eos.int().argmax(dim=1), torch.full_like(is_eos[:, 0], codes_all.shape[1], dtype=torch.long))
     return ([codes_all[i, : int(n)] for i, n in enumerate(lengths)],
             [hidden_all[i, : int(n)] for i, n in enumerate(lengths)])
-
-
-def positions_3d(mask: torch.Tensor) -> torch.Tensor:
-    pos = mask.float().cumsum(-1) - 1
-    pos = pos.masked_fill(mask == 0, 1)
-    return pos.unsqueeze(0).expand(3, -1, -1)
 
 
 def padding_mask_decode(mask_so_far: torch.Tensor) -> torch.Tensor:

@@ -112,19 +112,30 @@ def split_linear(x: torch.Tensor, weight: torch.Tensor, sizes: tuple[int, ...]) 
 
 
 class Attention(nn.Module):
-    """GQA attention with fused qkv and per-head q/k RMSNorm applied before RoPE."""
+    """The one attention module: GQA with fused qkv storage and RoPE, for the talker, the code
+    predictor and the codec.
 
-    def __init__(self, cfg: TransformerConfig):
+    ``qk_norm_eps`` adds per-head q/k RMSNorm before RoPE (the talker and code predictor have
+    it; the codec's transformer does not, and then there is no q_norm/k_norm tensor at all).
+    """
+
+    def __init__(self, hidden_size: int, n_heads: int, n_kv_heads: int, head_dim: int,
+                 qk_norm_eps: float | None = None):
         super().__init__()
-        self.n_heads = cfg.num_attention_heads
-        self.n_kv_heads = cfg.num_key_value_heads
-        self.head_dim = cfg.head_dim
-        self.q_size = self.n_heads * self.head_dim
-        self.kv_size = self.n_kv_heads * self.head_dim
-        self.wqkv = nn.Linear(cfg.hidden_size, self.q_size + 2 * self.kv_size, bias=False)
-        self.wo = nn.Linear(self.q_size, cfg.hidden_size, bias=False)
-        self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
-        self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
+        self.n_heads = n_heads
+        self.n_kv_heads = n_kv_heads
+        self.head_dim = head_dim
+        self.q_size = n_heads * head_dim
+        self.kv_size = n_kv_heads * head_dim
+        self.wqkv = nn.Linear(hidden_size, self.q_size + 2 * self.kv_size, bias=False)
+        self.wo = nn.Linear(self.q_size, hidden_size, bias=False)
+        self.q_norm = RMSNorm(head_dim, qk_norm_eps) if qk_norm_eps is not None else None
+        self.k_norm = RMSNorm(head_dim, qk_norm_eps) if qk_norm_eps is not None else None
+
+    @classmethod
+    def for_decoder(cls, cfg: TransformerConfig) -> "Attention":
+        """The talker's and code predictor's attention: q/k norm with the stack's eps."""
+        return cls(cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.rms_norm_eps)
 
     def forward(
         self,
@@ -144,11 +155,13 @@ class Attention(nn.Module):
         """
         bsz, seqlen, _ = x.shape
         q, k, v = split_linear(x, self.wqkv.weight, (self.q_size, self.kv_size, self.kv_size))
-        q = self.q_norm(q.view(bsz, seqlen, self.n_heads, self.head_dim)).transpose(1, 2)
-        k = self.k_norm(k.view(bsz, seqlen, self.n_kv_heads, self.head_dim)).transpose(1, 2)
+        q = q.view(bsz, seqlen, self.n_heads, self.head_dim)
+        k = k.view(bsz, seqlen, self.n_kv_heads, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = apply_rope(q.transpose(1, 2), cos, sin)
+        k = apply_rope(k.transpose(1, 2), cos, sin)
         v = v.view(bsz, seqlen, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        q = apply_rope(q, cos, sin)
-        k = apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(layer, start, k, v)
         out = attend(q, k, v, mask, self.head_dim**-0.5)
@@ -186,7 +199,7 @@ class DecoderLayer(nn.Module):
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
         self.attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.attn = Attention(cfg)
+        self.attn = Attention.for_decoder(cfg)
         self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size)
 
@@ -212,6 +225,11 @@ def padding_mask(attention_mask: torch.Tensor) -> torch.Tensor | None:
 
 
 def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions that skip left padding: cumsum(mask) - 1, with pads at 1 (as upstream)."""
+    """Positions [B, L] that skip left padding: cumsum(mask) - 1, with pads at 1 (as upstream)."""
     pos = attention_mask.float().cumsum(-1) - 1
     return pos.masked_fill(attention_mask == 0, 1)
+
+
+def mrope_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """The talker's M-RoPE positions [3, B, L] for text-only input: three identical rows."""
+    return positions_from_mask(attention_mask).unsqueeze(0).expand(3, -1, -1)

@@ -14,7 +14,7 @@ from torch import nn
 from .checkpoint import CheckpointError, load_state_dict
 from .codec import CodecDecoder, load_codec
 from .config import ConfigError, Qwen3TTSConfig
-from .generation import GenerationParams, decode_codes
+from .generation import GenerationParams, generate_codes
 from .mel import log_mel_spectrogram
 from .prompt import build_talker_prompt
 from .sampling import SamplingParams
@@ -147,7 +147,7 @@ class Qwen3TTS(VoiceMethods, nn.Module):
                                      temperature=subtalker_temperature),
             eos_token_id=eos_token_id,
         )
-        return decode_codes(self, prompt, params, progress=progress)
+        return generate_codes(self, prompt, params, progress=progress)
 
     @torch.inference_mode()
     def extract_speaker_embedding(self, audio: np.ndarray, sr: int) -> torch.Tensor:

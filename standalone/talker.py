@@ -15,7 +15,7 @@ from .layers import (
     RMSNorm,
     mrope_row_index,
     padding_mask,
-    positions_from_mask,
+    mrope_positions,
     rope_cos_sin,
     rope_inv_freq,
 )
@@ -84,9 +84,7 @@ class Talker(nn.Module):
         bsz, seqlen, _ = inputs_embeds.shape
         if attention_mask is None:
             attention_mask = torch.ones(bsz, seqlen, dtype=torch.long, device=inputs_embeds.device)
-        pos = positions_from_mask(attention_mask)
-        pos3 = pos.unsqueeze(0).expand(3, bsz, seqlen)
-        return self.step(inputs_embeds, pos3, padding_mask(attention_mask), collect=collect)
+        return self.step(inputs_embeds, mrope_positions(attention_mask), padding_mask(attention_mask), collect=collect)
 
     def step(
         self,

@@ -140,7 +140,7 @@ def padded_position_off_by_one(m):
         padded_rows = (mask == 0).any(dim=-1, keepdim=True)
         pos = mask.float().cumsum(-1) - 1 + padded_rows.float()  # one too far in padded rows
         return pos.masked_fill(mask == 0, 1).unsqueeze(0).expand(3, -1, -1)
-    return mock.patch.object(gen_mod, "positions_3d", shifted)
+    return mock.patch.object(gen_mod, "mrope_positions", shifted)
 
 
 def mel_wrong_hop(m):
@@ -182,11 +182,11 @@ def penalty_whole_history(m):
 
 
 def min_new_tokens_ignored(m):
-    real = gen_mod.decode_codes
+    real = gen_mod.generate_codes
 
     def fn(model, prompt, params, progress=False):
         return real(model, prompt, dataclasses.replace(params, min_new_tokens=0), progress)
-    return mock.patch.object(model_mod, "decode_codes", fn)
+    return mock.patch.object(model_mod, "generate_codes", fn)
 
 
 def dialect_ignored(m):
