@@ -5,15 +5,16 @@ from __future__ import annotations
 import sys
 
 import click
-import torch
 
-DTYPES = {"keep": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+from q3tts.standalone.dtypes import parse_dtype
+
+DTYPE_CHOICES = ("keep", "bf16", "fp16", "fp32")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("src")
 @click.argument("dst", type=click.Path(file_okay=False))
-@click.option("--dtype", type=click.Choice(list(DTYPES)), default="keep", show_default=True,
+@click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default="keep", show_default=True,
               help="Storage dtype of floating-point tensors.")
 @click.option("--shard-size", default=None, metavar="SIZE", help="Split the weights into shards of at most SIZE (e.g. 2GB).")
 @click.option("--force", is_flag=True, help="Replace DST if it exists (only once the new one is complete).")
@@ -35,7 +36,7 @@ def main(src, dst, dtype, shard_size, force, dry_run, to, progress, debug) -> No
         src_dir = resolve_checkpoint_dir(src)
         if progress is None:
             progress = sys.stderr.isatty()
-        s = convert_checkpoint(src_dir, dst, dtype=DTYPES[dtype], force=force, shard_size=shard_bytes, to=to,
+        s = convert_checkpoint(src_dir, dst, dtype=parse_dtype(dtype), force=force, shard_size=shard_bytes, to=to,
                                dry_run=dry_run, progress=progress)
     except (ConversionError, CheckpointError, ValueError, OSError) as e:
         if debug:

@@ -11,12 +11,41 @@ so they cannot drift apart. Three operations:
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping
 
 import torch
 
 from q3tts.standalone.config import Qwen3TTSConfig, TransformerConfig
+
+
+class Direction(enum.Enum):
+    """Which way a conversion runs over the one map."""
+
+    TO_STANDALONE = "standalone"
+    TO_UPSTREAM = "upstream"
+
+    def reads(self, entry: "Entry") -> tuple[str, ...]:
+        """The tensor names this direction reads for ``entry``."""
+        return entry.sources if self is Direction.TO_STANDALONE else (entry.target,)
+
+    def writes(self, entry: "Entry") -> tuple[str, ...]:
+        return (entry.target,) if self is Direction.TO_STANDALONE else entry.sources
+
+    def read_shapes(self, entry: "Entry") -> tuple[tuple[int, ...] | None, ...]:
+        return entry.source_shapes if self is Direction.TO_STANDALONE else (entry.target_shape,)
+
+    def apply(self, entry: "Entry", tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The tensors ``writes(entry)`` names, made from the ones ``reads(entry)`` names."""
+        if self is Direction.TO_STANDALONE:
+            return [entry.to_standalone(tensors)]
+        return entry.to_upstream(tensors[0])
+
+    def op_name(self, entry: "Entry") -> str:
+        if self is Direction.TO_STANDALONE:
+            return entry.op
+        return {"rename": "rename", "concat": "split", "stack": "unstack"}[entry.op]
 
 
 @dataclass(frozen=True)
@@ -245,26 +274,19 @@ def source_names(entries: Iterable[Entry]) -> list[str]:
 def convert_tensors(
     entries: Iterable[Entry],
     get: Callable[[str], torch.Tensor],
-    direction: str = "to_standalone",
+    direction: Direction = Direction.TO_STANDALONE,
 ) -> Iterable[tuple[str, torch.Tensor]]:
     """Yield converted (name, tensor) pairs, one entry at a time, reading inputs with ``get``.
 
     Shapes are checked against the plan before anything is combined, so a mis-shaped tensor is
     reported by its own name.
     """
+    direction = Direction(direction)
     for e in entries:
-        if direction == "to_standalone":
-            parts = []
-            for name, shape in zip(e.sources, e.source_shapes):
-                t = get(name)
-                if tuple(t.shape) != shape:
-                    raise ValueError(f"tensor {name} has shape {tuple(t.shape)}, the config implies {shape}")
-                parts.append(t)
-            yield e.target, e.to_standalone(parts)
-        elif direction == "to_upstream":
-            t = get(e.target)
-            if tuple(t.shape) != e.target_shape:
-                raise ValueError(f"tensor {e.target} has shape {tuple(t.shape)}, the config implies {e.target_shape}")
-            yield from zip(e.sources, e.to_upstream(t))
-        else:
-            raise ValueError(f"unknown direction {direction!r}")
+        parts = []
+        for name, shape in zip(direction.reads(e), direction.read_shapes(e)):
+            t = get(name)
+            if shape is not None and tuple(t.shape) != shape:
+                raise ValueError(f"tensor {name} has shape {tuple(t.shape)}, the config implies {shape}")
+            parts.append(t)
+        yield from zip(direction.writes(e), direction.apply(e, parts))

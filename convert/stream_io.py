@@ -1,9 +1,8 @@
-"""Streaming safetensors I/O for the converter: one tensor in memory at a time.
+"""Streaming safetensors writing for the converter: one tensor in memory at a time.
 
-Reading uses plain positioned reads (not a memory map), so the bytes of tensors already
-converted do not stay resident; writing lays out the header first, from the planned shapes and
-dtypes, then appends each tensor's bytes as it is produced. Every structural problem (bad header,
-offsets outside the file, a truncated data section) is a StreamError naming the file.
+The header is laid out first, from the planned shapes and dtypes, then each tensor's bytes are
+appended as it is produced and hashed on the way. Reading is the runtime's one checkpoint reader
+(q3tts.standalone.checkpoint).
 """
 
 from __future__ import annotations
@@ -15,91 +14,13 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 import torch
 
-DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
-DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
-_MAX_HEADER = 100 * 2**20
-
+from q3tts.standalone.dtypes import SAFETENSORS_CODE
 
 class StreamError(ValueError):
     pass
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    name: str
-    dtype: torch.dtype
-    shape: tuple[int, ...]
-    begin: int  # absolute file offset of the data
-    nbytes: int
-
-
-def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
-    """Parse and validate a safetensors header: (tensors by name, metadata)."""
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise StreamError(f"{path}: truncated (no safetensors header)")
-        (n,) = struct.unpack("<Q", head)
-        if n > _MAX_HEADER or 8 + n > size:
-            raise StreamError(f"{path}: corrupt safetensors header (declared length {n}, file size {size})")
-        raw = f.read(n)
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise StreamError(f"{path}: corrupt safetensors header ({e})") from e
-    if not isinstance(header, dict):
-        raise StreamError(f"{path}: corrupt safetensors header (not a JSON object)")
-    meta = header.pop("__metadata__", {}) or {}
-    infos: dict[str, TensorInfo] = {}
-    data_start = 8 + n
-    spans = []
-    for name, spec in header.items():
-        try:
-            dtype = DTYPES[spec["dtype"]]
-            shape = tuple(int(s) for s in spec["shape"])
-            begin, end = (int(x) for x in spec["data_offsets"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise StreamError(f"{path}: corrupt header entry for tensor {name} ({e!r})") from e
-        itemsize = torch.empty((), dtype=dtype).element_size()
-        if end - begin != math.prod(shape) * itemsize or begin < 0:
-            raise StreamError(f"{path}: tensor {name}: offsets [{begin}, {end}) do not match shape {list(shape)} {spec['dtype']}")
-        if data_start + end > size:
-            raise StreamError(f"{path}: truncated: tensor {name} ends at byte {data_start + end}, file has {size}")
-        infos[name] = TensorInfo(name, dtype, shape, data_start + begin, end - begin)
-        spans.append((begin, end))
-    spans.sort()
-    cursor = 0
-    for begin, end in spans:
-        if begin != cursor:
-            raise StreamError(f"{path}: corrupt data layout (gap or overlap at byte {begin})")
-        cursor = end
-    if data_start + cursor != size:
-        raise StreamError(f"{path}: {size - data_start - cursor} unexpected trailing bytes after the last tensor")
-    return infos, meta
-
-
-def read_tensor(f: BinaryIO, info: TensorInfo) -> torch.Tensor:
-    f.seek(info.begin)
-    buf = bytearray(info.nbytes)
-    view = memoryview(buf)
-    got = 0
-    while got < info.nbytes:
-        n = f.readinto(view[got:])
-        if not n:
-            raise StreamError(f"{getattr(f, 'name', '?')}: truncated while reading tensor {info.name}")
-        got += n
-    if info.nbytes == 0:
-        return torch.empty(info.shape, dtype=info.dtype)
-    return torch.frombuffer(buf, dtype=torch.uint8).view(info.dtype).reshape(info.shape)
 
 
 class SafetensorsWriter:
@@ -112,7 +33,7 @@ class SafetensorsWriter:
         self._order = []
         for name, dtype, shape in specs:
             nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
-            header[name] = {"dtype": DTYPE_NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+            header[name] = {"dtype": SAFETENSORS_CODE[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
             self._order.append((name, dtype, tuple(shape), nbytes))
             offset += nbytes
         if metadata:
@@ -129,7 +50,7 @@ class SafetensorsWriter:
     def write(self, name: str, tensor: torch.Tensor) -> None:
         want_name, dtype, shape, nbytes = self._order[self._next]
         if name != want_name or tensor.dtype != dtype or tuple(tensor.shape) != shape:
-            raise StreamError(f"{self.path}: writer expected {want_name} {DTYPE_NAMES[dtype]} {list(shape)}, "
+            raise StreamError(f"{self.path}: writer expected {want_name} {SAFETENSORS_CODE[dtype]} {list(shape)}, "
                               f"got {name} {tensor.dtype} {list(tensor.shape)}")
         if nbytes:
             data = tensor.detach().contiguous().view(-1).view(torch.uint8).numpy()

@@ -1,108 +1,202 @@
-"""Reading and writing the weights of a checkpoint directory (single file or shards + index).
+"""The one checkpoint reader: the weights of a directory (single file, or shards + index), read
+tensor by tensor from validated safetensors headers. The runtime loads through it and the
+converter streams through it.
 
-Only safetensors are read: nothing here ever unpickles.
+Only safetensors are read: nothing here ever unpickles. Reads are plain positioned reads (not a
+memory map), so tensors already consumed do not stay resident while a converter streams.
+Every structural problem (bad header, offsets outside the file, a truncated data section, an
+index that disagrees with its shards, a tensor in two files) is a CheckpointError naming the file
+and the tensor.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
+import math
+import struct
+from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
-from safetensors import SafetensorError, safe_open
+
+from .dtypes import BY_SAFETENSORS
 
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+_MAX_HEADER = 100 * 2**20
 
 
 class CheckpointError(ValueError):
     """A checkpoint directory or file that cannot be used; the message names what is wrong."""
 
 
-def weight_files(directory: Path) -> dict[str, list[str]]:
-    """Map each weight file of ``directory`` to the tensor names the index assigns it.
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    begin: int  # absolute file offset of the data
+    nbytes: int
 
-    A single ``model.safetensors`` maps to [] (its header is the list). With an index, every shard
-    it names must exist, and the index is cross-checked against the shards' headers later.
-    """
-    index = directory / INDEX_NAME
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise CheckpointError(f"{index}: malformed index ({e})") from e
-        files: dict[str, list[str]] = {}
-        for name, shard in weight_map.items():
-            files.setdefault(shard, []).append(name)
-        for shard in files:
-            if not (directory / shard).is_file():
-                raise CheckpointError(f"{index}: shard {shard} is missing")
-        return files
-    if (directory / WEIGHTS_NAME).is_file():
-        return {WEIGHTS_NAME: []}
-    if any(directory.glob("*.bin")) or any(directory.glob("*.pt")) or any(directory.glob("*.pth")):
-        raise CheckpointError(
-            f"{directory}: only pickle weights (.bin/.pt) found; they are refused because loading them can run code. "
-            "Convert them to safetensors first."
+
+def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
+    """Parse and validate a safetensors header: (tensors by name, metadata)."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise CheckpointError(f"{path}: truncated (no safetensors header)")
+        (n,) = struct.unpack("<Q", head)
+        if n > _MAX_HEADER or 8 + n > size:
+            raise CheckpointError(f"{path}: corrupt safetensors header (declared length {n}, file size {size})")
+        raw = f.read(n)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: corrupt safetensors header ({e})") from e
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: corrupt safetensors header (not a JSON object)")
+    meta = header.pop("__metadata__", {}) or {}
+    infos = {name: _tensor_info(path, name, spec, 8 + n, size) for name, spec in header.items()}
+    _check_contiguous(path, infos, 8 + n, size)
+    return infos, meta
+
+
+def _tensor_info(path: Path, name: str, spec, data_start: int, size: int) -> TensorInfo:
+    try:
+        dtype = BY_SAFETENSORS[spec["dtype"]]
+        shape = tuple(int(s) for s in spec["shape"])
+        begin, end = (int(x) for x in spec["data_offsets"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: corrupt header entry for tensor {name} ({e!r})") from e
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    if end - begin != math.prod(shape) * itemsize or begin < 0:
+        raise CheckpointError(f"{path}: tensor {name}: offsets [{begin}, {end}) do not match shape {list(shape)} {spec['dtype']}")
+    if data_start + end > size:
+        raise CheckpointError(f"{path}: truncated: tensor {name} ends at byte {data_start + end}, file has {size}")
+    return TensorInfo(name, dtype, shape, data_start + begin, end - begin)
+
+
+def _check_contiguous(path: Path, infos: dict[str, TensorInfo], data_start: int, size: int) -> None:
+    cursor = data_start
+    for info in sorted(infos.values(), key=lambda i: i.begin):
+        if info.begin != cursor:
+            raise CheckpointError(f"{path}: corrupt data layout (gap or overlap at byte {info.begin - data_start})")
+        cursor = info.begin + info.nbytes
+    if cursor != size:
+        raise CheckpointError(f"{path}: {size - cursor} unexpected trailing bytes after the last tensor")
+
+
+def read_tensor(f: BinaryIO, info: TensorInfo) -> torch.Tensor:
+    f.seek(info.begin)
+    buf = bytearray(info.nbytes)
+    view = memoryview(buf)
+    got = 0
+    while got < info.nbytes:
+        n = f.readinto(view[got:])
+        if not n:
+            raise CheckpointError(f"{getattr(f, 'name', '?')}: truncated while reading tensor {info.name}")
+        got += n
+    if info.nbytes == 0:
+        return torch.empty(info.shape, dtype=info.dtype)
+    return torch.frombuffer(buf, dtype=torch.uint8).view(info.dtype).reshape(info.shape)
+
+
+def _load_index(index: Path) -> dict[str, str]:
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
+        raise CheckpointError(f"{index}: malformed index ({e})") from e
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f"{index}: no weight_map")
+    return weight_map
+
+
+def _no_weights(directory: Path) -> CheckpointError:
+    pickles = sorted(p.name for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES) if directory.is_dir() else []
+    if pickles:
+        return CheckpointError(
+            f"{directory}: only pickle weights ({', '.join(pickles)}); refused, because unpickling can run "
+            "arbitrary code. Convert them to safetensors with a trusted tool first."
         )
-    raise CheckpointError(f"{directory}: no {WEIGHTS_NAME} or {INDEX_NAME}")
+    return CheckpointError(f"{directory}: no {WEIGHTS_NAME} or {INDEX_NAME}")
 
 
-class TensorSource:
-    """Every tensor of a checkpoint directory, readable by name without loading the rest.
+def has_weights(directory: Path) -> bool:
+    return (directory / WEIGHTS_NAME).is_file() or (directory / INDEX_NAME).is_file()
 
-    A context manager: the files stay open (memory-mapped) until it exits. Names that appear in
-    two files, and index/shard disagreements, are errors naming the tensor.
+
+class CheckpointReader:
+    """Every tensor of a checkpoint directory by name, from the headers; data read on demand.
+
+    A context manager: weight files are opened on first read and closed on exit.
     """
 
     def __init__(self, directory: Path):
         self.directory = Path(directory)
-        self._stack = contextlib.ExitStack()
-        self.files: dict[str, str] = {}  # tensor name -> file name
-        self._handles: dict[str, object] = {}
+        self.infos: dict[str, TensorInfo] = {}
+        self.file_of: dict[str, str] = {}
+        index = self.directory / INDEX_NAME
+        if index.is_file():
+            weight_map = _load_index(index)
+            self.files = sorted(set(weight_map.values()))
+        elif (self.directory / WEIGHTS_NAME).is_file():
+            weight_map, self.files = None, [WEIGHTS_NAME]
+        else:
+            raise _no_weights(self.directory)
+        for file in self.files:
+            self._add_file(file, index)
+        if weight_map is not None:
+            self._check_index(weight_map, index)
+        self._handles: dict[str, BinaryIO] = {}
 
-    def __enter__(self) -> "TensorSource":
-        try:
-            for file, indexed in weight_files(self.directory).items():
-                path = self.directory / file
-                try:
-                    handle = self._stack.enter_context(safe_open(str(path), framework="pt"))
-                    names = list(handle.keys())
-                except SafetensorError as e:
-                    raise CheckpointError(f"{path}: corrupt or truncated safetensors file ({e})") from e
-                if indexed and sorted(indexed) != sorted(names):
-                    extra = sorted(set(names) - set(indexed))
-                    absent = sorted(set(indexed) - set(names))
-                    raise CheckpointError(
-                        f"{path}: index and shard disagree (in shard only: {extra[:5]}, in index only: {absent[:5]})"
-                    )
-                for name in names:
-                    if name in self.files:
-                        raise CheckpointError(f"{self.directory}: tensor {name} appears in {self.files[name]} and {file}")
-                    self.files[name] = file
-                    self._handles[name] = handle
-        except BaseException:
-            self._stack.close()
-            raise
+    def _add_file(self, file: str, index: Path) -> None:
+        path = self.directory / file
+        if not path.is_file():
+            raise CheckpointError(f"{index}: shard {file} is missing")
+        infos, _ = read_header(path)
+        for name, info in infos.items():
+            if name in self.infos:
+                raise CheckpointError(f"{self.directory}: duplicate tensor {name} (in {self.file_of[name]} and {file})")
+            self.infos[name] = info
+            self.file_of[name] = file
+
+    def _check_index(self, weight_map: dict[str, str], index: Path) -> None:
+        for name, file in weight_map.items():
+            if self.file_of.get(name) != file:
+                raise CheckpointError(f"{index}: index puts {name} in {file}, but it is in {self.file_of.get(name, 'no shard')}")
+        unindexed = sorted(set(self.infos) - set(weight_map))
+        if unindexed:
+            raise CheckpointError(f"{index}: tensor(s) {unindexed[:5]} are in the shards but not in the index")
+
+    def __enter__(self) -> "CheckpointReader":
         return self
 
     def __exit__(self, *exc) -> None:
-        self._stack.close()
+        for h in self._handles.values():
+            h.close()
+        self._handles.clear()
 
     def names(self) -> list[str]:
-        return list(self.files)
+        return list(self.infos)
 
     def get(self, name: str) -> torch.Tensor:
-        try:
-            return self._handles[name].get_tensor(name)
-        except SafetensorError as e:
-            raise CheckpointError(f"{self.directory / self.files[name]}: cannot read tensor {name} ({e})") from e
+        file = self.file_of[name]
+        if file not in self._handles:
+            self._handles[file] = open(self.directory / file, "rb")
+        return read_tensor(self._handles[file], self.infos[name])
+
+    @property
+    def nbytes(self) -> int:
+        return sum(i.nbytes for i in self.infos.values())
 
 
 def load_state_dict(directory: Path, dtype: torch.dtype | None = None, device="cpu") -> dict[str, torch.Tensor]:
+    """Every tensor of ``directory``; floating tensors cast to ``dtype`` unless it is None."""
     out: dict[str, torch.Tensor] = {}
-    with TensorSource(directory) as source:
+    with CheckpointReader(directory) as source:
         for name in source.names():
             t = source.get(name)
             if dtype is not None and t.is_floating_point():

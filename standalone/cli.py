@@ -37,6 +37,7 @@ def synthesize(model_dir, text, out_path, speaker, instruct, ref_audio, ref_text
     import numpy as np
     import torch
 
+    from .dtypes import parse_dtype
     from .model import Qwen3TTS
 
     try:
@@ -48,7 +49,7 @@ def synthesize(model_dir, text, out_path, speaker, instruct, ref_audio, ref_text
         out = Path(out_path)
         if not out.parent.is_dir():
             raise ValueError(f"{out.parent}: output directory does not exist")
-        model = Qwen3TTS.from_pretrained(model_dir, dtype={"keep": None, "fp32": torch.float32, "bf16": torch.bfloat16}[dtype])
+        model = Qwen3TTS.from_pretrained(model_dir, dtype=parse_dtype(dtype))
         kind = model.config.tts_model_type
         if seed is not None:
             torch.manual_seed(seed)

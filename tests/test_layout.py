@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from q3tts.convert.layout import convert_tensors, plan
+from q3tts.convert.layout import Direction, convert_tensors, plan
 from q3tts.standalone.config import Qwen3TTSConfig
 from q3tts.verify.fixtures import MODEL_TYPES, tiny_config
 from q3tts.verify.released import released_config
@@ -53,7 +53,7 @@ def test_round_trip_is_bit_identical(checkpoints, model_type):
     import json
 
     cfg = Qwen3TTSConfig.from_dict(json.loads((st_dir / "config.json").read_text()))
-    back = dict(convert_tensors(plan(cfg), converted.__getitem__, direction="to_upstream"))
+    back = dict(convert_tensors(plan(cfg), converted.__getitem__, direction=Direction.TO_UPSTREAM))
     assert set(back) == set(original)
     for name, t in original.items():
         assert back[name].dtype == t.dtype and torch.equal(back[name], t), name
