@@ -1,4 +1,5 @@
-"""convert-ckpt SRC DST: upstream qwen-tts checkpoint <-> standalone checkpoint directory."""
+"""convert-ckpt SRC DST: upstream qwen-tts checkpoint <-> standalone checkpoint directory.
+convert-ckpt --check DIR: re-hash a converted directory against its manifest."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ DTYPE_CHOICES = ("keep", "bf16", "fp16", "fp32")
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("src")
-@click.argument("dst", type=click.Path(file_okay=False))
+@click.argument("dst", required=False, type=click.Path(file_okay=False))
 @click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default="keep", show_default=True,
               help="Storage dtype of floating-point tensors.")
 @click.option("--shard-size", default=None, metavar="SIZE", help="Split the weights into shards of at most SIZE (e.g. 2GB).")
@@ -21,31 +22,41 @@ DTYPE_CHOICES = ("keep", "bf16", "fp16", "fp32")
 @click.option("--dry-run", is_flag=True, help="Print the plan (every source tensor -> target) and write nothing.")
 @click.option("--to", "to", type=click.Choice(["standalone", "upstream"]), default="standalone", show_default=True,
               help="Direction: upstream -> standalone, or standalone -> upstream (the reverse of the same map).")
+@click.option("--check", "check", is_flag=True,
+              help="Re-hash every file of the converted directory SRC against its manifest; exit 0 only if all match.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar over bytes (default: when stderr is a terminal).")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def main(src, dst, dtype, shard_size, force, dry_run, to, progress, debug) -> None:
+def main(src, dst, dtype, shard_size, force, dry_run, to, check, progress, debug) -> None:
     """Convert the checkpoint SRC (a directory or a hub repo id) into DST."""
     from q3tts.standalone.checkpoint import CheckpointError
     from q3tts.standalone.model import resolve_checkpoint_dir
+    from q3tts.standalone.output_dir import Interrupted
 
     from .convert import ConversionError, convert_checkpoint
     from .stream_io import parse_size
 
+    if check:
+        sys.exit(_check(src, debug))
     try:
+        if dst is None:
+            raise ConversionError("missing DST (convert-ckpt SRC DST), or pass --check to check SRC")
         shard_bytes = parse_size(shard_size) if shard_size else None
         src_dir = resolve_checkpoint_dir(src)
         if progress is None:
             progress = sys.stderr.isatty()
         s = convert_checkpoint(src_dir, dst, dtype=parse_dtype(dtype), force=force, shard_size=shard_bytes, to=to,
-                               dry_run=dry_run, progress=progress)
+                               dry_run=dry_run, progress=progress, say=lambda m: click.echo(f"convert-ckpt: {m}", err=True))
     except (ConversionError, CheckpointError, ValueError, OSError) as e:
         if debug:
             raise
         click.echo(f"convert-ckpt: error: {e}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
-        click.echo("convert-ckpt: interrupted; nothing was written to DST", err=True)
+        click.echo("convert-ckpt: interrupted (SIGINT); nothing was written to DST", err=True)
         sys.exit(130)
+    except Interrupted as e:
+        click.echo(f"convert-ckpt: interrupted ({e.name}); nothing was written to DST", err=True)
+        sys.exit(e.exit_code)
     if dry_run:
         for line in s.plan:
             click.echo(line)
@@ -55,6 +66,34 @@ def main(src, dst, dtype, shard_size, force, dry_run, to, progress, debug) -> No
         f"converted {s.tensors_in} tensors ({s.bytes_in / 1e6:.1f} MB) -> {s.tensors_out} tensors "
         f"({s.bytes_out / 1e6:.1f} MB) in {len(s.files)} file(s), {s.seconds:.2f} s: {s.dst}"
     )
+
+
+def _check(directory: str, debug: bool) -> int:
+    from pathlib import Path
+
+    from q3tts.standalone.checkpoint import CheckpointError, check_hashes, read_manifest
+
+    from .convert import sha256_file
+
+    path = Path(directory)
+    try:
+        if not path.is_dir():
+            raise CheckpointError(f"{path}: not a directory")
+        problems = check_hashes(path, sha256_file)
+        n = len(read_manifest(path) or {})
+    except (CheckpointError, OSError) as e:
+        if debug:
+            raise
+        click.echo(f"convert-ckpt: error: {e}", err=True)
+        return 1
+    for line in problems:
+        click.echo(f"convert-ckpt: damaged: {path / line}" if not line.startswith(str(path)) else f"convert-ckpt: {line}",
+                   err=True)
+    if problems:
+        click.echo(f"convert-ckpt: {len(problems)} of {n} file(s) do not match the manifest: convert again", err=True)
+        return 1
+    click.echo(f"ok: {n} file(s) match {path / 'manifest.json'}")
+    return 0
 
 
 if __name__ == "__main__":

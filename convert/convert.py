@@ -13,11 +13,10 @@ is about three times the largest tensor. The output is assembled in a temporary 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -26,10 +25,11 @@ from typing import Callable, Iterator
 
 import torch
 
-from q3tts.standalone.checkpoint import INDEX_NAME, WEIGHTS_NAME, CheckpointError, CheckpointReader, has_weights, read_header
+from q3tts.standalone.checkpoint import INDEX_NAME, MANIFEST_NAME, WEIGHTS_NAME, CheckpointError, CheckpointReader, has_weights, read_header
 from q3tts.standalone.codec import load_codec_config
 from q3tts.standalone.config import FORMAT_NAME, ConfigError, Qwen3TTSConfig
 from q3tts.standalone.dtypes import SAFETENSORS_CODE
+from q3tts.standalone.output_dir import OWNER_FILE, OutputDir, OutputError
 
 from .layout import Direction, Entry, codec_plan, plan
 from .stream_io import SafetensorsWriter, StreamError, plan_shards
@@ -49,7 +49,6 @@ CODEC_DIR = "speech_tokenizer"
 SIDE_DIRS = (CODEC_DIR,)
 UPSTREAM_CONFIG_NAME = "upstream_config.json"
 REPORT_NAME = "conversion-report.json"
-MANIFEST_NAME = "manifest.json"
 PRODUCER = f"q3tts.convert {CONVERTER_VERSION}"
 
 
@@ -288,7 +287,7 @@ def write_part(tmp: Path, job: PartJob, direction: Direction, shard_bytes: int |
     if len(names) > 1:
         index = {"metadata": {"total_size": sum(_nbytes(o) for o in job.outputs)},
                  "weight_map": {o.name: shard_of[i] for i, o in enumerate(job.outputs)}}
-        (out_dir / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+        _write_text(out_dir / INDEX_NAME, json.dumps(index, indent=2) + "\n")
     return [job.prefix() + n for n in names]
 
 
@@ -299,14 +298,31 @@ def _bar(total: int, enabled: bool):
 
 
 def _copy_hashing(src: Path, dst: Path, chunk: int = 1 << 22) -> str:
-    """Copy a file byte for byte and return its sha256, reading it once."""
+    """Copy a file byte for byte and return its sha256, reading it once. The copy gets the
+    umask's permissions, not the source's (a read-only hub cache file must not make a read-only
+    checkpoint)."""
     h = hashlib.sha256()
-    with open(src, "rb") as fi, open(dst, "wb") as fo:
+    with open(src, "rb") as fi, _writing(dst) as fo:
         while block := fi.read(chunk):
             fo.write(block)
             h.update(block)
-    shutil.copystat(src, dst)
     return h.hexdigest()
+
+
+@contextlib.contextmanager
+def _writing(path: Path):
+    """open(path, "wb"), with a failure (disk full, file size limit, permissions) reported as
+    one line naming the path and the cause."""
+    try:
+        with open(path, "wb") as f:
+            yield f
+    except OSError as e:
+        raise ConversionError(f"{path}: write failed ({e.strerror or e})") from e
+
+
+def _write_text(path: Path, text: str) -> None:
+    with _writing(path) as f:
+        f.write(text.encode("utf-8"))
 
 
 def _copy_side_files(src: Path, tmp: Path, hashes: dict[str, str], skip: set[str]) -> None:
@@ -329,10 +345,10 @@ def _copy_side_files(src: Path, tmp: Path, hashes: dict[str, str], skip: set[str
 
 def _write_configs(src: Path, tmp: Path, config: Qwen3TTSConfig, direction: Direction) -> None:
     if direction is Direction.TO_STANDALONE:
-        (tmp / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
-        shutil.copy2(src / "config.json", tmp / UPSTREAM_CONFIG_NAME)
+        _write_text(tmp / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
+        _copy_hashing(src / "config.json", tmp / UPSTREAM_CONFIG_NAME)
     else:
-        shutil.copy2(src / UPSTREAM_CONFIG_NAME, tmp / "config.json")
+        _copy_hashing(src / UPSTREAM_CONFIG_NAME, tmp / "config.json")
 
 
 def write_manifest(directory: Path, known: dict[str, str], source_hashes: dict[str, str]) -> None:
@@ -340,7 +356,7 @@ def write_manifest(directory: Path, known: dict[str, str], source_hashes: dict[s
     computed) and the sha256 of the source files."""
     files = {}
     for p in sorted(directory.rglob("*")):
-        if p.is_file() and p.name != MANIFEST_NAME:
+        if p.is_file() and p.name not in (MANIFEST_NAME, OWNER_FILE):
             rel = p.relative_to(directory).as_posix()
             files[rel] = {"sha256": known.get(rel) or sha256_file(p), "size": p.stat().st_size}
     manifest = {
@@ -350,7 +366,7 @@ def write_manifest(directory: Path, known: dict[str, str], source_hashes: dict[s
         "files": files,
         "source_files": source_hashes,
     }
-    (directory / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    _write_text(directory / MANIFEST_NAME, json.dumps(manifest, indent=2) + "\n")
 
 
 def upstream_version() -> str | None:
@@ -378,32 +394,7 @@ def _write_report(tmp: Path, summary: ConversionSummary, src: Path, jobs: list[P
         "tensors": [{"name": job.prefix() + o.name, "from": list(o.inputs), "op": o.entry.op, "shape": list(o.shape),
                      "dtype": SAFETENSORS_CODE[o.dtype]} for job in jobs for o in job.outputs],
     }
-    (tmp / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-
-
-def _make_tmp(dst: Path) -> Path:
-    try:
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f".{dst.name}.partial-", dir=dst.parent))
-    except OSError as e:
-        raise ConversionError(f"{dst}: cannot write there ({e.strerror or e})") from e
-
-
-def _replace(tmp: Path, dst: Path) -> None:
-    """Move the finished directory into place; an existing dst (with --force) is kept until the
-    new one is in place, then removed."""
-    old = None
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-        os.replace(dst, old)
-    try:
-        os.replace(tmp, dst)
-    except BaseException:
-        if old is not None:
-            os.replace(old, dst)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
+    _write_text(tmp / REPORT_NAME, json.dumps(report, indent=2) + "\n")
 
 
 # --------------------------------------------------------------------------------------------
@@ -450,11 +441,14 @@ def convert_checkpoint(
     to: str | Direction = Direction.TO_STANDALONE,
     dry_run: bool = False,
     progress: bool = False,
+    say: Callable[[str], None] | None = None,
 ) -> ConversionSummary:
     """Convert ``src`` into ``dst``: upstream -> standalone (``to="standalone"``) or back
     (``to="upstream"``). ``dtype=None`` keeps stored dtypes; ``shard_size`` in bytes splits the
     model weights into shards with an index. With ``dry_run`` nothing is written and the
-    summary's ``plan`` lists every source tensor -> target."""
+    summary's ``plan`` lists every source tensor -> target. ``say`` receives notices (a stale
+    partial directory removed). The output is written through the one durable writer
+    (q3tts.standalone.output_dir): atomic, fsynced, umask permissions, signal-safe."""
     t0 = time.perf_counter()
     try:
         direction = Direction(to)
@@ -473,7 +467,7 @@ def convert_checkpoint(
         if dry_run:
             summary.plan = [line for job in jobs for line in _plan_lines(job, direction)]
         else:
-            _write_all(src, dst, config, jobs, direction, dtype, shard_size, progress, summary, t0)
+            _write_all(src, dst, config, jobs, direction, dtype, shard_size, progress, summary, t0, force, say)
     finally:
         for job in jobs:
             job.source.__exit__(None, None, None)
@@ -481,28 +475,28 @@ def convert_checkpoint(
     return summary
 
 
-def _write_all(src, dst, config, jobs, direction, dtype, shard_size, progress, summary, t0) -> None:
-    tmp = _make_tmp(dst)
+def _write_all(src, dst, config, jobs, direction, dtype, shard_size, progress, summary, t0, force, say) -> None:
     # The sources are hashed for the manifest on a second thread while the conversion runs
     # (hashlib releases the GIL), instead of in a second pass afterwards.
     pool = ThreadPoolExecutor(max_workers=1)
     try:
-        hashing: dict[str, Callable] = {}
-        if direction is Direction.TO_STANDALONE:
-            hashing = {name: pool.submit(sha256_file, src / name) for name in [*jobs[0].source.files, "config.json"]}
-        hashes: dict[str, str] = {}
-        for job in jobs:
-            summary.files += write_part(tmp, job, direction, shard_size if not job.subdir else None, progress, hashes)
-        _write_configs(src, tmp, config, direction)
-        skip = {job.prefix() + f for job in jobs if job.subdir for f in job.source.files}
-        _copy_side_files(src, tmp, hashes, skip)
-        summary.seconds = time.perf_counter() - t0
-        _write_report(tmp, summary, src, jobs, dtype)
-        if direction is Direction.TO_STANDALONE:
-            write_manifest(tmp, hashes, {k: f.result() for k, f in hashing.items()})
-        _replace(tmp, dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        with OutputDir(dst, force=force, say=say) as out:
+            tmp = out.path
+            hashing = {}
+            if direction is Direction.TO_STANDALONE:
+                hashing = {name: pool.submit(sha256_file, src / name) for name in [*jobs[0].source.files, "config.json"]}
+            hashes: dict[str, str] = {}
+            for job in jobs:
+                summary.files += write_part(tmp, job, direction, shard_size if not job.subdir else None, progress, hashes)
+            _write_configs(src, tmp, config, direction)
+            skip = {job.prefix() + f for job in jobs if job.subdir for f in job.source.files}
+            _copy_side_files(src, tmp, hashes, skip)
+            summary.seconds = time.perf_counter() - t0
+            _write_report(tmp, summary, src, jobs, dtype)
+            if direction is Direction.TO_STANDALONE:
+                write_manifest(tmp, hashes, {k: f.result() for k, f in hashing.items()})
+            out.commit()
+    except OutputError as e:
+        raise ConversionError(str(e)) from e
     finally:
         pool.shutdown(wait=True, cancel_futures=True)

@@ -40,7 +40,10 @@ class SafetensorsWriter:
             header["__metadata__"] = metadata
         raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
         raw += b" " * (-len(raw) % 8)  # the data section starts 8-byte aligned
-        self._f = open(path, "wb")
+        try:
+            self._f = open(path, "wb")
+        except OSError as e:
+            raise StreamError(f"{path}: cannot create ({e.strerror or e})") from e
         self.sha256 = hashlib.sha256()  # of the whole file, computed as it is written
         self._put(struct.pack("<Q", len(raw)))
         self._put(raw)
@@ -58,16 +61,24 @@ class SafetensorsWriter:
         self._next += 1
 
     def _put(self, data) -> None:
-        self._f.write(data)
+        try:
+            self._f.write(data)
+        except OSError as e:  # disk full, file size limit, revoked permission: name the file
+            self._f.close()
+            raise StreamError(f"{self.path}: write failed ({e.strerror or e})") from e
         self.sha256.update(data)
 
     def close(self) -> None:
         if self._next != len(self._order):
             self._f.close()
             raise StreamError(f"{self.path}: closed after {self._next} of {len(self._order)} tensors")
-        self._f.flush()
-        os.fsync(self._f.fileno())
-        self._f.close()
+        try:
+            self._f.flush()
+            os.fsync(self._f.fileno())
+        except OSError as e:
+            raise StreamError(f"{self.path}: write failed ({e.strerror or e})") from e
+        finally:
+            self._f.close()
 
 
 def plan_shards(specs: list[tuple[str, torch.dtype, tuple[int, ...]]], shard_bytes: int | None) -> list[list[int]]:

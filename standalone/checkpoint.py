@@ -16,7 +16,7 @@ import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Callable
 
 import torch
 
@@ -203,3 +203,58 @@ def load_state_dict(directory: Path, dtype: torch.dtype | None = None, device="c
                 t = t.to(dtype)
             out[name] = t.to(device)
     return out
+
+
+# --- damage detection against manifest.json ---------------------------------------------------
+
+MANIFEST_NAME = "manifest.json"
+
+
+def read_manifest(directory: Path) -> dict | None:
+    """The ``files`` table of ``directory/manifest.json`` (written by convert-ckpt), or None."""
+    path = Path(directory) / MANIFEST_NAME
+    if not path.is_file():
+        return None
+    try:
+        files = json.loads(path.read_text(encoding="utf-8"))["files"]
+        if not isinstance(files, dict):
+            raise TypeError("files is not an object")
+        return files
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path}: damaged manifest ({e}); convert the checkpoint again") from e
+
+
+def check_sizes(directory: Path) -> None:
+    """Every file the manifest lists exists with its recorded size: cheap, done on every load.
+    Raises CheckpointError naming the first damaged file."""
+    directory = Path(directory)
+    files = read_manifest(directory)
+    for rel, entry in (files or {}).items():
+        path = directory / rel
+        want = entry.get("size")
+        got = path.stat().st_size if path.is_file() else None
+        if got != want:
+            state = "is missing" if got is None else f"has {got} bytes, the manifest says {want}"
+            raise CheckpointError(
+                f"{path} {state}: the checkpoint is damaged (an interrupted copy or download?); "
+                "convert it again or restore the file"
+            )
+
+
+def check_hashes(directory: Path, sha256: Callable[[Path], str]) -> list[str]:
+    """Every problem found by re-hashing each file against the manifest, one line each (empty
+    when everything matches). Files the manifest does not list are reported as notes."""
+    directory = Path(directory)
+    files = read_manifest(directory)
+    if files is None:
+        return [f"{directory / MANIFEST_NAME}: missing (only convert-ckpt output can be checked)"]
+    problems = []
+    for rel, entry in sorted(files.items()):
+        path = directory / rel
+        if not path.is_file():
+            problems.append(f"{rel}: missing")
+        elif path.stat().st_size != entry.get("size"):
+            problems.append(f"{rel}: {path.stat().st_size} bytes, the manifest says {entry.get('size')}")
+        elif sha256(path) != entry.get("sha256"):
+            problems.append(f"{rel}: sha256 differs from the manifest (same size: the content changed)")
+    return problems

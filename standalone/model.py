@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import CheckpointError, load_state_dict
+from .checkpoint import CheckpointError, check_sizes, load_state_dict
 from .codec import CodecDecoder, load_codec
 from .config import ConfigError, Qwen3TTSConfig
 from .generation import GenerateOptions, generate_codes
@@ -67,6 +67,7 @@ class Qwen3TTS(VoiceMethods, nn.Module):
                 f"{directory} is an upstream qwen-tts checkpoint; convert it first: convert-ckpt {directory} OUT_DIR"
             )
         config = Qwen3TTSConfig.from_dict(raw)
+        check_sizes(directory)  # a truncated or missing file is named here, not deep in a reader
         with torch.device("meta"):
             model = cls(config)
         state = load_state_dict(directory, dtype=dtype, device=device)
