@@ -280,10 +280,13 @@ class ConsistencyResult:
     bound: float
     untrained_groups: list[int]
     codes: list[list[int]]
+    # |training loss - the same cross-entropy over the decode loop's logits and the generated codes|
+    loss_diffs: dict[str, float] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
-        return self.talker_first_bad is None and self.code_predictor_first_bad is None
+        return (self.talker_first_bad is None and self.code_predictor_first_bad is None
+                and all(d <= self.bound for d in self.loss_diffs.values()))
 
     def summary(self) -> str:
         if self.passed:
@@ -301,6 +304,9 @@ class ConsistencyResult:
             finite = [v for v in self.code_predictor_max_abs.values() if v != float("inf")]
             parts.append(f"code predictor first differs at frame {f} group {g} (max |diff| "
                          f"{max(finite) if finite else float('inf'):.3g})")
+        bad_losses = {k: v for k, v in self.loss_diffs.items() if v > self.bound}
+        if bad_losses:
+            parts.append("losses differ from generation's: " + ", ".join(f"{k} by {v:.3g}" for k, v in bad_losses.items()))
         return "; ".join(parts)
 
     def as_dict(self) -> dict:
@@ -392,8 +398,22 @@ def run_consistency_check(model: Qwen3TTS, recipe: str, text: str = "hello there
             cp_max[g] = max(cp_max[g], d)
             if d > bound and cp_bad is None:
                 cp_bad = (k, g)
+    # The losses, recomputed from the decode loop's logits and the generated codes (targets: frame
+    # k's group 0, then the codec EOS; every residual group of every frame), with upstream's 0.3.
+    # This checks the pairing the forward actually uses, not the one its recipe declares.
+    eos = model.config.talker.codec_eos_token_id
+    t_targets = torch.cat([codes[:, 0], torch.tensor([eos])])
+    n0 = min(t + 1, len(record.talker_logits))
+    ref_talker = torch.nn.functional.cross_entropy(torch.stack(record.talker_logits[:n0]).float(), t_targets[:n0])
+    ref_cp = torch.nn.functional.cross_entropy(
+        torch.stack([torch.stack(fr) for fr in record.code_predictor_logits]).float().reshape(-1, record.code_predictor_logits[0][0].shape[-1]),
+        codes[:, 1:].reshape(-1))
+    ref_total = ref_talker + CODE_PREDICTOR_LOSS_WEIGHT * ref_cp
+    loss_diffs = {"talker_loss": abs(float(out.talker_loss) - float(ref_talker)),
+                  "code_predictor_loss": abs(float(out.code_predictor_loss) - float(ref_cp)),
+                  "loss": abs(float(out.loss) - float(ref_total))}
     return ConsistencyResult(rec.name, t, groups, t_max, t_bad, cp_max, cp_bad, scale, bound, untrained,
-                             codes.tolist())
+                             codes.tolist(), loss_diffs)
 
 
 def run_training_parity(upstream_dir: str | Path, standalone_dir: str | Path,
