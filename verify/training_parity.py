@@ -2,7 +2,7 @@
 teacher-forcing consistency check of both recipes against the standalone's own decode loop.
 
 1. Upstream-recipe parity (``run_upstream_recipe_parity``). ``upstream_reference_step`` is the
-   step of QwenLM/Qwen3-TTS ``finetuning/sft_12hz.py`` at commit 022e286 (lines 80-112: the body
+   step of QwenLM/Qwen3-TTS ``finetuning/sft_12hz.py`` at commit 022e286 (lines 73-113: the body
    of ``accelerator.accumulate``), written out on upstream's own model methods
    (``talker.model.text_embedding``, ``talker.model.codec_embedding``,
    ``code_predictor.get_input_embeddings()``, ``talker.forward`` with labels,
@@ -119,7 +119,7 @@ def make_items(model: Qwen3TTS, seed: int = 0, texts=TEXTS, frames=(7, 4, 5)) ->
 # --------------------------------------------------------------------------------------------
 # Upstream side
 def upstream_reference_step(up, batch: TrainingBatch, speaker_embedding: torch.Tensor) -> dict[str, torch.Tensor]:
-    """sft_12hz.py (SFT_COMMIT) lines 80-112 on upstream's ``Qwen3TTSForConditionalGeneration``."""
+    """sft_12hz.py (SFT_COMMIT) lines 73-113 on upstream's ``Qwen3TTSForConditionalGeneration``."""
     talker = up.talker
     groups = talker.config.num_code_groups
     input_ids, codec_ids = batch.input_ids, batch.codec_ids
