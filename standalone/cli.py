@@ -101,4 +101,6 @@ def _attach_plugins() -> None:
             continue
 
 
+from .finetune_cli import finetune as _finetune  # noqa: E402
+main.add_command(_finetune)
 _attach_plugins()

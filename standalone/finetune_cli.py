@@ -1,0 +1,162 @@
+"""`q3tts finetune`: fine-tune a Base checkpoint into a custom voice from a prepared JSONL
+(upstream's format after prepare_data: audio, text, ref_audio, audio_codes[, language])."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+
+class DataError(ValueError):
+    pass
+
+
+def read_train_jsonl(path: Path, groups: int, sample_rate: int) -> list[dict]:
+    """Every line checked before training starts; the first problem is one error naming the
+    file and line."""
+    import soundfile as sf
+
+    rows = []
+    ref_ok: dict[str, None] = {}
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    for no, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{no}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{where}: invalid JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: expected a JSON object")
+        for key in ("text", "ref_audio", "audio_codes"):
+            if key not in row:
+                raise DataError(f"{where}: missing field {key!r}" + (" (run prepare-data first)" if key == "audio_codes" else ""))
+        if not isinstance(row["text"], str) or not row["text"].strip():
+            raise DataError(f"{where}: empty text")
+        codes = row["audio_codes"]
+        if not isinstance(codes, list) or not codes:
+            raise DataError(f"{where}: audio_codes must be a non-empty list of frames")
+        bad = next((i for i, fr in enumerate(codes) if not isinstance(fr, list) or len(fr) != groups), None)
+        if bad is not None:
+            raise DataError(f"{where}: audio_codes frame {bad} has {len(codes[bad]) if isinstance(codes[bad], list) else 'no'}"
+                            f" groups, the model has {groups}")
+        ref = str(row["ref_audio"])
+        ref_path = Path(ref) if Path(ref).is_absolute() else (path.parent / ref)
+        if ref not in ref_ok:
+            try:
+                info = sf.info(str(ref_path))
+            except Exception as e:  # soundfile raises its own error types
+                raise DataError(f"{where}: cannot read ref_audio {ref_path} ({e})") from None
+            if info.samplerate != sample_rate:
+                raise DataError(f"{where}: ref_audio {ref_path} is {info.samplerate} Hz, the speaker encoder needs {sample_rate} Hz")
+            ref_ok[ref] = None
+        row["_ref_path"] = str(ref_path)
+        rows.append(row)
+    if not rows:
+        raise DataError(f"{path}: no training lines")
+    return rows
+
+
+@click.command("finetune")
+@click.option("--model", "model_dir", required=True, help="Standalone Base checkpoint directory.")
+@click.option("--train-jsonl", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="JSONL with text, ref_audio (24 kHz) and audio_codes per line.")
+@click.option("--speaker-name", required=True, help="Name of the new voice (lower case).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Output directory; each epoch writes OUT/checkpoint-epoch-N.")
+@click.option("--epochs", type=int, default=3, show_default=True)
+@click.option("--lr", type=float, default=2e-5, show_default=True)
+@click.option("--batch-size", type=int, default=2, show_default=True)
+@click.option("--grad-accum", type=int, default=4, show_default=True, help="Micro-batches per optimiser step.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--recipe", type=click.Choice(["aligned", "upstream"]), default="aligned", show_default=True,
+              help="aligned: consistent with generation; upstream: sft_12hz.py@022e286, its misalignments included.")
+@click.option("--dtype", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
+              help="bf16: autocast over fp32 weights.")
+@click.option("--save-dtype", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True)
+@click.option("--gradient-checkpointing", is_flag=True, help="Recompute layer activations in backward.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def finetune(model_dir, train_jsonl, speaker_name, out_dir, epochs, lr, batch_size, grad_accum, seed, recipe, dtype,
+             save_dtype, gradient_checkpointing, progress, debug) -> None:
+    """Fine-tune a Base model into a custom voice named SPEAKER_NAME."""
+    import numpy as np
+    import soundfile as sf
+    import torch
+
+    from .finetune import FinetuneOptions, check_speaker_name, save_custom_voice_checkpoint, train_epochs
+    from .model import Qwen3TTS
+    from .training import TrainingItem, training_text_ids
+
+    try:
+        check_speaker_name(speaker_name)
+        opts = FinetuneOptions(epochs=epochs, lr=lr, batch_size=batch_size, grad_accum=grad_accum, seed=seed,
+                               recipe=recipe, dtype=dtype, gradient_checkpointing=gradient_checkpointing)
+        model = Qwen3TTS.from_pretrained(model_dir, dtype=torch.float32)
+        if model.config.tts_model_type != "base" or model.speaker_encoder is None:
+            raise ValueError(f"{model_dir}: fine-tuning starts from a Base checkpoint (this one is "
+                             f"{model.config.tts_model_type!r})")
+        cfg = model.config
+        rows = read_train_jsonl(Path(train_jsonl), cfg.talker.num_code_groups, cfg.speaker_encoder.sample_rate)
+        vocab = cfg.talker.code_predictor.vocab_size
+        items, spk_cache, spks = [], {}, []
+        for no, row in enumerate(rows, 1):
+            codes = torch.tensor(row["audio_codes"], dtype=torch.long)
+            if codes.min() < 0 or codes.max() >= vocab:
+                raise DataError(f"{train_jsonl}: item {no}: codes must lie in [0, {vocab})")
+            items.append(TrainingItem(training_text_ids(model.text_tokenizer, row["text"]), codes))
+            ref = row["_ref_path"]
+            if ref not in spk_cache:
+                audio, sr = sf.read(ref, dtype="float32", always_2d=False)
+                if audio.ndim > 1:
+                    audio = np.mean(audio, axis=-1)
+                spk_cache[ref] = model.extract_speaker_embedding(audio, sr).clone()
+            spks.append(spk_cache[ref])
+        show = sys.stderr.isatty() if progress is None else progress
+        bar = _bar(epochs * -(-len(items) // batch_size), show)
+        out = Path(out_dir)
+
+        def on_step(s):
+            bar.update(1)
+            bar.set_postfix(epoch=s.epoch, loss=f"{s.loss:.4f}")
+
+        save_as = {"fp32": torch.float32, "bf16": torch.bfloat16}[save_dtype]
+        for epoch, baked in train_epochs(model, items, torch.stack(spks), opts, on_step=on_step):
+            path = save_custom_voice_checkpoint(model, model.checkpoint_dir, out / f"checkpoint-epoch-{epoch}",
+                                                speaker_name, baked, save_dtype=save_as)
+            bar.write(f"epoch {epoch}: wrote {path}")
+        bar.close()
+    except (ValueError, OSError) as e:
+        if debug:
+            raise
+        click.echo(f"q3tts: error: {e}", err=True)
+        sys.exit(1)
+
+
+class _NoBar:
+    def update(self, n):
+        pass
+
+    def set_postfix(self, **kw):
+        pass
+
+    def write(self, s):
+        click.echo(s)
+
+    def close(self):
+        pass
+
+
+def _bar(total: int, enabled: bool):
+    if not enabled:
+        return _NoBar()
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return _NoBar()
+    return tqdm(total=total, unit="batch", desc="finetune")
