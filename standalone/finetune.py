@@ -22,13 +22,13 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import torch
 
+from .output_dir import OWNER_FILE, OutputDir
 from .training import TrainingItem, collate, get_recipe, training_forward
 
 UPSTREAM_SPEAKER_ID = 3000
@@ -170,8 +170,7 @@ def _sha256(path: Path) -> str:
 def save_custom_voice_checkpoint(model, source_dir: str | os.PathLike, out_dir: str | os.PathLike,
                                  name: str, embedding: torch.Tensor, save_dtype: torch.dtype | None = None) -> Path:
     """Write a standalone custom-voice checkpoint of ``model`` (a Base model being trained, left
-    unchanged) with speaker ``name`` registered, atomically: a temporary directory beside
-    ``out_dir``, renamed when complete. Side files (tokenizer, speech tokenizer, generation
+    unchanged) with speaker ``name`` registered, through the one durable writer (output_dir.py). Side files (tokenizer, speech tokenizer, generation
     config) are copied from ``source_dir``; ``upstream_config.json`` is rewritten the way
     upstream's script rewrites config.json, so ``convert-ckpt --to upstream`` gives an upstream
     custom-voice checkpoint."""
@@ -186,14 +185,13 @@ def save_custom_voice_checkpoint(model, source_dir: str | os.PathLike, out_dir: 
     state["talker.codec_embedding.weight"][sid] = embedding.detach().to("cpu", state["talker.codec_embedding.weight"].dtype)
     if save_dtype is not None:
         state = {k: v.to(save_dtype) for k, v in state.items()}
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.partial-", dir=dst.parent))
-    try:
+    with OutputDir(dst, force=True) as out:  # a rerun replaces an epoch's checkpoint, only once complete
+        tmp = out.path
         for p in sorted(src.rglob("*")):
             rel = p.relative_to(src)
             if p.is_file() and rel.as_posix() not in _REWRITTEN and not rel.name.startswith("model-"):
                 (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(p, tmp / rel)
+                shutil.copyfile(p, tmp / rel)
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt", "producer": "q3tts.finetune"})
         (tmp / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
         up_cfg_path = src / "upstream_config.json"
@@ -205,18 +203,9 @@ def save_custom_voice_checkpoint(model, source_dir: str | os.PathLike, out_dir: 
             (tmp / "upstream_config.json").write_text(json.dumps(up, indent=2, ensure_ascii=False) + "\n",
                                                       encoding="utf-8")
         files = {p.relative_to(tmp).as_posix(): {"sha256": _sha256(p), "size": p.stat().st_size}
-                 for p in sorted(tmp.rglob("*")) if p.is_file()}
+                 for p in sorted(tmp.rglob("*")) if p.is_file() and p.name != OWNER_FILE}
         manifest = {"format": "q3tts-standalone", "producer": "q3tts finetune", "source": str(src.resolve()),
                     "files": files}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        old = None
-        if dst.exists():
-            old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-            os.replace(dst, old)
-        os.replace(tmp, dst)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        out.commit()
     return dst

@@ -90,7 +90,9 @@ def finetune(model_dir, train_jsonl, speaker_name, out_dir, epochs, lr, batch_si
     import torch
 
     from .finetune import FinetuneOptions, check_speaker_name, save_custom_voice_checkpoint, train_epochs
+    from .dtypes import parse_dtype
     from .model import Qwen3TTS
+    from .output_dir import Interrupted
     from .training import TrainingItem, training_text_ids
 
     try:
@@ -125,7 +127,7 @@ def finetune(model_dir, train_jsonl, speaker_name, out_dir, epochs, lr, batch_si
             bar.update(1)
             bar.set_postfix(epoch=s.epoch, loss=f"{s.loss:.4f}")
 
-        save_as = {"fp32": torch.float32, "bf16": torch.bfloat16}[save_dtype]
+        save_as = parse_dtype(save_dtype)
         for epoch, baked in train_epochs(model, items, torch.stack(spks), opts, on_step=on_step):
             path = save_custom_voice_checkpoint(model, model.checkpoint_dir, out / f"checkpoint-epoch-{epoch}",
                                                 speaker_name, baked, save_dtype=save_as)
@@ -136,6 +138,12 @@ def finetune(model_dir, train_jsonl, speaker_name, out_dir, epochs, lr, batch_si
             raise
         click.echo(f"q3tts: error: {e}", err=True)
         sys.exit(1)
+    except KeyboardInterrupt:
+        click.echo("q3tts: interrupted (SIGINT); finished epochs are kept, the current one is lost", err=True)
+        sys.exit(130)
+    except Interrupted as e:
+        click.echo(f"q3tts: interrupted ({e.name}); finished epochs are kept, the current one is lost", err=True)
+        sys.exit(e.exit_code)
 
 
 class _NoBar:
