@@ -18,7 +18,9 @@ finished rows keep running (their g0 is EOS) so batch RNG consumption matches.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -29,11 +31,70 @@ from .sampling import SamplingParams, sample_next_token
 
 @dataclass(frozen=True)
 class GenerationParams:
-    max_new_tokens: int = 4096
-    min_new_tokens: int = 2
-    talker: SamplingParams = SamplingParams(repetition_penalty=1.05)
-    subtalker: SamplingParams = SamplingParams()
+    """What the decode loop needs; built from GenerateOptions."""
+
+    max_new_tokens: int
+    talker: SamplingParams
+    subtalker: SamplingParams
     eos_token_id: int | None = None  # None: the config's codec EOS
+    min_new_tokens: int = 2  # upstream fixes it at 2 (EOS is blocked for the first two group-0 ids)
+
+
+@dataclass(frozen=True)
+class GenerateOptions:
+    """Upstream's generate() sampling keywords and their defaults: the one place they live.
+
+    ``Qwen3TTS.generate`` uses these defaults, as upstream's model-level generate does. The voice
+    methods, like upstream's wrapper, take each value from the caller, else from the checkpoint's
+    generation_config.json, else from here with the wrapper's shorter cap (``voice_method_options``).
+    """
+
+    max_new_tokens: int = 4096
+    do_sample: bool = True
+    top_k: int = 50
+    top_p: float = 1.0
+    temperature: float = 0.9
+    subtalker_dosample: bool = True
+    subtalker_top_k: int = 50
+    subtalker_top_p: float = 1.0
+    subtalker_temperature: float = 0.9
+    repetition_penalty: float = 1.05
+    eos_token_id: int | None = None
+
+    @classmethod
+    def from_kwargs(cls, kwargs: dict[str, Any]) -> "GenerateOptions":
+        unknown = sorted(set(kwargs) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"generate: unknown keyword argument(s) {unknown}; known: {sorted(cls.__dataclass_fields__)}")
+        return cls(**kwargs)
+
+    def to_params(self) -> GenerationParams:
+        return GenerationParams(
+            max_new_tokens=self.max_new_tokens,
+            talker=SamplingParams(do_sample=self.do_sample, top_k=self.top_k, top_p=self.top_p,
+                                  temperature=self.temperature, repetition_penalty=self.repetition_penalty),
+            subtalker=SamplingParams(do_sample=self.subtalker_dosample, top_k=self.subtalker_top_k,
+                                     top_p=self.subtalker_top_p, temperature=self.subtalker_temperature),
+            eos_token_id=self.eos_token_id,
+        )
+
+
+# Upstream's wrapper caps generation at 2048 frames when generation_config.json names no cap.
+VOICE_METHOD_MAX_NEW_TOKENS = 2048
+
+
+def voice_method_options(generation_config: dict[str, Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The sampling keywords a voice method passes to generate: the caller's value, else the
+    checkpoint's generation_config.json, else upstream's wrapper fallback. Other keywords pass
+    through unchanged."""
+    fallback = dataclasses.replace(GenerateOptions(), max_new_tokens=VOICE_METHOD_MAX_NEW_TOKENS)
+    merged = dict(kwargs)
+    for name in GenerateOptions.__dataclass_fields__:
+        if name == "eos_token_id":
+            continue  # not part of upstream's wrapper defaults: None means the config's EOS
+        if merged.get(name) is None:
+            merged[name] = generation_config.get(name, getattr(fallback, name))
+    return merged
 
 
 def suppress_mask_for(vocab_size: int, eos_token_id: int, device) -> torch.Tensor:

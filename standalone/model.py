@@ -14,10 +14,9 @@ from torch import nn
 from .checkpoint import CheckpointError, load_state_dict
 from .codec import CodecDecoder, load_codec
 from .config import ConfigError, Qwen3TTSConfig
-from .generation import GenerationParams, generate_codes
+from .generation import GenerateOptions, generate_codes
 from .mel import log_mel_spectrogram
 from .prompt import build_talker_prompt
-from .sampling import SamplingParams
 from .speaker_encoder import SpeakerEncoder
 from .speech_encoder import SpeechEncoder, load_speech_encoder
 from .talker import CodePredictor, Talker
@@ -136,35 +135,20 @@ class Qwen3TTS(VoiceMethods, nn.Module):
         languages: list[str] | None = None,
         speakers: list[str | None] | None = None,
         non_streaming_mode: bool = False,
-        max_new_tokens: int = 4096,
-        do_sample: bool = True,
-        top_k: int = 50,
-        top_p: float = 1.0,
-        temperature: float = 0.9,
-        subtalker_dosample: bool = True,
-        subtalker_top_k: int = 50,
-        subtalker_top_p: float = 1.0,
-        subtalker_temperature: float = 0.9,
-        eos_token_id: int | None = None,
-        repetition_penalty: float = 1.05,
         progress: bool = False,
+        **options,
     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Codes [frames, G] and talker hidden states [frames, H] per batch item, exactly as
-        upstream's Qwen3TTSForConditionalGeneration.generate returns them (same keyword
-        arguments and defaults; under the same torch RNG state the codes are identical).
-        ``progress`` shows a bar over frames."""
+        upstream's Qwen3TTSForConditionalGeneration.generate returns them: the same keyword
+        arguments (``options``: max_new_tokens, do_sample, top_k, top_p, temperature,
+        subtalker_dosample, subtalker_top_k, subtalker_top_p, subtalker_temperature,
+        repetition_penalty, eos_token_id; defaults in generation.GenerateOptions), and under the
+        same torch RNG state the same codes. ``progress`` shows a bar over frames."""
         if input_ids is None:
             raise ValueError("generate: input_ids is required (one [1, L] tensor per batch item)")
+        params = GenerateOptions.from_kwargs(options).to_params()
         prompt = build_talker_prompt(
             self, input_ids, instruct_ids, ref_ids, voice_clone_prompt, languages, speakers, non_streaming_mode
-        )
-        params = GenerationParams(
-            max_new_tokens=max_new_tokens,
-            talker=SamplingParams(do_sample=do_sample, top_k=top_k, top_p=top_p, temperature=temperature,
-                                  repetition_penalty=repetition_penalty),
-            subtalker=SamplingParams(do_sample=subtalker_dosample, top_k=subtalker_top_k, top_p=subtalker_top_p,
-                                     temperature=subtalker_temperature),
-            eos_token_id=eos_token_id,
         )
         return generate_codes(self, prompt, params, progress=progress)
 

@@ -22,11 +22,13 @@ import torch
 
 @dataclass(frozen=True)
 class SamplingParams:
-    do_sample: bool = True
-    top_k: int | None = 50
-    top_p: float | None = 1.0
-    temperature: float | None = 0.9
-    repetition_penalty: float = 1.0
+    """One stream's sampling knobs. No defaults here: they live in generation.GenerateOptions."""
+
+    do_sample: bool
+    top_k: int | None
+    top_p: float | None
+    temperature: float | None
+    repetition_penalty: float = 1.0  # 1.0 = off; upstream applies it to the talker only
     min_new_tokens: int = 0
     eos_token_id: int | None = None
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -125,12 +126,63 @@ class TextTokenizer:
     # Upstream's chat templates (qwen_tts inference wrapper).
     @staticmethod
     def assistant_text(text: str) -> str:
-        return f"<|im_start|>assistant\n{text}<|im_end|>\n<|im_start|>assistant\n"
+        return ASSISTANT.render(text)
 
     @staticmethod
     def ref_text(text: str) -> str:
-        return f"<|im_start|>assistant\n{text}<|im_end|>\n"
+        return REFERENCE.render(text)
 
     @staticmethod
     def instruct_text(text: str) -> str:
-        return f"<|im_start|>user\n{text}<|im_end|>\n"
+        return INSTRUCT.render(text)
+
+    def check_template(self, template: "ChatTemplate") -> None:
+        """Raise if this vocabulary splits a template part into another number of tokens than the
+        prompt builder slices by (it would silently feed the wrong ids to the talker)."""
+        for part in (template.prefix, template.suffix):
+            got = len(self._tok.encode(part.text, add_special_tokens=True).ids)
+            if got != part.n_tokens:
+                raise TokenizerError(
+                    f"chat template part {part.text!r} is {got} tokens in this vocabulary; the prompt layout "
+                    f"expects {part.n_tokens}"
+                )
+
+
+@dataclass(frozen=True)
+class TemplatePart:
+    text: str
+    n_tokens: int  # its length in Qwen's vocabulary; checked against a loaded vocabulary by check_template
+
+
+@dataclass(frozen=True)
+class ChatTemplate:
+    """One of upstream's chat templates as named parts, so the prompt builder slices token ids by
+    part (``role``, ``body``) instead of by bare offsets."""
+
+    prefix: TemplatePart
+    suffix: TemplatePart
+
+    def render(self, text: str) -> str:
+        return f"{self.prefix.text}{text}{self.suffix.text}"
+
+    def role(self, ids):
+        """The role prefix of rendered ids [1, L] (``<|im_start|>assistant\\n``)."""
+        return ids[:, : self.prefix.n_tokens]
+
+    def body(self, ids):
+        """The text between the role prefix and the suffix."""
+        return ids[:, self.prefix.n_tokens : ids.shape[1] - self.suffix.n_tokens]
+
+    def body_after(self, ids, n_skip: int):
+        """The body without its first ``n_skip`` tokens (the streaming prompt carries the first one)."""
+        return ids[:, self.prefix.n_tokens + n_skip : ids.shape[1] - self.suffix.n_tokens]
+
+
+_ROLE_ASSISTANT = TemplatePart("<|im_start|>assistant\n", 3)
+_END_TURN = TemplatePart("<|im_end|>\n", 2)
+# Target text: the assistant turn, closed and followed by the next assistant turn's role prefix.
+ASSISTANT = ChatTemplate(_ROLE_ASSISTANT, TemplatePart("<|im_end|>\n<|im_start|>assistant\n", 5))
+# Transcript of a voice-clone reference: one closed assistant turn.
+REFERENCE = ChatTemplate(_ROLE_ASSISTANT, _END_TURN)
+# Voice description / style instruction: one closed user turn (embedded whole, never sliced).
+INSTRUCT = ChatTemplate(TemplatePart("<|im_start|>user\n", 3), _END_TURN)

@@ -16,17 +16,10 @@ import numpy as np
 import torch
 
 from .audio import read_audio_file, resample
-from .text import TextTokenizer
+from .generation import voice_method_options
+from .text import ASSISTANT, REFERENCE, TextTokenizer
 
 AudioLike = Union[str, "tuple[np.ndarray, int]"]
-
-# Upstream's fallbacks when generation_config.json lacks a key (qwen_tts wrapper).
-HARD_DEFAULTS = dict(
-    do_sample=True, top_k=50, top_p=1.0, temperature=0.9, repetition_penalty=1.05,
-    subtalker_dosample=True, subtalker_top_k=50, subtalker_top_p=1.0, subtalker_temperature=0.9,
-    max_new_tokens=2048,
-)
-
 
 @dataclass
 class VoiceClonePromptItem:
@@ -58,7 +51,10 @@ class VoiceMethods:
     def text_tokenizer(self) -> TextTokenizer:
         tok = getattr(self, "_text_tokenizer", None)
         if tok is None:
-            tok = self._text_tokenizer = TextTokenizer.from_dir(self.checkpoint_dir)
+            tok = TextTokenizer.from_dir(self.checkpoint_dir)
+            for template in (ASSISTANT, REFERENCE):
+                tok.check_template(template)
+            self._text_tokenizer = tok
         return tok
 
     @property
@@ -74,11 +70,7 @@ class VoiceMethods:
         return torch.tensor([self.text_tokenizer.encode(text)], dtype=torch.long, device=self.device)
 
     def _merge_generate_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
-        merged = dict(kwargs)
-        for name, fallback in HARD_DEFAULTS.items():
-            if merged.get(name) is None:
-                merged[name] = self.generate_defaults.get(name, fallback)
-        return merged
+        return voice_method_options(self.generate_defaults, kwargs)
 
     def _require_type(self, model_type: str, method: str) -> None:
         if self.config.tts_model_type != model_type:
