@@ -27,11 +27,12 @@ from q3tts.standalone.checkpoint import INDEX_NAME, WEIGHTS_NAME
 from q3tts.standalone.config import FORMAT_NAME, ConfigError, Qwen3TTSConfig
 
 from q3tts.standalone.codec import load_codec_config
+from q3tts.standalone.speech_encoder import load_speech_encoder_config
 
 from .layout import Entry, codec_plan, plan
 from .stream_io import DTYPE_NAMES, SafetensorsWriter, StreamError, TensorInfo, plan_shards, read_header, read_tensor
 
-CONVERTER_VERSION = "0.2.0"
+CONVERTER_VERSION = "0.3.0"  # 0.3: the speech-tokenizer encoder is mapped, not carried
 
 # Upstream files the runtime needs besides the weights, copied byte for byte when present.
 SIDE_FILES = (
@@ -479,8 +480,13 @@ def _codec_job(src: Path, direction: str, dtype: torch.dtype | None):
         raise ConversionError(f"{directory}: already converted by {marker}; refusing to convert it again")
     if direction == "upstream" and not marker:
         raise ConversionError(f"{directory}: not in the standalone layout")
-    entries = codec_plan(cfg, source.infos if direction == "standalone" else
-                         [n for n in source.infos if n.startswith("encoder.")])
+    encoder_cfg = None
+    if any(n.startswith("encoder.") for n in source.infos):
+        try:
+            encoder_cfg = load_speech_encoder_config(directory)
+        except (ValueError, KeyError, TypeError) as e:
+            raise ConversionError(f"{directory / 'config.json'}: {e}") from e
+    entries = codec_plan(cfg, encoder_cfg)
     return source, plan_outputs(source, entries, direction, dtype, "the 12 Hz speech tokenizer")
 
 

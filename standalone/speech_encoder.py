@@ -328,8 +328,10 @@ def load_speech_encoder(checkpoint_dir: Path | None, dtype: torch.dtype | None, 
     with torch.device("meta"):
         model = SpeechEncoder(cfg)
     expected = set(model.state_dict())
-    if UPSTREAM_MARKER in state:
-        state = upstream_to_standalone(state, cfg)
+    if "encoder.layers.0.conv.weight" in state:  # upstream's name for the first conv
+        raise CheckpointError(
+            f"{directory}: the encoder tensors are in upstream's layout (converted by convert-ckpt < 0.3, which "
+            "carried them unchanged); convert the upstream checkpoint again")
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
     if missing or unexpected:
         raise CheckpointError(f"{directory}: encoder weights do not match: missing {missing[:4]} unexpected {unexpected[:4]}")
@@ -338,56 +340,3 @@ def load_speech_encoder(checkpoint_dir: Path | None, dtype: torch.dtype | None, 
             raise CheckpointError(f"{directory}: encoder.{name} has shape {tuple(state[name].shape)}, config implies {tuple(p.shape)}")
     model.load_state_dict(state, strict=True, assign=True)
     return model.eval()
-
-
-# The upstream names (transformers' MimiModel under "encoder.") of the encoder's tensors, for a
-# speech_tokenizer/ that still holds them (checkpoints converted before the encoder was mapped).
-UPSTREAM_MARKER = "encoder.layers.0.conv.weight"
-_UQ = "quantizer.{branch}_residual_vector_quantizer."
-
-
-def upstream_to_standalone(state: dict[str, torch.Tensor], cfg: SpeechEncoderConfig) -> dict[str, torch.Tensor]:
-    """Map upstream encoder tensor names (without the leading "encoder.") to this module's.
-    Every tensor is consumed once; a leftover or a missing one is reported by the caller."""
-    src = dict(state)
-    out: dict[str, torch.Tensor] = {}
-
-    def take(name: str) -> torch.Tensor:
-        if name not in src:
-            raise KeyError(f"encoder.{name}")
-        return src.pop(name)
-
-    try:
-        for name in [n for n in src if n.startswith("encoder.")]:
-            out["conv_stack." + name[len("encoder."):]] = take(name)
-        for i in range(cfg.num_hidden_layers):
-            u = f"encoder_transformer.layers.{i}."
-            s = f"transformer.layers.{i}."
-            out[s + "attn.wqkv.weight"] = torch.cat([take(u + f"self_attn.{p}_proj.weight") for p in "qkv"], dim=0)
-            out[s + "attn.wo.weight"] = take(u + "self_attn.o_proj.weight")
-            for ln, mine in (("input_layernorm", "attn_norm"), ("post_attention_layernorm", "mlp_norm")):
-                out[s + mine + ".weight"] = take(u + ln + ".weight")
-                out[s + mine + ".bias"] = take(u + ln + ".bias")
-            out[s + "fc1.weight"] = take(u + "mlp.fc1.weight")
-            out[s + "fc2.weight"] = take(u + "mlp.fc2.weight")
-            out[s + "attn_scale"] = take(u + "self_attn_layer_scale.scale")
-            out[s + "mlp_scale"] = take(u + "mlp_layer_scale.scale")
-        if "downsample.conv.weight" in src:
-            out["downsample.conv.weight"] = take("downsample.conv.weight")
-        books = {"embed_sum": [], "cluster_usage": [], "initialized": []}
-        for branch, n in (("semantic", cfg.num_semantic_quantizers), ("acoustic", cfg.num_quantizers - cfg.num_semantic_quantizers)):
-            q = _UQ.format(branch=branch)
-            out[f"{branch}_input_proj"] = take(q + "input_proj.weight")
-            out[f"{branch}_output_proj"] = take(q + "output_proj.weight")
-            for g in range(n):
-                for leaf, lst in books.items():
-                    lst.append(take(q + f"layers.{g}.codebook.{leaf}"))
-        out["codebook_sums"] = torch.stack(books["embed_sum"])
-        out["codebook_usage"] = torch.stack(books["cluster_usage"])
-        out["codebook_initialized"] = torch.stack(books["initialized"])
-    except KeyError as e:
-        from .checkpoint import CheckpointError
-
-        raise CheckpointError(f"speech_tokenizer: encoder tensor {e.args[0]} is missing") from None
-    out.update({"<unexpected> encoder." + k: v for k, v in src.items()})
-    return out
