@@ -24,6 +24,9 @@ from typing import Any
 
 import numpy as np
 
+# librosa.resample's default res_type "soxr_hq" is python-soxr's "HQ".
+SOXR_QUALITY = "HQ"
+
 
 def resample(wav: np.ndarray, sr: int, target_sr: int) -> np.ndarray:
     """float32 mono ``wav`` at ``sr`` -> float32 at ``target_sr`` (librosa.resample's default path)."""
@@ -36,7 +39,7 @@ def resample(wav: np.ndarray, sr: int, target_sr: int) -> np.ndarray:
         raise ValueError(f"resampling {sr} Hz -> {target_sr} Hz needs the 'soxr' package (pip install soxr)") from e
     ratio = float(target_sr) / sr
     n_out = int(math.ceil(wav.shape[-1] * ratio))
-    out = np.asarray(soxr.resample(wav, sr, target_sr, quality="HQ"), dtype=np.float32)
+    out = np.asarray(soxr.resample(wav, sr, target_sr, quality=SOXR_QUALITY), dtype=np.float32)
     if out.shape[-1] > n_out:
         out = out[:n_out]
     elif out.shape[-1] < n_out:

@@ -182,12 +182,25 @@ class EncoderTransformer(nn.Module):
         cos, sin = rope_cos_sin(self.inv_freq, torch.arange(t, device=x.device)[None], x.dtype)
         # Upstream (transformers 4.57, torch >= 2.6) hands SDPA a materialised boolean causal mask
         # rather than is_causal=True; the two differ in the last bits, so build the same mask.
-        mask = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()[None, None].expand(b, 1, t, t)
+        mask = self.attention_mask(b, t, x.device)
         for i, layer in enumerate(self.layers):
             x = layer(x, cos, sin, mask)
             if hook is not None:
                 hook(f"transformer.layers.{i}", x)
         return x
+
+    @staticmethod
+    def attention_mask(b: int, t: int, device) -> torch.Tensor:
+        """Full causal boolean mask [B, 1, T, T]: no sliding window (upstream's SDPA path ignores
+        the config's ``sliding_window``)."""
+        return torch.ones(t, t, dtype=torch.bool, device=device).tril()[None, None].expand(b, 1, t, t)
+
+
+def nearest_code(x: torch.Tensor, book: torch.Tensor) -> torch.Tensor:
+    """Index of the nearest codebook row for each row of x [N, D]: Euclidean distance by
+    ``torch.cdist`` over all N vectors in one call, in fp32 (its matrix-multiply path; the
+    distances, hence the ties argmin breaks to the first index, depend on both)."""
+    return torch.cdist(x[None].float(), book[None].float(), p=2)[0].argmin(dim=-1)
 
 
 class SpeechEncoder(nn.Module):
@@ -232,10 +245,7 @@ class SpeechEncoder(nn.Module):
         codes = []
         for g in range(first, first + count):
             book = self.codebook(g)
-            flat = residual.permute(0, 2, 1).reshape(-1, d)
-            # cdist's matrix-multiply path on all B*T vectors in one call, always in fp32: the
-            # distances (hence the ties argmin breaks) depend on both.
-            idx = torch.cdist(flat[None].float(), book[None].float(), p=2)[0].argmin(dim=-1).view(b, t)
+            idx = nearest_code(residual.permute(0, 2, 1).reshape(-1, d), book).view(b, t)
             residual = residual - F.embedding(idx, book).permute(0, 2, 1)
             codes.append(idx)
         return codes
