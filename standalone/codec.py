@@ -75,21 +75,28 @@ class CodecConfig:
 
 # --------------------------------------------------------------------------------------------
 class CausalConv(nn.Module):
-    """Conv1d with left zero padding (k_eff - stride) and the right padding that makes the output
-    length ceil(L / stride)."""
+    """Conv1d with left padding (k_eff - stride) and the right padding that makes the output
+    length ceil(L / stride). ``pad_mode`` is "constant" (zeros; every conv of the decoder and of
+    the encoder's conv stack) or "replicate" (the encoder's 25 -> 12.5 Hz downsample)."""
 
-    def __init__(self, c_in, c_out, kernel, dilation=1, stride=1, groups=1):
+    def __init__(self, c_in, c_out, kernel, dilation=1, stride=1, groups=1, bias=True, pad_mode="constant"):
         super().__init__()
-        self.conv = nn.Conv1d(c_in, c_out, kernel, stride=stride, dilation=dilation, groups=groups)
+        if pad_mode not in ("constant", "replicate"):
+            raise ValueError(f"CausalConv: unsupported pad_mode {pad_mode!r}")
+        self.conv = nn.Conv1d(c_in, c_out, kernel, stride=stride, dilation=dilation, groups=groups, bias=bias)
         self.stride = stride
         self.kernel_eff = (kernel - 1) * dilation + 1
         self.padding = self.kernel_eff - stride
+        self.pad_mode = pad_mode
 
     def forward(self, x):
         length = x.shape[-1]
         n_frames = (length - self.kernel_eff + self.padding) / self.stride + 1
         ideal = (math.ceil(n_frames) - 1) * self.stride + (self.kernel_eff - self.padding)
-        x = F.pad(x, (self.padding, ideal - length), mode="constant", value=0)
+        if self.pad_mode == "constant":
+            x = F.pad(x, (self.padding, ideal - length), mode="constant", value=0)
+        else:
+            x = F.pad(x, (self.padding, ideal - length), mode=self.pad_mode)
         return self.conv(x).contiguous()
 
 

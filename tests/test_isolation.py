@@ -9,7 +9,7 @@ from pathlib import Path
 CHECK = """
 import sys
 import q3tts.standalone, q3tts.convert
-import q3tts.standalone.model, q3tts.standalone.mel, q3tts.convert.layout, q3tts.convert.convert
+import q3tts.standalone.model, q3tts.standalone.mel, q3tts.standalone.speech_encoder, q3tts.standalone.audio, q3tts.convert.layout, q3tts.convert.convert
 bad = sorted(m for m in sys.modules if m.split('.')[0] in ('transformers', 'qwen_tts', 'librosa'))
 print(','.join(bad))
 sys.exit(1 if bad else 0)

@@ -165,7 +165,11 @@ def init_tensor(name: str, shape: torch.Size, gen: torch.Generator) -> torch.Ten
         return 0.5 + 0.1 * randn()
     if leaf == "cluster_usage":
         return 0.5 + torch.rand(shape, generator=gen) * 1.5
-    if leaf in ("embedding_sum", "embed_sum"):
+    if leaf == "embed_sum":
+        # The encoder's codebooks, at the scale of the projected encoder output (about 1.5 per
+        # vector here), so that nearest-codebook search spreads over the codebook.
+        return 0.4 * randn()
+    if leaf == "embedding_sum":
         return randn()
     if leaf == "initialized":
         return torch.ones(shape)
