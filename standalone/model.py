@@ -105,7 +105,11 @@ class Qwen3TTS(VoiceMethods, nn.Module):
     def decode_codes(self, codes) -> tuple[list[np.ndarray], int]:
         """Codes ([frames, G] per item, or one such tensor) -> (float32 waveforms, sample rate),
         like upstream's Qwen3TTSTokenizer.decode."""
-        items = [codes] if isinstance(codes, torch.Tensor) and codes.dim() == 2 else list(codes)
+        if isinstance(codes, (torch.Tensor, np.ndarray)) and codes.ndim == 2:
+            codes = [codes]
+        if isinstance(codes, (torch.Tensor, np.ndarray)) and codes.ndim != 3:
+            raise ValueError(f"codes must be [frames, G], [batch, frames, G] or a list of [frames, G]; got shape {tuple(codes.shape)}")
+        items = list(codes)
         return self.codec.decode(items), self.codec.cfg.output_sample_rate
 
     @property
