@@ -143,6 +143,8 @@ def _attach_plugins() -> None:
             continue
 
 
-from .finetune_cli import finetune as _finetune  # noqa: E402
+from .finetune_cli import finetune as _finetune, prepare_data as _prepare_data  # noqa: E402
+
 main.add_command(_finetune)
+main.add_command(_prepare_data)
 _attach_plugins()
