@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from q3tts.verify.gate import reference_requirements
 
 

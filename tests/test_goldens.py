@@ -69,11 +69,14 @@ def test_goldens_say_what_produced_them():
 def test_goldens_cover_what_they_claim():
     kinds = {mt: {r["kind"] for r in g["records"].values()} for mt, g in GOLDENS.items()}
     assert all(k == {"ids", "floats", "codes", "audio"} for k in kinds.values()), kinds
+    assert all("audio.long.frame_rms" in g["records"] for g in GOLDENS.values())  # past the decode chunk
     assert "speaker_encoder.embedding" in GOLDENS["base"]["records"]
+    min_frames = {f"generate.{c.name}": c.min_frames for c in GENERATION_CASES}
     for mt, golden in GOLDENS.items():
         codes = {n: r["items"] for n, r in golden["records"].items() if r["kind"] == "codes"}
         assert any(len(items) > 1 for items in codes.values()), f"{mt}: no batch case"
-        assert all(len(item) >= MIN_FRAMES for items in codes.values() for item in items), codes
+        assert all(len(item) >= min_frames[n] for n, items in codes.items() for item in items), codes
+        assert sum(len(item) >= MIN_FRAMES for items in codes.values() for item in items) >= 5, codes
         # A left-padded batch: items of different prompt lengths.
         assert any(len({len(i) for i in items}) > 1 for items in codes.values()), f"{mt}: batch items all alike"
 

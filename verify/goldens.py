@@ -170,6 +170,21 @@ def audio_probes(side, model_type: str) -> dict[str, Any]:
     return out
 
 
+LONG_FRAMES = 320  # past the codec's 300-frame decode chunk, and its 72-frame attention window
+LONG_SPOT = 310  # a frame after the chunk boundary, kept sample by sample (every 4th)
+
+
+def long_audio_probes(side, model_type: str) -> dict[str, Any]:
+    """A clip long enough for chunked decoding and the sliding window to matter: the RMS of every
+    frame, and the samples of one frame past the first chunk."""
+    groups = tiny_config(model_type)["talker_config"]["num_code_groups"]
+    with torch.inference_mode():
+        (wav,) = side.decode([_ref_codes(LONG_FRAMES, groups)])
+    frames = torch.from_numpy(np.asarray(wav, dtype=np.float64)).reshape(LONG_FRAMES, -1)
+    spot = frames[LONG_SPOT, ::4]
+    return {"audio.long.frame_rms": frames.pow(2).mean(1).sqrt().float(), f"audio.long.frame{LONG_SPOT}": spot.float()}
+
+
 def audio_summary(wav: np.ndarray) -> dict[str, Any]:
     wav = np.asarray(wav, dtype=np.float32)
     return dict(n_samples=int(wav.shape[0]), head=torch.from_numpy(wav[:AUDIO_HEAD].copy()),
@@ -184,6 +199,10 @@ GREEDY = dict(do_sample=False, subtalker_dosample=False)
 # parameter routed to the wrong sampler, or ignored, changes the codes.
 SAMPLED = dict(do_sample=True, top_k=8, top_p=0.85, temperature=1.3, repetition_penalty=1.3,
                subtalker_dosample=True, subtalker_top_k=4, subtalker_top_p=0.95, subtalker_temperature=0.6)
+# Flat distributions (top-k off, nucleus 0.9, temperature 2): a small change in any logit moves
+# the sampled code, e.g. a repetition penalty applied where upstream applies none.
+SAMPLED_FLAT = dict(do_sample=True, top_k=0, top_p=0.9, temperature=2.0, repetition_penalty=1.05,
+                    subtalker_dosample=True, subtalker_top_k=0, subtalker_top_p=0.9, subtalker_temperature=2.0)
 SAMPLED_RELEASED = dict(do_sample=True, top_k=50, top_p=1.0, temperature=0.9, repetition_penalty=1.05,
                         subtalker_dosample=True, subtalker_top_k=50, subtalker_top_p=1.0, subtalker_temperature=0.9)
 GEN_TEXTS = ("Hello world, this is a test.", "Speak slowly 123!", "The quick brown fox jumps over the lazy dog again.")
@@ -197,20 +216,23 @@ class GenerationCase:
     params: dict[str, Any]
     seed: int = 0
     max_new_tokens: int = 20
+    min_frames: int = MIN_FRAMES  # recorded goldens shorter than this are refused (EOS cases: any)
 
 
 def _clone_prompt(side, icl: list[bool], ref_frames: list[int]) -> dict[str, Any]:
     emb = side.speaker_embedding(speech_like_waveform(0))
-    return dict(ref_code=[_ref_codes(n, 4) if flag else None for flag, n in zip(icl, ref_frames)],
+    groups = tiny_config("base")["talker_config"]["num_code_groups"]
+    return dict(ref_code=[_ref_codes(n, groups) if flag else None for flag, n in zip(icl, ref_frames)],
                 ref_spk_embedding=[emb] * len(icl), x_vector_only_mode=[not f for f in icl], icl_mode=list(icl))
 
 
-def _eos_first_step(side) -> dict[str, Any]:
+def _eos_first_step(build: Callable[[Any], dict[str, Any]]) -> Callable[[Any], dict[str, Any]]:
     """EOS moved to the first greedy code: only min_new_tokens keeps the run going."""
-    kwargs = dict(input_ids=[side.ids(GEN_TEXTS[0], "assistant")], languages=["english"], speakers=["alice"],
-                  non_streaming_mode=False)
-    first = side.generate(**kwargs, **GREEDY, max_new_tokens=2)[0]
-    return dict(kwargs, eos_token_id=int(first[0, 0]))
+    def with_eos(side) -> dict[str, Any]:
+        kwargs = build(side)
+        first = side.generate(**kwargs, **GREEDY, max_new_tokens=2)[0]
+        return dict(kwargs, eos_token_id=int(first[0, 0]))
+    return with_eos
 
 
 GENERATION_CASES: tuple[GenerationCase, ...] = (
@@ -224,7 +246,12 @@ GENERATION_CASES: tuple[GenerationCase, ...] = (
         input_ids=[s.ids(t, "assistant") for t in GEN_TEXTS], languages=["english", "auto", "chinese"],
         speakers=["alice", "bob", "carol"], instruct_ids=[None, s.ids("Whisper.", "instruct"), None],
         non_streaming_mode=False), SAMPLED_RELEASED, seed=7),
-    GenerationCase("custom_voice.eos_first_step", "custom_voice", _eos_first_step, GREEDY),
+    GenerationCase("custom_voice.batch_flat", "custom_voice", lambda s: dict(
+        input_ids=[s.ids(t, "assistant") for t in GEN_TEXTS], languages=["german", "english", "auto"],
+        speakers=["carol", "alice", "bob"], non_streaming_mode=True), SAMPLED_FLAT, seed=11),
+    GenerationCase("custom_voice.eos_first_step", "custom_voice", _eos_first_step(lambda s: dict(
+        input_ids=[s.ids(GEN_TEXTS[0], "assistant")], languages=["english"], speakers=["alice"],
+        non_streaming_mode=False)), GREEDY, min_frames=0),
     GenerationCase("voice_design.greedy", "voice_design", lambda s: dict(
         input_ids=[s.ids(GEN_TEXTS[1], "assistant")], languages=["auto"],
         instruct_ids=[s.ids("A warm low voice, speaking slowly.", "instruct")], non_streaming_mode=True), GREEDY),
@@ -235,6 +262,9 @@ GENERATION_CASES: tuple[GenerationCase, ...] = (
         input_ids=[s.ids(t, "assistant") for t in GEN_TEXTS], languages=["auto", "english", "german"],
         instruct_ids=[s.ids("A deep calm voice.", "instruct"), None, s.ids("Fast and bright.", "instruct")],
         non_streaming_mode=True), SAMPLED_RELEASED, seed=3),
+    GenerationCase("voice_design.eos_first_step", "voice_design", _eos_first_step(lambda s: dict(
+        input_ids=[s.ids(GEN_TEXTS[0], "assistant")], languages=["auto"], non_streaming_mode=False)),
+        GREEDY, min_frames=0),
     GenerationCase("base.xvector.greedy", "base", lambda s: dict(
         input_ids=[s.ids(GEN_TEXTS[0], "assistant")], languages=["english"], non_streaming_mode=False,
         ref_ids=[s.ids("Hello there.", "ref")], voice_clone_prompt=_clone_prompt(s, [False], [0])), GREEDY),
@@ -245,6 +275,9 @@ GENERATION_CASES: tuple[GenerationCase, ...] = (
         input_ids=[s.ids(t, "assistant") for t in GEN_TEXTS], languages=["english", "auto", "chinese"],
         ref_ids=[s.ids("Hi.", "ref"), None, s.ids("A longer reference sentence here.", "ref")],
         voice_clone_prompt=_clone_prompt(s, [True, False, True], [3, 0, 12]), non_streaming_mode=True), GREEDY),
+    GenerationCase("base.eos_first_step", "base", _eos_first_step(lambda s: dict(
+        input_ids=[s.ids(GEN_TEXTS[1], "assistant")], languages=["english"], non_streaming_mode=True,
+        ref_ids=[s.ids("Hi.", "ref")], voice_clone_prompt=_clone_prompt(s, [False], [0]))), GREEDY, min_frames=0),
 )
 
 
@@ -263,7 +296,7 @@ def generation_probes(side, model_type: str) -> dict[str, Any]:
 
 
 PROBE_GROUPS = {"text": lambda side, mt: text_probes(side), "forward": forward_probes,
-                "generation": generation_probes, "audio": audio_probes}
+                "generation": generation_probes, "audio": audio_probes, "long_audio": long_audio_probes}
 
 
 def run_probes(side, model_type: str, groups=tuple(PROBE_GROUPS)) -> dict[str, Any]:
@@ -410,9 +443,10 @@ def record_goldens(work_dir: str | Path) -> dict[str, Any]:
     for mt in MODEL_TYPES:
         ckpt = write_upstream_checkpoint(Path(work_dir) / mt, mt, seed=SUITE_SEEDS[mt])
         probes = run_probes(UpstreamSide(load_upstream_wrapper(ckpt, torch.float32)), mt)
-        for name, value in probes.items():
-            if name.startswith("generate.") and min(len(item) for item in value) < MIN_FRAMES:
-                raise RuntimeError(f"{name}: upstream stopped before {MIN_FRAMES} frames; pick another case or seed")
+        for case in GENERATION_CASES:
+            value = probes.get(f"generate.{case.name}")
+            if value is not None and min(len(item) for item in value) < case.min_frames:
+                raise RuntimeError(f"{case.name}: upstream stopped before {case.min_frames} frames; pick another case or seed")
         files[golden_file(mt)] = dict(
             format=GOLDENS_FORMAT, format_version=1, recorded_with=versions,
             fixture=dict(model_type=mt, seed=SUITE_SEEDS[mt], dtype="float32", weights_sha256=fixture_digests(ckpt)),
