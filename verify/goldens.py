@@ -455,24 +455,19 @@ def record_goldens(work_dir: str | Path) -> dict[str, Any]:
     return files
 
 
-def dumps(obj: dict[str, Any]) -> str:
-    """JSON with one record (or tensor spec) per line: small diffs when a golden changes."""
-    def block(key: str, value: Any) -> str:
-        if isinstance(value, dict) and key in ("records", "parts"):
-            inner = ",\n".join(f"  {json.dumps(k)}: {json.dumps(v, ensure_ascii=False)}" for k, v in value.items())
-            return f"{json.dumps(key)}: {{\n{inner}\n}}"
-        return f"{json.dumps(key)}: {json.dumps(value, ensure_ascii=False)}"
+def dumps(obj: Any, depth: int) -> str:
+    """JSON laid out one item per line down to ``depth`` levels and compact below: one record (or
+    one tensor of a spec) per line, so that a changed golden is a small diff."""
+    def render(value: Any, level: int) -> str:
+        if level >= depth or not isinstance(value, (dict, list)) or not value:
+            return json.dumps(value, ensure_ascii=False)
+        pad = " " * (level + 1)
+        if isinstance(value, dict):
+            items = [f"{pad}{json.dumps(k, ensure_ascii=False)}: {render(v, level + 1)}" for k, v in value.items()]
+            return "{\n" + ",\n".join(items) + "\n" + " " * level + "}"
+        return "[\n" + ",\n".join(pad + render(v, level + 1) for v in value) + "\n" + " " * level + "]"
 
-    if "parts" in obj:  # tensor specs: one tensor per line
-        parts = obj["parts"]
-        lines = []
-        for name, part in parts.items():
-            tensors = ",\n".join(f"   {json.dumps(t)}" for t in part["tensors"])
-            lines.append(f" {json.dumps(name)}: {{\"config_sha256\": {json.dumps(part['config_sha256'])}, "
-                         f"\"tensors\": [\n{tensors}\n ]}}")
-        head = ",\n".join(block(k, v) for k, v in obj.items() if k != "parts")
-        return "{\n" + head + ",\n\"parts\": {\n" + ",\n".join(lines) + "\n}\n}\n"
-    return "{\n" + ",\n".join(block(k, v) for k, v in obj.items()) + "\n}\n"
+    return render(obj, 0) + "\n"
 
 
 def stale_records(committed_dir: str | Path, fresh: dict[str, Any]) -> list[str]:
@@ -518,7 +513,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1 if problems else 0
     args.out.mkdir(parents=True, exist_ok=True)
     for name, content in files.items():
-        (args.out / name).write_text(dumps(content), encoding="utf-8")
+        # Specs: one tensor per line (parts > part > tensors > tensor); goldens: one record per line.
+        (args.out / name).write_text(dumps(content, 4 if name == SPECS_FILE else 2), encoding="utf-8")
         print(f"wrote {args.out / name}")
     return 0
 
