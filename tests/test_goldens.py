@@ -5,13 +5,16 @@ environment); the reference tier checks that the committed goldens are current."
 from __future__ import annotations
 
 import hashlib
+import json
 import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
-from q3tts.verify.fixtures import MODEL_TYPES, SUITE_SEEDS, record_tensor_specs, write_upstream_checkpoint
+from q3tts.verify.fixtures import (
+    MODEL_TYPES, SUITE_SEEDS, TensorSpecError, record_tensor_specs, write_upstream_checkpoint,
+)
 from q3tts.verify.goldens import (
     GENERATION_CASES, MIN_FRAMES, SPECS_FILE, StandaloneSide, check_probes, check_record, fixture_digests,
     load_goldens, record_goldens, run_generation_case, run_probes, stale_records,
@@ -136,6 +139,17 @@ def test_a_changed_sampling_detail_fails_the_sampled_golden(load_standalone, cha
     assert check_record(case.name, golden, run_generation_case(side, case)).passed
     changed = run_generation_case(side, case, **SAMPLING_CHANGES[change])
     assert not check_record(case.name, golden, changed).passed, f"{change}: same codes as the golden"
+
+
+def test_specs_for_another_config_are_refused(tensor_specs, tmp_path):
+    stale = json.loads(json.dumps(tensor_specs))
+    stale["parts"]["talker.base"]["config_sha256"] = "0" * 64
+    with pytest.raises(TensorSpecError, match="made for another config; regenerate"):
+        write_upstream_checkpoint(tmp_path / "x", "base", tensor_specs=stale)
+    stale = json.loads(json.dumps(tensor_specs))
+    stale["parts"]["speech_tokenizer"]["tensors"][0][2] = "int64"
+    with pytest.raises(TensorSpecError, match="is int64"):
+        write_upstream_checkpoint(tmp_path / "y", "base", tensor_specs=stale)
 
 
 # --- the reference tier: the goldens and specs are upstream's, and current ------------------
