@@ -13,6 +13,7 @@ reference test checks), their conversions, and models loaded once per session.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import sys
@@ -77,10 +78,16 @@ def pytest_configure(config):
         sys.meta_path.insert(0, config._q3tts_blocker)
 
 
+@pytest.hookimpl(trylast=True)  # after `-m` has deselected what it will
 def pytest_collection_modifyitems(config, items):
-    if not _fast(config):
-        return
     reference = [item for item in items if item.get_closest_marker("reference")]
+    if not _fast(config):
+        if reference and importlib.util.find_spec("qwen_tts") is None:
+            raise pytest.UsageError(
+                f"{len(reference)} selected tests need the reference environment (qwen-tts), which is not installed: "
+                "run the fast tier with `pytest --fast`, or install requirements-reference.txt"
+            )
+        return
     if reference:
         config.hook.pytest_deselected(items=reference)
         items[:] = [item for item in items if not item.get_closest_marker("reference")]
