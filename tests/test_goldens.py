@@ -15,9 +15,9 @@ import torch
 from q3tts.verify.fixtures import (
     MODEL_TYPES, SUITE_SEEDS, TensorSpecError, record_tensor_specs, write_upstream_checkpoint,
 )
+from q3tts.verify.golden_probes import GENERATION_CASES, MIN_FRAMES, StandaloneSide, run_generation_case, run_probes
 from q3tts.verify.goldens import (
-    GENERATION_CASES, MIN_FRAMES, SPECS_FILE, StandaloneSide, check_probes, check_record, fixture_digests,
-    load_goldens, record_goldens, run_generation_case, run_probes, stale_records,
+    SPECS_FILE, check_probes, check_record, fixture_digests, load_goldens, record_goldens, stale_records,
 )
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
