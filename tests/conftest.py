@@ -78,8 +78,15 @@ def pytest_configure(config):
         sys.meta_path.insert(0, config._q3tts_blocker)
 
 
+# Fixtures that load upstream: a test using them is in the reference tier without a mark to forget.
+REFERENCE_FIXTURES = ("load_models", "load_pair")
+
+
 @pytest.hookimpl(trylast=True)  # after `-m` has deselected what it will
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if any(f in getattr(item, "fixturenames", ()) for f in REFERENCE_FIXTURES):
+            item.add_marker(pytest.mark.reference)
     reference = [item for item in items if item.get_closest_marker("reference")]
     if not _fast(config):
         if reference and importlib.util.find_spec("qwen_tts") is None:

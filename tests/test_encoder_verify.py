@@ -9,6 +9,8 @@ import torch
 from q3tts.verify.encoder_faults import ENCODER_FAULTS, run_encoder_fault
 from q3tts.verify.encoder_parity import CASES, encoder_results
 
+pytestmark = pytest.mark.reference  # drives upstream qwen-tts
+
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_encoder_cases_pass_with_identical_codes(load_models, dtype):

@@ -3,6 +3,8 @@ equal to upstream's Qwen3TTSTokenizer.encode over the same 32-item batches."""
 
 from __future__ import annotations
 
+import pytest
+
 import json
 
 import numpy as np
@@ -12,6 +14,8 @@ from click.testing import CliRunner
 
 from q3tts.standalone.cli import main as q3tts
 from q3tts.verify.forward_parity import speech_like_waveform
+
+pytestmark = pytest.mark.reference  # drives upstream qwen-tts
 
 
 def _raw(tmp_path, n=3):

@@ -14,6 +14,8 @@ import torch
 
 from q3tts.verify.forward_parity import speech_like_waveform
 
+pytestmark = pytest.mark.reference  # drives upstream qwen-tts
+
 FP32 = torch.float32
 REF_TEXT = "Hello there, this is my voice."
 
