@@ -32,8 +32,8 @@ def main(src, dst, dtype, shard_size, force, dry_run, to, check, progress, debug
     from q3tts.standalone.model import resolve_checkpoint_dir
     from q3tts.standalone.output_dir import Interrupted
 
-    from .convert import ConversionError, convert_checkpoint
-    from .stream_io import parse_size
+    from q3tts.standalone.conversion import ConversionError, convert_checkpoint
+    from q3tts.standalone.safetensors_writer import parse_size
 
     if check:
         sys.exit(_check(src, debug))
@@ -73,7 +73,7 @@ def _check(directory: str, debug: bool) -> int:
 
     from q3tts.standalone.checkpoint import CheckpointError, check_hashes, read_manifest
 
-    from .convert import sha256_file
+    from q3tts.standalone.conversion import sha256_file
 
     path = Path(directory)
     try:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from .cli_common import no_convert_option
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
@@ -15,7 +17,7 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--model", "model_dir", required=True, help="Standalone checkpoint directory (convert-ckpt output) or hub id.")
+@click.option("--model", "model_dir", required=True, help="Checkpoint: a standalone or upstream directory, or a hub id (upstream ones are converted once into a cache).")
 @click.option("--text", required=True, help="Text to speak.")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Output .wav file.")
 @click.option("--speaker", default=None, help="Speaker name (custom_voice models).")
@@ -30,9 +32,10 @@ def main() -> None:
 @click.option("--greedy", is_flag=True, help="Greedy decoding instead of sampling.")
 @click.option("--max-new-tokens", type=int, default=None, help="Cap on generated frames (+1).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
+@no_convert_option
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def synthesize(model_dir, text, out_path, speaker, instruct, ref_audio, ref_text, ref_codes, language, dtype, seed,
-               greedy, max_new_tokens, progress, debug) -> None:
+               greedy, max_new_tokens, progress, no_convert, debug) -> None:
     """Synthesize TEXT into a wav file. The voice mode follows the checkpoint's type."""
     import numpy as np
     import torch
@@ -49,7 +52,7 @@ def synthesize(model_dir, text, out_path, speaker, instruct, ref_audio, ref_text
         out = Path(out_path)
         if not out.parent.is_dir():
             raise ValueError(f"{out.parent}: output directory does not exist")
-        model = Qwen3TTS.from_pretrained(model_dir, dtype=parse_dtype(dtype))
+        model = Qwen3TTS.from_pretrained(model_dir, dtype=parse_dtype(dtype), convert=not no_convert)
         kind = model.config.tts_model_type
         if seed is not None:
             torch.manual_seed(seed)
@@ -90,13 +93,14 @@ def synthesize(model_dir, text, out_path, speaker, instruct, ref_audio, ref_text
 
 @main.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("--model", "model_dir", required=True, help="Standalone checkpoint directory (convert-ckpt output) or hub id.")
+@click.option("--model", "model_dir", required=True, help="Checkpoint: a standalone or upstream directory, or a hub id (upstream ones are converted once into a cache).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Directory for the .npy code files.")
 @click.option("--dtype", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
               help="Encoder dtype (fp32 reproduces upstream's codes exactly).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
+@no_convert_option
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def encode(inputs, model_dir, out_dir, dtype, progress, debug) -> None:
+def encode(inputs, model_dir, out_dir, dtype, progress, no_convert, debug) -> None:
     """Encode audio files into speech-tokenizer codes: OUT/<name>.npy, int64 [frames, groups].
 
     Each file is encoded on its own (as upstream's Qwen3TTSTokenizer.encode on one path)."""
@@ -104,6 +108,7 @@ def encode(inputs, model_dir, out_dir, dtype, progress, debug) -> None:
     import torch
     from tqdm import tqdm
 
+    from .dtypes import parse_dtype
     from .model import Qwen3TTS
 
     try:
@@ -115,7 +120,7 @@ def encode(inputs, model_dir, out_dir, dtype, progress, debug) -> None:
                 raise ValueError(f"{path} and {stems[stem]} would both write {stem}.npy")
             stems[stem] = path
         out.mkdir(parents=True, exist_ok=True)
-        model = Qwen3TTS.from_pretrained(model_dir, dtype={"fp32": torch.float32, "bf16": torch.bfloat16}[dtype])
+        model = Qwen3TTS.from_pretrained(model_dir, dtype=parse_dtype(dtype), convert=not no_convert)
         show = sys.stderr.isatty() if progress is None else progress
         for path in tqdm(inputs, desc="encode", unit="file", disable=not show):
             codes = model.encode_audio(path)[0].numpy()

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import click
 
+from .cli_common import no_convert_option
+
 
 class DataError(ValueError):
     pass
@@ -63,7 +65,7 @@ def read_train_jsonl(path: Path, groups: int, sample_rate: int) -> list[dict]:
 
 
 @click.command("finetune")
-@click.option("--model", "model_dir", required=True, help="Standalone Base checkpoint directory.")
+@click.option("--model", "model_dir", required=True, help="Base checkpoint: a standalone or upstream directory, or a hub id.")
 @click.option("--train-jsonl", required=True, type=click.Path(exists=True, dir_okay=False),
               help="JSONL with text, ref_audio (24 kHz) and audio_codes per line.")
 @click.option("--speaker-name", required=True, help="Name of the new voice (lower case).")
@@ -81,9 +83,10 @@ def read_train_jsonl(path: Path, groups: int, sample_rate: int) -> list[dict]:
 @click.option("--save-dtype", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True)
 @click.option("--gradient-checkpointing", is_flag=True, help="Recompute layer activations in backward.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
+@no_convert_option
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def finetune(model_dir, train_jsonl, speaker_name, out_dir, epochs, lr, batch_size, grad_accum, seed, recipe, dtype,
-             save_dtype, gradient_checkpointing, progress, debug) -> None:
+             save_dtype, gradient_checkpointing, progress, no_convert, debug) -> None:
     """Fine-tune a Base model into a custom voice named SPEAKER_NAME."""
     import numpy as np
     import soundfile as sf
@@ -99,7 +102,7 @@ def finetune(model_dir, train_jsonl, speaker_name, out_dir, epochs, lr, batch_si
         check_speaker_name(speaker_name)
         opts = FinetuneOptions(epochs=epochs, lr=lr, batch_size=batch_size, grad_accum=grad_accum, seed=seed,
                                recipe=recipe, dtype=dtype, gradient_checkpointing=gradient_checkpointing)
-        model = Qwen3TTS.from_pretrained(model_dir, dtype=torch.float32)
+        model = Qwen3TTS.from_pretrained(model_dir, dtype=torch.float32, convert=not no_convert)
         if model.config.tts_model_type != "base" or model.speaker_encoder is None:
             raise ValueError(f"{model_dir}: fine-tuning starts from a Base checkpoint (this one is "
                              f"{model.config.tts_model_type!r})")
@@ -177,13 +180,14 @@ PREPARE_BATCH = 32
 
 @click.command("prepare-data")
 @click.argument("raw_jsonl", type=click.Path(exists=True, dir_okay=False))
-@click.option("--model", "model_dir", required=True, help="Standalone Base checkpoint directory (its speech tokenizer encodes).")
+@click.option("--model", "model_dir", required=True, help="Base checkpoint (its speech tokenizer encodes): a standalone or upstream directory, or a hub id.")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Output JSONL with audio_codes added.")
 @click.option("--batch-size", type=int, default=PREPARE_BATCH, show_default=True,
               help="Utterances per encoder batch (upstream's prepare_data.py uses 32).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
+@no_convert_option
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def prepare_data(raw_jsonl, model_dir, out_path, batch_size, progress, debug) -> None:
+def prepare_data(raw_jsonl, model_dir, out_path, batch_size, progress, no_convert, debug) -> None:
     """Add `audio_codes` to upstream's fine-tuning JSONL (audio, text, ref_audio[, language]),
     encoded by the standalone speech-tokenizer encoder, as upstream's prepare_data.py does."""
     import os
@@ -196,7 +200,7 @@ def prepare_data(raw_jsonl, model_dir, out_path, batch_size, progress, debug) ->
         if batch_size < 1:
             raise DataError(f"--batch-size must be >= 1, got {batch_size}")
         rows = _read_raw_jsonl(src)
-        model = Qwen3TTS.from_pretrained(model_dir)
+        model = Qwen3TTS.from_pretrained(model_dir, convert=not no_convert)
         bar = _bar(len(rows), sys.stderr.isatty() if progress is None else progress)
         for start in range(0, len(rows), batch_size):
             batch = rows[start:start + batch_size]

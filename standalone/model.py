@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from .checkpoint import CheckpointError, check_sizes, load_state_dict
+from .direct_load import checkpoint_format, converted_checkpoint
 from .codec import CodecDecoder, load_codec
 from .config import ConfigError, Qwen3TTSConfig
 from .generation import GenerateOptions, generate_codes
@@ -48,25 +49,30 @@ class Qwen3TTS(VoiceMethods, nn.Module):
         dtype: torch.dtype | None = None,
         device: str | torch.device = "cpu",
         revision: str | None = None,
+        convert: bool = True,
+        progress: bool | None = None,
     ) -> "Qwen3TTS":
-        """Load a standalone checkpoint directory (written by ``convert-ckpt``) or a hub repo id
-        holding one.
+        """Load a checkpoint: a standalone directory (written by ``convert-ckpt``), an upstream
+        qwen-tts directory, or a hub repo id of either kind. An upstream checkpoint is converted
+        once into the conversion cache (direct_load.py) and loaded from there; ``convert=False``
+        refuses instead. ``progress`` shows a bar while converting (default: stderr is a terminal).
 
         ``dtype=None`` keeps the stored dtype. Every tensor in the checkpoint must be used and
         every parameter must be present; anything else is a CheckpointError naming the tensors.
         """
         directory = resolve_checkpoint_dir(path, revision)
+        if checkpoint_format(directory) == "upstream":
+            if not convert:
+                raise CheckpointError(
+                    f"{directory} is an upstream qwen-tts checkpoint and conversion is off (convert=False / "
+                    f"--no-convert); convert it first: convert-ckpt {directory} OUT_DIR"
+                )
+            directory = converted_checkpoint(directory, progress=progress)
         config_path = directory / "config.json"
-        if not config_path.is_file():
-            raise CheckpointError(f"{directory}: no config.json (is this a standalone checkpoint directory?)")
         try:
             raw = json.loads(config_path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
             raise ConfigError(f"{config_path}: invalid JSON ({e})") from e
-        if "talker_config" in raw and raw.get("format") is None:
-            raise CheckpointError(
-                f"{directory} is an upstream qwen-tts checkpoint; convert it first: convert-ckpt {directory} OUT_DIR"
-            )
         config = Qwen3TTSConfig.from_dict(raw)
         check_sizes(directory)  # a truncated or missing file is named here, not deep in a reader
         with torch.device("meta"):

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
 from q3tts.convert.cli import main as convert_cli
-from q3tts.convert.convert import convert_checkpoint
+from q3tts.standalone.conversion import convert_checkpoint
 from q3tts.standalone import Qwen3TTS
 from q3tts.verify.fixtures import MODEL_TYPES, shard_checkpoint
 

@@ -22,11 +22,11 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import save_file
 
-import q3tts.convert.convert as convert_mod
+import q3tts.standalone.conversion as convert_mod
 import q3tts.standalone.output_dir as output_dir
 from q3tts.convert import ConversionError, convert_checkpoint
 from q3tts.convert.cli import main as convert_cli
-from q3tts.convert.layout import plan
+from q3tts.standalone.layout import plan
 from q3tts.standalone import CheckpointError, Qwen3TTS
 from q3tts.standalone.config import Qwen3TTSConfig
 from q3tts.verify.fixtures import tiny_config

@@ -17,7 +17,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from q3tts.convert.layout import convert_tensors, plan
+from q3tts.standalone.layout import convert_tensors, plan
 from q3tts.standalone import Qwen3TTS, Qwen3TTSConfig
 from q3tts.verify.compare import compare
 from q3tts.verify.fixtures import randomize_, tiny_config

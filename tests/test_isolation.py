@@ -10,7 +10,7 @@ from pathlib import Path
 CHECK = """
 import sys
 import q3tts.standalone, q3tts.convert
-import q3tts.standalone.model, q3tts.standalone.mel, q3tts.standalone.speech_encoder, q3tts.standalone.audio, q3tts.convert.layout, q3tts.convert.convert
+import q3tts.standalone.model, q3tts.standalone.mel, q3tts.standalone.speech_encoder, q3tts.standalone.audio, q3tts.standalone.layout, q3tts.standalone.conversion
 bad = sorted(m for m in sys.modules if m.split('.')[0] in ('transformers', 'qwen_tts', 'librosa'))
 print(','.join(bad))
 sys.exit(1 if bad else 0)
@@ -81,6 +81,6 @@ def test_no_converter_or_verifier_imports_in_runtime_sources():
 def test_the_source_scan_sees_relative_and_absolute_imports(tmp_path):
     """The scan above is not vacuous: both import styles resolve to the forbidden packages."""
     src = tmp_path / "bad.py"
-    src.write_text("from ..verify import goldens\nimport q3tts.convert.layout\nfrom . import model\n")
+    src.write_text("from ..verify import goldens\nimport q3tts.standalone.layout\nfrom . import model\n")
     names = _imported_names(src)
-    assert "q3tts.verify.goldens" in names and "q3tts.convert.layout" in names and "q3tts.standalone.model" in names
+    assert "q3tts.verify.goldens" in names and "q3tts.standalone.layout" in names and "q3tts.standalone.model" in names

@@ -44,9 +44,9 @@ def standalone_copy(checkpoints, tmp_path):
     return dst
 
 
-def test_loading_an_upstream_directory_says_convert_first(checkpoints):
-    with pytest.raises(CheckpointError, match="convert-ckpt"):
-        Qwen3TTS.from_pretrained(checkpoints["base"][0])
+def test_loading_an_upstream_directory_without_conversion_says_convert_first(checkpoints):
+    with pytest.raises(CheckpointError, match="conversion is off.*convert-ckpt"):
+        Qwen3TTS.from_pretrained(checkpoints["base"][0], convert=False)
 
 
 def test_missing_tensor_is_named_at_load(standalone_copy):
@@ -112,7 +112,7 @@ def test_existing_destination_is_left_untouched_without_force(upstream_copy, tmp
 def test_manifest_lists_every_output_file_with_its_hash(checkpoints):
     import json
 
-    from q3tts.convert.convert import sha256_file
+    from q3tts.standalone.conversion import sha256_file
 
     st = checkpoints["voice_design"][1]
     manifest = json.loads((st / "manifest.json").read_text())

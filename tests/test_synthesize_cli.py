@@ -78,6 +78,7 @@ def test_synthesize_bad_input(checkpoints, tmp_path, args, message):
     assert not out.exists()
 
 
-def test_synthesize_refuses_an_upstream_directory(checkpoints, tmp_path):
-    r = _synthesize("--model", checkpoints["custom_voice"][0], "--text", "Hi.", "--speaker", "alice", "--out", tmp_path / "x.wav")
+def test_synthesize_refuses_an_upstream_directory_with_no_convert(checkpoints, tmp_path):
+    r = _synthesize("--model", checkpoints["custom_voice"][0], "--text", "Hi.", "--speaker", "alice", "--out", tmp_path / "x.wav",
+                    "--no-convert")
     assert r.returncode == 1 and "convert it first" in r.stderr

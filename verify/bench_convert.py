@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from q3tts.convert.layout import plan
-from q3tts.convert.stream_io import SafetensorsWriter
+from q3tts.standalone.layout import plan
+from q3tts.standalone.safetensors_writer import SafetensorsWriter
 from q3tts.standalone import Qwen3TTSConfig
 
 from .fixtures import GENERATION_CONFIG, write_text_tokenizer

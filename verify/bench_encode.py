@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from q3tts.convert.layout import codec_plan, convert_tensors
+from q3tts.standalone.layout import codec_plan, convert_tensors
 from q3tts.standalone.codec import CodecConfig
 from q3tts.standalone.speech_encoder import SpeechEncoder, SpeechEncoderConfig
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from q3tts.convert.layout import convert_tensors, plan
+from q3tts.standalone.layout import convert_tensors, plan
 from q3tts.standalone import Qwen3TTS, Qwen3TTSConfig
 
 from .fixtures import randomize_, tiny_config

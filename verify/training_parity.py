@@ -35,7 +35,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from q3tts.convert.layout import plan
+from q3tts.standalone.layout import plan
 from q3tts.standalone import Qwen3TTS
 from q3tts.standalone.mel import log_mel_spectrogram
 from q3tts.standalone.training import (

@@ -17,7 +17,7 @@ from typing import Callable, Iterable, Mapping
 
 import torch
 
-from q3tts.standalone.config import Qwen3TTSConfig, TransformerConfig
+from .config import Qwen3TTSConfig, TransformerConfig
 
 
 class Direction(enum.Enum):
@@ -139,7 +139,7 @@ def _has(config: Qwen3TTSConfig, part: str) -> bool:
 
 def target_shapes(config: Qwen3TTSConfig) -> dict[str, tuple[int, ...]]:
     """Shapes of the standalone model's tensors, from the model itself built on the meta device."""
-    from q3tts.standalone.model import Qwen3TTS
+    from .model import Qwen3TTS
 
     with torch.device("meta"):
         model = Qwen3TTS(config)
@@ -265,7 +265,7 @@ ENCODER_PREFIX_RENAMES = (("encoder.conv_stack.", "encoder.encoder."),)
 def codec_plan(cfg, encoder_cfg=None) -> list[Entry]:
     """Entries for the speech tokenizer's weights: the decoder and, given its config, the
     encoder, through the tables above."""
-    from q3tts.standalone.codec import CodecDecoder
+    from .codec import CodecDecoder
 
     with torch.device("meta"):
         model = CodecDecoder(cfg)
@@ -295,7 +295,7 @@ def codec_plan(cfg, encoder_cfg=None) -> list[Entry]:
 
 
 def _encoder_entries(ecfg, shapes: dict[str, tuple[int, ...]]) -> list[Entry]:
-    from q3tts.standalone.speech_encoder import SpeechEncoder
+    from .speech_encoder import SpeechEncoder
 
     with torch.device("meta"):
         model = SpeechEncoder(ecfg)

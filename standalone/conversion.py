@@ -25,15 +25,15 @@ from typing import Callable, Iterator
 
 import torch
 
-from q3tts.standalone.checkpoint import INDEX_NAME, MANIFEST_NAME, WEIGHTS_NAME, CheckpointError, CheckpointReader, has_weights, read_header
-from q3tts.standalone.codec import load_codec_config
-from q3tts.standalone.config import FORMAT_NAME, ConfigError, Qwen3TTSConfig
-from q3tts.standalone.dtypes import SAFETENSORS_CODE
-from q3tts.standalone.output_dir import OWNER_FILE, OutputDir, OutputError
-from q3tts.standalone.speech_encoder import load_speech_encoder_config
+from .checkpoint import INDEX_NAME, MANIFEST_NAME, WEIGHTS_NAME, CheckpointError, CheckpointReader, has_weights, read_header
+from .codec import load_codec_config
+from .config import FORMAT_NAME, ConfigError, Qwen3TTSConfig
+from .dtypes import SAFETENSORS_CODE
+from .output_dir import OWNER_FILE, OutputDir, OutputError
+from .speech_encoder import load_speech_encoder_config
 
 from .layout import Direction, Entry, codec_plan, plan
-from .stream_io import SafetensorsWriter, StreamError, plan_shards
+from .safetensors_writer import SafetensorsWriter, StreamError, plan_shards
 
 CONVERTER_VERSION = "0.3.0"  # 0.3: the speech-tokenizer encoder is mapped, not carried
 
@@ -50,7 +50,7 @@ CODEC_DIR = "speech_tokenizer"
 SIDE_DIRS = (CODEC_DIR,)
 UPSTREAM_CONFIG_NAME = "upstream_config.json"
 REPORT_NAME = "conversion-report.json"
-PRODUCER = f"q3tts.convert {CONVERTER_VERSION}"
+PRODUCER = f"q3tts-convert {CONVERTER_VERSION}"  # safetensors metadata: who wrote the file
 
 
 class ConversionError(ValueError):
@@ -235,7 +235,7 @@ def _producer(directory: Path) -> str | None:
         except CheckpointError as e:
             raise ConversionError(str(e)) from e
         producer = meta.get("producer", "")
-        if producer.startswith("q3tts.convert"):
+        if producer.startswith("q3tts-convert"):
             return producer
     return None
 
@@ -395,7 +395,6 @@ def _write_report(tmp: Path, summary: ConversionSummary, src: Path, jobs: list[P
         "tensors_out": summary.tensors_out,
         "bytes_in": summary.bytes_in,
         "bytes_out": summary.bytes_out,
-        "seconds": round(summary.seconds, 3),
         "weight_files": summary.files,
         "tensors": [{"name": job.prefix() + o.name, "from": list(o.inputs), "op": o.entry.op, "shape": list(o.shape),
                      "dtype": SAFETENSORS_CODE[o.dtype]} for job in jobs for o in job.outputs],

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from q3tts.standalone.dtypes import SAFETENSORS_CODE
+from .dtypes import SAFETENSORS_CODE
 
 class StreamError(ValueError):
     pass
