@@ -232,3 +232,54 @@ def test_closing_a_stream_stops_generation_and_frees_caches(load_models, monkeyp
     gc.collect()
     assert len(steps) == n_steps, "generation continued after close"
     assert caches[0]() is None, "the talker KV cache is still alive after close"
+
+
+# --------------------------------------------------------------------------------------------
+# Progressive output and the CLI
+# --------------------------------------------------------------------------------------------
+def test_progressive_wav_is_valid_after_every_chunk(tmp_path):
+    import soundfile as sf
+
+    from q3tts.standalone.streaming import ProgressiveWav
+
+    path = tmp_path / "p.wav"
+    chunks = [np.sin(np.arange(n, dtype=np.float32) / 7) * 0.5 for n in (1920, 3840, 7)]
+    with ProgressiveWav(path, 24000) as wav:
+        assert sf.info(str(path)).frames == 0
+        written = 0
+        for c in chunks:
+            wav.write(c)
+            written += len(c)
+            got, sr = sf.read(str(path), dtype="float32")  # a reader in the middle of the stream
+            assert sr == 24000 and len(got) == written
+    sf.write(str(tmp_path / "ref.wav"), np.concatenate(chunks), 24000)  # soundfile's own 16-bit wav
+    assert path.read_bytes() == (tmp_path / "ref.wav").read_bytes()
+
+
+def _cli(*args):
+    import subprocess
+    import sys
+
+    code = "import sys; from q3tts.standalone.cli import main; main(sys.argv[1:])"
+    return subprocess.run([sys.executable, "-c", code, "synthesize", *map(str, args)], capture_output=True)
+
+
+def test_cli_streams_a_wav_and_pcm_to_stdout(checkpoints, tmp_path):
+    import soundfile as sf
+
+    common = ["--model", checkpoints["custom_voice"][1], "--text", "Hello world.", "--speaker", "alice",
+              "--language", "english", "--seed", "3", "--max-new-tokens", "30"]
+    r = _cli(*common, "--out", tmp_path / "offline.wav")
+    assert r.returncode == 0, r.stderr
+    r = _cli(*common, "--stream", "--chunk-frames", "3", "--first-chunk-frames", "2", "--out", tmp_path / "s.wav")
+    assert r.returncode == 0, r.stderr
+    assert b"first audio after" in r.stderr
+    ref, _ = sf.read(str(tmp_path / "offline.wav"), dtype="int16")
+    got, sr = sf.read(str(tmp_path / "s.wav"), dtype="int16")
+    assert sr == 24000 and got.shape == ref.shape
+    assert np.abs(got.astype(int) - ref).max() <= 1 + STREAMING_TOLERANCES[torch.float32][0] * 32767
+    r = _cli(*common, "--stream", "--chunk-frames", "3", "--first-chunk-frames", "2", "--out", "-")
+    assert r.returncode == 0, r.stderr
+    assert np.array_equal(np.frombuffer(r.stdout, dtype="<i2"), got)  # stdout carries only the PCM
+    r = _cli(*common, "--out", "-")
+    assert r.returncode != 0 and b"needs --stream" in r.stderr
