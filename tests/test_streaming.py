@@ -283,3 +283,27 @@ def test_cli_streams_a_wav_and_pcm_to_stdout(checkpoints, tmp_path):
     assert np.array_equal(np.frombuffer(r.stdout, dtype="<i2"), got)  # stdout carries only the PCM
     r = _cli(*common, "--out", "-")
     assert r.returncode != 0 and b"needs --stream" in r.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# verify: streamed audio against upstream's offline audio
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("model_type", ["custom_voice", "voice_design", "base"])
+def test_streaming_parity_against_upstream(load_models, model_type):
+    from q3tts.verify.streaming_parity import format_streaming_table, run_streaming_parity
+
+    wrapper, model = load_models(model_type, torch.float32)
+    results = run_streaming_parity(wrapper, model, model_type, torch.float32, seed=4, chunk_sizes=((3, 2),))
+    print("\n" + format_streaming_table(results))
+    assert results and all(r.passed for r in results), format_streaming_table(results)
+    assert all(r.frames > 0 and r.chunks >= 2 for r in results)
+
+
+def test_streaming_parity_detects_short_context(load_models, monkeypatch):
+    import q3tts.standalone.streaming as streaming
+    from q3tts.verify.streaming_parity import run_streaming_parity
+
+    wrapper, model = load_models("custom_voice", torch.float32)
+    monkeypatch.setattr(streaming, "tail_context_frames", lambda codec: 0)
+    results = run_streaming_parity(wrapper, model, "custom_voice", torch.float32, seed=4, chunk_sizes=((3, 2),))
+    assert not any(r.passed for r in results)
