@@ -30,11 +30,12 @@ from q3tts.standalone.codec import load_codec_config
 from q3tts.standalone.config import FORMAT_NAME, ConfigError, Qwen3TTSConfig
 from q3tts.standalone.dtypes import SAFETENSORS_CODE
 from q3tts.standalone.output_dir import OWNER_FILE, OutputDir, OutputError
+from q3tts.standalone.speech_encoder import load_speech_encoder_config
 
 from .layout import Direction, Entry, codec_plan, plan
 from .stream_io import SafetensorsWriter, StreamError, plan_shards
 
-CONVERTER_VERSION = "0.2.0"
+CONVERTER_VERSION = "0.3.0"  # 0.3: the speech-tokenizer encoder is mapped, not carried
 
 # Upstream files the runtime needs besides the weights, copied byte for byte when present.
 SIDE_FILES = (
@@ -216,8 +217,13 @@ def speech_tokenizer_job(src: Path, direction: Direction, dtype) -> PartJob | No
         raise ConversionError(f"{directory}: already converted by {marker}; refusing to convert it again")
     if direction is Direction.TO_UPSTREAM and not marker:
         raise ConversionError(f"{directory}: not in the standalone layout")
-    names = source.infos if direction is Direction.TO_STANDALONE else [n for n in source.infos if n.startswith("encoder.")]
-    outputs = plan_outputs(source, codec_plan(cfg, names), direction, dtype, "the 12 Hz speech tokenizer")
+    encoder_cfg = None
+    if any(n.startswith("encoder.") for n in source.infos):
+        try:
+            encoder_cfg = load_speech_encoder_config(directory)
+        except (ValueError, KeyError, TypeError) as e:
+            raise ConversionError(f"{directory / 'config.json'}: {e}") from e
+    outputs = plan_outputs(source, codec_plan(cfg, encoder_cfg), direction, dtype, "the 12 Hz speech tokenizer")
     return PartJob(CODEC_DIR, source, outputs)
 
 

@@ -230,14 +230,41 @@ CODEC_TOP_RULES = (
 )
 # Convolution stacks keep upstream's module names, so they map one to one under these prefixes.
 CODEC_IDENTITY_PREFIXES = ("decoder.pre_conv.", "decoder.upsample.", "decoder.decoder.")
-# The encoder (reference-audio tokenizer) is not part of the standalone runtime; its tensors are
-# carried through unchanged so that nothing is lost and a round trip restores them.
-CODEC_PASSTHROUGH_PREFIX = "encoder."
+
+# The encoder (audio -> codes; transformers' Mimi encoder under "encoder.").
+_EQ = "encoder.quantizer.{branch}_residual_vector_quantizer."
+ENCODER_LAYER_RULES = (
+    Rule("attn.wqkv.weight", ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"),
+         op="concat", split=("q", "kv", "kv")),
+    Rule("attn.wo.weight", ("self_attn.o_proj.weight",)),
+    Rule("attn_norm.weight", ("input_layernorm.weight",)),
+    Rule("attn_norm.bias", ("input_layernorm.bias",)),
+    Rule("mlp_norm.weight", ("post_attention_layernorm.weight",)),
+    Rule("mlp_norm.bias", ("post_attention_layernorm.bias",)),
+    Rule("fc1.weight", ("mlp.fc1.weight",)),
+    Rule("fc2.weight", ("mlp.fc2.weight",)),
+    Rule("attn_scale", ("self_attn_layer_scale.scale",)),
+    Rule("mlp_scale", ("mlp_layer_scale.scale",)),
+)
+ENCODER_STACK = ("encoder.transformer.layers.{i}.", "encoder.encoder_transformer.layers.{i}.")
+ENCODER_TOP_RULES = (
+    # One stack over all quantizers, semantic ones first; "{k}" runs over each branch's layers.
+    Rule("encoder.codebook_sums", (_EQ + "layers.{k}.codebook.embed_sum",), op="stack"),
+    Rule("encoder.codebook_usage", (_EQ + "layers.{k}.codebook.cluster_usage",), op="stack"),
+    Rule("encoder.codebook_initialized", (_EQ + "layers.{k}.codebook.initialized",), op="stack"),
+    Rule("encoder.semantic_input_proj", (_EQ.format(branch="semantic") + "input_proj.weight",)),
+    Rule("encoder.semantic_output_proj", (_EQ.format(branch="semantic") + "output_proj.weight",)),
+    Rule("encoder.acoustic_input_proj", (_EQ.format(branch="acoustic") + "input_proj.weight",)),
+    Rule("encoder.acoustic_output_proj", (_EQ.format(branch="acoustic") + "output_proj.weight",)),
+    Rule("encoder.downsample.conv.weight", ("encoder.downsample.conv.weight",), when="downsample"),
+)
+# The SEANet conv stack keeps upstream's module names below a renamed prefix (standalone, upstream).
+ENCODER_PREFIX_RENAMES = (("encoder.conv_stack.", "encoder.encoder."),)
 
 
-def codec_plan(cfg, source_names: Iterable[str] = ()) -> list[Entry]:
-    """Entries for the speech tokenizer's weights: the decoder through the table, plus every
-    ``encoder.*`` name found in the source, carried unchanged."""
+def codec_plan(cfg, encoder_cfg=None) -> list[Entry]:
+    """Entries for the speech tokenizer's weights: the decoder and, given its config, the
+    encoder, through the tables above."""
     from q3tts.standalone.codec import CodecDecoder
 
     with torch.device("meta"):
@@ -259,11 +286,40 @@ def codec_plan(cfg, source_names: Iterable[str] = ()) -> list[Entry]:
     for name, shape in shapes.items():
         if name.startswith(CODEC_IDENTITY_PREFIXES):
             entries.append(Entry(name, shape, (name,), (shape,), "rename"))
+    if encoder_cfg is not None:
+        entries += _encoder_entries(encoder_cfg, shapes)
     covered = {e.target for e in entries}
     if covered != set(shapes):
         raise AssertionError(f"codec layout table out of date: uncovered {sorted(set(shapes) - covered)[:5]}")
-    for name in sorted(n for n in source_names if n.startswith(CODEC_PASSTHROUGH_PREFIX)):
-        entries.append(Entry(name, None, (name,), (None,), "rename"))
+    return entries
+
+
+def _encoder_entries(ecfg, shapes: dict[str, tuple[int, ...]]) -> list[Entry]:
+    from q3tts.standalone.speech_encoder import SpeechEncoder
+
+    with torch.device("meta"):
+        model = SpeechEncoder(ecfg)
+    shapes.update({"encoder." + k: tuple(v.shape) for k, v in model.state_dict().items()})
+    sizes = {"q": ecfg.num_attention_heads * ecfg.head_dim, "kv": ecfg.num_key_value_heads * ecfg.head_dim}
+    entries = []
+    dst_prefix, src_prefix = ENCODER_STACK
+    for i in range(ecfg.num_hidden_layers):
+        for rule in ENCODER_LAYER_RULES:
+            target = dst_prefix.format(i=i) + rule.target
+            entries.append(_entry(rule, target, shapes[target], tuple(src_prefix.format(i=i) + x for x in rule.sources), sizes))
+    branches = (("semantic", ecfg.num_semantic_quantizers), ("acoustic", ecfg.num_quantizers - ecfg.num_semantic_quantizers))
+    for rule in ENCODER_TOP_RULES:
+        if rule.when == "downsample" and not ecfg.downsample_kernel:
+            continue
+        if rule.op == "stack":
+            sources = tuple(rule.sources[0].format(branch=b, k=k) for b, n in branches for k in range(n))
+        else:
+            sources = rule.sources
+        entries.append(_entry(rule, rule.target, shapes[rule.target], sources, sizes))
+    for name, shape in shapes.items():
+        for dst, src in ENCODER_PREFIX_RENAMES:
+            if name.startswith(dst):
+                entries.append(Entry(name, shape, (src + name[len(dst):],), (shape,), "rename"))
     return entries
 
 

@@ -22,10 +22,10 @@ def main() -> None:
               help="Output .wav file ('-' with --stream: raw 16-bit 24 kHz mono PCM to stdout).")
 @click.option("--speaker", default=None, help="Speaker name (custom_voice models).")
 @click.option("--instruct", default=None, help="Voice/style instruction (voice_design; custom_voice 1.7B).")
-@click.option("--ref-audio", default=None, type=click.Path(exists=True, dir_okay=False), help="Reference audio to clone (base models, 24 kHz).")
-@click.option("--ref-text", default=None, help="Transcript of the reference audio (ICL cloning).")
+@click.option("--ref-audio", default=None, type=click.Path(exists=True, dir_okay=False), help="Reference audio to clone (base models; any sample rate).")
+@click.option("--ref-text", default=None, help="Transcript of the reference audio: ICL cloning (codes made from --ref-audio). Without it: x-vector only.")
 @click.option("--ref-codes", default=None, type=click.Path(exists=True, dir_okay=False),
-              help="Reference codes [T, G] (.npy) for ICL cloning; without them cloning uses the x-vector only.")
+              help="Precomputed reference codes [T, G] (.npy) for ICL cloning instead of encoding --ref-audio.")
 @click.option("--language", default="auto", show_default=True)
 @click.option("--dtype", type=click.Choice(["keep", "fp32", "bf16"]), default="keep", show_default=True)
 @click.option("--seed", type=int, default=None, help="Seed the sampler for a reproducible result.")
@@ -82,13 +82,12 @@ def synthesize(model_dir, text, out_path, speaker, instruct, ref_audio, ref_text
         else:
             if not ref_audio:
                 raise ValueError("--ref-audio is required for a base model (voice cloning)")
-            audio, ref_sr = sf.read(ref_audio, dtype="float32", always_2d=False)
             codes = torch.from_numpy(np.load(ref_codes)).long() if ref_codes else None
             if codes is not None and not ref_text:
                 raise ValueError("--ref-codes needs --ref-text (the transcript of the reference audio)")
             result = getattr(model, prefix + "voice_clone")(
-                text, language=language, ref_audio=(audio, ref_sr), ref_text=ref_text,
-                x_vector_only_mode=codes is None, ref_code=codes, **gen,
+                text, language=language, ref_audio=ref_audio, ref_text=ref_text,
+                x_vector_only_mode=not ref_text, ref_code=codes, **gen,
             )
         if stream:
             from .streaming import write_stream
@@ -110,6 +109,49 @@ def synthesize(model_dir, text, out_path, speaker, instruct, ref_audio, ref_text
     click.echo(f"wrote {out_path} ({n_samples / sr:.2f} s at {sr} Hz)", err=out_path == "-")
 
 
+@main.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--model", "model_dir", required=True, help="Standalone checkpoint directory (convert-ckpt output) or hub id.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Directory for the .npy code files.")
+@click.option("--dtype", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
+              help="Encoder dtype (fp32 reproduces upstream's codes exactly).")
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def encode(inputs, model_dir, out_dir, dtype, progress, debug) -> None:
+    """Encode audio files into speech-tokenizer codes: OUT/<name>.npy, int64 [frames, groups].
+
+    Each file is encoded on its own (as upstream's Qwen3TTSTokenizer.encode on one path)."""
+    import numpy as np
+    import torch
+    from tqdm import tqdm
+
+    from .model import Qwen3TTS
+
+    try:
+        out = Path(out_dir)
+        stems: dict[str, str] = {}
+        for path in inputs:
+            stem = Path(path).stem
+            if stem in stems:
+                raise ValueError(f"{path} and {stems[stem]} would both write {stem}.npy")
+            stems[stem] = path
+        out.mkdir(parents=True, exist_ok=True)
+        model = Qwen3TTS.from_pretrained(model_dir, dtype={"fp32": torch.float32, "bf16": torch.bfloat16}[dtype])
+        show = sys.stderr.isatty() if progress is None else progress
+        for path in tqdm(inputs, desc="encode", unit="file", disable=not show):
+            codes = model.encode_audio(path)[0].numpy()
+            target = out / f"{Path(path).stem}.npy"
+            tmp = target.with_name(f".{target.name}.partial.npy")
+            np.save(tmp, codes)
+            tmp.replace(target)  # never a half-written .npy
+    except (ValueError, OSError) as e:
+        if debug:
+            raise
+        click.echo(f"q3tts: error: {e}", err=True)
+        sys.exit(1)
+    click.echo(f"wrote {len(inputs)} code file(s) to {out}")
+
+
 def _attach_plugins() -> None:
     """`q3tts convert` / `q3tts verify` come from the other packages through entry points, so the
     runtime never imports them (the data flow is one way)."""
@@ -122,6 +164,8 @@ def _attach_plugins() -> None:
             continue
 
 
-from .finetune_cli import finetune as _finetune  # noqa: E402
+from .finetune_cli import finetune as _finetune, prepare_data as _prepare_data  # noqa: E402
+
 main.add_command(_finetune)
+main.add_command(_prepare_data)
 _attach_plugins()

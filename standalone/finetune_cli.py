@@ -168,3 +168,93 @@ def _bar(total: int, enabled: bool):
     except ImportError:
         return _NoBar()
     return tqdm(total=total, unit="batch", desc="finetune")
+
+
+# Upstream's prepare_data.py encodes 32 utterances per batch; a right-padded batch can change a
+# shorter item's last frame, so the same batching is what reproduces its codes.
+PREPARE_BATCH = 32
+
+
+@click.command("prepare-data")
+@click.argument("raw_jsonl", type=click.Path(exists=True, dir_okay=False))
+@click.option("--model", "model_dir", required=True, help="Standalone Base checkpoint directory (its speech tokenizer encodes).")
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Output JSONL with audio_codes added.")
+@click.option("--batch-size", type=int, default=PREPARE_BATCH, show_default=True,
+              help="Utterances per encoder batch (upstream's prepare_data.py uses 32).")
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def prepare_data(raw_jsonl, model_dir, out_path, batch_size, progress, debug) -> None:
+    """Add `audio_codes` to upstream's fine-tuning JSONL (audio, text, ref_audio[, language]),
+    encoded by the standalone speech-tokenizer encoder, as upstream's prepare_data.py does."""
+    import os
+    import tempfile
+
+    from .model import Qwen3TTS
+
+    src, out = Path(raw_jsonl), Path(out_path)
+    try:
+        if batch_size < 1:
+            raise DataError(f"--batch-size must be >= 1, got {batch_size}")
+        rows = _read_raw_jsonl(src)
+        model = Qwen3TTS.from_pretrained(model_dir)
+        bar = _bar(len(rows), sys.stderr.isatty() if progress is None else progress)
+        for start in range(0, len(rows), batch_size):
+            batch = rows[start:start + batch_size]
+            codes = model.encode_audio([r["_audio_path"] for r in batch])
+            for row, c in zip(batch, codes):
+                row["audio_codes"] = c.tolist()
+            bar.update(len(batch))
+        bar.close()
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.partial-", dir=out.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                for row in rows:
+                    f.write(json.dumps({k: v for k, v in row.items() if not k.startswith("_")}, ensure_ascii=False) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o666 & ~_umask())
+            os.replace(tmp, out)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except (ValueError, OSError) as e:
+        if debug:
+            raise
+        click.echo(f"q3tts: error: {e}", err=True)
+        sys.exit(1)
+    click.echo(f"wrote {out}: {len(rows)} utterances with audio_codes")
+
+
+def _umask() -> int:
+    from .output_dir import current_umask
+
+    return current_umask()
+
+
+def _read_raw_jsonl(path: Path) -> list[dict]:
+    """Every line checked before encoding; the first problem names the file and line."""
+    rows = []
+    for no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{no}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{where}: invalid JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: expected a JSON object")
+        for key in ("audio", "text", "ref_audio"):
+            if key not in row:
+                raise DataError(f"{where}: missing field {key!r}")
+        if not isinstance(row["text"], str) or not row["text"].strip():
+            raise DataError(f"{where}: empty text")
+        audio = Path(str(row["audio"]))
+        audio = audio if audio.is_absolute() else path.parent / audio
+        if not audio.is_file():
+            raise DataError(f"{where}: audio file {audio} does not exist")
+        row["_audio_path"] = str(audio)
+        rows.append(row)
+    if not rows:
+        raise DataError(f"{path}: no lines")
+    return rows

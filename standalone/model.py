@@ -18,6 +18,7 @@ from .generation import GenerateOptions, generate_codes
 from .mel import log_mel_spectrogram
 from .prompt import build_talker_prompt
 from .speaker_encoder import SpeakerEncoder
+from .speech_encoder import SpeechEncoder, load_speech_encoder
 from .talker import CodePredictor, Talker
 from .streaming import StreamingVoiceMethods
 from .voices import VoiceMethods
@@ -105,8 +106,30 @@ class Qwen3TTS(StreamingVoiceMethods, VoiceMethods, nn.Module):
     def decode_codes(self, codes) -> tuple[list[np.ndarray], int]:
         """Codes ([frames, G] per item, or one such tensor) -> (float32 waveforms, sample rate),
         like upstream's Qwen3TTSTokenizer.decode."""
-        items = [codes] if isinstance(codes, torch.Tensor) and codes.dim() == 2 else list(codes)
+        if isinstance(codes, (torch.Tensor, np.ndarray)) and codes.ndim == 2:
+            codes = [codes]
+        if isinstance(codes, (torch.Tensor, np.ndarray)) and codes.ndim != 3:
+            raise ValueError(f"codes must be [frames, G], [batch, frames, G] or a list of [frames, G]; got shape {tuple(codes.shape)}")
+        items = list(codes)
         return self.codec.decode(items), self.codec.cfg.output_sample_rate
+
+    @property
+    def speech_encoder(self) -> SpeechEncoder:
+        """The speech-tokenizer encoder (audio -> codes), loaded from ``speech_tokenizer/`` on
+        first use in the model's dtype, like the decoder."""
+        encoder = getattr(self, "_speech_encoder", None)
+        if encoder is None:
+            encoder = load_speech_encoder(self.checkpoint_dir, self.dtype, self.device)
+            object.__setattr__(self, "_speech_encoder", encoder)  # not a submodule, as the codec
+        return encoder
+
+    def encode_audio(self, audio, sr: int | None = None) -> list[torch.Tensor]:
+        """Audio -> int64 codes [frames, G] per item, as upstream's ``Qwen3TTSTokenizer.encode``.
+
+        ``audio``: a path, an ``(array, sr)`` pair, an array with ``sr=``, or a list of these,
+        encoded as one right-padded batch (then the last frame of a shorter item can differ from
+        encoding it alone, exactly as upstream). Any sample rate; resampled as upstream does."""
+        return self.speech_encoder.encode(audio, sr)
 
     @torch.inference_mode()
     def generate(

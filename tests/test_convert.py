@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import pickle
@@ -20,6 +21,14 @@ from q3tts.convert.cli import main as convert_cli
 from q3tts.convert.convert import convert_checkpoint
 from q3tts.standalone import Qwen3TTS
 from q3tts.verify.fixtures import MODEL_TYPES, shard_checkpoint
+
+
+def upstream_version_installed() -> str | None:
+    """What the converter must record: the installed qwen-tts (none in the fast tier)."""
+    try:
+        return importlib.metadata.version("qwen-tts")
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def _all_tensors(directory):
@@ -129,7 +138,7 @@ def test_output_layout_manifest_and_report(checkpoints, tmp_path):
     assert report["tensors_in"] == n_in and report["tensors_out"] == 121 + n_codec_out
     assert len(report["tensors"]) == 121 + n_codec_out
     manifest = json.loads((o / "manifest.json").read_text())
-    assert manifest["converter_version"] and manifest["upstream_version"] == "0.1.1"
+    assert manifest["converter_version"] and manifest["upstream_version"] == upstream_version_installed()
     assert "speech_tokenizer/model.safetensors" in manifest["files"]
     # Side files byte for byte.
     for rel in ("speech_tokenizer/config.json", "speech_tokenizer/preprocessor_config.json", "vocab.json", "generation_config.json"):

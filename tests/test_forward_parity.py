@@ -9,6 +9,8 @@ from q3tts.verify.compare import TOLERANCES
 from q3tts.verify.fixtures import MODEL_TYPES
 from q3tts.verify.forward_parity import format_table, run_forward_cases
 
+pytestmark = pytest.mark.reference  # drives upstream qwen-tts
+
 DTYPES = [torch.float32, torch.bfloat16]
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -21,6 +22,8 @@ from q3tts.standalone import Qwen3TTS, Qwen3TTSConfig
 from q3tts.verify.compare import compare
 from q3tts.verify.fixtures import randomize_, tiny_config
 from q3tts.verify.generation_parity import first_divergence
+
+pytestmark = pytest.mark.reference  # drives upstream qwen-tts
 
 FUZZ = settings(max_examples=14, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

@@ -32,6 +32,7 @@ def test_plan_matches_released_tensor_and_parameter_counts(size, model_type):
     assert n_params == sum(math.prod(e.target_shape) for e in entries)
 
 
+@pytest.mark.reference
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
 def test_plan_equals_upstream_state_dict(model_type):
     """Every upstream tensor name appears exactly once in the plan, with upstream's shape."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import shutil
 
 import pytest
@@ -10,6 +11,14 @@ from safetensors.torch import load_file, save_file
 
 from q3tts.convert import ConversionError, convert_checkpoint
 from q3tts.standalone import CheckpointError, Qwen3TTS
+
+
+def upstream_version_installed() -> str | None:
+    """What the converter must record: the installed qwen-tts (none in the fast tier)."""
+    try:
+        return importlib.metadata.version("qwen-tts")
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def _edit_weights(directory, edit):
@@ -111,5 +120,5 @@ def test_manifest_lists_every_output_file_with_its_hash(checkpoints):
     assert set(manifest["files"]) == files
     for name, info in manifest["files"].items():
         assert info["sha256"] == sha256_file(st / name)
-    assert manifest["upstream_version"] == "0.1.1"
+    assert manifest["upstream_version"] == upstream_version_installed()
     assert set(manifest["source_files"]) == {"model.safetensors", "config.json"}

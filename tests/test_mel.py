@@ -9,6 +9,7 @@ import torch
 from q3tts.standalone.mel import log_mel_spectrogram, slaney_mel_filterbank
 
 
+@pytest.mark.reference
 @pytest.mark.parametrize(
     "sr, n_fft, n_mels, fmin, fmax",
     [(24000, 1024, 128, 0, 12000), (16000, 512, 80, 20, 7600), (22050, 2048, 96, 50, 11025), (24000, 1024, 128, 0, 8000)],
@@ -21,6 +22,7 @@ def test_filterbank_equals_librosa(sr, n_fft, n_mels, fmin, fmax):
     np.testing.assert_array_equal(got, ref)
 
 
+@pytest.mark.reference
 def test_log_mel_equals_upstream_mel_spectrogram():
     from qwen_tts.core.models.modeling_qwen3_tts import mel_spectrogram
 

@@ -26,6 +26,7 @@ def _synthesize(*args):
     return subprocess.run([sys.executable, "-c", BLOCKED, "synthesize", *map(str, args)], capture_output=True, text=True)
 
 
+@pytest.mark.reference
 def test_synthesize_writes_upstreams_audio_without_transformers(checkpoints, load_models, tmp_path):
     out = tmp_path / "hello.wav"
     r = _synthesize("--model", checkpoints["custom_voice"][1], "--text", "Hello world.", "--speaker", "alice",

@@ -24,6 +24,8 @@ from q3tts.verify.training_parity import (
     write_training_fixture,
 )
 
+pytestmark = pytest.mark.reference  # drives upstream qwen-tts
+
 
 @pytest.fixture(scope="module")
 def train_dirs(tmp_path_factory):

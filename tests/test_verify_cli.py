@@ -18,6 +18,7 @@ def _run(*args):
     return r.exit_code, r.output
 
 
+@pytest.mark.reference
 def test_on_an_upstream_directory(checkpoints, tmp_path):
     code, out = _run(checkpoints["voice_design"][0], "--dtype", "fp32", "--seeds", "0", "--frames", "6",
                      "--report-dir", tmp_path / "r")
@@ -33,6 +34,7 @@ def test_on_an_upstream_directory(checkpoints, tmp_path):
     assert report["versions"]["qwen-tts"] == "0.1.1" and report["versions"]["transformers"] == "4.57.3"
 
 
+@pytest.mark.reference
 def test_broken_standalone_fails_with_exit_1_and_names_the_layer(checkpoints, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(checkpoints["custom_voice"][1], broken)

@@ -26,6 +26,10 @@ from safetensors.torch import save_file
 
 MODEL_TYPES = ("base", "custom_voice", "voice_design")
 
+# The seed of each model type's fixture in the test suite (conftest) and in the goldens recorded
+# from it (verify/goldens.py).
+SUITE_SEEDS = {model_type: 10 + i for i, model_type in enumerate(MODEL_TYPES)}
+
 # Text-token layout of the tiny tokenizer: 256 byte tokens, BPE merges up to _N_BPE, then specials.
 _N_BPE = 300
 SPECIAL_TOKENS = {
@@ -165,7 +169,11 @@ def init_tensor(name: str, shape: torch.Size, gen: torch.Generator) -> torch.Ten
         return 0.5 + 0.1 * randn()
     if leaf == "cluster_usage":
         return 0.5 + torch.rand(shape, generator=gen) * 1.5
-    if leaf in ("embedding_sum", "embed_sum"):
+    if leaf == "embed_sum":
+        # The encoder's codebooks, at the scale of the projected encoder output (about 1.5 per
+        # vector here), so that nearest-codebook search spreads over the codebook.
+        return 0.4 * randn()
+    if leaf == "embedding_sum":
         return randn()
     if leaf == "initialized":
         return torch.ones(shape)
@@ -193,15 +201,97 @@ def randomize_(module: torch.nn.Module, seed: int) -> torch.nn.Module:
     return module
 
 
+_DRAWN_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _draw(name: str, shape: torch.Size, gen: torch.Generator) -> torch.Tensor:
+    return init_tensor(name, shape, gen).to(torch.float32).contiguous()
+
+
 def random_state_dict(module: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     out = {}
     for name, tensor in module.state_dict().items():
-        if tensor.dtype in (torch.float32, torch.float16, torch.bfloat16):
-            out[name] = init_tensor(name, tensor.shape, gen).to(torch.float32).contiguous()
+        if tensor.dtype in _DRAWN_DTYPES:
+            out[name] = _draw(name, tensor.shape, gen)
         else:
             out[name] = tensor.clone().contiguous()
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# Tensor specs: the same weights without instantiating upstream's modules
+# --------------------------------------------------------------------------------------------
+# random_state_dict draws from one generator in the order of the module's state_dict, so the
+# ordered (name, shape, dtype) list of upstream's tensors is all it needs. Recorded once from
+# upstream (tensor_spec below, written by `python -m q3tts.verify.goldens`), that list lets the
+# fast test tier write bit-identical fixtures without qwen_tts; the reference tier checks the
+# recorded list against upstream's modules.
+
+TENSOR_SPECS_FORMAT = "q3tts-fixture-tensor-specs"
+
+
+class TensorSpecError(ValueError):
+    """A recorded tensor spec that does not fit the fixture it is asked to write."""
+
+
+def tensor_spec(module: torch.nn.Module) -> list[list]:
+    """[[name, shape, dtype name], ...] of the module's state_dict, in its order."""
+    return [[name, list(t.shape), str(t.dtype).removeprefix("torch.")] for name, t in module.state_dict().items()]
+
+
+def config_digest(config: dict[str, Any]) -> str:
+    """sha256 of a config dict, independent of key order: ties a recorded spec to its config."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def state_dict_from_spec(spec: list[list], seed: int) -> dict[str, torch.Tensor]:
+    """What random_state_dict gives for a module whose state_dict has this spec: the same
+    generator, the same order, the same init_tensor."""
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, shape, dtype in spec:
+        if getattr(torch, dtype, None) not in _DRAWN_DTYPES:
+            raise TensorSpecError(f"tensor {name} is {dtype}: its values come from upstream's init, a spec cannot give them")
+        out[name] = _draw(name, torch.Size(shape), gen)
+    return out
+
+
+def load_tensor_specs(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    specs = json.loads(path.read_text(encoding="utf-8"))
+    if specs.get("format") != TENSOR_SPECS_FORMAT:
+        raise TensorSpecError(f"{path}: not a fixture tensor-spec file (format {specs.get('format')!r})")
+    return specs
+
+
+def _spec_for(specs: dict[str, Any], part: str, config: dict[str, Any]) -> list[list]:
+    entry = specs["parts"].get(part)
+    if entry is None:
+        raise TensorSpecError(f"no recorded tensor spec for {part!r}")
+    if entry["config_sha256"] != config_digest(config):
+        raise TensorSpecError(
+            f"the recorded tensor spec for {part!r} was made for another config; "
+            "regenerate it in the reference environment: python -m q3tts.verify.goldens"
+        )
+    return entry["tensors"]
+
+
+def record_tensor_specs() -> dict[str, Any]:
+    """The tensor specs of every fixture part, from upstream's own modules (needs qwen_tts)."""
+    parts = {}
+    for model_type in MODEL_TYPES:
+        config = tiny_config(model_type)
+        parts[f"talker.{model_type}"] = dict(
+            config_sha256=config_digest(config), tensors=tensor_spec(build_upstream_modules(config))
+        )
+    codec_config = tiny_speech_tokenizer_config()
+    parts["speech_tokenizer"] = dict(
+        config_sha256=config_digest(codec_config), tensors=tensor_spec(build_upstream_codec(codec_config))
+    )
+    return dict(format=TENSOR_SPECS_FORMAT, format_version=1, parts=parts)
 
 
 # --------------------------------------------------------------------------------------------
@@ -303,14 +393,22 @@ def build_upstream_modules(config: dict[str, Any]):
     return Qwen3TTSForConditionalGeneration(Qwen3TTSConfig(**copy.deepcopy(config)))
 
 
-def write_speech_tokenizer(dst: Path, seed: int) -> None:
+def build_upstream_codec(config: dict[str, Any]):
+    """Instantiate upstream's 12 Hz speech tokenizer for ``config`` (fp32, default init)."""
     from qwen_tts.core.tokenizer_12hz.configuration_qwen3_tts_tokenizer_v2 import Qwen3TTSTokenizerV2Config
     from qwen_tts.core.tokenizer_12hz.modeling_qwen3_tts_tokenizer_v2 import Qwen3TTSTokenizerV2Model
 
+    return Qwen3TTSTokenizerV2Model(Qwen3TTSTokenizerV2Config(**copy.deepcopy(config)))
+
+
+def write_speech_tokenizer(dst: Path, seed: int, tensor_specs: dict[str, Any] | None = None) -> None:
     dst.mkdir(parents=True, exist_ok=True)
     cfg = tiny_speech_tokenizer_config()
-    model = Qwen3TTSTokenizerV2Model(Qwen3TTSTokenizerV2Config(**copy.deepcopy(cfg)))
-    save_file(random_state_dict(model, seed), str(dst / "model.safetensors"), metadata={"format": "pt"})
+    if tensor_specs is None:
+        state = random_state_dict(build_upstream_codec(cfg), seed)
+    else:
+        state = state_dict_from_spec(_spec_for(tensor_specs, "speech_tokenizer", cfg), seed)
+    save_file(state, str(dst / "model.safetensors"), metadata={"format": "pt"})
     _dump(dst / "config.json", cfg)
     _dump(dst / "preprocessor_config.json", dict(
         chunk_length_s=None, feature_extractor_type="EncodecFeatureExtractor", feature_size=1, overlap=None,
@@ -319,24 +417,30 @@ def write_speech_tokenizer(dst: Path, seed: int) -> None:
 
 
 def write_upstream_checkpoint(
-    dst: str | Path, model_type: str = "base", *, seed: int = 0, dtype: torch.dtype = torch.float32
+    dst: str | Path, model_type: str = "base", *, seed: int = 0, dtype: torch.dtype = torch.float32,
+    tensor_specs: dict[str, Any] | None = None,
 ) -> Path:
     """Write a complete tiny upstream checkpoint directory and return its path.
 
     ``dtype`` is the storage dtype of model.safetensors (released files are bf16; fp32 keeps the
     fp32 parity tests free of storage rounding). The speech tokenizer is always fp32, as released.
+    With ``tensor_specs`` (see load_tensor_specs) the tensor names and shapes come from the
+    recorded specs instead of upstream's modules: the same bytes, without qwen_tts.
     """
     dst = Path(dst)
     dst.mkdir(parents=True, exist_ok=True)
     config = tiny_config(model_type)
-    model = build_upstream_modules(config)
-    state = {k: v.to(dtype) for k, v in random_state_dict(model, seed).items()}
+    if tensor_specs is None:
+        state = random_state_dict(build_upstream_modules(config), seed)
+    else:
+        state = state_dict_from_spec(_spec_for(tensor_specs, f"talker.{model_type}", config), seed)
+    state = {k: v.to(dtype) for k, v in state.items()}
     save_file(state, str(dst / "model.safetensors"), metadata={"format": "pt"})
     _dump(dst / "config.json", config)
     _dump(dst / "generation_config.json", GENERATION_CONFIG)
     _dump(dst / "preprocessor_config.json", {"processor_class": "Qwen3TTSProcessor"})
     write_text_tokenizer(dst)
-    write_speech_tokenizer(dst / "speech_tokenizer", seed + 1)
+    write_speech_tokenizer(dst / "speech_tokenizer", seed + 1, tensor_specs)
     return dst
 
 
@@ -383,10 +487,7 @@ def write_release_size_checkpoint(dst: str | Path, size: str = "0.6B", model_typ
     _dump(dst / "preprocessor_config.json", {"processor_class": "Qwen3TTSProcessor"})
     write_text_tokenizer(dst)
     cfg = released_speech_tokenizer_config()
-    from qwen_tts.core.tokenizer_12hz.configuration_qwen3_tts_tokenizer_v2 import Qwen3TTSTokenizerV2Config
-    from qwen_tts.core.tokenizer_12hz.modeling_qwen3_tts_tokenizer_v2 import Qwen3TTSTokenizerV2Model
-
-    codec = randomize_(Qwen3TTSTokenizerV2Model(Qwen3TTSTokenizerV2Config(**copy.deepcopy(cfg))), seed + 1)
+    codec = randomize_(build_upstream_codec(cfg), seed + 1)
     (dst / "speech_tokenizer").mkdir(exist_ok=True)
     _save({k: v.contiguous() for k, v in codec.state_dict().items()}, str(dst / "speech_tokenizer" / "model.safetensors"),
           metadata={"format": "pt"})
