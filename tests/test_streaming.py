@@ -122,6 +122,19 @@ def test_stream_within_bound_in_model_dtypes(load_pair, dtype, frames, chunk, fi
     assert got.shape == ref.shape and max_abs <= bound and snr_db(ref, got) >= min_snr
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_stream_within_bound_across_the_300_frame_chunk(load_pair, dtype):
+    _, model = load_pair("base", dtype)
+    codes = random_codes(310, 1)
+    (ref,), _ = model.decode_codes([codes])
+    got, _ = streamed(model.codec, codes[290:], 8, 3, prefix=codes[:290], push_frames=4)
+    ref = ref[290 * 1920:]
+    bound, min_snr = STREAMING_TOLERANCES[dtype]
+    max_abs = float(np.abs(got - ref).max())
+    print(f"\n{dtype} frames 290..309 chunks 8/3: max abs {max_abs:.3e} SNR {snr_db(ref, got):.1f} dB")
+    assert got.shape == ref.shape and max_abs <= bound and snr_db(ref, got) >= min_snr
+
+
 def test_codec_stream_rejects_bad_chunk_sizes(load_pair):
     _, model = load_pair("base", torch.float32)
     for bad in (0, -1, 2.5):

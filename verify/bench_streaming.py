@@ -16,6 +16,7 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from q3tts.standalone import Qwen3TTS
@@ -68,13 +69,18 @@ def bench_dtype(st: Path, dtype: torch.dtype, frames: int, chunk: int, first: in
     # Streaming, same seed: the same codes.
     torch.manual_seed(seed)
     t0 = time.perf_counter()
-    t_first, samples, chunks = None, 0, 0
+    t_first, parts = None, []
     for audio in model.stream_custom_voice(**kw, chunk_frames=chunk, first_chunk_frames=first):
         if t_first is None:
             t_first = time.perf_counter() - t0
-        samples += len(audio)
-        chunks += 1
+        parts.append(audio)
     t_stream = time.perf_counter() - t0
+    streamed = np.concatenate(parts).astype(np.float64)
+    samples, chunks = len(streamed), len(parts)
+    same = streamed.shape == wav.shape
+    max_abs = float(np.abs(streamed - wav).max()) if same else float("inf")
+    noise = float(np.sum((streamed - wav) ** 2)) if same else float("inf")
+    snr = float("inf") if noise == 0 else 10 * float(np.log10(float(np.sum(wav.astype(np.float64) ** 2)) / noise))
     audio_s = n * 1920 / sr
     return dict(
         dtype={torch.float32: "fp32", torch.bfloat16: "bf16"}[dtype], frames=n, audio_seconds=audio_s,
@@ -82,7 +88,7 @@ def bench_dtype(st: Path, dtype: torch.dtype, frames: int, chunk: int, first: in
         offline_generate_s=t_gen, offline_decode_s=t_dec, offline_complete_audio_s=t_gen + t_dec,
         offline_rtf=(t_gen + t_dec) / audio_s, seconds_per_frame=t_gen / max(n, 1),
         first_chunk_decode_s=t_first_decode, stream_first_audio_s=t_first, stream_total_s=t_stream,
-        stream_rtf=t_stream / audio_s,
+        stream_rtf=t_stream / audio_s, stream_vs_offline_max_abs=max_abs, stream_vs_offline_snr_db=snr,
         goal_first_audio_s=2 * (t_gen / max(n, 1) + t_first_decode),
         loadavg_before=load_before, loadavg_after=loadavg(),
     )
@@ -101,15 +107,16 @@ def write_report(rows: list[dict], out: Path, size: str) -> None:
         "frame + one first-chunk decode). The machine is shared with other engineers' test runs: "
         "the load average is recorded with each row, and the numbers are noisy.",
         "",
-        "| dtype | frames | audio s | chunk/first | s/frame | first-chunk decode s | TTFA s | goal s | stream RTF | offline complete s | offline RTF | loadavg (before → after) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| dtype | frames | audio s | chunk/first | s/frame | first-chunk decode s | TTFA s | goal s | stream RTF | offline complete s | offline RTF | stream vs offline max abs (SNR dB) | loadavg (before → after) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['dtype']} | {r['frames']} | {r['audio_seconds']:.2f} | {r['chunk_frames']}/{r['first_chunk_frames']} | "
             f"{r['seconds_per_frame']:.3f} | {r['first_chunk_decode_s']:.3f} | {r['stream_first_audio_s']:.3f} | "
             f"{r['goal_first_audio_s']:.3f} | {r['stream_rtf']:.2f} | {r['offline_complete_audio_s']:.2f} | "
-            f"{r['offline_rtf']:.2f} | {r['loadavg_before']} → {r['loadavg_after']} |"
+            f"{r['offline_rtf']:.2f} | {r['stream_vs_offline_max_abs']:.2e} ({r['stream_vs_offline_snr_db']:.1f}) | "
+            f"{r['loadavg_before']} → {r['loadavg_after']} |"
         )
     lines += ["", f"torch {env.get('torch')}, {env.get('threads')} threads, {env.get('cores')} cores, {env.get('cpu', '')}", ""]
     (out / "streaming-benchmark.md").write_text("\n".join(lines))
