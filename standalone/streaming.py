@@ -27,7 +27,6 @@ lengths), so a shorter window rounds differently. The measured bounds are in
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
 from typing import Any, Iterator
 
 import numpy as np
