@@ -4,6 +4,7 @@ as subcommands when their packages are installed."""
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -19,7 +20,8 @@ def main() -> None:
 @main.command()
 @click.option("--model", "model_dir", required=True, help="Checkpoint: a standalone or upstream directory, or a hub id (upstream ones are converted once into a cache).")
 @click.option("--text", required=True, help="Text to speak.")
-@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Output .wav file.")
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, allow_dash=True),
+              help="Output .wav file ('-' with --stream: raw 16-bit 24 kHz mono PCM to stdout).")
 @click.option("--speaker", default=None, help="Speaker name (custom_voice models).")
 @click.option("--instruct", default=None, help="Voice/style instruction (voice_design; custom_voice 1.7B).")
 @click.option("--ref-audio", default=None, type=click.Path(exists=True, dir_okay=False), help="Reference audio to clone (base models; any sample rate).")
@@ -32,10 +34,13 @@ def main() -> None:
 @click.option("--greedy", is_flag=True, help="Greedy decoding instead of sampling.")
 @click.option("--max-new-tokens", type=int, default=None, help="Cap on generated frames (+1).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
+@click.option("--stream", is_flag=True, help="Write audio while generating (the wav is valid at every moment).")
+@click.option("--chunk-frames", type=int, default=8, show_default=True, help="Frames per streamed chunk.")
+@click.option("--first-chunk-frames", type=int, default=4, show_default=True, help="Frames in the first streamed chunk.")
 @no_convert_option
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def synthesize(model_dir, text, out_path, speaker, instruct, ref_audio, ref_text, ref_codes, language, dtype, seed,
-               greedy, max_new_tokens, progress, no_convert, debug) -> None:
+               greedy, max_new_tokens, progress, stream, chunk_frames, first_chunk_frames, no_convert, debug) -> None:
     """Synthesize TEXT into a wav file. The voice mode follows the checkpoint's type."""
     import numpy as np
     import torch
@@ -49,6 +54,8 @@ def synthesize(model_dir, text, out_path, speaker, instruct, ref_audio, ref_text
         click.echo("q3tts: error: writing wav needs the 'soundfile' package (pip install soundfile)", err=True)
         sys.exit(1)
     try:
+        if out_path == "-" and not stream:
+            raise ValueError("--out - (PCM to stdout) needs --stream")
         out = Path(out_path)
         if not out.parent.is_dir():
             raise ValueError(f"{out.parent}: output directory does not exist")
@@ -62,33 +69,47 @@ def synthesize(model_dir, text, out_path, speaker, instruct, ref_audio, ref_text
         if max_new_tokens is not None:
             gen["max_new_tokens"] = max_new_tokens
         gen["progress"] = sys.stderr.isatty() if progress is None else progress
+        prefix = "generate_"
+        if stream:  # the stream_* twins take the same arguments and return a generator of chunks
+            prefix = "stream_"
+            gen.update(chunk_frames=chunk_frames, first_chunk_frames=first_chunk_frames)
+        start = time.perf_counter()
         if kind == "custom_voice":
             if not speaker:
                 raise ValueError(f"--speaker is required for a custom_voice model; choose one of {model.get_supported_speakers()}")
-            wavs, sr = model.generate_custom_voice(text, speaker=speaker, language=language, instruct=instruct, **gen)
+            result = getattr(model, prefix + "custom_voice")(text, speaker=speaker, language=language, instruct=instruct, **gen)
         elif kind == "voice_design":
             if not instruct:
                 raise ValueError("--instruct is required for a voice_design model (describe the voice)")
-            wavs, sr = model.generate_voice_design(text, instruct=instruct, language=language, **gen)
+            result = getattr(model, prefix + "voice_design")(text, instruct=instruct, language=language, **gen)
         else:
             if not ref_audio:
                 raise ValueError("--ref-audio is required for a base model (voice cloning)")
             codes = torch.from_numpy(np.load(ref_codes)).long() if ref_codes else None
             if codes is not None and not ref_text:
                 raise ValueError("--ref-codes needs --ref-text (the transcript of the reference audio)")
-            wavs, sr = model.generate_voice_clone(
+            result = getattr(model, prefix + "voice_clone")(
                 text, language=language, ref_audio=ref_audio, ref_text=ref_text,
                 x_vector_only_mode=not ref_text, ref_code=codes, **gen,
             )
-        tmp = out.with_name(f".{out.name}.partial.wav")
-        sf.write(str(tmp), wavs[0], sr)
-        tmp.replace(out)  # never a half-written wav at --out
+        if stream:
+            from .streaming import write_stream
+
+            sr = model.codec.cfg.output_sample_rate
+            first = lambda: click.echo(f"first audio after {time.perf_counter() - start:.3f} s", err=True)  # noqa: E731
+            n_samples = write_stream(result, out_path, sr, on_first=first)
+        else:
+            wavs, sr = result
+            n_samples = len(wavs[0])
+            tmp = out.with_name(f".{out.name}.partial.wav")
+            sf.write(str(tmp), wavs[0], sr)
+            tmp.replace(out)  # never a half-written wav at --out
     except (ValueError, OSError) as e:
         if debug:
             raise
         click.echo(f"q3tts: error: {e}", err=True)
         sys.exit(1)
-    click.echo(f"wrote {out} ({len(wavs[0]) / sr:.2f} s at {sr} Hz)")
+    click.echo(f"wrote {out_path} ({n_samples / sr:.2f} s at {sr} Hz)", err=out_path == "-")
 
 
 @main.command()

@@ -110,6 +110,34 @@ def generate_codes(model, prompt: TalkerPrompt, params: GenerationParams, progre
     """Run the talker + code predictor loop. Returns (codes per row [frames, G], hidden per row
     [frames, H]), cut at the first EOS like upstream."""
     tcfg = model.config.talker
+    frames: list[torch.Tensor] = []
+    hiddens: list[torch.Tensor] = []
+    for frame, hidden in iter_frames(model, prompt, params, progress=progress):
+        frames.append(frame)
+        hiddens.append(hidden)
+    bsz, device = prompt.inputs_embeds.shape[0], prompt.inputs_embeds.device
+    if not frames:
+        empty_codes = torch.empty(0, tcfg.num_code_groups, dtype=torch.long, device=device)
+        empty_hidden = prompt.inputs_embeds.new_empty(0, tcfg.transformer.hidden_size)
+        return [empty_codes for _ in range(bsz)], [empty_hidden for _ in range(bsz)]
+    codes_all = torch.stack(frames, dim=1)  # [B, F, G]
+    hidden_all = torch.cat(hiddens, dim=1)  # the hidden that produced each frame's g0
+    # Upstream cuts at the config's EOS, not at an overriding eos_token_id (which only stops the loop).
+    is_eos = codes_all[:, :, 0] == tcfg.codec_eos_token_id
+    lengths = torch.where(is_eos.any(dim=1), is_eos.int().argmax(dim=1), torch.full_like(is_eos[:, 0], codes_all.shape[1], dtype=torch.long))
+    return ([codes_all[i, : int(n)] for i, n in enumerate(lengths)],
+            [hidden_all[i, : int(n)] for i, n in enumerate(lengths)])
+
+
+@torch.inference_mode()
+def iter_frames(model, prompt: TalkerPrompt, params: GenerationParams, progress: bool = False):
+    """The decode loop as a generator: yields, per frame, (codes [B, G], hidden [B, 1, H]), the
+    hidden being the talker state that produced the frame's group-0 id. Rows are not cut here: a
+    row's frames end at its first config-EOS group-0 id (``generate_codes`` cuts them).
+
+    Closing the generator stops the loop before the next code-predictor call; the caches are
+    locals of this frame, so they are released with it."""
+    tcfg = model.config.talker
     talker, cp = model.talker, model.code_predictor
     groups = tcfg.num_code_groups
     eos = params.eos_token_id if params.eos_token_id is not None else tcfg.codec_eos_token_id
@@ -140,44 +168,32 @@ def generate_codes(model, prompt: TalkerPrompt, params: GenerationParams, progre
     history[:, 0] = g0
     n_ids = 1
     unfinished = g0 != eos
-    frames: list[torch.Tensor] = []
-    hiddens = [past_hidden]
 
     bar = _progress(params.max_new_tokens, progress)
     cur = prompt_len
     step = 0
-    while bool(unfinished.any()) and n_ids < params.max_new_tokens:
-        e0 = talker.codec_embedding(g0[:, None])
-        codes = cp.generate_frame(past_hidden, e0, ccache, params.subtalker)
-        frames.append(torch.cat([g0[:, None], codes], dim=1))
-        step_embeds = [e0] + [cp.embed(k + 1, codes[:, k : k + 1]) for k in range(groups - 1)]
-        x = torch.cat(step_embeds, dim=1).sum(1, keepdim=True)
-        x = x + (trailing[:, step].unsqueeze(1) if step < trailing.shape[1] else tts_pad)
-        positions = (torch.full((bsz, 1), cur, device=device) - n_pads[:, None]).float()
-        step_mask = padding_mask_decode(full_mask[:, : cur + 1]) if padded else None
-        hidden, logits = talker.step(x, positions.unsqueeze(0).expand(3, -1, -1), step_mask, tcache, cur)
-        past_hidden = hidden[:, -1:]
-        hiddens.append(past_hidden)
-        cur += 1
-        step += 1
-        nxt = sample_next_token(logits[:, -1], history[:, :n_ids], talker_params, suppress)
-        g0 = torch.where(unfinished, nxt, torch.full_like(nxt, eos))
-        history[:, n_ids] = g0
-        n_ids += 1
-        unfinished = unfinished & (g0 != eos)
-        bar.update(1)
-    bar.close()
-
-    if not frames:
-        empty_codes = torch.empty(0, groups, dtype=torch.long, device=device)
-        return [empty_codes for _ in range(bsz)], [hidden.new_empty(0, hidden.shape[-1]) for _ in range(bsz)]
-    codes_all = torch.stack(frames, dim=1)  # [B, F, G]
-    hidden_all = torch.cat(hiddens, dim=1)[:, :-1]  # the hidden that produced each frame's g0
-    # Upstream cuts at the config's EOS, not at an overriding eos_token_id (which only stops the loop).
-    is_eos = codes_all[:, :, 0] == tcfg.codec_eos_token_id
-    lengths = torch.where(is_eos.any(dim=1), is_eos.int().argmax(dim=1), torch.full_like(is_eos[:, 0], codes_all.shape[1], dtype=torch.long))
-    return ([codes_all[i, : int(n)] for i, n in enumerate(lengths)],
-            [hidden_all[i, : int(n)] for i, n in enumerate(lengths)])
+    try:
+        while bool(unfinished.any()) and n_ids < params.max_new_tokens:
+            e0 = talker.codec_embedding(g0[:, None])
+            codes = cp.generate_frame(past_hidden, e0, ccache, params.subtalker)
+            yield torch.cat([g0[:, None], codes], dim=1), past_hidden
+            step_embeds = [e0] + [cp.embed(k + 1, codes[:, k : k + 1]) for k in range(groups - 1)]
+            x = torch.cat(step_embeds, dim=1).sum(1, keepdim=True)
+            x = x + (trailing[:, step].unsqueeze(1) if step < trailing.shape[1] else tts_pad)
+            positions = (torch.full((bsz, 1), cur, device=device) - n_pads[:, None]).float()
+            step_mask = padding_mask_decode(full_mask[:, : cur + 1]) if padded else None
+            hidden, logits = talker.step(x, positions.unsqueeze(0).expand(3, -1, -1), step_mask, tcache, cur)
+            past_hidden = hidden[:, -1:]
+            cur += 1
+            step += 1
+            nxt = sample_next_token(logits[:, -1], history[:, :n_ids], talker_params, suppress)
+            g0 = torch.where(unfinished, nxt, torch.full_like(nxt, eos))
+            history[:, n_ids] = g0
+            n_ids += 1
+            unfinished = unfinished & (g0 != eos)
+            bar.update(1)
+    finally:
+        bar.close()
 
 
 def padding_mask_decode(mask_so_far: torch.Tensor) -> torch.Tensor:

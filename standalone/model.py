@@ -21,10 +21,11 @@ from .prompt import build_talker_prompt
 from .speaker_encoder import SpeakerEncoder
 from .speech_encoder import SpeechEncoder, load_speech_encoder
 from .talker import CodePredictor, Talker
+from .streaming import StreamingVoiceMethods
 from .voices import VoiceMethods
 
 
-class Qwen3TTS(VoiceMethods, nn.Module):
+class Qwen3TTS(StreamingVoiceMethods, VoiceMethods, nn.Module):
     def __init__(self, config: Qwen3TTSConfig):
         super().__init__()
         self.config = config
