@@ -151,11 +151,13 @@ def iter_frames(model, prompt: TalkerPrompt, params: GenerationParams, progress:
     # Upstream builds the suppression list from the config's EOS, even when eos_token_id is overridden.
     suppress = suppress_mask_for(tcfg.vocab_size, tcfg.codec_eos_token_id, device)
 
-    max_len = prompt_len + params.max_new_tokens
-    tcache = talker.decoder.new_cache(tcfg.transformer, bsz, max_len, dtype, device)
+    # Buffers start at most INITIAL_FRAMES long and grow as frames come (KVCache.grow, _grown), so a
+    # huge max_new_tokens ("until EOS", as upstream's dynamic cache allows) costs nothing up front.
+    capacity = min(params.max_new_tokens, INITIAL_FRAMES)
+    tcache = talker.decoder.new_cache(tcfg.transformer, bsz, prompt_len + capacity, dtype, device)
     ccache = cp.decoder.new_cache(tcfg.code_predictor.transformer, bsz, groups, dtype, device)
     padded = not bool(mask.all())
-    full_mask = torch.ones(bsz, max_len, dtype=torch.long, device=device)
+    full_mask = torch.ones(bsz, prompt_len + capacity, dtype=torch.long, device=device)
     full_mask[:, :prompt_len] = mask
     n_pads = (mask == 0).sum(dim=1)  # decode positions continue from the real (unpadded) length
 
@@ -163,7 +165,7 @@ def iter_frames(model, prompt: TalkerPrompt, params: GenerationParams, progress:
     hidden, logits = talker.step(x, mrope_positions(mask), padding_mask(mask) if padded else None, tcache, 0)
     past_hidden = hidden[:, -1:]
     # Group-0 ids so far (the repetition penalty's history), preallocated; a view is passed per step.
-    history = torch.empty(bsz, params.max_new_tokens, dtype=torch.long, device=device)
+    history = torch.empty(bsz, capacity, dtype=torch.long, device=device)
     g0 = sample_next_token(logits[:, -1], history[:, :0], talker_params, suppress)
     history[:, 0] = g0
     n_ids = 1
@@ -181,6 +183,8 @@ def iter_frames(model, prompt: TalkerPrompt, params: GenerationParams, progress:
             x = torch.cat(step_embeds, dim=1).sum(1, keepdim=True)
             x = x + (trailing[:, step].unsqueeze(1) if step < trailing.shape[1] else tts_pad)
             positions = (torch.full((bsz, 1), cur, device=device) - n_pads[:, None]).float()
+            if padded and cur + 1 > full_mask.shape[1]:
+                full_mask = _grown(full_mask, cur + 1, fill=1)
             step_mask = padding_mask_decode(full_mask[:, : cur + 1]) if padded else None
             hidden, logits = talker.step(x, positions.unsqueeze(0).expand(3, -1, -1), step_mask, tcache, cur)
             past_hidden = hidden[:, -1:]
@@ -188,12 +192,25 @@ def iter_frames(model, prompt: TalkerPrompt, params: GenerationParams, progress:
             step += 1
             nxt = sample_next_token(logits[:, -1], history[:, :n_ids], talker_params, suppress)
             g0 = torch.where(unfinished, nxt, torch.full_like(nxt, eos))
+            if n_ids == history.shape[1]:
+                history = _grown(history, n_ids + 1)
             history[:, n_ids] = g0
             n_ids += 1
             unfinished = unfinished & (g0 != eos)
             bar.update(1)
     finally:
         bar.close()
+
+
+INITIAL_FRAMES = 1024
+
+
+def _grown(t: torch.Tensor, needed: int, fill: int | None = None) -> torch.Tensor:
+    """``t`` [B, n] copied into a buffer of at least ``needed`` (and twice n) columns."""
+    out = t.new_empty(t.shape[0], max(needed, 2 * t.shape[1])) if fill is None else \
+        t.new_full((t.shape[0], max(needed, 2 * t.shape[1])), fill)
+    out[:, : t.shape[1]] = t
+    return out
 
 
 def padding_mask_decode(mask_so_far: torch.Tensor) -> torch.Tensor:
