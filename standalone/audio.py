@@ -63,12 +63,12 @@ def read_audio_file(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     return np.asarray(data, dtype=np.float32), int(sr)
 
 
-def _check_finite(wav: np.ndarray, what: str) -> None:
+def check_finite(wav: np.ndarray, what: str) -> None:
     if not np.isfinite(wav).all():
         raise ValueError(f"{what}: waveform has NaN or infinite samples")
 
 
-def _check_rate(sr: Any, what: str) -> int:
+def check_rate(sr: Any, what: str) -> int:
     try:
         rate = int(sr)
     except (TypeError, ValueError):
@@ -108,11 +108,11 @@ def normalize_inputs(audio: Any, sr: int | None, target_sr: int) -> list[np.ndar
         elif isinstance(item, tuple):
             if len(item) != 2 or _as_array(item[0]) is None:
                 raise ValueError(f"{what}: a tuple must be (waveform array, sample_rate)")
-            wav, rate = _as_array(item[0]), _check_rate(item[1], what)
+            wav, rate = _as_array(item[0]), check_rate(item[1], what)
         elif _as_array(item) is not None:
             if sr is None:
                 raise ValueError(f"{what}: a waveform array needs its sample rate: pass sr=... or (waveform, sr)")
-            wav, rate = _as_array(item), _check_rate(sr, what)
+            wav, rate = _as_array(item), check_rate(sr, what)
         else:
             raise ValueError(f"{what}: unsupported input type {type(item).__name__} (path, array or (array, sr))")
         if not np.issubdtype(wav.dtype, np.number) or np.issubdtype(wav.dtype, np.complexfloating):
@@ -123,6 +123,6 @@ def normalize_inputs(audio: Any, sr: int | None, target_sr: int) -> list[np.ndar
             raise ValueError(f"{what}: expected a waveform, got a {wav.ndim}-d array")
         if wav.shape[0] == 0:
             raise ValueError(f"{what}: waveform is empty")
-        _check_finite(wav, what)
+        check_finite(wav, what)
         out.append(resample(wav.astype(np.float32), rate, target_sr))
     return out

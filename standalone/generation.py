@@ -19,6 +19,7 @@ finished rows keep running (their g0 is EOS) so batch RNG consumption matches.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,6 +62,27 @@ class GenerateOptions:
     repetition_penalty: float = 1.05
     eos_token_id: int | None = None
 
+    def __post_init__(self) -> None:
+        """Every value checked by name, so a bad one is one error naming the argument (the same
+        ranges transformers' logits processors accept)."""
+        _check_int("max_new_tokens", self.max_new_tokens, minimum=1)
+        for prefix, sample in (("", "do_sample"), ("subtalker_", "subtalker_dosample")):
+            if not isinstance(getattr(self, sample), bool):
+                raise TypeError(f"{sample} must be True or False, got {getattr(self, sample)!r}")
+            if getattr(self, f"{prefix}top_k") is not None:
+                _check_int(f"{prefix}top_k", getattr(self, f"{prefix}top_k"), minimum=0)
+            top_p = _check_number(f"{prefix}top_p", getattr(self, f"{prefix}top_p"))
+            if top_p is not None and not 0.0 <= top_p <= 1.0:
+                raise ValueError(f"{prefix}top_p must be in [0, 1], got {top_p!r}")
+            temperature = _check_number(f"{prefix}temperature", getattr(self, f"{prefix}temperature"))
+            if getattr(self, sample) and temperature is not None and not temperature > 0:
+                raise ValueError(f"{prefix}temperature must be > 0 when sampling ({sample}=True), got {temperature!r}")
+        penalty = _check_number("repetition_penalty", self.repetition_penalty)
+        if penalty is None or not penalty > 0:
+            raise ValueError(f"repetition_penalty must be > 0 (1.0 = off), got {self.repetition_penalty!r}")
+        if self.eos_token_id is not None:
+            _check_int("eos_token_id", self.eos_token_id, minimum=0)
+
     @classmethod
     def from_kwargs(cls, kwargs: dict[str, Any]) -> "GenerateOptions":
         unknown = sorted(set(kwargs) - set(cls.__dataclass_fields__))
@@ -77,6 +99,23 @@ class GenerateOptions:
                                      top_p=self.subtalker_top_p, temperature=self.subtalker_temperature),
             eos_token_id=self.eos_token_id,
         )
+
+
+def _check_int(name: str, value, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+
+
+def _check_number(name: str, value) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return float(value)
 
 
 # Upstream's wrapper caps generation at 2048 frames when generation_config.json names no cap.

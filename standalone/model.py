@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .audio import check_finite, check_rate
 from .checkpoint import CheckpointError, check_sizes, load_state_dict
 from .direct_load import checkpoint_format, converted_checkpoint
 from .codec import CodecDecoder, load_codec
@@ -158,7 +159,10 @@ class Qwen3TTS(StreamingVoiceMethods, VoiceMethods, nn.Module):
         same torch RNG state the same codes. ``progress`` shows a bar over frames."""
         if input_ids is None:
             raise ValueError("generate: input_ids is required (one [1, L] tensor per batch item)")
-        params = GenerateOptions.from_kwargs(options).to_params()
+        opts = GenerateOptions.from_kwargs(options)
+        if opts.eos_token_id is not None and opts.eos_token_id >= self.config.talker.vocab_size:
+            raise ValueError(f"eos_token_id must be a codec id below {self.config.talker.vocab_size}, got {opts.eos_token_id}")
+        params = opts.to_params()
         prompt = build_talker_prompt(
             self, input_ids, instruct_ids, ref_ids, voice_clone_prompt, languages, speakers, non_streaming_mode
         )
@@ -173,16 +177,32 @@ class Qwen3TTS(StreamingVoiceMethods, VoiceMethods, nn.Module):
                 "only 'base' models can clone a voice"
             )
         sample_rate = self.config.speaker_encoder.sample_rate
-        if sr != sample_rate:
+        if check_rate(sr, "extract_speaker_embedding") != sample_rate:
             raise ValueError(f"extract_speaker_embedding: audio must be {sample_rate} Hz, got sr={sr}")
         wav = torch.as_tensor(np.asarray(audio)).float()
         if wav.dim() != 1:
             raise ValueError(f"extract_speaker_embedding: expected a 1-D mono waveform, got shape {tuple(wav.shape)}")
-        peak = float(wav.abs().max()) if wav.numel() else 0.0
+        if wav.numel() == 0:
+            raise ValueError("extract_speaker_embedding: waveform is empty")
+        check_finite(wav.numpy(), "extract_speaker_embedding")
+        shortest = min_speaker_samples(self.config.speaker_encoder)
+        if wav.numel() < shortest:
+            raise ValueError(f"extract_speaker_embedding: waveform too short ({wav.numel()} samples); the speaker "
+                             f"encoder needs at least {shortest} samples ({shortest / sample_rate * 1000:.0f} ms)")
+        peak = float(wav.abs().max())
         if peak > 1.0:
             warnings.warn(f"waveform exceeds [-1, 1] (peak {peak:.3f}); the speaker encoder expects normalised audio")
         mels = log_mel_spectrogram(wav[None].to(self.device), sr=sample_rate).transpose(1, 2)
         return self.speaker_encoder(mels.to(self.dtype))[0]
+
+
+def min_speaker_samples(cfg, n_fft: int = 1024, hop: int = 256) -> int:
+    """The shortest waveform the speaker encoder takes: its "same" reflect-padded convolutions
+    need more mel frames than their widest right padding, and the mel front end's reflect
+    padding needs more samples than (n_fft - hop) / 2."""
+    widest = max(-(-d * (k - 1) // 2) for k, d in zip(cfg.enc_kernel_sizes, cfg.enc_dilations))
+    frames = widest + 1
+    return max(n_fft - 2 * ((n_fft - hop) // 2) + hop * (frames - 1), (n_fft - hop) // 2 + 1)
 
 
 def resolve_checkpoint_dir(path: str | os.PathLike, revision: str | None = None, probe_timeout: float = 5.0) -> Path:

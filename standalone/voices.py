@@ -34,6 +34,29 @@ def _as_list(x) -> list:
     return x if isinstance(x, list) else [x]
 
 
+def _texts(name: str, value, allow_none: bool = False) -> list:
+    """A text or a list of texts, each checked: a str, not empty or whitespace only, valid
+    Unicode (a lone surrogate cannot be tokenized). Control characters and NUL are tokenized as
+    upstream tokenizes them."""
+    items = value if isinstance(value, list) else [value]
+    if not items:
+        raise ValueError(f"{name} is an empty list")
+    for i, t in enumerate(items):
+        where = f"{name}[{i}]" if isinstance(value, list) else name
+        if t is None and allow_none:
+            continue
+        if not isinstance(t, str):
+            raise TypeError(f"{where} must be a str, got {type(t).__name__}")
+        if not t.strip():
+            raise ValueError(f"{where} is empty or whitespace only; there is nothing to say")
+        try:
+            t.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ValueError(f"{where} is not valid Unicode ({e.reason} at position {e.start}: "
+                             f"{t[e.start]!r})") from None
+    return items
+
+
 def _broadcast(name: str, values: list, n: int) -> list:
     if len(values) == 1 and n > 1:
         return values * n
@@ -101,7 +124,7 @@ class VoiceMethods:
     def generate_custom_voice(self, text, speaker, language=None, instruct=None, non_streaming_mode: bool = True,
                               return_codes: bool = False, **kwargs):
         self._require_type("custom_voice", "generate_custom_voice")
-        texts = _as_list(text)
+        texts = _texts("text", text)
         n = len(texts)
         languages = self._languages(language, n)
         speakers = _broadcast("speakers", _as_list(speaker), n)
@@ -123,10 +146,10 @@ class VoiceMethods:
     def generate_voice_design(self, text, instruct, language=None, non_streaming_mode: bool = True,
                               return_codes: bool = False, **kwargs):
         self._require_type("voice_design", "generate_voice_design")
-        texts = _as_list(text)
+        texts = _texts("text", text)
         n = len(texts)
         languages = self._languages(language, n)
-        instructs = _broadcast("instructs", _as_list(instruct), n)
+        instructs = _broadcast("instructs", _texts("instruct", instruct), n)
         codes, _ = self.generate(
             input_ids=[self._tokenize(TextTokenizer.assistant_text(t)) for t in texts],
             instruct_ids=self._instruct_ids(instructs), languages=languages,
@@ -180,7 +203,7 @@ class VoiceMethods:
                              voice_clone_prompt=None, non_streaming_mode: bool = False, ref_code=None,
                              return_codes: bool = False, **kwargs):
         self._require_type("base", "generate_voice_clone")
-        texts = _as_list(text)
+        texts = _texts("text", text)
         n = len(texts)
         languages = self._languages(language, n)
         if voice_clone_prompt is None:
