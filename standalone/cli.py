@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from .cli_common import no_convert_option
+from .cli_common import exit_code_for, no_convert_option
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -104,11 +104,11 @@ def synthesize(model_dir, text, out_path, speaker, instruct, ref_audio, ref_text
             tmp = out.with_name(f".{out.name}.partial.wav")
             sf.write(str(tmp), wavs[0], sr)
             tmp.replace(out)  # never a half-written wav at --out
-    except (ValueError, OSError) as e:
+    except (ValueError, TypeError, OSError) as e:
         if debug:
             raise
         click.echo(f"q3tts: error: {e}", err=True)
-        sys.exit(1)
+        sys.exit(exit_code_for(e))
     click.echo(f"wrote {out_path} ({n_samples / sr:.2f} s at {sr} Hz)", err=out_path == "-")
 
 
@@ -149,11 +149,11 @@ def encode(inputs, model_dir, out_dir, dtype, progress, no_convert, debug) -> No
             tmp = target.with_name(f".{target.name}.partial.npy")
             np.save(tmp, codes)
             tmp.replace(target)  # never a half-written .npy
-    except (ValueError, OSError) as e:
+    except (ValueError, TypeError, OSError) as e:
         if debug:
             raise
         click.echo(f"q3tts: error: {e}", err=True)
-        sys.exit(1)
+        sys.exit(exit_code_for(e))
     click.echo(f"wrote {len(inputs)} code file(s) to {out}")
 
 

@@ -8,3 +8,14 @@ no_convert_option = click.option(
     "--no-convert", "no_convert", is_flag=True,
     help="Refuse an upstream checkpoint instead of converting it once into the conversion cache ($Q3TTS_CACHE).",
 )
+
+
+def exit_code_for(error: BaseException) -> int:
+    """2 for a usage error (a bad option value or combination: ValueError/TypeError), 1 when an
+    input cannot be used (a file, a checkpoint: OSError, CheckpointError, ConfigError)."""
+    from .checkpoint import CheckpointError
+    from .config import ConfigError
+
+    if isinstance(error, (OSError, CheckpointError, ConfigError)):
+        return 1
+    return 2
