@@ -152,6 +152,7 @@ def run(src, standalone_dir, dtype_names, seeds, frames, report_dir: Path, gener
 
 def run_self_test(report_dir: Path, dtype_names=("fp32",)) -> bool:
     import json
+    import re
 
     import torch
 
@@ -196,9 +197,10 @@ def run_self_test(report_dir: Path, dtype_names=("fp32",)) -> bool:
            "", "| fault | planted bug | dtype | caught | failing components | failing cases | first bad layer / sampler |",
            "|---|---|---|---|---|---|---|"]
     for dn, r in rows:
-        gen = [c.removeprefix("generation.") for c in r.failing_cases if c.startswith("generation.")]
-        where = ", ".join(r.reported_layers) or (", ".join(sorted({c.split(".")[-2] if c.endswith(("seed0", "seed1"))
-                                                                    else c.split(".")[-1] for c in gen})) or "-")
+        # Layer faults: the first bad layer; generation faults: the modes of the failing cases.
+        modes = sorted({re.sub(r"\.seed\d+$", "", c).rsplit(".", 1)[-1] for c in r.failing_cases
+                        if c.startswith("generation.")})
+        where = ", ".join(r.reported_layers) or ("modes: " + ", ".join(modes) if modes else "-")
         md.append(f"| {r.fault} | {r.description} | {dn} | {'yes' if r.ok else 'NO'} | {', '.join(r.failing_components)} | "
                   f"{len(r.failing_cases)} | {where} |")
     (report_dir / "faults.md").write_text("\n".join(md) + "\n")

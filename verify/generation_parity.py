@@ -218,9 +218,12 @@ GREEDY = dict(do_sample=False, subtalker_dosample=False)
 # ids. In each mode below the talker and the code predictor get different values, and the knob
 # the mode is named for decides which id a seeded draw picks on the tiny fixtures (measured by
 # the knob-sensitivity table, verify/sensitivity.py).
-SPLIT_TOP_K = dict(do_sample=True, temperature=1.5, top_k=4, top_p=1.0, subtalker_dosample=True,
-                   subtalker_temperature=0.8, subtalker_top_k=3, subtalker_top_p=1.0, repetition_penalty=1.05)
-SPLIT_DO_SAMPLE = dict(do_sample=True, temperature=1.3, top_k=6, top_p=0.9, subtalker_dosample=False,
+# torch.multinomial draws one id as argmax(p_i / E_i) over fresh exponentials E_i, so a filter
+# changes a draw only when an id it removes (or adds) would have won: hot distributions cut to a
+# few ids make the cut ids win often.
+SPLIT_TOP_K = dict(do_sample=True, temperature=2.5, top_k=3, top_p=1.0, subtalker_dosample=True,
+                   subtalker_temperature=1.2, subtalker_top_k=2, subtalker_top_p=1.0, repetition_penalty=1.05)
+SPLIT_DO_SAMPLE = dict(do_sample=True, temperature=2.0, top_k=0, top_p=0.6, subtalker_dosample=False,
                        subtalker_temperature=1.7, subtalker_top_k=5, subtalker_top_p=0.8, repetition_penalty=1.3)
 # top_p is set per case by calibrate_top_p_boundary (below); the code predictor's is fixed.
 TOP_P_BOUNDARY = dict(do_sample=True, temperature=1.2, top_k=0, top_p=None, subtalker_dosample=True,
@@ -238,8 +241,8 @@ MODE_KNOBS = {
     "greedy": "greedy talker and code predictor (argmax, EOS blocking, suppression, penalty)",
     "sampled": "the checkpoint defaults: temperature 0.9, top_k 50, penalty 1.05 (both samplers alike)",
     "sampled_top_p": "top_p 0.9 and temperature 2.0 on both samplers, no top_k",
-    "split_top_k": "top_k 4 (talker) / 3 (code predictor), temperature 1.5 / 0.8",
-    "split_do_sample": "talker sampling (temperature 1.3, top_k 6, top_p 0.9, penalty 1.3), code predictor greedy",
+    "split_top_k": "top_k 3 (talker) / 2 (code predictor), temperature 2.5 / 1.2",
+    "split_do_sample": "talker sampling (temperature 2.0, top_p 0.6, penalty 1.3), code predictor greedy",
     "top_p_boundary": "talker top_p exactly on a cumulative-mass boundary of its first draw (<= vs <), "
                       "temperature 1.2 / 1.8, code-predictor top_p 0.8",
     "hot_penalty": "temperature 3.0 / 2.2, no top_k/top_p, repetition penalty 3.0 (negative logits penalised)",

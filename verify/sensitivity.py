@@ -30,11 +30,10 @@ from .faults import constrain_variant, generation_params_variant, patch_target, 
 from .generation_parity import CASES, first_divergence
 from .suite import generation_case_name, generation_plans, run_standalone_generation, upstream_generation
 
-# The plans measured: every plan of these cases at the first seed (the sampler regimes, the EOS
-# cases and one left-padded batch per model type).
+# The plans measured: the plans of these cases at the first seed (the sampler regimes, the EOS
+# cases and one left-padded batch per model type); of the batches only the sampler regimes.
 SENSITIVITY_CASES = ("plain.streaming", "custom_voice.english", "voice_design.instruct", "clone.icl.streaming",
-                     "eos.first_step", "eos.second_draw", "eos.third_draw",
-                     "batch.custom_voice", "batch.voice_design", "batch.clone")
+                     "eos.second_draw", "eos.third_draw", "batch.custom_voice", "batch.voice_design", "batch.clone")
 
 STEP = 0.05  # temperatures and the penalty: 5% of their usual values
 TOP_P_STEP = 0.02
@@ -76,11 +75,13 @@ def _min_new_tokens(delta: int):
     return generation_params_variant(lambda p: dataclasses.replace(p, min_new_tokens=p.min_new_tokens + delta))
 
 
-def _branch_penalty(negative: bool):
-    """The penalty moved by STEP in one branch only: s < 0 -> s * (p + STEP), or s > 0 -> s / (p + STEP)."""
+def _branch_off(negative: bool):
+    """One branch of the penalty not taken (s < 0 left as s, or s > 0 left as s). A 5% change of
+    the s < 0 branch alone changes at most 1 of 12 plans on the fixtures: penalised ids with
+    negative logits rarely win a draw, and moving them by 5% of their logit rarely makes them."""
     if negative:
-        return constrain_variant(negative=lambda s, p: s * (p + STEP))
-    return constrain_variant(positive=lambda s, p: s / (p + STEP))
+        return constrain_variant(negative=lambda s, p: s)
+    return constrain_variant(positive=lambda s, p: s)
 
 
 _GEN = "q3tts.standalone.generation"
@@ -104,10 +105,10 @@ PERTURBATIONS: tuple[Perturbation, ...] = (
                  _set(subtalker_dosample=lambda kw: not _subtalker_samples(kw))),
     Perturbation("repetition_penalty", f"+{STEP}", _penalised,
                  _set(repetition_penalty=lambda kw: kw.get("repetition_penalty", 1.05) + STEP)),
-    Perturbation("repetition_penalty (s<0: s*p)", f"p+{STEP}", _penalised,
-                 seam=(f"{_SAMPLING}.constrain_logits", _branch_penalty(negative=True))),
-    Perturbation("repetition_penalty (s>0: s/p)", f"p+{STEP}", _penalised,
-                 seam=(f"{_SAMPLING}.constrain_logits", _branch_penalty(negative=False))),
+    Perturbation("repetition_penalty (s<0: s*p)", "branch off", _penalised,
+                 seam=(f"{_SAMPLING}.constrain_logits", _branch_off(negative=True))),
+    Perturbation("repetition_penalty (s>0: s/p)", "branch off", _penalised,
+                 seam=(f"{_SAMPLING}.constrain_logits", _branch_off(negative=False))),
     Perturbation("min_new_tokens", "+1", lambda kw: True, seam=(f"{_GEN}.generate_codes", _min_new_tokens(+1))),
     Perturbation("min_new_tokens", "-1", lambda kw: True, seam=(f"{_GEN}.generate_codes", _min_new_tokens(-1))),
     Perturbation("EOS suppression range", "start -1 id", lambda kw: True,
@@ -119,7 +120,8 @@ PERTURBATIONS: tuple[Perturbation, ...] = (
 
 def sensitivity_plans(model_type: str, seeds: list[int]) -> list[tuple[Any, str, int]]:
     return [(case, mode, seed) for case in CASES if model_type in case.model_types and case.name in SENSITIVITY_CASES
-            for mode, seed in generation_plans(case, seeds) if seed == seeds[0]]
+            for mode, seed in generation_plans(case, seeds)
+            if seed == seeds[0] and not (case.name.startswith("batch.") and mode in ("greedy", "sampled"))]
 
 
 def knob_sensitivity(wrapper, standalone, model_type: str, dtype: torch.dtype, seeds: list[int], frames: int,
@@ -135,6 +137,10 @@ def knob_sensitivity(wrapper, standalone, model_type: str, dtype: torch.dtype, s
         if error:
             raise RuntimeError(f"knob sensitivity: {generation_case_name(case, mode, seed)} fails unperturbed: {error}")
         plans.append((generation_case_name(case, mode, seed), st_kwargs, sampling, rng_seed, codes))
+    # A change must come from the perturbation: the unperturbed side reproduces itself.
+    name, st_kwargs, sampling, rng_seed, codes = plans[-1]
+    if first_divergence(codes, run_standalone_generation(standalone, st_kwargs, sampling, rng_seed)[0]) is not None:
+        raise RuntimeError(f"knob sensitivity: {name} is not reproducible from its seed")
     rows = []
     for p in PERTURBATIONS:
         applicable, changed = 0, []
