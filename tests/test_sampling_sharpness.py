@@ -33,8 +33,8 @@ def test_every_fault_target_resolves(checkpoints):
     models = {mt: Qwen3TTS.from_pretrained(checkpoints[mt][1]) for mt in MODEL_TYPES}
     for fault in CATALOGUE:
         for target, _ in fault.seams():
-            owner, attr, value = resolve_target(target, models[fault.model_type])
-            assert value is getattr(owner, attr)
+            owner, attr, _ = resolve_target(target, models[fault.model_type])
+            assert hasattr(owner, attr)
     for p in PERTURBATIONS:
         if p.seam:
             resolve_target(p.seam[0])

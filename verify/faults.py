@@ -467,8 +467,12 @@ def run_fault(fault: Fault, wrapper, standalone, seeds: list[int], frames: int, 
               dtype: torch.dtype = torch.float32) -> FaultResult:
     from .suite import run_suite
 
+    # Codes -> audio does not depend on the LM side and generation does not use the codec: a codec
+    # fault runs forwards and audio, every other fault forwards and generation.
+    codec = fault.component == "codec"
     with fault.inject(standalone):
-        results = run_suite(wrapper, standalone, standalone.config.tts_model_type, dtype, seeds, frames, cache_key)
+        results = run_suite(wrapper, standalone, standalone.config.tts_model_type, dtype, seeds, frames, cache_key,
+                            generation=not codec, audio=codec)
     failed = [r for r in results if not r.passed]
     components = sorted({r.component for r in failed})
     layers = [r.first_bad_layer for r in failed if r.kind == "forward" and r.first_bad_layer]

@@ -147,12 +147,26 @@ def _batch_clone(ctx):
                 voice_clone_prompt=(up, st), non_streaming_mode=False)
 
 
+_UPSTREAM_MEMO: dict = {}
+
+
+def _upstream_once(ctx, key, compute):
+    """An upstream-only value a case needs (deterministic per model), computed once."""
+    key = (id(ctx.wrapper.model), ctx.seed) + key
+    if key not in _UPSTREAM_MEMO:
+        _UPSTREAM_MEMO[key] = compute()
+    return _UPSTREAM_MEMO[key]
+
+
 def _eos_first_step(ctx):
     """EOS moved to the code greedy decoding picks first: only min_new_tokens keeps the run going,
     so the case fails if EOS is not blocked for the first two steps."""
     base = _plain(ctx, False)
-    codes, _ = ctx.wrapper.model.generate(**base, do_sample=False, subtalker_dosample=False, max_new_tokens=2)
-    return dict(base, eos_token_id=int(codes[0][0, 0]))
+
+    def first_code():
+        codes, _ = ctx.wrapper.model.generate(**base, do_sample=False, subtalker_dosample=False, max_new_tokens=2)
+        return int(codes[0][0, 0])
+    return dict(base, eos_token_id=_upstream_once(ctx, ("eos.first_step",), first_code))
 
 
 def _eos_at_draw(n: int):
@@ -162,14 +176,17 @@ def _eos_at_draw(n: int):
     it when it is one too large (n = 2)."""
     def build(ctx):
         base = _plain(ctx, False)
-        never = ctx.standalone.config.talker.vocab_size - 1  # a suppressed id: the run cannot stop
-        codes, _ = ctx.wrapper.model.generate(**base, do_sample=False, subtalker_dosample=False,
-                                              max_new_tokens=n + 2, eos_token_id=never)
-        drawn = codes[0][:, 0]
-        # The output is cut at the config's EOS: when it is shorter, draw n (or an earlier one)
-        # was the config's EOS, which then is the case's EOS too.
-        eos = int(drawn[n]) if drawn.shape[0] > n else ctx.standalone.config.talker.codec_eos_token_id
-        return dict(base, eos_token_id=eos)
+        cfg = ctx.wrapper.model.config.talker_config
+
+        def greedy_code():
+            never = cfg.vocab_size - 1  # a suppressed id: the run cannot stop
+            codes, _ = ctx.wrapper.model.generate(**base, do_sample=False, subtalker_dosample=False,
+                                                  max_new_tokens=n + 2, eos_token_id=never)
+            drawn = codes[0][:, 0]
+            # The output is cut at the config's EOS: when it is shorter, draw n (or an earlier
+            # one) was the config's EOS, which then is the case's EOS too.
+            return int(drawn[n]) if drawn.shape[0] > n else cfg.codec_eos_token_id
+        return dict(base, eos_token_id=_upstream_once(ctx, ("eos.draw", n), greedy_code))
     return build
 
 
