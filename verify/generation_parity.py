@@ -8,6 +8,7 @@ both sides from the same torch seed, and compares the codes frame by frame.
 from __future__ import annotations
 
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -147,15 +148,16 @@ def _batch_clone(ctx):
                 voice_clone_prompt=(up, st), non_streaming_mode=False)
 
 
-_UPSTREAM_MEMO: dict = {}
+_UPSTREAM_MEMO: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def _upstream_once(ctx, key, compute):
-    """An upstream-only value a case needs (deterministic per model), computed once."""
-    key = (id(ctx.wrapper.model), ctx.seed) + key
-    if key not in _UPSTREAM_MEMO:
-        _UPSTREAM_MEMO[key] = compute()
-    return _UPSTREAM_MEMO[key]
+    """An upstream-only value a case needs (deterministic per loaded model), computed once."""
+    memo = _UPSTREAM_MEMO.setdefault(ctx.wrapper.model, {})
+    key = (ctx.seed,) + key
+    if key not in memo:
+        memo[key] = compute()
+    return memo[key]
 
 
 def _eos_first_step(ctx):
