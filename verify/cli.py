@@ -37,9 +37,11 @@ DTYPE_CHOICES = ("fp32", "bf16")
 @click.option("--self-test", is_flag=True,
               help="Plant each fault of the catalogue in the standalone side of the tiny fixtures and check that "
                    "the suite catches it and names the right component and layer (in each --dtype).")
+@click.option("--faults", "fault_names", default=None, metavar="NAMES",
+              help="With --self-test: only these comma-separated faults (default: the whole catalogue).")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def main(src, standalone_dir, dtypes, seeds, frames, report_dir, no_generation, sensitivity, against, reuse_torch,
-         self_test, debug) -> None:
+         self_test, fault_names, debug) -> None:
     """Compare upstream qwen-tts and the standalone model on SRC (an upstream checkpoint directory or
     hub id). Without SRC, builds tiny random checkpoints of all three model types (the embedded
     default). Exits 0 only when every case passes."""
@@ -49,7 +51,8 @@ def main(src, standalone_dir, dtypes, seeds, frames, report_dir, no_generation, 
         if not seed_list:
             raise click.BadParameter("at least one seed", param_hint="--seeds")
         if self_test:
-            ok = run_self_test(Path(report_dir), dtypes or DTYPE_CHOICES)
+            names = [n.strip() for n in fault_names.split(",") if n.strip()] if fault_names else None
+            ok = run_self_test(Path(report_dir), dtypes or DTYPE_CHOICES, names)
         elif against:
             from .gate import run_gate
 
@@ -150,7 +153,7 @@ def run(src, standalone_dir, dtype_names, seeds, frames, report_dir: Path, gener
         return report["verdict"] == "PASS"
 
 
-def run_self_test(report_dir: Path, dtype_names=("fp32",)) -> bool:
+def run_self_test(report_dir: Path, dtype_names=("fp32",), fault_names: list[str] | None = None) -> bool:
     import json
     import re
 
@@ -164,11 +167,19 @@ def run_self_test(report_dir: Path, dtype_names=("fp32",)) -> bool:
     from .fixtures import MODEL_TYPES, write_upstream_checkpoint
     from .forward_parity import load_upstream_wrapper
 
+    catalogue = CATALOGUE
+    if fault_names:
+        unknown = sorted(set(fault_names) - {f.name for f in CATALOGUE})
+        if unknown:
+            raise click.BadParameter(f"unknown fault(s) {unknown}", param_hint="--faults")
+        catalogue = tuple(f for f in CATALOGUE if f.name in fault_names)
     rows = []
     with tempfile.TemporaryDirectory(prefix="verify-selftest-") as work:
         work = Path(work)
         dirs = {}
         for i, mt in enumerate(MODEL_TYPES):
+            if not any(f.model_type == mt for f in catalogue):
+                continue
             up = write_upstream_checkpoint(work / f"up-{mt}", mt, seed=10 + i)
             convert_checkpoint(up, work / f"st-{mt}")
             dirs[mt] = (up, work / f"st-{mt}")
@@ -176,7 +187,7 @@ def run_self_test(report_dir: Path, dtype_names=("fp32",)) -> bool:
             dtype = DTYPES[dn]
             pairs = {mt: (load_upstream_wrapper(up, dtype), Qwen3TTS.from_pretrained(st, dtype=dtype))
                      for mt, (up, st) in dirs.items()}
-            for fault in CATALOGUE:
+            for fault in catalogue:
                 wrapper, standalone = pairs[fault.model_type]
                 r = run_fault(fault, wrapper, standalone, seeds=[0], frames=12,
                               cache_key=f"selftest-{fault.model_type}", dtype=dtype)
