@@ -6,14 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from q3tts.verify.compare import AUDIO_TOLERANCES
+from q3tts.verify.compare import AUDIO_TOLERANCES, snr_db
 
 pytestmark = pytest.mark.reference  # drives upstream qwen-tts
-
-
-def snr_db(ref: np.ndarray, got: np.ndarray) -> float:
-    noise = float(np.sum((ref.astype(np.float64) - got) ** 2))
-    return float("inf") if noise == 0 else 10 * np.log10(float(np.sum(ref.astype(np.float64) ** 2)) / noise)
 
 
 # 71/72/80 frames straddle the transformer's 72-frame sliding window; 299-301 and 625 cross the

@@ -6,14 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from q3tts.verify.faults import CATALOGUE, run_fault
+from q3tts.verify.faults import CATALOGUE, SAMPLER_FAULTS, run_fault
 from q3tts.verify.suite import run_suite
 
 pytestmark = pytest.mark.reference  # drives upstream qwen-tts
 
 
 def test_catalogue_is_broad():
-    assert len(CATALOGUE) >= 15
+    assert len(CATALOGUE) >= 29 and len(SAMPLER_FAULTS) >= 8
     assert len({f.name for f in CATALOGUE}) == len(CATALOGUE)
     assert {f.component for f in CATALOGUE} >= {"talker", "code_predictor", "speaker_encoder", "text_projection",
                                                 "generation", "codec"}

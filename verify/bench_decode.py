@@ -23,6 +23,7 @@ from q3tts.standalone.layout import codec_plan, convert_tensors
 from q3tts.standalone.codec import CodecConfig, CodecDecoder
 
 from .bench_generation import environment
+from .compare import audio_diff
 from .fixtures import randomize_, tiny_speech_tokenizer_config
 from .released import released_speech_tokenizer_config
 
@@ -41,11 +42,6 @@ def build_codecs(config: dict, seed: int = 0):
     return up, st.eval(), cfg
 
 
-def snr_db(ref: np.ndarray, got: np.ndarray) -> float:
-    noise = float(np.sum((ref.astype(np.float64) - got) ** 2))
-    return float("inf") if noise == 0 else float(10 * np.log10(np.sum(ref.astype(np.float64) ** 2) / noise))
-
-
 def bench(name: str, config: dict, lengths: list[int], repeats: int) -> dict:
     up, st, cfg = build_codecs(config)
     rows = []
@@ -61,10 +57,11 @@ def bench(name: str, config: dict, lengths: list[int], repeats: int) -> dict:
                 t0 = time.perf_counter()
                 got = st.decode([codes])[0]
                 t_st.append(time.perf_counter() - t0)
+        max_abs, snr = audio_diff(ref, got)
         seconds_audio = frames * cfg.decode_upsample_rate / cfg.output_sample_rate
         rows.append({
-            "frames": frames, "audio_seconds": seconds_audio, "max_abs_diff": float(np.abs(ref - got).max()),
-            "snr_db": snr_db(ref, got), "rms": float(np.sqrt(np.mean(ref**2))),
+            "frames": frames, "audio_seconds": seconds_audio, "max_abs_diff": max_abs,
+            "snr_db": snr, "rms": float(np.sqrt(np.mean(ref**2))),
             "upstream_seconds": min(t_up), "standalone_seconds": min(t_st),
             "upstream_rtf": min(t_up) / seconds_audio, "standalone_rtf": min(t_st) / seconds_audio,
         })

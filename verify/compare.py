@@ -21,6 +21,7 @@ import contextlib
 from dataclasses import asdict, dataclass
 from typing import Iterator, Sequence
 
+import numpy as np
 import torch
 
 
@@ -48,6 +49,20 @@ AUDIO_TOLERANCES: dict[torch.dtype, tuple[float, float]] = {  # (max abs, min SN
     torch.float32: (1e-4, 80.0),
     torch.bfloat16: (2e-2, 40.0),
 }
+
+def snr_db(ref, got) -> float:
+    """Signal-to-noise ratio of ``got`` against ``ref`` in dB (float64 sums; inf when equal).
+    The one SNR of the project: audio parity, the decode benchmark and the codec tests use it."""
+    r = np.asarray(ref, dtype=np.float64)
+    noise = float(np.sum((r - np.asarray(got, dtype=np.float64)) ** 2))
+    return float("inf") if noise == 0 else float(10 * np.log10(float(np.sum(r**2)) / noise))
+
+
+def audio_diff(ref, got) -> tuple[float, float]:
+    """(max abs difference, SNR dB) of two waveforms of the same shape."""
+    r, g = np.asarray(ref, dtype=np.float64), np.asarray(got, dtype=np.float64)
+    return (float(np.abs(r - g).max()) if r.size else 0.0), snr_db(r, g)
+
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}

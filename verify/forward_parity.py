@@ -5,7 +5,8 @@ Cases (each side computes from its own weights; only integer ids, codes and the 
 - talker.prefill.hidden/logits: talker over T(text ids) + C(codec ids), all-ones attention mask
 - talker.padded.hidden/logits:  a left-padded batch, compared on the real positions only
 - code_predictor.group{k}:    teacher-forced code-predictor logits of every residual group
-- speaker_encoder.mel / speaker_encoder.embedding (base models only): from a waveform
+- speaker_encoder.mel / speaker_encoder.embedding (base models only): from a waveform; the
+  embedding case also holds every block's output to the tolerance
 
 When a case fails, the first decoder layer whose output exceeds tolerance is named (forward
 hooks on both sides).
@@ -45,13 +46,18 @@ class ParityInputs:
 
 
 def speech_like_waveform(seed: int, seconds: float = 1.0, sr: int = 24000) -> np.ndarray:
-    """Deterministic harmonic tone with vibrato and noise, peak about 0.6: exercises every mel bin."""
+    """Deterministic harmonic tone with vibrato and a little noise, peak about 0.6.
+
+    The harmonics reach 6 kHz and the noise floor sits 40 dB down so that every Res2Net branch of
+    the fixture speaker encoder has live ReLU channels: with 11 harmonics (1.7 kHz) and a -30 dB
+    floor, branch 3 of block 1 fired in 4% of the frames and a 0.1% perturbation of its bias went
+    unseen (tests/test_speaker_encoder_sharpness.py)."""
     rng = np.random.default_rng(seed)
     t = np.arange(int(seconds * sr)) / sr
     f0 = 140 + 30 * np.sin(2 * math.pi * 3 * t)
     phase = 2 * math.pi * np.cumsum(f0) / sr
-    wav = sum((0.3 / k) * np.sin(k * phase + rng.uniform(0, 2 * math.pi)) for k in range(1, 12))
-    wav = wav * (0.6 + 0.4 * np.sin(2 * math.pi * 2 * t)) + 0.02 * rng.standard_normal(t.shape)
+    wav = sum((0.3 / k) * np.sin(k * phase + rng.uniform(0, 2 * math.pi)) for k in range(1, 43))
+    wav = wav * (0.6 + 0.4 * np.sin(2 * math.pi * 2 * t)) + 0.005 * rng.standard_normal(t.shape)
     return (0.6 * wav / np.abs(wav).max()).astype(np.float32)
 
 
@@ -146,11 +152,19 @@ def run_forward_cases(upstream, standalone: Qwen3TTS, dtype: torch.dtype, seed: 
         with capture_outputs(list(standalone.speaker_encoder.blocks)) as st_cap:
             got = standalone.extract_speaker_embedding(inp.waveform, 24000)
         c = compare("speaker_encoder.embedding", ref, got, dtype)
-        if not c.passed:
-            c.first_bad_layer = first_divergent_layer(
-                [f"speaker_encoder.blocks.{i}" for i in range(len(up_blocks))],
-                [x[0] for x in up_cap], [x[0] for x in st_cap], dtype,
-            ) or "speaker_encoder.mfa/asp/fc"
+        # The block outputs are compared too: attentive pooling and the final projection
+        # attenuate some Res2Net branches so much that a 0.1% change of one reaches the x-vector
+        # below the fp32 bound (measured: 4.8e-6 for block 2, branch 0), while the block's own
+        # output moves by orders of magnitude more.
+        bad_block = first_divergent_layer(
+            [f"speaker_encoder.blocks.{i}" for i in range(len(up_blocks))],
+            [x[0] for x in up_cap], [x[0] for x in st_cap], dtype,
+        )
+        if not c.passed or bad_block:
+            c.passed = False
+            c.first_bad_layer = bad_block or "speaker_encoder.mfa/asp/fc"
+            if bad_block and not c.note:
+                c.note = f"{bad_block} output over tolerance"
         results.append(c)
     return results
 

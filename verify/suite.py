@@ -5,8 +5,11 @@ Cases and their components:
   code_predictor.group{k}, speaker_encoder.{mel,embedding}; compared with per-dtype tolerances,
   and a failing case names the first layer that exceeds tolerance.
 - generation (component "generation"): every voice mode the checkpoint's type offers, greedy and
-  seeded sampling (per seed), left-padded batches; codes must be identical, else the first
-  diverging (item, frame, group) is reported.
+  seeded sampling (per seed), left-padded batches, and for one case per voice mode the sampler
+  regimes (generation_parity.SAMPLER_MODES: talker and code predictor with different parameters,
+  cutting top-k, top-p on an exact boundary, hot sampling with a strong penalty); codes must be
+  identical, else the first diverging (item, frame, group) and the sampler that drew it are
+  reported.
 - audio (component "codec"): codes -> waveform for clips below and across the 300-frame chunk.
 
 Upstream's generation and audio outputs do not depend on the standalone side, so they are cached
@@ -22,9 +25,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from .compare import AUDIO_TOLERANCES, DTYPE_NAMES, capture_outputs, compare, first_divergent_layer
+from .compare import AUDIO_TOLERANCES, DTYPE_NAMES, audio_diff, capture_outputs, compare, first_divergent_layer
 from .forward_parity import run_forward_cases
-from .generation_parity import CASES, MODES, CaseContext, first_divergence
+from .generation_parity import (
+    CASES, MODE_KNOBS, SAMPLER_MODES, Case, CaseContext, diverging_sampler, first_divergence, mode_kwargs, split_sides,
+)
 
 
 @dataclass
@@ -92,43 +97,80 @@ def mrope_case(upstream, standalone, dtype, seed):
     return c
 
 
+# Cases that also run the sampler regimes (one per voice mode and model type; single items, so
+# the top-p boundary can be calibrated on the first draw).
+SAMPLER_CASES = ("plain.streaming", "custom_voice.english", "voice_design.instruct", "clone.icl.streaming")
+# Left-padded batches also run the uncalibrated regimes: three rows draw three times as often.
+BATCH_SAMPLER_CASES = ("batch.custom_voice", "batch.voice_design", "batch.clone")
+BATCH_SAMPLER_MODES = ("split_top_k", "hot_penalty")
+
+
+def generation_plans(case: Case, seeds: list[int]) -> list[tuple[str, int]]:
+    """(mode, seed) pairs a case runs: greedy, the default sampling per seed and, for the
+    sampler cases, top-p and the sampler regimes (first seed; batches the uncalibrated ones)."""
+    plans = [("greedy", seeds[0])] + [("sampled", s) for s in seeds]
+    if case.name in SAMPLER_CASES:
+        plans += [("sampled_top_p", seeds[0])] + [(m, seeds[0]) for m in SAMPLER_MODES]
+    if case.name in BATCH_SAMPLER_CASES:
+        plans += [(m, seeds[0]) for m in BATCH_SAMPLER_MODES]
+    return plans
+
+
+def generation_case_name(case: Case, mode: str, seed: int) -> str:
+    return f"generation.{case.name}.{mode}" + (f".seed{seed}" if mode != "greedy" else "")
+
+
+def upstream_generation(wrapper, standalone, case: Case, mode: str, seed: int, frames: int, dname: str, cache_key: str):
+    """(upstream codes, seconds, standalone kwargs, sampling kwargs, RNG seed) of one plan;
+    upstream's part (and a calibrated mode's parameters, which come from upstream) cached."""
+    ctx = CaseContext(wrapper, standalone, seed=seed)
+    up_kwargs, st_kwargs = split_sides(case.build(ctx))
+    key = (cache_key, dname, case.name, mode, seed, frames)
+    if key not in _UPSTREAM_CACHE:
+        sampling, rng_seed = mode_kwargs(mode, ctx, up_kwargs)
+        sampling["max_new_tokens"] = frames + 1
+        torch.manual_seed(rng_seed)
+        t0 = time.perf_counter()
+        codes, _ = wrapper.model.generate(**up_kwargs, **sampling)
+        _UPSTREAM_CACHE[key] = (codes, time.perf_counter() - t0, sampling, rng_seed)
+    codes, seconds, sampling, rng_seed = _UPSTREAM_CACHE[key]
+    return codes, seconds, st_kwargs, dict(sampling), rng_seed
+
+
+def run_standalone_generation(standalone, st_kwargs: dict, sampling: dict, seed: int):
+    """(codes, error) of the standalone side from a fresh seed; an exception is an error string."""
+    torch.manual_seed(seed)
+    try:
+        codes, _ = standalone.generate(**st_kwargs, **sampling)
+        return codes, ""
+    except Exception as e:  # a broken standalone side is a failed case, not a crash
+        return [], f"{type(e).__name__}: {e}"
+
+
 def generation_results(wrapper, standalone, model_type, dtype, seeds, frames, cache_key) -> list[CaseResult]:
     out = []
     dname = DTYPE_NAMES[dtype]
     for case in [c for c in CASES if model_type in c.model_types]:
-        plans = [("greedy", seeds[0])] + [("sampled", s) for s in seeds]
-        if case.name in ("custom_voice.english", "voice_design.instruct", "clone.icl.streaming", "plain.streaming"):
-            plans.append(("sampled_top_p", seeds[0]))
-        for mode, seed in plans:
-            ctx = CaseContext(wrapper, standalone, seed=seed)
-            kwargs = case.build(ctx)
-            up_kwargs, st_kwargs = dict(kwargs), dict(kwargs)
-            if "voice_clone_prompt" in kwargs:
-                up_kwargs["voice_clone_prompt"], st_kwargs["voice_clone_prompt"] = kwargs["voice_clone_prompt"]
-            common = dict(MODES[mode], max_new_tokens=frames + 1)
-            key = (cache_key, dname, case.name, mode, seed, frames)
-            if key not in _UPSTREAM_CACHE:
-                torch.manual_seed(seed)
-                t0 = time.perf_counter()
-                codes, _ = wrapper.model.generate(**up_kwargs, **common)
-                _UPSTREAM_CACHE[key] = (codes, time.perf_counter() - t0)
-            up_codes, up_s = _UPSTREAM_CACHE[key]
-            torch.manual_seed(seed)
+        for mode, seed in generation_plans(case, seeds):
+            up_codes, up_s, st_kwargs, sampling, rng_seed = upstream_generation(
+                wrapper, standalone, case, mode, seed, frames, dname, cache_key)
             t0 = time.perf_counter()
-            try:
-                st_codes, _ = standalone.generate(**st_kwargs, **common)
-                error = ""
-            except Exception as e:  # a broken standalone side is a failed case, not a crash
-                st_codes, error = [], f"{type(e).__name__}: {e}"
+            st_codes, error = run_standalone_generation(standalone, st_kwargs, sampling, rng_seed)
             st_s = time.perf_counter() - t0
             div = first_divergence(up_codes, st_codes) if not error else (0, 0, -1)
+            note = error or case.description
+            if div is not None and not error:
+                # Name the sampler that drew the first differing id and the knobs this mode turns.
+                note = f"first diverging draw: {diverging_sampler(div[2])}; mode {mode}: {MODE_KNOBS[mode]}"
+            metrics = {"frames_upstream": [int(c.shape[0]) for c in up_codes],
+                       "frames_standalone": [int(c.shape[0]) for c in st_codes],
+                       "first_divergence": None if div is None else {"item": div[0], "frame": div[1], "group": div[2]}}
+            if mode == "top_p_boundary":
+                metrics.update(top_p=sampling["top_p"], rng_seed=rng_seed)
             out.append(CaseResult(
-                case=f"generation.{case.name}.{mode}" + (f".seed{seed}" if mode != "greedy" else ""),
-                component="generation", kind="generation", dtype=dname, passed=div is None and not error,
-                metrics={"frames_upstream": [int(c.shape[0]) for c in up_codes],
-                         "frames_standalone": [int(c.shape[0]) for c in st_codes],
-                         "first_divergence": None if div is None else {"item": div[0], "frame": div[1], "group": div[2]}},
-                note=error or case.description, seconds_upstream=up_s, seconds_standalone=st_s,
+                case=generation_case_name(case, mode, seed), component="generation", kind="generation", dtype=dname,
+                passed=div is None and not error, metrics=metrics, note=note,
+                seconds_upstream=up_s, seconds_standalone=st_s,
             ))
     return out
 
@@ -163,10 +205,7 @@ def audio_results(wrapper, standalone, dtype, seed, cache_key) -> list[CaseResul
             max_abs, snr = float("inf"), float("-inf")
             error = error or f"length {got.shape} vs {ref.shape}"
         else:
-            diff = ref.astype(np.float64) - got
-            max_abs = float(np.abs(diff).max())
-            noise = float(np.sum(diff**2))
-            snr = float("inf") if noise == 0 else float(10 * np.log10(np.sum(ref.astype(np.float64) ** 2) / noise))
+            max_abs, snr = audio_diff(ref, got)
         out.append(CaseResult(
             case=f"audio.{frames}_frames", component="codec", kind="audio", dtype=dname,
             passed=not error and max_abs <= bound and snr >= min_snr,
