@@ -16,13 +16,9 @@ from q3tts.standalone.streaming import (
     STREAMING_TOLERANCES, UPSTREAM_CHUNK_CONTEXT, UPSTREAM_CHUNK_FRAMES, CodecStream, codec_latent,
     codec_waveform, latent_context_frames, stream_decode, tail_context_frames,
 )
+from q3tts.verify.compare import snr_db
 from q3tts.verify.forward_parity import speech_like_waveform
 from q3tts.verify.released import released_speech_tokenizer_config
-
-
-def snr_db(ref: np.ndarray, got: np.ndarray) -> float:
-    noise = float(np.sum((ref.astype(np.float64) - got) ** 2))
-    return float("inf") if noise == 0 else 10 * np.log10(float(np.sum(ref.astype(np.float64) ** 2)) / noise)
 
 
 def random_codes(frames: int, seed: int) -> torch.Tensor:

@@ -20,9 +20,11 @@ import numpy as np
 import torch
 
 from q3tts.standalone import Qwen3TTS
+from q3tts.standalone.dtypes import BY_SHORT, SHORT_NAME
 from q3tts.standalone.streaming import CodecStream
 
 from .bench_generation import environment
+from .compare import snr_db
 
 
 def loadavg() -> str:
@@ -79,11 +81,10 @@ def bench_dtype(st: Path, dtype: torch.dtype, frames: int, chunk: int, first: in
     samples, chunks = len(streamed), len(parts)
     same = streamed.shape == wav.shape
     max_abs = float(np.abs(streamed - wav).max()) if same else float("inf")
-    noise = float(np.sum((streamed - wav) ** 2)) if same else float("inf")
-    snr = float("inf") if noise == 0 else 10 * float(np.log10(float(np.sum(wav.astype(np.float64) ** 2)) / noise))
+    snr = snr_db(wav, streamed) if same else float("-inf")
     audio_s = n * 1920 / sr
     return dict(
-        dtype={torch.float32: "fp32", torch.bfloat16: "bf16"}[dtype], frames=n, audio_seconds=audio_s,
+        dtype=SHORT_NAME[dtype], frames=n, audio_seconds=audio_s,
         chunk_frames=chunk, first_chunk_frames=first, chunks=chunks, streamed_samples=samples,
         offline_generate_s=t_gen, offline_decode_s=t_dec, offline_complete_audio_s=t_gen + t_dec,
         offline_rtf=(t_gen + t_dec) / audio_s, seconds_per_frame=t_gen / max(n, 1),
@@ -136,7 +137,7 @@ def main(argv=None) -> None:
     st = build(a.work, a.size)
     rows = []
     for name in a.dtypes.split(","):
-        rows.append(bench_dtype(st, {"fp32": torch.float32, "bf16": torch.bfloat16}[name], a.frames,
+        rows.append(bench_dtype(st, BY_SHORT[name], a.frames,
                                 a.chunk_frames, a.first_chunk_frames))
         print(json.dumps(rows[-1]), flush=True)
         write_report(rows, a.out, a.size)

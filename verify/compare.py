@@ -24,6 +24,8 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
+from q3tts.standalone.dtypes import BY_SHORT, SHORT_NAME
+
 
 @dataclass(frozen=True)
 class Tolerance:
@@ -55,7 +57,7 @@ def snr_db(ref, got) -> float:
     The one SNR of the project: audio parity, the decode benchmark and the codec tests use it."""
     r = np.asarray(ref, dtype=np.float64)
     noise = float(np.sum((r - np.asarray(got, dtype=np.float64)) ** 2))
-    return float("inf") if noise == 0 else float(10 * np.log10(float(np.sum(r**2)) / noise))
+    return float("inf") if noise == 0 else float(10 * np.log10(max(float(np.sum(r**2)), 1e-30) / noise))
 
 
 def audio_diff(ref, got) -> tuple[float, float]:
@@ -64,8 +66,9 @@ def audio_diff(ref, got) -> tuple[float, float]:
     return (float(np.abs(r - g).max()) if r.size else 0.0), snr_db(r, g)
 
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+# The dtypes the verifier runs, by their names in the one dtype table (q3tts.standalone.dtypes).
+DTYPES = {name: BY_SHORT[name] for name in ("fp32", "bf16")}
+DTYPE_NAMES = {v: SHORT_NAME[v] for v in DTYPES.values()}
 
 
 @dataclass

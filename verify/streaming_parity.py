@@ -20,8 +20,10 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from q3tts.standalone.dtypes import SHORT_NAME
 from q3tts.standalone.streaming import STREAMING_TOLERANCES
 
+from .compare import snr_db
 from .forward_parity import speech_like_waveform
 
 CHUNK_SIZES: tuple[tuple[int, int], ...] = ((8, 4), (3, 2), (1, 1))  # (chunk, first chunk) in frames
@@ -53,12 +55,6 @@ class StreamingComparison:
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
-
-
-def snr_db(ref: np.ndarray, got: np.ndarray) -> float:
-    noise = float(np.sum((ref.astype(np.float64) - got.astype(np.float64)) ** 2))
-    signal = float(np.sum(ref.astype(np.float64) ** 2))
-    return float("inf") if noise == 0 else 10 * float(np.log10(max(signal, 1e-30) / noise))
 
 
 @dataclass
@@ -116,7 +112,7 @@ def run_streaming_parity(wrapper, standalone, model_type: str, dtype: torch.dtyp
     """Every case of ``model_type`` at every chunk size: upstream offline vs standalone streamed."""
     gen = dict(do_sample=sampled, subtalker_dosample=sampled, max_new_tokens=max_new_tokens)
     bound, min_snr = STREAMING_TOLERANCES[dtype]
-    dtype_name = {torch.float32: "fp32", torch.bfloat16: "bf16"}.get(dtype, str(dtype))
+    dtype_name = SHORT_NAME.get(dtype, str(dtype))
     results = []
     for case in _cases(model_type, standalone.config.talker.num_code_groups):
         torch.manual_seed(seed)
