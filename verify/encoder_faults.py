@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 from unittest import mock
 
 import torch
@@ -17,7 +17,20 @@ import torch
 import q3tts.standalone.audio as audio_mod
 import q3tts.standalone.speech_encoder as enc_mod
 
-from .faults import Fault
+
+
+@dataclass(frozen=True)
+class EncoderFault:
+    """A planted encoder bug: ``inject(model)`` is a context manager; ``layer`` is the stage the
+    encoder parity must name. (The talker-side catalogue in faults.py patches named seams; these
+    patch the encoder's own module attributes.)"""
+
+    name: str
+    description: str
+    model_type: str
+    component: str
+    layer: str
+    inject: Callable
 
 
 @contextlib.contextmanager
@@ -76,18 +89,18 @@ def resampler_very_high_quality(m):
     return mock.patch.object(audio_mod, "SOXR_QUALITY", "VHQ")
 
 
-ENCODER_FAULTS: tuple[Fault, ...] = (
-    Fault("encoder_downsample_padding", "downsample padded with zeros instead of replicate", "base", "speech_encoder",
+ENCODER_FAULTS: tuple[EncoderFault, ...] = (
+    EncoderFault("encoder_downsample_padding", "downsample padded with zeros instead of replicate", "base", "speech_encoder",
           "downsample", downsample_zero_padding),
-    Fault("encoder_downsample_stride", "downsample stride 1 instead of 2", "base", "speech_encoder", "downsample",
+    EncoderFault("encoder_downsample_stride", "downsample stride 1 instead of 2", "base", "speech_encoder", "downsample",
           downsample_stride_one),
-    Fault("encoder_l1_distance", "quantizer nearest neighbour by L1 instead of Euclidean distance", "base",
+    EncoderFault("encoder_l1_distance", "quantizer nearest neighbour by L1 instead of Euclidean distance", "base",
           "speech_encoder", "quantizer", quantizer_l1_distance),
-    Fault("encoder_layer_scale", "attention layer scale skipped in encoder transformer layer 0", "base",
+    EncoderFault("encoder_layer_scale", "attention layer scale skipped in encoder transformer layer 0", "base",
           "speech_encoder", "transformer.layers.0", missing_attn_layer_scale),
-    Fault("encoder_sliding_window", "250-frame sliding window applied in the encoder transformer", "base",
+    EncoderFault("encoder_sliding_window", "250-frame sliding window applied in the encoder transformer", "base",
           "speech_encoder", "transformer.layers.0", sliding_window_applied),
-    Fault("encoder_resampler", "soxr VHQ instead of HQ resampling", "base", "speech_encoder", "front_end",
+    EncoderFault("encoder_resampler", "soxr VHQ instead of HQ resampling", "base", "speech_encoder", "front_end",
           resampler_very_high_quality),
 )
 
@@ -107,7 +120,7 @@ class EncoderFaultResult:
         return self.detected and self.component_named and self.stage_named
 
 
-def run_encoder_fault(fault: Fault, wrapper, standalone, cases: tuple[str, ...] | None = None) -> EncoderFaultResult:
+def run_encoder_fault(fault: EncoderFault, wrapper, standalone, cases: tuple[str, ...] | None = None) -> EncoderFaultResult:
     """Run the encoder parity cases with ``fault`` planted in ``standalone`` (fp32)."""
     from .encoder_parity import encoder_results
 

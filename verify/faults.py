@@ -472,7 +472,7 @@ def run_fault(fault: Fault, wrapper, standalone, seeds: list[int], frames: int, 
     codec = fault.component == "codec"
     with fault.inject(standalone):
         results = run_suite(wrapper, standalone, standalone.config.tts_model_type, dtype, seeds, frames, cache_key,
-                            generation=not codec, audio=codec)
+                            generation=not codec, audio=codec, encoder=False)
     failed = [r for r in results if not r.passed]
     components = sorted({r.component for r in failed})
     layers = [r.first_bad_layer for r in failed if r.kind == "forward" and r.first_bad_layer]

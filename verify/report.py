@@ -16,7 +16,7 @@ parity.json schema (schema_version 1):
           "seconds_upstream": float, "seconds_standalone": float,   # wall time of each side
           "passed": bool,
           "cases": [
-            {"case": str, "component": str, "kind": "forward" | "generation" | "audio",
+            {"case": str, "component": str, "kind": "forward" | "generation" | "audio" | "encoder",
              "dtype": str, "passed": bool,
              "metrics": {...},                # forward: max_abs, max_rel, cosine, bound
                                               # generation: frames_upstream, frames_standalone,
@@ -106,6 +106,10 @@ def _metric_cell(c: dict[str, Any]) -> str:
         return f"max abs {_num(m['max_abs'])} (bound {_num(m['bound'])}), max rel {_num(m['max_rel'])}, cos {m['cosine']:.7f}"
     if c["kind"] == "audio":
         return f"max abs {_num(m['max_abs'])} (bound {_num(m['bound'])}), SNR {_num(m['snr_db'], '.1f')} dB, RMS {m['rms']:.3f}"
+    if c["kind"] == "encoder":
+        if m["codes_identical"]:
+            return f"identical codes ({m['codes']} codes)"
+        return f"{m['codes_differing']} of {m['codes']} codes differ; first stage over tolerance: {c.get('first_bad_layer')}"
     div = m["first_divergence"]
     frames = ",".join(map(str, m["frames_upstream"]))
     if div is None:

@@ -217,12 +217,16 @@ def audio_results(wrapper, standalone, dtype, seed, cache_key) -> list[CaseResul
 
 
 def run_suite(wrapper, standalone, model_type: str, dtype: torch.dtype, seeds: list[int], frames: int,
-              cache_key: str, generation: bool = True, audio: bool = True) -> list[CaseResult]:
+              cache_key: str, generation: bool = True, audio: bool = True, encoder: bool = True) -> list[CaseResult]:
     results = forward_results(wrapper.model, standalone, dtype, seeds[0])
     if generation:
         results += generation_results(wrapper, standalone, model_type, dtype, seeds, frames, cache_key)
     if audio:
         results += audio_results(wrapper, standalone, dtype, seeds[0], cache_key)
+    if encoder and model_type == "base" and wrapper.model.speech_tokenizer is not None:
+        from .encoder_parity import encoder_results  # audio -> codes: what voice cloning from a recording runs
+
+        results += encoder_results(wrapper, standalone, dtype)
     return results
 
 
