@@ -167,18 +167,21 @@ def run_self_test(report_dir: Path, dtype_names=("fp32",), fault_names: list[str
     from .fixtures import MODEL_TYPES, write_upstream_checkpoint
     from .forward_parity import load_upstream_wrapper
 
-    catalogue = CATALOGUE
+    from .encoder_faults import ENCODER_FAULTS
+
+    catalogue, encoder_faults = CATALOGUE, ENCODER_FAULTS
     if fault_names:
-        unknown = sorted(set(fault_names) - {f.name for f in CATALOGUE})
+        unknown = sorted(set(fault_names) - {f.name for f in CATALOGUE + ENCODER_FAULTS})
         if unknown:
             raise click.BadParameter(f"unknown fault(s) {unknown}", param_hint="--faults")
         catalogue = tuple(f for f in CATALOGUE if f.name in fault_names)
+        encoder_faults = tuple(f for f in ENCODER_FAULTS if f.name in fault_names)
     rows = []
     with tempfile.TemporaryDirectory(prefix="verify-selftest-") as work:
         work = Path(work)
         dirs = {}
         for i, mt in enumerate(MODEL_TYPES):
-            if not any(f.model_type == mt for f in catalogue):
+            if not any(f.model_type == mt for f in catalogue + encoder_faults):
                 continue
             up = write_upstream_checkpoint(work / f"up-{mt}", mt, seed=10 + i)
             convert_checkpoint(up, work / f"st-{mt}")
@@ -196,6 +199,12 @@ def run_self_test(report_dir: Path, dtype_names=("fp32",), fault_names: list[str
                 click.echo(f"  {'caught' if r.ok else 'MISSED'}  {dn} {fault.name:26} {fault.description}; "
                            f"failing: {', '.join(r.failing_components) or 'nothing'} ({len(r.failing_cases)} cases); "
                            f"layer: {where}")
+            if dn == "fp32":  # the encoder's parity is fp32 (codes must be identical there)
+                for fault in encoder_faults:
+                    r = _encoder_fault_row(fault, *pairs[fault.model_type])
+                    rows.append((dn, r))
+                    click.echo(f"  {'caught' if r.ok else 'MISSED'}  {dn} {fault.name:26} {fault.description}; "
+                               f"failing: {len(r.failing_cases)} encoder cases; stage: {', '.join(r.reported_layers) or '-'}")
             del pairs
     report_dir.mkdir(parents=True, exist_ok=True)
     (report_dir / "faults.json").write_text(json.dumps(
@@ -218,6 +227,16 @@ def run_self_test(report_dir: Path, dtype_names=("fp32",), fault_names: list[str
     caught = sum(r.ok for _, r in rows)
     click.echo(f"\nself-test: {caught}/{len(rows)} faults caught and located; report: {report_dir / 'faults.md'}")
     return caught == len(rows)
+
+
+def _encoder_fault_row(fault, wrapper, standalone):
+    """An encoder fault's result in the self-test's row type (stage = the layer it must name)."""
+    from .encoder_faults import run_encoder_fault
+    from .faults import FaultResult
+
+    e = run_encoder_fault(fault, wrapper, standalone)
+    return FaultResult(e.fault, e.description, e.detected, e.component_named, e.stage_named,
+                       ["speech_encoder"] if e.detected else [], e.reported_stages, e.failing_cases)
 
 
 if __name__ == "__main__":
