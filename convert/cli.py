@@ -15,24 +15,42 @@ DTYPE_CHOICES = ("keep", "bf16", "fp16", "fp32")
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("src")
 @click.argument("dst", required=False, type=click.Path(file_okay=False))
-@click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default="keep", show_default=True,
-              help="Storage dtype of floating-point tensors.")
-@click.option("--shard-size", default=None, metavar="SIZE", help="Split the weights into shards of at most SIZE (e.g. 2GB).")
+@click.option(
+    "--dtype",
+    type=click.Choice(DTYPE_CHOICES),
+    default="keep",
+    show_default=True,
+    help="Storage dtype of floating-point tensors.",
+)
+@click.option(
+    "--shard-size", default=None, metavar="SIZE", help="Split the weights into shards of at most SIZE (e.g. 2GB)."
+)
 @click.option("--force", is_flag=True, help="Replace DST if it exists (only once the new one is complete).")
 @click.option("--dry-run", is_flag=True, help="Print the plan (every source tensor -> target) and write nothing.")
-@click.option("--to", "to", type=click.Choice(["standalone", "upstream"]), default="standalone", show_default=True,
-              help="Direction: upstream -> standalone, or standalone -> upstream (the reverse of the same map).")
-@click.option("--check", "check", is_flag=True,
-              help="Re-hash every file of the converted directory SRC against its manifest; exit 0 only if all match.")
-@click.option("--progress/--no-progress", default=None, help="Progress bar over bytes (default: when stderr is a terminal).")
+@click.option(
+    "--to",
+    "to",
+    type=click.Choice(["standalone", "upstream"]),
+    default="standalone",
+    show_default=True,
+    help="Direction: upstream -> standalone, or standalone -> upstream (the reverse of the same map).",
+)
+@click.option(
+    "--check",
+    "check",
+    is_flag=True,
+    help="Re-hash every file of the converted directory SRC against its manifest; exit 0 only if all match.",
+)
+@click.option(
+    "--progress/--no-progress", default=None, help="Progress bar over bytes (default: when stderr is a terminal)."
+)
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def main(src, dst, dtype, shard_size, force, dry_run, to, check, progress, debug) -> None:
     """Convert the checkpoint SRC (a directory or a hub repo id) into DST."""
     from q3tts.standalone.checkpoint import CheckpointError
+    from q3tts.standalone.conversion import ConversionError, convert_checkpoint
     from q3tts.standalone.model import resolve_checkpoint_dir
     from q3tts.standalone.output_dir import Interrupted
-
-    from q3tts.standalone.conversion import ConversionError, convert_checkpoint
     from q3tts.standalone.safetensors_writer import parse_size
 
     if check:
@@ -44,8 +62,17 @@ def main(src, dst, dtype, shard_size, force, dry_run, to, check, progress, debug
         src_dir = resolve_checkpoint_dir(src)
         if progress is None:
             progress = sys.stderr.isatty()
-        s = convert_checkpoint(src_dir, dst, dtype=parse_dtype(dtype), force=force, shard_size=shard_bytes, to=to,
-                               dry_run=dry_run, progress=progress, say=lambda m: click.echo(f"convert-ckpt: {m}", err=True))
+        s = convert_checkpoint(
+            src_dir,
+            dst,
+            dtype=parse_dtype(dtype),
+            force=force,
+            shard_size=shard_bytes,
+            to=to,
+            dry_run=dry_run,
+            progress=progress,
+            say=lambda m: click.echo(f"convert-ckpt: {m}", err=True),
+        )
     except (ConversionError, CheckpointError, ValueError, OSError) as e:
         if debug:
             raise
@@ -72,7 +99,6 @@ def _check(directory: str, debug: bool) -> int:
     from pathlib import Path
 
     from q3tts.standalone.checkpoint import CheckpointError, check_hashes, read_manifest
-
     from q3tts.standalone.conversion import sha256_file
 
     path = Path(directory)
@@ -87,8 +113,10 @@ def _check(directory: str, debug: bool) -> int:
         click.echo(f"convert-ckpt: error: {e}", err=True)
         return 1
     for line in problems:
-        click.echo(f"convert-ckpt: damaged: {path / line}" if not line.startswith(str(path)) else f"convert-ckpt: {line}",
-                   err=True)
+        click.echo(
+            f"convert-ckpt: damaged: {path / line}" if not line.startswith(str(path)) else f"convert-ckpt: {line}",
+            err=True,
+        )
     if problems:
         click.echo(f"convert-ckpt: {len(problems)} of {n} file(s) do not match the manifest: convert again", err=True)
         return 1

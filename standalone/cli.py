@@ -18,16 +18,39 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--model", "model_dir", required=True, help="Checkpoint: a standalone or upstream directory, or a hub id (upstream ones are converted once into a cache).")
+@click.option(
+    "--model",
+    "model_dir",
+    required=True,
+    help="Checkpoint: a standalone or upstream directory, or a hub id (upstream ones are converted once into a cache).",
+)
 @click.option("--text", required=True, help="Text to speak.")
-@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, allow_dash=True),
-              help="Output .wav file ('-' with --stream: raw 16-bit 24 kHz mono PCM to stdout).")
+@click.option(
+    "--out",
+    "out_path",
+    required=True,
+    type=click.Path(dir_okay=False, allow_dash=True),
+    help="Output .wav file ('-' with --stream: raw 16-bit 24 kHz mono PCM to stdout).",
+)
 @click.option("--speaker", default=None, help="Speaker name (custom_voice models).")
 @click.option("--instruct", default=None, help="Voice/style instruction (voice_design; custom_voice 1.7B).")
-@click.option("--ref-audio", default=None, type=click.Path(exists=True, dir_okay=False), help="Reference audio to clone (base models; any sample rate).")
-@click.option("--ref-text", default=None, help="Transcript of the reference audio: ICL cloning (codes made from --ref-audio). Without it: x-vector only.")
-@click.option("--ref-codes", default=None, type=click.Path(exists=True, dir_okay=False),
-              help="Precomputed reference codes [T, G] (.npy) for ICL cloning instead of encoding --ref-audio.")
+@click.option(
+    "--ref-audio",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Reference audio to clone (base models; any sample rate).",
+)
+@click.option(
+    "--ref-text",
+    default=None,
+    help="Transcript of the reference audio: ICL cloning (codes made from --ref-audio). Without it: x-vector only.",
+)
+@click.option(
+    "--ref-codes",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Precomputed reference codes [T, G] (.npy) for ICL cloning instead of encoding --ref-audio.",
+)
 @click.option("--language", default="auto", show_default=True)
 @click.option("--dtype", type=click.Choice(["keep", "fp32", "bf16"]), default="keep", show_default=True)
 @click.option("--seed", type=int, default=None, help="Seed the sampler for a reproducible result.")
@@ -36,13 +59,33 @@ def main() -> None:
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
 @click.option("--stream", is_flag=True, help="Write audio while generating (the wav is valid at every moment).")
 @click.option("--chunk-frames", type=int, default=8, show_default=True, help="Frames per streamed chunk.")
-@click.option("--first-chunk-frames", type=int, default=4, show_default=True, help="Frames in the first streamed chunk.")
+@click.option(
+    "--first-chunk-frames", type=int, default=4, show_default=True, help="Frames in the first streamed chunk."
+)
 @no_convert_option
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def synthesize(model_dir, text, out_path, speaker, instruct, ref_audio, ref_text, ref_codes, language, dtype, seed,
-               greedy, max_new_tokens, progress, stream, chunk_frames, first_chunk_frames, no_convert, debug) -> None:
+def synthesize(
+    model_dir,
+    text,
+    out_path,
+    speaker,
+    instruct,
+    ref_audio,
+    ref_text,
+    ref_codes,
+    language,
+    dtype,
+    seed,
+    greedy,
+    max_new_tokens,
+    progress,
+    stream,
+    chunk_frames,
+    first_chunk_frames,
+    no_convert,
+    debug,
+) -> None:
     """Synthesize TEXT into a wav file. The voice mode follows the checkpoint's type."""
-    import numpy as np
     import torch
 
     from .dtypes import parse_dtype
@@ -60,7 +103,6 @@ def synthesize(model_dir, text, out_path, speaker, instruct, ref_audio, ref_text
         if not out.parent.is_dir():
             raise ValueError(f"{out.parent}: output directory does not exist")
         model = Qwen3TTS.from_pretrained(model_dir, dtype=parse_dtype(dtype), convert=not no_convert)
-        kind = model.config.tts_model_type
         if seed is not None:
             torch.manual_seed(seed)
         gen = {}
@@ -74,24 +116,9 @@ def synthesize(model_dir, text, out_path, speaker, instruct, ref_audio, ref_text
             prefix = "stream_"
             gen.update(chunk_frames=chunk_frames, first_chunk_frames=first_chunk_frames)
         start = time.perf_counter()
-        if kind == "custom_voice":
-            if not speaker:
-                raise ValueError(f"--speaker is required for a custom_voice model; choose one of {model.get_supported_speakers()}")
-            result = getattr(model, prefix + "custom_voice")(text, speaker=speaker, language=language, instruct=instruct, **gen)
-        elif kind == "voice_design":
-            if not instruct:
-                raise ValueError("--instruct is required for a voice_design model (describe the voice)")
-            result = getattr(model, prefix + "voice_design")(text, instruct=instruct, language=language, **gen)
-        else:
-            if not ref_audio:
-                raise ValueError("--ref-audio is required for a base model (voice cloning)")
-            codes = torch.from_numpy(np.load(ref_codes)).long() if ref_codes else None
-            if codes is not None and not ref_text:
-                raise ValueError("--ref-codes needs --ref-text (the transcript of the reference audio)")
-            result = getattr(model, prefix + "voice_clone")(
-                text, language=language, ref_audio=ref_audio, ref_text=ref_text,
-                x_vector_only_mode=not ref_text, ref_code=codes, **gen,
-            )
+        result = _run_voice_method(
+            model, prefix, text, speaker, instruct, ref_audio, ref_text, ref_codes, language, gen
+        )
         if stream:
             from .streaming import write_stream
 
@@ -112,12 +139,58 @@ def synthesize(model_dir, text, out_path, speaker, instruct, ref_audio, ref_text
     click.echo(f"wrote {out_path} ({n_samples / sr:.2f} s at {sr} Hz)", err=out_path == "-")
 
 
+def _run_voice_method(model, prefix, text, speaker, instruct, ref_audio, ref_text, ref_codes, language, gen):
+    """The voice method the checkpoint's type offers (``prefix`` generate_ or stream_)."""
+    import numpy as np
+    import torch
+
+    kind = model.config.tts_model_type
+    if kind == "custom_voice":
+        if not speaker:
+            raise ValueError(
+                f"--speaker is required for a custom_voice model; choose one of {model.get_supported_speakers()}"
+            )
+        return getattr(model, prefix + "custom_voice")(
+            text, speaker=speaker, language=language, instruct=instruct, **gen
+        )
+    if kind == "voice_design":
+        if not instruct:
+            raise ValueError("--instruct is required for a voice_design model (describe the voice)")
+        return getattr(model, prefix + "voice_design")(text, instruct=instruct, language=language, **gen)
+    if not ref_audio:
+        raise ValueError("--ref-audio is required for a base model (voice cloning)")
+    codes = torch.from_numpy(np.load(ref_codes)).long() if ref_codes else None
+    if codes is not None and not ref_text:
+        raise ValueError("--ref-codes needs --ref-text (the transcript of the reference audio)")
+    return getattr(model, prefix + "voice_clone")(
+        text,
+        language=language,
+        ref_audio=ref_audio,
+        ref_text=ref_text,
+        x_vector_only_mode=not ref_text,
+        ref_code=codes,
+        **gen,
+    )
+
+
 @main.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("--model", "model_dir", required=True, help="Checkpoint: a standalone or upstream directory, or a hub id (upstream ones are converted once into a cache).")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Directory for the .npy code files.")
-@click.option("--dtype", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
-              help="Encoder dtype (fp32 reproduces upstream's codes exactly).")
+@click.option(
+    "--model",
+    "model_dir",
+    required=True,
+    help="Checkpoint: a standalone or upstream directory, or a hub id (upstream ones are converted once into a cache).",
+)
+@click.option(
+    "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Directory for the .npy code files."
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(["fp32", "bf16"]),
+    default="fp32",
+    show_default=True,
+    help="Encoder dtype (fp32 reproduces upstream's codes exactly).",
+)
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
 @no_convert_option
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
@@ -126,7 +199,6 @@ def encode(inputs, model_dir, out_dir, dtype, progress, no_convert, debug) -> No
 
     Each file is encoded on its own (as upstream's Qwen3TTSTokenizer.encode on one path)."""
     import numpy as np
-    import torch
     from tqdm import tqdm
 
     from .dtypes import parse_dtype
@@ -169,7 +241,8 @@ def _attach_plugins() -> None:
             continue
 
 
-from .finetune_cli import finetune as _finetune, prepare_data as _prepare_data  # noqa: E402
+from .finetune_cli import finetune as _finetune  # noqa: E402 - after main exists: the commands attach to it
+from .finetune_cli import prepare_data as _prepare_data  # noqa: E402
 
 main.add_command(_finetune)
 main.add_command(_prepare_data)

@@ -46,22 +46,31 @@ class CodecConfig:
     output_sample_rate: int
 
     @classmethod
-    def from_upstream(cls, d: Mapping[str, Any]) -> "CodecConfig":
+    def from_upstream(cls, d: Mapping[str, Any]) -> CodecConfig:
         if d.get("model_type") != "qwen3_tts_tokenizer_12hz":
-            raise ValueError(f"speech_tokenizer/config.json: model_type {d.get('model_type')!r} is not the 12 Hz tokenizer")
+            raise ValueError(
+                f"speech_tokenizer/config.json: model_type {d.get('model_type')!r} is not the 12 Hz tokenizer"
+            )
         dec = d["decoder_config"]
         heads = dec.get("num_attention_heads", 16)
         hidden = dec.get("hidden_size", 1024)
         if dec.get("hidden_act", "silu") != "silu":
             raise ValueError("speech_tokenizer decoder_config.hidden_act must be silu")
         return cls(
-            latent_dim=dec.get("latent_dim", 1024), codebook_dim=dec["codebook_dim"],
-            codebook_size=dec.get("codebook_size", 2048), decoder_dim=dec.get("decoder_dim", 1536),
-            hidden_size=hidden, intermediate_size=dec.get("intermediate_size", 3072),
-            num_hidden_layers=dec.get("num_hidden_layers", 8), num_attention_heads=heads,
-            num_key_value_heads=dec.get("num_key_value_heads", 16), head_dim=dec.get("head_dim") or hidden // heads,
-            rms_norm_eps=float(dec.get("rms_norm_eps", 1e-5)), rope_theta=float(dec.get("rope_theta", 10000)),
-            sliding_window=int(dec.get("sliding_window", 72)), num_quantizers=dec.get("num_quantizers", 16),
+            latent_dim=dec.get("latent_dim", 1024),
+            codebook_dim=dec["codebook_dim"],
+            codebook_size=dec.get("codebook_size", 2048),
+            decoder_dim=dec.get("decoder_dim", 1536),
+            hidden_size=hidden,
+            intermediate_size=dec.get("intermediate_size", 3072),
+            num_hidden_layers=dec.get("num_hidden_layers", 8),
+            num_attention_heads=heads,
+            num_key_value_heads=dec.get("num_key_value_heads", 16),
+            head_dim=dec.get("head_dim") or hidden // heads,
+            rms_norm_eps=float(dec.get("rms_norm_eps", 1e-5)),
+            rope_theta=float(dec.get("rope_theta", 10000)),
+            sliding_window=int(dec.get("sliding_window", 72)),
+            num_quantizers=dec.get("num_quantizers", 16),
             upsample_rates=tuple(dec.get("upsample_rates", (8, 5, 4, 3))),
             upsampling_ratios=tuple(dec.get("upsampling_ratios", (2, 2))),
             decode_upsample_rate=d.get("decode_upsample_rate", 1920),
@@ -160,7 +169,8 @@ class DecoderBlock(nn.Module):
     def __init__(self, c_in, c_out, rate):
         super().__init__()
         self.block = nn.ModuleList(
-            [SnakeBeta(c_in), CausalTransConv(c_in, c_out, 2 * rate, rate)] + [ResidualUnit(c_out, d) for d in (1, 3, 9)]
+            [SnakeBeta(c_in), CausalTransConv(c_in, c_out, 2 * rate, rate)]
+            + [ResidualUnit(c_out, d) for d in (1, 3, 9)]
         )
 
     def forward(self, x):
@@ -340,17 +350,24 @@ def load_codec(checkpoint_dir: Path | None, dtype: torch.dtype, device) -> Codec
     if not (directory / "config.json").is_file():
         raise CheckpointError(f"{directory}: missing; the checkpoint has no speech tokenizer to decode codes with")
     cfg = load_codec_config(directory)
-    state = {k[len("decoder."):]: v for k, v in load_state_dict(directory, dtype=dtype, device=device).items()
-             if k.startswith("decoder.")}
+    state = {
+        k[len("decoder.") :]: v
+        for k, v in load_state_dict(directory, dtype=dtype, device=device).items()
+        if k.startswith("decoder.")
+    }
     with torch.device("meta"):
         model = CodecDecoder(cfg)
     expected = set(model.state_dict())
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
     if missing or unexpected:
         hint = " (was speech_tokenizer/ converted? run convert-ckpt on the upstream checkpoint)" if missing else ""
-        raise CheckpointError(f"{directory}: decoder weights do not match: missing {missing[:4]} unexpected {unexpected[:4]}{hint}")
+        raise CheckpointError(
+            f"{directory}: decoder weights do not match: missing {missing[:4]} unexpected {unexpected[:4]}{hint}"
+        )
     for name, p in model.state_dict().items():
         if tuple(state[name].shape) != tuple(p.shape):
-            raise CheckpointError(f"{directory}: decoder.{name} has shape {tuple(state[name].shape)}, config implies {tuple(p.shape)}")
+            raise CheckpointError(
+                f"{directory}: decoder.{name} has shape {tuple(state[name].shape)}, config implies {tuple(p.shape)}"
+            )
     model.load_state_dict(state, strict=True, assign=True)
     return model.eval()

@@ -31,7 +31,7 @@ _SHA256_NAME = re.compile(r"^[0-9a-f]{64}$")
 
 
 def checkpoint_format(directory: Path) -> str:
-    """"standalone" or "upstream", from config.json; anything else is a CheckpointError."""
+    """ "standalone" or "upstream", from config.json; anything else is a CheckpointError."""
     path = directory / "config.json"
     if not path.is_file():
         raise CheckpointError(f"{directory}: no config.json; neither a standalone nor an upstream qwen-tts checkpoint")
@@ -53,14 +53,18 @@ def cache_root() -> Path:
     if os.environ.get(CACHE_ENV):
         return Path(os.environ[CACHE_ENV])
     hub = os.environ.get("HF_HUB_CACHE") or os.path.join(
-        os.environ.get("HF_HOME", os.path.join(os.path.expanduser("~"), ".cache", "huggingface")), "hub")
+        os.environ.get("HF_HOME", os.path.join(os.path.expanduser("~"), ".cache", "huggingface")), "hub"
+    )
     return Path(hub) / "q3tts-standalone"
 
 
 def _source_files(src: Path) -> list[Path]:
     """Every file of the source, hidden ones (.cache, .git) excepted."""
-    return [p for p in sorted(src.rglob("*"))
-            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(src).parts)]
+    return [
+        p
+        for p in sorted(src.rglob("*"))
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(src).parts)
+    ]
 
 
 def _file_sha256(path: Path, memo: dict[str, list]) -> str:

@@ -84,19 +84,30 @@ class GenerateOptions:
             _check_int("eos_token_id", self.eos_token_id, minimum=0)
 
     @classmethod
-    def from_kwargs(cls, kwargs: dict[str, Any]) -> "GenerateOptions":
+    def from_kwargs(cls, kwargs: dict[str, Any]) -> GenerateOptions:
         unknown = sorted(set(kwargs) - set(cls.__dataclass_fields__))
         if unknown:
-            raise ValueError(f"generate: unknown keyword argument(s) {unknown}; known: {sorted(cls.__dataclass_fields__)}")
+            raise ValueError(
+                f"generate: unknown keyword argument(s) {unknown}; known: {sorted(cls.__dataclass_fields__)}"
+            )
         return cls(**kwargs)
 
     def to_params(self) -> GenerationParams:
         return GenerationParams(
             max_new_tokens=self.max_new_tokens,
-            talker=SamplingParams(do_sample=self.do_sample, top_k=self.top_k, top_p=self.top_p,
-                                  temperature=self.temperature, repetition_penalty=self.repetition_penalty),
-            subtalker=SamplingParams(do_sample=self.subtalker_dosample, top_k=self.subtalker_top_k,
-                                     top_p=self.subtalker_top_p, temperature=self.subtalker_temperature),
+            talker=SamplingParams(
+                do_sample=self.do_sample,
+                top_k=self.top_k,
+                top_p=self.top_p,
+                temperature=self.temperature,
+                repetition_penalty=self.repetition_penalty,
+            ),
+            subtalker=SamplingParams(
+                do_sample=self.subtalker_dosample,
+                top_k=self.subtalker_top_k,
+                top_p=self.subtalker_top_p,
+                temperature=self.subtalker_temperature,
+            ),
             eos_token_id=self.eos_token_id,
         )
 
@@ -139,7 +150,7 @@ def voice_method_options(generation_config: dict[str, Any], kwargs: dict[str, An
 def suppress_mask_for(vocab_size: int, eos_token_id: int, device) -> torch.Tensor:
     """Upstream suppresses the top 1024 ids (the special-token block) except the codec EOS."""
     mask = torch.zeros(vocab_size, dtype=torch.bool, device=device)
-    mask[max(0, vocab_size - 1024):] = True
+    mask[max(0, vocab_size - 1024) :] = True
     mask[eos_token_id] = False
     return mask
 
@@ -163,9 +174,15 @@ def generate_codes(model, prompt: TalkerPrompt, params: GenerationParams, progre
     hidden_all = torch.cat(hiddens, dim=1)  # the hidden that produced each frame's g0
     # Upstream cuts at the config's EOS, not at an overriding eos_token_id (which only stops the loop).
     is_eos = codes_all[:, :, 0] == tcfg.codec_eos_token_id
-    lengths = torch.where(is_eos.any(dim=1), is_eos.int().argmax(dim=1), torch.full_like(is_eos[:, 0], codes_all.shape[1], dtype=torch.long))
-    return ([codes_all[i, : int(n)] for i, n in enumerate(lengths)],
-            [hidden_all[i, : int(n)] for i, n in enumerate(lengths)])
+    lengths = torch.where(
+        is_eos.any(dim=1),
+        is_eos.int().argmax(dim=1),
+        torch.full_like(is_eos[:, 0], codes_all.shape[1], dtype=torch.long),
+    )
+    return (
+        [codes_all[i, : int(n)] for i, n in enumerate(lengths)],
+        [hidden_all[i, : int(n)] for i, n in enumerate(lengths)],
+    )
 
 
 @torch.inference_mode()
@@ -185,8 +202,9 @@ def iter_frames(model, prompt: TalkerPrompt, params: GenerationParams, progress:
     x, mask, trailing, tts_pad = prompt.inputs_embeds, prompt.attention_mask, prompt.trailing_text, prompt.tts_pad_embed
     bsz, prompt_len, _ = x.shape
     device, dtype = x.device, x.dtype
-    talker_params = SamplingParams(**{**params.talker.__dict__, "min_new_tokens": params.min_new_tokens,
-                                      "eos_token_id": eos})
+    talker_params = SamplingParams(
+        **{**params.talker.__dict__, "min_new_tokens": params.min_new_tokens, "eos_token_id": eos}
+    )
     # Upstream builds the suppression list from the config's EOS, even when eos_token_id is overridden.
     suppress = suppress_mask_for(tcfg.vocab_size, tcfg.codec_eos_token_id, device)
 
@@ -246,8 +264,11 @@ INITIAL_FRAMES = 1024
 
 def _grown(t: torch.Tensor, needed: int, fill: int | None = None) -> torch.Tensor:
     """``t`` [B, n] copied into a buffer of at least ``needed`` (and twice n) columns."""
-    out = t.new_empty(t.shape[0], max(needed, 2 * t.shape[1])) if fill is None else \
-        t.new_full((t.shape[0], max(needed, 2 * t.shape[1])), fill)
+    out = (
+        t.new_empty(t.shape[0], max(needed, 2 * t.shape[1]))
+        if fill is None
+        else t.new_full((t.shape[0], max(needed, 2 * t.shape[1])), fill)
+    )
     out[:, : t.shape[1]] = t
     return out
 

@@ -124,8 +124,15 @@ class Attention(nn.Module):
     (8**-0.5 != 1/sqrt(8) in the last bit).
     """
 
-    def __init__(self, hidden_size: int, n_heads: int, n_kv_heads: int, head_dim: int,
-                 qk_norm_eps: float | None = None, scale: float | None = None):
+    def __init__(
+        self,
+        hidden_size: int,
+        n_heads: int,
+        n_kv_heads: int,
+        head_dim: int,
+        qk_norm_eps: float | None = None,
+        scale: float | None = None,
+    ):
         super().__init__()
         self.scale = head_dim**-0.5 if scale is None else scale
         self.n_heads = n_heads
@@ -139,7 +146,7 @@ class Attention(nn.Module):
         self.k_norm = RMSNorm(head_dim, qk_norm_eps) if qk_norm_eps is not None else None
 
     @classmethod
-    def for_decoder(cls, cfg: TransformerConfig) -> "Attention":
+    def for_decoder(cls, cfg: TransformerConfig) -> Attention:
         """The talker's and code predictor's attention: q/k norm with the stack's eps."""
         return cls(cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.rms_norm_eps)
 

@@ -26,23 +26,23 @@ class Direction(enum.Enum):
     TO_STANDALONE = "standalone"
     TO_UPSTREAM = "upstream"
 
-    def reads(self, entry: "Entry") -> tuple[str, ...]:
+    def reads(self, entry: Entry) -> tuple[str, ...]:
         """The tensor names this direction reads for ``entry``."""
         return entry.sources if self is Direction.TO_STANDALONE else (entry.target,)
 
-    def writes(self, entry: "Entry") -> tuple[str, ...]:
+    def writes(self, entry: Entry) -> tuple[str, ...]:
         return (entry.target,) if self is Direction.TO_STANDALONE else entry.sources
 
-    def read_shapes(self, entry: "Entry") -> tuple[tuple[int, ...] | None, ...]:
+    def read_shapes(self, entry: Entry) -> tuple[tuple[int, ...] | None, ...]:
         return entry.source_shapes if self is Direction.TO_STANDALONE else (entry.target_shape,)
 
-    def apply(self, entry: "Entry", tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    def apply(self, entry: Entry, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
         """The tensors ``writes(entry)`` names, made from the ones ``reads(entry)`` names."""
         if self is Direction.TO_STANDALONE:
             return [entry.to_standalone(tensors)]
         return entry.to_upstream(tensors[0])
 
-    def op_name(self, entry: "Entry") -> str:
+    def op_name(self, entry: Entry) -> str:
         if self is Direction.TO_STANDALONE:
             return entry.op
         return {"rename": "rename", "concat": "split", "stack": "unstack"}[entry.op]
@@ -59,8 +59,12 @@ class Rule:
 
 # One decoder layer; prefixed per stack below.
 LAYER_RULES = (
-    Rule("attn.wqkv.weight", ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"),
-         op="concat", split=("q", "kv", "kv")),
+    Rule(
+        "attn.wqkv.weight",
+        ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"),
+        op="concat",
+        split=("q", "kv", "kv"),
+    ),
     Rule("attn.wo.weight", ("self_attn.o_proj.weight",)),
     Rule("attn.q_norm.weight", ("self_attn.q_norm.weight",)),
     Rule("attn.k_norm.weight", ("self_attn.k_norm.weight",)),
@@ -88,10 +92,16 @@ TOP_RULES = (
     Rule("code_predictor.decoder.norm.weight", ("talker.code_predictor.model.norm.weight",)),
     Rule("code_predictor.codec_embeddings", ("talker.code_predictor.model.codec_embedding.{g}.weight",), op="stack"),
     Rule("code_predictor.heads", ("talker.code_predictor.lm_head.{g}.weight",), op="stack"),
-    Rule("code_predictor.input_projection.weight", ("talker.code_predictor.small_to_mtp_projection.weight",),
-         when="input_projection"),
-    Rule("code_predictor.input_projection.bias", ("talker.code_predictor.small_to_mtp_projection.bias",),
-         when="input_projection"),
+    Rule(
+        "code_predictor.input_projection.weight",
+        ("talker.code_predictor.small_to_mtp_projection.weight",),
+        when="input_projection",
+    ),
+    Rule(
+        "code_predictor.input_projection.bias",
+        ("talker.code_predictor.small_to_mtp_projection.bias",),
+        when="input_projection",
+    ),
 )
 
 # The speaker encoder keeps upstream's module names, so its tensors map one to one under this prefix.
@@ -146,8 +156,9 @@ def target_shapes(config: Qwen3TTSConfig) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
-def _entry(rule: Rule, target: str, tshape: tuple[int, ...], sources: tuple[str, ...],
-           sizes: Mapping[str, int] | None) -> Entry:
+def _entry(
+    rule: Rule, target: str, tshape: tuple[int, ...], sources: tuple[str, ...], sizes: Mapping[str, int] | None
+) -> Entry:
     """The entry for one rule: source shapes follow from the target's shape and the operation."""
     if rule.op == "rename":
         sshapes = (tshape,)
@@ -172,8 +183,12 @@ def plan(config: Qwen3TTSConfig) -> list[Entry]:
         tc = stack_cfgs[stack]
         for i in range(tc.num_hidden_layers):
             for rule in LAYER_RULES:
-                add(rule, dst_prefix.format(i=i) + rule.target,
-                    tuple(src_prefix.format(i=i) + s for s in rule.sources), _sizes(tc))
+                add(
+                    rule,
+                    dst_prefix.format(i=i) + rule.target,
+                    tuple(src_prefix.format(i=i) + s for s in rule.sources),
+                    _sizes(tc),
+                )
     for rule in TOP_RULES:
         if rule.when and not _has(config, rule.when):
             continue
@@ -202,8 +217,12 @@ def expand_stack(rule: Rule, count: int) -> tuple[str, ...]:
 # --- speech tokenizer (12 Hz codec) -----------------------------------------------------------
 _Q = "decoder.quantizer."
 CODEC_LAYER_RULES = (
-    Rule("attn.wqkv.weight", ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"),
-         op="concat", split=("q", "kv", "kv")),
+    Rule(
+        "attn.wqkv.weight",
+        ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"),
+        op="concat",
+        split=("q", "kv", "kv"),
+    ),
     Rule("attn.wo.weight", ("self_attn.o_proj.weight",)),
     Rule("attn_norm.weight", ("input_layernorm.weight",)),
     Rule("mlp_norm.weight", ("post_attention_layernorm.weight",)),
@@ -214,10 +233,16 @@ CODEC_LAYER_RULES = (
 )
 CODEC_STACK = ("decoder.transformer.layers.{i}.", "decoder.pre_transformer.layers.{i}.")
 CODEC_TOP_RULES = (
-    Rule("decoder.codebook_sums", (_Q + "rvq_first.vq.layers.0._codebook.embedding_sum",
-                                   _Q + "rvq_rest.vq.layers.{g}._codebook.embedding_sum"), op="stack"),
-    Rule("decoder.codebook_usage", (_Q + "rvq_first.vq.layers.0._codebook.cluster_usage",
-                                    _Q + "rvq_rest.vq.layers.{g}._codebook.cluster_usage"), op="stack"),
+    Rule(
+        "decoder.codebook_sums",
+        (_Q + "rvq_first.vq.layers.0._codebook.embedding_sum", _Q + "rvq_rest.vq.layers.{g}._codebook.embedding_sum"),
+        op="stack",
+    ),
+    Rule(
+        "decoder.codebook_usage",
+        (_Q + "rvq_first.vq.layers.0._codebook.cluster_usage", _Q + "rvq_rest.vq.layers.{g}._codebook.cluster_usage"),
+        op="stack",
+    ),
     Rule("decoder.semantic_input_proj", (_Q + "rvq_first.input_proj.weight",)),
     Rule("decoder.semantic_output_proj", (_Q + "rvq_first.output_proj.weight",)),
     Rule("decoder.acoustic_input_proj", (_Q + "rvq_rest.input_proj.weight",)),
@@ -234,8 +259,12 @@ CODEC_IDENTITY_PREFIXES = ("decoder.pre_conv.", "decoder.upsample.", "decoder.de
 # The encoder (audio -> codes; transformers' Mimi encoder under "encoder.").
 _EQ = "encoder.quantizer.{branch}_residual_vector_quantizer."
 ENCODER_LAYER_RULES = (
-    Rule("attn.wqkv.weight", ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"),
-         op="concat", split=("q", "kv", "kv")),
+    Rule(
+        "attn.wqkv.weight",
+        ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"),
+        op="concat",
+        split=("q", "kv", "kv"),
+    ),
     Rule("attn.wo.weight", ("self_attn.o_proj.weight",)),
     Rule("attn_norm.weight", ("input_layernorm.weight",)),
     Rule("attn_norm.bias", ("input_layernorm.bias",)),
@@ -271,8 +300,11 @@ def codec_plan(cfg, encoder_cfg=None) -> list[Entry]:
         model = CodecDecoder(cfg)
     shapes = {"decoder." + k: tuple(v.shape) for k, v in model.state_dict().items()}
     entries: list[Entry] = []
-    sizes = {"q": cfg.num_attention_heads * cfg.head_dim, "kv": cfg.num_key_value_heads * cfg.head_dim,
-             "ffn": cfg.intermediate_size}
+    sizes = {
+        "q": cfg.num_attention_heads * cfg.head_dim,
+        "kv": cfg.num_key_value_heads * cfg.head_dim,
+        "ffn": cfg.intermediate_size,
+    }
 
     def add(rule: Rule, target: str, sources: tuple[str, ...]):
         entries.append(_entry(rule, target, shapes[target], sources, sizes))
@@ -306,8 +338,13 @@ def _encoder_entries(ecfg, shapes: dict[str, tuple[int, ...]]) -> list[Entry]:
     for i in range(ecfg.num_hidden_layers):
         for rule in ENCODER_LAYER_RULES:
             target = dst_prefix.format(i=i) + rule.target
-            entries.append(_entry(rule, target, shapes[target], tuple(src_prefix.format(i=i) + x for x in rule.sources), sizes))
-    branches = (("semantic", ecfg.num_semantic_quantizers), ("acoustic", ecfg.num_quantizers - ecfg.num_semantic_quantizers))
+            entries.append(
+                _entry(rule, target, shapes[target], tuple(src_prefix.format(i=i) + x for x in rule.sources), sizes)
+            )
+    branches = (
+        ("semantic", ecfg.num_semantic_quantizers),
+        ("acoustic", ecfg.num_quantizers - ecfg.num_semantic_quantizers),
+    )
     for rule in ENCODER_TOP_RULES:
         if rule.when == "downsample" and not ecfg.downsample_kernel:
             continue
@@ -319,7 +356,7 @@ def _encoder_entries(ecfg, shapes: dict[str, tuple[int, ...]]) -> list[Entry]:
     for name, shape in shapes.items():
         for dst, src in ENCODER_PREFIX_RENAMES:
             if name.startswith(dst):
-                entries.append(Entry(name, shape, (src + name[len(dst):],), (shape,), "rename"))
+                entries.append(Entry(name, shape, (src + name[len(dst) :],), (shape,), "rename"))
     return entries
 
 

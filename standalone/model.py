@@ -13,16 +13,16 @@ from torch import nn
 
 from .audio import check_finite, check_rate
 from .checkpoint import CheckpointError, check_sizes, load_state_dict
-from .direct_load import checkpoint_format, converted_checkpoint
 from .codec import CodecDecoder, load_codec
 from .config import ConfigError, Qwen3TTSConfig
+from .direct_load import checkpoint_format, converted_checkpoint
 from .generation import GenerateOptions, generate_codes
 from .mel import log_mel_spectrogram
 from .prompt import build_talker_prompt
 from .speaker_encoder import SpeakerEncoder
 from .speech_encoder import SpeechEncoder, load_speech_encoder
-from .talker import CodePredictor, Talker
 from .streaming import StreamingVoiceMethods
+from .talker import CodePredictor, Talker
 from .voices import VoiceMethods
 
 
@@ -53,7 +53,7 @@ class Qwen3TTS(StreamingVoiceMethods, VoiceMethods, nn.Module):
         revision: str | None = None,
         convert: bool = True,
         progress: bool | None = None,
-    ) -> "Qwen3TTS":
+    ) -> Qwen3TTS:
         """Load a checkpoint: a standalone directory (written by ``convert-ckpt``), an upstream
         qwen-tts directory, or a hub repo id of either kind. An upstream checkpoint is converted
         once into the conversion cache (direct_load.py) and loaded from there; ``convert=False``
@@ -116,7 +116,9 @@ class Qwen3TTS(StreamingVoiceMethods, VoiceMethods, nn.Module):
         if isinstance(codes, (torch.Tensor, np.ndarray)) and codes.ndim == 2:
             codes = [codes]
         if isinstance(codes, (torch.Tensor, np.ndarray)) and codes.ndim != 3:
-            raise ValueError(f"codes must be [frames, G], [batch, frames, G] or a list of [frames, G]; got shape {tuple(codes.shape)}")
+            raise ValueError(
+                f"codes must be [frames, G], [batch, frames, G] or a list of [frames, G]; got shape {tuple(codes.shape)}"
+            )
         items = list(codes)
         return self.codec.decode(items), self.codec.cfg.output_sample_rate
 
@@ -161,7 +163,9 @@ class Qwen3TTS(StreamingVoiceMethods, VoiceMethods, nn.Module):
             raise ValueError("generate: input_ids is required (one [1, L] tensor per batch item)")
         opts = GenerateOptions.from_kwargs(options)
         if opts.eos_token_id is not None and opts.eos_token_id >= self.config.talker.vocab_size:
-            raise ValueError(f"eos_token_id must be a codec id below {self.config.talker.vocab_size}, got {opts.eos_token_id}")
+            raise ValueError(
+                f"eos_token_id must be a codec id below {self.config.talker.vocab_size}, got {opts.eos_token_id}"
+            )
         params = opts.to_params()
         prompt = build_talker_prompt(
             self, input_ids, instruct_ids, ref_ids, voice_clone_prompt, languages, speakers, non_streaming_mode
@@ -187,11 +191,16 @@ class Qwen3TTS(StreamingVoiceMethods, VoiceMethods, nn.Module):
         check_finite(wav.numpy(), "extract_speaker_embedding")
         shortest = min_speaker_samples(self.config.speaker_encoder)
         if wav.numel() < shortest:
-            raise ValueError(f"extract_speaker_embedding: waveform too short ({wav.numel()} samples); the speaker "
-                             f"encoder needs at least {shortest} samples ({shortest / sample_rate * 1000:.0f} ms)")
+            raise ValueError(
+                f"extract_speaker_embedding: waveform too short ({wav.numel()} samples); the speaker "
+                f"encoder needs at least {shortest} samples ({shortest / sample_rate * 1000:.0f} ms)"
+            )
         peak = float(wav.abs().max())
         if peak > 1.0:
-            warnings.warn(f"waveform exceeds [-1, 1] (peak {peak:.3f}); the speaker encoder expects normalised audio")
+            warnings.warn(
+                f"waveform exceeds [-1, 1] (peak {peak:.3f}); the speaker encoder expects normalised audio",
+                stacklevel=2,
+            )
         mels = log_mel_spectrogram(wav[None].to(self.device), sr=sample_rate).transpose(1, 2)
         return self.speaker_encoder(mels.to(self.dtype))[0]
 
@@ -233,7 +242,9 @@ def resolve_checkpoint_dir(path: str | os.PathLike, revision: str | None = None,
         raise CheckpointError(f"{text}: not in the local hub cache, and HF_HUB_OFFLINE is set")
     endpoint = huggingface_hub.constants.ENDPOINT
     if not _reachable(endpoint, probe_timeout):
-        raise CheckpointError(f"{text}: cannot reach {endpoint} (offline?); download it elsewhere and pass the directory")
+        raise CheckpointError(
+            f"{text}: cannot reach {endpoint} (offline?); download it elsewhere and pass the directory"
+        )
     try:
         return Path(snapshot_download(text, revision=revision))
     except Exception as e:  # missing repo, auth, network: one clear message

@@ -68,7 +68,7 @@ class SpeechEncoderConfig:
     sample_rate: int  # the rate the encoder takes (preprocessor_config.json sampling_rate)
 
     @classmethod
-    def from_upstream(cls, d: Mapping[str, Any], sample_rate: int = 24000) -> "SpeechEncoderConfig":
+    def from_upstream(cls, d: Mapping[str, Any], sample_rate: int = 24000) -> SpeechEncoderConfig:
         """From speech_tokenizer/config.json (upstream's, or the copy a converted checkpoint keeps)."""
         e = d.get("encoder_config") or {}
         unsupported = {
@@ -97,19 +97,31 @@ class SpeechEncoderConfig:
         if not 1 <= valid <= nq:
             raise ValueError(f"speech_tokenizer encoder_valid_num_quantizers={valid} must be within 1..{nq}")
         return cls(
-            audio_channels=1, num_filters=int(e.get("num_filters", 64)), kernel_size=int(e.get("kernel_size", 7)),
-            residual_kernel_size=int(e.get("residual_kernel_size", 3)), last_kernel_size=int(e.get("last_kernel_size", 3)),
+            audio_channels=1,
+            num_filters=int(e.get("num_filters", 64)),
+            kernel_size=int(e.get("kernel_size", 7)),
+            residual_kernel_size=int(e.get("residual_kernel_size", 3)),
+            last_kernel_size=int(e.get("last_kernel_size", 3)),
             num_residual_layers=int(e.get("num_residual_layers", 1)),
-            dilation_growth_rate=int(e.get("dilation_growth_rate", 2)), compress=int(e.get("compress", 2)),
-            upsampling_ratios=ratios, hidden_size=hidden, num_hidden_layers=int(e.get("num_hidden_layers", 8)),
-            num_attention_heads=heads, num_key_value_heads=int(e.get("num_key_value_heads", 8)),
-            head_dim=int(e.get("head_dim") or hidden // heads), intermediate_size=int(e.get("intermediate_size", 2048)),
-            norm_eps=float(e.get("norm_eps", 1e-5)), rope_theta=float(e.get("rope_theta", 10000.0)),
-            num_quantizers=nq, num_semantic_quantizers=int(e.get("num_semantic_quantizers", 1)),
-            codebook_size=int(e.get("codebook_size", 2048)), codebook_dim=int(e.get("codebook_dim") or hidden),
+            dilation_growth_rate=int(e.get("dilation_growth_rate", 2)),
+            compress=int(e.get("compress", 2)),
+            upsampling_ratios=ratios,
+            hidden_size=hidden,
+            num_hidden_layers=int(e.get("num_hidden_layers", 8)),
+            num_attention_heads=heads,
+            num_key_value_heads=int(e.get("num_key_value_heads", 8)),
+            head_dim=int(e.get("head_dim") or hidden // heads),
+            intermediate_size=int(e.get("intermediate_size", 2048)),
+            norm_eps=float(e.get("norm_eps", 1e-5)),
+            rope_theta=float(e.get("rope_theta", 10000.0)),
+            num_quantizers=nq,
+            num_semantic_quantizers=int(e.get("num_semantic_quantizers", 1)),
+            codebook_size=int(e.get("codebook_size", 2048)),
+            codebook_dim=int(e.get("codebook_dim") or hidden),
             quantizer_dim=int(e.get("vector_quantization_hidden_dimension", 256)),
             downsample_kernel=0 if frame_rate == encodec_rate else 2 * int(encodec_rate / frame_rate),
-            valid_num_quantizers=valid, encode_downsample_rate=int(d.get("encode_downsample_rate", 1920)),
+            valid_num_quantizers=valid,
+            encode_downsample_rate=int(d.get("encode_downsample_rate", 1920)),
             sample_rate=int(sample_rate),
         )
 
@@ -120,8 +132,9 @@ class ResidualBlock(nn.Module):
 
     def __init__(self, dim: int, hidden: int, kernel: int, dilation: int):
         super().__init__()
-        self.block = nn.ModuleList([nn.ELU(), CausalConv(dim, hidden, kernel, dilation=dilation),
-                                    nn.ELU(), CausalConv(hidden, dim, 1)])
+        self.block = nn.ModuleList(
+            [nn.ELU(), CausalConv(dim, hidden, kernel, dilation=dilation), nn.ELU(), CausalConv(hidden, dim, 1)]
+        )
 
     def forward(self, x):
         h = x
@@ -139,8 +152,9 @@ class ConvStack(nn.Module):
         width = cfg.num_filters
         for ratio in reversed(cfg.upsampling_ratios):
             for j in range(cfg.num_residual_layers):
-                layers.append(ResidualBlock(width, width // cfg.compress, cfg.residual_kernel_size,
-                                            cfg.dilation_growth_rate**j))
+                layers.append(
+                    ResidualBlock(width, width // cfg.compress, cfg.residual_kernel_size, cfg.dilation_growth_rate**j)
+                )
             layers += [nn.ELU(), CausalConv(width, 2 * width, 2 * ratio, stride=ratio)]
             width *= 2
         layers += [nn.ELU(), CausalConv(width, cfg.hidden_size, cfg.last_kernel_size)]
@@ -157,8 +171,13 @@ class EncoderLayer(nn.Module):
         super().__init__()
         self.attn_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps)
         # SDPA's default scale (upstream passes none), see Attention.
-        self.attn = Attention(cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim,
-                              scale=1.0 / math.sqrt(cfg.head_dim))
+        self.attn = Attention(
+            cfg.hidden_size,
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+            scale=1.0 / math.sqrt(cfg.head_dim),
+        )
         self.attn_scale = nn.Parameter(torch.ones(cfg.hidden_size))
         self.mlp_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps)
         self.fc1 = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
@@ -209,12 +228,19 @@ class SpeechEncoder(nn.Module):
         self.cfg = cfg
         self.conv_stack = ConvStack(cfg)
         self.transformer = EncoderTransformer(cfg)
-        self.downsample = (CausalConv(cfg.hidden_size, cfg.hidden_size, cfg.downsample_kernel, stride=2, bias=False,
-                                      pad_mode="replicate") if cfg.downsample_kernel else None)
+        self.downsample = (
+            CausalConv(
+                cfg.hidden_size, cfg.hidden_size, cfg.downsample_kernel, stride=2, bias=False, pad_mode="replicate"
+            )
+            if cfg.downsample_kernel
+            else None
+        )
         dim, q = cfg.quantizer_dim, cfg.num_quantizers
         if dim == cfg.hidden_size:
-            raise ValueError("speech tokenizer encoder: vector_quantization_hidden_dimension == hidden_size "
-                             "(no quantizer projections) is not supported")
+            raise ValueError(
+                "speech tokenizer encoder: vector_quantization_hidden_dimension == hidden_size "
+                "(no quantizer projections) is not supported"
+            )
         # 1x1 conv projections of the semantic (first) and acoustic (other) quantizers. The output
         # projections serve decoding with the encoder's own codebooks, which Qwen never does; they
         # are kept so the checkpoint round-trips.
@@ -267,8 +293,9 @@ class SpeechEncoder(nn.Module):
         n_sem = min(cfg.num_semantic_quantizers, cfg.valid_num_quantizers)
         codes = self._quantize(h, self.semantic_input_proj, 0, n_sem)
         if cfg.valid_num_quantizers > n_sem:
-            codes += self._quantize(h, self.acoustic_input_proj, cfg.num_semantic_quantizers,
-                                    cfg.valid_num_quantizers - n_sem)
+            codes += self._quantize(
+                h, self.acoustic_input_proj, cfg.num_semantic_quantizers, cfg.valid_num_quantizers - n_sem
+            )
         out = torch.stack(codes, dim=1)
         if hook is not None:
             hook("quantizer", out)
@@ -298,6 +325,7 @@ class SpeechEncoder(nn.Module):
 # --------------------------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------------------------
+
 
 def load_speech_encoder_config(directory: Path) -> SpeechEncoderConfig:
     path = directory / "config.json"
@@ -331,8 +359,11 @@ def load_speech_encoder(checkpoint_dir: Path | None, dtype: torch.dtype | None, 
     if not (directory / "config.json").is_file():
         raise CheckpointError(f"{directory}: missing; the checkpoint has no speech tokenizer to encode audio with")
     cfg = load_speech_encoder_config(directory)
-    state = {k[len("encoder."):]: v for k, v in load_state_dict(directory, dtype=dtype, device=device).items()
-             if k.startswith("encoder.")}
+    state = {
+        k[len("encoder.") :]: v
+        for k, v in load_state_dict(directory, dtype=dtype, device=device).items()
+        if k.startswith("encoder.")
+    }
     if not state:
         raise CheckpointError(f"{directory}: no encoder.* tensors; this speech tokenizer cannot encode audio")
     with torch.device("meta"):
@@ -341,12 +372,17 @@ def load_speech_encoder(checkpoint_dir: Path | None, dtype: torch.dtype | None, 
     if "encoder.layers.0.conv.weight" in state:  # upstream's name for the first conv
         raise CheckpointError(
             f"{directory}: the encoder tensors are in upstream's layout (converted by convert-ckpt < 0.3, which "
-            "carried them unchanged); convert the upstream checkpoint again")
+            "carried them unchanged); convert the upstream checkpoint again"
+        )
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
     if missing or unexpected:
-        raise CheckpointError(f"{directory}: encoder weights do not match: missing {missing[:4]} unexpected {unexpected[:4]}")
+        raise CheckpointError(
+            f"{directory}: encoder weights do not match: missing {missing[:4]} unexpected {unexpected[:4]}"
+        )
     for name, p in model.state_dict().items():
         if tuple(state[name].shape) != tuple(p.shape):
-            raise CheckpointError(f"{directory}: encoder.{name} has shape {tuple(state[name].shape)}, config implies {tuple(p.shape)}")
+            raise CheckpointError(
+                f"{directory}: encoder.{name} has shape {tuple(state[name].shape)}, config implies {tuple(p.shape)}"
+            )
     model.load_state_dict(state, strict=True, assign=True)
     return model.eval()

@@ -160,9 +160,14 @@ class CodecStream:
     reference codes) are context only: their audio is never returned. ``tail_context`` overrides
     the derived context (tests use it to show that one frame less breaks equality)."""
 
-    def __init__(self, codec: CodecDecoder, chunk_frames: int = DEFAULT_CHUNK_FRAMES,
-                 first_chunk_frames: int | None = DEFAULT_FIRST_CHUNK_FRAMES,
-                 prefix: torch.Tensor | None = None, tail_context: int | None = None):
+    def __init__(
+        self,
+        codec: CodecDecoder,
+        chunk_frames: int = DEFAULT_CHUNK_FRAMES,
+        first_chunk_frames: int | None = DEFAULT_FIRST_CHUNK_FRAMES,
+        prefix: torch.Tensor | None = None,
+        tail_context: int | None = None,
+    ):
         first = chunk_frames if first_chunk_frames is None else first_chunk_frames
         for name, v in (("chunk_frames", chunk_frames), ("first_chunk_frames", first)):
             if not isinstance(v, int) or v < 1:
@@ -230,9 +235,15 @@ def _concat(parts: list[np.ndarray]) -> np.ndarray:
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
-def stream_decode(codec: CodecDecoder, codes: torch.Tensor, chunk_frames: int = DEFAULT_CHUNK_FRAMES,
-                  first_chunk_frames: int | None = DEFAULT_FIRST_CHUNK_FRAMES, push_frames: int = 1,
-                  prefix: torch.Tensor | None = None, tail_context: int | None = None) -> Iterator[np.ndarray]:
+def stream_decode(
+    codec: CodecDecoder,
+    codes: torch.Tensor,
+    chunk_frames: int = DEFAULT_CHUNK_FRAMES,
+    first_chunk_frames: int | None = DEFAULT_FIRST_CHUNK_FRAMES,
+    push_frames: int = 1,
+    prefix: torch.Tensor | None = None,
+    tail_context: int | None = None,
+) -> Iterator[np.ndarray]:
     """Stream already-generated codes [T, G] through a CodecStream, ``push_frames`` at a time."""
     stream = CodecStream(codec, chunk_frames, first_chunk_frames, prefix=prefix, tail_context=tail_context)
     for i in range(0, codes.shape[0], push_frames):
@@ -268,18 +279,38 @@ class StreamingVoiceMethods:
     ``generate`` recorded instead of run (so the two cannot drift), then runs the frame loop.
     """
 
-    def stream_custom_voice(self, text, speaker, *, chunk_frames: int = DEFAULT_CHUNK_FRAMES,
-                            first_chunk_frames: int | None = DEFAULT_FIRST_CHUNK_FRAMES, **kwargs):
+    def stream_custom_voice(
+        self,
+        text,
+        speaker,
+        *,
+        chunk_frames: int = DEFAULT_CHUNK_FRAMES,
+        first_chunk_frames: int | None = DEFAULT_FIRST_CHUNK_FRAMES,
+        **kwargs,
+    ):
         call = self._record_generate(self.generate_custom_voice, text, speaker=speaker, **kwargs)
         return self._stream(call, isinstance(text, list), chunk_frames, first_chunk_frames)
 
-    def stream_voice_design(self, text, instruct, *, chunk_frames: int = DEFAULT_CHUNK_FRAMES,
-                            first_chunk_frames: int | None = DEFAULT_FIRST_CHUNK_FRAMES, **kwargs):
+    def stream_voice_design(
+        self,
+        text,
+        instruct,
+        *,
+        chunk_frames: int = DEFAULT_CHUNK_FRAMES,
+        first_chunk_frames: int | None = DEFAULT_FIRST_CHUNK_FRAMES,
+        **kwargs,
+    ):
         call = self._record_generate(self.generate_voice_design, text, instruct=instruct, **kwargs)
         return self._stream(call, isinstance(text, list), chunk_frames, first_chunk_frames)
 
-    def stream_voice_clone(self, text, *, chunk_frames: int = DEFAULT_CHUNK_FRAMES,
-                           first_chunk_frames: int | None = DEFAULT_FIRST_CHUNK_FRAMES, **kwargs):
+    def stream_voice_clone(
+        self,
+        text,
+        *,
+        chunk_frames: int = DEFAULT_CHUNK_FRAMES,
+        first_chunk_frames: int | None = DEFAULT_FIRST_CHUNK_FRAMES,
+        **kwargs,
+    ):
         call = self._record_generate(self.generate_voice_clone, text, **kwargs)
         return self._stream(call, isinstance(text, list), chunk_frames, first_chunk_frames)
 
@@ -313,8 +344,13 @@ class StreamingVoiceMethods:
         params = GenerateOptions.from_kwargs({k: v for k, v in call.items() if k not in named}).to_params()
         with torch.inference_mode():
             prompt = build_talker_prompt(
-                self, args.get("input_ids"), args.get("instruct_ids"), args.get("ref_ids"),
-                args.get("voice_clone_prompt"), args.get("languages"), args.get("speakers"),
+                self,
+                args.get("input_ids"),
+                args.get("instruct_ids"),
+                args.get("ref_ids"),
+                args.get("voice_clone_prompt"),
+                args.get("languages"),
+                args.get("speakers"),
                 args.get("non_streaming_mode", False),
             )
         vcp = args.get("voice_clone_prompt") or {}
@@ -378,9 +414,15 @@ class ProgressiveWav:
         import struct
 
         rate = self.sample_rate
-        return (b"RIFF" + struct.pack("<I", 36 + self.data_bytes) + b"WAVE"
-                + b"fmt " + struct.pack("<IHHIIHH", 16, 1, 1, rate, rate * 2, 2, 16)
-                + b"data" + struct.pack("<I", self.data_bytes))
+        return (
+            b"RIFF"
+            + struct.pack("<I", 36 + self.data_bytes)
+            + b"WAVE"
+            + b"fmt "
+            + struct.pack("<IHHIIHH", 16, 1, 1, rate, rate * 2, 2, 16)
+            + b"data"
+            + struct.pack("<I", self.data_bytes)
+        )
 
     def write(self, chunk: np.ndarray) -> None:
         data = pcm16(chunk)

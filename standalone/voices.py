@@ -21,6 +21,7 @@ from .text import ASSISTANT, REFERENCE, TextTokenizer
 
 AudioLike = Union[str, "tuple[np.ndarray, int]"]
 
+
 @dataclass
 class VoiceClonePromptItem:
     ref_code: torch.Tensor | None  # [T, G] reference codes (ICL) or None (x-vector only)
@@ -52,8 +53,9 @@ def _texts(name: str, value, allow_none: bool = False) -> list:
         try:
             t.encode("utf-8")
         except UnicodeEncodeError as e:
-            raise ValueError(f"{where} is not valid Unicode ({e.reason} at position {e.start}: "
-                             f"{t[e.start]!r})") from None
+            raise ValueError(
+                f"{where} is not valid Unicode ({e.reason} at position {e.start}: {t[e.start]!r})"
+            ) from None
     return items
 
 
@@ -109,7 +111,11 @@ class VoiceMethods:
         return sorted(["auto"] + [k.lower() for k in self.config.talker.codec_language_id if "dialect" not in k])
 
     def _languages(self, language, n: int) -> list[str]:
-        langs = _as_list(language) if isinstance(language, list) else ([language] * n if language is not None else ["Auto"] * n)
+        langs = (
+            _as_list(language)
+            if isinstance(language, list)
+            else ([language] * n if language is not None else ["Auto"] * n)
+        )
         langs = _broadcast("languages", langs, n)
         supported = set(self.get_supported_languages())
         bad = [lang for lang in langs if lang is None or str(lang).lower() not in supported]
@@ -121,8 +127,16 @@ class VoiceMethods:
         return [None if not ins else self._tokenize(TextTokenizer.instruct_text(ins)) for ins in instructs]
 
     # --- modes -------------------------------------------------------------------------------
-    def generate_custom_voice(self, text, speaker, language=None, instruct=None, non_streaming_mode: bool = True,
-                              return_codes: bool = False, **kwargs):
+    def generate_custom_voice(
+        self,
+        text,
+        speaker,
+        language=None,
+        instruct=None,
+        non_streaming_mode: bool = True,
+        return_codes: bool = False,
+        **kwargs,
+    ):
         self._require_type("custom_voice", "generate_custom_voice")
         texts = _texts("text", text)
         n = len(texts)
@@ -134,17 +148,23 @@ class VoiceMethods:
             raise ValueError(f"unsupported speakers: {bad}; supported: {sorted(supported)}")
         if self.config.tts_model_size in "0b6":  # upstream drops instructions for 0.6B (substring test kept)
             instruct = None
-        instructs = _as_list(instruct) if isinstance(instruct, list) else ([instruct] * n if instruct is not None else [""] * n)
+        instructs = (
+            _as_list(instruct) if isinstance(instruct, list) else ([instruct] * n if instruct is not None else [""] * n)
+        )
         instructs = _broadcast("instructs", instructs, n)
         codes, _ = self.generate(
             input_ids=[self._tokenize(TextTokenizer.assistant_text(t)) for t in texts],
-            instruct_ids=self._instruct_ids(instructs), languages=languages, speakers=speakers,
-            non_streaming_mode=non_streaming_mode, **self._merge_generate_kwargs(kwargs),
+            instruct_ids=self._instruct_ids(instructs),
+            languages=languages,
+            speakers=speakers,
+            non_streaming_mode=non_streaming_mode,
+            **self._merge_generate_kwargs(kwargs),
         )
         return codes if return_codes else self.decode_codes(codes)
 
-    def generate_voice_design(self, text, instruct, language=None, non_streaming_mode: bool = True,
-                              return_codes: bool = False, **kwargs):
+    def generate_voice_design(
+        self, text, instruct, language=None, non_streaming_mode: bool = True, return_codes: bool = False, **kwargs
+    ):
         self._require_type("voice_design", "generate_voice_design")
         texts = _texts("text", text)
         n = len(texts)
@@ -152,8 +172,10 @@ class VoiceMethods:
         instructs = _broadcast("instructs", _texts("instruct", instruct), n)
         codes, _ = self.generate(
             input_ids=[self._tokenize(TextTokenizer.assistant_text(t)) for t in texts],
-            instruct_ids=self._instruct_ids(instructs), languages=languages,
-            non_streaming_mode=non_streaming_mode, **self._merge_generate_kwargs(kwargs),
+            instruct_ids=self._instruct_ids(instructs),
+            languages=languages,
+            non_streaming_mode=non_streaming_mode,
+            **self._merge_generate_kwargs(kwargs),
         )
         return codes if return_codes else self.decode_codes(codes)
 
@@ -184,12 +206,18 @@ class VoiceMethods:
             if not xonly:
                 code = torch.as_tensor(code, dtype=torch.long)
                 if code.dim() != 2 or code.shape[1] != self.config.talker.num_code_groups:
-                    raise ValueError(f"item {i}: ref_code must be [T, {self.config.talker.num_code_groups}], got {tuple(code.shape)}")
-            items.append(VoiceClonePromptItem(
-                ref_code=None if xonly else code,
-                ref_spk_embedding=self.extract_speaker_embedding(resample(wav, sr, sample_rate), sample_rate),
-                x_vector_only_mode=bool(xonly), icl_mode=not xonly, ref_text=rtext,
-            ))
+                    raise ValueError(
+                        f"item {i}: ref_code must be [T, {self.config.talker.num_code_groups}], got {tuple(code.shape)}"
+                    )
+            items.append(
+                VoiceClonePromptItem(
+                    ref_code=None if xonly else code,
+                    ref_spk_embedding=self.extract_speaker_embedding(resample(wav, sr, sample_rate), sample_rate),
+                    x_vector_only_mode=bool(xonly),
+                    icl_mode=not xonly,
+                    ref_text=rtext,
+                )
+            )
         return items
 
     def _encode_references(self, loaded: list[tuple[np.ndarray, int]]) -> list[torch.Tensor]:
@@ -199,9 +227,19 @@ class VoiceMethods:
             return self.encode_audio([w for w, _ in loaded], sr=loaded[0][1])
         return [self.encode_audio([w], sr=sr)[0] for w, sr in loaded]
 
-    def generate_voice_clone(self, text, language=None, ref_audio=None, ref_text=None, x_vector_only_mode=False,
-                             voice_clone_prompt=None, non_streaming_mode: bool = False, ref_code=None,
-                             return_codes: bool = False, **kwargs):
+    def generate_voice_clone(
+        self,
+        text,
+        language=None,
+        ref_audio=None,
+        ref_text=None,
+        x_vector_only_mode=False,
+        voice_clone_prompt=None,
+        non_streaming_mode: bool = False,
+        ref_code=None,
+        return_codes: bool = False,
+        **kwargs,
+    ):
         self._require_type("base", "generate_voice_clone")
         texts = _texts("text", text)
         n = len(texts)
@@ -212,20 +250,27 @@ class VoiceMethods:
             voice_clone_prompt = self.create_voice_clone_prompt(ref_audio, ref_text, x_vector_only_mode, ref_code)
         items = _broadcast("voice clone prompts", list(voice_clone_prompt), n)
         prompt = dict(
-            ref_code=[it.ref_code for it in items], ref_spk_embedding=[it.ref_spk_embedding for it in items],
-            x_vector_only_mode=[it.x_vector_only_mode for it in items], icl_mode=[it.icl_mode for it in items],
+            ref_code=[it.ref_code for it in items],
+            ref_spk_embedding=[it.ref_spk_embedding for it in items],
+            x_vector_only_mode=[it.x_vector_only_mode for it in items],
+            icl_mode=[it.icl_mode for it in items],
         )
         ref_ids = [None if not it.ref_text else self._tokenize(TextTokenizer.ref_text(it.ref_text)) for it in items]
         codes, _ = self.generate(
-            input_ids=[self._tokenize(TextTokenizer.assistant_text(t)) for t in texts], ref_ids=ref_ids,
-            voice_clone_prompt=prompt, languages=languages, non_streaming_mode=non_streaming_mode,
+            input_ids=[self._tokenize(TextTokenizer.assistant_text(t)) for t in texts],
+            ref_ids=ref_ids,
+            voice_clone_prompt=prompt,
+            languages=languages,
+            non_streaming_mode=non_streaming_mode,
             **self._merge_generate_kwargs(kwargs),
         )
         if return_codes:
             return codes
         # As upstream: decode the reference codes together with the new ones, then cut the
         # reference's share of the samples (upstream's float formula, off by one sample at times).
-        full = [c if it.ref_code is None else torch.cat([it.ref_code.to(c.device), c], dim=0) for c, it in zip(codes, items)]
+        full = [
+            c if it.ref_code is None else torch.cat([it.ref_code.to(c.device), c], dim=0) for c, it in zip(codes, items)
+        ]
         wavs, sr = self.decode_codes(full)
         out = []
         for wav, it, total in zip(wavs, items, full):
@@ -245,7 +290,9 @@ def _load_audio(audio) -> tuple[np.ndarray, int]:
         if wav.ndim > 1:
             wav = np.mean(wav, axis=-1).astype(np.float32)
         if wav.ndim != 1 or wav.shape[0] == 0:
-            raise ValueError(f"reference audio must be a non-empty 1-D (or [samples, channels]) waveform, got shape {wav.shape}")
+            raise ValueError(
+                f"reference audio must be a non-empty 1-D (or [samples, channels]) waveform, got shape {wav.shape}"
+            )
         if not isinstance(sr, (int, np.integer)) or int(sr) <= 0:
             raise ValueError(f"reference audio sample rate must be a positive integer, got {sr!r}")
         return wav, int(sr)

@@ -62,8 +62,11 @@ def _loaded_reference_modules() -> list[str]:
 
 
 def pytest_addoption(parser):
-    parser.addoption("--fast", action="store_true",
-                     help="the fast tier: skip tests marked 'reference' and block imports of the reference stack")
+    parser.addoption(
+        "--fast",
+        action="store_true",
+        help="the fast tier: skip tests marked 'reference' and block imports of the reference stack",
+    )
 
 
 _OUTCOMES = {"passed": 0, "failed": 0, "skipped": 0}  # test outcomes, for the tier report
@@ -119,18 +122,27 @@ def pytest_sessionfinish(session, exitstatus):
         attempts = list(blocker.attempts)
         try:  # the blocker still refuses at the end of the session
             import qwen_tts  # noqa: F401
+
             blocks = False
         except ImportError as e:
             blocks = "blocked in the fast test tier" in str(e)
-        Path(report).write_text(json.dumps(dict(
-            blocker_installed=blocker in sys.meta_path, blocks_qwen_tts=blocks, blocked_attempts=attempts,
-            loaded=loaded, **_OUTCOMES,
-        )))
+        Path(report).write_text(
+            json.dumps(
+                dict(
+                    blocker_installed=blocker in sys.meta_path,
+                    blocks_qwen_tts=blocks,
+                    blocked_attempts=attempts,
+                    loaded=loaded,
+                    **_OUTCOMES,
+                )
+            )
+        )
 
 
 # --------------------------------------------------------------------------------------------
 # Fixtures
 # --------------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="session")
 def tensor_specs():

@@ -8,10 +8,9 @@ import warnings
 from pathlib import Path
 
 import pytest
+from bad_inputs import ROWS, render_markdown  # tests/ is on sys.path (pytest prepend import mode)
 
 from q3tts.standalone import Qwen3TTS
-
-from bad_inputs import ROWS, render_markdown  # tests/ is on sys.path (pytest prepend import mode)
 
 _models: dict = {}
 
@@ -22,6 +21,7 @@ def model_of(checkpoints):
         if model_type not in _models:
             _models[model_type] = Qwen3TTS.from_pretrained(checkpoints[model_type][1])
         return _models[model_type]
+
     return get
 
 

@@ -19,16 +19,28 @@ def _codes(model, frames=5, seed=0):
     return torch.randint(0, model.codec.cfg.codebook_size, (frames, model.config.talker.num_code_groups), generator=g)
 
 
-@pytest.mark.parametrize("bad, error, message", [
-    (lambda c: torch.full_like(c, 99999), ValueError, r"codes\[0\] has code 99999 at frame 0, group 0; codes must be in 0\.\.\d+"),
-    (lambda c: torch.full_like(c, -3), ValueError, r"codes\[0\] has code -3 at frame 0, group 0"),
-    (lambda c: torch.cat([torch.full_like(c[:1], -1), c]), ValueError, r"has code -1 at frame 0"),  # -1 before real frames
-    (lambda c: c.float() + 0.5, TypeError, r"codes\[0\] must hold integer codes, got dtype torch.float32"),
-    (lambda c: c.bool(), TypeError, r"got dtype torch.bool"),
-    (lambda c: c[:, :-1], ValueError, r"codes\[0\] must be \[frames, \d+\], got shape \(5, \d+\)"),
-    (lambda c: c[:, 0], ValueError, r"must be \[frames, G\], \[batch, frames, G\] or a list"),
-    (lambda c: [], ValueError, r"codes is empty"),
-], ids=["past-codebook", "negative", "padding-first", "float", "bool", "groups", "1-d", "no-items"])
+@pytest.mark.parametrize(
+    "bad, error, message",
+    [
+        (
+            lambda c: torch.full_like(c, 99999),
+            ValueError,
+            r"codes\[0\] has code 99999 at frame 0, group 0; codes must be in 0\.\.\d+",
+        ),
+        (lambda c: torch.full_like(c, -3), ValueError, r"codes\[0\] has code -3 at frame 0, group 0"),
+        (
+            lambda c: torch.cat([torch.full_like(c[:1], -1), c]),
+            ValueError,
+            r"has code -1 at frame 0",
+        ),  # -1 before real frames
+        (lambda c: c.float() + 0.5, TypeError, r"codes\[0\] must hold integer codes, got dtype torch.float32"),
+        (lambda c: c.bool(), TypeError, r"got dtype torch.bool"),
+        (lambda c: c[:, :-1], ValueError, r"codes\[0\] must be \[frames, \d+\], got shape \(5, \d+\)"),
+        (lambda c: c[:, 0], ValueError, r"must be \[frames, G\], \[batch, frames, G\] or a list"),
+        (lambda c: [], ValueError, r"codes is empty"),
+    ],
+    ids=["past-codebook", "negative", "padding-first", "float", "bool", "groups", "1-d", "no-items"],
+)
 def test_bad_codes_are_named(model, bad, error, message):
     with pytest.raises(error, match=message):
         model.decode_codes(bad(_codes(model)))

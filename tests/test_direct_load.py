@@ -65,10 +65,20 @@ def test_second_load_reuses_and_changed_source_converts_again(upstream, cache, c
 
 
 def test_concurrent_loads_share_one_result(upstream, cache):
-    code = ("import sys; from q3tts.standalone import Qwen3TTS; "
-            "m = Qwen3TTS.from_pretrained(sys.argv[1]); print(m.checkpoint_dir)")
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(upstream)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, env={**os.environ, "Q3TTS_CACHE": str(cache)}) for _ in range(3)]
+    code = (
+        "import sys; from q3tts.standalone import Qwen3TTS; "
+        "m = Qwen3TTS.from_pretrained(sys.argv[1]); print(m.checkpoint_dir)"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(upstream)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "Q3TTS_CACHE": str(cache)},
+        )
+        for _ in range(3)
+    ]
     outs = [p.communicate(timeout=300) for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
     dirs = {o[0].strip() for o in outs}
@@ -80,15 +90,43 @@ def test_concurrent_loads_share_one_result(upstream, cache):
 def test_no_convert_refuses(upstream, cache, tmp_path):
     with pytest.raises(CheckpointError, match="conversion is off"):
         Qwen3TTS.from_pretrained(upstream, convert=False)
-    r = CliRunner().invoke(q3tts, ["synthesize", "--model", str(upstream), "--speaker", "alice", "--text", "Hi.",
-                                   "--out", str(tmp_path / "x.wav"), "--no-convert"])
+    r = CliRunner().invoke(
+        q3tts,
+        [
+            "synthesize",
+            "--model",
+            str(upstream),
+            "--speaker",
+            "alice",
+            "--text",
+            "Hi.",
+            "--out",
+            str(tmp_path / "x.wav"),
+            "--no-convert",
+        ],
+    )
     assert r.exit_code == 1 and "conversion is off" in r.output
     assert not cache.exists() or not _entries(cache)
 
 
 def test_cli_loads_an_upstream_directory(upstream, cache, tmp_path):
-    r = CliRunner().invoke(q3tts, ["synthesize", "--model", str(upstream), "--speaker", "alice", "--text", "Hi.",
-                                   "--greedy", "--max-new-tokens", "4", "--out", str(tmp_path / "x.wav")])
+    r = CliRunner().invoke(
+        q3tts,
+        [
+            "synthesize",
+            "--model",
+            str(upstream),
+            "--speaker",
+            "alice",
+            "--text",
+            "Hi.",
+            "--greedy",
+            "--max-new-tokens",
+            "4",
+            "--out",
+            str(tmp_path / "x.wav"),
+        ],
+    )
     assert r.exit_code == 0 and "converting" in r.output and (tmp_path / "x.wav").is_file(), r.output
 
 

@@ -22,11 +22,20 @@ def test_converted_encoder_names_are_the_modules(checkpoints):
     assert len(up_names) > len(names)  # q/k/v fused, codebooks stacked
 
 
-@pytest.mark.parametrize("edit, match", [
-    (lambda t: t.update({"encoder.bogus.weight": torch.zeros(2)}), "encoder.bogus.weight"),
-    (lambda t: t.pop("encoder.encoder_transformer.layers.0.mlp.fc1.weight"), "encoder.encoder_transformer.layers.0.mlp.fc1.weight"),
-    (lambda t: t.update({"encoder.downsample.conv.weight": torch.zeros(16, 16, 3)}), "encoder.downsample.conv.weight"),
-])
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda t: t.update({"encoder.bogus.weight": torch.zeros(2)}), "encoder.bogus.weight"),
+        (
+            lambda t: t.pop("encoder.encoder_transformer.layers.0.mlp.fc1.weight"),
+            "encoder.encoder_transformer.layers.0.mlp.fc1.weight",
+        ),
+        (
+            lambda t: t.update({"encoder.downsample.conv.weight": torch.zeros(16, 16, 3)}),
+            "encoder.downsample.conv.weight",
+        ),
+    ],
+)
 def test_encoder_tensor_accounting_is_strict(checkpoints, tmp_path, edit, match):
     up, _ = checkpoints["base"]
     src = tmp_path / "up"

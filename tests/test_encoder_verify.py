@@ -26,7 +26,12 @@ def test_encoder_cases_pass_with_identical_codes(load_models, dtype):
 
 def test_catalogue_has_the_required_encoder_faults():
     names = {f.name for f in ENCODER_FAULTS}
-    assert {"encoder_downsample_padding", "encoder_l1_distance", "encoder_layer_scale", "encoder_downsample_stride"} <= names
+    assert {
+        "encoder_downsample_padding",
+        "encoder_l1_distance",
+        "encoder_layer_scale",
+        "encoder_downsample_stride",
+    } <= names
     assert all(f.component == "speech_encoder" and f.model_type == "base" for f in ENCODER_FAULTS)
 
 

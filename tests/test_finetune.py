@@ -48,14 +48,15 @@ def _finetune(st_dir, recipe):
     losses = []
     opts = FinetuneOptions(epochs=STEPS, lr=LR, batch_size=len(items), grad_accum=1, recipe=recipe)
     baked = None
-    for _, baked in train_epochs(model, items, spk, opts, on_step=lambda s: losses.append(s.loss)):
-        pass
+    for _, baked in train_epochs(model, items, spk, opts, on_step=lambda s: losses.append(s.loss)):  # noqa: B007
+        pass  # the last epoch's speaker embedding is kept
     return model, items, baked, losses
 
 
 def _greedy(model, text):
-    return model.generate_custom_voice(text, speaker="newvoice", do_sample=False, subtalker_dosample=False,
-                                       return_codes=True, max_new_tokens=20)[0]
+    return model.generate_custom_voice(
+        text, speaker="newvoice", do_sample=False, subtalker_dosample=False, return_codes=True, max_new_tokens=20
+    )[0]
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +109,13 @@ def test_checkpoint_round_trip(train_dirs, aligned, tmp_path):
     wrapper = load_upstream_wrapper(up_out, torch.float32)
     for text, want in zip(TEXTS, st_codes):
         ids = wrapper._tokenize_texts([wrapper._build_assistant_text(text)])[0]
-        codes, _ = wrapper.model.generate(input_ids=[ids], languages=["auto"], speakers=["newvoice"],
-                                          non_streaming_mode=True, do_sample=False, subtalker_dosample=False,
-                                          max_new_tokens=20)
+        codes, _ = wrapper.model.generate(
+            input_ids=[ids],
+            languages=["auto"],
+            speakers=["newvoice"],
+            non_streaming_mode=True,
+            do_sample=False,
+            subtalker_dosample=False,
+            max_new_tokens=20,
+        )
         assert torch.equal(codes[0], want), f"{text!r}: upstream {codes[0].tolist()} != standalone {want.tolist()}"

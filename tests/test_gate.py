@@ -21,9 +21,25 @@ def test_reference_requirements_leave_the_release_under_test_open():
 def test_gate_on_the_pinned_release(tmp_path):
     report = tmp_path / "gate-report"
     r = subprocess.run(
-        [sys.executable, "-m", "q3tts.verify.cli", "--against-upstream", "0.1.1", "--reuse-torch",
-         "--dtype", "fp32", "--seeds", "0", "--frames", "8", "--report-dir", str(report)],
-        capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            "-m",
+            "q3tts.verify.cli",
+            "--against-upstream",
+            "0.1.1",
+            "--reuse-torch",
+            "--dtype",
+            "fp32",
+            "--seeds",
+            "0",
+            "--frames",
+            "8",
+            "--report-dir",
+            str(report),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     gate = json.loads((report / "gate.json").read_text())

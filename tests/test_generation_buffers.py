@@ -17,7 +17,10 @@ def model(checkpoints):
 
 def _batch(model):
     tok = model.text_tokenizer
-    ids = [torch.tensor([tok.encode(tok.assistant_text(t))]) for t in ("Hello there.", "A much longer second sentence, padded.")]
+    ids = [
+        torch.tensor([tok.encode(tok.assistant_text(t))])
+        for t in ("Hello there.", "A much longer second sentence, padded.")
+    ]
     return dict(input_ids=ids, languages=["english", "auto"], speakers=["alice", "bob"])
 
 
@@ -36,9 +39,23 @@ def test_growing_buffers_change_nothing(model, monkeypatch, initial):
 
 def test_huge_max_new_tokens_runs_until_eos(model):
     greedy = dict(do_sample=False, subtalker_dosample=False)
-    (codes,), _ = model.generate(**{**_batch(model), "input_ids": _batch(model)["input_ids"][:1], "languages": ["english"],
-                                    "speakers": ["alice"]}, max_new_tokens=12, **greedy)
+    (codes,), _ = model.generate(
+        **{
+            **_batch(model),
+            "input_ids": _batch(model)["input_ids"][:1],
+            "languages": ["english"],
+            "speakers": ["alice"],
+        },
+        max_new_tokens=12,
+        **greedy,
+    )
     stop = int(codes[5, 0])  # a group-0 id greedy decoding reaches: the loop stops there
-    (long,), _ = model.generate(input_ids=_batch(model)["input_ids"][:1], languages=["english"], speakers=["alice"],
-                                max_new_tokens=10**12, eos_token_id=stop, **greedy)
+    (long,), _ = model.generate(
+        input_ids=_batch(model)["input_ids"][:1],
+        languages=["english"],
+        speakers=["alice"],
+        max_new_tokens=10**12,
+        eos_token_id=stop,
+        **greedy,
+    )
     assert 2 <= long.shape[0] <= 6 and torch.equal(long, codes[: long.shape[0]])

@@ -13,11 +13,21 @@ import pytest
 import torch
 
 from q3tts.verify.fixtures import (
-    MODEL_TYPES, SUITE_SEEDS, TensorSpecError, record_tensor_specs, write_upstream_checkpoint,
+    MODEL_TYPES,
+    SUITE_SEEDS,
+    TensorSpecError,
+    record_tensor_specs,
+    write_upstream_checkpoint,
 )
 from q3tts.verify.golden_probes import GENERATION_CASES, MIN_FRAMES, StandaloneSide, run_generation_case, run_probes
 from q3tts.verify.goldens import (
-    SPECS_FILE, check_probes, check_record, fixture_digests, load_goldens, record_goldens, stale_records,
+    SPECS_FILE,
+    check_probes,
+    check_record,
+    fixture_digests,
+    load_goldens,
+    record_goldens,
+    stale_records,
 )
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
@@ -38,6 +48,7 @@ def standalone_probes(load_standalone):
 
 
 # --- the fast tier -------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
 def test_fixture_weights_are_those_the_goldens_were_recorded_on(checkpoints, model_type):
@@ -118,8 +129,9 @@ def test_every_weight_matters_to_the_forward_and_audio_goldens(load_standalone):
 
 
 SAMPLING_CHANGES = {
-    "talker/sub-talker parameters swapped": dict(top_k=4, top_p=0.95, temperature=0.6,
-                                                 subtalker_top_k=8, subtalker_top_p=0.85, subtalker_temperature=1.3),
+    "talker/sub-talker parameters swapped": dict(
+        top_k=4, top_p=0.95, temperature=0.6, subtalker_top_k=8, subtalker_top_p=0.85, subtalker_temperature=1.3
+    ),
     "talker top_k 8 -> 7": dict(top_k=7),
     "sub-talker top_k 4 -> 2": dict(subtalker_top_k=2),
     "talker top_p 0.85 -> 0.8": dict(top_p=0.8),
@@ -153,6 +165,7 @@ def test_specs_for_another_config_are_refused(tensor_specs, tmp_path):
 
 
 # --- the reference tier: the goldens and specs are upstream's, and current ------------------
+
 
 @pytest.mark.reference
 def test_recorded_tensor_specs_equal_upstreams_modules(tensor_specs):

@@ -29,7 +29,9 @@ def test_no_upstream_import_statements_in_runtime_sources():
         for path in (root / pkg).rglob("*.py"):
             for line in path.read_text().splitlines():
                 s = line.strip()
-                if s.startswith(("import ", "from ")) and any(w in s.split()[1].split(".")[0] for w in ("transformers", "qwen_tts")):
+                if s.startswith(("import ", "from ")) and any(
+                    w in s.split()[1].split(".")[0] for w in ("transformers", "qwen_tts")
+                ):
                     offenders.append(f"{path.name}: {s}")
     assert not offenders, offenders
 
@@ -73,8 +75,12 @@ def _imported_names(path: Path) -> list[str]:
 
 def test_no_converter_or_verifier_imports_in_runtime_sources():
     root = Path(__file__).resolve().parents[1] / "standalone"
-    offenders = [f"{p.name}: {name}" for p in sorted(root.rglob("*.py")) for name in _imported_names(p)
-                 if name.startswith(("q3tts.convert", "q3tts.verify"))]
+    offenders = [
+        f"{p.name}: {name}"
+        for p in sorted(root.rglob("*.py"))
+        for name in _imported_names(p)
+        if name.startswith(("q3tts.convert", "q3tts.verify"))
+    ]
     assert not offenders, offenders
 
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from q3tts.standalone.layout import Direction, convert_tensors, plan
 from q3tts.standalone.config import Qwen3TTSConfig
+from q3tts.standalone.layout import Direction, convert_tensors, plan
 from q3tts.verify.fixtures import MODEL_TYPES, tiny_config
 from q3tts.verify.released import released_config
 

@@ -83,9 +83,14 @@ def test_converting_a_standalone_directory_is_refused(checkpoints, tmp_path):
     "edit, message",
     [
         (lambda sd: sd.pop("talker.model.norm.weight"), r"missing tensor\(s\) \['talker.model.norm.weight'\]"),
-        (lambda sd: sd.__setitem__("talker.bogus.weight", torch.zeros(1)), r"unexpected tensor\(s\) \['talker.bogus.weight'\]"),
-        (lambda sd: sd.__setitem__("talker.codec_head.weight", torch.zeros(5, 32)),
-         r"tensor talker.codec_head.weight has shape \[5, 32\]"),
+        (
+            lambda sd: sd.__setitem__("talker.bogus.weight", torch.zeros(1)),
+            r"unexpected tensor\(s\) \['talker.bogus.weight'\]",
+        ),
+        (
+            lambda sd: sd.__setitem__("talker.codec_head.weight", torch.zeros(5, 32)),
+            r"tensor talker.codec_head.weight has shape \[5, 32\]",
+        ),
     ],
     ids=["missing", "extra", "misshaped"],
 )

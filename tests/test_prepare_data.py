@@ -3,11 +3,10 @@ equal to upstream's Qwen3TTSTokenizer.encode over the same 32-item batches."""
 
 from __future__ import annotations
 
-import pytest
-
 import json
 
 import numpy as np
+import pytest
 import soundfile as sf
 import torch
 from click.testing import CliRunner
@@ -32,8 +31,9 @@ def _raw(tmp_path, n=3):
 def test_prepare_data_matches_upstream_batch_encode(checkpoints, load_models, tmp_path):
     raw, lines = _raw(tmp_path)
     out = tmp_path / "train.jsonl"
-    r = CliRunner().invoke(q3tts, ["prepare-data", str(raw), "--model", str(checkpoints["base"][1]), "--out", str(out),
-                                   "--no-progress"])
+    r = CliRunner().invoke(
+        q3tts, ["prepare-data", str(raw), "--model", str(checkpoints["base"][1]), "--out", str(out), "--no-progress"]
+    )
     assert r.exit_code == 0, r.output
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert [x["text"] for x in rows] == [x["text"] for x in lines] and "_audio_path" not in rows[0]

@@ -40,9 +40,14 @@ def test_every_fault_target_resolves(checkpoints):
             resolve_target(p.seam[0])
 
 
-@pytest.mark.parametrize("target", ["q3tts.standalone.generation.decode_codes",  # renamed to generate_codes
-                                    "q3tts.standalone.generation.positions_3d",  # moved to layers.mrope_positions
-                                    "q3tts.standalone.nonexistent.thing"])
+@pytest.mark.parametrize(
+    "target",
+    [
+        "q3tts.standalone.generation.decode_codes",  # renamed to generate_codes
+        "q3tts.standalone.generation.positions_3d",  # moved to layers.mrope_positions
+        "q3tts.standalone.nonexistent.thing",
+    ],
+)
 def test_stale_target_is_an_error_naming_it(target):
     with pytest.raises(SeamError, match=target.split(".")[-1]):
         resolve_target(target)
@@ -63,7 +68,7 @@ def test_faults_patch_through_seams_only():
 def test_a_seam_reaches_every_alias_and_is_restored():
     real = gen_mod.generate_codes
     assert model_mod.generate_codes is real  # model.py holds a from-import alias
-    with patch_target("q3tts.standalone.generation.generate_codes", lambda orig, _m: (lambda *a, **k: orig(*a, **k))):
+    with patch_target("q3tts.standalone.generation.generate_codes", lambda orig, _m: lambda *a, **k: orig(*a, **k)):
         assert gen_mod.generate_codes is not real and model_mod.generate_codes is gen_mod.generate_codes
     assert gen_mod.generate_codes is real and model_mod.generate_codes is real
 
@@ -71,9 +76,17 @@ def test_a_seam_reaches_every_alias_and_is_restored():
 def test_catalogue_has_the_sampler_mutants():
     names = set(SAMPLER_FAULTS)
     assert len(names) >= 8
-    assert names >= {"subtalker_temperature", "top_k_plus_one", "penalty_divides_negative", "talker_subtalker_swapped",
-                     "top_p_strict", "top_k_ties", "min_new_tokens_off_by_one", "suppression_off_by_one",
-                     "temperature_twice"}
+    assert names >= {
+        "subtalker_temperature",
+        "top_k_plus_one",
+        "penalty_divides_negative",
+        "talker_subtalker_swapped",
+        "top_p_strict",
+        "top_k_ties",
+        "min_new_tokens_off_by_one",
+        "suppression_off_by_one",
+        "temperature_twice",
+    }
     assert all(f.component == "generation" for f in CATALOGUE if f.name in names)
 
 
@@ -81,13 +94,26 @@ def test_every_knob_changes_codes_in_the_default_run(load_models):
     per_type = []
     for mt in MODEL_TYPES:
         wrapper, standalone = load_models(mt, torch.float32)
-        per_type.append(knob_sensitivity(wrapper, standalone, mt, torch.float32, DEFAULT_SEEDS, DEFAULT_FRAMES,
-                                         f"default-{mt}"))
+        per_type.append(
+            knob_sensitivity(wrapper, standalone, mt, torch.float32, DEFAULT_SEEDS, DEFAULT_FRAMES, f"default-{mt}")
+        )
     rows = merge_sensitivity(per_type)
     knobs = {r["knob"] for r in rows}
-    assert knobs >= {"temperature", "subtalker_temperature", "top_k", "subtalker_top_k", "top_p", "subtalker_top_p",
-                     "do_sample", "subtalker_dosample", "repetition_penalty", "repetition_penalty (s<0: s*p)",
-                     "repetition_penalty (s>0: s/p)", "min_new_tokens", "EOS suppression range"}
+    assert knobs >= {
+        "temperature",
+        "subtalker_temperature",
+        "top_k",
+        "subtalker_top_k",
+        "top_p",
+        "subtalker_top_p",
+        "do_sample",
+        "subtalker_dosample",
+        "repetition_penalty",
+        "repetition_penalty (s<0: s*p)",
+        "repetition_penalty (s>0: s/p)",
+        "min_new_tokens",
+        "EOS suppression range",
+    }
     table = "\n".join(f"{r['knob']} {r['step']}: {r['changed']}/{r['applicable']}" for r in rows)
     assert not blind_knobs(rows), f"knobs no generation plan can see:\n{table}"
     assert all(r["applicable"] > 0 for r in rows), table
@@ -108,11 +134,16 @@ def test_planted_sampler_bug_fails_the_default_generation_cases(load_models, nam
     failing = []
     for mt in MODEL_TYPES:
         wrapper, standalone = load_models(mt, torch.float32)
-        assert all(r.passed for r in generation_results(wrapper, standalone, mt, torch.float32, DEFAULT_SEEDS,
-                                                        DEFAULT_FRAMES, f"default-{mt}"))
+        assert all(
+            r.passed
+            for r in generation_results(
+                wrapper, standalone, mt, torch.float32, DEFAULT_SEEDS, DEFAULT_FRAMES, f"default-{mt}"
+            )
+        )
         with fault.inject(standalone):
-            results = generation_results(wrapper, standalone, mt, torch.float32, DEFAULT_SEEDS, DEFAULT_FRAMES,
-                                         f"default-{mt}")
+            results = generation_results(
+                wrapper, standalone, mt, torch.float32, DEFAULT_SEEDS, DEFAULT_FRAMES, f"default-{mt}"
+            )
         failing += [r for r in results if not r.passed]
     assert failing, f"{name} ({fault.description}) passes every generation case"
     assert {r.component for r in failing} == {"generation"}

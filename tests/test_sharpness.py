@@ -24,12 +24,24 @@ def _swap_in_checkpoint(src, dst, a: str, b: str):
 @pytest.mark.parametrize(
     "a, b, failing_prefix, layer",
     [
-        ("talker.decoder.layers.1.attn.q_norm.weight", "talker.decoder.layers.1.attn.k_norm.weight",
-         "talker.", "talker.layers.1"),
-        ("code_predictor.decoder.layers.0.attn_norm.weight", "code_predictor.decoder.layers.0.mlp_norm.weight",
-         "code_predictor.", "code_predictor.layers.0"),
-        ("speaker_encoder.blocks.2.tdnn1.conv.bias", "speaker_encoder.blocks.2.tdnn2.conv.bias",
-         "speaker_encoder.embedding", "speaker_encoder.blocks.2"),
+        (
+            "talker.decoder.layers.1.attn.q_norm.weight",
+            "talker.decoder.layers.1.attn.k_norm.weight",
+            "talker.",
+            "talker.layers.1",
+        ),
+        (
+            "code_predictor.decoder.layers.0.attn_norm.weight",
+            "code_predictor.decoder.layers.0.mlp_norm.weight",
+            "code_predictor.",
+            "code_predictor.layers.0",
+        ),
+        (
+            "speaker_encoder.blocks.2.tdnn1.conv.bias",
+            "speaker_encoder.blocks.2.tdnn2.conv.bias",
+            "speaker_encoder.embedding",
+            "speaker_encoder.blocks.2",
+        ),
     ],
 )
 def test_swapped_tensors_are_reported_and_located(checkpoints, load_pair, tmp_path, a, b, failing_prefix, layer):

@@ -19,9 +19,12 @@ def _branch(standalone, block, branch):
 def test_every_res2net_branch_fires(load_pair):
     upstream, standalone = load_pair("base", torch.float32)
     active = {}
-    hooks = [_branch(standalone, b, i).register_forward_hook(
-        lambda _m, _i, out, key=(b, i): active.__setitem__(key, float((out > 0).float().mean())))
-        for b, i in BRANCHES]
+    hooks = [
+        _branch(standalone, b, i).register_forward_hook(
+            lambda _m, _i, out, key=(b, i): active.__setitem__(key, float((out > 0).float().mean()))
+        )
+        for b, i in BRANCHES
+    ]
     try:
         standalone.extract_speaker_embedding(ParityInputs.make(standalone).waveform, 24000)
     finally:

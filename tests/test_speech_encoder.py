@@ -38,7 +38,9 @@ def assert_same_codes(ref: list[torch.Tensor], got: list[torch.Tensor]) -> None:
     for i, (r, g) in enumerate(zip(ref, got)):
         assert g.dtype == torch.int64 and tuple(g.shape) == tuple(r.shape), (i, tuple(r.shape), tuple(g.shape))
         bad = (r.cpu() != g).nonzero()
-        assert bad.numel() == 0, f"item {i}: {bad.shape[0]} codes differ, first at (frame, group) {tuple(bad[0].tolist())}"
+        assert bad.numel() == 0, (
+            f"item {i}: {bad.shape[0]} codes differ, first at (frame, group) {tuple(bad[0].tolist())}"
+        )
 
 
 # name -> (waveform, sr). 1919/1920/1921 samples straddle one 12.5 Hz frame; 11 s is 275 frames
@@ -113,8 +115,11 @@ def test_every_encoder_weight_matters(pair):
     _, standalone = pair
     enc = standalone.speech_encoder
     rng = np.random.default_rng(43)
-    wavs = [noisy_speech(41, 8.0), np.clip(3 * noisy_speech(42, 4.0), -1, 1).astype(np.float32),
-            (rng.standard_normal(4 * 24000) * np.linspace(0.01, 0.8, 4 * 24000)).astype(np.float32)]
+    wavs = [
+        noisy_speech(41, 8.0),
+        np.clip(3 * noisy_speech(42, 4.0), -1, 1).astype(np.float32),
+        (rng.standard_normal(4 * 24000) * np.linspace(0.01, 0.8, 4 * 24000)).astype(np.float32),
+    ]
     ref = [enc.encode(w, sr=24000)[0] for w in wavs]
     # Decoding with the encoder's own codebooks (output projections) and the "initialized" flags
     # are not part of encoding, upstream's included; codebooks past the kept groups are computed
@@ -151,18 +156,21 @@ def test_every_encoder_weight_matters(pair):
     assert not undetected, undetected
 
 
-@pytest.mark.parametrize("bad, match", [
-    (lambda p: (np.zeros(0, dtype=np.float32), 24000), "empty"),
-    (lambda p: (np.array([0.1, np.nan, 0.2] * 100, dtype=np.float32), 24000), "NaN"),
-    (lambda p: (np.array([0.1, np.inf] * 100, dtype=np.float32), 16000), "NaN or infinite"),
-    (lambda p: (np.zeros(100, dtype=np.float32), 0), "sample rate"),
-    (lambda p: (np.zeros(100, dtype=np.float32), -8000), "sample rate"),
-    (lambda p: np.zeros(100, dtype=np.float32), "needs its sample rate"),
-    (lambda p: str(p / "garbage.wav"), "cannot read audio"),
-    (lambda p: str(p / "missing.wav"), "cannot read audio"),
-    (lambda p: [], "no audio"),
-    (lambda p: 3.5, "unsupported input type"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (lambda p: (np.zeros(0, dtype=np.float32), 24000), "empty"),
+        (lambda p: (np.array([0.1, np.nan, 0.2] * 100, dtype=np.float32), 24000), "NaN"),
+        (lambda p: (np.array([0.1, np.inf] * 100, dtype=np.float32), 16000), "NaN or infinite"),
+        (lambda p: (np.zeros(100, dtype=np.float32), 0), "sample rate"),
+        (lambda p: (np.zeros(100, dtype=np.float32), -8000), "sample rate"),
+        (lambda p: np.zeros(100, dtype=np.float32), "needs its sample rate"),
+        (lambda p: str(p / "garbage.wav"), "cannot read audio"),
+        (lambda p: str(p / "missing.wav"), "cannot read audio"),
+        (lambda p: [], "no audio"),
+        (lambda p: 3.5, "unsupported input type"),
+    ],
+)
 def test_bad_input_is_one_clear_value_error(pair, tmp_path, bad, match):
     _, standalone = pair
     (tmp_path / "garbage.wav").write_bytes(b"RIFF\x00\x00not a wave file at all")

@@ -11,10 +11,17 @@ import numpy as np
 import pytest
 import torch
 
-from q3tts.standalone.codec import CodecDecoder, CodecConfig, load_codec
+from q3tts.standalone.codec import CodecConfig, CodecDecoder, load_codec
 from q3tts.standalone.streaming import (
-    STREAMING_TOLERANCES, UPSTREAM_CHUNK_CONTEXT, UPSTREAM_CHUNK_FRAMES, CodecStream, codec_latent,
-    codec_waveform, latent_context_frames, stream_decode, tail_context_frames,
+    STREAMING_TOLERANCES,
+    UPSTREAM_CHUNK_CONTEXT,
+    UPSTREAM_CHUNK_FRAMES,
+    CodecStream,
+    codec_latent,
+    codec_waveform,
+    latent_context_frames,
+    stream_decode,
+    tail_context_frames,
 )
 from q3tts.verify.compare import snr_db
 from q3tts.verify.forward_parity import speech_like_waveform
@@ -86,10 +93,10 @@ def test_stream_is_exact_across_the_300_frame_chunk(codec64):
     codes = random_codes(310, 1)
     ref = offline(codec64, codes)
     got, _ = streamed(codec64, codes[290:], 8, 3, prefix=codes[:290], push_frames=4)
-    np.testing.assert_array_equal(got, ref[290 * 1920:])
+    np.testing.assert_array_equal(got, ref[290 * 1920 :])
     with torch.inference_mode():
         whole = codec64(codes.T[None])[0, 0].to(torch.float32).numpy()
-    assert np.abs(whole[300 * 1920:] - got[10 * 1920:]).max() > 1e-2
+    assert np.abs(whole[300 * 1920 :] - got[10 * 1920 :]).max() > 1e-2
 
 
 def test_one_frame_less_context_breaks_equality(codec64):
@@ -124,7 +131,7 @@ def test_stream_within_bound_across_the_300_frame_chunk(load_pair, dtype):
     codes = random_codes(310, 1)
     (ref,), _ = model.decode_codes([codes])
     got, _ = streamed(model.codec, codes[290:], 8, 3, prefix=codes[:290], push_frames=4)
-    ref = ref[290 * 1920:]
+    ref = ref[290 * 1920 :]
     bound, min_snr = STREAMING_TOLERANCES[dtype]
     max_abs = float(np.abs(got - ref).max())
     print(f"\n{dtype} frames 290..309 chunks 8/3: max abs {max_abs:.3e} SNR {snr_db(ref, got):.1f} dB")
@@ -149,11 +156,17 @@ MODES = {
     "custom_voice": ("custom_voice", "custom_voice", dict(text="Hi there.", speaker="alice", language="auto")),
     "voice_design": ("voice_design", "voice_design", dict(text="Hello.", instruct="Calm and deep.")),
     "clone_xvector": ("base", "voice_clone", dict(text="Clone me.", language="english", x_vector_only_mode=True)),
-    "clone_icl": ("base", "voice_clone", dict(text="Clone me.", language="english", ref_text="Reference words.",
-                                              ref_code=REF_CODE)),
+    "clone_icl": (
+        "base",
+        "voice_clone",
+        dict(text="Clone me.", language="english", ref_text="Reference words.", ref_code=REF_CODE),
+    ),
     # ICL from the recording: the reference codes come from the standalone encoder.
-    "clone_icl_from_audio": ("base", "voice_clone", dict(text="Clone me.", language="english",
-                                                         ref_text="Reference words.")),
+    "clone_icl_from_audio": (
+        "base",
+        "voice_clone",
+        dict(text="Clone me.", language="english", ref_text="Reference words."),
+    ),
 }
 
 
@@ -181,10 +194,10 @@ def test_every_voice_mode_streams_the_offline_audio(load_models, mode):
         total = REF_CODE.shape[0] + len(got) // 1920
         cut = int(REF_CODE.shape[0] / total * total * 1920)
         assert len(ref) == len(got) + (REF_CODE.shape[0] * 1920 - cut)
-        ref = ref[len(ref) - len(got):]
+        ref = ref[len(ref) - len(got) :]
     if mode == "clone_icl_from_audio":
         assert len(ref) - len(got) in (0, 1)  # upstream's float cut, as above
-        ref = ref[len(ref) - len(got):]
+        ref = ref[len(ref) - len(got) :]
     bound, min_snr = STREAMING_TOLERANCES[torch.float32]
     assert got.shape == ref.shape
     max_abs = float(np.abs(got - ref).max())
@@ -237,8 +250,14 @@ def test_closing_a_stream_stops_generation_and_frees_caches(load_models, monkeyp
     monkeypatch.setattr(model.talker, "step", counting_step)
     monkeypatch.setattr(model.talker.decoder, "new_cache", tracked_cache)
     torch.manual_seed(5)
-    stream = model.stream_custom_voice("A long sentence to speak.", speaker="alice", language="auto",
-                                       max_new_tokens=200, chunk_frames=4, first_chunk_frames=1)
+    stream = model.stream_custom_voice(
+        "A long sentence to speak.",
+        speaker="alice",
+        language="auto",
+        max_new_tokens=200,
+        chunk_frames=4,
+        first_chunk_frames=1,
+    )
     first = next(stream)
     assert len(first) == 1920 and caches and caches[0]() is not None
     n_steps = len(steps)
@@ -282,8 +301,20 @@ def _cli(*args):
 def test_cli_streams_a_wav_and_pcm_to_stdout(checkpoints, tmp_path):
     import soundfile as sf
 
-    common = ["--model", checkpoints["custom_voice"][1], "--text", "Hello world.", "--speaker", "alice",
-              "--language", "english", "--seed", "3", "--max-new-tokens", "30"]
+    common = [
+        "--model",
+        checkpoints["custom_voice"][1],
+        "--text",
+        "Hello world.",
+        "--speaker",
+        "alice",
+        "--language",
+        "english",
+        "--seed",
+        "3",
+        "--max-new-tokens",
+        "30",
+    ]
     r = _cli(*common, "--out", tmp_path / "offline.wav")
     assert r.returncode == 0, r.stderr
     r = _cli(*common, "--stream", "--chunk-frames", "3", "--first-chunk-frames", "2", "--out", tmp_path / "s.wav")

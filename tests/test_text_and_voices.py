@@ -32,16 +32,26 @@ TEXTS = [
 @pytest.mark.parametrize("template", ["assistant", "ref", "instruct"])
 def test_token_ids_equal_upstream_processor(load_models, text, template):
     wrapper, standalone = load_models("base", torch.float32)
-    build = {"assistant": TextTokenizer.assistant_text, "ref": TextTokenizer.ref_text, "instruct": TextTokenizer.instruct_text}[template]
+    build = {
+        "assistant": TextTokenizer.assistant_text,
+        "ref": TextTokenizer.ref_text,
+        "instruct": TextTokenizer.instruct_text,
+    }[template]
     expected = wrapper.processor(text=build(text))["input_ids"][0]
     assert standalone.text_tokenizer.encode(build(text)) == expected
 
 
 @pytest.mark.parametrize(
     "version, model_type, expected",
-    [("4.57.3", "qwen3_tts", True), ("4.57.2", "qwen3_tts", False), ("4.56.0", "qwen3_tts", False),
-     ("5.0.0", "qwen3_tts", False), ("5.0.0.dev0", "qwen3_tts", True), (None, "qwen3_tts", True),
-     ("4.50.0", "mistral", True)],
+    [
+        ("4.57.3", "qwen3_tts", True),
+        ("4.57.2", "qwen3_tts", False),
+        ("4.56.0", "qwen3_tts", False),
+        ("5.0.0", "qwen3_tts", False),
+        ("5.0.0.dev0", "qwen3_tts", True),
+        (None, "qwen3_tts", True),
+        ("4.50.0", "mistral", True),
+    ],
 )
 def test_mistral_regex_decision(version, model_type, expected):
     cfg = {"model_type": model_type}
@@ -58,8 +68,8 @@ def test_fix_mistral_regex_quirk_matches_upstream_on_a_large_vocabulary(checkpoi
     """Upstream patches the split regex for >100k vocabularies depending on config.json's
     transformers_version; the standalone tokenizer must make the same choice."""
     from qwen_tts import Qwen3TTSModel  # noqa: F401  (registers the processor classes)
-    from transformers import AutoConfig, AutoProcessor
     from qwen_tts.core.models import Qwen3TTSConfig, Qwen3TTSProcessor
+    from transformers import AutoConfig, AutoProcessor
 
     AutoConfig.register("qwen3_tts", Qwen3TTSConfig, exist_ok=True)
     AutoProcessor.register(Qwen3TTSConfig, Qwen3TTSProcessor, exist_ok=True)
@@ -109,10 +119,21 @@ def test_voice_methods_return_upstream_audio(load_models, sampled):
     b_up, b_st = load_models("base", torch.float32)
     wav = speech_like_waveform(3)
     runs = [
-        (cv_up, cv_st, lambda m: m.generate_custom_voice(["Hi there.", "Second one!"], speaker=["alice", "bob"], language="auto", **gen)),
+        (
+            cv_up,
+            cv_st,
+            lambda m: m.generate_custom_voice(
+                ["Hi there.", "Second one!"], speaker=["alice", "bob"], language="auto", **gen
+            ),
+        ),
         (vd_up, vd_st, lambda m: m.generate_voice_design("Hello.", instruct="Calm and deep.", **gen)),
-        (b_up, b_st, lambda m: m.generate_voice_clone("Clone me.", language="english", ref_audio=(wav, 24000),
-                                                      x_vector_only_mode=True, **gen)),
+        (
+            b_up,
+            b_st,
+            lambda m: m.generate_voice_clone(
+                "Clone me.", language="english", ref_audio=(wav, 24000), x_vector_only_mode=True, **gen
+            ),
+        ),
     ]
     for up, st, call in runs:
         torch.manual_seed(5)
@@ -126,8 +147,9 @@ def test_voice_methods_return_upstream_audio(load_models, sampled):
     torch.manual_seed(5)
     expected = b_up.generate_voice_clone("Clone me.", language="english", voice_clone_prompt=items_up, **gen)
     torch.manual_seed(5)
-    got = b_st.generate_voice_clone("Clone me.", language="english", ref_audio=(wav, 24000),
-                                    ref_text="Reference words.", ref_code=ref_code, **gen)
+    got = b_st.generate_voice_clone(
+        "Clone me.", language="english", ref_audio=(wav, 24000), ref_text="Reference words.", ref_code=ref_code, **gen
+    )
     _same_audio(expected, got)
 
 

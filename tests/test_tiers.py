@@ -26,8 +26,14 @@ def test_a_fast_tier_subset_runs_under_the_blocker_and_loads_no_reference_module
     report = tmp_path / "tier.json"
     env = dict(os.environ, Q3TTS_TIER_REPORT=str(report))
     env.pop("Q3TTS_FAST_TIER", None)
-    r = subprocess.run([sys.executable, "-m", "pytest", "--fast", "-q", "-p", "no:cacheprovider", *SUBSET],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    r = subprocess.run(
+        [sys.executable, "-m", "pytest", "--fast", "-q", "-p", "no:cacheprovider", *SUBSET],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     seen = json.loads(report.read_text())
     # Installed here, so only the blocker keeps them out: it must have been in place, and it must block.

@@ -25,9 +25,14 @@ def ref_files(tmp_path_factory):
     root = tmp_path_factory.mktemp("refs")
     rng = np.random.default_rng(5)
     out = {}
-    for name, sr, seconds, stereo in [("mono24k", 24000, 1.3, False), ("stereo44k", 44100, 0.9, True),
-                                      ("mono16k", 16000, 1.6, False)]:
-        wav = speech_like_waveform(len(out) + 3, seconds, sr) + 0.1 * rng.standard_normal(int(seconds * sr)).astype(np.float32)
+    for name, sr, seconds, stereo in [
+        ("mono24k", 24000, 1.3, False),
+        ("stereo44k", 44100, 0.9, True),
+        ("mono16k", 16000, 1.6, False),
+    ]:
+        wav = speech_like_waveform(len(out) + 3, seconds, sr) + 0.1 * rng.standard_normal(int(seconds * sr)).astype(
+            np.float32
+        )
         data = np.stack([wav, 0.6 * wav], axis=-1) if stereo else wav
         path = root / f"{name}.wav"
         sf.write(path, data, sr, subtype="PCM_16")
@@ -35,8 +40,11 @@ def ref_files(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("ref", ["mono24k", "stereo44k", ["mono24k", "mono16k"], ["mono24k", "mono24k"]],
-                         ids=["mono24k", "stereo44k", "mixed-rates", "same-rate-batch"])
+@pytest.mark.parametrize(
+    "ref",
+    ["mono24k", "stereo44k", ["mono24k", "mono16k"], ["mono24k", "mono24k"]],
+    ids=["mono24k", "stereo44k", "mixed-rates", "same-rate-batch"],
+)
 def test_prompt_from_audio_matches_upstream(load_models, ref_files, ref):
     wrapper, standalone = load_models("base", FP32)
     audio = [ref_files[r] for r in ref] if isinstance(ref, list) else ref_files[ref]
@@ -52,8 +60,16 @@ def test_prompt_from_audio_matches_upstream(load_models, ref_files, ref):
 @pytest.mark.parametrize("ref", ["mono24k", "stereo44k"])
 def test_generate_voice_clone_from_wav_matches_upstream(load_models, ref_files, ref, non_streaming):
     wrapper, standalone = load_models("base", FP32)
-    kwargs = dict(language="English", ref_audio=ref_files[ref], ref_text=REF_TEXT, non_streaming_mode=non_streaming,
-                  max_new_tokens=16, do_sample=True, top_k=8, temperature=0.9)
+    kwargs = dict(
+        language="English",
+        ref_audio=ref_files[ref],
+        ref_text=REF_TEXT,
+        non_streaming_mode=non_streaming,
+        max_new_tokens=16,
+        do_sample=True,
+        top_k=8,
+        temperature=0.9,
+    )
     torch.manual_seed(123)
     (ref_wav,), sr_ref = wrapper.generate_voice_clone("Nice to meet you.", **kwargs)
     torch.manual_seed(123)
@@ -86,15 +102,20 @@ assert not bad, bad
 def test_encoding_and_icl_synthesis_without_transformers(load_models, checkpoints, ref_files, tmp_path):
     _, st_dir = checkpoints["base"]
     codes_out, wav_out = tmp_path / "codes.npy", tmp_path / "wav.npy"
-    r = subprocess.run([sys.executable, "-c", ISOLATED, str(st_dir), ref_files["stereo44k"], str(codes_out), str(wav_out)],
-                       capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [sys.executable, "-c", ISOLATED, str(st_dir), ref_files["stereo44k"], str(codes_out), str(wav_out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     wrapper, _ = load_models("base", FP32)
     ref_codes = wrapper.model.speech_tokenizer.encode(ref_files["stereo44k"]).audio_codes[0]
     np.testing.assert_array_equal(np.load(codes_out), ref_codes.numpy())
     torch.manual_seed(7)
-    (ref_wav,), _ = wrapper.generate_voice_clone("Nice to meet you.", language="English", ref_audio=ref_files["stereo44k"],
-                                                 ref_text=REF_TEXT, max_new_tokens=8)
+    (ref_wav,), _ = wrapper.generate_voice_clone(
+        "Nice to meet you.", language="English", ref_audio=ref_files["stereo44k"], ref_text=REF_TEXT, max_new_tokens=8
+    )
     np.testing.assert_array_equal(np.load(wav_out), ref_wav)
 
 
@@ -132,15 +153,32 @@ def test_encode_command_writes_upstreams_codes(load_models, checkpoints, ref_fil
 
 def test_synthesize_clones_from_ref_audio_and_text_without_codes(load_models, checkpoints, ref_files, tmp_path):
     wav_path = tmp_path / "clone.wav"
-    r = _cli("synthesize", "--model", checkpoints["base"][1], "--text", "Nice to meet you.", "--language", "english",
-             "--ref-audio", ref_files["stereo44k"], "--ref-text", REF_TEXT, "--seed", "4", "--max-new-tokens", "12",
-             "--out", wav_path)
+    r = _cli(
+        "synthesize",
+        "--model",
+        checkpoints["base"][1],
+        "--text",
+        "Nice to meet you.",
+        "--language",
+        "english",
+        "--ref-audio",
+        ref_files["stereo44k"],
+        "--ref-text",
+        REF_TEXT,
+        "--seed",
+        "4",
+        "--max-new-tokens",
+        "12",
+        "--out",
+        wav_path,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     got, sr = sf.read(str(wav_path), dtype="float32")
     wrapper, _ = load_models("base", FP32)
     torch.manual_seed(4)
-    (ref_wav,), _ = wrapper.generate_voice_clone("Nice to meet you.", language="english", ref_audio=ref_files["stereo44k"],
-                                                 ref_text=REF_TEXT, max_new_tokens=12)
+    (ref_wav,), _ = wrapper.generate_voice_clone(
+        "Nice to meet you.", language="english", ref_audio=ref_files["stereo44k"], ref_text=REF_TEXT, max_new_tokens=12
+    )
     # The wav file is 16-bit: compare after the same quantisation.
     expected = sf.read(_write16(tmp_path / "ref.wav", ref_wav, sr), dtype="float32")[0]
     np.testing.assert_array_equal(got, expected)

@@ -19,11 +19,10 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from q3tts.standalone.layout import codec_plan, convert_tensors
 from q3tts.standalone.codec import CodecConfig
+from q3tts.standalone.layout import codec_plan, convert_tensors
 from q3tts.standalone.speech_encoder import SpeechEncoder, SpeechEncoderConfig
 
 from .bench_generation import environment
@@ -43,7 +42,7 @@ def build_encoders(config: dict, dtype: torch.dtype, seed: int = 0):
     converted = dict(convert_tensors(entries, state.__getitem__))
     with torch.device("meta"):
         st = SpeechEncoder(ecfg)
-    st.load_state_dict({k[len("encoder."):]: v.clone() for k, v in converted.items()}, strict=True, assign=True)
+    st.load_state_dict({k[len("encoder.") :]: v.clone() for k, v in converted.items()}, strict=True, assign=True)
     up.decoder = None  # not part of encoding
     return up.to(dtype), st.to(dtype).eval(), ecfg
 
@@ -80,21 +79,31 @@ def bench(name: str, config: dict, seconds_list: list[float], dtype: torch.dtype
             st.encode_waveforms([wav])
             t_up, t_st, m_up, m_st = [], [], [], []
             for _ in range(repeats):
-                ref, t, m = measured(lambda: up.encode(x, mask, return_dict=True).audio_codes[0])
+                ref, t, m = measured(lambda x=x, mask=mask: up.encode(x, mask, return_dict=True).audio_codes[0])
                 t_up.append(t)
                 m_up.append(m)
-                got, t, m = measured(lambda: st.encode_waveforms([wav])[0])
+                got, t, m = measured(lambda wav=wav: st.encode_waveforms([wav])[0])
                 t_st.append(t)
                 m_st.append(m)
         same = ref.shape == got.shape and torch.equal(ref.cpu(), got)
-        rows.append({"audio_seconds": secs, "frames": int(ref.shape[0]), "codes_identical": bool(same),
-                     "codes_differing": int((ref.cpu() != got).sum()) if ref.shape == got.shape else None,
-                     "upstream_rtf": min(t_up) / secs, "standalone_rtf": min(t_st) / secs,
-                     "upstream_peak_mb": max(m_up), "standalone_peak_mb": max(m_st)})
+        rows.append(
+            {
+                "audio_seconds": secs,
+                "frames": int(ref.shape[0]),
+                "codes_identical": bool(same),
+                "codes_differing": int((ref.cpu() != got).sum()) if ref.shape == got.shape else None,
+                "upstream_rtf": min(t_up) / secs,
+                "standalone_rtf": min(t_st) / secs,
+                "upstream_peak_mb": max(m_up),
+                "standalone_peak_mb": max(m_st),
+            }
+        )
         r = rows[-1]
-        print(f"[{name} {dtype}] {secs:.0f} s: codes identical {same}, RTF upstream {r['upstream_rtf']:.4f} "
-              f"standalone {r['standalone_rtf']:.4f}, peak +{r['upstream_peak_mb']:.0f} / +{r['standalone_peak_mb']:.0f} MB",
-              flush=True)
+        print(
+            f"[{name} {dtype}] {secs:.0f} s: codes identical {same}, RTF upstream {r['upstream_rtf']:.4f} "
+            f"standalone {r['standalone_rtf']:.4f}, peak +{r['upstream_peak_mb']:.0f} / +{r['standalone_peak_mb']:.0f} MB",
+            flush=True,
+        )
     n_params = sum(p.numel() for p in st.parameters())
     return {"model": name, "dtype": str(dtype).replace("torch.", ""), "parameters": n_params, "clips": rows}
 
@@ -106,29 +115,38 @@ def main(argv=None) -> None:
     ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    results = {"environment": environment(), "models": [
-        bench("tiny", tiny_speech_tokenizer_config(), [5.0, 30.0], torch.float32, args.repeats),
-        bench("released size", released_speech_tokenizer_config(), [5.0, 30.0], torch.float32, args.repeats),
-        bench("released size", released_speech_tokenizer_config(), [5.0, 30.0], torch.bfloat16, args.repeats),
-    ]}
+    results = {
+        "environment": environment(),
+        "models": [
+            bench("tiny", tiny_speech_tokenizer_config(), [5.0, 30.0], torch.float32, args.repeats),
+            bench("released size", released_speech_tokenizer_config(), [5.0, 30.0], torch.float32, args.repeats),
+            bench("released size", released_speech_tokenizer_config(), [5.0, 30.0], torch.bfloat16, args.repeats),
+        ],
+    }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "encode-benchmark.json").write_text(json.dumps(results, indent=2) + "\n")
     env = results["environment"]
-    lines = ["# Speech-tokenizer encode: parity, real-time factor, peak memory", "",
-             f"CPU, {env['threads']} threads, torch {env['torch']}, qwen-tts {env['qwen-tts']}. Random weights "
-             "(fixture initialiser) in the released tokenizer config; the same 24 kHz waveform encoded by upstream's "
-             "Qwen3TTSTokenizerV2Model.encode and the standalone SpeechEncoder. RTF = encode seconds / audio seconds "
-             "(lower is faster), best of the repeats. Peak = rise of the process's peak RSS during the call.", "",
-             "| encoder | dtype | params | audio s | frames | codes identical | upstream RTF | standalone RTF | speedup | "
-             "upstream peak MB | standalone peak MB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Speech-tokenizer encode: parity, real-time factor, peak memory",
+        "",
+        f"CPU, {env['threads']} threads, torch {env['torch']}, qwen-tts {env['qwen-tts']}. Random weights "
+        "(fixture initialiser) in the released tokenizer config; the same 24 kHz waveform encoded by upstream's "
+        "Qwen3TTSTokenizerV2Model.encode and the standalone SpeechEncoder. RTF = encode seconds / audio seconds "
+        "(lower is faster), best of the repeats. Peak = rise of the process's peak RSS during the call.",
+        "",
+        "| encoder | dtype | params | audio s | frames | codes identical | upstream RTF | standalone RTF | speedup | "
+        "upstream peak MB | standalone peak MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for m in results["models"]:
         for r in m["clips"]:
-            lines.append(f"| {m['model']} | {m['dtype']} | {m['parameters'] / 1e6:.1f}M | {r['audio_seconds']:.0f} | "
-                         f"{r['frames']} | {r['codes_identical']} | {r['upstream_rtf']:.4f} | {r['standalone_rtf']:.4f} | "
-                         f"{r['upstream_rtf'] / r['standalone_rtf']:.2f}x | {r['upstream_peak_mb']:.0f} | "
-                         f"{r['standalone_peak_mb']:.0f} |")
+            lines.append(
+                f"| {m['model']} | {m['dtype']} | {m['parameters'] / 1e6:.1f}M | {r['audio_seconds']:.0f} | "
+                f"{r['frames']} | {r['codes_identical']} | {r['upstream_rtf']:.4f} | {r['standalone_rtf']:.4f} | "
+                f"{r['upstream_rtf'] / r['standalone_rtf']:.2f}x | {r['upstream_peak_mb']:.0f} | "
+                f"{r['standalone_peak_mb']:.0f} |"
+            )
     (out / "encode-benchmark.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

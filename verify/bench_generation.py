@@ -26,8 +26,8 @@ from pathlib import Path
 
 import torch
 
-from q3tts.standalone.layout import convert_tensors, plan
 from q3tts.standalone import Qwen3TTS, Qwen3TTSConfig
+from q3tts.standalone.layout import convert_tensors, plan
 
 from .fixtures import randomize_, tiny_config
 from .released import released_config
@@ -88,15 +88,22 @@ def bytes_read_per_frame(cfg: Qwen3TTSConfig, bytes_per_param: int) -> int:
     """Weights one frame must stream: the talker's layers and codec head once, and per residual
     group the code predictor's layers, its input projection and one head (embedding rows are
     negligible lookups)."""
+
     def layer_params(tc):
         q = tc.num_attention_heads * tc.head_dim
         kv = tc.num_key_value_heads * tc.head_dim
-        return tc.num_hidden_layers * (tc.hidden_size * (q + 2 * kv) + q * tc.hidden_size + 3 * tc.hidden_size * tc.intermediate_size)
+        return tc.num_hidden_layers * (
+            tc.hidden_size * (q + 2 * kv) + q * tc.hidden_size + 3 * tc.hidden_size * tc.intermediate_size
+        )
 
     t = cfg.talker
     cp = t.code_predictor
     talker = layer_params(t.transformer) + t.vocab_size * t.transformer.hidden_size
-    proj = t.transformer.hidden_size * cp.transformer.hidden_size if cp.transformer.hidden_size != t.transformer.hidden_size else 0
+    proj = (
+        t.transformer.hidden_size * cp.transformer.hidden_size
+        if cp.transformer.hidden_size != t.transformer.hidden_size
+        else 0
+    )
     per_group = layer_params(cp.transformer) + proj + cp.vocab_size * cp.transformer.hidden_size
     return (talker + (t.num_code_groups - 1) * per_group) * bytes_per_param
 
@@ -127,8 +134,13 @@ def prompt_kwargs(cfg: Qwen3TTSConfig, batch: int, text_len: int = 24, seed: int
         ids.append(torch.cat([head, body, tail], dim=1))
     speakers = list(cfg.talker.spk_id)[:1] * batch or [None] * batch
     # EOS is moved to a suppressed id, so every run produces exactly max_new_tokens - 1 frames.
-    return dict(input_ids=ids, languages=["english"] * batch, speakers=speakers, non_streaming_mode=True,
-                eos_token_id=cfg.talker.vocab_size - 1)
+    return dict(
+        input_ids=ids,
+        languages=["english"] * batch,
+        speakers=speakers,
+        non_streaming_mode=True,
+        eos_token_id=cfg.talker.vocab_size - 1,
+    )
 
 
 def time_generate(fn, kwargs: dict, frames: int, seed: int):
@@ -147,8 +159,13 @@ def bench_model(name: str, config: dict, frames: int, batch: int, bandwidth: flo
     up, st, cfg = build_pair(config)
     weight_bytes = sum(p.numel() * p.element_size() for p in st.parameters())
     floor_s = bytes_read_per_frame(cfg, 4) / bandwidth
-    out = {"model": name, "weights_bytes": weight_bytes, "bytes_read_per_frame": bytes_read_per_frame(cfg, 4),
-           "bandwidth_floor_ms_per_frame": floor_s * 1e3, "runs": []}
+    out = {
+        "model": name,
+        "weights_bytes": weight_bytes,
+        "bytes_read_per_frame": bytes_read_per_frame(cfg, 4),
+        "bandwidth_floor_ms_per_frame": floor_s * 1e3,
+        "runs": [],
+    }
     for b in sorted({1, batch}):
         kwargs = prompt_kwargs(cfg, b)
         sides = {}
@@ -162,7 +179,9 @@ def bench_model(name: str, config: dict, frames: int, batch: int, bandwidth: flo
         for side, r in sides.items():
             fps = r["frames"] / r["seconds"]
             run[side] = {
-                "seconds": r["seconds"], "frames": r["frames"], "frames_per_s": fps,
+                "seconds": r["seconds"],
+                "frames": r["frames"],
+                "frames_per_s": fps,
                 "ms_per_frame": 1e3 * r["seconds"] / (r["frames"] / b),  # per step of the batch
                 "peak_rss_growth_mb": r["rss_growth"] / 2**20,
                 "peak_rss_mb": r["rss_peak"] / 2**20,  # the whole process: both models are resident
@@ -172,9 +191,12 @@ def bench_model(name: str, config: dict, frames: int, batch: int, bandwidth: flo
             run["standalone"]["floor_fraction"] = floor_s * 1e3 / run["standalone"]["ms_per_frame"]
             run["upstream"]["floor_fraction"] = floor_s * 1e3 / run["upstream"]["ms_per_frame"]
         out["runs"].append(run)
-        print(f"[{name}] batch {b}: upstream {run['upstream']['frames_per_s']:.2f} frames/s, "
-              f"standalone {run['standalone']['frames_per_s']:.2f} frames/s ({run['speedup']:.2f}x), "
-              f"codes identical: {identical}", flush=True)
+        print(
+            f"[{name}] batch {b}: upstream {run['upstream']['frames_per_s']:.2f} frames/s, "
+            f"standalone {run['standalone']['frames_per_s']:.2f} frames/s ({run['speedup']:.2f}x), "
+            f"codes identical: {identical}",
+            flush=True,
+        )
     single = next(r for r in out["runs"] if r["batch"] == 1)
     batched = [r for r in out["runs"] if r["batch"] > 1]
     if batched:
@@ -187,8 +209,12 @@ def bench_model(name: str, config: dict, frames: int, batch: int, bandwidth: flo
 def environment() -> dict:
     from .report import versions
 
-    return {**versions(), "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
-            "cores": os.cpu_count()}
+    return {
+        **versions(),
+        "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+    }
 
 
 def write_reports(results: dict, out_dir: Path) -> None:
@@ -218,10 +244,14 @@ def write_reports(results: dict, out_dir: Path) -> None:
                 f"| {r['upstream']['peak_rss_growth_mb']:.0f} / {r['standalone']['peak_rss_growth_mb']:.0f} "
                 f"| {'yes' if r['codes_identical'] else 'NO'} |"
             )
-    lines += ["", "ms/frame is the wall time of one decode step of the whole batch (prefill included, amortised); "
-              "frames/s counts frames of all batch items. 'floor reached' = bandwidth floor / standalone ms per frame. "
-              "Peak RSS is the process's (both models resident, sharing the renamed tensors); RSS growth is each "
-              "side's working memory while generating (caches, activations) above what was resident before.", ""]
+    lines += [
+        "",
+        "ms/frame is the wall time of one decode step of the whole batch (prefill included, amortised); "
+        "frames/s counts frames of all batch items. 'floor reached' = bandwidth floor / standalone ms per frame. "
+        "Peak RSS is the process's (both models resident, sharing the renamed tensors); RSS growth is each "
+        "side's working memory while generating (caches, activations) above what was resident before.",
+        "",
+    ]
     for m in results["models"]:
         if "batch_over_single" in m:
             lines.append(f"- {m['model']}: batch aggregate / single-stream frames/s = {m['batch_over_single']:.2f}x")

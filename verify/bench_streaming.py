@@ -50,9 +50,10 @@ def build(work: Path, size: str) -> Path:
 def bench_dtype(st: Path, dtype: torch.dtype, frames: int, chunk: int, first: int, seed: int = 0) -> dict:
     model = Qwen3TTS.from_pretrained(st, dtype=dtype)
     speaker = model.get_supported_speakers()[0]
-    kw = dict(text="Streaming synthesis benchmark sentence.", speaker=speaker, language="auto",
-              max_new_tokens=frames + 1)
-    model.codec  # load the codec outside the timings
+    kw = dict(
+        text="Streaming synthesis benchmark sentence.", speaker=speaker, language="auto", max_new_tokens=frames + 1
+    )
+    _ = model.codec  # load the codec outside the timings
     # Offline: codes, then audio (what generate_custom_voice does), timed apart.
     load_before = loadavg()
     torch.manual_seed(seed)
@@ -84,14 +85,27 @@ def bench_dtype(st: Path, dtype: torch.dtype, frames: int, chunk: int, first: in
     snr = snr_db(wav, streamed) if same else float("-inf")
     audio_s = n * 1920 / sr
     return dict(
-        dtype=SHORT_NAME[dtype], frames=n, audio_seconds=audio_s,
-        chunk_frames=chunk, first_chunk_frames=first, chunks=chunks, streamed_samples=samples,
-        offline_generate_s=t_gen, offline_decode_s=t_dec, offline_complete_audio_s=t_gen + t_dec,
-        offline_rtf=(t_gen + t_dec) / audio_s, seconds_per_frame=t_gen / max(n, 1),
-        first_chunk_decode_s=t_first_decode, stream_first_audio_s=t_first, stream_total_s=t_stream,
-        stream_rtf=t_stream / audio_s, stream_vs_offline_max_abs=max_abs, stream_vs_offline_snr_db=snr,
+        dtype=SHORT_NAME[dtype],
+        frames=n,
+        audio_seconds=audio_s,
+        chunk_frames=chunk,
+        first_chunk_frames=first,
+        chunks=chunks,
+        streamed_samples=samples,
+        offline_generate_s=t_gen,
+        offline_decode_s=t_dec,
+        offline_complete_audio_s=t_gen + t_dec,
+        offline_rtf=(t_gen + t_dec) / audio_s,
+        seconds_per_frame=t_gen / max(n, 1),
+        first_chunk_decode_s=t_first_decode,
+        stream_first_audio_s=t_first,
+        stream_total_s=t_stream,
+        stream_rtf=t_stream / audio_s,
+        stream_vs_offline_max_abs=max_abs,
+        stream_vs_offline_snr_db=snr,
         goal_first_audio_s=2 * (t_gen / max(n, 1) + t_first_decode),
-        loadavg_before=load_before, loadavg_after=loadavg(),
+        loadavg_before=load_before,
+        loadavg_after=loadavg(),
     )
 
 
@@ -119,7 +133,11 @@ def write_report(rows: list[dict], out: Path, size: str) -> None:
             f"{r['offline_rtf']:.2f} | {r['stream_vs_offline_max_abs']:.2e} ({r['stream_vs_offline_snr_db']:.1f}) | "
             f"{r['loadavg_before']} → {r['loadavg_after']} |"
         )
-    lines += ["", f"torch {env.get('torch')}, {env.get('threads')} threads, {env.get('cores')} cores, {env.get('cpu', '')}", ""]
+    lines += [
+        "",
+        f"torch {env.get('torch')}, {env.get('threads')} threads, {env.get('cores')} cores, {env.get('cpu', '')}",
+        "",
+    ]
     (out / "streaming-benchmark.md").write_text("\n".join(lines))
 
 
@@ -137,8 +155,7 @@ def main(argv=None) -> None:
     st = build(a.work, a.size)
     rows = []
     for name in a.dtypes.split(","):
-        rows.append(bench_dtype(st, BY_SHORT[name], a.frames,
-                                a.chunk_frames, a.first_chunk_frames))
+        rows.append(bench_dtype(st, BY_SHORT[name], a.frames, a.chunk_frames, a.first_chunk_frames))
         print(json.dumps(rows[-1]), flush=True)
         write_report(rows, a.out, a.size)
 

@@ -18,7 +18,6 @@ import q3tts.standalone.audio as audio_mod
 import q3tts.standalone.speech_encoder as enc_mod
 
 
-
 @dataclass(frozen=True)
 class EncoderFault:
     """A planted encoder bug: ``inject(model)`` is a context manager; ``layer`` is the stage the
@@ -53,34 +52,45 @@ def downsample_stride_one(m):
 
     @contextlib.contextmanager
     def ctx():
-        with _patch_attr(conv, "stride", 1), _patch_attr(conv, "padding", conv.kernel_eff - 1), \
-                _patch_attr(conv.conv, "stride", (1,)):
+        with (
+            _patch_attr(conv, "stride", 1),
+            _patch_attr(conv, "padding", conv.kernel_eff - 1),
+            _patch_attr(conv.conv, "stride", (1,)),
+        ):
             yield
+
     return ctx()
 
 
 def quantizer_l1_distance(m):
     """Nearest codebook vector by L1 instead of Euclidean distance."""
+
     def nearest_code(x, book):
         return torch.cdist(x[None].float(), book[None].float(), p=1.0)[0].argmin(dim=-1)
+
     return mock.patch.object(enc_mod, "nearest_code", nearest_code)
 
 
 def missing_attn_layer_scale(m):
     """Layer scale of the attention branch skipped in transformer layer 0."""
+
     def forward(self, x, cos, sin, mask):
         x = x + self.attn(self.attn_norm(x), cos, sin, mask)
         return x + self.mlp_scale * self.fc2(torch.nn.functional.gelu(self.fc1(self.mlp_norm(x))))
-    return mock.patch.object(m.speech_encoder.transformer.layers[0], "forward",
-                             forward.__get__(m.speech_encoder.transformer.layers[0]))
+
+    return mock.patch.object(
+        m.speech_encoder.transformer.layers[0], "forward", forward.__get__(m.speech_encoder.transformer.layers[0])
+    )
 
 
 def sliding_window_applied(m):
     """The config's 250-frame sliding window applied (upstream's SDPA path ignores it)."""
+
     def attention_mask(b, t, device):
         q = torch.arange(t, device=device)[:, None]
         k = torch.arange(t, device=device)[None, :]
         return ((k <= q) & (k > q - 250))[None, None].expand(b, 1, t, t)
+
     return mock.patch.object(enc_mod.EncoderTransformer, "attention_mask", staticmethod(attention_mask))
 
 
@@ -90,18 +100,54 @@ def resampler_very_high_quality(m):
 
 
 ENCODER_FAULTS: tuple[EncoderFault, ...] = (
-    EncoderFault("encoder_downsample_padding", "downsample padded with zeros instead of replicate", "base", "speech_encoder",
-          "downsample", downsample_zero_padding),
-    EncoderFault("encoder_downsample_stride", "downsample stride 1 instead of 2", "base", "speech_encoder", "downsample",
-          downsample_stride_one),
-    EncoderFault("encoder_l1_distance", "quantizer nearest neighbour by L1 instead of Euclidean distance", "base",
-          "speech_encoder", "quantizer", quantizer_l1_distance),
-    EncoderFault("encoder_layer_scale", "attention layer scale skipped in encoder transformer layer 0", "base",
-          "speech_encoder", "transformer.layers.0", missing_attn_layer_scale),
-    EncoderFault("encoder_sliding_window", "250-frame sliding window applied in the encoder transformer", "base",
-          "speech_encoder", "transformer.layers.0", sliding_window_applied),
-    EncoderFault("encoder_resampler", "soxr VHQ instead of HQ resampling", "base", "speech_encoder", "front_end",
-          resampler_very_high_quality),
+    EncoderFault(
+        "encoder_downsample_padding",
+        "downsample padded with zeros instead of replicate",
+        "base",
+        "speech_encoder",
+        "downsample",
+        downsample_zero_padding,
+    ),
+    EncoderFault(
+        "encoder_downsample_stride",
+        "downsample stride 1 instead of 2",
+        "base",
+        "speech_encoder",
+        "downsample",
+        downsample_stride_one,
+    ),
+    EncoderFault(
+        "encoder_l1_distance",
+        "quantizer nearest neighbour by L1 instead of Euclidean distance",
+        "base",
+        "speech_encoder",
+        "quantizer",
+        quantizer_l1_distance,
+    ),
+    EncoderFault(
+        "encoder_layer_scale",
+        "attention layer scale skipped in encoder transformer layer 0",
+        "base",
+        "speech_encoder",
+        "transformer.layers.0",
+        missing_attn_layer_scale,
+    ),
+    EncoderFault(
+        "encoder_sliding_window",
+        "250-frame sliding window applied in the encoder transformer",
+        "base",
+        "speech_encoder",
+        "transformer.layers.0",
+        sliding_window_applied,
+    ),
+    EncoderFault(
+        "encoder_resampler",
+        "soxr VHQ instead of HQ resampling",
+        "base",
+        "speech_encoder",
+        "front_end",
+        resampler_very_high_quality,
+    ),
 )
 
 
@@ -120,7 +166,9 @@ class EncoderFaultResult:
         return self.detected and self.component_named and self.stage_named
 
 
-def run_encoder_fault(fault: EncoderFault, wrapper, standalone, cases: tuple[str, ...] | None = None) -> EncoderFaultResult:
+def run_encoder_fault(
+    fault: EncoderFault, wrapper, standalone, cases: tuple[str, ...] | None = None
+) -> EncoderFaultResult:
     """Run the encoder parity cases with ``fault`` planted in ``standalone`` (fp32)."""
     from .encoder_parity import encoder_results
 
@@ -130,6 +178,11 @@ def run_encoder_fault(fault: EncoderFault, wrapper, standalone, cases: tuple[str
     stages = sorted({r.first_bad_layer for r in failed if r.first_bad_layer})
     accepted = (fault.layer,) if isinstance(fault.layer, str) else tuple(fault.layer or ())
     return EncoderFaultResult(
-        fault.name, fault.description, bool(failed), all(r.component == fault.component for r in failed) and bool(failed),
-        bool(stages) and all(s in accepted for s in stages), [r.case for r in failed], stages,
+        fault.name,
+        fault.description,
+        bool(failed),
+        all(r.component == fault.component for r in failed) and bool(failed),
+        bool(stages) and all(s in accepted for s in stages),
+        [r.case for r in failed],
+        stages,
     )

@@ -23,7 +23,7 @@ import torch
 
 from q3tts.standalone.audio import normalize_inputs
 
-from .compare import DTYPE_NAMES, TOLERANCES
+from .compare import DTYPE_NAMES
 from .forward_parity import speech_like_waveform
 from .suite import CaseResult
 
@@ -88,8 +88,11 @@ def stage_outputs_upstream(tokenizer, batch: torch.Tensor) -> dict[str, torch.Te
     out: dict[str, torch.Tensor] = {}
     handles = [mimi.encoder.register_forward_hook(lambda m, a, o: out.__setitem__("conv_stack", o))]
     for k, layer in enumerate(mimi.encoder_transformer.layers):
-        handles.append(layer.register_forward_hook(
-            lambda m, a, o, k=k: out.__setitem__(f"transformer.layers.{k}", o[0] if isinstance(o, tuple) else o)))
+        handles.append(
+            layer.register_forward_hook(
+                lambda m, a, o, k=k: out.__setitem__(f"transformer.layers.{k}", o[0] if isinstance(o, tuple) else o)
+            )
+        )
     handles.append(mimi.downsample.register_forward_hook(lambda m, a, o: out.__setitem__("downsample", o)))
     try:
         codes = mimi.encode(batch, return_dict=True).audio_codes
@@ -107,7 +110,9 @@ def stage_outputs_standalone(encoder, batch: torch.Tensor) -> dict[str, torch.Te
     return out
 
 
-def compare_stages(ref: dict[str, torch.Tensor], got: dict[str, torch.Tensor], dtype) -> tuple[dict[str, float], str | None]:
+def compare_stages(
+    ref: dict[str, torch.Tensor], got: dict[str, torch.Tensor], dtype
+) -> tuple[dict[str, float], str | None]:
     """(max abs difference per stage, first stage over tolerance). Codes count as over tolerance
     on any difference; a shape difference is infinite."""
     diffs: dict[str, float] = {}
@@ -145,7 +150,9 @@ def encoder_case(name: str, tokenizer, standalone, dtype: torch.dtype, workdir: 
 
     # Localisation: the front end, then every stage on the same prepared (upstream's) batch.
     wav_ref, wav_got = _front_end(tokenizer, audio, sr)
-    fe_diff = max((float(np.abs(a - b).max()) if a.shape == b.shape else float("inf")) for a, b in zip(wav_ref, wav_got))
+    fe_diff = max(
+        (float(np.abs(a - b).max()) if a.shape == b.shape else float("inf")) for a, b in zip(wav_ref, wav_got)
+    )
     lengths = [len(w) for w in wav_ref]
     batch = torch.zeros(len(wav_ref), 1, max(lengths))
     for i, w in enumerate(wav_ref):
@@ -162,20 +169,42 @@ def encoder_case(name: str, tokenizer, standalone, dtype: torch.dtype, workdir: 
         first_stage = "quantizer"  # codes differ through the public path only
     n_codes = sum(int(r.numel()) for r in ref)
     n_bad = sum(int((r != g.cpu()).sum()) for r, g in zip(ref, got) if r.shape == g.shape)
-    note = "" if passed else (
-        f"first stage over tolerance: {first_stage}"
-        + (f"; first differing code at item {divergence[0]}, frame {divergence[1]}, group {divergence[2]}" if divergence else ""))
+    note = (
+        ""
+        if passed
+        else (
+            f"first stage over tolerance: {first_stage}"
+            + (
+                f"; first differing code at item {divergence[0]}, frame {divergence[1]}, group {divergence[2]}"
+                if divergence
+                else ""
+            )
+        )
+    )
     return CaseResult(
-        case=f"speech_encoder.{name}", component=COMPONENT, kind="encoder", dtype=DTYPE_NAMES[dtype], passed=passed,
-        metrics={"codes_identical": divergence is None, "codes": n_codes, "codes_differing": n_bad,
-                 "frames": [int(r.shape[0]) for r in ref], "first_divergence": divergence,
-                 "stage_max_abs": diffs},
-        first_bad_layer=first_stage, note=note, seconds_upstream=t1 - t0, seconds_standalone=t2 - t1,
+        case=f"speech_encoder.{name}",
+        component=COMPONENT,
+        kind="encoder",
+        dtype=DTYPE_NAMES[dtype],
+        passed=passed,
+        metrics={
+            "codes_identical": divergence is None,
+            "codes": n_codes,
+            "codes_differing": n_bad,
+            "frames": [int(r.shape[0]) for r in ref],
+            "first_divergence": divergence,
+            "stage_max_abs": diffs,
+        },
+        first_bad_layer=first_stage,
+        note=note,
+        seconds_upstream=t1 - t0,
+        seconds_standalone=t2 - t1,
     )
 
 
-def encoder_results(wrapper, standalone, dtype: torch.dtype = torch.float32,
-                    cases: tuple[str, ...] | None = None) -> list[CaseResult]:
+def encoder_results(
+    wrapper, standalone, dtype: torch.dtype = torch.float32, cases: tuple[str, ...] | None = None
+) -> list[CaseResult]:
     """Encoder parity cases for a base/any checkpoint pair (``wrapper`` = upstream's Qwen3TTSModel)."""
     tokenizer = wrapper.model.speech_tokenizer
     with tempfile.TemporaryDirectory(prefix="q3tts-encoder-parity-") as tmp:
@@ -183,11 +212,15 @@ def encoder_results(wrapper, standalone, dtype: torch.dtype = torch.float32,
 
 
 def format_encoder_table(results: list[CaseResult]) -> str:
-    lines = ["| case | dtype | codes identical | differing codes | first stage | max abs per stage |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| case | dtype | codes identical | differing codes | first stage | max abs per stage |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in results:
         m = r.metrics
         stages = ", ".join(f"{k} {v:.1e}" for k, v in m["stage_max_abs"].items() if k != "quantizer")
-        lines.append(f"| {r.case} | {r.dtype} | {m['codes_identical']} | {m['codes_differing']}/{m['codes']} | "
-                     f"{r.first_bad_layer or '-'} | {stages} |")
+        lines.append(
+            f"| {r.case} | {r.dtype} | {m['codes_identical']} | {m['codes_differing']}/{m['codes']} | "
+            f"{r.first_bad_layer or '-'} | {stages} |"
+        )
     return "\n".join(lines)

@@ -41,6 +41,7 @@ class SeamError(LookupError):
 
 # --- seams ---------------------------------------------------------------------------------
 
+
 def _import_prefix(parts: list[str]) -> tuple[Any, list[str]]:
     """The longest importable module prefix of ``parts`` and the attribute path after it."""
     for i in range(len(parts), 0, -1):
@@ -166,11 +167,13 @@ class Fault:
 
 # --- replacements: weights and modules -------------------------------------------------------
 
+
 def _swapped_rows(a: slice, b: slice):
     def make(w, _model):
         out = w.detach().clone()
         out[a], out[b] = w[b], w[a]
         return out
+
     return make
 
 
@@ -218,6 +221,7 @@ def _positions_one_too_far_after_padding(_original, _model):
         padded_rows = (mask == 0).any(dim=-1, keepdim=True)
         pos = mask.float().cumsum(-1) - 1 + padded_rows.float()
         return pos.masked_fill(mask == 0, 1).unsqueeze(0).expand(3, -1, -1)
+
     return shifted
 
 
@@ -230,12 +234,14 @@ def _snake_without_exp(_forward, _model):
         alpha = self.alpha.unsqueeze(0).unsqueeze(-1)
         beta = self.beta.unsqueeze(0).unsqueeze(-1)
         return x + (1.0 / (beta + 1e-9)) * torch.pow(torch.sin(x * torch.exp(alpha)), 2)
+
     return forward
 
 
 def _chunk_context_24(real, _model):
     def chunked(self, codes, chunk_size=300, left_context=25):
         return real(self, codes, chunk_size, left_context - 1)
+
     return chunked
 
 
@@ -244,6 +250,7 @@ def _trailing_text_one_early(real, _model):
         p = real(*a, **k)
         p.trailing_text = torch.cat([p.trailing_text[:, 1:], p.trailing_text[:, -1:]], dim=1)
         return p
+
     return build
 
 
@@ -252,8 +259,10 @@ def _trailing_text_one_early(real, _model):
 # runtime's seams (sampling.constrain_logits / warp_logits / sample_next_token,
 # generation.generate_codes / suppress_mask_for); each keeps everything else of the step intact.
 
+
 def warp_variant(*, temperature_twice=False, top_k_extra=0, top_k_drop_ties=False, top_p_strict=False):
     """warp_logits (sampling.py step 5: temperature, top-k, top-p) with one planted bug."""
+
     def warp(scores, params):
         t = params.temperature
         if t is not None and t != 1.0:
@@ -271,6 +280,7 @@ def warp_variant(*, temperature_twice=False, top_k_extra=0, top_k_drop_ties=Fals
             drop[..., -1:] = False
             scores = scores.masked_fill(drop.scatter(1, order, drop), -float("inf"))
         return scores
+
     return lambda _original, _model: warp
 
 
@@ -278,6 +288,7 @@ def constrain_variant(*, negative=lambda s, p: s * p, positive=lambda s, p: s / 
     """constrain_logits (sampling.py steps 1-4) with the penalty's two branches and the
     min_new_tokens comparison replaceable: mutants plant a bug, the knob-sensitivity
     measurement perturbs one branch."""
+
     def constrain(logits, generated, params, suppress_mask=None):
         scores = logits.float()
         p = params.repetition_penalty
@@ -292,6 +303,7 @@ def constrain_variant(*, negative=lambda s, p: s * p, positive=lambda s, p: s / 
         if suppress_mask is not None:
             scores = scores.masked_fill(suppress_mask, -float("inf"))
         return scores
+
     return lambda _original, _model: constrain
 
 
@@ -299,11 +311,13 @@ def suppress_mask_variant(shift: int):
     """generation.suppress_mask_for with the suppressed block's start moved by ``shift`` ids
     (upstream: the top 1024 ids but EOS; +1 lets the first special id through, -1 also blocks
     the last code)."""
+
     def suppress_mask_for(vocab_size, eos_token_id, device):
         mask = torch.zeros(vocab_size, dtype=torch.bool, device=device)
-        mask[max(0, vocab_size - 1024 + shift):] = True
+        mask[max(0, vocab_size - 1024 + shift) :] = True
         mask[eos_token_id] = False
         return mask
+
     return lambda _original, _model: suppress_mask_for
 
 
@@ -312,26 +326,34 @@ _SAMPLING_FIELDS = ("do_sample", "top_k", "top_p", "temperature")
 
 def generation_params_variant(edit: Callable):
     """generate_codes called with GenerationParams rewritten by ``edit(params) -> params``."""
+
     def make(real, _model):
         def generate_codes(model, prompt, params, progress=False):
             return real(model, prompt, edit(params), progress)
+
         return generate_codes
+
     return make
 
 
 def _subtalker_uses_talker_temperature(params):
-    return dataclasses.replace(params, subtalker=dataclasses.replace(params.subtalker, temperature=params.talker.temperature))
+    return dataclasses.replace(
+        params, subtalker=dataclasses.replace(params.subtalker, temperature=params.talker.temperature)
+    )
 
 
 def _subtalker_follows_talker_do_sample(params):
-    return dataclasses.replace(params, subtalker=dataclasses.replace(params.subtalker, do_sample=params.talker.do_sample))
+    return dataclasses.replace(
+        params, subtalker=dataclasses.replace(params.subtalker, do_sample=params.talker.do_sample)
+    )
 
 
 def _talker_subtalker_swapped(params):
     t = {f: getattr(params.talker, f) for f in _SAMPLING_FIELDS}
     s = {f: getattr(params.subtalker, f) for f in _SAMPLING_FIELDS}
-    return dataclasses.replace(params, talker=dataclasses.replace(params.talker, **s),
-                               subtalker=dataclasses.replace(params.subtalker, **t))
+    return dataclasses.replace(
+        params, talker=dataclasses.replace(params.talker, **s), subtalker=dataclasses.replace(params.subtalker, **t)
+    )
 
 
 def _min_new_tokens_ignored(params):
@@ -349,6 +371,7 @@ def _temperature_after_filters(_real, _model):
         if params.temperature not in (None, 1.0):
             filtered = filtered / params.temperature  # ... temperature last
         return torch.multinomial(torch.softmax(filtered, dim=-1), num_samples=1).squeeze(1)
+
     return sample_next_token
 
 
@@ -365,6 +388,7 @@ def _penalty_whole_history(real, m):
         token = real(logits, hist, dataclasses.replace(params, repetition_penalty=1.05), suppress_mask)
         history.append(token)
         return token
+
     return sample_next_token
 
 
@@ -377,71 +401,287 @@ _GEN = "q3tts.standalone.generation"
 _SAMPLING = "q3tts.standalone.sampling"
 
 CATALOGUE: tuple[Fault, ...] = (
-    Fault("rope_theta", "talker RoPE theta x10", "custom_voice", "talker", "talker.layers.0",
-          "talker.inv_freq", _rope_theta_x10),
-    Fault("swapped_qk", "q and k projection rows swapped in talker layer 1", "custom_voice", "talker", "talker.layers.1",
-          "talker.decoder.layers.1.attn.wqkv.weight", _swapped_qk),
-    Fault("rmsnorm_eps", "RMSNorm eps 1e-3 instead of 1e-6 (talker layer 0)", "custom_voice", "talker", "talker.layers.0",
-          "talker.decoder.layers.0.attn_norm.eps", lambda _eps, _m: 1e-3),
-    Fault("skipped_q_norm", "q_norm skipped in talker layer 1", "custom_voice", "talker", "talker.layers.1",
-          "talker.decoder.layers.1.attn.q_norm", lambda _norm, _m: torch.nn.Identity()),
-    Fault("mrope_split", "M-RoPE sections laid out contiguously instead of interleaved", "custom_voice", "talker",
-          "talker.layers.0", "talker.mrope_rows", _mrope_contiguous),
-    Fault("gate_up_swapped", "SwiGLU gate and up swapped (talker layer 0)", "custom_voice", "talker", "talker.layers.0",
-          "talker.decoder.layers.0.mlp.w_gate_up.weight", _swapped_gate_up),
-    Fault("padded_position", "prefill positions off by one after left padding", "custom_voice", "generation", None,
-          f"{_GEN}.mrope_positions", _positions_one_too_far_after_padding),
-    Fault("head_swapped", "code-predictor heads of groups 1 and 2 swapped", "custom_voice", "code_predictor",
-          ("code_predictor.heads[0]", "code_predictor.heads[1]"), "code_predictor.heads",
-          _swapped_rows(slice(0, 1), slice(1, 2))),
-    Fault("cp_projection_bias", "code-predictor input projection bias dropped", "custom_voice", "code_predictor",
-          "code_predictor.layers.0", "code_predictor.input_projection.bias", lambda b, _m: torch.zeros_like(b)),
-    Fault("cp_rope_theta", "code-predictor RoPE theta / 100", "custom_voice", "code_predictor", "code_predictor.layers.0",
-          "code_predictor.inv_freq", _cp_rope_theta_over_100,
-          also=(("code_predictor._rope_cache", lambda _cache, _m: {}),)),  # cos/sin cached from the true theta
-    Fault("text_projection_gelu", "text projection with GELU instead of SiLU", "voice_design", "text_projection", None,
-          "talker.text_projection.forward", _text_projection_gelu),
-    Fault("mel_hop", "speaker mel with hop 240 instead of 256", "base", "speaker_encoder", "speaker_encoder.blocks.0",
-          "q3tts.standalone.mel.log_mel_spectrogram", _mel_hop_240),
-    Fault("se_gate", "squeeze-excitation gate skipped in speaker block 1", "base", "speaker_encoder",
-          "speaker_encoder.blocks.1", "speaker_encoder.blocks.1.se_block.forward", lambda _f, _m: (lambda x: x)),
-    Fault("temperature_after_filters", "temperature applied after top-k/top-p", "custom_voice", "generation", None,
-          f"{_SAMPLING}.sample_next_token", _temperature_after_filters),
-    Fault("penalty_whole_history", "repetition penalty over the whole history (code-predictor groups too)",
-          "custom_voice", "generation", None, f"{_TALKER}.sample_next_token", _penalty_whole_history),
-    Fault("min_new_tokens", "EOS allowed from the first frame", "voice_design", "generation", None,
-          f"{_GEN}.generate_codes", generation_params_variant(_min_new_tokens_ignored)),
-    Fault("dialect_ignored", "dialect speaker's language override dropped", "custom_voice", "generation", None,
-          "config.talker.spk_is_dialect", _dialects_dropped),
-    Fault("trailing_text", "streaming text fed one step early", "base", "generation", None,
-          "q3tts.standalone.prompt.build_talker_prompt", _trailing_text_one_early),
-    Fault("snake_exp", "SnakeBeta without exp() on beta", "base", "codec", None,
-          "q3tts.standalone.codec.SnakeBeta.forward", _snake_without_exp),
-    Fault("chunk_context", "24 frames of left context instead of 25", "base", "codec", None,
-          "q3tts.standalone.codec.CodecDecoder.chunked", _chunk_context_24),
-    Fault("codec_window", "sliding window 80 instead of 72", "base", "codec", None,
-          "codec.transformer.window", lambda w, _m: w + 8),
+    Fault(
+        "rope_theta",
+        "talker RoPE theta x10",
+        "custom_voice",
+        "talker",
+        "talker.layers.0",
+        "talker.inv_freq",
+        _rope_theta_x10,
+    ),
+    Fault(
+        "swapped_qk",
+        "q and k projection rows swapped in talker layer 1",
+        "custom_voice",
+        "talker",
+        "talker.layers.1",
+        "talker.decoder.layers.1.attn.wqkv.weight",
+        _swapped_qk,
+    ),
+    Fault(
+        "rmsnorm_eps",
+        "RMSNorm eps 1e-3 instead of 1e-6 (talker layer 0)",
+        "custom_voice",
+        "talker",
+        "talker.layers.0",
+        "talker.decoder.layers.0.attn_norm.eps",
+        lambda _eps, _m: 1e-3,
+    ),
+    Fault(
+        "skipped_q_norm",
+        "q_norm skipped in talker layer 1",
+        "custom_voice",
+        "talker",
+        "talker.layers.1",
+        "talker.decoder.layers.1.attn.q_norm",
+        lambda _norm, _m: torch.nn.Identity(),
+    ),
+    Fault(
+        "mrope_split",
+        "M-RoPE sections laid out contiguously instead of interleaved",
+        "custom_voice",
+        "talker",
+        "talker.layers.0",
+        "talker.mrope_rows",
+        _mrope_contiguous,
+    ),
+    Fault(
+        "gate_up_swapped",
+        "SwiGLU gate and up swapped (talker layer 0)",
+        "custom_voice",
+        "talker",
+        "talker.layers.0",
+        "talker.decoder.layers.0.mlp.w_gate_up.weight",
+        _swapped_gate_up,
+    ),
+    Fault(
+        "padded_position",
+        "prefill positions off by one after left padding",
+        "custom_voice",
+        "generation",
+        None,
+        f"{_GEN}.mrope_positions",
+        _positions_one_too_far_after_padding,
+    ),
+    Fault(
+        "head_swapped",
+        "code-predictor heads of groups 1 and 2 swapped",
+        "custom_voice",
+        "code_predictor",
+        ("code_predictor.heads[0]", "code_predictor.heads[1]"),
+        "code_predictor.heads",
+        _swapped_rows(slice(0, 1), slice(1, 2)),
+    ),
+    Fault(
+        "cp_projection_bias",
+        "code-predictor input projection bias dropped",
+        "custom_voice",
+        "code_predictor",
+        "code_predictor.layers.0",
+        "code_predictor.input_projection.bias",
+        lambda b, _m: torch.zeros_like(b),
+    ),
+    Fault(
+        "cp_rope_theta",
+        "code-predictor RoPE theta / 100",
+        "custom_voice",
+        "code_predictor",
+        "code_predictor.layers.0",
+        "code_predictor.inv_freq",
+        _cp_rope_theta_over_100,
+        also=(("code_predictor._rope_cache", lambda _cache, _m: {}),),
+    ),  # cos/sin cached from the true theta
+    Fault(
+        "text_projection_gelu",
+        "text projection with GELU instead of SiLU",
+        "voice_design",
+        "text_projection",
+        None,
+        "talker.text_projection.forward",
+        _text_projection_gelu,
+    ),
+    Fault(
+        "mel_hop",
+        "speaker mel with hop 240 instead of 256",
+        "base",
+        "speaker_encoder",
+        "speaker_encoder.blocks.0",
+        "q3tts.standalone.mel.log_mel_spectrogram",
+        _mel_hop_240,
+    ),
+    Fault(
+        "se_gate",
+        "squeeze-excitation gate skipped in speaker block 1",
+        "base",
+        "speaker_encoder",
+        "speaker_encoder.blocks.1",
+        "speaker_encoder.blocks.1.se_block.forward",
+        lambda _f, _m: lambda x: x,
+    ),
+    Fault(
+        "temperature_after_filters",
+        "temperature applied after top-k/top-p",
+        "custom_voice",
+        "generation",
+        None,
+        f"{_SAMPLING}.sample_next_token",
+        _temperature_after_filters,
+    ),
+    Fault(
+        "penalty_whole_history",
+        "repetition penalty over the whole history (code-predictor groups too)",
+        "custom_voice",
+        "generation",
+        None,
+        f"{_TALKER}.sample_next_token",
+        _penalty_whole_history,
+    ),
+    Fault(
+        "min_new_tokens",
+        "EOS allowed from the first frame",
+        "voice_design",
+        "generation",
+        None,
+        f"{_GEN}.generate_codes",
+        generation_params_variant(_min_new_tokens_ignored),
+    ),
+    Fault(
+        "dialect_ignored",
+        "dialect speaker's language override dropped",
+        "custom_voice",
+        "generation",
+        None,
+        "config.talker.spk_is_dialect",
+        _dialects_dropped,
+    ),
+    Fault(
+        "trailing_text",
+        "streaming text fed one step early",
+        "base",
+        "generation",
+        None,
+        "q3tts.standalone.prompt.build_talker_prompt",
+        _trailing_text_one_early,
+    ),
+    Fault(
+        "snake_exp",
+        "SnakeBeta without exp() on beta",
+        "base",
+        "codec",
+        None,
+        "q3tts.standalone.codec.SnakeBeta.forward",
+        _snake_without_exp,
+    ),
+    Fault(
+        "chunk_context",
+        "24 frames of left context instead of 25",
+        "base",
+        "codec",
+        None,
+        "q3tts.standalone.codec.CodecDecoder.chunked",
+        _chunk_context_24,
+    ),
+    Fault(
+        "codec_window",
+        "sliding window 80 instead of 72",
+        "base",
+        "codec",
+        None,
+        "codec.transformer.window",
+        lambda w, _m: w + 8,
+    ),
     # --- sampler mutants (issue 19): each must show in the default run's generation cases ---
-    Fault("subtalker_temperature", "code predictor samples with the talker's temperature", "custom_voice",
-          "generation", None, f"{_GEN}.generate_codes", generation_params_variant(_subtalker_uses_talker_temperature)),
-    Fault("top_k_plus_one", "top-k keeps k+1 ids", "custom_voice", "generation", None,
-          f"{_SAMPLING}.warp_logits", warp_variant(top_k_extra=1)),
-    Fault("penalty_divides_negative", "repetition penalty divides negative logits instead of multiplying",
-          "custom_voice", "generation", None, f"{_SAMPLING}.constrain_logits", constrain_variant(negative=lambda s, p: s / p)),
-    Fault("talker_subtalker_swapped", "talker and code-predictor sampling parameters swapped", "voice_design",
-          "generation", None, f"{_GEN}.generate_codes", generation_params_variant(_talker_subtalker_swapped)),
-    Fault("subtalker_do_sample", "code predictor follows the talker's do_sample, not subtalker_dosample", "base",
-          "generation", None, f"{_GEN}.generate_codes", generation_params_variant(_subtalker_follows_talker_do_sample)),
-    Fault("top_p_strict", "top-p removes at cumulative mass < 1-p instead of <=", "custom_voice", "generation", None,
-          f"{_SAMPLING}.warp_logits", warp_variant(top_p_strict=True)),
-    Fault("top_k_ties", "top-k drops ids equal to the k-th score (ties) instead of keeping them", "base",
-          "generation", None, f"{_SAMPLING}.warp_logits", warp_variant(top_k_drop_ties=True)),
-    Fault("min_new_tokens_off_by_one", "EOS blocked while generated <= min_new_tokens (one step too long)",
-          "custom_voice", "generation", None, f"{_SAMPLING}.constrain_logits", constrain_variant(min_new_tokens_le=True)),
-    Fault("suppression_off_by_one", "suppressed block starts one id late (first special id sampleable)",
-          "voice_design", "generation", None, f"{_GEN}.suppress_mask_for", suppress_mask_variant(+1)),
-    Fault("temperature_twice", "temperature applied twice", "base", "generation", None,
-          f"{_SAMPLING}.warp_logits", warp_variant(temperature_twice=True)),
+    Fault(
+        "subtalker_temperature",
+        "code predictor samples with the talker's temperature",
+        "custom_voice",
+        "generation",
+        None,
+        f"{_GEN}.generate_codes",
+        generation_params_variant(_subtalker_uses_talker_temperature),
+    ),
+    Fault(
+        "top_k_plus_one",
+        "top-k keeps k+1 ids",
+        "custom_voice",
+        "generation",
+        None,
+        f"{_SAMPLING}.warp_logits",
+        warp_variant(top_k_extra=1),
+    ),
+    Fault(
+        "penalty_divides_negative",
+        "repetition penalty divides negative logits instead of multiplying",
+        "custom_voice",
+        "generation",
+        None,
+        f"{_SAMPLING}.constrain_logits",
+        constrain_variant(negative=lambda s, p: s / p),
+    ),
+    Fault(
+        "talker_subtalker_swapped",
+        "talker and code-predictor sampling parameters swapped",
+        "voice_design",
+        "generation",
+        None,
+        f"{_GEN}.generate_codes",
+        generation_params_variant(_talker_subtalker_swapped),
+    ),
+    Fault(
+        "subtalker_do_sample",
+        "code predictor follows the talker's do_sample, not subtalker_dosample",
+        "base",
+        "generation",
+        None,
+        f"{_GEN}.generate_codes",
+        generation_params_variant(_subtalker_follows_talker_do_sample),
+    ),
+    Fault(
+        "top_p_strict",
+        "top-p removes at cumulative mass < 1-p instead of <=",
+        "custom_voice",
+        "generation",
+        None,
+        f"{_SAMPLING}.warp_logits",
+        warp_variant(top_p_strict=True),
+    ),
+    Fault(
+        "top_k_ties",
+        "top-k drops ids equal to the k-th score (ties) instead of keeping them",
+        "base",
+        "generation",
+        None,
+        f"{_SAMPLING}.warp_logits",
+        warp_variant(top_k_drop_ties=True),
+    ),
+    Fault(
+        "min_new_tokens_off_by_one",
+        "EOS blocked while generated <= min_new_tokens (one step too long)",
+        "custom_voice",
+        "generation",
+        None,
+        f"{_SAMPLING}.constrain_logits",
+        constrain_variant(min_new_tokens_le=True),
+    ),
+    Fault(
+        "suppression_off_by_one",
+        "suppressed block starts one id late (first special id sampleable)",
+        "voice_design",
+        "generation",
+        None,
+        f"{_GEN}.suppress_mask_for",
+        suppress_mask_variant(+1),
+    ),
+    Fault(
+        "temperature_twice",
+        "temperature applied twice",
+        "base",
+        "generation",
+        None,
+        f"{_SAMPLING}.warp_logits",
+        warp_variant(temperature_twice=True),
+    ),
 )
 
 SAMPLER_FAULTS = tuple(f.name for f in CATALOGUE[21:])
@@ -463,20 +703,39 @@ class FaultResult:
         return self.detected and self.component_named and self.layer_named is not False
 
 
-def run_fault(fault: Fault, wrapper, standalone, seeds: list[int], frames: int, cache_key: str,
-              dtype: torch.dtype = torch.float32) -> FaultResult:
+def run_fault(
+    fault: Fault, wrapper, standalone, seeds: list[int], frames: int, cache_key: str, dtype: torch.dtype = torch.float32
+) -> FaultResult:
     from .suite import run_suite
 
     # Codes -> audio does not depend on the LM side and generation does not use the codec: a codec
     # fault runs forwards and audio, every other fault forwards and generation.
     codec = fault.component == "codec"
     with fault.inject(standalone):
-        results = run_suite(wrapper, standalone, standalone.config.tts_model_type, dtype, seeds, frames, cache_key,
-                            generation=not codec, audio=codec, encoder=False)
+        results = run_suite(
+            wrapper,
+            standalone,
+            standalone.config.tts_model_type,
+            dtype,
+            seeds,
+            frames,
+            cache_key,
+            generation=not codec,
+            audio=codec,
+            encoder=False,
+        )
     failed = [r for r in results if not r.passed]
     components = sorted({r.component for r in failed})
     layers = [r.first_bad_layer for r in failed if r.kind == "forward" and r.first_bad_layer]
     accepted = (fault.layer,) if isinstance(fault.layer, str) else fault.layer
     layer_named = None if accepted is None else bool(layers) and all(l in accepted for l in layers)
-    return FaultResult(fault.name, fault.description, bool(failed), fault.component in components, layer_named,
-                       components, sorted(set(layers)), [r.case for r in failed])
+    return FaultResult(
+        fault.name,
+        fault.description,
+        bool(failed),
+        fault.component in components,
+        layer_named,
+        components,
+        sorted(set(layers)),
+        [r.case for r in failed],
+    )

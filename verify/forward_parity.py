@@ -35,7 +35,7 @@ class ParityInputs:
     waveform: np.ndarray  # float32, 24 kHz
 
     @classmethod
-    def make(cls, model: Qwen3TTS, seed: int = 0, batch: int = 2, length: int = 12) -> "ParityInputs":
+    def make(cls, model: Qwen3TTS, seed: int = 0, batch: int = 2, length: int = 12) -> ParityInputs:
         cfg = model.config.talker
         g = torch.Generator().manual_seed(seed)
         text_ids = torch.randint(0, cfg.text_vocab_size, (batch, length), generator=g)
@@ -86,7 +86,9 @@ def run_forward_cases(upstream, standalone: Qwen3TTS, dtype: torch.dtype, seed: 
     ref = up_talker.text_projection(up_talker.model.text_embedding(inp.text_ids))
     results = [compare("text_projection", ref, st_talker.embed_text(inp.text_ids), dtype)]
     bsz, length = inp.text_ids.shape
-    results += _talker_case(upstream, standalone, inp, "talker.prefill", torch.ones(bsz, length, dtype=torch.long), dtype)
+    results += _talker_case(
+        upstream, standalone, inp, "talker.prefill", torch.ones(bsz, length, dtype=torch.long), dtype
+    )
     mask = torch.ones(bsz, length, dtype=torch.long)
     for row, pad in enumerate(inp.pad_lengths):
         mask[row, :pad] = 0
@@ -100,7 +102,9 @@ def run_forward_cases(upstream, standalone: Qwen3TTS, dtype: torch.dtype, seed: 
 def _talker_case(upstream, standalone, inp, name: str, mask: torch.Tensor, dtype) -> list[Comparison]:
     """Talker prefill (hidden states and logits on the real positions), unpadded or left-padded."""
     up_talker, st_talker = upstream.talker, standalone.talker
-    up_x = up_talker.text_projection(up_talker.model.text_embedding(inp.text_ids)) + up_talker.model.codec_embedding(inp.codec_ids)
+    up_x = up_talker.text_projection(up_talker.model.text_embedding(inp.text_ids)) + up_talker.model.codec_embedding(
+        inp.codec_ids
+    )
     st_x = st_talker.embed_text(inp.text_ids) + st_talker.codec_embedding(inp.codec_ids)
     n_layers = len(up_talker.model.layers)
     with capture_outputs([*up_talker.model.layers, up_talker.model.norm]) as up_cap:
@@ -112,7 +116,10 @@ def _talker_case(upstream, standalone, inp, name: str, mask: torch.Tensor, dtype
     logits_cmp = compare(f"{name}.logits", up_out.logits[real], st_logits[real], dtype)
     if not (hidden_cmp.passed and logits_cmp.passed):
         bad = first_divergent_layer(
-            _layer_names("talker", n_layers), [c[0] for c in up_cap[:-1]], [c[0] for c in st_cap], dtype,
+            _layer_names("talker", n_layers),
+            [c[0] for c in up_cap[:-1]],
+            [c[0] for c in st_cap],
+            dtype,
             select=lambda t: t[real],
         )
         hidden_cmp.first_bad_layer = logits_cmp.first_bad_layer = bad or "talker.norm/codec_head"
@@ -148,8 +155,9 @@ def _speaker_encoder_cases(upstream, standalone, inp, dtype) -> list[Comparison]
     from q3tts.standalone.mel import log_mel_spectrogram
 
     wav = torch.from_numpy(inp.waveform)[None]
-    ref_mel = mel_spectrogram(wav, n_fft=1024, num_mels=128, sampling_rate=24000, hop_size=256,
-                              win_size=1024, fmin=0, fmax=12000)
+    ref_mel = mel_spectrogram(
+        wav, n_fft=1024, num_mels=128, sampling_rate=24000, hop_size=256, win_size=1024, fmin=0, fmax=12000
+    )
     results = [compare("speaker_encoder.mel", ref_mel, log_mel_spectrogram(wav), torch.float32)]
     up_blocks = list(upstream.speaker_encoder.blocks)
     with capture_outputs(up_blocks) as up_cap:
@@ -163,7 +171,9 @@ def _speaker_encoder_cases(upstream, standalone, inp, dtype) -> list[Comparison]
     # of magnitude more.
     bad_block = first_divergent_layer(
         [f"speaker_encoder.blocks.{i}" for i in range(len(up_blocks))],
-        [x[0] for x in up_cap], [x[0] for x in st_cap], dtype,
+        [x[0] for x in up_cap],
+        [x[0] for x in st_cap],
+        dtype,
     )
     if not c.passed or bad_block:
         c.passed = False
@@ -178,7 +188,9 @@ def format_table(results: list[Comparison]) -> str:
     header = f"{'case':34} {'dtype':5} {'max_abs':>10} {'max_rel':>10} {'cosine':>10} {'bound':>10}  verdict"
     lines = [header, "-" * len(header)]
     for r in results:
-        verdict = "PASS" if r.passed else "FAIL" + (f" (first bad layer: {r.first_bad_layer})" if r.first_bad_layer else "")
+        verdict = (
+            "PASS" if r.passed else "FAIL" + (f" (first bad layer: {r.first_bad_layer})" if r.first_bad_layer else "")
+        )
         if r.note:
             verdict += f" [{r.note}]"
         lines.append(

@@ -24,6 +24,7 @@ MIN_FRAMES = 4  # a generation golden shorter than this would hardly test the de
 # The two sides
 # --------------------------------------------------------------------------------------------
 
+
 class UpstreamSide:
     """qwen-tts' Qwen3TTSModel wrapper (processor + model)."""
 
@@ -32,7 +33,9 @@ class UpstreamSide:
 
     def ids(self, text: str, kind: str) -> torch.Tensor:
         w = self.wrapper
-        template = {"assistant": w._build_assistant_text, "ref": w._build_ref_text, "instruct": w._build_instruct_text}[kind]
+        template = {"assistant": w._build_assistant_text, "ref": w._build_ref_text, "instruct": w._build_instruct_text}[
+            kind
+        ]
         return w._tokenize_texts([template(text)])[0]
 
     def talker_logits(self, text_ids, codec_ids, mask) -> torch.Tensor:
@@ -158,9 +161,13 @@ def long_audio_probes(side, model_type: str) -> dict[str, Any]:
 
 def audio_summary(wav: np.ndarray) -> dict[str, Any]:
     wav = np.asarray(wav, dtype=np.float32)
-    return dict(n_samples=int(wav.shape[0]), head=torch.from_numpy(wav[:AUDIO_HEAD].copy()),
-                strided=torch.from_numpy(wav[::AUDIO_STRIDE].copy()),
-                rms=float(np.sqrt(np.mean(wav.astype(np.float64) ** 2))), peak=float(np.abs(wav).max()))
+    return dict(
+        n_samples=int(wav.shape[0]),
+        head=torch.from_numpy(wav[:AUDIO_HEAD].copy()),
+        strided=torch.from_numpy(wav[::AUDIO_STRIDE].copy()),
+        rms=float(np.sqrt(np.mean(wav.astype(np.float64) ** 2))),
+        peak=float(np.abs(wav).max()),
+    )
 
 
 # --- generation ----------------------------------------------------------------------------
@@ -168,14 +175,41 @@ def audio_summary(wav: np.ndarray) -> dict[str, Any]:
 GREEDY = dict(do_sample=False, subtalker_dosample=False)
 # Talker and sub-talker parameters all distinct from each other and from the defaults, so that a
 # parameter routed to the wrong sampler, or ignored, changes the codes.
-SAMPLED = dict(do_sample=True, top_k=8, top_p=0.85, temperature=1.3, repetition_penalty=1.3,
-               subtalker_dosample=True, subtalker_top_k=4, subtalker_top_p=0.95, subtalker_temperature=0.6)
+SAMPLED = dict(
+    do_sample=True,
+    top_k=8,
+    top_p=0.85,
+    temperature=1.3,
+    repetition_penalty=1.3,
+    subtalker_dosample=True,
+    subtalker_top_k=4,
+    subtalker_top_p=0.95,
+    subtalker_temperature=0.6,
+)
 # Flat distributions (top-k off, nucleus 0.9, temperature 2): a small change in any logit moves
 # the sampled code, e.g. a repetition penalty applied where upstream applies none.
-SAMPLED_FLAT = dict(do_sample=True, top_k=0, top_p=0.9, temperature=2.0, repetition_penalty=1.05,
-                    subtalker_dosample=True, subtalker_top_k=0, subtalker_top_p=0.9, subtalker_temperature=2.0)
-SAMPLED_RELEASED = dict(do_sample=True, top_k=50, top_p=1.0, temperature=0.9, repetition_penalty=1.05,
-                        subtalker_dosample=True, subtalker_top_k=50, subtalker_top_p=1.0, subtalker_temperature=0.9)
+SAMPLED_FLAT = dict(
+    do_sample=True,
+    top_k=0,
+    top_p=0.9,
+    temperature=2.0,
+    repetition_penalty=1.05,
+    subtalker_dosample=True,
+    subtalker_top_k=0,
+    subtalker_top_p=0.9,
+    subtalker_temperature=2.0,
+)
+SAMPLED_RELEASED = dict(
+    do_sample=True,
+    top_k=50,
+    top_p=1.0,
+    temperature=0.9,
+    repetition_penalty=1.05,
+    subtalker_dosample=True,
+    subtalker_top_k=50,
+    subtalker_top_p=1.0,
+    subtalker_temperature=0.9,
+)
 GEN_TEXTS = ("Hello world, this is a test.", "Speak slowly 123!", "The quick brown fox jumps over the lazy dog again.")
 
 
@@ -193,62 +227,185 @@ class GenerationCase:
 def _clone_prompt(side, icl: list[bool], ref_frames: list[int]) -> dict[str, Any]:
     emb = side.speaker_embedding(speech_like_waveform(0))
     groups = tiny_config("base")["talker_config"]["num_code_groups"]
-    return dict(ref_code=[_ref_codes(n, groups) if flag else None for flag, n in zip(icl, ref_frames)],
-                ref_spk_embedding=[emb] * len(icl), x_vector_only_mode=[not f for f in icl], icl_mode=list(icl))
+    return dict(
+        ref_code=[_ref_codes(n, groups) if flag else None for flag, n in zip(icl, ref_frames)],
+        ref_spk_embedding=[emb] * len(icl),
+        x_vector_only_mode=[not f for f in icl],
+        icl_mode=list(icl),
+    )
 
 
 def _eos_first_step(build: Callable[[Any], dict[str, Any]]) -> Callable[[Any], dict[str, Any]]:
     """EOS moved to the first greedy code: only min_new_tokens keeps the run going."""
+
     def with_eos(side) -> dict[str, Any]:
         kwargs = build(side)
         first = side.generate(**kwargs, **GREEDY, max_new_tokens=2)[0]
         return dict(kwargs, eos_token_id=int(first[0, 0]))
+
     return with_eos
 
 
 GENERATION_CASES: tuple[GenerationCase, ...] = (
-    GenerationCase("custom_voice.greedy", "custom_voice", lambda s: dict(
-        input_ids=[s.ids(GEN_TEXTS[0], "assistant")], languages=["english"], speakers=["alice"],
-        non_streaming_mode=True), GREEDY),
-    GenerationCase("custom_voice.sampled", "custom_voice", lambda s: dict(
-        input_ids=[s.ids(GEN_TEXTS[1], "assistant")], languages=["auto"], speakers=["bob"],  # a dialect speaker
-        instruct_ids=[s.ids("Sound happy.", "instruct")], non_streaming_mode=False), SAMPLED, seed=1234),
-    GenerationCase("custom_voice.batch", "custom_voice", lambda s: dict(
-        input_ids=[s.ids(t, "assistant") for t in GEN_TEXTS], languages=["english", "auto", "chinese"],
-        speakers=["alice", "bob", "carol"], instruct_ids=[None, s.ids("Whisper.", "instruct"), None],
-        non_streaming_mode=False), SAMPLED_RELEASED, seed=7),
-    GenerationCase("custom_voice.batch_flat", "custom_voice", lambda s: dict(
-        input_ids=[s.ids(t, "assistant") for t in GEN_TEXTS], languages=["german", "english", "auto"],
-        speakers=["carol", "alice", "bob"], non_streaming_mode=True), SAMPLED_FLAT, seed=11),
-    GenerationCase("custom_voice.eos_first_step", "custom_voice", _eos_first_step(lambda s: dict(
-        input_ids=[s.ids(GEN_TEXTS[0], "assistant")], languages=["english"], speakers=["alice"],
-        non_streaming_mode=False)), GREEDY, min_frames=0),
-    GenerationCase("voice_design.greedy", "voice_design", lambda s: dict(
-        input_ids=[s.ids(GEN_TEXTS[1], "assistant")], languages=["auto"],
-        instruct_ids=[s.ids("A warm low voice, speaking slowly.", "instruct")], non_streaming_mode=True), GREEDY),
-    GenerationCase("voice_design.sampled", "voice_design", lambda s: dict(
-        input_ids=[s.ids(GEN_TEXTS[0], "assistant")], languages=["english"],
-        instruct_ids=[s.ids("Bright.", "instruct")], non_streaming_mode=False), SAMPLED, seed=99),
-    GenerationCase("voice_design.batch", "voice_design", lambda s: dict(
-        input_ids=[s.ids(t, "assistant") for t in GEN_TEXTS], languages=["auto", "english", "german"],
-        instruct_ids=[s.ids("A deep calm voice.", "instruct"), None, s.ids("Fast and bright.", "instruct")],
-        non_streaming_mode=True), SAMPLED_RELEASED, seed=3),
-    GenerationCase("voice_design.eos_first_step", "voice_design", _eos_first_step(lambda s: dict(
-        input_ids=[s.ids(GEN_TEXTS[0], "assistant")], languages=["auto"], non_streaming_mode=False)),
-        GREEDY, min_frames=0),
-    GenerationCase("base.xvector.greedy", "base", lambda s: dict(
-        input_ids=[s.ids(GEN_TEXTS[0], "assistant")], languages=["english"], non_streaming_mode=False,
-        ref_ids=[s.ids("Hello there.", "ref")], voice_clone_prompt=_clone_prompt(s, [False], [0])), GREEDY),
-    GenerationCase("base.icl.sampled", "base", lambda s: dict(
-        input_ids=[s.ids(GEN_TEXTS[2], "assistant")], languages=["english"], non_streaming_mode=False,
-        ref_ids=[s.ids("Hello there.", "ref")], voice_clone_prompt=_clone_prompt(s, [True], [5])), SAMPLED, seed=21),
-    GenerationCase("base.batch", "base", lambda s: dict(
-        input_ids=[s.ids(t, "assistant") for t in GEN_TEXTS], languages=["english", "auto", "chinese"],
-        ref_ids=[s.ids("Hi.", "ref"), None, s.ids("A longer reference sentence here.", "ref")],
-        voice_clone_prompt=_clone_prompt(s, [True, False, True], [3, 0, 12]), non_streaming_mode=True), GREEDY),
-    GenerationCase("base.eos_first_step", "base", _eos_first_step(lambda s: dict(
-        input_ids=[s.ids(GEN_TEXTS[1], "assistant")], languages=["english"], non_streaming_mode=True,
-        ref_ids=[s.ids("Hi.", "ref")], voice_clone_prompt=_clone_prompt(s, [False], [0]))), GREEDY, min_frames=0),
+    GenerationCase(
+        "custom_voice.greedy",
+        "custom_voice",
+        lambda s: dict(
+            input_ids=[s.ids(GEN_TEXTS[0], "assistant")],
+            languages=["english"],
+            speakers=["alice"],
+            non_streaming_mode=True,
+        ),
+        GREEDY,
+    ),
+    GenerationCase(
+        "custom_voice.sampled",
+        "custom_voice",
+        lambda s: dict(
+            input_ids=[s.ids(GEN_TEXTS[1], "assistant")],
+            languages=["auto"],
+            speakers=["bob"],  # a dialect speaker
+            instruct_ids=[s.ids("Sound happy.", "instruct")],
+            non_streaming_mode=False,
+        ),
+        SAMPLED,
+        seed=1234,
+    ),
+    GenerationCase(
+        "custom_voice.batch",
+        "custom_voice",
+        lambda s: dict(
+            input_ids=[s.ids(t, "assistant") for t in GEN_TEXTS],
+            languages=["english", "auto", "chinese"],
+            speakers=["alice", "bob", "carol"],
+            instruct_ids=[None, s.ids("Whisper.", "instruct"), None],
+            non_streaming_mode=False,
+        ),
+        SAMPLED_RELEASED,
+        seed=7,
+    ),
+    GenerationCase(
+        "custom_voice.batch_flat",
+        "custom_voice",
+        lambda s: dict(
+            input_ids=[s.ids(t, "assistant") for t in GEN_TEXTS],
+            languages=["german", "english", "auto"],
+            speakers=["carol", "alice", "bob"],
+            non_streaming_mode=True,
+        ),
+        SAMPLED_FLAT,
+        seed=11,
+    ),
+    GenerationCase(
+        "custom_voice.eos_first_step",
+        "custom_voice",
+        _eos_first_step(
+            lambda s: dict(
+                input_ids=[s.ids(GEN_TEXTS[0], "assistant")],
+                languages=["english"],
+                speakers=["alice"],
+                non_streaming_mode=False,
+            )
+        ),
+        GREEDY,
+        min_frames=0,
+    ),
+    GenerationCase(
+        "voice_design.greedy",
+        "voice_design",
+        lambda s: dict(
+            input_ids=[s.ids(GEN_TEXTS[1], "assistant")],
+            languages=["auto"],
+            instruct_ids=[s.ids("A warm low voice, speaking slowly.", "instruct")],
+            non_streaming_mode=True,
+        ),
+        GREEDY,
+    ),
+    GenerationCase(
+        "voice_design.sampled",
+        "voice_design",
+        lambda s: dict(
+            input_ids=[s.ids(GEN_TEXTS[0], "assistant")],
+            languages=["english"],
+            instruct_ids=[s.ids("Bright.", "instruct")],
+            non_streaming_mode=False,
+        ),
+        SAMPLED,
+        seed=99,
+    ),
+    GenerationCase(
+        "voice_design.batch",
+        "voice_design",
+        lambda s: dict(
+            input_ids=[s.ids(t, "assistant") for t in GEN_TEXTS],
+            languages=["auto", "english", "german"],
+            instruct_ids=[s.ids("A deep calm voice.", "instruct"), None, s.ids("Fast and bright.", "instruct")],
+            non_streaming_mode=True,
+        ),
+        SAMPLED_RELEASED,
+        seed=3,
+    ),
+    GenerationCase(
+        "voice_design.eos_first_step",
+        "voice_design",
+        _eos_first_step(
+            lambda s: dict(input_ids=[s.ids(GEN_TEXTS[0], "assistant")], languages=["auto"], non_streaming_mode=False)
+        ),
+        GREEDY,
+        min_frames=0,
+    ),
+    GenerationCase(
+        "base.xvector.greedy",
+        "base",
+        lambda s: dict(
+            input_ids=[s.ids(GEN_TEXTS[0], "assistant")],
+            languages=["english"],
+            non_streaming_mode=False,
+            ref_ids=[s.ids("Hello there.", "ref")],
+            voice_clone_prompt=_clone_prompt(s, [False], [0]),
+        ),
+        GREEDY,
+    ),
+    GenerationCase(
+        "base.icl.sampled",
+        "base",
+        lambda s: dict(
+            input_ids=[s.ids(GEN_TEXTS[2], "assistant")],
+            languages=["english"],
+            non_streaming_mode=False,
+            ref_ids=[s.ids("Hello there.", "ref")],
+            voice_clone_prompt=_clone_prompt(s, [True], [5]),
+        ),
+        SAMPLED,
+        seed=21,
+    ),
+    GenerationCase(
+        "base.batch",
+        "base",
+        lambda s: dict(
+            input_ids=[s.ids(t, "assistant") for t in GEN_TEXTS],
+            languages=["english", "auto", "chinese"],
+            ref_ids=[s.ids("Hi.", "ref"), None, s.ids("A longer reference sentence here.", "ref")],
+            voice_clone_prompt=_clone_prompt(s, [True, False, True], [3, 0, 12]),
+            non_streaming_mode=True,
+        ),
+        GREEDY,
+    ),
+    GenerationCase(
+        "base.eos_first_step",
+        "base",
+        _eos_first_step(
+            lambda s: dict(
+                input_ids=[s.ids(GEN_TEXTS[1], "assistant")],
+                languages=["english"],
+                non_streaming_mode=True,
+                ref_ids=[s.ids("Hi.", "ref")],
+                voice_clone_prompt=_clone_prompt(s, [False], [0]),
+            )
+        ),
+        GREEDY,
+        min_frames=0,
+    ),
 )
 
 
@@ -266,8 +423,13 @@ def generation_probes(side, model_type: str) -> dict[str, Any]:
     return {f"generate.{c.name}": run_generation_case(side, c) for c in GENERATION_CASES if c.model_type == model_type}
 
 
-PROBE_GROUPS = {"text": lambda side, mt: text_probes(side), "forward": forward_probes,
-                "generation": generation_probes, "audio": audio_probes, "long_audio": long_audio_probes}
+PROBE_GROUPS = {
+    "text": lambda side, mt: text_probes(side),
+    "forward": forward_probes,
+    "generation": generation_probes,
+    "audio": audio_probes,
+    "long_audio": long_audio_probes,
+}
 
 
 def run_probes(side, model_type: str, groups=tuple(PROBE_GROUPS)) -> dict[str, Any]:

@@ -46,6 +46,7 @@ def golden_file(model_type: str) -> str:
 # Storage and comparison
 # --------------------------------------------------------------------------------------------
 
+
 def _floats(t: torch.Tensor) -> list[float]:
     # The shortest decimal that gives back the same float32: exact, and half the digits of float64.
     return [float(str(x)) for x in t.detach().to(torch.float32).flatten().numpy()]
@@ -55,8 +56,14 @@ def encode_value(value: Any) -> dict[str, Any]:
     if isinstance(value, torch.Tensor):
         return dict(kind="floats", shape=list(value.shape), values=_floats(value))
     if isinstance(value, dict):  # audio summary
-        return dict(kind="audio", n_samples=value["n_samples"], rms=value["rms"], peak=value["peak"],
-                    head=_floats(value["head"]), strided=_floats(value["strided"]))
+        return dict(
+            kind="audio",
+            n_samples=value["n_samples"],
+            rms=value["rms"],
+            peak=value["peak"],
+            head=_floats(value["head"]),
+            strided=_floats(value["strided"]),
+        )
     if value and isinstance(value[0], list):
         return dict(kind="codes", items=value)
     return dict(kind="ids", ids=value)
@@ -87,7 +94,9 @@ def _close(name: str, ref: list[float], got: torch.Tensor, shape, atol: float | 
     got = got.detach().float()
     if atol is None:
         c = compare(name, ref_t, got, torch.float32)
-        return GoldenCheck(name, c.passed, f"max_abs {c.max_abs:.3e} (bound {c.bound:.1e}), cosine {c.cosine:.7f} {c.note}")
+        return GoldenCheck(
+            name, c.passed, f"max_abs {c.max_abs:.3e} (bound {c.bound:.1e}), cosine {c.cosine:.7f} {c.note}"
+        )
     if tuple(got.shape) != tuple(ref_t.shape):
         return GoldenCheck(name, False, f"shape {tuple(got.shape)}, golden {tuple(ref_t.shape)}")
     err = float((ref_t - got).abs().max()) if got.numel() else 0.0
@@ -108,10 +117,12 @@ def check_record(name: str, golden: dict[str, Any], got: Any) -> GoldenCheck:
     # The fp32 tolerance, not the looser cross-implementation audio one: one codec against
     # itself decodes bit-identically here (verify/compare.py), and at 1e-4 a 1% change in one
     # late SnakeBeta goes unnoticed.
-    checks = [_close(f"{name}.head", golden["head"], got["head"], [len(golden["head"])]),
-              _close(f"{name}.strided", golden["strided"], got["strided"], [len(golden["strided"])]),
-              _close(f"{name}.rms", [golden["rms"]], torch.tensor([got["rms"]]), [1], ATOL),
-              _close(f"{name}.peak", [golden["peak"]], torch.tensor([got["peak"]]), [1], ATOL)]
+    checks = [
+        _close(f"{name}.head", golden["head"], got["head"], [len(golden["head"])]),
+        _close(f"{name}.strided", golden["strided"], got["strided"], [len(golden["strided"])]),
+        _close(f"{name}.rms", [golden["rms"]], torch.tensor([got["rms"]]), [1], ATOL),
+        _close(f"{name}.peak", [golden["peak"]], torch.tensor([got["peak"]]), [1], ATOL),
+    ]
     return GoldenCheck(name, all(c.passed for c in checks), "; ".join(f"{c.name}: {c.detail}" for c in checks))
 
 
@@ -157,6 +168,7 @@ def load_goldens(directory: str | Path = DEFAULT_DIR) -> dict[str, dict[str, Any
 # Recording (reference environment)
 # --------------------------------------------------------------------------------------------
 
+
 def reference_versions() -> dict[str, str | None]:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -182,9 +194,13 @@ def record_goldens(work_dir: str | Path) -> dict[str, Any]:
         for case in GENERATION_CASES:
             value = probes.get(f"generate.{case.name}")
             if value is not None and min(len(item) for item in value) < case.min_frames:
-                raise RuntimeError(f"{case.name}: upstream stopped before {case.min_frames} frames; pick another case or seed")
+                raise RuntimeError(
+                    f"{case.name}: upstream stopped before {case.min_frames} frames; pick another case or seed"
+                )
         files[golden_file(mt)] = dict(
-            format=GOLDENS_FORMAT, format_version=1, recorded_with=versions,
+            format=GOLDENS_FORMAT,
+            format_version=1,
+            recorded_with=versions,
             fixture=dict(model_type=mt, seed=SUITE_SEEDS[mt], dtype="float32", weights_sha256=fixture_digests(ckpt)),
             records={name: encode_value(value) for name, value in probes.items()},
         )
@@ -194,6 +210,7 @@ def record_goldens(work_dir: str | Path) -> dict[str, Any]:
 def dumps(obj: Any, depth: int) -> str:
     """JSON laid out one item per line down to ``depth`` levels and compact below: one record (or
     one tensor of a spec) per line, so that a changed golden is a small diff."""
+
     def render(value: Any, level: int) -> str:
         if level >= depth or not isinstance(value, (dict, list)) or not value:
             return json.dumps(value, ensure_ascii=False)
@@ -219,7 +236,9 @@ def stale_records(committed_dir: str | Path, fresh: dict[str, Any]) -> list[str]
         if committed[mt]["fixture"] != new["fixture"]:
             problems.append(f"{golden_file(mt)}: fixture {committed[mt]['fixture']} != {new['fixture']}")
         got = {n: decode_value(r) for n, r in new["records"].items()}
-        problems += [f"{golden_file(mt)}: {c.name}: {c.detail}" for c in check_probes(committed[mt], got) if not c.passed]
+        problems += [
+            f"{golden_file(mt)}: {c.name}: {c.detail}" for c in check_probes(committed[mt], got) if not c.passed
+        ]
     return problems
 
 

@@ -65,8 +65,13 @@ def versions() -> dict[str, str | None]:
         except md.PackageNotFoundError:
             return None
 
-    return {"torch": torch.__version__, "transformers": v("transformers"), "qwen-tts": v("qwen-tts"),
-            "qwen3-tts-standalone": v("qwen3-tts-standalone"), "python": platform.python_version()}
+    return {
+        "torch": torch.__version__,
+        "transformers": v("transformers"),
+        "qwen-tts": v("qwen-tts"),
+        "qwen3-tts-standalone": v("qwen3-tts-standalone"),
+        "python": platform.python_version(),
+    }
 
 
 def build_report(runs: list[dict[str, Any]], seeds: list[int], frames: int) -> dict[str, Any]:
@@ -77,7 +82,8 @@ def build_report(runs: list[dict[str, Any]], seeds: list[int], frames: int) -> d
         "verdict": "PASS" if cases and not failed else "FAIL",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": versions(),
-        "seeds": seeds, "frames": frames,
+        "seeds": seeds,
+        "frames": frames,
         "summary": {"cases": len(cases), "passed": len(cases) - failed, "failed": failed},
         "runs": runs,
     }
@@ -86,9 +92,12 @@ def build_report(runs: list[dict[str, Any]], seeds: list[int], frames: int) -> d
         from .sensitivity import blind_knobs, merge_sensitivity
 
         rows = merge_sensitivity(measured)
-        report["knob_sensitivity"] = {"rows": rows, "blind": blind_knobs(rows),
-                                      "plans": sum(m["plans"] for m in measured),
-                                      "seconds": sum(m["seconds"] for m in measured)}
+        report["knob_sensitivity"] = {
+            "rows": rows,
+            "blind": blind_knobs(rows),
+            "plans": sum(m["plans"] for m in measured),
+            "seconds": sum(m["seconds"] for m in measured),
+        }
     return report
 
 
@@ -114,7 +123,9 @@ def _metric_cell(c: dict[str, Any]) -> str:
     frames = ",".join(map(str, m["frames_upstream"]))
     if div is None:
         return f"identical codes ({frames} frames)"
-    where = f"item {div['item']}, frame {div['frame']}" + (f", group {div['group']}" if div["group"] >= 0 else " (length)")
+    where = f"item {div['item']}, frame {div['frame']}" + (
+        f", group {div['group']}" if div["group"] >= 0 else " (length)"
+    )
     return f"codes differ at {where}"
 
 
@@ -134,24 +145,35 @@ def render_markdown(report: dict[str, Any]) -> str:
     ]
     for r in report["runs"]:
         n_fail = sum(1 for c in r["cases"] if not c["passed"])
-        lines.append(f"| {r['checkpoint']} | {r['dtype']} | {len(r['cases'])} | {'PASS' if r['passed'] else f'FAIL ({n_fail})'} "
-                     f"| {r['seconds_upstream']:.1f} | {r['seconds_standalone']:.1f} |")
+        lines.append(
+            f"| {r['checkpoint']} | {r['dtype']} | {len(r['cases'])} | {'PASS' if r['passed'] else f'FAIL ({n_fail})'} "
+            f"| {r['seconds_upstream']:.1f} | {r['seconds_standalone']:.1f} |"
+        )
     failures = [(r, c) for r in report["runs"] for c in r["cases"] if not c["passed"]]
     if failures:
         lines += ["", "## Failures", "", "| checkpoint | dtype | case | where | numbers |", "|---|---|---|---|---|"]
         for r, c in failures:
             where = c["first_bad_layer"] or c["component"]
-            lines.append(f"| {r['checkpoint']} | {c['dtype']} | {c['case']} | {where} | {_metric_cell(c)}"
-                         + (f" ({c['note']})" if c["note"] else "") + " |")
+            lines.append(
+                f"| {r['checkpoint']} | {c['dtype']} | {c['case']} | {where} | {_metric_cell(c)}"
+                + (f" ({c['note']})" if c["note"] else "")
+                + " |"
+            )
     lines += render_sensitivity(report)
     for r in report["runs"]:
         cfg = r["config"]
         t = cfg["talker"]
-        lines += ["", f"## {r['checkpoint']} / {r['dtype']}", "",
-                  f"{cfg['tts_model_type']}, talker {t['layers']} layers x {t['hidden']} ({t['heads']}/{t['kv_heads']} heads, "
-                  f"head_dim {t['head_dim']}), code predictor {cfg['code_predictor']['layers']} layers x "
-                  f"{cfg['code_predictor']['hidden']}, {cfg['code_predictor']['groups']} code groups.", "",
-                  "| case | verdict | numbers |", "|---|---|---|"]
+        lines += [
+            "",
+            f"## {r['checkpoint']} / {r['dtype']}",
+            "",
+            f"{cfg['tts_model_type']}, talker {t['layers']} layers x {t['hidden']} ({t['heads']}/{t['kv_heads']} heads, "
+            f"head_dim {t['head_dim']}), code predictor {cfg['code_predictor']['layers']} layers x "
+            f"{cfg['code_predictor']['hidden']}, {cfg['code_predictor']['groups']} code groups.",
+            "",
+            "| case | verdict | numbers |",
+            "|---|---|---|",
+        ]
         for c in r["cases"]:
             lines.append(f"| {c['case']} | {'PASS' if c['passed'] else 'FAIL'} | {_metric_cell(c)} |")
     return "\n".join(lines) + "\n"
@@ -164,20 +186,28 @@ def render_sensitivity(report: dict[str, Any]) -> list[str]:
     measured = [r for r in report["runs"] if r.get("knob_sensitivity")]
     names = [r["checkpoint"].removeprefix("tiny-") for r in measured]
     runs = ", ".join(f"{r['checkpoint']} {r['dtype']}" for r in measured)
-    lines = ["", "## Knob sensitivity", "",
-             f"Each sampling knob moved by a small step on the standalone side only; the count is the generation "
-             f"plans (of those where the knob acts) whose codes then change against the unperturbed standalone run, "
-             f"i.e. where a bug of that size fails parity. {ks['plans']} plans "
-             f"({runs}), {ks['seconds']:.0f} s. "
-             + ("Every knob changes the codes somewhere." if not ks["blind"] else f"**Blind: {', '.join(ks['blind'])}.**"),
-             "", "| knob | step | perturbed via | changed / plans | " + " | ".join(names) + " |",
-             "|---|---|---|---|" + "---|" * len(names)]
+    lines = [
+        "",
+        "## Knob sensitivity",
+        "",
+        f"Each sampling knob moved by a small step on the standalone side only; the count is the generation "
+        f"plans (of those where the knob acts) whose codes then change against the unperturbed standalone run, "
+        f"i.e. where a bug of that size fails parity. {ks['plans']} plans "
+        f"({runs}), {ks['seconds']:.0f} s. "
+        + ("Every knob changes the codes somewhere." if not ks["blind"] else f"**Blind: {', '.join(ks['blind'])}.**"),
+        "",
+        "| knob | step | perturbed via | changed / plans | " + " | ".join(names) + " |",
+        "|---|---|---|---|" + "---|" * len(names),
+    ]
     per_run = [{(x["knob"], x["step"]): x for x in r["knob_sensitivity"]["rows"]} for r in measured]
     for row in ks["rows"]:
         key = (row["knob"], row["step"])
         cells = [f"{p[key]['changed']}/{p[key]['applicable']}" if key in p else "-" for p in per_run]
-        lines.append(f"| {row['knob']} | {row['step']} | {row['how']} | **{row['changed']}**/{row['applicable']} | "
-                     + " | ".join(cells) + " |")
+        lines.append(
+            f"| {row['knob']} | {row['step']} | {row['how']} | **{row['changed']}**/{row['applicable']} | "
+            + " | ".join(cells)
+            + " |"
+        )
     return lines
 
 

@@ -32,8 +32,17 @@ from .suite import generation_case_name, generation_plans, run_standalone_genera
 
 # The plans measured: the plans of these cases at the first seed (the sampler regimes, the EOS
 # cases and one left-padded batch per model type); of the batches only the sampler regimes.
-SENSITIVITY_CASES = ("plain.streaming", "custom_voice.english", "voice_design.instruct", "clone.icl.streaming",
-                     "eos.second_draw", "eos.third_draw", "batch.custom_voice", "batch.voice_design", "batch.clone")
+SENSITIVITY_CASES = (
+    "plain.streaming",
+    "custom_voice.english",
+    "voice_design.instruct",
+    "clone.icl.streaming",
+    "eos.second_draw",
+    "eos.third_draw",
+    "batch.custom_voice",
+    "batch.voice_design",
+    "batch.clone",
+)
 
 STEP = 0.05  # temperatures and the penalty: 5% of their usual values
 TOP_P_STEP = 0.02
@@ -88,51 +97,99 @@ _GEN = "q3tts.standalone.generation"
 _SAMPLING = "q3tts.standalone.sampling"
 
 PERTURBATIONS: tuple[Perturbation, ...] = (
-    Perturbation("temperature", f"+{STEP}", _talker_samples, _set(temperature=lambda kw: kw.get("temperature", 0.9) + STEP)),
-    Perturbation("subtalker_temperature", f"+{STEP}", _subtalker_samples,
-                 _set(subtalker_temperature=lambda kw: kw.get("subtalker_temperature", 0.9) + STEP)),
-    Perturbation("top_k", "+1", lambda kw: _talker_samples(kw) and kw.get("top_k", 50) > 0,
-                 _set(top_k=lambda kw: kw.get("top_k", 50) + 1)),
-    Perturbation("subtalker_top_k", "+1", lambda kw: _subtalker_samples(kw) and kw.get("subtalker_top_k", 50) > 0,
-                 _set(subtalker_top_k=lambda kw: kw.get("subtalker_top_k", 50) + 1)),
-    Perturbation("top_p", f"-{TOP_P_STEP}", lambda kw: _talker_samples(kw) and kw.get("top_p", 1.0) < 1.0,
-                 _set(top_p=lambda kw: kw["top_p"] - TOP_P_STEP)),
-    Perturbation("subtalker_top_p", f"-{TOP_P_STEP}",
-                 lambda kw: _subtalker_samples(kw) and kw.get("subtalker_top_p", 1.0) < 1.0,
-                 _set(subtalker_top_p=lambda kw: kw["subtalker_top_p"] - TOP_P_STEP)),
+    Perturbation(
+        "temperature", f"+{STEP}", _talker_samples, _set(temperature=lambda kw: kw.get("temperature", 0.9) + STEP)
+    ),
+    Perturbation(
+        "subtalker_temperature",
+        f"+{STEP}",
+        _subtalker_samples,
+        _set(subtalker_temperature=lambda kw: kw.get("subtalker_temperature", 0.9) + STEP),
+    ),
+    Perturbation(
+        "top_k",
+        "+1",
+        lambda kw: _talker_samples(kw) and kw.get("top_k", 50) > 0,
+        _set(top_k=lambda kw: kw.get("top_k", 50) + 1),
+    ),
+    Perturbation(
+        "subtalker_top_k",
+        "+1",
+        lambda kw: _subtalker_samples(kw) and kw.get("subtalker_top_k", 50) > 0,
+        _set(subtalker_top_k=lambda kw: kw.get("subtalker_top_k", 50) + 1),
+    ),
+    Perturbation(
+        "top_p",
+        f"-{TOP_P_STEP}",
+        lambda kw: _talker_samples(kw) and kw.get("top_p", 1.0) < 1.0,
+        _set(top_p=lambda kw: kw["top_p"] - TOP_P_STEP),
+    ),
+    Perturbation(
+        "subtalker_top_p",
+        f"-{TOP_P_STEP}",
+        lambda kw: _subtalker_samples(kw) and kw.get("subtalker_top_p", 1.0) < 1.0,
+        _set(subtalker_top_p=lambda kw: kw["subtalker_top_p"] - TOP_P_STEP),
+    ),
     Perturbation("do_sample", "flipped", lambda kw: True, _set(do_sample=lambda kw: not _talker_samples(kw))),
-    Perturbation("subtalker_dosample", "flipped", lambda kw: True,
-                 _set(subtalker_dosample=lambda kw: not _subtalker_samples(kw))),
-    Perturbation("repetition_penalty", f"+{STEP}", _penalised,
-                 _set(repetition_penalty=lambda kw: kw.get("repetition_penalty", 1.05) + STEP)),
-    Perturbation("repetition_penalty (s<0: s*p)", "branch off", _penalised,
-                 seam=(f"{_SAMPLING}.constrain_logits", _branch_off(negative=True))),
-    Perturbation("repetition_penalty (s>0: s/p)", "branch off", _penalised,
-                 seam=(f"{_SAMPLING}.constrain_logits", _branch_off(negative=False))),
+    Perturbation(
+        "subtalker_dosample", "flipped", lambda kw: True, _set(subtalker_dosample=lambda kw: not _subtalker_samples(kw))
+    ),
+    Perturbation(
+        "repetition_penalty",
+        f"+{STEP}",
+        _penalised,
+        _set(repetition_penalty=lambda kw: kw.get("repetition_penalty", 1.05) + STEP),
+    ),
+    Perturbation(
+        "repetition_penalty (s<0: s*p)",
+        "branch off",
+        _penalised,
+        seam=(f"{_SAMPLING}.constrain_logits", _branch_off(negative=True)),
+    ),
+    Perturbation(
+        "repetition_penalty (s>0: s/p)",
+        "branch off",
+        _penalised,
+        seam=(f"{_SAMPLING}.constrain_logits", _branch_off(negative=False)),
+    ),
     Perturbation("min_new_tokens", "+1", lambda kw: True, seam=(f"{_GEN}.generate_codes", _min_new_tokens(+1))),
     Perturbation("min_new_tokens", "-1", lambda kw: True, seam=(f"{_GEN}.generate_codes", _min_new_tokens(-1))),
-    Perturbation("EOS suppression range", "start -1 id", lambda kw: True,
-                 seam=(f"{_GEN}.suppress_mask_for", suppress_mask_variant(-1))),
-    Perturbation("EOS suppression range", "start +1 id", lambda kw: True,
-                 seam=(f"{_GEN}.suppress_mask_for", suppress_mask_variant(+1))),
+    Perturbation(
+        "EOS suppression range",
+        "start -1 id",
+        lambda kw: True,
+        seam=(f"{_GEN}.suppress_mask_for", suppress_mask_variant(-1)),
+    ),
+    Perturbation(
+        "EOS suppression range",
+        "start +1 id",
+        lambda kw: True,
+        seam=(f"{_GEN}.suppress_mask_for", suppress_mask_variant(+1)),
+    ),
 )
 
 
 def sensitivity_plans(model_type: str, seeds: list[int]) -> list[tuple[Any, str, int]]:
-    return [(case, mode, seed) for case in CASES if model_type in case.model_types and case.name in SENSITIVITY_CASES
-            for mode, seed in generation_plans(case, seeds)
-            if seed == seeds[0] and not (case.name.startswith("batch.") and mode in ("greedy", "sampled"))]
+    return [
+        (case, mode, seed)
+        for case in CASES
+        if model_type in case.model_types and case.name in SENSITIVITY_CASES
+        for mode, seed in generation_plans(case, seeds)
+        if seed == seeds[0] and not (case.name.startswith("batch.") and mode in ("greedy", "sampled"))
+    ]
 
 
-def knob_sensitivity(wrapper, standalone, model_type: str, dtype: torch.dtype, seeds: list[int], frames: int,
-                     cache_key: str) -> dict[str, Any]:
+def knob_sensitivity(
+    wrapper, standalone, model_type: str, dtype: torch.dtype, seeds: list[int], frames: int, cache_key: str
+) -> dict[str, Any]:
     """{"plans": n, "seconds": s, "rows": [{knob, step, how, applicable, changed, changed_cases}]}."""
     t0 = time.perf_counter()
     dname = DTYPE_NAMES[dtype]
     plans = []
     for case, mode, seed in sensitivity_plans(model_type, seeds):
-        _, _, st_kwargs, sampling, rng_seed = upstream_generation(wrapper, standalone, case, mode, seed, frames, dname,
-                                                                  cache_key)
+        _, _, st_kwargs, sampling, rng_seed = upstream_generation(
+            wrapper, standalone, case, mode, seed, frames, dname, cache_key
+        )
         codes, error = run_standalone_generation(standalone, st_kwargs, sampling, rng_seed)
         if error:
             raise RuntimeError(f"knob sensitivity: {generation_case_name(case, mode, seed)} fails unperturbed: {error}")
@@ -152,8 +209,16 @@ def knob_sensitivity(wrapper, standalone, model_type: str, dtype: torch.dtype, s
                 codes, error = run_standalone_generation(standalone, st_kwargs, p.arguments(sampling), rng_seed)
                 if error or first_divergence(base, codes) is not None:
                     changed.append(name)
-        rows.append({"knob": p.knob, "step": p.step, "how": p.how, "applicable": applicable,
-                     "changed": len(changed), "changed_cases": changed})
+        rows.append(
+            {
+                "knob": p.knob,
+                "step": p.step,
+                "how": p.how,
+                "applicable": applicable,
+                "changed": len(changed),
+                "changed_cases": changed,
+            }
+        )
     return {"plans": len(plans), "seconds": time.perf_counter() - t0, "rows": rows}
 
 

@@ -81,34 +81,70 @@ def _cases(model_type: str, num_code_groups: int) -> list[_Case]:
     wav = (speech_like_waveform(3), 24000)
     cases = {
         "custom_voice": [
-            _Case("custom_voice", "custom_voice", "custom_voice",
-                  lambda w: dict(text="Hi there.", speaker="alice", language="auto"),
-                  lambda: dict(text="Hi there.", speaker="alice", language="auto")),
-            _Case("custom_voice_batch", "custom_voice", "custom_voice",
-                  lambda w: dict(text=["Hi there.", "A second, longer one!"], speaker=["alice", "bob"], language="auto"),
-                  lambda: dict(text=["Hi there.", "A second, longer one!"], speaker=["alice", "bob"], language="auto")),
+            _Case(
+                "custom_voice",
+                "custom_voice",
+                "custom_voice",
+                lambda w: dict(text="Hi there.", speaker="alice", language="auto"),
+                lambda: dict(text="Hi there.", speaker="alice", language="auto"),
+            ),
+            _Case(
+                "custom_voice_batch",
+                "custom_voice",
+                "custom_voice",
+                lambda w: dict(text=["Hi there.", "A second, longer one!"], speaker=["alice", "bob"], language="auto"),
+                lambda: dict(text=["Hi there.", "A second, longer one!"], speaker=["alice", "bob"], language="auto"),
+            ),
         ],
         "voice_design": [
-            _Case("voice_design", "voice_design", "voice_design",
-                  lambda w: dict(text="Hello.", instruct="Calm and deep."),
-                  lambda: dict(text="Hello.", instruct="Calm and deep.")),
+            _Case(
+                "voice_design",
+                "voice_design",
+                "voice_design",
+                lambda w: dict(text="Hello.", instruct="Calm and deep."),
+                lambda: dict(text="Hello.", instruct="Calm and deep."),
+            ),
         ],
         "base": [
-            _Case("clone_xvector", "base", "voice_clone",
-                  lambda w: dict(text="Clone me.", language="english", ref_audio=wav, x_vector_only_mode=True),
-                  lambda: dict(text="Clone me.", language="english", ref_audio=wav, x_vector_only_mode=True)),
+            _Case(
+                "clone_xvector",
+                "base",
+                "voice_clone",
+                lambda w: dict(text="Clone me.", language="english", ref_audio=wav, x_vector_only_mode=True),
+                lambda: dict(text="Clone me.", language="english", ref_audio=wav, x_vector_only_mode=True),
+            ),
         ],
     }[model_type]
     if model_type == "base" and num_code_groups == 4:  # the given reference codes fit the tiny codec
-        cases.append(_Case("clone_icl", "base", "voice_clone", _icl_upstream,
-                           lambda: dict(text="Clone me.", language="english", ref_audio=wav,
-                                        ref_text="Reference words.", ref_code=_ref_code()),
-                           ref_frames=REF_FRAMES))
+        cases.append(
+            _Case(
+                "clone_icl",
+                "base",
+                "voice_clone",
+                _icl_upstream,
+                lambda: dict(
+                    text="Clone me.",
+                    language="english",
+                    ref_audio=wav,
+                    ref_text="Reference words.",
+                    ref_code=_ref_code(),
+                ),
+                ref_frames=REF_FRAMES,
+            )
+        )
     return cases
 
 
-def run_streaming_parity(wrapper, standalone, model_type: str, dtype: torch.dtype, seed: int = 0,
-                         chunk_sizes=CHUNK_SIZES, max_new_tokens: int = 24, sampled: bool = True) -> list[StreamingComparison]:
+def run_streaming_parity(
+    wrapper,
+    standalone,
+    model_type: str,
+    dtype: torch.dtype,
+    seed: int = 0,
+    chunk_sizes=CHUNK_SIZES,
+    max_new_tokens: int = 24,
+    sampled: bool = True,
+) -> list[StreamingComparison]:
     """Every case of ``model_type`` at every chunk size: upstream offline vs standalone streamed."""
     gen = dict(do_sample=sampled, subtalker_dosample=sampled, max_new_tokens=max_new_tokens)
     bound, min_snr = STREAMING_TOLERANCES[dtype]
@@ -126,7 +162,8 @@ def run_streaming_parity(wrapper, standalone, model_type: str, dtype: torch.dtyp
             t0 = time.perf_counter()
             first_audio = None
             stream = getattr(standalone, f"stream_{case.method}")(
-                **case.standalone_kwargs(), **gen, chunk_frames=chunk, first_chunk_frames=first)
+                **case.standalone_kwargs(), **gen, chunk_frames=chunk, first_chunk_frames=first
+            )
             for out in stream:
                 i, audio = out if batched else (0, out)
                 if first_audio is None:
@@ -142,19 +179,39 @@ def run_streaming_parity(wrapper, standalone, model_type: str, dtype: torch.dtyp
                     note = f"upstream's float cut kept {skipped} more leading sample(s)"
                     ref = ref[skipped:]
                 same_len = ref.shape == got.shape
-                max_abs = float(np.abs(ref.astype(np.float64) - got).max()) if same_len and len(ref) else (0.0 if same_len else float("inf"))
+                max_abs = (
+                    float(np.abs(ref.astype(np.float64) - got).max())
+                    if same_len and len(ref)
+                    else (0.0 if same_len else float("inf"))
+                )
                 snr = snr_db(ref, got) if same_len and len(ref) else (float("inf") if same_len else float("-inf"))
                 passed = same_len and skipped <= 1 and max_abs <= bound and snr >= min_snr
                 if not same_len:
                     note = f"length differs: upstream {len(ref)} vs streamed {len(got)} samples"
-                results.append(StreamingComparison(
-                    case=case.name, model_type=model_type, dtype=dtype_name, chunk_frames=chunk,
-                    first_chunk_frames=first, item=i, frames=len(got) // 1920, samples_upstream=len(ref) + skipped,
-                    samples_streamed=len(got), leading_samples_skipped=skipped, chunks=len(items[i]),
-                    max_abs=max_abs, snr_db=snr, bound_max_abs=bound, bound_snr_db=min_snr, passed=passed,
-                    seconds_upstream=seconds_upstream, seconds_to_first_audio=first_audio or float("nan"),
-                    seconds_streamed=seconds, note=note,
-                ))
+                results.append(
+                    StreamingComparison(
+                        case=case.name,
+                        model_type=model_type,
+                        dtype=dtype_name,
+                        chunk_frames=chunk,
+                        first_chunk_frames=first,
+                        item=i,
+                        frames=len(got) // 1920,
+                        samples_upstream=len(ref) + skipped,
+                        samples_streamed=len(got),
+                        leading_samples_skipped=skipped,
+                        chunks=len(items[i]),
+                        max_abs=max_abs,
+                        snr_db=snr,
+                        bound_max_abs=bound,
+                        bound_snr_db=min_snr,
+                        passed=passed,
+                        seconds_upstream=seconds_upstream,
+                        seconds_to_first_audio=first_audio or float("nan"),
+                        seconds_streamed=seconds,
+                        note=note,
+                    )
+                )
     return results
 
 

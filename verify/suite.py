@@ -28,7 +28,15 @@ import torch
 from .compare import AUDIO_TOLERANCES, DTYPE_NAMES, audio_diff, capture_outputs, compare, first_divergent_layer
 from .forward_parity import run_forward_cases
 from .generation_parity import (
-    CASES, MODE_KNOBS, SAMPLER_MODES, Case, CaseContext, diverging_sampler, first_divergence, mode_kwargs, split_sides,
+    CASES,
+    MODE_KNOBS,
+    SAMPLER_MODES,
+    Case,
+    CaseContext,
+    diverging_sampler,
+    first_divergence,
+    mode_kwargs,
+    split_sides,
 )
 
 
@@ -63,11 +71,18 @@ def forward_results(upstream, standalone, dtype, seed) -> list[CaseResult]:
     comparisons.append(mrope_case(upstream, standalone, dtype, seed))
     elapsed = time.perf_counter() - t0
     for c in comparisons:
-        out.append(CaseResult(
-            case=c.case, component=_component(c.case), kind="forward", dtype=c.dtype, passed=c.passed,
-            metrics={"max_abs": c.max_abs, "max_rel": c.max_rel, "cosine": c.cosine, "bound": c.bound},
-            first_bad_layer=c.first_bad_layer, note=c.note,
-        ))
+        out.append(
+            CaseResult(
+                case=c.case,
+                component=_component(c.case),
+                kind="forward",
+                dtype=c.dtype,
+                passed=c.passed,
+                metrics={"max_abs": c.max_abs, "max_rel": c.max_rel, "cosine": c.cosine, "bound": c.bound},
+                first_bad_layer=c.first_bad_layer,
+                note=c.note,
+            )
+        )
     if out:  # forward cases run both sides back to back; the wall time is shared
         out[0].seconds_upstream = out[0].seconds_standalone = elapsed / 2
     return out
@@ -91,9 +106,15 @@ def mrope_case(upstream, standalone, dtype, seed):
         got, _ = standalone.talker.step(x, pos, None)
     c = compare("talker.mrope.hidden", ref, got, dtype)
     if not c.passed:
-        c.first_bad_layer = first_divergent_layer(
-            [f"talker.layers.{i}" for i in range(len(up_model.layers))], [t[0] for t in up_cap], [t[0] for t in st_cap], dtype
-        ) or "talker.norm"
+        c.first_bad_layer = (
+            first_divergent_layer(
+                [f"talker.layers.{i}" for i in range(len(up_model.layers))],
+                [t[0] for t in up_cap],
+                [t[0] for t in st_cap],
+                dtype,
+            )
+            or "talker.norm"
+        )
     return c
 
 
@@ -153,7 +174,8 @@ def generation_results(wrapper, standalone, model_type, dtype, seeds, frames, ca
     for case in [c for c in CASES if model_type in c.model_types]:
         for mode, seed in generation_plans(case, seeds):
             up_codes, up_s, st_kwargs, sampling, rng_seed = upstream_generation(
-                wrapper, standalone, case, mode, seed, frames, dname, cache_key)
+                wrapper, standalone, case, mode, seed, frames, dname, cache_key
+            )
             t0 = time.perf_counter()
             st_codes, error = run_standalone_generation(standalone, st_kwargs, sampling, rng_seed)
             st_s = time.perf_counter() - t0
@@ -162,16 +184,26 @@ def generation_results(wrapper, standalone, model_type, dtype, seeds, frames, ca
             if div is not None and not error:
                 # Name the sampler that drew the first differing id and the knobs this mode turns.
                 note = f"first diverging draw: {diverging_sampler(div[2])}; mode {mode}: {MODE_KNOBS[mode]}"
-            metrics = {"frames_upstream": [int(c.shape[0]) for c in up_codes],
-                       "frames_standalone": [int(c.shape[0]) for c in st_codes],
-                       "first_divergence": None if div is None else {"item": div[0], "frame": div[1], "group": div[2]}}
+            metrics = {
+                "frames_upstream": [int(c.shape[0]) for c in up_codes],
+                "frames_standalone": [int(c.shape[0]) for c in st_codes],
+                "first_divergence": None if div is None else {"item": div[0], "frame": div[1], "group": div[2]},
+            }
             if mode == "top_p_boundary":
                 metrics.update(top_p=sampling["top_p"], rng_seed=rng_seed)
-            out.append(CaseResult(
-                case=generation_case_name(case, mode, seed), component="generation", kind="generation", dtype=dname,
-                passed=div is None and not error, metrics=metrics, note=note,
-                seconds_upstream=up_s, seconds_standalone=st_s,
-            ))
+            out.append(
+                CaseResult(
+                    case=generation_case_name(case, mode, seed),
+                    component="generation",
+                    kind="generation",
+                    dtype=dname,
+                    passed=div is None and not error,
+                    metrics=metrics,
+                    note=note,
+                    seconds_upstream=up_s,
+                    seconds_standalone=st_s,
+                )
+            )
     return out
 
 
@@ -206,18 +238,40 @@ def audio_results(wrapper, standalone, dtype, seed, cache_key) -> list[CaseResul
             error = error or f"length {got.shape} vs {ref.shape}"
         else:
             max_abs, snr = audio_diff(ref, got)
-        out.append(CaseResult(
-            case=f"audio.{frames}_frames", component="codec", kind="audio", dtype=dname,
-            passed=not error and max_abs <= bound and snr >= min_snr,
-            metrics={"max_abs": max_abs, "snr_db": snr, "bound": bound, "min_snr_db": min_snr,
-                     "rms": float(np.sqrt(np.mean(ref**2)))},
-            note=error, seconds_upstream=up_s, seconds_standalone=st_s,
-        ))
+        out.append(
+            CaseResult(
+                case=f"audio.{frames}_frames",
+                component="codec",
+                kind="audio",
+                dtype=dname,
+                passed=not error and max_abs <= bound and snr >= min_snr,
+                metrics={
+                    "max_abs": max_abs,
+                    "snr_db": snr,
+                    "bound": bound,
+                    "min_snr_db": min_snr,
+                    "rms": float(np.sqrt(np.mean(ref**2))),
+                },
+                note=error,
+                seconds_upstream=up_s,
+                seconds_standalone=st_s,
+            )
+        )
     return out
 
 
-def run_suite(wrapper, standalone, model_type: str, dtype: torch.dtype, seeds: list[int], frames: int,
-              cache_key: str, generation: bool = True, audio: bool = True, encoder: bool = True) -> list[CaseResult]:
+def run_suite(
+    wrapper,
+    standalone,
+    model_type: str,
+    dtype: torch.dtype,
+    seeds: list[int],
+    frames: int,
+    cache_key: str,
+    generation: bool = True,
+    audio: bool = True,
+    encoder: bool = True,
+) -> list[CaseResult]:
     results = forward_results(wrapper.model, standalone, dtype, seeds[0])
     if generation:
         results += generation_results(wrapper, standalone, model_type, dtype, seeds, frames, cache_key)
@@ -234,12 +288,23 @@ def config_summary(standalone) -> dict[str, Any]:
     c = standalone.config
     t = c.talker
     return {
-        "tts_model_type": c.tts_model_type, "tts_model_size": c.tts_model_size,
-        "talker": {"layers": t.transformer.num_hidden_layers, "hidden": t.transformer.hidden_size,
-                   "heads": t.transformer.num_attention_heads, "kv_heads": t.transformer.num_key_value_heads,
-                   "head_dim": t.transformer.head_dim, "vocab": t.vocab_size, "mrope_section": list(t.mrope_section)},
-        "code_predictor": {"layers": t.code_predictor.transformer.num_hidden_layers,
-                           "hidden": t.code_predictor.transformer.hidden_size, "groups": t.num_code_groups},
-        "speakers": len(t.spk_id), "languages": len(t.codec_language_id),
+        "tts_model_type": c.tts_model_type,
+        "tts_model_size": c.tts_model_size,
+        "talker": {
+            "layers": t.transformer.num_hidden_layers,
+            "hidden": t.transformer.hidden_size,
+            "heads": t.transformer.num_attention_heads,
+            "kv_heads": t.transformer.num_key_value_heads,
+            "head_dim": t.transformer.head_dim,
+            "vocab": t.vocab_size,
+            "mrope_section": list(t.mrope_section),
+        },
+        "code_predictor": {
+            "layers": t.code_predictor.transformer.num_hidden_layers,
+            "hidden": t.code_predictor.transformer.hidden_size,
+            "groups": t.num_code_groups,
+        },
+        "speakers": len(t.spk_id),
+        "languages": len(t.codec_language_id),
         "speaker_encoder": c.speaker_encoder is not None,
     }
