@@ -271,6 +271,8 @@ def convert_to_gguf(src: str | Path, dst: str | Path, *, quant: str = "F32", for
             summary.seconds = time.perf_counter() - t0
             return summary
         gguf = _gguf()
+        if dst.exists() and not force:
+            raise GGUFConversionError(f"{dst} exists; pass --force to replace it (only once the new one is complete)")
         try:
             with OutputDir(dst, force=force, say=say) as out:
                 from .conversion import sha256_file
