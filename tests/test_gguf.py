@@ -132,6 +132,7 @@ def test_loads_in_pinned_qwentts_wheel(converted, model_type, quant, tmp_path):
             assert "no audio" in str(e) or "codebooks" in str(e) or str(e) == "", e
         from q3tts.verify.gguf_parity import read_dump
         ids = read_dump(dump / "prompt-ids.bin").astype(int).tolist()
-        assert ids[0] == 301 and ids[:3] == [301, 265, 10]  # <|im_start|> as ONE id, then "assistant\n"
+        from q3tts.verify.fixtures import SPECIAL_TOKENS
+        assert ids[0] == SPECIAL_TOKENS["<|im_start|>"] and len(ids) < 20  # one id, not spelled out as text
     finally:
         tts.close()
