@@ -136,3 +136,21 @@ def test_loads_in_pinned_qwentts_wheel(converted, model_type, quant, tmp_path):
         assert ids[0] == SPECIAL_TOKENS["<|im_start|>"] and len(ids) < 20  # one id, not spelled out as text
     finally:
         tts.close()
+
+
+@pytest.mark.parametrize("model_type,speaker,instruct", [("custom_voice", "alice", None), ("voice_design", None, "calm")])
+def test_gguf_parity_prompt_ids_identical(converted, load_standalone, model_type, speaker, instruct):
+    pytest.importorskip("qwentts_cpp_cpu", reason="qwentts.cpp binding not installed: pip install 'qwen3-tts-standalone[peers]'")
+    from q3tts.verify.gguf_parity import gguf_parity
+    r = gguf_parity(None, converted[model_type, "F32"], speaker=speaker, instruct=instruct, max_new_tokens=6,
+                    threads=1, model=load_standalone(model_type))
+    assert r["prompt_ids"]["identical"], r["prompt_ids"]
+    assert r["codes"]["frames_ref"] > 0
+
+
+def test_gguf_parity_without_binding_says_how_to_install(monkeypatch):
+    import sys
+    from q3tts.verify import gguf_parity
+    monkeypatch.setitem(sys.modules, "qwentts_cpp_cpu", None)
+    with pytest.raises(gguf_parity.GGUFEngineUnavailable, match="pip install"):
+        gguf_parity.load_binding()
