@@ -170,3 +170,46 @@ def gguf_parity(model_dir: str | Path, gguf_dir: str | Path, *, text: str = "Hel
     else:
         report["audio_from_engine_codes"] = {"samples": 0, "note": eng["error"] or "engine produced no frames (EOS first)"}
     return report
+
+
+def write_sixteen_group_checkpoint(dst: str | Path, model_type: str = "custom_voice", *, seed: int = 0,
+                                   released_codec: bool = True) -> Path:
+    """A tiny upstream checkpoint with 16 code groups and a 16-quantizer codec: the smallest
+    shape qwentts.cpp decodes to audio (its codec hard-codes 16 codebooks, so the suite's
+    4-group fixture loads and generates codes but gets no audio). The codec is the released one
+    by default (random weights, about 0.7 GB in fp32): with the tiny codec's channel counts
+    qwentts.cpp aborts the process in decode (GGML_ASSERT(K_OC == K * oc) in ggml.c). Needs
+    qwen_tts (the weights come from upstream's own modules)."""
+    import copy
+    import json
+
+    from safetensors.torch import save_file
+
+    from .fixtures import (GENERATION_CONFIG, build_upstream_codec, build_upstream_modules, random_state_dict,
+                           tiny_config, tiny_speech_tokenizer_config, write_text_tokenizer)
+
+    dst = Path(dst)
+    (dst / "speech_tokenizer").mkdir(parents=True, exist_ok=True)
+    cfg = tiny_config(model_type, num_code_groups=16)
+    save_file(random_state_dict(build_upstream_modules(cfg), seed), str(dst / "model.safetensors"), metadata={"format": "pt"})
+    if released_codec:
+        from .fixtures import randomize_
+        from .released import released_speech_tokenizer_config
+        codec = released_speech_tokenizer_config()
+        state = {k: v.contiguous() for k, v in randomize_(build_upstream_codec(codec), seed + 1).state_dict().items()}
+    else:
+        codec = copy.deepcopy(tiny_speech_tokenizer_config())
+        codec["encoder_valid_num_quantizers"] = 16
+        codec["encoder_config"]["num_quantizers"] = 16
+        codec["decoder_config"]["num_quantizers"] = 16
+        state = random_state_dict(build_upstream_codec(codec), seed + 1)
+    save_file(state, str(dst / "speech_tokenizer" / "model.safetensors"), metadata={"format": "pt"})
+    for path, obj in ((dst / "config.json", cfg), (dst / "generation_config.json", GENERATION_CONFIG),
+                      (dst / "preprocessor_config.json", {"processor_class": "Qwen3TTSProcessor"}),
+                      (dst / "speech_tokenizer" / "config.json", codec),
+                      (dst / "speech_tokenizer" / "preprocessor_config.json", dict(
+                          feature_extractor_type="EncodecFeatureExtractor", feature_size=1, padding_side="right",
+                          padding_value=0.0, return_attention_mask=True, sampling_rate=24000))):
+        path.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
+    write_text_tokenizer(dst)
+    return dst
