@@ -91,8 +91,10 @@ def run_qwentts(gguf_dir: str | Path, *, text: str, language: str = "english", s
 
 
 def run_standalone(model, *, text: str, language: str = "english", speaker: str | None = None,
-                   instruct: str | None = None, max_new_tokens: int = 16) -> dict[str, Any]:
-    """The same request on the standalone model (greedy): prompt ids (text part) and codes."""
+                   instruct: str | None = None, max_new_tokens: int = 16, non_streaming_mode: bool = True) -> dict[str, Any]:
+    """The same request on the standalone model (greedy): prompt ids (text part) and codes.
+    ``non_streaming_mode=True`` is upstream's default in generate_custom_voice / voice_design /
+    voice_clone and the prompt layout qwentts.cpp builds (all text in the prefill)."""
     from q3tts.standalone.text import TextTokenizer
 
     tok = TextTokenizer.from_dir(model.checkpoint_dir)
@@ -101,7 +103,8 @@ def run_standalone(model, *, text: str, language: str = "english", speaker: str 
     t0 = time.perf_counter()
     codes, _ = model.generate(input_ids=[torch.tensor([ids])], instruct_ids=instruct_ids, languages=[language],
                               speakers=[speaker], do_sample=False, subtalker_dosample=False,
-                              repetition_penalty=1.0, max_new_tokens=max_new_tokens)
+                              repetition_penalty=1.0, max_new_tokens=max_new_tokens,
+                              non_streaming_mode=non_streaming_mode)
     return {"prompt_ids": ids, "codes": codes[0].cpu().numpy().astype(np.int64), "synth_s": time.perf_counter() - t0}
 
 
