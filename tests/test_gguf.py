@@ -154,3 +154,26 @@ def test_gguf_parity_without_binding_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "qwentts_cpp_cpu", None)
     with pytest.raises(gguf_parity.GGUFEngineUnavailable, match="pip install"):
         gguf_parity.load_binding()
+
+
+def test_clean_conversion_passes_audit_and_stages(converted, load_standalone, checkpoints):
+    pytest.importorskip("qwentts_cpp_cpu", reason="qwentts.cpp binding not installed: pip install 'qwen3-tts-standalone[peers]'")
+    from q3tts.verify.gguf_faults import detect
+    r = detect(load_standalone("custom_voice"), checkpoints["custom_voice"][0], converted["custom_voice", "F32"],
+               speaker="alice", threads=1)
+    assert r["caught"] == [], r
+
+
+@pytest.mark.parametrize("fault,names", [
+    ("swap_qk", "talker-hidden-prefill-l0"),
+    ("rope_flag", "mrope_interleaved"),
+    ("special_token", "im_start_token_id"),
+    ("codebook_unnormalised", "tok_dec.vq_first.0.codebook"),
+])
+def test_planted_conversion_fault_is_caught_and_named(checkpoints, load_standalone, tmp_path, fault, names):
+    pytest.importorskip("qwentts_cpp_cpu", reason="qwentts.cpp binding not installed: pip install 'qwen3-tts-standalone[peers]'")
+    from q3tts.verify.gguf_faults import detect, plant
+    up = checkpoints["custom_voice"][0]
+    d = plant(fault, up, tmp_path / fault)
+    r = detect(load_standalone("custom_voice"), up, d, speaker="alice", threads=1)
+    assert any(names in c for c in r["caught"]), r["caught"]

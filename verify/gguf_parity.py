@@ -216,3 +216,131 @@ def write_sixteen_group_checkpoint(dst: str | Path, model_type: str = "custom_vo
         path.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
     write_text_tokenizer(dst)
     return dst
+
+
+# --------------------------------------------------------------------------------------------
+# Localisation: which stage of qwentts.cpp first leaves the standalone model
+# --------------------------------------------------------------------------------------------
+
+# Per-stage tolerances (max abs), measured at F32 on the tiny fixtures: input embeddings 3e-7,
+# final prefill hidden 1.1e-6, prefill logits 3.8e-6. Quantised files differ more by design;
+# stage_report is meant for F32 files (a bug shows as an O(1) difference).
+STAGE_ATOL = {"talker-input-embed": 1e-4, "talker-hidden-prefill-l0": 1e-3, "talker-hidden-prefill-final": 1e-3,
+              "talker-logits-prefill": 1e-2}
+
+
+def stage_report(model, gguf_dir: str | Path, *, text: str = "Hello world.", language: str = "english",
+                 speaker: str | None = None, instruct: str | None = None, threads: int = 2) -> dict[str, Any]:
+    """Prompt ids, input embeddings, layer-0 and final prefill hidden states and prefill logits of
+    qwentts.cpp against the standalone model on the same request; ``first_bad`` names the first
+    stage beyond STAGE_ATOL (or ``prompt-ids``)."""
+    binding = load_binding()
+    from q3tts.standalone.gguf_conversion import gguf_paths
+    from q3tts.standalone.prompt import build_talker_prompt
+    from q3tts.standalone.text import TextTokenizer
+
+    talker, codec = gguf_paths(gguf_dir)
+    with tempfile.TemporaryDirectory(prefix="qwentts-dump-") as dump:
+        tts = binding.QwenTTS(talker, codec, cpu_threads=threads)
+        try:
+            with contextlib.suppress(binding.QwenTTSError):
+                tts.synthesize(text=text, lang=language, speaker=speaker, instruct=instruct, do_sample=False,
+                               subtalker_do_sample=False, repetition_penalty=1.0, max_new_tokens=1, dump_dir=dump)
+        finally:
+            tts.close()
+        eng = {p.stem: read_dump(p) for p in Path(dump).glob("*.bin")}
+    tok = TextTokenizer.from_dir(model.checkpoint_dir)
+    ids = tok.encode(tok.assistant_text(text))
+    instruct_ids = [torch.tensor([tok.encode(tok.instruct_text(instruct))])] if instruct else None
+    with torch.inference_mode():
+        prompt = build_talker_prompt(model, [torch.tensor([ids])], instruct_ids, None, None, [language], [speaker],
+                                     non_streaming_mode=True)
+        collect: list = []
+        hidden, logits = model.talker(prompt.inputs_embeds, collect=collect)
+    ref = {"talker-input-embed": prompt.inputs_embeds[0], "talker-hidden-prefill-final": hidden[0],
+           "talker-logits-prefill": logits[0, -1]}
+    if collect:
+        ref["talker-hidden-prefill-l0"] = collect[0][0] if isinstance(collect[0], torch.Tensor) else None
+    out: dict[str, Any] = {"stages": {}, "first_bad": None}
+    eng_ids = eng.get("prompt-ids", np.zeros(0)).astype(np.int64).tolist()
+    ids_ok = eng_ids == ids
+    out["stages"]["prompt-ids"] = {"ok": ids_ok, "ref_len": len(ids), "engine_len": len(eng_ids),
+                                   "first_difference": first_difference(ids, eng_ids)}
+    if not ids_ok:
+        out["first_bad"] = "prompt-ids"
+    for name in ("talker-input-embed", "talker-hidden-prefill-l0", "talker-hidden-prefill-final", "talker-logits-prefill"):
+        r, e = ref.get(name), eng.get(name)
+        if r is None or e is None:
+            out["stages"][name] = {"ok": None, "note": "not available"}
+            continue
+        r = r.float().cpu().numpy()
+        if r.shape != e.shape:
+            out["stages"][name] = {"ok": False, "note": f"shape {r.shape} vs engine {e.shape}"}
+        else:
+            d = float(np.abs(r - e).max())
+            out["stages"][name] = {"ok": d <= STAGE_ATOL[name], "max_abs": d}
+        if out["stages"][name]["ok"] is False and out["first_bad"] is None:
+            out["first_bad"] = name
+    return out
+
+
+def audit_gguf(upstream_dir: str | Path, gguf_dir: str | Path) -> dict[str, Any]:
+    """Static checks of a GGUF pair against its upstream checkpoint, independent of the layout
+    table's rules: the M-RoPE flag under the loader's key, every configured special id holding its
+    special token, and every decoder codebook equal to embedding_sum / clamp(cluster_usage)."""
+    import json
+
+    import gguf
+    from safetensors import safe_open
+
+    from q3tts.standalone.gguf_conversion import gguf_paths
+
+    upstream_dir = Path(upstream_dir)
+    cfg = json.loads((upstream_dir / "config.json").read_text())
+    tok_cfg = json.loads((upstream_dir / "tokenizer_config.json").read_text())
+    talker, codec = gguf_paths(gguf_dir)
+    problems: list[str] = []
+
+    def field(reader, key):
+        f = reader.fields.get(key)
+        if f is None:
+            return None
+        if f.types[0] == gguf.GGUFValueType.ARRAY:
+            return [f.parts[i] for i in f.data]
+        v = f.parts[f.data[0]]
+        return bytes(v).decode() if f.types[0] == gguf.GGUFValueType.STRING else v[0]
+
+    tr = gguf.GGUFReader(str(talker))
+    rs = cfg["talker_config"].get("rope_scaling") or {}
+    if "mrope_section" in rs:
+        got = field(tr, "qwen3-tts.talker.rope.mrope_interleaved")
+        if got is None or bool(got) != bool(rs.get("interleaved", False)):
+            problems.append(f"metadata qwen3-tts.talker.rope.mrope_interleaved={got} but config interleaved="
+                            f"{rs.get('interleaved', False)}")
+    tokens = [bytes(t).decode("utf-8", "replace") for t in field(tr, "tokenizer.ggml.tokens")]
+    added = {int(k): v["content"] for k, v in (tok_cfg.get("added_tokens_decoder") or {}).items()}
+    for key in ("im_start_token_id", "im_end_token_id", "tts_pad_token_id", "tts_bos_token_id", "tts_eos_token_id"):
+        i = int(cfg[key])
+        if i >= len(tokens) or tokens[i] != added.get(i):
+            problems.append(f"tokenizer: {key}={i} holds {tokens[i] if i < len(tokens) else None!r}, "
+                            f"expected {added.get(i)!r}")
+    cr = gguf.GGUFReader(str(codec))
+    tensors = {t.name: t for t in cr.tensors}
+    with safe_open(str(upstream_dir / "speech_tokenizer" / "model.safetensors"), "pt") as f:
+        for side in ("first", "rest"):
+            layer = 0
+            while f"decoder.quantizer.rvq_{side}.vq.layers.{layer}._codebook.embedding_sum" in f.keys():
+                base = f"decoder.quantizer.rvq_{side}.vq.layers.{layer}._codebook."
+                s, u = f.get_tensor(base + "embedding_sum").float(), f.get_tensor(base + "cluster_usage").float()
+                want = (s / u.clamp(min=1e-5)[:, None]).numpy()
+                name = f"tok_dec.vq_{side}.{layer}.codebook"
+                t = tensors.get(name)
+                if t is None:
+                    problems.append(f"tensor {name}: missing")
+                else:
+                    got = np.asarray(t.data, np.float32).reshape(want.shape)
+                    d = float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-12))
+                    if d > 1e-5:
+                        problems.append(f"tensor {name}: differs from embedding_sum / cluster_usage (rel {d:.3g})")
+                layer += 1
+    return {"ok": not problems, "problems": problems}
