@@ -177,3 +177,19 @@ def test_planted_conversion_fault_is_caught_and_named(checkpoints, load_standalo
     d = plant(fault, up, tmp_path / fault)
     r = detect(load_standalone("custom_voice"), up, d, speaker="alice", threads=1)
     assert any(names in c for c in r["caught"]), r["caught"]
+
+
+def test_cli_to_gguf(checkpoints, tmp_path):
+    from click.testing import CliRunner
+
+    from q3tts.convert.cli import main
+    up = str(checkpoints["base"][0])
+    r = CliRunner().invoke(main, [up, str(tmp_path / "dry"), "--to", "gguf", "--dry-run"])
+    assert r.exit_code == 0 and "dropped (" in r.output and not (tmp_path / "dry").exists()
+    r = CliRunner().invoke(main, [up, str(tmp_path / "out"), "--to", "gguf", "--quant", "bf16"])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "out" / "qwen-talker-BF16.gguf").is_file()
+    r = CliRunner().invoke(main, [up, str(tmp_path / "out"), "--to", "gguf"])
+    assert r.exit_code == 1 and "--force" in r.output
+    r = CliRunner().invoke(main, ["--check", str(tmp_path / "out")])
+    assert r.exit_code == 0, r.output
