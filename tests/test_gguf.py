@@ -30,7 +30,7 @@ def converted(checkpoints, tmp_path_factory):
     root = tmp_path_factory.mktemp("gguf")
     out = {}
     for mt in MODEL_TYPES:
-        for q in ("F32", "Q8_0"):
+        for q in ("F32", "F16", "BF16", "Q8_0"):
             out[mt, q] = convert_to_gguf(checkpoints[mt][0], root / f"{mt}-{q}", quant=q).dst
     return out
 
@@ -108,7 +108,7 @@ def test_unknown_tensor_is_refused(checkpoints, tmp_path):
         convert_to_gguf(src, tmp_path / "out")
 
 
-@pytest.mark.parametrize("quant", ["F32", "Q8_0"])
+@pytest.mark.parametrize("quant", ["F32", "F16", "BF16", "Q8_0"])
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
 def test_loads_in_pinned_qwentts_wheel(converted, model_type, quant, tmp_path):
     binding = pytest.importorskip(
