@@ -357,3 +357,30 @@ def audit_gguf(upstream_dir: str | Path, gguf_dir: str | Path) -> dict[str, Any]
                         problems.append(f"tensor {name}: differs from embedding_sum / cluster_usage (rel {d:.3g})")
                 layer += 1
     return {"ok": not problems, "problems": problems}
+
+
+def write_released_id_tokenizer(dst: str | Path) -> None:
+    """Rewrite the text tokenizer of ``dst`` (a write_release_size_checkpoint directory, which
+    carries the tiny tokenizer) so its special tokens sit at the released ids the released
+    config names (151643.., 151671..). Without this the GGUF converter rightly refuses: qwentts.cpp
+    would register the wrong strings as specials and spell ``<|im_start|>`` out as text."""
+    import json
+
+    dst = Path(dst)
+    cfg = json.loads((dst / "config.json").read_text())
+    vocab = json.loads((dst / "vocab.json").read_text())
+    tok_cfg = json.loads((dst / "tokenizer_config.json").read_text())
+    specials = {v["content"] for v in tok_cfg["added_tokens_decoder"].values()}
+    vocab = {t: i for t, i in vocab.items() if t not in specials}
+    first = 151643  # <|endoftext|>, the first added token of the released tokenizer
+    for i in range(len(vocab), first):
+        vocab[f"<filler_{i}>"] = i
+    named = {first: "<|endoftext|>", cfg["im_start_token_id"]: "<|im_start|>", cfg["im_end_token_id"]: "<|im_end|>",
+             cfg["tts_pad_token_id"]: "<tts_pad>", cfg["tts_bos_token_id"]: "<tts_text_bos>",
+             cfg["tts_eos_token_id"]: "<tts_text_eod>"}
+    last = max(named)
+    added = {str(i): dict(content=named.get(i, f"<|extra_{i}|>"), lstrip=False, normalized=False, rstrip=False,
+                          single_word=False, special=True) for i in range(first, last + 1)}
+    tok_cfg["added_tokens_decoder"] = added
+    (dst / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    (dst / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2, ensure_ascii=False), encoding="utf-8")
