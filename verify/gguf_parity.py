@@ -384,3 +384,31 @@ def write_released_id_tokenizer(dst: str | Path) -> None:
     tok_cfg["added_tokens_decoder"] = added
     (dst / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     (dst / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2, ensure_ascii=False), encoding="utf-8")
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """A human summary of one gguf_parity report (for verify-parity --engine qwentts.cpp)."""
+    c, a, p = report["codes"], report.get("audio_from_engine_codes", {}), report["prompt_ids"]
+    fd = c["first_divergence"]
+    lines = [
+        f"## qwentts.cpp, {report['model_type']}, {report['quant']}",
+        f"- prompt ids: {'identical' if p['identical'] else 'DIFFER at ' + str(p['first_difference'])} "
+        f"({p['ref_len']} vs {p['engine_len']} ids)",
+        f"- greedy codes: {c['identical_frames']} of {c['compared_frames']} frames identical; first divergence: "
+        + ("none" if fd is None else f"frame {fd['frame']}, group {fd['group']}"),
+        f"- teacher-forced argmax: {report['teacher_forced']}",
+        f"- audio from identical codes: SNR {a.get('snr_db', 0):.1f} dB, max abs {a.get('max_abs', 0):.3g} "
+        f"(floor {report['tolerances']['audio_snr_db_min']} dB)" if a.get("samples") else f"- audio: {a.get('note')}",
+        f"- verdict: {'ok' if report['ok'] else 'FAIL: ' + '; '.join(report['problems'])}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def engine_parity_main(model_dir, gguf_dir, **request) -> tuple[dict[str, Any], int]:
+    """For verify-parity --engine qwentts.cpp: (report, exit code). Exit 2 with the install hint
+    in the report when the binding is absent, 1 when a problem beyond quantisation was found."""
+    try:
+        report = gguf_parity(model_dir, gguf_dir, **request)
+    except GGUFEngineUnavailable as e:
+        return {"engine": "qwentts.cpp", "error": str(e)}, 2
+    return report, 0 if report["ok"] else 1
