@@ -30,10 +30,18 @@ DTYPE_CHOICES = ("keep", "bf16", "fp16", "fp32")
 @click.option(
     "--to",
     "to",
-    type=click.Choice(["standalone", "upstream"]),
+    type=click.Choice(["standalone", "upstream", "gguf"]),
     default="standalone",
     show_default=True,
-    help="Direction: upstream -> standalone, or standalone -> upstream (the reverse of the same map).",
+    help="Direction: upstream -> standalone, standalone -> upstream (the reverse of the same map), "
+    "or upstream -> qwentts.cpp GGUF (talker + codec files).",
+)
+@click.option(
+    "--quant",
+    type=click.Choice(["F32", "F16", "BF16", "Q8_0"], case_sensitive=False),
+    default="F32",
+    show_default=True,
+    help="With --to gguf: storage type (qwentts.cpp's policy keeps norms, codebooks, ... F32).",
 )
 @click.option(
     "--check",
@@ -45,7 +53,7 @@ DTYPE_CHOICES = ("keep", "bf16", "fp16", "fp32")
     "--progress/--no-progress", default=None, help="Progress bar over bytes (default: when stderr is a terminal)."
 )
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def main(src, dst, dtype, shard_size, force, dry_run, to, check, progress, debug) -> None:
+def main(src, dst, dtype, shard_size, force, dry_run, to, quant, check, progress, debug) -> None:
     """Convert the checkpoint SRC (a directory or a hub repo id) into DST."""
     from q3tts.standalone.checkpoint import CheckpointError
     from q3tts.standalone.conversion import ConversionError, convert_checkpoint
@@ -62,6 +70,8 @@ def main(src, dst, dtype, shard_size, force, dry_run, to, check, progress, debug
         src_dir = resolve_checkpoint_dir(src)
         if progress is None:
             progress = sys.stderr.isatty()
+        if to == "gguf":
+            sys.exit(_to_gguf(src_dir, dst, quant, force, dry_run, debug))
         s = convert_checkpoint(
             src_dir,
             dst,
@@ -93,6 +103,38 @@ def main(src, dst, dtype, shard_size, force, dry_run, to, check, progress, debug
         f"converted {s.tensors_in} tensors ({s.bytes_in / 1e6:.1f} MB) -> {s.tensors_out} tensors "
         f"({s.bytes_out / 1e6:.1f} MB) in {len(s.files)} file(s), {s.seconds:.2f} s: {s.dst}"
     )
+
+
+def _to_gguf(src_dir, dst, quant: str, force: bool, dry_run: bool, debug: bool) -> int:
+    from q3tts.standalone.checkpoint import CheckpointError
+    from q3tts.standalone.gguf_conversion import GGUFConversionError, convert_to_gguf
+
+    try:
+        s = convert_to_gguf(
+            src_dir,
+            dst,
+            quant=quant,
+            force=force,
+            dry_run=dry_run,
+            say=lambda m: click.echo(f"convert-ckpt: {m}", err=True),
+        )
+    except (GGUFConversionError, CheckpointError, ValueError, OSError) as e:
+        if debug:
+            raise
+        click.echo(f"convert-ckpt: error: {e}", err=True)
+        return 1
+    if dry_run:
+        for line in s.plan:
+            click.echo(line)
+        click.echo(
+            f"dry run: {s.tensors_in} tensors -> {s.tensors_out} GGUF tensors, {len(s.dropped)} dropped, nothing written"
+        )
+        return 0
+    click.echo(
+        f"converted {s.tensors_in} tensors -> {s.tensors_out} GGUF tensors ({s.quant}, {len(s.dropped)} dropped "
+        f"with reasons in conversion-report.json), {s.bytes_out / 1e6:.1f} MB in {s.seconds:.2f} s: {s.dst}"
+    )
+    return 0
 
 
 def _check(directory: str, debug: bool) -> int:
