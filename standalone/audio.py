@@ -28,6 +28,10 @@ import numpy as np
 SOXR_QUALITY = "HQ"
 
 
+class AudioReadError(ValueError):
+    """An audio file that cannot be read (missing, corrupt, unsupported); CLIs exit 1 on it."""
+
+
 def resample(wav: np.ndarray, sr: int, target_sr: int) -> np.ndarray:
     """float32 mono ``wav`` at ``sr`` -> float32 at ``target_sr`` (librosa.resample's default path)."""
     wav = np.asarray(wav, dtype=np.float32)
@@ -56,7 +60,7 @@ def read_audio_file(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     try:
         data, sr = sf.read(os.fspath(path), dtype="float32", always_2d=False)
     except Exception as e:  # soundfile raises its own error types (and RuntimeError) for bad files
-        raise ValueError(f"{os.fspath(path)}: cannot read audio ({type(e).__name__}: {e})") from e
+        raise AudioReadError(f"{os.fspath(path)}: cannot read audio ({type(e).__name__}: {e})") from e
     data = np.asarray(data).T  # [channels, samples], as librosa holds it
     if data.ndim > 1:
         data = np.mean(data, axis=tuple(range(data.ndim - 1)))

@@ -15,9 +15,10 @@ no_convert_option = click.option(
 def exit_code_for(error: BaseException) -> int:
     """2 for a usage error (a bad option value or combination: ValueError/TypeError), 1 when an
     input cannot be used (a file, a checkpoint: OSError, CheckpointError, ConfigError)."""
+    from .audio import AudioReadError
     from .checkpoint import CheckpointError
     from .config import ConfigError
 
-    if isinstance(error, (OSError, CheckpointError, ConfigError)):
+    if isinstance(error, (OSError, CheckpointError, ConfigError, AudioReadError)):
         return 1
     return 2

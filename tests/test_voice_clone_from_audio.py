@@ -87,6 +87,7 @@ class Block:
         return None
 sys.meta_path.insert(0, Block())
 import numpy as np, torch
+torch.set_num_threads(1)  # as the suite (conftest): the same kernels as the in-process upstream
 from q3tts.standalone import Qwen3TTS
 model = Qwen3TTS.from_pretrained(sys.argv[1], dtype=torch.float32)
 codes = model.encode_audio(sys.argv[2])[0]
@@ -126,6 +127,8 @@ class Block:
         if name.split('.')[0] in ('transformers', 'qwen_tts', 'librosa'):
             raise ImportError(f'blocked: {name}')
 sys.meta_path.insert(0, Block())
+import torch
+torch.set_num_threads(1)  # as the suite (conftest): the same kernels as the in-process upstream
 from q3tts.standalone.cli import main
 main(sys.argv[1:])
 """
