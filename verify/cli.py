@@ -54,8 +54,17 @@ DTYPE_CHOICES = ("fp32", "bf16")
     "against",
     default=None,
     metavar="VERSION",
-    help="Build a fresh virtualenv with qwen-tts==VERSION ('latest' for the newest release), "
-    "run the tiny parity there and write the report. Gates upstream releases.",
+    help="Build a fresh virtualenv with qwen-tts==VERSION, or DIST==VERSION for DIST qwen-tts or qwen-tts-hf "
+    "('latest' for the newest release), run the tiny parity there and write the report and gate.json. "
+    "Exit 0 pass, 1 parity-fail, 3 upstream-broken, 4 install-fail, 2 anything else.",
+)
+@click.option(
+    "--transformers",
+    "transformers_version",
+    default=None,
+    metavar="VERSION",
+    help="With --against-upstream: install this transformers instead of what the release pins "
+    "(the release itself goes in with --no-deps, as projects escaping the pin do).",
 )
 @click.option(
     "--reuse-torch",
@@ -76,6 +85,7 @@ DTYPE_CHOICES = ("fp32", "bf16")
     metavar="NAMES",
     help="With --self-test: only these comma-separated faults (default: the whole catalogue).",
 )
+@click.option("--verbose", is_flag=True, help="Show upstream's own output (warnings, banners) as it comes.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def main(
     src,
@@ -90,6 +100,8 @@ def main(
     reuse_torch,
     self_test,
     fault_names,
+    verbose,
+    transformers_version,
     debug,
 ) -> None:
     """Compare upstream qwen-tts and the standalone model on SRC (an upstream checkpoint directory or
@@ -106,7 +118,16 @@ def main(
         elif against:
             from .gate import run_gate
 
-            ok = run_gate(against, Path(report_dir), reuse_torch=reuse_torch, extra_args=list(dtypes_args(dtypes)))
+            passthrough = [*dtypes_args(dtypes), "--seeds", seeds] + (["--frames", str(frames)] if frames else [])
+            sys.exit(
+                run_gate(
+                    against,
+                    Path(report_dir),
+                    transformers=transformers_version,
+                    reuse_torch=reuse_torch,
+                    extra_args=passthrough + (["--verbose"] if verbose else []),
+                )
+            )
         else:
             measure = (src is None) if sensitivity is None else sensitivity
             ok = run(
@@ -118,10 +139,15 @@ def main(
                 Path(report_dir),
                 not no_generation,
                 sensitivity=measure and not no_generation,
+                verbose=verbose,
             )
     except click.ClickException:
         raise
     except Exception as e:  # one line unless --debug
+        if not (self_test or against):  # the gate reads it to tell upstream breakage from a crash of ours
+            from .gate_outcome import write_error
+
+            write_error(Path(report_dir), e, STAGE["stage"])
         if debug:
             raise
         click.echo(f"verify-parity: error: {type(e).__name__}: {e}", err=True)
@@ -134,18 +160,46 @@ def dtypes_args(dtypes):
         yield from ("--dtype", d)
 
 
+# What the run is doing (fixture, load, run), for the error record the gate classifies.
+STAGE = {"stage": None}
+
+
 def run(
-    src, standalone_dir, dtype_names, seeds, frames, report_dir: Path, generation: bool, sensitivity: bool = False
+    src,
+    standalone_dir,
+    dtype_names,
+    seeds,
+    frames,
+    report_dir: Path,
+    generation: bool,
+    sensitivity: bool = False,
+    verbose: bool = False,
 ) -> bool:
+    from .console import Progress, UpstreamOutput, maybe_captured
     from .report import build_report, render_markdown, write_report
 
+    progress = Progress(inline=not verbose)
+    upstream_output = None if verbose else UpstreamOutput()
     with tempfile.TemporaryDirectory(prefix="verify-parity-") as work:
-        pairs, frames = _checkpoint_pairs(src, standalone_dir, frames, Path(work))
+        STAGE["stage"] = "fixture"
+        with maybe_captured(upstream_output):
+            pairs, frames, fixtures = _checkpoint_pairs(src, standalone_dir, frames, Path(work), progress)
         runs = []
         for name, source, up, st in pairs:
             for dn in dtype_names:
-                runs.append(_run_one(name, source, up, st, dn, seeds, frames, generation, sensitivity))
+                runs.append(
+                    _run_one(
+                        name, source, up, st, dn, seeds, frames, generation, sensitivity, progress, upstream_output
+                    )
+                )
+        STAGE["stage"] = "report"
         report = build_report(runs, seeds, frames)
+        report["fixtures"] = fixtures
+        if upstream_output is not None:
+            report["upstream_output"] = upstream_output.summary()
+            s = report["upstream_output"]
+            if s["lines"]:
+                click.echo(f"upstream output kept off the console: {s['lines']} lines ({len(s['distinct'])} distinct)")
         j, m = write_report(report, report_dir)
         s = report["summary"]
         click.echo(f"\nverdict: {report['verdict']} ({s['passed']}/{s['cases']} cases pass)")
@@ -160,55 +214,77 @@ def run(
         return report["verdict"] == "PASS"
 
 
-def _checkpoint_pairs(src, standalone_dir, frames, work: Path):
-    """(name, source, upstream dir, standalone dir) per checkpoint, and the frames per case."""
+def _checkpoint_pairs(src, standalone_dir, frames, work: Path, progress):
+    """(name, source, upstream dir, standalone dir) per checkpoint, the frames per case, and how
+    the fixtures were written (None for SRC)."""
     from q3tts.convert import convert_checkpoint
     from q3tts.standalone.model import resolve_checkpoint_dir
 
-    from .fixtures import MODEL_TYPES, write_upstream_checkpoint
+    from .fixtures import MODEL_TYPES
+    from .gate_outcome import write_fixture
 
     pairs = []
     if src is None:
-        click.echo(
-            "No SRC: building tiny random checkpoints of all three model types (base, custom_voice, voice_design)."
-        )
+        progress.line("no SRC: building tiny random checkpoints of base, custom_voice and voice_design")
+        fixtures = {}
         for i, mt in enumerate(MODEL_TYPES):
-            up = write_upstream_checkpoint(work / f"upstream-{mt}", mt, seed=10 + i)
+            up, fixtures[mt] = write_fixture(work / f"upstream-{mt}", mt, seed=10 + i)
+            if fixtures[mt]["written_from"] != "upstream classes":
+                progress.line(f"tiny-{mt}: {fixtures[mt]['note']}")
             st = work / f"standalone-{mt}"
             convert_checkpoint(up, st)
             pairs.append((f"tiny-{mt}", "fixture", up, st))
-        return pairs, frames or 24
+        return pairs, frames or 24, fixtures
     up = resolve_checkpoint_dir(src)
     st = Path(standalone_dir) if standalone_dir else work / "standalone"
     if not standalone_dir:
-        click.echo(f"Converting {up} ...")
+        progress.line(f"converting {up}")
         convert_checkpoint(up, st)
     pairs.append((Path(str(src)).name, str(src), up, st))
-    return pairs, frames or 6
+    return pairs, frames or 6, None
 
 
-def _run_one(name, source, up, st, dn, seeds, frames, generation, sensitivity) -> dict:
+def _run_one(name, source, up, st, dn, seeds, frames, generation, sensitivity, progress, upstream_output) -> dict:
     """The suite on one checkpoint at one dtype (and the knob sensitivity, in fp32)."""
     import torch
 
     from q3tts.standalone import Qwen3TTS
 
     from .compare import DTYPES
+    from .console import maybe_captured
     from .forward_parity import load_upstream_wrapper
     from .sensitivity import knob_sensitivity
     from .suite import config_summary, run_suite
 
     dtype = DTYPES[dn]
+    progress.start(f"{name} / {dn}")
+    STAGE["stage"] = "load"
     t0 = time.perf_counter()
-    wrapper = load_upstream_wrapper(up, dtype)
+    with maybe_captured(upstream_output):
+        wrapper = load_upstream_wrapper(up, dtype)
     t_up = time.perf_counter() - t0
     t0 = time.perf_counter()
     standalone = Qwen3TTS.from_pretrained(st, dtype=dtype)
     t_st = time.perf_counter() - t0
     model_type = standalone.config.tts_model_type
-    results = run_suite(
-        wrapper, standalone, model_type, dtype, seeds, frames, cache_key=f"{name}:{up}", generation=generation
-    )
+
+    def on_group(group, got, seconds):
+        bad = sum(1 for r in got if not r.passed)
+        progress.group(f"{group} {len(got)} {'ok' if not bad else f'FAIL {bad}'} {seconds:.0f}s")
+
+    STAGE["stage"] = "run"
+    with maybe_captured(upstream_output):
+        results = run_suite(
+            wrapper,
+            standalone,
+            model_type,
+            dtype,
+            seeds,
+            frames,
+            cache_key=f"{name}:{up}",
+            generation=generation,
+            on_group=on_group,
+        )
     run_ok = all(r.passed for r in results)
     record = {
         "checkpoint": name,
@@ -222,11 +298,12 @@ def _run_one(name, source, up, st, dn, seeds, frames, generation, sensitivity) -
     }
     n_fail = sum(1 for r in results if not r.passed)
     verdict = "PASS" if run_ok else f"FAIL ({n_fail} of {len(results)} cases)"
-    click.echo(f"  {name} / {dn}: {verdict}, {len(results)} cases")
     if sensitivity and dtype == torch.float32:
-        ks = knob_sensitivity(wrapper, standalone, model_type, dtype, seeds, frames, cache_key=f"{name}:{up}")
+        with maybe_captured(upstream_output):
+            ks = knob_sensitivity(wrapper, standalone, model_type, dtype, seeds, frames, cache_key=f"{name}:{up}")
         record["knob_sensitivity"] = ks
-        click.echo(f"  {name} / {dn}: knob sensitivity over {ks['plans']} plans, {ks['seconds']:.1f} s")
+        progress.group(f"knobs {ks['plans']} plans {ks['seconds']:.0f}s")
+    progress.finish(f"{verdict} ({len(results)} cases)")
     del wrapper, standalone
     torch.set_num_threads(torch.get_num_threads())
     return record

@@ -6,7 +6,9 @@ parity.json schema (schema_version 1):
       "schema_version": 1,
       "verdict": "PASS" | "FAIL",            # PASS only if every case of every run passed
       "created": ISO-8601 UTC time,
-      "versions": {"torch", "transformers", "qwen-tts", "qwen3-tts-standalone", "python"},
+      "versions": {"torch", "transformers", "qwen-tts", "qwen-tts-hf", "qwen3-tts-standalone", "python"},
+      "fixtures": {model type: {"written_from", "note"}} | null,   # how the tiny checkpoints were made
+      "upstream_output": {"lines": int, "distinct": [{"text", "count"}]},  # kept off the console
       "seeds": [int], "frames": int,          # sampling seeds; frames generated per case
       "summary": {"cases": int, "passed": int, "failed": int},
       "runs": [                               # one per checkpoint and dtype
@@ -69,6 +71,7 @@ def versions() -> dict[str, str | None]:
         "torch": torch.__version__,
         "transformers": v("transformers"),
         "qwen-tts": v("qwen-tts"),
+        "qwen-tts-hf": v("qwen-tts-hf"),  # the same qwen_tts package, built for transformers 5
         "qwen3-tts-standalone": v("qwen3-tts-standalone"),
         "python": platform.python_version(),
     }
@@ -137,7 +140,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         f"**{s['passed']} of {s['cases']} cases pass**" + (f", {s['failed']} fail." if s["failed"] else "."),
         f"torch {v['torch']}, transformers {v['transformers']}, qwen-tts {v['qwen-tts']}, "
-        f"qwen3-tts-standalone {v['qwen3-tts-standalone']}; seeds {report['seeds']}, {report['frames']} frames per "
+        + (f"qwen-tts-hf {v['qwen-tts-hf']}, " if v.get("qwen-tts-hf") else "")
+        + f"qwen3-tts-standalone {v['qwen3-tts-standalone']}; seeds {report['seeds']}, {report['frames']} frames per "
         f"generation case; {report['created']}.",
         "",
         "| checkpoint | dtype | cases | verdict | upstream s | standalone s |",
@@ -160,6 +164,9 @@ def render_markdown(report: dict[str, Any]) -> str:
                 + " |"
             )
     lines += render_sensitivity(report)
+    from .console import render_upstream_output
+
+    lines += render_upstream_output(report.get("upstream_output"))
     for r in report["runs"]:
         cfg = r["config"]
         t = cfg["talker"]

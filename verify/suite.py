@@ -271,16 +271,27 @@ def run_suite(
     generation: bool = True,
     audio: bool = True,
     encoder: bool = True,
+    on_group=None,
 ) -> list[CaseResult]:
-    results = forward_results(wrapper.model, standalone, dtype, seeds[0])
+    """Every case group in turn; ``on_group(name, results, seconds)`` after each (console progress)."""
+    groups = [("forward", lambda: forward_results(wrapper.model, standalone, dtype, seeds[0]))]
     if generation:
-        results += generation_results(wrapper, standalone, model_type, dtype, seeds, frames, cache_key)
+        groups.append(
+            ("generation", lambda: generation_results(wrapper, standalone, model_type, dtype, seeds, frames, cache_key))
+        )
     if audio:
-        results += audio_results(wrapper, standalone, dtype, seeds[0], cache_key)
+        groups.append(("audio", lambda: audio_results(wrapper, standalone, dtype, seeds[0], cache_key)))
     if encoder and model_type == "base" and wrapper.model.speech_tokenizer is not None:
         from .encoder_parity import encoder_results  # audio -> codes: what voice cloning from a recording runs
 
-        results += encoder_results(wrapper, standalone, dtype)
+        groups.append(("encoder", lambda: encoder_results(wrapper, standalone, dtype)))
+    results = []
+    for name, run_group in groups:
+        t0 = time.perf_counter()
+        got = run_group()
+        results += got
+        if on_group is not None:
+            on_group(name, got, time.perf_counter() - t0)
     return results
 
 
