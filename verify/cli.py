@@ -229,11 +229,11 @@ def _checkpoint_pairs(src, standalone_dir, frames, work: Path, progress):
         fixtures = {}
         for i, mt in enumerate(MODEL_TYPES):
             up, fixtures[mt] = write_fixture(work / f"upstream-{mt}", mt, seed=10 + i)
-            if fixtures[mt]["written_from"] != "upstream classes":
-                progress.line(f"tiny-{mt}: {fixtures[mt]['note']}")
             st = work / f"standalone-{mt}"
             convert_checkpoint(up, st)
             pairs.append((f"tiny-{mt}", "fixture", up, st))
+        for note in dict.fromkeys(f["note"] for f in fixtures.values() if f["note"]):
+            progress.line(f"{', '.join(mt for mt, f in fixtures.items() if f['note'] == note)}: {note}")
         return pairs, frames or 24, fixtures
     up = resolve_checkpoint_dir(src)
     st = Path(standalone_dir) if standalone_dir else work / "standalone"

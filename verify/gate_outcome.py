@@ -41,22 +41,27 @@ def describe_exception(exc: BaseException, stage: str | None) -> dict[str, Any]:
     """The exception, its stage and the innermost traceback frame inside upstream's packages."""
     frames = traceback.extract_tb(exc.__traceback__)
     upstream = [f for f in frames if _package_of(f.filename)]
-    inner = upstream[-1] if upstream else None
+    # The release under test (qwen_tts) is what a gate cell varies: its innermost frame names the
+    # line at fault (e.g. its transformers-compat shim reading config.rope_theta) better than the
+    # transformers internals below it, which are kept as raised_in.
+    own = [f for f in upstream if _package_of(f.filename) == "qwen_tts"]
+    inner = (own or upstream or [None])[-1]
+    deepest = upstream[-1] if upstream else None
     return {
         "stage": stage,
         "type": type(exc).__name__,
         "message": str(exc),
-        "upstream_frame": None
-        if inner is None
-        else {
-            "package": _package_of(inner.filename),
-            "file": inner.filename.split("site-packages/", 1)[-1],
-            "line": inner.lineno,
-            "function": inner.name,
-            "code": inner.line,
-        },
+        "upstream_frame": _frame(inner),
+        "raised_in": _frame(deepest) if deepest is not inner else None,
         "traceback": "".join(traceback.format_exception(exc)).splitlines()[-40:],
     }
+
+
+def _frame(f) -> dict[str, Any] | None:
+    if f is None:
+        return None
+    rel = f.filename.replace("dist-packages/", "site-packages/").split("site-packages/", 1)[-1]
+    return {"package": _package_of(f.filename), "file": rel, "line": f.lineno, "function": f.name, "code": f.line}
 
 
 def write_error(report_dir: Path, exc: BaseException, stage: str | None) -> None:
@@ -156,6 +161,9 @@ def console_lines(outcome: dict[str, Any]) -> list[str]:
         lines.append(f"  stage: {e.get('stage')}")
         if fr:
             lines.append(f"  upstream frame: {fr['file']}:{fr['line']} in {fr['function']}: {fr['code']}")
+        deeper = e.get("raised_in")
+        if deeper:
+            lines.append(f"  raised in: {deeper['file']}:{deeper['line']} in {deeper['function']}")
     elif kind == "install-fail":
         lines = [lines[0].splitlines()[0]] + ["  " + x for x in outcome["detail"].splitlines()[1:8]]
     return lines

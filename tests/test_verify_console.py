@@ -1,0 +1,54 @@
+"""The verify-parity console: upstream's warnings and banners stay off it (counted in the report),
+progress shows per case group, the verdict and report paths come last; --verbose lets upstream through."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+# What upstream prints in a run: transformers' per-generate warning, qwen_tts' flash-attn banner,
+# the sox package's banner and the shell's complaint when sox probes for its binary.
+UPSTREAM_CHATTER = re.compile(r"pad_token_id|flash-attn|SoX|sox|generation flags|UserWarning", re.IGNORECASE)
+PROGRESS = re.compile(r"^\[ ?\d+:\d\d\] \S+ / fp32: forward \d+ ok \d+s; generation \d+ ok \d+s; .*PASS \(\d+ cases\)$")
+
+
+def _verify(src, report, *extra):
+    cmd = [sys.executable, "-m", "q3tts.verify.cli", str(src), "--dtype", "fp32", "--seeds", "0", "--frames", "2"]
+    return subprocess.run(
+        [*cmd, "--no-sensitivity", "--report-dir", str(report), *extra],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+@pytest.mark.reference
+def test_default_console_is_quiet_and_shows_progress(checkpoints, tmp_path):
+    r = _verify(checkpoints["custom_voice"][0], tmp_path / "r")
+    assert r.returncode == 0, r.stdout + r.stderr
+    console = (r.stdout + r.stderr).splitlines()
+    assert not [line for line in console if UPSTREAM_CHATTER.search(line)], r.stdout + r.stderr
+    assert sum(bool(PROGRESS.match(line)) for line in console) == 1, r.stdout
+    assert r.stdout.strip().splitlines()[-2].startswith("verdict: PASS")
+    assert r.stdout.strip().splitlines()[-1].startswith("report: ")
+    assert len(console) <= 10
+    # Kept off the console, not lost: every line once in the report, with its count.
+    kept = json.loads((tmp_path / "r" / "parity.json").read_text())["upstream_output"]
+    pad = [d for d in kept["distinct"] if "pad_token_id" in d["text"]]
+    assert pad and sum(d["count"] for d in pad) > 1, kept
+    assert len({d["text"] for d in kept["distinct"]}) == len(kept["distinct"])
+    assert kept["lines"] == sum(d["count"] for d in kept["distinct"])
+    assert "## Upstream output kept off the console" in (tmp_path / "r" / "parity.md").read_text()
+
+
+@pytest.mark.reference
+def test_verbose_lets_upstream_through(checkpoints, tmp_path):
+    r = _verify(checkpoints["custom_voice"][0], tmp_path / "r", "--verbose")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "pad_token_id" in r.stdout + r.stderr
+    assert "upstream_output" not in json.loads((tmp_path / "r" / "parity.json").read_text())
+    assert r.stdout.strip().splitlines()[-1].startswith("report: ")
