@@ -6,12 +6,15 @@ import importlib.util
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import click
 import pytest
 
 from q3tts.verify.gate import parse_target, reference_requirements
 from q3tts.verify.gate_outcome import EXIT_CODES, classify, console_lines, write_error
+
+GOLDEN = Path(__file__).parent / "golden"
 
 
 def test_reference_requirements_leave_the_release_under_test_open():
@@ -195,3 +198,30 @@ def test_install_failure_is_its_own_outcome_and_exit_code(tmp_path, monkeypatch)
     assert "qwen-tts-hf==0.0.0.dev999" in gate["detail"]
     assert "outcome: install-fail" in r.stdout
     assert r.stdout.strip().splitlines()[-1].startswith("report: ")
+
+
+@pytest.mark.reference
+def test_fixture_factory_falls_back_to_the_recorded_specs_with_the_same_bytes(tmp_path, monkeypatch):
+    """When upstream's classes cannot build the tiny codec (as transformers 5.24 with qwen-tts-hf),
+    the checkpoint is written from the recorded specs: the same files, so the loader decides."""
+    from safetensors.torch import load_file
+
+    from q3tts.verify import fixtures
+    from q3tts.verify.gate_outcome import SPECS_ENV, write_fixture
+
+    reference, how = write_fixture(tmp_path / "normal", "base", seed=10)
+    assert how["written_from"] == "upstream classes"
+    fake = _fake_upstream(tmp_path, "def build(config):\n    raise AttributeError('no attribute rope_theta')\n")
+    monkeypatch.setattr(fixtures, "build_upstream_codec", fake.build)
+    monkeypatch.setenv(SPECS_ENV, str(GOLDEN / "fixture_tensors.json"))
+    written, how = write_fixture(tmp_path / "fallback", "base", seed=10)
+    assert how["written_from"] == "recorded tensor specs"
+    assert "rope_theta" in how["note"] and "qwen_tts/fake_loader.py:2" in how["note"]
+    for part in ("model.safetensors", "speech_tokenizer/model.safetensors"):
+        a, b = load_file(str(reference / part)), load_file(str(written / part))
+        assert list(a) == list(b) and all(a[k].equal(b[k]) for k in a), part
+    # Without recorded specs there is nothing to fall back on: the factory's error stands.
+    monkeypatch.setenv(SPECS_ENV, str(tmp_path / "missing.json"))
+    monkeypatch.setattr("q3tts.verify.gate_outcome._SOURCE_SPECS", tmp_path / "missing.json")
+    with pytest.raises(AttributeError, match="rope_theta"):
+        write_fixture(tmp_path / "none", "base", seed=10)
