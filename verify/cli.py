@@ -321,7 +321,9 @@ def _write_self_test_report(report_dir: Path, dtype_names, rows, exact_origin: d
         "",
         "A fault is located at the first layer whose output differs from upstream's at all; that is exact",
         "because the fault-free pair is bit-identical in every forward case ("
-        + ", ".join(f"{dn}: {'yes' if ok else 'NO, first layer over tolerance used'}" for dn, ok in exact_origin.items())
+        + ", ".join(
+            f"{dn}: {'yes' if ok else 'NO, first layer over tolerance used'}" for dn, ok in exact_origin.items()
+        )
         + "). The first layer over tolerance, where the error has grown past the bound, is in brackets",
         "when it is another layer.",
         "",

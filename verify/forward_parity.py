@@ -186,7 +186,9 @@ def format_table(results: list[Comparison]) -> str:
     header = f"{'case':34} {'dtype':5} {'max_abs':>10} {'max_rel':>10} {'cosine':>10} {'bound':>10}  verdict"
     lines = [header, "-" * len(header)]
     for r in results:
-        verdict = "PASS" if r.passed else "FAIL" + (f" (first bad layer: {r.first_bad_layer})" if r.first_bad_layer else "")
+        verdict = (
+            "PASS" if r.passed else "FAIL" + (f" (first bad layer: {r.first_bad_layer})" if r.first_bad_layer else "")
+        )
         if not r.passed and r.first_diff_layer and r.first_diff_layer != r.first_bad_layer:
             verdict += f" (first difference: {r.first_diff_layer})"
         if r.note:
