@@ -319,13 +319,14 @@ def _write_self_test_report(report_dir: Path, dtype_names, rows, exact_origin: d
         "",
         "Each fault replaces one named seam of the standalone runtime (verify/faults.py). Seeds [0], 12 frames.",
         "",
-        "A fault is located at the first layer whose output differs from upstream's at all; that is exact",
-        "because the fault-free pair is bit-identical in every forward case ("
+        "A fault is located at the first layer whose output differs from upstream's at all, which is exact when",
+        "the fault-free pair is bit-identical in every forward case ("
         + ", ".join(
-            f"{dn}: {'yes' if ok else 'NO, first layer over tolerance used'}" for dn, ok in exact_origin.items()
+            f"{dn}: {'yes' if ok else 'NO, so the first layer over tolerance is used'}"
+            for dn, ok in exact_origin.items()
         )
-        + "). The first layer over tolerance, where the error has grown past the bound, is in brackets",
-        "when it is another layer.",
+        + ").",
+        "Where the error first grows past the tolerance, when other layers too, follows as 'over tolerance'.",
         "",
         "| fault | planted bug | dtype | caught | failing components | failing cases | located at / sampler |",
         "|---|---|---|---|---|---|---|",
