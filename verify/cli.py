@@ -147,7 +147,7 @@ def main(
         if not (self_test or against):  # the gate reads it to tell upstream breakage from a crash of ours
             from .gate_outcome import write_error
 
-            write_error(Path(report_dir), e, STAGE["stage"])
+            write_error(Path(report_dir), e, STAGE["stage"], STAGE.get("fixtures"))
         if debug:
             raise
         click.echo(f"verify-parity: error: {type(e).__name__}: {e}", err=True)
@@ -184,6 +184,7 @@ def run(
         STAGE["stage"] = "fixture"
         with maybe_captured(upstream_output):
             pairs, frames, fixtures = _checkpoint_pairs(src, standalone_dir, frames, Path(work), progress)
+        STAGE["fixtures"] = fixtures
         runs = []
         for name, source, up, st in pairs:
             for dn in dtype_names:

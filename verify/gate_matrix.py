@@ -65,8 +65,9 @@ def _where(g: dict) -> str:
     if kind in ("upstream-broken", "error"):
         e = g["error"]
         fr = e.get("upstream_frame")
-        at = f" at {fr['file']}:{fr['line']} (`{fr['code']}`)" if fr else ""
-        return f"{e['stage']}: {e['type']}: {e['message'][:160]}{at}"
+        at = f"at {fr['file']}:{fr['line']} (`{fr['code']}`)" if fr else "no upstream frame"
+        fx = [v["note"] for v in (g.get("fixtures") or {}).values() if v.get("note")]
+        return f"stage {e['stage']}, {at}" + (f"; before that, fixtures: {fx[0]}" if fx else "")
     if kind == "install-fail":
         return g["detail"].splitlines()[0]
     fx = {k: v for k, v in (g.get("fixtures") or {}).items() if v["written_from"] != "upstream classes"}

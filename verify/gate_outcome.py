@@ -64,9 +64,10 @@ def _frame(f) -> dict[str, Any] | None:
     return {"package": _package_of(f.filename), "file": rel, "line": f.lineno, "function": f.name, "code": f.line}
 
 
-def write_error(report_dir: Path, exc: BaseException, stage: str | None) -> None:
+def write_error(report_dir: Path, exc: BaseException, stage: str | None, fixtures: dict | None = None) -> None:
     report_dir.mkdir(parents=True, exist_ok=True)
-    (report_dir / "error.json").write_text(json.dumps(describe_exception(exc, stage), indent=2) + "\n")
+    record = describe_exception(exc, stage) | {"fixtures": fixtures}
+    (report_dir / "error.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
 def _recorded_specs() -> Path | None:
@@ -116,7 +117,10 @@ def classify(report_dir: Path, install_error: str | None = None, child_rc: int |
     if error.is_file():
         e = json.loads(error.read_text())
         kind = "upstream-broken" if e.get("upstream_frame") else "error"
-        return {"outcome": kind, "detail": f"{e['type']}: {e['message']}", "error": e}
+        out = {"outcome": kind, "detail": f"{e['type']}: {e['message']}", "error": e}
+        if e.get("fixtures"):
+            out["fixtures"] = e["fixtures"]
+        return out
     if not parity.is_file():
         return {"outcome": "error", "detail": f"verify-parity exited {child_rc} without a report"}
     report = json.loads(parity.read_text())
