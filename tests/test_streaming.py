@@ -13,7 +13,6 @@ import torch
 
 from q3tts.standalone.codec import CodecConfig, CodecDecoder, load_codec
 from q3tts.standalone.streaming import (
-    STREAMING_TOLERANCES,
     UPSTREAM_CHUNK_CONTEXT,
     UPSTREAM_CHUNK_FRAMES,
     CodecStream,
@@ -23,7 +22,7 @@ from q3tts.standalone.streaming import (
     stream_decode,
     tail_context_frames,
 )
-from q3tts.verify.compare import snr_db
+from q3tts.verify.compare import STREAMING_TOLERANCES, snr_db
 from q3tts.verify.forward_parity import speech_like_waveform
 from q3tts.verify.released import released_speech_tokenizer_config
 
