@@ -20,6 +20,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import numbers
 import os
 import shutil
 from dataclasses import dataclass
@@ -43,6 +45,9 @@ _REWRITTEN = {
 }
 
 
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1  # what torch.manual_seed accepts
+
+
 @dataclass(frozen=True)
 class FinetuneOptions:
     epochs: int = 3
@@ -57,11 +62,22 @@ class FinetuneOptions:
     max_grad_norm: float = 1.0
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "grad_accum"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        for name in ("epochs", "batch_size", "grad_accum", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise TypeError(f"{name} must be an integer, got {value!r}")
+            if name == "seed" and not SEED_MIN <= value <= SEED_MAX:
+                raise ValueError(f"seed must be in [{SEED_MIN}, {SEED_MAX}] (torch's seed range), got {value}")
+            if name != "seed" and value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        for name in ("lr", "weight_decay", "max_grad_norm"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise TypeError(f"{name} must be a number, got {value!r}")
+            if not (math.isfinite(value) and (value > 0 if name != "weight_decay" else value >= 0)):
+                raise ValueError(
+                    f"{name} must be finite and {'>= 0' if name == 'weight_decay' else '> 0'}, got {value}"
+                )
         if self.dtype not in ("fp32", "bf16"):
             raise ValueError(f"dtype must be 'fp32' or 'bf16', got {self.dtype!r}")
         get_recipe(self.recipe)
