@@ -31,7 +31,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 
 from .output_dir import OWNER_FILE, OutputDir
-from .training import TrainingItem, collate, get_recipe, training_forward
+from .training import TrainingItem, check_item, collate, get_recipe, training_forward
 
 UPSTREAM_SPEAKER_ID = 3000
 # Files of a standalone checkpoint that a fine-tuned one rewrites instead of copying.
@@ -112,14 +112,26 @@ def train_epochs(
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """Train ``model`` in place; yields (epoch, baked speaker embedding) after every epoch.
 
-    ``speaker_embeddings`` [n_items, H]: the x-vector of each item's reference audio.
+    ``speaker_embeddings`` [n_items, H]: the x-vector of each item's reference audio. The
+    arguments are checked here, when called, not at the first ``next()``.
     """
+    if not isinstance(options, FinetuneOptions):
+        raise TypeError(f"options must be a FinetuneOptions, got {type(options).__name__}")
     if len(items) == 0:
         raise ValueError("no training items")
+    if not isinstance(speaker_embeddings, torch.Tensor) or speaker_embeddings.dim() != 2:
+        raise TypeError(f"speaker_embeddings must be a [n_items, hidden] tensor, got {speaker_embeddings!r:.60}")
     if speaker_embeddings.shape[0] != len(items):
         raise ValueError(f"{len(items)} items but {speaker_embeddings.shape[0]} speaker embeddings")
     if model.dtype != torch.float32:
         raise ValueError("fine-tune from fp32 weights (load with dtype=torch.float32); use dtype='bf16' for autocast")
+    tcfg = model.config.talker
+    for i, it in enumerate(items):  # every item checked before the first step
+        check_item(i, it, tcfg.num_code_groups, tcfg.code_predictor.vocab_size, tcfg.text_vocab_size)
+    return _train(model, items, speaker_embeddings, options, on_step)
+
+
+def _train(model, items, speaker_embeddings, options, on_step) -> Iterator[tuple[int, torch.Tensor]]:
     torch.manual_seed(options.seed)
     gen = torch.Generator().manual_seed(options.seed)
     params = [p for n, p in model.named_parameters() if not n.startswith("speaker_encoder.")]

@@ -140,7 +140,7 @@ def _check_ids(what: str, t, size: int) -> None:
         raise ValueError(f"{what} has id {bad}; ids must be in 0..{size - 1}")
 
 
-def _check_item(i: int, it: TrainingItem, groups: int, codebook: int, text_vocab: int) -> None:
+def check_item(i: int, it: TrainingItem, groups: int, codebook: int, text_vocab: int) -> None:
     if not isinstance(it, TrainingItem):
         raise TypeError(f"item {i} must be a TrainingItem, got {type(it).__name__}")
     _check_ids(f"item {i}: codes", it.codes, codebook)
@@ -166,7 +166,7 @@ def collate(items: Sequence[TrainingItem], config) -> TrainingBatch:
     if not items:
         raise ValueError("collate: empty batch")
     for i, it in enumerate(items):
-        _check_item(i, it, groups, tcfg.code_predictor.vocab_size, tcfg.text_vocab_size)
+        check_item(i, it, groups, tcfg.code_predictor.vocab_size, tcfg.text_vocab_size)
     length = max(it.text_ids.shape[0] + it.codes.shape[0] for it in items) + 8
     b = len(items)
     input_ids = torch.zeros(b, length, 2, dtype=torch.long)
