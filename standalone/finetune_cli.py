@@ -16,6 +16,13 @@ class DataError(InputFileError):
     """A training or raw JSONL whose content cannot be used (exit 1)."""
 
 
+def _read_lines(path: Path) -> list[str]:
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); a JSONL file is UTF-8") from None
+
+
 def read_train_jsonl(path: Path, groups: int, sample_rate: int) -> list[dict]:
     """Every line checked before training starts; the first problem is one error naming the
     file and line."""
@@ -23,8 +30,7 @@ def read_train_jsonl(path: Path, groups: int, sample_rate: int) -> list[dict]:
 
     rows = []
     ref_ok: dict[str, None] = {}
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().splitlines()
+    lines = _read_lines(path)
     for no, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -315,7 +321,7 @@ def _umask() -> int:
 def _read_raw_jsonl(path: Path) -> list[dict]:
     """Every line checked before encoding; the first problem names the file and line."""
     rows = []
-    for no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for no, line in enumerate(_read_lines(path), 1):
         if not line.strip():
             continue
         where = f"{path}:{no}"
