@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from bad_inputs import NO_UPSTREAM, ROWS, SAME, Refuses, render_markdown  # tests/ is on sys.path
+from bad_inputs import FUZZ_EXAMPLES_PER_RUN, NO_UPSTREAM, ROWS, SAME, Refuses, render_markdown  # tests/ on sys.path
 from bad_inputs_cli import CLI_ROWS
 from click.testing import CliRunner
 
@@ -70,6 +70,21 @@ def _same(ours, theirs, where="result"):
         assert torch.equal(ours, theirs), f"{where}: max diff {(ours.double() - theirs.double()).abs().max()}"
         return
     assert ours == theirs, f"{where}: {ours!r} vs {theirs!r}"
+
+
+def test_same_is_sharp():
+    """The comparison behind the works rows sees one ulp, a sample rate and a flag."""
+    wav = np.linspace(-1, 1, 50, dtype=np.float32)
+    off = wav.copy()
+    off[7] = np.nextafter(off[7], np.float32(2))
+    for a, b in [
+        (([wav], 24000), ([off], 24000)),
+        (([wav], 24000), ([wav], 16000)),
+        ([torch.ones(3)], [torch.ones(4)]),
+    ]:
+        with pytest.raises(AssertionError):
+            _same(a, b)
+    _same(([wav], 24000), ([wav.copy()], 24000))
 
 
 @pytest.mark.parametrize("row", WORKS, ids=[f"{r.entry}:{r.case}" for r in WORKS])
@@ -151,6 +166,14 @@ def test_every_cli_option_has_a_row():
             if not any(re.search(pattern, c) for c in cases):
                 missing.append(f"{name} {names[0]}")
     assert not missing, f"CLI options without a catalogue row: {missing}"
+
+
+def test_fuzz_example_count_is_stated():
+    """docs/bad-inputs.md states how many examples the fuzzer tries per run: keep it true."""
+    import test_fuzz_inputs as fuzz
+
+    properties = [f for f in vars(fuzz).values() if getattr(f, "is_hypothesis_test", False)]
+    assert sum(f._hypothesis_internal_use_settings.max_examples for f in properties) == FUZZ_EXAMPLES_PER_RUN
 
 
 def test_docs_table_is_current():
