@@ -146,7 +146,7 @@ class CodecStream:
     ):
         first = chunk_frames if first_chunk_frames is None else first_chunk_frames
         for name, v in (("chunk_frames", chunk_frames), ("first_chunk_frames", first)):
-            if not isinstance(v, int) or v < 1:
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
         self.codec = codec
         self.chunk_frames, self.first_chunk_frames = chunk_frames, first
