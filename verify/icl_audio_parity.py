@@ -235,3 +235,71 @@ def icl_audio_results(
             for case in chosen
             for mode, seed in plans(seeds)
         ]
+
+
+def render(rows: list[dict], title: str) -> str:
+    from .report import _icl_audio_cell
+
+    lines = [
+        f"# ICL cloning from a recording: {title}",
+        "",
+        "Upstream's `Qwen3TTSModel.generate_voice_clone` and the standalone `generate_voice_clone` from the same "
+        "reference audio and transcript, no reference codes given (verify/icl_audio_parity.py). Compared in order: "
+        "the reference codes each side encoded, the x-vector, the generated codes, the returned waveform. "
+        "Checkpoint: verify.fixtures.write_release_size_checkpoint (released talker and speech-tokenizer configs, "
+        "fixture-initialiser weights), loaded by each package in the dtype; 1 thread. Reproduce: "
+        "`python -m q3tts.verify.icl_audio_parity --size 0.6B --out reports`.",
+        "",
+        "| case | dtype | verdict | numbers | upstream s | standalone s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['case']} | {r['dtype']} | {'PASS' if r['passed'] else 'FAIL'} | {_icl_audio_cell(r)} | "
+            f"{r['seconds_upstream']:.1f} | {r['seconds_standalone']:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> None:
+    """The cases on a released-size Base checkpoint with random weights (several GB on disk)."""
+    import argparse
+    import json
+    import shutil
+
+    from q3tts.convert import convert_checkpoint
+    from q3tts.standalone import Qwen3TTS
+
+    from .fixtures import write_release_size_checkpoint
+    from .forward_parity import load_upstream_wrapper
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--size", default="0.6B")
+    ap.add_argument("--frames", type=int, default=4)
+    ap.add_argument("--seeds", default="0")
+    ap.add_argument("--out", default="reports")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    work = Path(tempfile.mkdtemp(prefix="q3tts-icl-released-"))
+    rows = []
+    try:
+        up = write_release_size_checkpoint(work / "upstream", args.size, "base")
+        convert_checkpoint(up, work / "standalone")
+        for dtype in (torch.float32, torch.bfloat16):
+            wrapper = load_upstream_wrapper(up, dtype)
+            standalone = Qwen3TTS.from_pretrained(work / "standalone", dtype=dtype)
+            seeds = [int(s) for s in args.seeds.split(",")]
+            rows += [r.as_dict() for r in icl_audio_results(wrapper, standalone, dtype, seeds, args.frames, "released")]
+            del wrapper, standalone
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    out = Path(args.out)
+    stem = f"icl-audio-{args.size}-base"
+    (out / f"{stem}.json").write_text(json.dumps(rows, indent=2, default=str) + "\n")
+    (out / f"{stem}.md").write_text(
+        render(rows, f"released {args.size} Base size, random weights, {args.frames} frames")
+    )
+
+
+if __name__ == "__main__":
+    main()
