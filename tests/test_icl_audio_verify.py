@@ -97,3 +97,23 @@ def test_suite_runs_the_cases_for_base_checkpoints_only(load_models, monkeypatch
     calls.clear()
     suite.run_suite(wrapper, standalone, model_type, torch.float32, SEEDS, FRAMES, "k", generation=False)
     assert not calls
+
+
+def test_bf16_rounded_rope_frequencies_fail_the_bf16_cases(load_models):
+    """What made an earlier benchmark's bf16 codes differ (~9% at released size): upstream's module
+    cast with .to(bf16) rounds Mimi's RoPE inv_freq to bf16, while upstream's from_pretrained keeps
+    it fp32, as the standalone does. The same rounding on the standalone side must fail here."""
+    wrapper, standalone = load_models("base", torch.bfloat16)
+    transformer = standalone.speech_encoder.transformer
+    exact = transformer.inv_freq
+    assert exact.dtype == torch.float32  # the model is bf16; its RoPE frequencies are not
+    transformer.inv_freq = exact.to(torch.bfloat16).float()
+    try:
+        results = icl_audio_results(wrapper, standalone, torch.bfloat16, SEEDS, FRAMES, "test-icl")
+    finally:
+        transformer.inv_freq = exact
+    failed = [r for r in results if not r.passed]
+    # Measured on the fixture: the 24 kHz, 16 kHz and 11 s references (6 of 8 cases).
+    assert len(failed) >= 4 and all(r.first_bad_layer == "speech_encoder" for r in failed), [
+        (r.case, r.note) for r in results
+    ]
