@@ -117,3 +117,23 @@ def test_bf16_rounded_rope_frequencies_fail_the_bf16_cases(load_models):
     assert len(failed) >= 4 and all(r.first_bad_layer == "speech_encoder" for r in failed), [
         (r.case, r.note) for r in results
     ]
+
+
+def test_verify_parity_on_a_base_directory_reports_the_cases(checkpoints, tmp_path):
+    """``verify-parity SRC`` on a Base checkpoint runs and reports the cloning cases."""
+    import json
+
+    from click.testing import CliRunner
+
+    from q3tts.verify.cli import main as verify_cli
+
+    args = [checkpoints["base"][0], "--dtype", "fp32", "--seeds", "0", "--frames", "4", "--report-dir", tmp_path]
+    r = CliRunner().invoke(verify_cli, [str(a) for a in args])
+    assert r.exit_code == 0, r.output
+    cases = json.loads((tmp_path / "parity.json").read_text())["runs"][0]["cases"]
+    icl = [c for c in cases if c["kind"] == "icl_audio"]
+    assert len(icl) == 2 * len(CASES) and all(c["passed"] for c in icl)
+    assert (
+        "| icl_audio.wav_24k_11s.streaming.greedy | PASS | reference codes identical"
+        in (tmp_path / "parity.md").read_text()
+    )
