@@ -100,7 +100,7 @@ def test_suite_runs_the_cases_for_base_checkpoints_only(load_models, monkeypatch
 
 
 def test_bf16_rounded_rope_frequencies_fail_the_bf16_cases(load_models):
-    """What made an earlier benchmark's bf16 codes differ (~9% at released size): upstream's module
+    """What made an earlier benchmark's bf16 codes differ (5-6% at released size): upstream's module
     cast with .to(bf16) rounds Mimi's RoPE inv_freq to bf16, while upstream's from_pretrained keeps
     it fp32, as the standalone does. The same rounding on the standalone side must fail here."""
     wrapper, standalone = load_models("base", torch.bfloat16)
