@@ -17,12 +17,15 @@ parity.json schema (schema_version 1):
           "passed": bool,
           "cases": [
             {"case": str, "component": str,
-             "kind": "forward" | "generation" | "audio" | "encoder" | "icl_audio",
+             "kind": "forward" | "generation" | "audio" | "encoder" | "streaming" | "icl_audio",
              "dtype": str, "passed": bool,
              "metrics": {...},                # forward: max_abs, max_rel, cosine, bound
                                               # generation: frames_upstream, frames_standalone,
                                               #   first_divergence {item, frame, group} | null
                                               # audio: max_abs, snr_db, bound, min_snr_db, rms
+                                              # streaming: via, chunk_frames, first_chunk_frames,
+                                              #   frames, chunks, codes_identical, first_divergence,
+                                              #   max_abs, snr_db, bound, min_snr_db, ...
                                               # icl_audio: ref_codes_identical, ref_codes(_differing),
                                               #   frames_*, first_divergence, max_abs, snr_db, bound
              "first_bad_layer": str | null,   # forward cases that fail: first layer over tolerance
@@ -119,6 +122,12 @@ def _metric_cell(c: dict[str, Any]) -> str:
         return f"max abs {_num(m['max_abs'])} (bound {_num(m['bound'])}), max rel {_num(m['max_rel'])}, cos {m['cosine']:.7f}"
     if c["kind"] == "audio":
         return f"max abs {_num(m['max_abs'])} (bound {_num(m['bound'])}), SNR {_num(m['snr_db'], '.1f')} dB, RMS {m['rms']:.3f}"
+    if c["kind"] == "streaming":
+        codes = "identical codes" if m["codes_identical"] else f"codes differ at {m['first_divergence']}"
+        return (
+            f"{m['via']} chunks {m['chunk_frames']}/{m['first_chunk_frames']}, {m['frames']} frames in {m['chunks']}: "
+            f"{codes}, max abs {_num(m['max_abs'])} (bound {_num(m['bound'])}), SNR {_num(m['snr_db'], '.1f')} dB"
+        )
     if c["kind"] == "encoder":
         if m["codes_identical"]:
             return f"identical codes ({m['codes']} codes)"
