@@ -16,7 +16,8 @@ parity.json schema (schema_version 1):
           "seconds_upstream": float, "seconds_standalone": float,   # wall time of each side
           "passed": bool,
           "cases": [
-            {"case": str, "component": str, "kind": "forward" | "generation" | "audio" | "encoder" | "streaming",
+            {"case": str, "component": str,
+             "kind": "forward" | "generation" | "audio" | "encoder" | "streaming" | "icl_audio",
              "dtype": str, "passed": bool,
              "metrics": {...},                # forward: max_abs, max_rel, cosine, bound
                                               # generation: frames_upstream, frames_standalone,
@@ -25,6 +26,8 @@ parity.json schema (schema_version 1):
                                               # streaming: via, chunk_frames, first_chunk_frames,
                                               #   frames, chunks, codes_identical, first_divergence,
                                               #   max_abs, snr_db, bound, min_snr_db, ...
+                                              # icl_audio: ref_codes_identical, ref_codes(_differing),
+                                              #   frames_*, first_divergence, max_abs, snr_db, bound
              "first_bad_layer": str | null,   # forward cases that fail: first layer over tolerance
              "first_diff_layer": str | null,  # ... and first layer whose output differs at all
              "note": str, "seconds_upstream": float, "seconds_standalone": float}
@@ -129,6 +132,8 @@ def _metric_cell(c: dict[str, Any]) -> str:
         if m["codes_identical"]:
             return f"identical codes ({m['codes']} codes)"
         return f"{m['codes_differing']} of {m['codes']} codes differ; first stage over tolerance: {c.get('first_bad_layer')}"
+    if c["kind"] == "icl_audio":
+        return _icl_audio_cell(c)
     div = m["first_divergence"]
     frames = ",".join(map(str, m["frames_upstream"]))
     if div is None:
@@ -137,6 +142,17 @@ def _metric_cell(c: dict[str, Any]) -> str:
         f", group {div['group']}" if div["group"] >= 0 else " (length)"
     )
     return f"codes differ at {where}"
+
+
+def _icl_audio_cell(c: dict[str, Any]) -> str:
+    m = c["metrics"]
+    if not c["passed"]:  # the note names what differs first (or the standalone's exception)
+        return c["note"]
+    return (
+        f"reference codes identical ({m['ref_codes']}), x-vector max abs {_num(m['xvector_max_abs'])}, codes "
+        f"identical ({','.join(map(str, m['frames_upstream']))} frames), audio max abs {_num(m['max_abs'])} "
+        f"(bound {_num(m['bound'])})"
+    )
 
 
 def render_markdown(report: dict[str, Any]) -> str:

@@ -12,6 +12,8 @@ Cases and their components:
   identical, else the first diverging (item, frame, group) and the sampler that drew it are
   reported.
 - audio (component "codec"): codes -> waveform for clips below and across the 300-frame chunk.
+- Base checkpoints: encoder cases (verify/encoder_parity.py) and ICL cloning from a recording end
+  to end, greedy and sampled (component "voice_clone_from_audio", verify/icl_audio_parity.py).
 - streaming (component "streaming", verify-parity's default run): every voice mode streamed at
   several chunk sizes (a smaller first chunk, a clip shorter than one chunk) against upstream's
   offline audio from the same seed, codes identical; and codes streamed across the 300-frame
@@ -324,6 +326,10 @@ def run_suite(
         from .encoder_parity import encoder_results  # audio -> codes: what voice cloning from a recording runs
 
         results += encoder_results(wrapper, standalone, dtype)
+        if generation:  # cloning from a recording end to end: encoder, x-vector, generation, decoding
+            from .icl_audio_parity import icl_audio_results
+
+            results += icl_audio_results(wrapper, standalone, dtype, seeds, frames, cache_key)
     return results
 
 
