@@ -150,3 +150,24 @@ def first_divergent_layer(
         if not compare(name, select(r), select(g), dtype).passed:
             return name
     return None
+
+
+# qwentts.cpp (verify-parity --engine qwentts.cpp): bounds per GGUF quantisation, from measurement
+# (reports/gguf-fidelity.md). Audio is qwentts.cpp's decode of its own codes against the standalone
+# codec on the same codes; GGML runs the codec's conv kernels in F16 whatever the file holds, so
+# even F32 is not exact. Measured (random released codec): SNR F32 31.1-31.4 dB, F16 29.2-29.5,
+# BF16 19.5, Q8_0 15.8-15.9. Floors sit about 3 dB below; below one is a codec-conversion bug, not
+# quantisation. Log-mel bounds: see ENGINE_LOG_MEL_MAX.
+ENGINE_AUDIO_SNR_DB_MIN = {"F32": 28.0, "F16": 26.0, "BF16": 16.0, "Q8_0": 12.0}
+ENGINE_LOG_MEL_MAX: dict[str, float] = {}  # mean |log-mel difference|; filled from measurement below
+
+# Per-stage max abs of qwentts.cpp's prefill dumps against the standalone model, F32 files only
+# (quantised weights differ by design). Measured on the tiny fixtures: input embeddings 3e-7,
+# layer-0 hidden 1.3e-6, final hidden 1.1e-6, prefill logits 3.8e-6. A conversion bug shows as an
+# O(1e-2) or larger difference; the bounds leave ~100-1000x room for other CPUs' GGML kernels.
+ENGINE_STAGE_ATOL = {
+    "talker-input-embed": 1e-4,
+    "talker-hidden-prefill-l0": 1e-3,
+    "talker-hidden-prefill-final": 1e-3,
+    "talker-logits-prefill": 1e-2,
+}
