@@ -645,8 +645,12 @@ def render_markdown(reports: list[dict[str, Any]]) -> str:
             lines.append(f"- quantisation ({tag}): {msg}")
         if r.get("engine_error"):
             lines.append(f"- engine error ({tag}): {r['engine_error']}")
-        if r["codes"].get("length_note"):
-            lines.append(f"- length ({tag}): {r['codes']['length_note']}")
+    capped = [r for r in reports if r["codes"].get("length_note")]
+    if capped:
+        lines.append(
+            f"- length ({len(capped)} of {len(reports)} runs): {capped[0]['codes']['length_note']} "
+            "(upstream's last group-0 id gets no residual codes); not counted as a divergence"
+        )
     lines.append(
         "\nTeacher-forced agreement beyond frame 0 and the code predictor's argmaxes: not exposed by the "
         "binding (it dumps the prefill logits only)."
