@@ -68,12 +68,15 @@ def run_qwentts(
     instruct: str | None = None,
     max_new_tokens: int = 16,
     threads: int = 2,
+    dump: bool = True,
 ) -> dict[str, Any]:
-    """Greedy synthesis through the binding: prompt ids, codes [frames, G], audio, timings."""
+    """Greedy synthesis through the binding: prompt ids, codes [frames, G], audio, timings.
+    ``dump=False`` runs without the debug dumps (for timing; no prompt ids or codes then)."""
     binding = load_binding()
     from q3tts.standalone.gguf_conversion import gguf_paths
 
     talker, codec = gguf_paths(gguf_dir)
+    want_dump = dump
     with tempfile.TemporaryDirectory(prefix="qwentts-dump-") as dump:
         t0 = time.perf_counter()
         tts = binding.QwenTTS(talker, codec, cpu_threads=threads)
@@ -91,7 +94,7 @@ def run_qwentts(
                     subtalker_do_sample=False,
                     repetition_penalty=1.0,
                     max_new_tokens=max_new_tokens,
-                    dump_dir=dump,
+                    dump_dir=dump if want_dump else None,
                 )
             except binding.QwenTTSError as e:
                 # e.g. its codec hard-codes 16 codebooks: codes are still dumped, audio is not
@@ -99,7 +102,8 @@ def run_qwentts(
             synth_s = time.perf_counter() - t0
         finally:
             tts.close()
-        ids = read_dump(Path(dump) / "prompt-ids.bin").astype(np.int64).tolist()
+        ids_path = Path(dump) / "prompt-ids.bin"
+        ids = read_dump(ids_path).astype(np.int64).tolist() if ids_path.is_file() else []
         codes_path = Path(dump) / "codes-full.bin"
         codes = read_dump(codes_path).astype(np.int64) if codes_path.is_file() else np.zeros((0, 0), np.int64)
         dumps = {p.stem: read_dump(p) for p in Path(dump).glob("*.bin")}
