@@ -83,8 +83,15 @@ def measure(size: str, root: Path, quants, frames: int, threads: int, out: Path)
         eng = run_qwentts(root / f"gguf-{size}-{q}", text=TEXT, speaker=SPEAKER, max_new_tokens=frames, threads=threads)
         n_eng = len(eng["codes"])
         # the timed run has no debug dumps (they add per-step readbacks); greedy, so the same frames
+        log: list[str] = []
         timed = run_qwentts(
-            root / f"gguf-{size}-{q}", text=TEXT, speaker=SPEAKER, max_new_tokens=frames, threads=threads, dump=False
+            root / f"gguf-{size}-{q}",
+            text=TEXT,
+            speaker=SPEAKER,
+            max_new_tokens=frames,
+            threads=threads,
+            dump=False,
+            log=log,
         )
         with torch.inference_mode():
             wav = codec.decode([torch.as_tensor(eng["codes"])])[0] if n_eng else np.zeros(0, np.float32)
@@ -102,8 +109,10 @@ def measure(size: str, root: Path, quants, frames: int, threads: int, out: Path)
             "engine_ms_per_frame": 1000 * timed["synth_s"] / max(n_eng, 1),
             "engine_ms_per_frame_with_dumps": 1000 * eng["synth_s"] / max(n_eng, 1),
             "engine_samples_timed_run": int(len(timed["audio"])),
+            "engine_perf": [m.strip() for m in log if "[Perf]" in m],
             "engine_load_s": timed["load_s"],
             "standalone_ms_per_frame": st_ms,
+            "standalone_decode_ms_per_frame": 1000 * ref["decode_s"] / max(n_ref, 1),
             "standalone_frames": n_ref,
             "load_average": os.getloadavg(),
         }

@@ -69,6 +69,7 @@ def run_qwentts(
     max_new_tokens: int = 16,
     threads: int = 2,
     dump: bool = True,
+    log: list | None = None,
 ) -> dict[str, Any]:
     """Greedy synthesis through the binding: prompt ids, codes [frames, G], audio, timings.
     ``dump=False`` runs without the debug dumps (for timing; no prompt ids or codes then)."""
@@ -81,6 +82,8 @@ def run_qwentts(
         t0 = time.perf_counter()
         tts = binding.QwenTTS(talker, codec, cpu_threads=threads)
         load_s = time.perf_counter() - t0
+        if log is not None:  # the engine's own [Perf] lines, for the benchmark's split
+            tts.set_log_callback(lambda _level, message: log.append(message))
         try:
             t0 = time.perf_counter()
             error = None
