@@ -128,11 +128,38 @@ def measure(size: str, root: Path, quants, frames: int, threads: int, out: Path)
         gc.collect()
 
 
+def render_table(rows: list[dict]) -> str:
+    """The fidelity + speed table of reports/gguf-fidelity.md from measure's JSON lines."""
+    out = [
+        "| size | quant | talker GGUF | prompt ids | identical frames | first divergence | frame-0 group-0 argmax | "
+        "audio SNR from identical codes | log-mel L1 | engine ms/frame (end to end) | of which codec decode | "
+        "standalone exact ms/frame (end to end) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        c, a, tf = r["codes"], r["audio_from_engine_codes"], r["frame0_group0"]
+        fd = c["first_divergence"]
+        where = "none" if fd is None else f"frame {fd['frame']}, group {fd['group']}"
+        decode = next((m for m in r.get("engine_perf", []) if "CodecDecode" in m), None)
+        decode_ms = float(decode.split()[2]) / max(c["frames_engine"], 1) if decode else None
+        out.append(
+            f"| {r['size']} | {r['quant']} | {r['gguf_talker_bytes'] / 1e9:.2f} GB | "
+            f"{'identical' if r['prompt_ids_identical'] else 'DIFFER'} ({r['prompt_len']}) | "
+            f"{c['identical_frames']} of {c['compared_frames']} | "
+            f"{where} | "
+            f"{'same' if tf.get('same_argmax') else 'differs'} | {a['snr_db']:.1f} dB | {a.get('log_mel_l1', 0):.3f} | "
+            f"{r['engine_ms_per_frame']:.0f} | {'-' if decode_ms is None else f'{decode_ms:.0f}'} | "
+            f"{r['standalone_ms_per_frame']:.0f} |"
+        )
+    return "\n".join(out) + "\n"
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("phase", choices=("prepare", "measure"))
-    p.add_argument("--size", choices=("0.6B", "1.7B"), required=True)
-    p.add_argument("--root", type=Path, required=True)
+    p.add_argument("phase", choices=("prepare", "measure", "table"))
+    p.add_argument("--jsonl", type=Path, nargs="*", default=[], help="table: measure outputs to render")
+    p.add_argument("--size", choices=("0.6B", "1.7B"), default="0.6B")
+    p.add_argument("--root", type=Path)
     p.add_argument("--quants", default=",".join(QUANTS))
     p.add_argument("--frames", type=int, default=16)
     p.add_argument("--threads", type=int, default=2)
@@ -142,6 +169,12 @@ def main(argv=None) -> None:
     bad = sorted(set(quants) - set(QUANTS))
     if bad:
         p.error(f"--quants: unknown {bad}; choose from {', '.join(QUANTS)}")
+    if a.phase == "table":
+        rows = [json.loads(line) for f in a.jsonl for line in f.read_text().splitlines() if line.strip()]
+        print(render_table(rows), end="")
+        return
+    if a.root is None:
+        p.error(f"{a.phase} needs --root")
     a.root.mkdir(parents=True, exist_ok=True)
     if a.phase == "prepare":
         prepare(a.size, a.root, quants)
