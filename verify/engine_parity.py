@@ -168,24 +168,32 @@ def run_engine_self_test(report_dir: Path, frames: int = 6, threads: int = 2) ->
                 f"  {'caught' if named else 'MISSED'}  {fault:22} {'; '.join(r['problems']) or 'no problem found'}"
             )
             shutil.rmtree(work / fault, ignore_errors=True)
+    write_fault_report(report_dir, clean["problems"], rows)
+    caught = sum(r["caught"] and r["named"] for r in rows)
+    click.echo(f"\nengine self-test: {caught}/{len(rows)} converter faults caught and named; clean ok: {clean['ok']}")
+    return clean["ok"] and caught == len(rows)
+
+
+def write_fault_report(report_dir: Path, clean_problems: list[str], rows: list[dict]) -> None:
     report_dir.mkdir(parents=True, exist_ok=True)
     (report_dir / "engine-faults.json").write_text(
-        json.dumps({"clean": clean["problems"], "faults": rows}, indent=2) + "\n"
+        json.dumps({"clean": clean_problems, "faults": rows}, indent=2) + "\n"
     )
     md = [
         "# qwentts.cpp converter self-test (verify-parity --self-test --engine qwentts.cpp)",
         "",
-        f"Clean F32 conversion: {'no problem' if clean['ok'] else 'FAILED: ' + '; '.join(clean['problems'])}.",
+        "Each fault is planted in the F32 GGUF of the custom_voice engine fixture (verify/gguf_faults.py); the "
+        "engine check must fail and one of its problems must name the fault's tensor or stage.",
+        "",
+        f"Clean F32 conversion: {'no problem' if not clean_problems else 'FAILED: ' + '; '.join(clean_problems)}.",
         "",
         "| fault | caught | named | problems reported |",
         "|---|---|---|---|",
     ]
     md += [
         f"| {r['fault']} | {'yes' if r['caught'] else 'NO'} | {'yes' if r['named'] else 'NO'} | "
-        f"{'; '.join(r['problems']).replace('|', '/')} |"
+        + "; ".join(r["problems"]).replace("|", "\\|")
+        + " |"
         for r in rows
     ]
     (report_dir / "engine-faults.md").write_text("\n".join(md) + "\n")
-    caught = sum(r["caught"] and r["named"] for r in rows)
-    click.echo(f"\nengine self-test: {caught}/{len(rows)} converter faults caught and named; clean ok: {clean['ok']}")
-    return clean["ok"] and caught == len(rows)
