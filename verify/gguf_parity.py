@@ -104,6 +104,8 @@ def run_qwentts(
                 audio, sr, error = np.zeros(0, np.float32), 0, str(e) or "synthesize failed"
             synth_s = time.perf_counter() - t0
         finally:
+            if log is not None:  # process-wide in the library: unset before the callback is freed
+                tts.set_log_callback(None)
             tts.close()
         ids_path = Path(dump) / "prompt-ids.bin"
         ids = read_dump(ids_path).astype(np.int64).tolist() if ids_path.is_file() else []
