@@ -103,7 +103,7 @@ def measure(size: str, root: Path, quants, frames: int, threads: int, out: Path)
             "gguf_talker_bytes": sum(p.stat().st_size for p in (root / f"gguf-{size}-{q}").glob("qwen-talker-*.gguf")),
             "prompt_ids_identical": first_difference(ref["prompt_ids"], eng["prompt_ids"]) is None,
             "prompt_len": len(ref["prompt_ids"]),
-            "codes": code_agreement(ref["codes"], eng["codes"]),
+            "codes": code_agreement(ref["codes"], eng["codes"], frames),
             "frame0_group0": prefill_argmax(ref["prefill_logits"], eng.get("prefill_logits"), codebook),
             "audio_from_engine_codes": audio_metrics(np.asarray(wav, np.float32), eng["audio"]),
             "engine_ms_per_frame": 1000 * timed["synth_s"] / max(n_eng, 1),
