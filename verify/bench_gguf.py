@@ -128,30 +128,39 @@ def measure(size: str, root: Path, quants, frames: int, threads: int, out: Path)
         gc.collect()
 
 
+def _perf(row: dict, key: str, field: int) -> float | None:
+    """A number from the engine's own [Perf] line that starts with ``key``."""
+    line = next((m for m in row.get("engine_perf", []) if m.startswith(f"[Perf] {key}")), None)
+    return None if line is None else float(line.replace("(", "").split()[field])
+
+
 def render_table(rows: list[dict]) -> str:
     """The fidelity + speed table of reports/gguf-fidelity.md from measure's JSON lines."""
     out = [
         "| size | quant | talker GGUF | prompt ids | identical frames | first divergence | frame-0 group-0 argmax | "
-        "audio SNR from identical codes | log-mel L1 | engine ms/frame (end to end) | of which codec decode | "
-        "standalone exact ms/frame (end to end) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "audio SNR (identical codes) | log-mel L1 | engine ms/frame: end to end / AR / codec | "
+        "standalone exact ms/frame: end to end / codec |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         c, a, tf = r["codes"], r["audio_from_engine_codes"], r["frame0_group0"]
         fd = c["first_divergence"]
         where = "none" if fd is None else f"frame {fd['frame']}, group {fd['group']}"
-        decode = next((m for m in r.get("engine_perf", []) if "CodecDecode" in m), None)
-        decode_ms = float(decode.split()[2]) / max(c["frames_engine"], 1) if decode else None
+        frames = max(c["frames_engine"], 1)
+        decode, ar = _perf(r, "CodecDecode", 2), _perf(r, "Total", 6)
+        engine = f"{r['engine_ms_per_frame']:.0f} / {_fmt(ar)} / {_fmt(None if decode is None else decode / frames)}"
         out.append(
             f"| {r['size']} | {r['quant']} | {r['gguf_talker_bytes'] / 1e9:.2f} GB | "
             f"{'identical' if r['prompt_ids_identical'] else 'DIFFER'} ({r['prompt_len']}) | "
-            f"{c['identical_frames']} of {c['compared_frames']} | "
-            f"{where} | "
+            f"{c['identical_frames']} of {c['compared_frames']} | {where} | "
             f"{'same' if tf.get('same_argmax') else 'differs'} | {a['snr_db']:.1f} dB | {a.get('log_mel_l1', 0):.3f} | "
-            f"{r['engine_ms_per_frame']:.0f} | {'-' if decode_ms is None else f'{decode_ms:.0f}'} | "
-            f"{r['standalone_ms_per_frame']:.0f} |"
+            f"{engine} | {r['standalone_ms_per_frame']:.0f} / {r['standalone_decode_ms_per_frame']:.0f} |"
         )
     return "\n".join(out) + "\n"
+
+
+def _fmt(x) -> str:
+    return "-" if x is None else f"{x:.0f}"
 
 
 def main(argv=None) -> None:
