@@ -23,7 +23,7 @@ NO_BINDING = "qwentts.cpp binding not installed: pip install 'qwen3-tts-standalo
 
 
 def test_code_agreement_separates_upstreams_frame_cap_from_an_eos_difference():
-    ref = np.arange(14 * 16).reshape(7, 16)
+    ref = np.arange(7 * 16).reshape(7, 16)
     eng = np.concatenate([ref, ref[:1]])
     # upstream returns max_new_tokens - 1 frames, the engine max_new_tokens: not a divergence
     r = code_agreement(ref, eng, max_new_tokens=8)
