@@ -4,7 +4,8 @@ Two phases, so the timed one holds the machine only for what it measures:
 
     /work/cpu test  python -m q3tts.verify.bench_gguf prepare --size 0.6B --root /tmp/gguf-bench
     /work/cpu bench python -m q3tts.verify.bench_gguf measure --size 0.6B --root /tmp/gguf-bench \
-        --out reports/gguf-fidelity-0.6B.jsonl
+        --out /tmp/gguf-bench/fidelity-0.6B.jsonl
+    python -m q3tts.verify.bench_gguf table --jsonl /tmp/gguf-bench/fidelity-*.jsonl
 
 ``prepare`` writes the upstream checkpoint (released config, fixture initialiser, released-id
 tokenizer), its standalone conversion and one GGUF pair per quantisation. ``measure`` runs the
