@@ -9,11 +9,14 @@ directory gives its prompt ids and codes, so prompts are compared exactly, not a
 - audio from identical codes: qwentts.cpp's own decode of its codes against the standalone codec
   decoding the same codes (max abs, SNR in dB).
 
-The binding does not expose teacher-forced logits per step (only a prefill dump), so
-teacher-forced argmax agreement is not reported here.
+- teacher-forced group-0 argmax at frame 0 (the binding dumps the prefill logits only; the code
+  predictor's and later frames' logits are not exposed);
+- on F32 files, the prefill stages qwentts.cpp dumps (input embeddings, layer-0 and final hidden,
+  logits), and for every file a static audit against the upstream checkpoint.
 
-Entry point for ``verify-parity --engine qwentts.cpp``: ``gguf_parity(...)`` (returns a JSON-able
-dict) and ``GGUFEngineUnavailable`` (raised with install instructions when the binding is absent).
+``classify`` splits the differences into bugs and what quantisation explains. The CLI driver is
+verify/engine_parity.py (``verify-parity --engine qwentts.cpp``); ``GGUFEngineUnavailable`` carries
+the install hint when the binding is absent.
 """
 
 from __future__ import annotations
