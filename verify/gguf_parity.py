@@ -7,8 +7,7 @@ directory gives its prompt ids and codes, so prompts are compared exactly, not a
 - prompt ids identical or not (first differing position);
 - greedy code agreement: identical frames out of the shorter run, first divergence (frame, group);
 - audio from identical codes: qwentts.cpp's own decode of its codes against the standalone codec
-  decoding the same codes (max abs, SNR in dB).
-
+  decoding the same codes (max abs, SNR in dB, log-mel distance);
 - teacher-forced group-0 argmax at frame 0 (the binding dumps the prefill logits only; the code
   predictor's and later frames' logits are not exposed);
 - on F32 files, the prefill stages qwentts.cpp dumps (input embeddings, layer-0 and final hidden,
