@@ -44,6 +44,11 @@ DTYPE_CHOICES = ("fp32", "bf16")
 )
 @click.option("--no-generation", is_flag=True, help="Only component forwards and audio.")
 @click.option(
+    "--no-streaming",
+    is_flag=True,
+    help="Skip the streaming cases (streamed audio at several chunk sizes against upstream's offline audio).",
+)
+@click.option(
     "--sensitivity/--no-sensitivity",
     default=None,
     help="Measure knob sensitivity (each sampling knob perturbed on the standalone side; fp32 runs). "
@@ -100,6 +105,7 @@ def main(
     frames,
     report_dir,
     no_generation,
+    no_streaming,
     sensitivity,
     against,
     reuse_torch,
@@ -138,6 +144,7 @@ def main(
                 Path(report_dir),
                 not no_generation,
                 sensitivity=measure and not no_generation,
+                streaming=not no_streaming and not no_generation,
             )
     except click.ClickException:
         raise
@@ -165,7 +172,15 @@ def dtypes_args(dtypes):
 
 
 def run(
-    src, standalone_dir, dtype_names, seeds, frames, report_dir: Path, generation: bool, sensitivity: bool = False
+    src,
+    standalone_dir,
+    dtype_names,
+    seeds,
+    frames,
+    report_dir: Path,
+    generation: bool,
+    sensitivity: bool = False,
+    streaming: bool = True,
 ) -> bool:
     from .report import build_report, render_markdown, write_report
 
@@ -174,7 +189,7 @@ def run(
         runs = []
         for name, source, up, st in pairs:
             for dn in dtype_names:
-                runs.append(_run_one(name, source, up, st, dn, seeds, frames, generation, sensitivity))
+                runs.append(_run_one(name, source, up, st, dn, seeds, frames, generation, sensitivity, streaming))
         report = build_report(runs, seeds, frames)
         j, m = write_report(report, report_dir)
         s = report["summary"]
@@ -217,7 +232,7 @@ def _checkpoint_pairs(src, standalone_dir, frames, work: Path):
     return pairs, frames or 6
 
 
-def _run_one(name, source, up, st, dn, seeds, frames, generation, sensitivity) -> dict:
+def _run_one(name, source, up, st, dn, seeds, frames, generation, sensitivity, streaming=True) -> dict:
     """The suite on one checkpoint at one dtype (and the knob sensitivity, in fp32)."""
     import torch
 
@@ -237,7 +252,15 @@ def _run_one(name, source, up, st, dn, seeds, frames, generation, sensitivity) -
     t_st = time.perf_counter() - t0
     model_type = standalone.config.tts_model_type
     results = run_suite(
-        wrapper, standalone, model_type, dtype, seeds, frames, cache_key=f"{name}:{up}", generation=generation
+        wrapper,
+        standalone,
+        model_type,
+        dtype,
+        seeds,
+        frames,
+        cache_key=f"{name}:{up}",
+        generation=generation,
+        streaming=streaming and generation,
     )
     run_ok = all(r.passed for r in results)
     record = {
