@@ -81,6 +81,21 @@ DTYPE_CHOICES = ("fp32", "bf16")
     metavar="NAMES",
     help="With --self-test: only these comma-separated faults (default: the whole catalogue).",
 )
+@click.option(
+    "--engine",
+    type=click.Choice(["qwentts.cpp"]),
+    default=None,
+    help="Check another runtime instead of the standalone model: qwentts.cpp through its binding "
+    "(pip install 'qwen3-tts-standalone[peers]'), on SRC's convert-ckpt --to gguf output per --quant.",
+)
+@click.option("--quant", default=None, metavar="LIST", help="With --engine: GGUF types (default F32,F16,BF16,Q8_0).")
+@click.option(
+    "--gguf",
+    "gguf_dir",
+    type=click.Path(file_okay=False, exists=True),
+    default=None,
+    help="With --engine and SRC: check this existing convert-ckpt --to gguf output instead of converting.",
+)
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def main(
     src,
@@ -96,6 +111,9 @@ def main(
     reuse_torch,
     self_test,
     fault_names,
+    engine,
+    quant,
+    gguf_dir,
     debug,
 ) -> None:
     """Compare upstream qwen-tts and the standalone model on SRC (an upstream checkpoint directory or
@@ -106,7 +124,9 @@ def main(
         seed_list = [int(s) for s in seeds.split(",") if s.strip()]
         if not seed_list:
             raise click.BadParameter("at least one seed", param_hint="--seeds")
-        if self_test:
+        if engine:
+            ok = _run_engine(engine, src, gguf_dir, quant, frames, Path(report_dir), self_test)
+        elif self_test:
             names = [n.strip() for n in fault_names.split(",") if n.strip()] if fault_names else None
             ok = run_self_test(Path(report_dir), dtypes or DTYPE_CHOICES, names)
         elif against:
@@ -134,6 +154,16 @@ def main(
         click.echo(f"verify-parity: error: {type(e).__name__}: {e}", err=True)
         sys.exit(2)
     sys.exit(0 if ok else 1)
+
+
+def _run_engine(engine, src, gguf_dir, quant, frames, report_dir: Path, self_test: bool) -> bool:
+    from .engine_parity import run_engine, run_engine_self_test
+
+    if gguf_dir and src is None:
+        raise click.BadParameter("--gguf needs SRC, the checkpoint it was converted from", param_hint="--gguf")
+    if self_test:
+        return run_engine_self_test(report_dir)
+    return run_engine(src, gguf_dir, quant, frames, report_dir)
 
 
 def dtypes_args(dtypes):

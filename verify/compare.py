@@ -201,3 +201,26 @@ def first_differing_layer(
         if r.shape != g.shape or not torch.equal(r, g):
             return name
     return None
+
+
+# qwentts.cpp (verify-parity --engine qwentts.cpp): bounds per GGUF quantisation, from measurement
+# (reports/gguf-fidelity.md). Audio is qwentts.cpp's decode of its own codes against the standalone
+# codec on the same codes; GGML runs the codec's conv kernels in F16 whatever the file holds, so
+# even F32 is not exact. Measured (random released codec): SNR F32 31.1-31.4 dB, F16 29.2-29.5,
+# BF16 19.5, Q8_0 15.8-15.9. Floors sit about 3 dB below; below one is a codec-conversion bug, not
+# quantisation. Log-mel distance (mean |log-mel difference|, natural log, 128 mels), measured on the
+# engine fixtures of all three model types: F32 0.0153-0.0159, F16 0.0191-0.0196, BF16 0.060-0.062,
+# Q8_0 0.093-0.094; the bounds are 1.5x (the amplitude ratio of the 3 dB SNR margin, rounded up).
+ENGINE_AUDIO_SNR_DB_MIN = {"F32": 28.0, "F16": 26.0, "BF16": 16.0, "Q8_0": 12.0}
+ENGINE_LOG_MEL_MAX = {"F32": 0.025, "F16": 0.03, "BF16": 0.095, "Q8_0": 0.14}
+
+# Per-stage max abs of qwentts.cpp's prefill dumps against the standalone model, F32 files only
+# (quantised weights differ by design). Measured on the tiny fixtures: input embeddings 3e-7,
+# layer-0 hidden 1.3e-6, final hidden 1.1e-6, prefill logits 3.8e-6. A conversion bug shows as an
+# O(1e-2) or larger difference; the bounds leave ~100-1000x room for other CPUs' GGML kernels.
+ENGINE_STAGE_ATOL = {
+    "talker-input-embed": 1e-4,
+    "talker-hidden-prefill-l0": 1e-3,
+    "talker-hidden-prefill-final": 1e-3,
+    "talker-logits-prefill": 1e-2,
+}
