@@ -44,6 +44,12 @@ DTYPE_CHOICES = ("fp32", "bf16")
 )
 @click.option("--no-generation", is_flag=True, help="Only component forwards and audio.")
 @click.option(
+    "--training",
+    is_flag=True,
+    help="Also check fine-tuning on a tiny training fixture: the upstream recipe against upstream's training "
+    "step (loss, logits, every gradient, in each --dtype) and both recipes against generation (fp32).",
+)
+@click.option(
     "--sensitivity/--no-sensitivity",
     default=None,
     help="Measure knob sensitivity (each sampling knob perturbed on the standalone side; fp32 runs). "
@@ -85,6 +91,7 @@ def main(
     frames,
     report_dir,
     no_generation,
+    training,
     sensitivity,
     against,
     reuse_torch,
@@ -118,6 +125,7 @@ def main(
                 Path(report_dir),
                 not no_generation,
                 sensitivity=measure and not no_generation,
+                training=training,
             )
     except click.ClickException:
         raise
@@ -135,9 +143,18 @@ def dtypes_args(dtypes):
 
 
 def run(
-    src, standalone_dir, dtype_names, seeds, frames, report_dir: Path, generation: bool, sensitivity: bool = False
+    src,
+    standalone_dir,
+    dtype_names,
+    seeds,
+    frames,
+    report_dir: Path,
+    generation: bool,
+    sensitivity: bool = False,
+    training: bool = False,
 ) -> bool:
     from .report import build_report, render_markdown, write_report
+    from .training_report import training_dtypes, training_section
 
     with tempfile.TemporaryDirectory(prefix="verify-parity-") as work:
         pairs, frames = _checkpoint_pairs(src, standalone_dir, frames, Path(work))
@@ -145,7 +162,10 @@ def run(
         for name, source, up, st in pairs:
             for dn in dtype_names:
                 runs.append(_run_one(name, source, up, st, dn, seeds, frames, generation, sensitivity))
-        report = build_report(runs, seeds, frames)
+        section = training_section(Path(work) / "training", training_dtypes(dtype_names)) if training else None
+        if section is not None:
+            click.echo(f"  training: {'PASS' if section['passed'] else 'FAIL'} {section['checks']}")
+        report = build_report(runs, seeds, frames, training=section)
         j, m = write_report(report, report_dir)
         s = report["summary"]
         click.echo(f"\nverdict: {report['verdict']} ({s['passed']}/{s['cases']} cases pass)")
@@ -242,10 +262,12 @@ def run_self_test(report_dir: Path, dtype_names=("fp32",), fault_names: list[str
     from .faults import CATALOGUE, run_fault
     from .fixtures import MODEL_TYPES, write_upstream_checkpoint
     from .forward_parity import load_upstream_wrapper
+    from .training_faults import TRAINING_FAULTS
+    from .training_report import training_fault_rows
 
     catalogue, encoder_faults = CATALOGUE, ENCODER_FAULTS
     if fault_names:
-        unknown = sorted(set(fault_names) - {f.name for f in CATALOGUE + ENCODER_FAULTS})
+        unknown = sorted(set(fault_names) - {f.name for f in CATALOGUE + ENCODER_FAULTS + TRAINING_FAULTS})
         if unknown:
             raise click.BadParameter(f"unknown fault(s) {unknown}", param_hint="--faults")
         catalogue = tuple(f for f in CATALOGUE if f.name in fault_names)
@@ -293,6 +315,8 @@ def run_self_test(report_dir: Path, dtype_names=("fp32",), fault_names: list[str
                         f"failing: {len(r.failing_cases)} encoder cases; stage: {', '.join(r.reported_layers) or '-'}"
                     )
             del pairs
+    if "fp32" in dtype_names:  # the training checks run in fp32 (as the encoder's do)
+        rows += training_fault_rows(fault_names, click.echo)
     _write_self_test_report(report_dir, dtype_names, rows)
     caught = sum(r.ok for _, r in rows)
     click.echo(f"\nself-test: {caught}/{len(rows)} faults caught and located; report: {report_dir / 'faults.md'}")
@@ -313,7 +337,9 @@ def _write_self_test_report(report_dir: Path, dtype_names, rows) -> None:
         md.append(f"**{dn}: {sum(r.ok for r in these)} of {len(these)} planted faults caught and located.**  ")
     md += [
         "",
-        "Each fault replaces one named seam of the standalone runtime (verify/faults.py). Seeds [0], 12 frames.",
+        "Each fault replaces one named seam of the standalone runtime (verify/faults.py, verify/encoder_faults.py; "
+        "training faults: verify/training_faults.py, checked by the training parity and the aligned consistency "
+        "check, fp32). Seeds [0], 12 frames.",
         "",
         "| fault | planted bug | dtype | caught | failing components | failing cases | first bad layer / sampler |",
         "|---|---|---|---|---|---|---|",
