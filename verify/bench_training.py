@@ -203,7 +203,7 @@ def spawn(args, side: str, checkpointing: bool, weights: Path) -> dict:
     result["lifetime_peak_rss_mb"] = usage.ru_maxrss / 1024  # kB on Linux
     print(
         f"[{side}{' +ckpt' if checkpointing else ''}] step {min(result['step_seconds']):.2f} s "
-        f"(of {['%.2f' % s for s in result['step_seconds']]}), step peak {result['step_peak_rss_mb']:.0f} MB, "
+        f"(of {', '.join(f'{s:.2f}' for s in result['step_seconds'])}), step peak {result['step_peak_rss_mb']:.0f} MB, "
         f"lifetime peak {result['lifetime_peak_rss_mb']:.0f} MB, loss {result['loss']:.6f}",
         flush=True,
     )
