@@ -17,7 +17,6 @@ import soundfile as sf
 import torch
 from click.testing import CliRunner
 
-import q3tts.standalone.finetune as finetune
 from q3tts.convert.cli import main as convert_cli
 from q3tts.standalone import Qwen3TTS
 from q3tts.standalone.cli import main
@@ -69,13 +68,11 @@ def job(checkpoints, tmp_path):
     return st_dir, _data(tmp_path, groups), tmp_path / "out"
 
 
-def assert_only_finished_epochs(out: Path, finished: int, present: int | None = None) -> None:
-    """OUT holds checkpoint-epoch-0..present-1 (default: the finished ones), each complete (every
-    file re-hashed against its manifest) and loadable with the new speaker, and nothing else: no
-    partial, no later epoch."""
-    present = finished if present is None else present
-    assert sorted(p.name for p in out.iterdir()) == [f"checkpoint-epoch-{e}" for e in range(present)]
-    for e in range(present):
+def assert_only_finished_epochs(out: Path, finished: int) -> None:
+    """OUT holds checkpoint-epoch-0..finished-1, each complete (every file re-hashed against its
+    manifest) and loadable with the new speaker, and nothing else: no partial, no later epoch."""
+    assert sorted(p.name for p in out.iterdir()) == [f"checkpoint-epoch-{e}" for e in range(finished)]
+    for e in range(finished):
         ckpt = out / f"checkpoint-epoch-{e}"
         check = CliRunner().invoke(convert_cli, ["--check", str(ckpt)])
         assert check.exit_code == 0 and "ok:" in check.output, check.output
@@ -83,26 +80,55 @@ def assert_only_finished_epochs(out: Path, finished: int, present: int | None = 
         assert model.config.tts_model_type == "custom_voice" and SPEAKER in model.get_supported_speakers()
 
 
-def _message_re(sig_name: str, epoch: int) -> str:
+def _message_re(sig_name: str, epoch: int | str) -> str:
     return rf"q3tts: interrupted \({sig_name}\) during epoch {epoch}; that epoch is lost and left no checkpoint"
 
 
-def test_ctrl_c_mid_epoch_keeps_finished_epochs(job, monkeypatch):
+def _kept(out: Path, finished: int) -> str:
+    return "; finished epochs kept: " + ", ".join(str(out / f"checkpoint-epoch-{e}") for e in range(finished))
+
+
+_CLI = "import torch; torch.set_num_threads(1); from q3tts.standalone.cli import main; main()"
+
+# The CLI sending a real signal to itself from inside the training loop: the 6th forward is
+# epoch 2's second micro-batch (2 items, batch 1), i.e. mid-epoch, after two checkpoints.
+_SIGNAL_MID_EPOCH = """
+import os, signal, torch
+import q3tts.standalone.finetune as ft
+torch.set_num_threads(1)
+forward, calls = ft.training_forward, [0]
+def forward_then_signal(*a, **kw):
+    calls[0] += 1
+    if calls[0] == 6:
+        os.kill(os.getpid(), signal.{sig})
+    return forward(*a, **kw)
+ft.training_forward = forward_then_signal
+from q3tts.standalone.cli import main
+main()
+"""
+
+
+def _start(code: str, st_dir, data, out, epochs: int) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *_args(st_dir, data, out, epochs)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _last_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
+def test_signal_mid_epoch_keeps_finished_epochs(job, sig):
     st_dir, data, out = job
-    calls = {"n": 0}
-    forward = finetune.training_forward
-
-    def interrupt_in_epoch_2(*a, **kw):  # 2 items, batch 1: calls 0-1 epoch 0, 2-3 epoch 1, 4-5 epoch 2
-        calls["n"] += 1
-        if calls["n"] == 6:
-            raise KeyboardInterrupt
-        return forward(*a, **kw)
-
-    monkeypatch.setattr(finetune, "training_forward", interrupt_in_epoch_2)
-    res = CliRunner().invoke(main, _args(st_dir, data, out, epochs=5))
-    assert res.exit_code == 130, res.output
-    assert re.search(_message_re("SIGINT", 2), res.output), res.output
-    assert f"{out / 'checkpoint-epoch-0'}, {out / 'checkpoint-epoch-1'}" in res.output
+    proc = _start(_SIGNAL_MID_EPOCH.format(sig=sig.name), st_dir, data, out, epochs=5)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + sig, (proc.returncode, err)
+    assert _last_line(err) == _message_re(sig.name, 2).replace("\\", "") + _kept(out, 2), err
     assert_only_finished_epochs(out, 2)
 
 
@@ -126,26 +152,17 @@ def test_interrupt_mid_checkpoint_write_leaves_no_partial(job, monkeypatch, exc)
     res = CliRunner().invoke(main, _args(st_dir, data, out, epochs=4))
     name = "SIGINT" if isinstance(exc, KeyboardInterrupt) else "SIGTERM"
     assert res.exit_code == (130 if name == "SIGINT" else 143), res.output
-    assert re.search(_message_re(name, 1), res.output), res.output
+    assert re.search(_message_re(name, 1) + re.escape(_kept(out, 1)), res.output), res.output
     assert_only_finished_epochs(out, 1)
-
-
-def _start(st_dir, data, out) -> subprocess.Popen:
-    code = "import sys, torch; torch.set_num_threads(1); from q3tts.standalone.cli import main; main()"
-    return subprocess.Popen(
-        [sys.executable, "-c", code, *_args(st_dir, data, out, epochs=100000)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
 def test_signal_to_a_running_finetune(job, sig):
-    """A real signal at whatever point the run is (training or writing): exit 128 + signal, one
-    clear line, every finished epoch intact, nothing half-written."""
+    """A real signal from outside, the moment the second checkpoint appears (so usually while the
+    writer finishes it, or in the next epoch): exit 128 + signal, one clear line, and exactly the
+    epochs the line says are kept are on disk, each intact; nothing half-written."""
     st_dir, data, out = job
-    proc = _start(st_dir, data, out)
+    proc = _start(_CLI, st_dir, data, out, epochs=100000)
     deadline = time.monotonic() + 120
     while not (out / "checkpoint-epoch-1").is_dir():
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -153,17 +170,10 @@ def test_signal_to_a_running_finetune(job, sig):
             pytest.fail(f"no second epoch: {proc.communicate()}")
         time.sleep(0.01)
     proc.send_signal(sig)
-    stdout, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + sig, (proc.returncode, err)
-    lines = [line for line in err.splitlines() if line.strip()]
-    m = re.fullmatch(_message_re(sig.name, r"(\d+)") + r"; finished epochs kept: (.*)", lines[-1])
+    m = re.fullmatch(_message_re(sig.name, r"(\d+)") + r"; finished epochs kept: (.*)", _last_line(err))
     assert m, err
     finished = int(m.group(1))
-    assert finished >= 2
-    assert m.group(2) == ", ".join(str(out / f"checkpoint-epoch-{e}") for e in range(finished))
-    # A signal in the instant between a checkpoint's rename into place and the loop taking note of
-    # it leaves that epoch complete on disk though the message counts it as lost: allowed, as
-    # long as it is complete.
-    present = len(list(out.glob("checkpoint-epoch-*")))
-    assert present in (finished, finished + 1)
-    assert_only_finished_epochs(out, finished, present)
+    assert finished >= 2 and _kept(out, finished) == "; finished epochs kept: " + m.group(2)
+    assert_only_finished_epochs(out, finished)
