@@ -44,6 +44,11 @@ DTYPE_CHOICES = ("fp32", "bf16")
 )
 @click.option("--no-generation", is_flag=True, help="Only component forwards and audio.")
 @click.option(
+    "--no-streaming",
+    is_flag=True,
+    help="Skip the streaming cases (streamed audio at several chunk sizes against upstream's offline audio).",
+)
+@click.option(
     "--training",
     is_flag=True,
     help="Also check fine-tuning on a tiny training fixture: the upstream recipe against upstream's training "
@@ -91,6 +96,7 @@ def main(
     frames,
     report_dir,
     no_generation,
+    no_streaming,
     training,
     sensitivity,
     against,
@@ -125,6 +131,7 @@ def main(
                 Path(report_dir),
                 not no_generation,
                 sensitivity=measure and not no_generation,
+                streaming=not no_streaming and not no_generation,
                 training=training,
             )
     except click.ClickException:
@@ -151,6 +158,7 @@ def run(
     report_dir: Path,
     generation: bool,
     sensitivity: bool = False,
+    streaming: bool = True,
     training: bool = False,
 ) -> bool:
     from .report import build_report, render_markdown, write_report
@@ -161,7 +169,7 @@ def run(
         runs = []
         for name, source, up, st in pairs:
             for dn in dtype_names:
-                runs.append(_run_one(name, source, up, st, dn, seeds, frames, generation, sensitivity))
+                runs.append(_run_one(name, source, up, st, dn, seeds, frames, generation, sensitivity, streaming))
         section = training_section(Path(work) / "training", training_dtypes(dtype_names)) if training else None
         if section is not None:
             click.echo(f"  training: {'PASS' if section['passed'] else 'FAIL'} {section['checks']}")
@@ -207,7 +215,7 @@ def _checkpoint_pairs(src, standalone_dir, frames, work: Path):
     return pairs, frames or 6
 
 
-def _run_one(name, source, up, st, dn, seeds, frames, generation, sensitivity) -> dict:
+def _run_one(name, source, up, st, dn, seeds, frames, generation, sensitivity, streaming=True) -> dict:
     """The suite on one checkpoint at one dtype (and the knob sensitivity, in fp32)."""
     import torch
 
@@ -227,7 +235,15 @@ def _run_one(name, source, up, st, dn, seeds, frames, generation, sensitivity) -
     t_st = time.perf_counter() - t0
     model_type = standalone.config.tts_model_type
     results = run_suite(
-        wrapper, standalone, model_type, dtype, seeds, frames, cache_key=f"{name}:{up}", generation=generation
+        wrapper,
+        standalone,
+        model_type,
+        dtype,
+        seeds,
+        frames,
+        cache_key=f"{name}:{up}",
+        generation=generation,
+        streaming=streaming and generation,
     )
     run_ok = all(r.passed for r in results)
     record = {

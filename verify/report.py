@@ -16,12 +16,15 @@ parity.json schema (schema_version 1):
           "seconds_upstream": float, "seconds_standalone": float,   # wall time of each side
           "passed": bool,
           "cases": [
-            {"case": str, "component": str, "kind": "forward" | "generation" | "audio" | "encoder",
+            {"case": str, "component": str, "kind": "forward" | "generation" | "audio" | "encoder" | "streaming",
              "dtype": str, "passed": bool,
              "metrics": {...},                # forward: max_abs, max_rel, cosine, bound
                                               # generation: frames_upstream, frames_standalone,
                                               #   first_divergence {item, frame, group} | null
                                               # audio: max_abs, snr_db, bound, min_snr_db, rms
+                                              # streaming: via, chunk_frames, first_chunk_frames,
+                                              #   frames, chunks, codes_identical, first_divergence,
+                                              #   max_abs, snr_db, bound, min_snr_db, ...
              "first_bad_layer": str | null,   # forward cases that fail: first layer over tolerance
              "first_diff_layer": str | null,  # ... and first layer whose output differs at all
              "note": str, "seconds_upstream": float, "seconds_standalone": float}
@@ -135,6 +138,12 @@ def _metric_cell(c: dict[str, Any]) -> str:
         return f"max abs {_num(m['max_abs'])} (bound {_num(m['bound'])}), max rel {_num(m['max_rel'])}, cos {m['cosine']:.7f}"
     if c["kind"] == "audio":
         return f"max abs {_num(m['max_abs'])} (bound {_num(m['bound'])}), SNR {_num(m['snr_db'], '.1f')} dB, RMS {m['rms']:.3f}"
+    if c["kind"] == "streaming":
+        codes = "identical codes" if m["codes_identical"] else f"codes differ at {m['first_divergence']}"
+        return (
+            f"{m['via']} chunks {m['chunk_frames']}/{m['first_chunk_frames']}, {m['frames']} frames in {m['chunks']}: "
+            f"{codes}, max abs {_num(m['max_abs'])} (bound {_num(m['bound'])}), SNR {_num(m['snr_db'], '.1f')} dB"
+        )
     if c["kind"] == "encoder":
         if m["codes_identical"]:
             return f"identical codes ({m['codes']} codes)"
