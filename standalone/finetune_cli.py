@@ -142,8 +142,10 @@ def finetune(
     from .dtypes import parse_dtype
     from .finetune import FinetuneOptions, check_speaker_name, save_custom_voice_checkpoint, train_epochs
     from .model import Qwen3TTS
-    from .output_dir import Interrupted
+    from .output_dir import Interrupted, signals_raise_interrupted
 
+    written: list[Path] = []  # finished epochs' checkpoints, for the message on interruption
+    pending: list = []  # (target, its inode before this write): the checkpoint being written
     try:
         check_speaker_name(speaker_name)
         opts = FinetuneOptions(
@@ -171,11 +173,18 @@ def finetune(
             bar.set_postfix(epoch=s.epoch, loss=f"{s.loss:.4f}")
 
         save_as = parse_dtype(save_dtype)
-        for epoch, baked in train_epochs(model, items, torch.stack(spks), opts, on_step=on_step):
-            path = save_custom_voice_checkpoint(
-                model, model.checkpoint_dir, out / f"checkpoint-epoch-{epoch}", speaker_name, baked, save_dtype=save_as
-            )
-            bar.write(f"epoch {epoch}: wrote {path}")
+        # SIGTERM/SIGHUP stop the run between checkpoint writes as cleanly as SIGINT does (during a
+        # write the writer handles them itself): no partial checkpoint, a message, 128 + signal.
+        with signals_raise_interrupted():
+            for epoch, baked in train_epochs(model, items, torch.stack(spks), opts, on_step=on_step):
+                target = out / f"checkpoint-epoch-{epoch}"
+                pending[:] = [(target, _inode(target))]
+                path = save_custom_voice_checkpoint(
+                    model, model.checkpoint_dir, target, speaker_name, baked, save_dtype=save_as
+                )
+                written.append(path)
+                pending.clear()
+                bar.write(f"epoch {epoch}: wrote {path}")
         bar.close()
     except (ValueError, TypeError, OSError) as e:
         if debug:
@@ -183,11 +192,31 @@ def finetune(
         click.echo(f"q3tts: error: {e}", err=True)
         sys.exit(exit_code_for(e))
     except KeyboardInterrupt:
-        click.echo("q3tts: interrupted (SIGINT); finished epochs are kept, the current one is lost", err=True)
+        click.echo(_interrupted_message("SIGINT", written, pending), err=True)
         sys.exit(130)
     except Interrupted as e:
-        click.echo(f"q3tts: interrupted ({e.name}); finished epochs are kept, the current one is lost", err=True)
+        click.echo(_interrupted_message(e.name, written, pending), err=True)
         sys.exit(e.exit_code)
+
+
+def _inode(path: Path) -> int | None:
+    try:
+        return path.stat().st_ino
+    except OSError:
+        return None
+
+
+def _interrupted_message(signal_name: str, written: list[Path], pending: list) -> str:
+    # A signal after a checkpoint's rename into place but before the loop took note of it: that
+    # epoch is complete on disk (a new directory, so a new inode), and is counted as finished.
+    for target, inode_before in pending:
+        if _inode(target) not in (None, inode_before):
+            written.append(target)
+    kept = ", ".join(str(p) for p in written) if written else "none (no epoch had finished)"
+    return (
+        f"q3tts: interrupted ({signal_name}) during epoch {len(written)}; that epoch is lost and left no "
+        f"checkpoint; finished epochs kept: {kept}"
+    )
 
 
 def _training_items(model, train_jsonl: Path):

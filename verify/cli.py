@@ -49,6 +49,12 @@ DTYPE_CHOICES = ("fp32", "bf16")
     help="Skip the streaming cases (streamed audio at several chunk sizes against upstream's offline audio).",
 )
 @click.option(
+    "--training",
+    is_flag=True,
+    help="Also check fine-tuning on a tiny training fixture: the upstream recipe against upstream's training "
+    "step (loss, logits, every gradient, in each --dtype) and both recipes against generation (fp32).",
+)
+@click.option(
     "--sensitivity/--no-sensitivity",
     default=None,
     help="Measure knob sensitivity (each sampling knob perturbed on the standalone side; fp32 runs). "
@@ -106,6 +112,7 @@ def main(
     report_dir,
     no_generation,
     no_streaming,
+    training,
     sensitivity,
     against,
     reuse_torch,
@@ -145,6 +152,7 @@ def main(
                 not no_generation,
                 sensitivity=measure and not no_generation,
                 streaming=not no_streaming and not no_generation,
+                training=training,
             )
     except click.ClickException:
         raise
@@ -181,8 +189,10 @@ def run(
     generation: bool,
     sensitivity: bool = False,
     streaming: bool = True,
+    training: bool = False,
 ) -> bool:
     from .report import build_report, render_markdown, write_report
+    from .training_report import training_dtypes, training_section
 
     with tempfile.TemporaryDirectory(prefix="verify-parity-") as work:
         pairs, frames = _checkpoint_pairs(src, standalone_dir, frames, Path(work))
@@ -190,7 +200,10 @@ def run(
         for name, source, up, st in pairs:
             for dn in dtype_names:
                 runs.append(_run_one(name, source, up, st, dn, seeds, frames, generation, sensitivity, streaming))
-        report = build_report(runs, seeds, frames)
+        section = training_section(Path(work) / "training", training_dtypes(dtype_names)) if training else None
+        if section is not None:
+            click.echo(f"  training: {'PASS' if section['passed'] else 'FAIL'} {section['checks']}")
+        report = build_report(runs, seeds, frames, training=section)
         j, m = write_report(report, report_dir)
         s = report["summary"]
         click.echo(f"\nverdict: {report['verdict']} ({s['passed']}/{s['cases']} cases pass)")
@@ -295,10 +308,12 @@ def run_self_test(report_dir: Path, dtype_names=("fp32",), fault_names: list[str
     from .faults import CATALOGUE, forward_is_bit_identical, run_fault
     from .fixtures import MODEL_TYPES, write_upstream_checkpoint
     from .forward_parity import load_upstream_wrapper
+    from .training_faults import TRAINING_FAULTS
+    from .training_report import training_fault_rows
 
     catalogue, encoder_faults = CATALOGUE, ENCODER_FAULTS
     if fault_names:
-        unknown = sorted(set(fault_names) - {f.name for f in CATALOGUE + ENCODER_FAULTS})
+        unknown = sorted(set(fault_names) - {f.name for f in CATALOGUE + ENCODER_FAULTS + TRAINING_FAULTS})
         if unknown:
             raise click.BadParameter(f"unknown fault(s) {unknown}", param_hint="--faults")
         catalogue = tuple(f for f in CATALOGUE if f.name in fault_names)
@@ -350,6 +365,8 @@ def run_self_test(report_dir: Path, dtype_names=("fp32",), fault_names: list[str
                         f"failing: {len(r.failing_cases)} encoder cases; stage: {', '.join(r.reported_layers) or '-'}"
                     )
             del pairs
+    if "fp32" in dtype_names:  # the training checks run in fp32 (as the encoder's do)
+        rows += training_fault_rows(fault_names, click.echo)
     _write_self_test_report(report_dir, dtype_names, rows, exact_origin)
     caught = sum(r.ok for _, r in rows)
     click.echo(f"\nself-test: {caught}/{len(rows)} faults caught and located; report: {report_dir / 'faults.md'}")
@@ -370,7 +387,9 @@ def _write_self_test_report(report_dir: Path, dtype_names, rows, exact_origin: d
         md.append(f"**{dn}: {sum(r.ok for r in these)} of {len(these)} planted faults caught and located.**  ")
     md += [
         "",
-        "Each fault replaces one named seam of the standalone runtime (verify/faults.py). Seeds [0], 12 frames.",
+        "Each fault replaces one named seam of the standalone runtime (verify/faults.py, verify/encoder_faults.py; "
+        "training faults: verify/training_faults.py, checked by the training parity and the aligned consistency "
+        "check, fp32). Seeds [0], 12 frames.",
         "",
         "A fault is located at the first layer whose output differs from upstream's at all, which is exact when",
         "the fault-free pair is bit-identical in every forward case ("

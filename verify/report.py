@@ -42,6 +42,19 @@ parity.json schema (schema_version 1):
       "knob_sensitivity": {                   # present when a run measured it: rows summed over runs
         "rows": [...], "blind": [str],        # blind: knobs whose perturbation changed no plan
         "plans": int, "seconds": float
+      },
+      "training": {                           # present with --training (verify/training_report.py)
+        "sft_commit": str, "fixture": str, "seconds": float, "passed": bool,
+        "checks": {"upstream_recipe_parity", "aligned_consistent_with_generation",
+                   "upstream_recipe_inconsistent_with_generation": bool},
+        "parity": [{"dtype", "recipe", "sft_commit", "passed", "missing_gradients": [str],
+                    "comparisons": [{"case", "dtype", "max_abs", "max_rel", "cosine", "bound", "passed", ...}]}],
+                                              # cases: train.{loss,talker_loss,code_predictor_loss,
+                                              #   talker_logits,code_predictor_logits}, grad.<upstream
+                                              #   parameter>, grad_group.<group>
+        "consistency": [{"recipe", "passed", "frames", "groups", "talker_max_abs", "talker_first_bad",
+                         "code_predictor_max_abs": {group: float}, "code_predictor_first_bad",
+                         "bound", "untrained_groups", "loss_diffs", "codes", "logit_scale"}]
       }
     }
 
@@ -57,6 +70,8 @@ import platform
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from .training_report import render_training
 
 SCHEMA_VERSION = 1
 
@@ -81,12 +96,14 @@ def versions() -> dict[str, str | None]:
     }
 
 
-def build_report(runs: list[dict[str, Any]], seeds: list[int], frames: int) -> dict[str, Any]:
+def build_report(
+    runs: list[dict[str, Any]], seeds: list[int], frames: int, training: dict[str, Any] | None = None
+) -> dict[str, Any]:
     cases = [c for r in runs for c in r["cases"]]
     failed = sum(1 for c in cases if not c["passed"])
     report = {
         "schema_version": SCHEMA_VERSION,
-        "verdict": "PASS" if cases and not failed else "FAIL",
+        "verdict": "PASS" if cases and not failed and (training is None or training["passed"]) else "FAIL",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": versions(),
         "seeds": seeds,
@@ -105,6 +122,8 @@ def build_report(runs: list[dict[str, Any]], seeds: list[int], frames: int) -> d
             "plans": sum(m["plans"] for m in measured),
             "seconds": sum(m["seconds"] for m in measured),
         }
+    if training is not None:
+        report["training"] = training
     return report
 
 
@@ -188,6 +207,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                 + " |"
             )
     lines += render_sensitivity(report)
+    lines += render_training(report)
     for r in report["runs"]:
         cfg = r["config"]
         t = cfg["talker"]
