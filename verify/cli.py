@@ -44,6 +44,17 @@ DTYPE_CHOICES = ("fp32", "bf16")
 )
 @click.option("--no-generation", is_flag=True, help="Only component forwards and audio.")
 @click.option(
+    "--no-streaming",
+    is_flag=True,
+    help="Skip the streaming cases (streamed audio at several chunk sizes against upstream's offline audio).",
+)
+@click.option(
+    "--training",
+    is_flag=True,
+    help="Also check fine-tuning on a tiny training fixture: the upstream recipe against upstream's training "
+    "step (loss, logits, every gradient, in each --dtype) and both recipes against generation (fp32).",
+)
+@click.option(
     "--sensitivity/--no-sensitivity",
     default=None,
     help="Measure knob sensitivity (each sampling knob perturbed on the standalone side; fp32 runs). "
@@ -86,6 +97,21 @@ DTYPE_CHOICES = ("fp32", "bf16")
     help="With --self-test: only these comma-separated faults (default: the whole catalogue).",
 )
 @click.option("--verbose", is_flag=True, help="Show upstream's own output (warnings, banners) as it comes.")
+@click.option(
+    "--engine",
+    type=click.Choice(["qwentts.cpp"]),
+    default=None,
+    help="Check another runtime instead of the standalone model: qwentts.cpp through its binding "
+    "(pip install 'qwen3-tts-standalone[peers]'), on SRC's convert-ckpt --to gguf output per --quant.",
+)
+@click.option("--quant", default=None, metavar="LIST", help="With --engine: GGUF types (default F32,F16,BF16,Q8_0).")
+@click.option(
+    "--gguf",
+    "gguf_dir",
+    type=click.Path(file_okay=False, exists=True),
+    default=None,
+    help="With --engine and SRC: check this existing convert-ckpt --to gguf output instead of converting.",
+)
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def main(
     src,
@@ -95,6 +121,8 @@ def main(
     frames,
     report_dir,
     no_generation,
+    no_streaming,
+    training,
     sensitivity,
     against,
     reuse_torch,
@@ -102,6 +130,9 @@ def main(
     fault_names,
     verbose,
     transformers_version,
+    engine,
+    quant,
+    gguf_dir,
     debug,
 ) -> None:
     """Compare upstream qwen-tts and the standalone model on SRC (an upstream checkpoint directory or
@@ -112,7 +143,9 @@ def main(
         seed_list = [int(s) for s in seeds.split(",") if s.strip()]
         if not seed_list:
             raise click.BadParameter("at least one seed", param_hint="--seeds")
-        if self_test:
+        if engine:
+            ok = _run_engine(engine, src, gguf_dir, quant, frames, Path(report_dir), self_test)
+        elif self_test:
             names = [n.strip() for n in fault_names.split(",") if n.strip()] if fault_names else None
             ok = run_self_test(Path(report_dir), dtypes or DTYPE_CHOICES, names)
         elif against:
@@ -140,6 +173,8 @@ def main(
                 not no_generation,
                 sensitivity=measure and not no_generation,
                 verbose=verbose,
+                streaming=not no_streaming and not no_generation,
+                training=training,
             )
     except click.ClickException:
         raise
@@ -153,6 +188,16 @@ def main(
         click.echo(f"verify-parity: error: {type(e).__name__}: {e}", err=True)
         sys.exit(2)
     sys.exit(0 if ok else 1)
+
+
+def _run_engine(engine, src, gguf_dir, quant, frames, report_dir: Path, self_test: bool) -> bool:
+    from .engine_parity import run_engine, run_engine_self_test
+
+    if gguf_dir and src is None:
+        raise click.BadParameter("--gguf needs SRC, the checkpoint it was converted from", param_hint="--gguf")
+    if self_test:
+        return run_engine_self_test(report_dir)
+    return run_engine(src, gguf_dir, quant, frames, report_dir)
 
 
 def dtypes_args(dtypes):
@@ -174,9 +219,12 @@ def run(
     generation: bool,
     sensitivity: bool = False,
     verbose: bool = False,
+    streaming: bool = True,
+    training: bool = False,
 ) -> bool:
     from .console import Progress, UpstreamOutput, maybe_captured
     from .report import build_report, render_markdown, write_report
+    from .training_report import training_dtypes, training_section
 
     progress = Progress(inline=not verbose)
     upstream_output = None if verbose else UpstreamOutput()
@@ -190,11 +238,25 @@ def run(
             for dn in dtype_names:
                 runs.append(
                     _run_one(
-                        name, source, up, st, dn, seeds, frames, generation, sensitivity, progress, upstream_output
+                        name,
+                        source,
+                        up,
+                        st,
+                        dn,
+                        seeds,
+                        frames,
+                        generation,
+                        sensitivity,
+                        progress,
+                        upstream_output,
+                        streaming,
                     )
                 )
+        section = training_section(Path(work) / "training", training_dtypes(dtype_names)) if training else None
+        if section is not None:
+            click.echo(f"  training: {'PASS' if section['passed'] else 'FAIL'} {section['checks']}")
         STAGE["stage"] = "report"
-        report = build_report(runs, seeds, frames)
+        report = build_report(runs, seeds, frames, training=section)
         report["fixtures"] = fixtures
         if upstream_output is not None:
             report["upstream_output"] = upstream_output.summary()
@@ -245,7 +307,9 @@ def _checkpoint_pairs(src, standalone_dir, frames, work: Path, progress):
     return pairs, frames or 6, None
 
 
-def _run_one(name, source, up, st, dn, seeds, frames, generation, sensitivity, progress, upstream_output) -> dict:
+def _run_one(
+    name, source, up, st, dn, seeds, frames, generation, sensitivity, progress, upstream_output, streaming=True
+) -> dict:
     """The suite on one checkpoint at one dtype (and the knob sensitivity, in fp32)."""
     import torch
 
@@ -284,6 +348,7 @@ def _run_one(name, source, up, st, dn, seeds, frames, generation, sensitivity, p
             frames,
             cache_key=f"{name}:{up}",
             generation=generation,
+            streaming=streaming and generation,
             on_group=on_group,
         )
     run_ok = all(r.passed for r in results)
@@ -320,10 +385,12 @@ def run_self_test(report_dir: Path, dtype_names=("fp32",), fault_names: list[str
     from .faults import CATALOGUE, forward_is_bit_identical, run_fault
     from .fixtures import MODEL_TYPES, write_upstream_checkpoint
     from .forward_parity import load_upstream_wrapper
+    from .training_faults import TRAINING_FAULTS
+    from .training_report import training_fault_rows
 
     catalogue, encoder_faults = CATALOGUE, ENCODER_FAULTS
     if fault_names:
-        unknown = sorted(set(fault_names) - {f.name for f in CATALOGUE + ENCODER_FAULTS})
+        unknown = sorted(set(fault_names) - {f.name for f in CATALOGUE + ENCODER_FAULTS + TRAINING_FAULTS})
         if unknown:
             raise click.BadParameter(f"unknown fault(s) {unknown}", param_hint="--faults")
         catalogue = tuple(f for f in CATALOGUE if f.name in fault_names)
@@ -375,6 +442,8 @@ def run_self_test(report_dir: Path, dtype_names=("fp32",), fault_names: list[str
                         f"failing: {len(r.failing_cases)} encoder cases; stage: {', '.join(r.reported_layers) or '-'}"
                     )
             del pairs
+    if "fp32" in dtype_names:  # the training checks run in fp32 (as the encoder's do)
+        rows += training_fault_rows(fault_names, click.echo)
     _write_self_test_report(report_dir, dtype_names, rows, exact_origin)
     caught = sum(r.ok for _, r in rows)
     click.echo(f"\nself-test: {caught}/{len(rows)} faults caught and located; report: {report_dir / 'faults.md'}")
@@ -395,7 +464,9 @@ def _write_self_test_report(report_dir: Path, dtype_names, rows, exact_origin: d
         md.append(f"**{dn}: {sum(r.ok for r in these)} of {len(these)} planted faults caught and located.**  ")
     md += [
         "",
-        "Each fault replaces one named seam of the standalone runtime (verify/faults.py). Seeds [0], 12 frames.",
+        "Each fault replaces one named seam of the standalone runtime (verify/faults.py, verify/encoder_faults.py; "
+        "training faults: verify/training_faults.py, checked by the training parity and the aligned consistency "
+        "check, fp32). Seeds [0], 12 frames.",
         "",
         "A fault is located at the first layer whose output differs from upstream's at all, which is exact when",
         "the fault-free pair is bit-identical in every forward case ("
