@@ -30,9 +30,10 @@ def main() -> None:
 @click.option("--greedy", is_flag=True, help="Greedy decoding instead of sampling.")
 @click.option("--max-new-tokens", type=int, default=None, help="Cap on generated frames (+1).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
+@click.option("--fast", is_flag=True, help="Compiled fast path: close to, not bit-identical with, upstream; compiles on first use.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def synthesize(model_dir, text, out_path, speaker, instruct, ref_audio, ref_text, ref_codes, language, dtype, seed,
-               greedy, max_new_tokens, progress, debug) -> None:
+               greedy, max_new_tokens, progress, fast, debug) -> None:
     """Synthesize TEXT into a wav file. The voice mode follows the checkpoint's type."""
     import numpy as np
     import torch
@@ -49,7 +50,7 @@ def synthesize(model_dir, text, out_path, speaker, instruct, ref_audio, ref_text
         out = Path(out_path)
         if not out.parent.is_dir():
             raise ValueError(f"{out.parent}: output directory does not exist")
-        model = Qwen3TTS.from_pretrained(model_dir, dtype=parse_dtype(dtype))
+        model = Qwen3TTS.from_pretrained(model_dir, dtype=parse_dtype(dtype), fast=fast)
         kind = model.config.tts_model_type
         if seed is not None:
             torch.manual_seed(seed)

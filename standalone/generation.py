@@ -106,11 +106,16 @@ def suppress_mask_for(vocab_size: int, eos_token_id: int, device) -> torch.Tenso
 
 
 @torch.inference_mode()
-def generate_codes(model, prompt: TalkerPrompt, params: GenerationParams, progress: bool = False):
+def generate_codes(model, prompt: TalkerPrompt, params: GenerationParams, progress: bool = False, engine=None):
     """Run the talker + code predictor loop. Returns (codes per row [frames, G], hidden per row
-    [frames, H]), cut at the first EOS like upstream."""
+    [frames, H]), cut at the first EOS like upstream.
+
+    ``engine`` (fast.FastEngine) replaces the per-frame talker step and code-predictor frame with
+    compiled ones; everything else (prefill, sampling, RNG order, EOS handling) is this loop."""
     tcfg = model.config.talker
     talker, cp = model.talker, model.code_predictor
+    talker_step = talker.step if engine is None else engine.talker_step
+    generate_frame = cp.generate_frame if engine is None else engine.generate_frame
     groups = tcfg.num_code_groups
     eos = params.eos_token_id if params.eos_token_id is not None else tcfg.codec_eos_token_id
     if params.max_new_tokens < 1:
@@ -148,14 +153,14 @@ def generate_codes(model, prompt: TalkerPrompt, params: GenerationParams, progre
     step = 0
     while bool(unfinished.any()) and n_ids < params.max_new_tokens:
         e0 = talker.codec_embedding(g0[:, None])
-        codes = cp.generate_frame(past_hidden, e0, ccache, params.subtalker)
+        codes = generate_frame(past_hidden, e0, ccache, params.subtalker)
         frames.append(torch.cat([g0[:, None], codes], dim=1))
         step_embeds = [e0] + [cp.embed(k + 1, codes[:, k : k + 1]) for k in range(groups - 1)]
         x = torch.cat(step_embeds, dim=1).sum(1, keepdim=True)
         x = x + (trailing[:, step].unsqueeze(1) if step < trailing.shape[1] else tts_pad)
         positions = (torch.full((bsz, 1), cur, device=device) - n_pads[:, None]).float()
         step_mask = padding_mask_decode(full_mask[:, : cur + 1]) if padded else None
-        hidden, logits = talker.step(x, positions.unsqueeze(0).expand(3, -1, -1), step_mask, tcache, cur)
+        hidden, logits = talker_step(x, positions.unsqueeze(0).expand(3, -1, -1), step_mask, tcache, cur)
         past_hidden = hidden[:, -1:]
         hiddens.append(past_hidden)
         cur += 1

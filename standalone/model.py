@@ -47,12 +47,14 @@ class Qwen3TTS(VoiceMethods, nn.Module):
         dtype: torch.dtype | None = None,
         device: str | torch.device = "cpu",
         revision: str | None = None,
+        fast: bool = False,
     ) -> "Qwen3TTS":
         """Load a standalone checkpoint directory (written by ``convert-ckpt``) or a hub repo id
         holding one.
 
         ``dtype=None`` keeps the stored dtype. Every tensor in the checkpoint must be used and
         every parameter must be present; anything else is a CheckpointError naming the tensors.
+        ``fast=True`` calls ``compile_fast()`` on the loaded model.
         """
         directory = resolve_checkpoint_dir(path, revision)
         config_path = directory / "config.json"
@@ -86,7 +88,19 @@ class Qwen3TTS(VoiceMethods, nn.Module):
                 )
         model.load_state_dict(state, strict=True, assign=True)
         model.checkpoint_dir = directory
-        return model.eval()
+        model.eval()
+        return model.compile_fast() if fast else model
+
+    def compile_fast(self, **engine_options) -> "Qwen3TTS":
+        """Switch generate() to the compiled fast path (standalone/fast.py), in the model's current
+        dtype: close to upstream, not bit-identical (verify/fast_parity.py measures it). Graphs
+        compile on the first generate() per batch size. Returns self."""
+        from .fast import FastEngine
+
+        engine = FastEngine(self.talker, self.code_predictor, **engine_options)
+        engine.dtype = self.dtype
+        object.__setattr__(self, "_fast", engine)  # not a submodule: state_dict must not change
+        return self
 
     # ---------------------------------------------------------------------------------------
     @property
@@ -132,7 +146,11 @@ class Qwen3TTS(VoiceMethods, nn.Module):
         prompt = build_talker_prompt(
             self, input_ids, instruct_ids, ref_ids, voice_clone_prompt, languages, speakers, non_streaming_mode
         )
-        return generate_codes(self, prompt, params, progress=progress)
+        engine = getattr(self, "_fast", None)
+        if engine is not None and engine.dtype != self.dtype:
+            raise RuntimeError(f"the fast path was compiled for {engine.dtype}, the model is now {self.dtype}: "
+                               "call compile_fast() again")
+        return generate_codes(self, prompt, params, progress=progress, engine=engine)
 
     @torch.inference_mode()
     def extract_speaker_embedding(self, audio: np.ndarray, sr: int) -> torch.Tensor:

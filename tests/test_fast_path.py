@@ -1,0 +1,96 @@
+"""The compiled fast path (standalone/fast.py) against upstream, on the tiny fixtures.
+
+One dtype (fp32) and one model type keep the compile cost small. The engine compiles with
+inductor ``freezing`` but without max-autotune (whose kernel benchmarking would dominate the
+suite); verify/fast_parity.py measures the max-autotune build the same way.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from q3tts.standalone import Qwen3TTS
+from q3tts.standalone.fast import FastEngine
+from q3tts.verify.fast_parity import (
+    FAST_MIN_AGREEMENT,
+    run_fast_forward_cases,
+    run_fast_parity,
+    teacher_forced_frame,
+)
+
+pytestmark = pytest.mark.slow_compile  # torch.compile: tens of seconds per engine
+
+TEST_OPTIONS = {"freezing": True}
+DTYPE = torch.float32
+
+
+@pytest.fixture(scope="module")
+def engine_pair(load_models):
+    wrapper, standalone = load_models("custom_voice", DTYPE)
+    return wrapper, standalone, FastEngine(standalone.talker, standalone.code_predictor, options=TEST_OPTIONS)
+
+
+def test_fast_parity_within_measured_tolerances(engine_pair):
+    wrapper, standalone, engine = engine_pair
+    report = run_fast_parity(wrapper, standalone, DTYPE, "fp32", engine=engine, max_new_tokens=12,
+                             case_names=("custom_voice.english", "batch.custom_voice"))
+    bad = [c for c in report["forward"] if not c["passed"]]
+    assert not bad, f"fast forward cases over tolerance: {bad}"
+    assert report["teacher_forced"], "no teacher-forced case ran"
+    for a in report["teacher_forced"]:
+        assert a["fraction"] >= FAST_MIN_AGREEMENT[DTYPE], a
+    # Greedy codes from the fast path agree with upstream on most frames of the tiny model.
+    greedy = [g for g in report["generation"] if g["mode"] == "greedy"]
+    assert greedy and all(g["identical_frame_fraction"] > 0.5 for g in greedy), greedy
+
+
+def test_fast_path_leaves_exact_path_and_weights_alone(engine_pair, load_models):
+    """Running the engine writes only its caches: the exact path's generation is unchanged."""
+    wrapper, standalone, engine = engine_pair
+    before = {k: v.clone() for k, v in standalone.state_dict().items()}
+    run_fast_forward_cases(wrapper.model, standalone, engine, DTYPE)
+    assert all(torch.equal(before[k], v) for k, v in standalone.state_dict().items())
+    assert getattr(standalone, "_fast", None) is None
+
+
+def test_fault_in_weights_is_caught_in_fast_mode(checkpoints, load_models):
+    """A corrupted code-predictor layer must fail the fast forward cases: the engine compiled on
+    the faulty model (freezing bakes weights in at compile time) may not hide it."""
+    wrapper, _ = load_models("custom_voice", DTYPE)
+    faulty = Qwen3TTS.from_pretrained(checkpoints["custom_voice"][1], dtype=DTYPE)
+    with torch.no_grad():
+        faulty.code_predictor.decoder.layers[0].attn.wo.weight.mul_(1.05)
+    engine = FastEngine(faulty.talker, faulty.code_predictor, options=TEST_OPTIONS)
+    results = run_fast_forward_cases(wrapper.model, faulty, engine, DTYPE)
+    failed = {c.case for c in results if not c.passed}
+    assert any(name.startswith("fast.code_predictor") for name in failed), results
+    assert not any(name.startswith("fast.talker_step") for name in failed), failed
+
+
+def test_compile_fast_switches_generate_and_checks_dtype(checkpoints):
+    model = Qwen3TTS.from_pretrained(checkpoints["custom_voice"][1], dtype=DTYPE, fast=True)
+    engine = model._fast
+    engine.__init__(model.talker, model.code_predictor, options=TEST_OPTIONS)  # the suite's cheaper build
+    engine.dtype = model.dtype
+    ids = [torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8, 9]])]
+    codes, _ = model.generate(input_ids=ids, languages=["auto"], do_sample=False, subtalker_dosample=False,
+                              max_new_tokens=4)
+    assert engine.compile_seconds > 0  # the compiled graphs ran
+    assert codes[0].shape[1] == model.config.talker.num_code_groups
+    model.to(torch.bfloat16)
+    with pytest.raises(RuntimeError, match="compile_fast"):
+        model.generate(input_ids=ids, languages=["auto"], max_new_tokens=2)
+
+
+def test_teacher_forced_frame_matches_exact_predictor_closely(engine_pair):
+    """The compiled frame against the standalone's own eager teacher-forced logits."""
+    _, standalone, engine = engine_pair
+    cfg = standalone.config.talker
+    g = torch.Generator().manual_seed(3)
+    codes = torch.randint(0, cfg.code_predictor.vocab_size, (2, cfg.num_code_groups), generator=g)
+    hidden = torch.randn(2, cfg.transformer.hidden_size, generator=g)
+    with torch.inference_mode():
+        ref = standalone.code_predictor.teacher_forced_logits(hidden, codes, standalone.talker.codec_embedding)
+        got = teacher_forced_frame(standalone, engine, hidden, codes)
+    torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
