@@ -127,12 +127,18 @@ class FastEngine:
         self._warm: set = set()
 
     # --- the talker's one-token step ------------------------------------------------------------
+    def talker_cache_len(self, needed: int) -> int:
+        """Talker cache length for ``needed`` positions: a block longer than the largest window,
+        so the window never spans the whole cache (dynamo would specialise that case into a
+        second graph)."""
+        return -(-needed // self.window_block) * self.window_block + self.window_block
+
     def talker_step(self, x, positions, mask, cache: KVCache, start: int):
         """Same contract as Talker.step for one new token at ``start``: x [B, 1, H], M-RoPE
         positions [3, B, 1], mask None or bool [B, 1, 1, start + 1]. Returns (hidden, logits)."""
         bsz = x.shape[0]
         cos, sin = rope_cos_sin(self.talker.inv_freq, positions, x.dtype, self.talker.mrope_rows)
-        window = min(cache.max_len, -(-(start + 1) // self.window_block) * self.window_block)
+        window = min(cache.max_len - 1, -(-(start + 1) // self.window_block) * self.window_block)
         attend = torch.zeros(bsz, 1, 1, window, dtype=torch.bool, device=x.device)
         attend[..., : start + 1] = True if mask is None else mask
         torch._dynamo.mark_dynamic(attend, 3)

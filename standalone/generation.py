@@ -129,7 +129,8 @@ def generate_codes(model, prompt: TalkerPrompt, params: GenerationParams, progre
     suppress = suppress_mask_for(tcfg.vocab_size, tcfg.codec_eos_token_id, device)
 
     max_len = prompt_len + params.max_new_tokens
-    tcache = talker.decoder.new_cache(tcfg.transformer, bsz, max_len, dtype, device)
+    cache_len = max_len if engine is None else engine.talker_cache_len(max_len)
+    tcache = talker.decoder.new_cache(tcfg.transformer, bsz, cache_len, dtype, device)
     ccache = cp.decoder.new_cache(tcfg.code_predictor.transformer, bsz, groups, dtype, device)
     padded = not bool(mask.all())
     full_mask = torch.ones(bsz, max_len, dtype=torch.long, device=device)

@@ -71,7 +71,8 @@ def run_fast_forward_cases(upstream, standalone, engine: FastEngine, dtype: torc
         bsz, length, _ = st_x.shape
         last = length - 1
         padded = not bool(mask.all())
-        cache = st_t.decoder.new_cache(standalone.config.talker.transformer, bsz, length, st_x.dtype, st_x.device)
+        cache = st_t.decoder.new_cache(standalone.config.talker.transformer, bsz, engine.talker_cache_len(length),
+                                       st_x.dtype, st_x.device)
         st_t.step(st_x[:, :last], mrope_positions(mask[:, :last]), padding_mask(mask[:, :last]) if padded else None, cache, 0)
         step_mask = mask.bool()[:, None, None, :] if padded else None
         hidden, logits = engine.talker_step(st_x[:, last:], mrope_positions(mask)[..., last:], step_mask, cache, last)
@@ -152,7 +153,8 @@ def teacher_forced_agreement(case_name: str, ctx: CaseContext, kwargs: dict, eng
     prompt = build_talker_prompt(st, **prompt_kwargs)
     x, trailing = prompt.inputs_embeds, prompt.trailing_text
     length = x.shape[1]
-    tcache = st.talker.decoder.new_cache(tcfg.transformer, 1, length + max_new_tokens, x.dtype, x.device)
+    tcache = st.talker.decoder.new_cache(tcfg.transformer, 1, engine.talker_cache_len(length + max_new_tokens),
+                                         x.dtype, x.device)
     hidden, logits = st.talker.step(x, mrope_positions(prompt.attention_mask), None, tcache, 0)
     frames = codes.shape[0]
     stopped = frames < max_new_tokens - 1  # upstream ended on EOS: the prediction after the last frame is EOS
@@ -269,3 +271,56 @@ def format_fast_report(report: dict) -> str:
     for g in report["generation"]:
         lines.append(f"{g['case']:36} {g['mode']:8} {str(g['identical']):>9} {g['identical_frame_fraction']:11.3f}  {g['first_divergence']}")
     return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    """Fast-path fidelity on the tiny fixtures (every model type), until verify-parity --fast
+    drives it: python -m q3tts.verify.fast_parity --dtypes fp32,bf16 --out reports/"""
+    import argparse
+    import json
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from q3tts.convert import convert_checkpoint
+    from q3tts.standalone import Qwen3TTS
+
+    from .compare import DTYPES
+    from .fixtures import MODEL_TYPES, write_upstream_checkpoint
+    from .forward_parity import load_upstream_wrapper
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--dtypes", default="fp32,bf16")
+    ap.add_argument("--model-types", default=",".join(MODEL_TYPES))
+    ap.add_argument("--fast-options", choices=["default", "freezing-only"], default="default")
+    ap.add_argument("--max-new-tokens", type=int, default=24)
+    ap.add_argument("--out", default="reports")
+    args = ap.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    torch.set_num_threads(2)
+    options = None if args.fast_options == "default" else {"freezing": True}
+    reports = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for mt in args.model_types.split(","):
+            up_dir = write_upstream_checkpoint(Path(tmp) / f"up-{mt}", mt, seed=10 + MODEL_TYPES.index(mt))
+            st_dir = Path(tmp) / f"st-{mt}"
+            convert_checkpoint(up_dir, st_dir)
+            for name in args.dtypes.split(","):
+                dtype = DTYPES[name]
+                wrapper, st = load_upstream_wrapper(up_dir, dtype), Qwen3TTS.from_pretrained(st_dir, dtype=dtype)
+                engine = FastEngine(st.talker, st.code_predictor, options=options)
+                report = run_fast_parity(wrapper, st, dtype, name, engine=engine, max_new_tokens=args.max_new_tokens)
+                report.update(model_type=mt, fast_options=args.fast_options)
+                print(f"== {mt}\n" + format_fast_report(report), flush=True)
+                reports.append(report)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "fast_parity.json").write_text(json.dumps(reports, indent=2) + "\n")
+    (out / "fast_parity.md").write_text("# Fast path against upstream (tiny fixtures)\n\n" + "\n\n".join(
+        f"## {r['model_type']} {r['dtype']} ({r['fast_options']} inductor options)\n\n```\n{format_fast_report(r)}\n```"
+        for r in reports) + "\n")
+    print("all passed" if all(r["passed"] for r in reports) else "SOME CASES FAILED")
+
+
+if __name__ == "__main__":
+    main()
