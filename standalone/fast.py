@@ -110,7 +110,8 @@ class FastEngine:
     generation.generate_codes (``engine=``). Build it through ``Qwen3TTS.compile_fast``.
 
     Compilation happens on first use per batch size (seconds to minutes: max-autotune benchmarks
-    GEMM kernels); ``warmup`` triggers it and ``compile_seconds`` records the time spent.
+    GEMM kernels); the first generate() triggers it and ``compile_seconds`` records the time spent
+    (each graph's first call).
     """
 
     def __init__(self, talker: Talker, code_predictor: CodePredictor, window_block: int = 64,

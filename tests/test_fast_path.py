@@ -69,15 +69,14 @@ def test_fault_in_weights_is_caught_in_fast_mode(checkpoints, load_models):
 
 
 def test_compile_fast_switches_generate_and_checks_dtype(checkpoints):
-    model = Qwen3TTS.from_pretrained(checkpoints["custom_voice"][1], dtype=DTYPE, fast=True)
-    engine = model._fast
-    engine.__init__(model.talker, model.code_predictor, options=TEST_OPTIONS)  # the suite's cheaper build
-    engine.dtype = model.dtype
+    assert isinstance(Qwen3TTS.from_pretrained(checkpoints["custom_voice"][1], fast=True)._fast, FastEngine)
+    model = Qwen3TTS.from_pretrained(checkpoints["custom_voice"][1], dtype=DTYPE).compile_fast(options=TEST_OPTIONS)
     ids = [torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8, 9]])]
     codes, _ = model.generate(input_ids=ids, languages=["auto"], do_sample=False, subtalker_dosample=False,
                               max_new_tokens=4)
-    assert engine.compile_seconds > 0  # the compiled graphs ran
+    assert model._fast.compile_seconds > 0  # the compiled graphs ran
     assert codes[0].shape[1] == model.config.talker.num_code_groups
+    assert "_fast" not in dict(model.named_modules()) and not any("_fast" in k for k in model.state_dict())
     model.to(torch.bfloat16)
     with pytest.raises(RuntimeError, match="compile_fast"):
         model.generate(input_ids=ids, languages=["auto"], max_new_tokens=2)

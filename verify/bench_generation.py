@@ -337,8 +337,8 @@ def write_reports(results: dict, out_dir: Path) -> None:
         "ms/frame: wall time of one decode step of the whole batch (prefill included, amortised over the frames). "
         "First frame: a generate() call that stops after one frame (prefill + one code-predictor frame + one talker "
         "step). Warm-up: the first call (max_new_tokens=3); for fast engines it includes torch.compile, whose share is "
-        "in parentheses (first use of each graph). 'frames = upstream': fraction of frames whose 16 codes equal "
-        "upstream's at the same index (the exact path must be 100%; the fast path is not bit-identical, so sampled "
+        "in parentheses (first use of each graph). 'frames = upstream': fraction of frames whose codes (all groups) equal "
+        "upstream's (fp32) at the same index (the exact path must be 100%; the fast path is not bit-identical, so sampled "
         "runs drift apart after the first differing code). The floor for a tiny model is microseconds and says nothing.",
         "",
     ]
@@ -352,6 +352,16 @@ def write_reports(results: dict, out_dir: Path) -> None:
     if results.get("peers"):
         lines += ["", f"Peers: {results['peers']}"]
     (out_dir / "benchmark.md").write_text("\n".join(lines) + "\n")
+
+
+def merge_reports(paths: list[Path], out_dir: Path) -> None:
+    """One report from runs made in separate processes: each model's engines still alternated
+    within one process; the bandwidth measurements of all runs are kept, the best sets the floor."""
+    runs = [json.loads(p.read_text()) for p in paths]
+    merged = dict(runs[0], models=[m for r in runs for m in r["models"]])
+    merged["bandwidth"] = dict(runs[0]["bandwidth"], measurements=[x for r in runs for x in r["bandwidth"]["measurements"]])
+    merged["merged_from"] = [str(p) for p in paths]
+    write_reports(merged, out_dir)
 
 
 def peers_status() -> str:
@@ -376,7 +386,12 @@ def main(argv=None) -> None:
     ap.add_argument("--reference-bandwidth-gbs", type=float, default=None,
                     help="also report the floor at this bandwidth (e.g. one measured on a quiet machine), labelled as such")
     ap.add_argument("--out", default="reports")
+    ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                    help="only merge benchmark.json files of separate runs (one model per run) into --out")
     args = ap.parse_args(argv)
+    if args.merge:
+        merge_reports([Path(p) for p in args.merge], Path(args.out))
+        return
     torch.set_num_threads(args.threads)
     def bandwidth() -> dict:
         bw = measure_read_bandwidth(threads=args.threads)
