@@ -39,10 +39,12 @@ from .compare import Comparison, Tolerance, compare
 from .forward_parity import ParityInputs
 from .generation_parity import MODES, CaseContext, cases_for, first_divergence
 
-# Measured on the tiny fixtures (tests/test_fast_path.py, fp32 and bf16, both inductor option
-# sets) and at the released 0.6B size (verify/bench_generation.py): see reports/fast_parity.md.
+# Set from measurement (reports/fast_parity.md: tiny custom_voice fixture, max-autotune + freezing,
+# 2 threads): fp32 max rel 2.7e-7 of max |ref| (max abs 3.8e-6 on logits of scale ~15), cosine
+# 1.0000000; rtol 1e-5 is 37x that, and the atol covers near-zero tensors. Not yet measured at the
+# released sizes, where 28 talker layers compound more rounding: that is the headroom's purpose.
 FAST_TOLERANCES: dict[torch.dtype, Tolerance] = {
-    torch.float32: Tolerance(atol=1e-4, rtol=1e-4, min_cosine=0.99999),
+    torch.float32: Tolerance(atol=1e-5, rtol=1e-5, min_cosine=0.999999),
     torch.bfloat16: Tolerance(atol=0.0, rtol=6e-2, min_cosine=0.999),
 }
 # Teacher-forced argmax agreement (fraction of positions), per dtype.
