@@ -40,15 +40,19 @@ from .forward_parity import ParityInputs
 from .generation_parity import MODES, CaseContext, cases_for, first_divergence
 
 # Set from measurement (reports/fast_parity.md: tiny custom_voice fixture, max-autotune + freezing,
-# 2 threads): fp32 max rel 2.7e-7 of max |ref| (max abs 3.8e-6 on logits of scale ~15), cosine
-# 1.0000000; rtol 1e-5 is 37x that, and the atol covers near-zero tensors. Not yet measured at the
-# released sizes, where 28 talker layers compound more rounding: that is the headroom's purpose.
+# 2 threads, against upstream in the same dtype):
+# - fp32: max rel 2.7e-7 of max |ref| (max abs 3.8e-6 on logits of scale ~15), cosine 1.0000000;
+#   rtol 1e-5 is 37x that, the atol covers near-zero tensors;
+# - bf16: max rel 1.26e-2, cosine >= 0.99997; rtol 5e-2 is 4x that.
+# Not yet measured at the released sizes, where 28 talker layers compound more rounding: that is
+# what the headroom is for, until a release-size run replaces these numbers.
 FAST_TOLERANCES: dict[torch.dtype, Tolerance] = {
     torch.float32: Tolerance(atol=1e-5, rtol=1e-5, min_cosine=0.999999),
-    torch.bfloat16: Tolerance(atol=0.0, rtol=6e-2, min_cosine=0.999),
+    torch.bfloat16: Tolerance(atol=0.0, rtol=5e-2, min_cosine=0.9995),
 }
-# Teacher-forced argmax agreement (fraction of positions), per dtype.
-FAST_MIN_AGREEMENT: dict[torch.dtype, float] = {torch.float32: 0.99, torch.bfloat16: 0.95}
+# Teacher-forced argmax agreement (fraction of positions of one case), per dtype. Measured: fp32
+# 100% in every case; bf16 96.2% in the worst case (99.1% over all), near-ties of a random model.
+FAST_MIN_AGREEMENT: dict[torch.dtype, float] = {torch.float32: 0.99, torch.bfloat16: 0.90}
 
 PROMPT_KEYS = ("input_ids", "instruct_ids", "ref_ids", "voice_clone_prompt", "languages", "speakers",
                "non_streaming_mode")
