@@ -15,25 +15,51 @@ DTYPE_CHOICES = ("keep", "bf16", "fp16", "fp32")
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("src")
 @click.argument("dst", required=False, type=click.Path(file_okay=False))
-@click.option("--dtype", type=click.Choice(DTYPE_CHOICES), default="keep", show_default=True,
-              help="Storage dtype of floating-point tensors.")
-@click.option("--shard-size", default=None, metavar="SIZE", help="Split the weights into shards of at most SIZE (e.g. 2GB).")
+@click.option(
+    "--dtype",
+    type=click.Choice(DTYPE_CHOICES),
+    default="keep",
+    show_default=True,
+    help="Storage dtype of floating-point tensors.",
+)
+@click.option(
+    "--shard-size", default=None, metavar="SIZE", help="Split the weights into shards of at most SIZE (e.g. 2GB)."
+)
 @click.option("--force", is_flag=True, help="Replace DST if it exists (only once the new one is complete).")
 @click.option("--dry-run", is_flag=True, help="Print the plan (every source tensor -> target) and write nothing.")
-@click.option("--to", "to", type=click.Choice(["standalone", "upstream"]), default="standalone", show_default=True,
-              help="Direction: upstream -> standalone, or standalone -> upstream (the reverse of the same map).")
-@click.option("--check", "check", is_flag=True,
-              help="Re-hash every file of the converted directory SRC against its manifest; exit 0 only if all match.")
-@click.option("--progress/--no-progress", default=None, help="Progress bar over bytes (default: when stderr is a terminal).")
+@click.option(
+    "--to",
+    "to",
+    type=click.Choice(["standalone", "upstream", "gguf"]),
+    default="standalone",
+    show_default=True,
+    help="Direction: upstream -> standalone, standalone -> upstream (the reverse of the same map), "
+    "or upstream -> qwentts.cpp GGUF (talker + codec files).",
+)
+@click.option(
+    "--quant",
+    type=click.Choice(["F32", "F16", "BF16", "Q8_0"], case_sensitive=False),
+    default="F32",
+    show_default=True,
+    help="With --to gguf: storage type (qwentts.cpp's policy keeps norms, codebooks, ... F32).",
+)
+@click.option(
+    "--check",
+    "check",
+    is_flag=True,
+    help="Re-hash every file of the converted directory SRC against its manifest; exit 0 only if all match.",
+)
+@click.option(
+    "--progress/--no-progress", default=None, help="Progress bar over bytes (default: when stderr is a terminal)."
+)
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def main(src, dst, dtype, shard_size, force, dry_run, to, check, progress, debug) -> None:
+def main(src, dst, dtype, shard_size, force, dry_run, to, quant, check, progress, debug) -> None:
     """Convert the checkpoint SRC (a directory or a hub repo id) into DST."""
     from q3tts.standalone.checkpoint import CheckpointError
+    from q3tts.standalone.conversion import ConversionError, convert_checkpoint
     from q3tts.standalone.model import resolve_checkpoint_dir
     from q3tts.standalone.output_dir import Interrupted
-
-    from .convert import ConversionError, convert_checkpoint
-    from .stream_io import parse_size
+    from q3tts.standalone.safetensors_writer import parse_size
 
     if check:
         sys.exit(_check(src, debug))
@@ -44,8 +70,19 @@ def main(src, dst, dtype, shard_size, force, dry_run, to, check, progress, debug
         src_dir = resolve_checkpoint_dir(src)
         if progress is None:
             progress = sys.stderr.isatty()
-        s = convert_checkpoint(src_dir, dst, dtype=parse_dtype(dtype), force=force, shard_size=shard_bytes, to=to,
-                               dry_run=dry_run, progress=progress, say=lambda m: click.echo(f"convert-ckpt: {m}", err=True))
+        if to == "gguf":
+            sys.exit(_to_gguf(src_dir, dst, quant, force, dry_run, debug))
+        s = convert_checkpoint(
+            src_dir,
+            dst,
+            dtype=parse_dtype(dtype),
+            force=force,
+            shard_size=shard_bytes,
+            to=to,
+            dry_run=dry_run,
+            progress=progress,
+            say=lambda m: click.echo(f"convert-ckpt: {m}", err=True),
+        )
     except (ConversionError, CheckpointError, ValueError, OSError) as e:
         if debug:
             raise
@@ -68,12 +105,43 @@ def main(src, dst, dtype, shard_size, force, dry_run, to, check, progress, debug
     )
 
 
+def _to_gguf(src_dir, dst, quant: str, force: bool, dry_run: bool, debug: bool) -> int:
+    from q3tts.standalone.checkpoint import CheckpointError
+    from q3tts.standalone.gguf_conversion import GGUFConversionError, convert_to_gguf
+
+    try:
+        s = convert_to_gguf(
+            src_dir,
+            dst,
+            quant=quant,
+            force=force,
+            dry_run=dry_run,
+            say=lambda m: click.echo(f"convert-ckpt: {m}", err=True),
+        )
+    except (GGUFConversionError, CheckpointError, ValueError, OSError) as e:
+        if debug:
+            raise
+        click.echo(f"convert-ckpt: error: {e}", err=True)
+        return 1
+    if dry_run:
+        for line in s.plan:
+            click.echo(line)
+        click.echo(
+            f"dry run: {s.tensors_in} tensors -> {s.tensors_out} GGUF tensors, {len(s.dropped)} dropped, nothing written"
+        )
+        return 0
+    click.echo(
+        f"converted {s.tensors_in} tensors -> {s.tensors_out} GGUF tensors ({s.quant}, {len(s.dropped)} dropped "
+        f"with reasons in conversion-report.json), {s.bytes_out / 1e6:.1f} MB in {s.seconds:.2f} s: {s.dst}"
+    )
+    return 0
+
+
 def _check(directory: str, debug: bool) -> int:
     from pathlib import Path
 
     from q3tts.standalone.checkpoint import CheckpointError, check_hashes, read_manifest
-
-    from .convert import sha256_file
+    from q3tts.standalone.conversion import sha256_file
 
     path = Path(directory)
     try:
@@ -87,8 +155,10 @@ def _check(directory: str, debug: bool) -> int:
         click.echo(f"convert-ckpt: error: {e}", err=True)
         return 1
     for line in problems:
-        click.echo(f"convert-ckpt: damaged: {path / line}" if not line.startswith(str(path)) else f"convert-ckpt: {line}",
-                   err=True)
+        click.echo(
+            f"convert-ckpt: damaged: {path / line}" if not line.startswith(str(path)) else f"convert-ckpt: {line}",
+            err=True,
+        )
     if problems:
         click.echo(f"convert-ckpt: {len(problems)} of {n} file(s) do not match the manifest: convert again", err=True)
         return 1

@@ -73,7 +73,9 @@ def _tensor_info(path: Path, name: str, spec, data_start: int, size: int) -> Ten
         raise CheckpointError(f"{path}: corrupt header entry for tensor {name} ({e!r})") from e
     itemsize = torch.empty((), dtype=dtype).element_size()
     if end - begin != math.prod(shape) * itemsize or begin < 0:
-        raise CheckpointError(f"{path}: tensor {name}: offsets [{begin}, {end}) do not match shape {list(shape)} {spec['dtype']}")
+        raise CheckpointError(
+            f"{path}: tensor {name}: offsets [{begin}, {end}) do not match shape {list(shape)} {spec['dtype']}"
+        )
     if data_start + end > size:
         raise CheckpointError(f"{path}: truncated: tensor {name} ends at byte {data_start + end}, file has {size}")
     return TensorInfo(name, dtype, shape, data_start + begin, end - begin)
@@ -166,12 +168,14 @@ class CheckpointReader:
     def _check_index(self, weight_map: dict[str, str], index: Path) -> None:
         for name, file in weight_map.items():
             if self.file_of.get(name) != file:
-                raise CheckpointError(f"{index}: index puts {name} in {file}, but it is in {self.file_of.get(name, 'no shard')}")
+                raise CheckpointError(
+                    f"{index}: index puts {name} in {file}, but it is in {self.file_of.get(name, 'no shard')}"
+                )
         unindexed = sorted(set(self.infos) - set(weight_map))
         if unindexed:
             raise CheckpointError(f"{index}: tensor(s) {unindexed[:5]} are in the shards but not in the index")
 
-    def __enter__(self) -> "CheckpointReader":
+    def __enter__(self) -> CheckpointReader:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -4,9 +4,12 @@ as subcommands when their packages are installed."""
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import click
+
+from .cli_common import exit_code_for, no_convert_option
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -15,27 +18,80 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--model", "model_dir", required=True, help="Standalone checkpoint directory (convert-ckpt output) or hub id.")
+@click.option(
+    "--model",
+    "model_dir",
+    required=True,
+    help="Checkpoint: a standalone or upstream directory, or a hub id (upstream ones are converted once into a cache).",
+)
 @click.option("--text", required=True, help="Text to speak.")
-@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Output .wav file.")
+@click.option(
+    "--out",
+    "out_path",
+    required=True,
+    type=click.Path(dir_okay=False, allow_dash=True),
+    help="Output .wav file ('-' with --stream: raw 16-bit 24 kHz mono PCM to stdout).",
+)
 @click.option("--speaker", default=None, help="Speaker name (custom_voice models).")
 @click.option("--instruct", default=None, help="Voice/style instruction (voice_design; custom_voice 1.7B).")
-@click.option("--ref-audio", default=None, type=click.Path(exists=True, dir_okay=False), help="Reference audio to clone (base models, 24 kHz).")
-@click.option("--ref-text", default=None, help="Transcript of the reference audio (ICL cloning).")
-@click.option("--ref-codes", default=None, type=click.Path(exists=True, dir_okay=False),
-              help="Reference codes [T, G] (.npy) for ICL cloning; without them cloning uses the x-vector only.")
+@click.option(
+    "--ref-audio",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Reference audio to clone (base models; any sample rate).",
+)
+@click.option(
+    "--ref-text",
+    default=None,
+    help="Transcript of the reference audio: ICL cloning (codes made from --ref-audio). Without it: x-vector only.",
+)
+@click.option(
+    "--ref-codes",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Precomputed reference codes [T, G] (.npy) for ICL cloning instead of encoding --ref-audio.",
+)
 @click.option("--language", default="auto", show_default=True)
 @click.option("--dtype", type=click.Choice(["keep", "fp32", "bf16"]), default="keep", show_default=True)
 @click.option("--seed", type=int, default=None, help="Seed the sampler for a reproducible result.")
 @click.option("--greedy", is_flag=True, help="Greedy decoding instead of sampling.")
 @click.option("--max-new-tokens", type=int, default=None, help="Cap on generated frames (+1).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
-@click.option("--fast", is_flag=True, help="Compiled fast path: close to, not bit-identical with, upstream; compiles on first use.")
+@click.option("--stream", is_flag=True, help="Write audio while generating (the wav is valid at every moment).")
+@click.option("--chunk-frames", type=int, default=8, show_default=True, help="Frames per streamed chunk.")
+@click.option(
+    "--first-chunk-frames", type=int, default=4, show_default=True, help="Frames in the first streamed chunk."
+)
+@no_convert_option
+@click.option(
+    "--fast",
+    is_flag=True,
+    help="Compiled fast path: close to, not bit-identical with, upstream; compiles on first use.",
+)
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def synthesize(model_dir, text, out_path, speaker, instruct, ref_audio, ref_text, ref_codes, language, dtype, seed,
-               greedy, max_new_tokens, progress, fast, debug) -> None:
+def synthesize(
+    model_dir,
+    text,
+    out_path,
+    speaker,
+    instruct,
+    ref_audio,
+    ref_text,
+    ref_codes,
+    language,
+    dtype,
+    seed,
+    greedy,
+    max_new_tokens,
+    progress,
+    stream,
+    chunk_frames,
+    first_chunk_frames,
+    no_convert,
+    fast,
+    debug,
+) -> None:
     """Synthesize TEXT into a wav file. The voice mode follows the checkpoint's type."""
-    import numpy as np
     import torch
 
     from .dtypes import parse_dtype
@@ -47,11 +103,12 @@ def synthesize(model_dir, text, out_path, speaker, instruct, ref_audio, ref_text
         click.echo("q3tts: error: writing wav needs the 'soundfile' package (pip install soundfile)", err=True)
         sys.exit(1)
     try:
+        if out_path == "-" and not stream:
+            raise ValueError("--out - (PCM to stdout) needs --stream")
         out = Path(out_path)
         if not out.parent.is_dir():
             raise ValueError(f"{out.parent}: output directory does not exist")
-        model = Qwen3TTS.from_pretrained(model_dir, dtype=parse_dtype(dtype), fast=fast)
-        kind = model.config.tts_model_type
+        model = Qwen3TTS.from_pretrained(model_dir, dtype=parse_dtype(dtype), convert=not no_convert, fast=fast)
         if seed is not None:
             torch.manual_seed(seed)
         gen = {}
@@ -60,34 +117,122 @@ def synthesize(model_dir, text, out_path, speaker, instruct, ref_audio, ref_text
         if max_new_tokens is not None:
             gen["max_new_tokens"] = max_new_tokens
         gen["progress"] = sys.stderr.isatty() if progress is None else progress
-        if kind == "custom_voice":
-            if not speaker:
-                raise ValueError(f"--speaker is required for a custom_voice model; choose one of {model.get_supported_speakers()}")
-            wavs, sr = model.generate_custom_voice(text, speaker=speaker, language=language, instruct=instruct, **gen)
-        elif kind == "voice_design":
-            if not instruct:
-                raise ValueError("--instruct is required for a voice_design model (describe the voice)")
-            wavs, sr = model.generate_voice_design(text, instruct=instruct, language=language, **gen)
+        prefix = "generate_"
+        if stream:  # the stream_* twins take the same arguments and return a generator of chunks
+            prefix = "stream_"
+            gen.update(chunk_frames=chunk_frames, first_chunk_frames=first_chunk_frames)
+        start = time.perf_counter()
+        result = _run_voice_method(
+            model, prefix, text, speaker, instruct, ref_audio, ref_text, ref_codes, language, gen
+        )
+        if stream:
+            from .streaming import write_stream
+
+            sr = model.codec.cfg.output_sample_rate
+            first = lambda: click.echo(f"first audio after {time.perf_counter() - start:.3f} s", err=True)  # noqa: E731
+            n_samples = write_stream(result, out_path, sr, on_first=first)
         else:
-            if not ref_audio:
-                raise ValueError("--ref-audio is required for a base model (voice cloning)")
-            audio, ref_sr = sf.read(ref_audio, dtype="float32", always_2d=False)
-            codes = torch.from_numpy(np.load(ref_codes)).long() if ref_codes else None
-            if codes is not None and not ref_text:
-                raise ValueError("--ref-codes needs --ref-text (the transcript of the reference audio)")
-            wavs, sr = model.generate_voice_clone(
-                text, language=language, ref_audio=(audio, ref_sr), ref_text=ref_text,
-                x_vector_only_mode=codes is None, ref_code=codes, **gen,
-            )
-        tmp = out.with_name(f".{out.name}.partial.wav")
-        sf.write(str(tmp), wavs[0], sr)
-        tmp.replace(out)  # never a half-written wav at --out
-    except (ValueError, OSError) as e:
+            wavs, sr = result
+            n_samples = len(wavs[0])
+            tmp = out.with_name(f".{out.name}.partial.wav")
+            sf.write(str(tmp), wavs[0], sr)
+            tmp.replace(out)  # never a half-written wav at --out
+    except (ValueError, TypeError, OSError) as e:
         if debug:
             raise
         click.echo(f"q3tts: error: {e}", err=True)
-        sys.exit(1)
-    click.echo(f"wrote {out} ({len(wavs[0]) / sr:.2f} s at {sr} Hz)")
+        sys.exit(exit_code_for(e))
+    click.echo(f"wrote {out_path} ({n_samples / sr:.2f} s at {sr} Hz)", err=out_path == "-")
+
+
+def _run_voice_method(model, prefix, text, speaker, instruct, ref_audio, ref_text, ref_codes, language, gen):
+    """The voice method the checkpoint's type offers (``prefix`` generate_ or stream_)."""
+    import numpy as np
+    import torch
+
+    kind = model.config.tts_model_type
+    if kind == "custom_voice":
+        if not speaker:
+            raise ValueError(
+                f"--speaker is required for a custom_voice model; choose one of {model.get_supported_speakers()}"
+            )
+        return getattr(model, prefix + "custom_voice")(
+            text, speaker=speaker, language=language, instruct=instruct, **gen
+        )
+    if kind == "voice_design":
+        if not instruct:
+            raise ValueError("--instruct is required for a voice_design model (describe the voice)")
+        return getattr(model, prefix + "voice_design")(text, instruct=instruct, language=language, **gen)
+    if not ref_audio:
+        raise ValueError("--ref-audio is required for a base model (voice cloning)")
+    codes = torch.from_numpy(np.load(ref_codes)).long() if ref_codes else None
+    if codes is not None and not ref_text:
+        raise ValueError("--ref-codes needs --ref-text (the transcript of the reference audio)")
+    return getattr(model, prefix + "voice_clone")(
+        text,
+        language=language,
+        ref_audio=ref_audio,
+        ref_text=ref_text,
+        x_vector_only_mode=not ref_text,
+        ref_code=codes,
+        **gen,
+    )
+
+
+@main.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option(
+    "--model",
+    "model_dir",
+    required=True,
+    help="Checkpoint: a standalone or upstream directory, or a hub id (upstream ones are converted once into a cache).",
+)
+@click.option(
+    "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Directory for the .npy code files."
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(["fp32", "bf16"]),
+    default="fp32",
+    show_default=True,
+    help="Encoder dtype (fp32 reproduces upstream's codes exactly).",
+)
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
+@no_convert_option
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def encode(inputs, model_dir, out_dir, dtype, progress, no_convert, debug) -> None:
+    """Encode audio files into speech-tokenizer codes: OUT/<name>.npy, int64 [frames, groups].
+
+    Each file is encoded on its own (as upstream's Qwen3TTSTokenizer.encode on one path)."""
+    import numpy as np
+    from tqdm import tqdm
+
+    from .dtypes import parse_dtype
+    from .model import Qwen3TTS
+
+    try:
+        out = Path(out_dir)
+        stems: dict[str, str] = {}
+        for path in inputs:
+            stem = Path(path).stem
+            if stem in stems:
+                raise ValueError(f"{path} and {stems[stem]} would both write {stem}.npy")
+            stems[stem] = path
+        out.mkdir(parents=True, exist_ok=True)
+        model = Qwen3TTS.from_pretrained(model_dir, dtype=parse_dtype(dtype), convert=not no_convert)
+        show = sys.stderr.isatty() if progress is None else progress
+        for path in tqdm(inputs, desc="encode", unit="file", disable=not show):
+            codes = model.encode_audio(path)[0].numpy()
+            target = out / f"{Path(path).stem}.npy"
+            tmp = target.with_name(f".{target.name}.partial.npy")
+            np.save(tmp, codes)
+            tmp.replace(target)  # never a half-written .npy
+    except (ValueError, TypeError, OSError) as e:
+        if debug:
+            raise
+        click.echo(f"q3tts: error: {e}", err=True)
+        sys.exit(exit_code_for(e))
+    click.echo(f"wrote {len(inputs)} code file(s) to {out}")
 
 
 def _attach_plugins() -> None:
@@ -102,6 +247,9 @@ def _attach_plugins() -> None:
             continue
 
 
-from .finetune_cli import finetune as _finetune  # noqa: E402
+from .finetune_cli import finetune as _finetune  # noqa: E402 - after main exists: the commands attach to it
+from .finetune_cli import prepare_data as _prepare_data  # noqa: E402
+
 main.add_command(_finetune)
+main.add_command(_prepare_data)
 _attach_plugins()

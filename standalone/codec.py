@@ -46,22 +46,31 @@ class CodecConfig:
     output_sample_rate: int
 
     @classmethod
-    def from_upstream(cls, d: Mapping[str, Any]) -> "CodecConfig":
+    def from_upstream(cls, d: Mapping[str, Any]) -> CodecConfig:
         if d.get("model_type") != "qwen3_tts_tokenizer_12hz":
-            raise ValueError(f"speech_tokenizer/config.json: model_type {d.get('model_type')!r} is not the 12 Hz tokenizer")
+            raise ValueError(
+                f"speech_tokenizer/config.json: model_type {d.get('model_type')!r} is not the 12 Hz tokenizer"
+            )
         dec = d["decoder_config"]
         heads = dec.get("num_attention_heads", 16)
         hidden = dec.get("hidden_size", 1024)
         if dec.get("hidden_act", "silu") != "silu":
             raise ValueError("speech_tokenizer decoder_config.hidden_act must be silu")
         return cls(
-            latent_dim=dec.get("latent_dim", 1024), codebook_dim=dec["codebook_dim"],
-            codebook_size=dec.get("codebook_size", 2048), decoder_dim=dec.get("decoder_dim", 1536),
-            hidden_size=hidden, intermediate_size=dec.get("intermediate_size", 3072),
-            num_hidden_layers=dec.get("num_hidden_layers", 8), num_attention_heads=heads,
-            num_key_value_heads=dec.get("num_key_value_heads", 16), head_dim=dec.get("head_dim") or hidden // heads,
-            rms_norm_eps=float(dec.get("rms_norm_eps", 1e-5)), rope_theta=float(dec.get("rope_theta", 10000)),
-            sliding_window=int(dec.get("sliding_window", 72)), num_quantizers=dec.get("num_quantizers", 16),
+            latent_dim=dec.get("latent_dim", 1024),
+            codebook_dim=dec["codebook_dim"],
+            codebook_size=dec.get("codebook_size", 2048),
+            decoder_dim=dec.get("decoder_dim", 1536),
+            hidden_size=hidden,
+            intermediate_size=dec.get("intermediate_size", 3072),
+            num_hidden_layers=dec.get("num_hidden_layers", 8),
+            num_attention_heads=heads,
+            num_key_value_heads=dec.get("num_key_value_heads", 16),
+            head_dim=dec.get("head_dim") or hidden // heads,
+            rms_norm_eps=float(dec.get("rms_norm_eps", 1e-5)),
+            rope_theta=float(dec.get("rope_theta", 10000)),
+            sliding_window=int(dec.get("sliding_window", 72)),
+            num_quantizers=dec.get("num_quantizers", 16),
             upsample_rates=tuple(dec.get("upsample_rates", (8, 5, 4, 3))),
             upsampling_ratios=tuple(dec.get("upsampling_ratios", (2, 2))),
             decode_upsample_rate=d.get("decode_upsample_rate", 1920),
@@ -75,21 +84,28 @@ class CodecConfig:
 
 # --------------------------------------------------------------------------------------------
 class CausalConv(nn.Module):
-    """Conv1d with left zero padding (k_eff - stride) and the right padding that makes the output
-    length ceil(L / stride)."""
+    """Conv1d with left padding (k_eff - stride) and the right padding that makes the output
+    length ceil(L / stride). ``pad_mode`` is "constant" (zeros; every conv of the decoder and of
+    the encoder's conv stack) or "replicate" (the encoder's 25 -> 12.5 Hz downsample)."""
 
-    def __init__(self, c_in, c_out, kernel, dilation=1, stride=1, groups=1):
+    def __init__(self, c_in, c_out, kernel, dilation=1, stride=1, groups=1, bias=True, pad_mode="constant"):
         super().__init__()
-        self.conv = nn.Conv1d(c_in, c_out, kernel, stride=stride, dilation=dilation, groups=groups)
+        if pad_mode not in ("constant", "replicate"):
+            raise ValueError(f"CausalConv: unsupported pad_mode {pad_mode!r}")
+        self.conv = nn.Conv1d(c_in, c_out, kernel, stride=stride, dilation=dilation, groups=groups, bias=bias)
         self.stride = stride
         self.kernel_eff = (kernel - 1) * dilation + 1
         self.padding = self.kernel_eff - stride
+        self.pad_mode = pad_mode
 
     def forward(self, x):
         length = x.shape[-1]
         n_frames = (length - self.kernel_eff + self.padding) / self.stride + 1
         ideal = (math.ceil(n_frames) - 1) * self.stride + (self.kernel_eff - self.padding)
-        x = F.pad(x, (self.padding, ideal - length), mode="constant", value=0)
+        if self.pad_mode == "constant":
+            x = F.pad(x, (self.padding, ideal - length), mode="constant", value=0)
+        else:
+            x = F.pad(x, (self.padding, ideal - length), mode=self.pad_mode)
         return self.conv(x).contiguous()
 
 
@@ -153,7 +169,8 @@ class DecoderBlock(nn.Module):
     def __init__(self, c_in, c_out, rate):
         super().__init__()
         self.block = nn.ModuleList(
-            [SnakeBeta(c_in), CausalTransConv(c_in, c_out, 2 * rate, rate)] + [ResidualUnit(c_out, d) for d in (1, 3, 9)]
+            [SnakeBeta(c_in), CausalTransConv(c_in, c_out, 2 * rate, rate)]
+            + [ResidualUnit(c_out, d) for d in (1, 3, 9)]
         )
 
     def forward(self, x):
@@ -268,14 +285,45 @@ class CodecDecoder(nn.Module):
             start = end
         return torch.cat(wavs, dim=-1)
 
+    def check_codes(self, codes: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Validate per-item codes [T, G] and return them as int64 tensors.
+
+        Upstream's padding is kept: trailing frames that are all -1 are padding (what
+        pad_sequence(padding_value=-1) produces) and yield no samples. Any other negative code,
+        a code past the codebook, a float or bool dtype, or a wrong shape is an error naming the
+        item and the value. An item with no frames decodes to no samples (as upstream does for an
+        empty item of a batch).
+        """
+        out = []
+        for i, c in enumerate(codes):
+            t = torch.as_tensor(c)
+            if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+                raise TypeError(f"codes[{i}] must hold integer codes, got dtype {t.dtype}")
+            if t.dim() != 2 or t.shape[1] != self.cfg.num_quantizers:
+                raise ValueError(f"codes[{i}] must be [frames, {self.cfg.num_quantizers}], got shape {tuple(t.shape)}")
+            t = t.long()
+            real = ~(t == -1).all(dim=1)
+            n_real = int(real.nonzero().max()) + 1 if bool(real.any()) else 0  # frames before the trailing padding
+            body = t[:n_real]
+            if body.numel() and (int(body.min()) < 0 or int(body.max()) >= self.cfg.codebook_size):
+                bad = int(body.min()) if int(body.min()) < 0 else int(body.max())
+                frame, group = (((body < 0) | (body >= self.cfg.codebook_size)).nonzero()[0]).tolist()
+                raise ValueError(
+                    f"codes[{i}] has code {bad} at frame {frame}, group {group}; codes must be in "
+                    f"0..{self.cfg.codebook_size - 1} (-1 only as whole trailing padding frames)"
+                )
+            out.append(t)
+        return out
+
     @torch.inference_mode()
     def decode(self, codes: Sequence[torch.Tensor]) -> list[np.ndarray]:
         """Per item codes [T, G] -> float32 waveforms, as upstream's Qwen3TTSTokenizer.decode."""
         device = self.codebook_sums.device
-        items = [torch.as_tensor(c, dtype=torch.long) for c in codes]
-        for i, c in enumerate(items):
-            if c.dim() != 2 or c.shape[1] != self.cfg.num_quantizers:
-                raise ValueError(f"codes[{i}] must be [frames, {self.cfg.num_quantizers}], got {tuple(c.shape)}")
+        items = self.check_codes(codes)
+        if not items:
+            raise ValueError("codes is empty: give at least one [frames, G] item")
+        if max(c.shape[0] for c in items) == 0:
+            return [np.zeros(0, np.float32) for _ in items]
         padded = torch.nn.utils.rnn.pad_sequence(items, batch_first=True, padding_value=-1).to(device)
         lengths = (padded[..., 0] > -1).sum(1) * self.cfg.decode_upsample_rate
         wav = self.chunked(torch.clamp(padded, min=0).transpose(1, 2)).squeeze(1)
@@ -302,17 +350,24 @@ def load_codec(checkpoint_dir: Path | None, dtype: torch.dtype, device) -> Codec
     if not (directory / "config.json").is_file():
         raise CheckpointError(f"{directory}: missing; the checkpoint has no speech tokenizer to decode codes with")
     cfg = load_codec_config(directory)
-    state = {k[len("decoder."):]: v for k, v in load_state_dict(directory, dtype=dtype, device=device).items()
-             if k.startswith("decoder.")}
+    state = {
+        k[len("decoder.") :]: v
+        for k, v in load_state_dict(directory, dtype=dtype, device=device).items()
+        if k.startswith("decoder.")
+    }
     with torch.device("meta"):
         model = CodecDecoder(cfg)
     expected = set(model.state_dict())
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
     if missing or unexpected:
         hint = " (was speech_tokenizer/ converted? run convert-ckpt on the upstream checkpoint)" if missing else ""
-        raise CheckpointError(f"{directory}: decoder weights do not match: missing {missing[:4]} unexpected {unexpected[:4]}{hint}")
+        raise CheckpointError(
+            f"{directory}: decoder weights do not match: missing {missing[:4]} unexpected {unexpected[:4]}{hint}"
+        )
     for name, p in model.state_dict().items():
         if tuple(state[name].shape) != tuple(p.shape):
-            raise CheckpointError(f"{directory}: decoder.{name} has shape {tuple(state[name].shape)}, config implies {tuple(p.shape)}")
+            raise CheckpointError(
+                f"{directory}: decoder.{name} has shape {tuple(state[name].shape)}, config implies {tuple(p.shape)}"
+            )
     model.load_state_dict(state, strict=True, assign=True)
     return model.eval()

@@ -47,7 +47,9 @@ class SpeakerEncoderConfig:
     def __post_init__(self) -> None:
         n = len(self.enc_channels)
         if len(self.enc_kernel_sizes) != n or len(self.enc_dilations) != n:
-            raise ConfigError("speaker_encoder_config: enc_channels, enc_kernel_sizes and enc_dilations differ in length")
+            raise ConfigError(
+                "speaker_encoder_config: enc_channels, enc_kernel_sizes and enc_dilations differ in length"
+            )
         if self.enc_channels[-1] != sum(self.enc_channels[1:-1]):
             raise ConfigError("speaker_encoder_config: enc_channels[-1] must equal the sum of the SE-Res2Net channels")
         for c in self.enc_channels[:-1]:
@@ -130,10 +132,12 @@ class Qwen3TTSConfig:
 
     # --- upstream config.json -------------------------------------------------------------
     @classmethod
-    def from_upstream(cls, d: Mapping[str, Any]) -> "Qwen3TTSConfig":
+    def from_upstream(cls, d: Mapping[str, Any]) -> Qwen3TTSConfig:
         model_type = _require(d, "tts_model_type", "config.json")
         if model_type not in MODEL_TYPES:
-            raise ConfigError(f"config.json: unknown tts_model_type {model_type!r} (expected one of {', '.join(MODEL_TYPES)})")
+            raise ConfigError(
+                f"config.json: unknown tts_model_type {model_type!r} (expected one of {', '.join(MODEL_TYPES)})"
+            )
         t = _require(d, "talker_config", "config.json")
         cp = _require(t, "code_predictor_config", "talker_config")
         rope_scaling = t.get("rope_scaling") or {}
@@ -191,7 +195,7 @@ class Qwen3TTSConfig:
         return {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **_jsonable(body)}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "Qwen3TTSConfig":
+    def from_dict(cls, d: Mapping[str, Any]) -> Qwen3TTSConfig:
         if d.get("format") != FORMAT_NAME:
             raise ConfigError(f"config.json: not a {FORMAT_NAME} config (format={d.get('format')!r})")
         if d.get("format_version") != FORMAT_VERSION:
@@ -213,11 +217,7 @@ class Qwen3TTSConfig:
                 }
             )
             return cls(
-                **{
-                    k: v
-                    for k, v in d.items()
-                    if k not in ("format", "format_version", "talker", "speaker_encoder")
-                },
+                **{k: v for k, v in d.items() if k not in ("format", "format_version", "talker", "speaker_encoder")},
                 talker=talker,
                 speaker_encoder=None
                 if speaker is None

@@ -114,8 +114,14 @@ class FastEngine:
     (each graph's first call).
     """
 
-    def __init__(self, talker: Talker, code_predictor: CodePredictor, window_block: int = 64,
-                 options: dict | None = None, compile: bool = True):
+    def __init__(
+        self,
+        talker: Talker,
+        code_predictor: CodePredictor,
+        window_block: int = 64,
+        options: dict | None = None,
+        compile: bool = True,
+    ):
         self.talker, self.cp = talker, code_predictor
         self.window_block = window_block
         opts = dict(COMPILE_OPTIONS if options is None else options)
@@ -139,7 +145,9 @@ class FastEngine:
         positions [3, B, 1], mask None or bool [B, 1, 1, start + 1]. Returns (hidden, logits)."""
         bsz = x.shape[0]
         cos, sin = rope_cos_sin(self.talker.inv_freq, positions, x.dtype, self.talker.mrope_rows)
-        window = min(cache.max_len - 1, -(-(start + 1) // self.window_block) * self.window_block)
+        window = -(-(start + 1) // self.window_block) * self.window_block
+        if window >= cache.max_len:  # the loop's buffers grow as frames come; keep a block spare
+            cache.grow(window + self.window_block)
         attend = torch.zeros(bsz, 1, 1, window, dtype=torch.bool, device=x.device)
         attend[..., : start + 1] = True if mask is None else mask
         torch._dynamo.mark_dynamic(attend, 3)
@@ -197,4 +205,3 @@ class FastEngine:
         self.compile_seconds += time.perf_counter() - t0
         self._warm.add(key)
         return out
-

@@ -33,8 +33,14 @@ from .training import TrainingItem, collate, get_recipe, training_forward
 
 UPSTREAM_SPEAKER_ID = 3000
 # Files of a standalone checkpoint that a fine-tuned one rewrites instead of copying.
-_REWRITTEN = {"config.json", "model.safetensors", "model.safetensors.index.json", "manifest.json",
-              "upstream_config.json", "conversion-report.json"}
+_REWRITTEN = {
+    "config.json",
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "manifest.json",
+    "upstream_config.json",
+    "conversion-report.json",
+}
 
 
 @dataclass(frozen=True)
@@ -78,7 +84,7 @@ def speaker_id_for(config) -> int:
 
 def _batches(n: int, batch_size: int, gen: torch.Generator) -> list[list[int]]:
     order = torch.randperm(n, generator=gen).tolist()
-    return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
 
 
 def train_epochs(
@@ -127,8 +133,16 @@ def train_epochs(
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
                 if on_step is not None:
-                    on_step(StepInfo(epoch, step, float(out.loss.detach()), float(out.talker_loss.detach()),
-                                     float(out.code_predictor_loss.detach()), sync))
+                    on_step(
+                        StepInfo(
+                            epoch,
+                            step,
+                            float(out.loss.detach()),
+                            float(out.talker_loss.detach()),
+                            float(out.code_predictor_loss.detach()),
+                            sync,
+                        )
+                    )
             yield epoch, baked
     finally:
         optimizer.zero_grad(set_to_none=True)
@@ -167,8 +181,14 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def save_custom_voice_checkpoint(model, source_dir: str | os.PathLike, out_dir: str | os.PathLike,
-                                 name: str, embedding: torch.Tensor, save_dtype: torch.dtype | None = None) -> Path:
+def save_custom_voice_checkpoint(
+    model,
+    source_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    name: str,
+    embedding: torch.Tensor,
+    save_dtype: torch.dtype | None = None,
+) -> Path:
     """Write a standalone custom-voice checkpoint of ``model`` (a Base model being trained, left
     unchanged) with speaker ``name`` registered, through the one durable writer (output_dir.py). Side files (tokenizer, speech tokenizer, generation
     config) are copied from ``source_dir``; ``upstream_config.json`` is rewritten the way
@@ -180,9 +200,12 @@ def save_custom_voice_checkpoint(model, source_dir: str | os.PathLike, out_dir: 
     src, dst = Path(source_dir), Path(out_dir)
     sid = speaker_id_for(model.config)
     config = custom_voice_config(model.config, name, sid)
-    state = {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()
-             if not k.startswith("speaker_encoder.")}
-    state["talker.codec_embedding.weight"][sid] = embedding.detach().to("cpu", state["talker.codec_embedding.weight"].dtype)
+    state = {
+        k: v.detach().to("cpu").clone() for k, v in model.state_dict().items() if not k.startswith("speaker_encoder.")
+    }
+    state["talker.codec_embedding.weight"][sid] = embedding.detach().to(
+        "cpu", state["talker.codec_embedding.weight"].dtype
+    )
     if save_dtype is not None:
         state = {k: v.to(save_dtype) for k, v in state.items()}
     with OutputDir(dst, force=True) as out:  # a rerun replaces an epoch's checkpoint, only once complete
@@ -200,12 +223,20 @@ def save_custom_voice_checkpoint(model, source_dir: str | os.PathLike, out_dir: 
             up["tts_model_type"] = "custom_voice"
             up.setdefault("talker_config", {})["spk_id"] = {name: sid}
             up["talker_config"]["spk_is_dialect"] = {name: False}
-            (tmp / "upstream_config.json").write_text(json.dumps(up, indent=2, ensure_ascii=False) + "\n",
-                                                      encoding="utf-8")
-        files = {p.relative_to(tmp).as_posix(): {"sha256": _sha256(p), "size": p.stat().st_size}
-                 for p in sorted(tmp.rglob("*")) if p.is_file() and p.name != OWNER_FILE}
-        manifest = {"format": "q3tts-standalone", "producer": "q3tts finetune", "source": str(src.resolve()),
-                    "files": files}
+            (tmp / "upstream_config.json").write_text(
+                json.dumps(up, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+            )
+        files = {
+            p.relative_to(tmp).as_posix(): {"sha256": _sha256(p), "size": p.stat().st_size}
+            for p in sorted(tmp.rglob("*"))
+            if p.is_file() and p.name != OWNER_FILE
+        }
+        manifest = {
+            "format": "q3tts-standalone",
+            "producer": "q3tts finetune",
+            "source": str(src.resolve()),
+            "files": files,
+        }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         out.commit()
     return dst

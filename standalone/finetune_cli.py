@@ -9,6 +9,8 @@ from pathlib import Path
 
 import click
 
+from .cli_common import no_convert_option
+
 
 class DataError(ValueError):
     pass
@@ -35,7 +37,9 @@ def read_train_jsonl(path: Path, groups: int, sample_rate: int) -> list[dict]:
             raise DataError(f"{where}: expected a JSON object")
         for key in ("text", "ref_audio", "audio_codes"):
             if key not in row:
-                raise DataError(f"{where}: missing field {key!r}" + (" (run prepare-data first)" if key == "audio_codes" else ""))
+                raise DataError(
+                    f"{where}: missing field {key!r}" + (" (run prepare-data first)" if key == "audio_codes" else "")
+                )
         if not isinstance(row["text"], str) or not row["text"].strip():
             raise DataError(f"{where}: empty text")
         codes = row["audio_codes"]
@@ -43,8 +47,10 @@ def read_train_jsonl(path: Path, groups: int, sample_rate: int) -> list[dict]:
             raise DataError(f"{where}: audio_codes must be a non-empty list of frames")
         bad = next((i for i, fr in enumerate(codes) if not isinstance(fr, list) or len(fr) != groups), None)
         if bad is not None:
-            raise DataError(f"{where}: audio_codes frame {bad} has {len(codes[bad]) if isinstance(codes[bad], list) else 'no'}"
-                            f" groups, the model has {groups}")
+            raise DataError(
+                f"{where}: audio_codes frame {bad} has {len(codes[bad]) if isinstance(codes[bad], list) else 'no'}"
+                f" groups, the model has {groups}"
+            )
         ref = str(row["ref_audio"])
         ref_path = Path(ref) if Path(ref).is_absolute() else (path.parent / ref)
         if ref not in ref_ok:
@@ -53,7 +59,9 @@ def read_train_jsonl(path: Path, groups: int, sample_rate: int) -> list[dict]:
             except Exception as e:  # soundfile raises its own error types
                 raise DataError(f"{where}: cannot read ref_audio {ref_path} ({e})") from None
             if info.samplerate != sample_rate:
-                raise DataError(f"{where}: ref_audio {ref_path} is {info.samplerate} Hz, the speaker encoder needs {sample_rate} Hz")
+                raise DataError(
+                    f"{where}: ref_audio {ref_path} is {info.samplerate} Hz, the speaker encoder needs {sample_rate} Hz"
+                )
             ref_ok[ref] = None
         row["_ref_path"] = str(ref_path)
         rows.append(row)
@@ -63,62 +71,91 @@ def read_train_jsonl(path: Path, groups: int, sample_rate: int) -> list[dict]:
 
 
 @click.command("finetune")
-@click.option("--model", "model_dir", required=True, help="Standalone Base checkpoint directory.")
-@click.option("--train-jsonl", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="JSONL with text, ref_audio (24 kHz) and audio_codes per line.")
+@click.option(
+    "--model", "model_dir", required=True, help="Base checkpoint: a standalone or upstream directory, or a hub id."
+)
+@click.option(
+    "--train-jsonl",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="JSONL with text, ref_audio (24 kHz) and audio_codes per line.",
+)
 @click.option("--speaker-name", required=True, help="Name of the new voice (lower case).")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
-              help="Output directory; each epoch writes OUT/checkpoint-epoch-N.")
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Output directory; each epoch writes OUT/checkpoint-epoch-N.",
+)
 @click.option("--epochs", type=int, default=3, show_default=True)
 @click.option("--lr", type=float, default=2e-5, show_default=True)
 @click.option("--batch-size", type=int, default=2, show_default=True)
 @click.option("--grad-accum", type=int, default=4, show_default=True, help="Micro-batches per optimiser step.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--recipe", type=click.Choice(["aligned", "upstream"]), default="aligned", show_default=True,
-              help="aligned: consistent with generation; upstream: sft_12hz.py@022e286, its misalignments included.")
-@click.option("--dtype", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
-              help="bf16: autocast over fp32 weights.")
+@click.option(
+    "--recipe",
+    type=click.Choice(["aligned", "upstream"]),
+    default="aligned",
+    show_default=True,
+    help="aligned: consistent with generation; upstream: sft_12hz.py@022e286, its misalignments included.",
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(["fp32", "bf16"]),
+    default="fp32",
+    show_default=True,
+    help="bf16: autocast over fp32 weights.",
+)
 @click.option("--save-dtype", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True)
 @click.option("--gradient-checkpointing", is_flag=True, help="Recompute layer activations in backward.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
+@no_convert_option
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def finetune(model_dir, train_jsonl, speaker_name, out_dir, epochs, lr, batch_size, grad_accum, seed, recipe, dtype,
-             save_dtype, gradient_checkpointing, progress, debug) -> None:
+def finetune(
+    model_dir,
+    train_jsonl,
+    speaker_name,
+    out_dir,
+    epochs,
+    lr,
+    batch_size,
+    grad_accum,
+    seed,
+    recipe,
+    dtype,
+    save_dtype,
+    gradient_checkpointing,
+    progress,
+    no_convert,
+    debug,
+) -> None:
     """Fine-tune a Base model into a custom voice named SPEAKER_NAME."""
-    import numpy as np
-    import soundfile as sf
     import torch
 
-    from .finetune import FinetuneOptions, check_speaker_name, save_custom_voice_checkpoint, train_epochs
     from .dtypes import parse_dtype
+    from .finetune import FinetuneOptions, check_speaker_name, save_custom_voice_checkpoint, train_epochs
     from .model import Qwen3TTS
     from .output_dir import Interrupted
-    from .training import TrainingItem, training_text_ids
 
     try:
         check_speaker_name(speaker_name)
-        opts = FinetuneOptions(epochs=epochs, lr=lr, batch_size=batch_size, grad_accum=grad_accum, seed=seed,
-                               recipe=recipe, dtype=dtype, gradient_checkpointing=gradient_checkpointing)
-        model = Qwen3TTS.from_pretrained(model_dir, dtype=torch.float32)
+        opts = FinetuneOptions(
+            epochs=epochs,
+            lr=lr,
+            batch_size=batch_size,
+            grad_accum=grad_accum,
+            seed=seed,
+            recipe=recipe,
+            dtype=dtype,
+            gradient_checkpointing=gradient_checkpointing,
+        )
+        model = Qwen3TTS.from_pretrained(model_dir, dtype=torch.float32, convert=not no_convert)
         if model.config.tts_model_type != "base" or model.speaker_encoder is None:
-            raise ValueError(f"{model_dir}: fine-tuning starts from a Base checkpoint (this one is "
-                             f"{model.config.tts_model_type!r})")
-        cfg = model.config
-        rows = read_train_jsonl(Path(train_jsonl), cfg.talker.num_code_groups, cfg.speaker_encoder.sample_rate)
-        vocab = cfg.talker.code_predictor.vocab_size
-        items, spk_cache, spks = [], {}, []
-        for no, row in enumerate(rows, 1):
-            codes = torch.tensor(row["audio_codes"], dtype=torch.long)
-            if codes.min() < 0 or codes.max() >= vocab:
-                raise DataError(f"{train_jsonl}: item {no}: codes must lie in [0, {vocab})")
-            items.append(TrainingItem(training_text_ids(model.text_tokenizer, row["text"]), codes))
-            ref = row["_ref_path"]
-            if ref not in spk_cache:
-                audio, sr = sf.read(ref, dtype="float32", always_2d=False)
-                if audio.ndim > 1:
-                    audio = np.mean(audio, axis=-1)
-                spk_cache[ref] = model.extract_speaker_embedding(audio, sr).clone()
-            spks.append(spk_cache[ref])
+            raise ValueError(
+                f"{model_dir}: fine-tuning starts from a Base checkpoint (this one is {model.config.tts_model_type!r})"
+            )
+        items, spks = _training_items(model, Path(train_jsonl))
         show = sys.stderr.isatty() if progress is None else progress
         bar = _bar(epochs * -(-len(items) // batch_size), show)
         out = Path(out_dir)
@@ -129,8 +166,9 @@ def finetune(model_dir, train_jsonl, speaker_name, out_dir, epochs, lr, batch_si
 
         save_as = parse_dtype(save_dtype)
         for epoch, baked in train_epochs(model, items, torch.stack(spks), opts, on_step=on_step):
-            path = save_custom_voice_checkpoint(model, model.checkpoint_dir, out / f"checkpoint-epoch-{epoch}",
-                                                speaker_name, baked, save_dtype=save_as)
+            path = save_custom_voice_checkpoint(
+                model, model.checkpoint_dir, out / f"checkpoint-epoch-{epoch}", speaker_name, baked, save_dtype=save_as
+            )
             bar.write(f"epoch {epoch}: wrote {path}")
         bar.close()
     except (ValueError, OSError) as e:
@@ -144,6 +182,34 @@ def finetune(model_dir, train_jsonl, speaker_name, out_dir, epochs, lr, batch_si
     except Interrupted as e:
         click.echo(f"q3tts: interrupted ({e.name}); finished epochs are kept, the current one is lost", err=True)
         sys.exit(e.exit_code)
+
+
+def _training_items(model, train_jsonl: Path):
+    """The JSONL's utterances as training items, and each one's reference x-vector (computed once
+    per reference file). Everything is checked before training starts."""
+    import numpy as np
+    import soundfile as sf
+    import torch
+
+    from .training import TrainingItem, training_text_ids
+
+    cfg = model.config
+    rows = read_train_jsonl(train_jsonl, cfg.talker.num_code_groups, cfg.speaker_encoder.sample_rate)
+    vocab = cfg.talker.code_predictor.vocab_size
+    items, spk_cache, spks = [], {}, []
+    for no, row in enumerate(rows, 1):
+        codes = torch.tensor(row["audio_codes"], dtype=torch.long)
+        if codes.min() < 0 or codes.max() >= vocab:
+            raise DataError(f"{train_jsonl}: item {no}: codes must lie in [0, {vocab})")
+        items.append(TrainingItem(training_text_ids(model.text_tokenizer, row["text"]), codes))
+        ref = row["_ref_path"]
+        if ref not in spk_cache:
+            audio, sr = sf.read(ref, dtype="float32", always_2d=False)
+            if audio.ndim > 1:
+                audio = np.mean(audio, axis=-1)
+            spk_cache[ref] = model.extract_speaker_embedding(audio, sr).clone()
+        spks.append(spk_cache[ref])
+    return items, spks
 
 
 class _NoBar:
@@ -168,3 +234,108 @@ def _bar(total: int, enabled: bool):
     except ImportError:
         return _NoBar()
     return tqdm(total=total, unit="batch", desc="finetune")
+
+
+# Upstream's prepare_data.py encodes 32 utterances per batch; a right-padded batch can change a
+# shorter item's last frame, so the same batching is what reproduces its codes.
+PREPARE_BATCH = 32
+
+
+@click.command("prepare-data")
+@click.argument("raw_jsonl", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--model",
+    "model_dir",
+    required=True,
+    help="Base checkpoint (its speech tokenizer encodes): a standalone or upstream directory, or a hub id.",
+)
+@click.option(
+    "--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Output JSONL with audio_codes added."
+)
+@click.option(
+    "--batch-size",
+    type=int,
+    default=PREPARE_BATCH,
+    show_default=True,
+    help="Utterances per encoder batch (upstream's prepare_data.py uses 32).",
+)
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
+@no_convert_option
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def prepare_data(raw_jsonl, model_dir, out_path, batch_size, progress, no_convert, debug) -> None:
+    """Add `audio_codes` to upstream's fine-tuning JSONL (audio, text, ref_audio[, language]),
+    encoded by the standalone speech-tokenizer encoder, as upstream's prepare_data.py does."""
+    import os
+    import tempfile
+
+    from .model import Qwen3TTS
+
+    src, out = Path(raw_jsonl), Path(out_path)
+    try:
+        if batch_size < 1:
+            raise DataError(f"--batch-size must be >= 1, got {batch_size}")
+        rows = _read_raw_jsonl(src)
+        model = Qwen3TTS.from_pretrained(model_dir, convert=not no_convert)
+        bar = _bar(len(rows), sys.stderr.isatty() if progress is None else progress)
+        for start in range(0, len(rows), batch_size):
+            batch = rows[start : start + batch_size]
+            codes = model.encode_audio([r["_audio_path"] for r in batch])
+            for row, c in zip(batch, codes):
+                row["audio_codes"] = c.tolist()
+            bar.update(len(batch))
+        bar.close()
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.partial-", dir=out.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                for row in rows:
+                    f.write(
+                        json.dumps({k: v for k, v in row.items() if not k.startswith("_")}, ensure_ascii=False) + "\n"
+                    )
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o666 & ~_umask())
+            os.replace(tmp, out)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except (ValueError, OSError) as e:
+        if debug:
+            raise
+        click.echo(f"q3tts: error: {e}", err=True)
+        sys.exit(1)
+    click.echo(f"wrote {out}: {len(rows)} utterances with audio_codes")
+
+
+def _umask() -> int:
+    from .output_dir import current_umask
+
+    return current_umask()
+
+
+def _read_raw_jsonl(path: Path) -> list[dict]:
+    """Every line checked before encoding; the first problem names the file and line."""
+    rows = []
+    for no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{no}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{where}: invalid JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: expected a JSON object")
+        for key in ("audio", "text", "ref_audio"):
+            if key not in row:
+                raise DataError(f"{where}: missing field {key!r}")
+        if not isinstance(row["text"], str) or not row["text"].strip():
+            raise DataError(f"{where}: empty text")
+        audio = Path(str(row["audio"]))
+        audio = audio if audio.is_absolute() else path.parent / audio
+        if not audio.is_file():
+            raise DataError(f"{where}: audio file {audio} does not exist")
+        row["_audio_path"] = str(audio)
+        rows.append(row)
+    if not rows:
+        raise DataError(f"{path}: no lines")
+    return rows

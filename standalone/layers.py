@@ -117,11 +117,24 @@ class Attention(nn.Module):
 
     ``qk_norm_eps`` adds per-head q/k RMSNorm before RoPE (the talker and code predictor have
     it; the codec's transformer does not, and then there is no q_norm/k_norm tensor at all).
+
+    ``scale`` is the softmax scale handed to SDPA; None means ``head_dim**-0.5`` (what the Qwen
+    stacks pass). The speech-tokenizer encoder (Mimi) leaves the scale to SDPA, whose default is
+    ``1/sqrt(head_dim)``: equal to ``head_dim**-0.5`` for 64 but not for every head size
+    (8**-0.5 != 1/sqrt(8) in the last bit).
     """
 
-    def __init__(self, hidden_size: int, n_heads: int, n_kv_heads: int, head_dim: int,
-                 qk_norm_eps: float | None = None):
+    def __init__(
+        self,
+        hidden_size: int,
+        n_heads: int,
+        n_kv_heads: int,
+        head_dim: int,
+        qk_norm_eps: float | None = None,
+        scale: float | None = None,
+    ):
         super().__init__()
+        self.scale = head_dim**-0.5 if scale is None else scale
         self.n_heads = n_heads
         self.n_kv_heads = n_kv_heads
         self.head_dim = head_dim
@@ -133,7 +146,7 @@ class Attention(nn.Module):
         self.k_norm = RMSNorm(head_dim, qk_norm_eps) if qk_norm_eps is not None else None
 
     @classmethod
-    def for_decoder(cls, cfg: TransformerConfig) -> "Attention":
+    def for_decoder(cls, cfg: TransformerConfig) -> Attention:
         """The talker's and code predictor's attention: q/k norm with the stack's eps."""
         return cls(cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.rms_norm_eps)
 
@@ -164,7 +177,7 @@ class Attention(nn.Module):
         v = v.view(bsz, seqlen, self.n_kv_heads, self.head_dim).transpose(1, 2)
         if cache is not None:
             k, v = cache.update(layer, start, k, v)
-        out = attend(q, k, v, mask, self.head_dim**-0.5)
+        out = attend(q, k, v, mask, self.scale)
         return self.wo(out.transpose(1, 2).reshape(bsz, seqlen, self.q_size))
 
 

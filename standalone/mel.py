@@ -73,8 +73,15 @@ def log_mel_spectrogram(
     pad = (n_fft - hop) // 2
     audio = torch.nn.functional.pad(audio.unsqueeze(1), (pad, pad), mode="reflect").squeeze(1)
     spec = torch.stft(
-        audio, n_fft, hop_length=hop, win_length=win, window=window, center=False,
-        normalized=False, onesided=True, return_complex=True,
+        audio,
+        n_fft,
+        hop_length=hop,
+        win_length=win,
+        window=window,
+        center=False,
+        normalized=False,
+        onesided=True,
+        return_complex=True,
     )
     mag = torch.sqrt(torch.view_as_real(spec).pow(2).sum(-1) + 1e-9)
     return torch.log(torch.clamp(torch.matmul(basis, mag), min=1e-5))

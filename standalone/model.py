@@ -11,18 +11,22 @@ import numpy as np
 import torch
 from torch import nn
 
+from .audio import check_finite, check_rate
 from .checkpoint import CheckpointError, check_sizes, load_state_dict
 from .codec import CodecDecoder, load_codec
 from .config import ConfigError, Qwen3TTSConfig
+from .direct_load import checkpoint_format, converted_checkpoint
 from .generation import GenerateOptions, generate_codes
 from .mel import log_mel_spectrogram
 from .prompt import build_talker_prompt
 from .speaker_encoder import SpeakerEncoder
+from .speech_encoder import SpeechEncoder, load_speech_encoder
+from .streaming import StreamingVoiceMethods
 from .talker import CodePredictor, Talker
 from .voices import VoiceMethods
 
 
-class Qwen3TTS(VoiceMethods, nn.Module):
+class Qwen3TTS(StreamingVoiceMethods, VoiceMethods, nn.Module):
     def __init__(self, config: Qwen3TTSConfig):
         super().__init__()
         self.config = config
@@ -47,27 +51,32 @@ class Qwen3TTS(VoiceMethods, nn.Module):
         dtype: torch.dtype | None = None,
         device: str | torch.device = "cpu",
         revision: str | None = None,
+        convert: bool = True,
+        progress: bool | None = None,
         fast: bool = False,
-    ) -> "Qwen3TTS":
-        """Load a standalone checkpoint directory (written by ``convert-ckpt``) or a hub repo id
-        holding one.
+    ) -> Qwen3TTS:
+        """Load a checkpoint: a standalone directory (written by ``convert-ckpt``), an upstream
+        qwen-tts directory, or a hub repo id of either kind. An upstream checkpoint is converted
+        once into the conversion cache (direct_load.py) and loaded from there; ``convert=False``
+        refuses instead. ``progress`` shows a bar while converting (default: stderr is a terminal).
 
         ``dtype=None`` keeps the stored dtype. Every tensor in the checkpoint must be used and
         every parameter must be present; anything else is a CheckpointError naming the tensors.
         ``fast=True`` calls ``compile_fast()`` on the loaded model.
         """
         directory = resolve_checkpoint_dir(path, revision)
+        if checkpoint_format(directory) == "upstream":
+            if not convert:
+                raise CheckpointError(
+                    f"{directory} is an upstream qwen-tts checkpoint and conversion is off (convert=False / "
+                    f"--no-convert); convert it first: convert-ckpt {directory} OUT_DIR"
+                )
+            directory = converted_checkpoint(directory, progress=progress)
         config_path = directory / "config.json"
-        if not config_path.is_file():
-            raise CheckpointError(f"{directory}: no config.json (is this a standalone checkpoint directory?)")
         try:
             raw = json.loads(config_path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
             raise ConfigError(f"{config_path}: invalid JSON ({e})") from e
-        if "talker_config" in raw and raw.get("format") is None:
-            raise CheckpointError(
-                f"{directory} is an upstream qwen-tts checkpoint; convert it first: convert-ckpt {directory} OUT_DIR"
-            )
         config = Qwen3TTSConfig.from_dict(raw)
         check_sizes(directory)  # a truncated or missing file is named here, not deep in a reader
         with torch.device("meta"):
@@ -91,7 +100,7 @@ class Qwen3TTS(VoiceMethods, nn.Module):
         model.eval()
         return model.compile_fast() if fast else model
 
-    def compile_fast(self, **engine_options) -> "Qwen3TTS":
+    def compile_fast(self, **engine_options) -> Qwen3TTS:
         """Switch generate() to the compiled fast path (standalone/fast.py), in the model's current
         dtype: close to upstream, not bit-identical (verify/fast_parity.py measures it). Graphs
         compile on the first generate() per batch size. Returns self."""
@@ -101,6 +110,16 @@ class Qwen3TTS(VoiceMethods, nn.Module):
         engine.dtype = self.dtype
         object.__setattr__(self, "_fast", engine)  # not a submodule: state_dict must not change
         return self
+
+    def fast_engine(self):
+        """The compiled engine if compile_fast() was called (else None), checked against the
+        model's current dtype: its graphs were traced for one dtype."""
+        engine = getattr(self, "_fast", None)
+        if engine is not None and engine.dtype != self.dtype:
+            raise RuntimeError(
+                f"the fast path was compiled for {engine.dtype}, the model is now {self.dtype}: call compile_fast() again"
+            )
+        return engine
 
     # ---------------------------------------------------------------------------------------
     @property
@@ -118,8 +137,32 @@ class Qwen3TTS(VoiceMethods, nn.Module):
     def decode_codes(self, codes) -> tuple[list[np.ndarray], int]:
         """Codes ([frames, G] per item, or one such tensor) -> (float32 waveforms, sample rate),
         like upstream's Qwen3TTSTokenizer.decode."""
-        items = [codes] if isinstance(codes, torch.Tensor) and codes.dim() == 2 else list(codes)
+        if isinstance(codes, (torch.Tensor, np.ndarray)) and codes.ndim == 2:
+            codes = [codes]
+        if isinstance(codes, (torch.Tensor, np.ndarray)) and codes.ndim != 3:
+            raise ValueError(
+                f"codes must be [frames, G], [batch, frames, G] or a list of [frames, G]; got shape {tuple(codes.shape)}"
+            )
+        items = list(codes)
         return self.codec.decode(items), self.codec.cfg.output_sample_rate
+
+    @property
+    def speech_encoder(self) -> SpeechEncoder:
+        """The speech-tokenizer encoder (audio -> codes), loaded from ``speech_tokenizer/`` on
+        first use in the model's dtype, like the decoder."""
+        encoder = getattr(self, "_speech_encoder", None)
+        if encoder is None:
+            encoder = load_speech_encoder(self.checkpoint_dir, self.dtype, self.device)
+            object.__setattr__(self, "_speech_encoder", encoder)  # not a submodule, as the codec
+        return encoder
+
+    def encode_audio(self, audio, sr: int | None = None) -> list[torch.Tensor]:
+        """Audio -> int64 codes [frames, G] per item, as upstream's ``Qwen3TTSTokenizer.encode``.
+
+        ``audio``: a path, an ``(array, sr)`` pair, an array with ``sr=``, or a list of these,
+        encoded as one right-padded batch (then the last frame of a shorter item can differ from
+        encoding it alone, exactly as upstream). Any sample rate; resampled as upstream does."""
+        return self.speech_encoder.encode(audio, sr)
 
     @torch.inference_mode()
     def generate(
@@ -142,15 +185,16 @@ class Qwen3TTS(VoiceMethods, nn.Module):
         same torch RNG state the same codes. ``progress`` shows a bar over frames."""
         if input_ids is None:
             raise ValueError("generate: input_ids is required (one [1, L] tensor per batch item)")
-        params = GenerateOptions.from_kwargs(options).to_params()
+        opts = GenerateOptions.from_kwargs(options)
+        if opts.eos_token_id is not None and opts.eos_token_id >= self.config.talker.vocab_size:
+            raise ValueError(
+                f"eos_token_id must be a codec id below {self.config.talker.vocab_size}, got {opts.eos_token_id}"
+            )
+        params = opts.to_params()
         prompt = build_talker_prompt(
             self, input_ids, instruct_ids, ref_ids, voice_clone_prompt, languages, speakers, non_streaming_mode
         )
-        engine = getattr(self, "_fast", None)
-        if engine is not None and engine.dtype != self.dtype:
-            raise RuntimeError(f"the fast path was compiled for {engine.dtype}, the model is now {self.dtype}: "
-                               "call compile_fast() again")
-        return generate_codes(self, prompt, params, progress=progress, engine=engine)
+        return generate_codes(self, prompt, params, progress=progress, engine=self.fast_engine())
 
     @torch.inference_mode()
     def extract_speaker_embedding(self, audio: np.ndarray, sr: int) -> torch.Tensor:
@@ -161,16 +205,37 @@ class Qwen3TTS(VoiceMethods, nn.Module):
                 "only 'base' models can clone a voice"
             )
         sample_rate = self.config.speaker_encoder.sample_rate
-        if sr != sample_rate:
+        if check_rate(sr, "extract_speaker_embedding") != sample_rate:
             raise ValueError(f"extract_speaker_embedding: audio must be {sample_rate} Hz, got sr={sr}")
         wav = torch.as_tensor(np.asarray(audio)).float()
         if wav.dim() != 1:
             raise ValueError(f"extract_speaker_embedding: expected a 1-D mono waveform, got shape {tuple(wav.shape)}")
-        peak = float(wav.abs().max()) if wav.numel() else 0.0
+        if wav.numel() == 0:
+            raise ValueError("extract_speaker_embedding: waveform is empty")
+        check_finite(wav.numpy(), "extract_speaker_embedding")
+        shortest = min_speaker_samples(self.config.speaker_encoder)
+        if wav.numel() < shortest:
+            raise ValueError(
+                f"extract_speaker_embedding: waveform too short ({wav.numel()} samples); the speaker "
+                f"encoder needs at least {shortest} samples ({shortest / sample_rate * 1000:.0f} ms)"
+            )
+        peak = float(wav.abs().max())
         if peak > 1.0:
-            warnings.warn(f"waveform exceeds [-1, 1] (peak {peak:.3f}); the speaker encoder expects normalised audio")
+            warnings.warn(
+                f"waveform exceeds [-1, 1] (peak {peak:.3f}); the speaker encoder expects normalised audio",
+                stacklevel=2,
+            )
         mels = log_mel_spectrogram(wav[None].to(self.device), sr=sample_rate).transpose(1, 2)
         return self.speaker_encoder(mels.to(self.dtype))[0]
+
+
+def min_speaker_samples(cfg, n_fft: int = 1024, hop: int = 256) -> int:
+    """The shortest waveform the speaker encoder takes: its "same" reflect-padded convolutions
+    need more mel frames than their widest right padding, and the mel front end's reflect
+    padding needs more samples than (n_fft - hop) / 2."""
+    widest = max(-(-d * (k - 1) // 2) for k, d in zip(cfg.enc_kernel_sizes, cfg.enc_dilations))
+    frames = widest + 1
+    return max(n_fft - 2 * ((n_fft - hop) // 2) + hop * (frames - 1), (n_fft - hop) // 2 + 1)
 
 
 def resolve_checkpoint_dir(path: str | os.PathLike, revision: str | None = None, probe_timeout: float = 5.0) -> Path:
@@ -201,7 +266,9 @@ def resolve_checkpoint_dir(path: str | os.PathLike, revision: str | None = None,
         raise CheckpointError(f"{text}: not in the local hub cache, and HF_HUB_OFFLINE is set")
     endpoint = huggingface_hub.constants.ENDPOINT
     if not _reachable(endpoint, probe_timeout):
-        raise CheckpointError(f"{text}: cannot reach {endpoint} (offline?); download it elsewhere and pass the directory")
+        raise CheckpointError(
+            f"{text}: cannot reach {endpoint} (offline?); download it elsewhere and pass the directory"
+        )
     try:
         return Path(snapshot_download(text, revision=revision))
     except Exception as e:  # missing repo, auth, network: one clear message

@@ -94,8 +94,9 @@ def _process_start_time(pid: int) -> float:
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         ticks = int(fields[19])
-        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
-                    if line.startswith("btime"))
+        boot = next(
+            float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime")
+        )
         return boot + ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError, StopIteration):
         return 0.0
@@ -189,7 +190,7 @@ class OutputDir:
         self.path: Path | None = None
         self._signals = None
 
-    def __enter__(self) -> "OutputDir":
+    def __enter__(self) -> OutputDir:
         remove_stale_partials(self.dst, self.say)
         self._signals = _signals_raise_interrupted()
         self._signals.__enter__()
@@ -218,8 +219,11 @@ class OutputDir:
         except FileExistsError:
             if old is not None:
                 os.replace(old, self.dst)
-            raise OutputError(errno.EEXIST, f"{self.dst} appeared while this run was writing (another writer?); "
-                                            "left it as it is (pass --force to replace it)") from None
+            raise OutputError(
+                errno.EEXIST,
+                f"{self.dst} appeared while this run was writing (another writer?); "
+                "left it as it is (pass --force to replace it)",
+            ) from None
         except BaseException:
             if old is not None:
                 os.replace(old, self.dst)

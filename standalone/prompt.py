@@ -58,6 +58,7 @@ def _ids(values: list[int], like: torch.Tensor) -> torch.Tensor:
 
 # --- the parts, one function each ------------------------------------------------------------
 
+
 def tts_specials(model, like: torch.Tensor) -> TtsSpecials:
     cfg = model.config
     bos, eos, pad = model.talker.embed_text(
@@ -77,14 +78,18 @@ def resolve_language_id(tcfg, language: str | None, speaker: str | None, i: int)
         if language.lower() not in tcfg.codec_language_id:
             raise PromptError(f"language {language!r} is not supported; known: {sorted(tcfg.codec_language_id)}")
         language_id = tcfg.codec_language_id[language.lower()]
-    if language.lower() in ("chinese", "auto") and speaker not in (None, "") \
-            and tcfg.spk_is_dialect.get(speaker.lower(), False) is not False:
+    if (
+        language.lower() in ("chinese", "auto")
+        and speaker not in (None, "")
+        and tcfg.spk_is_dialect.get(speaker.lower(), False) is not False
+    ):
         language_id = tcfg.codec_language_id[tcfg.spk_is_dialect[speaker.lower()]]
     return language_id
 
 
-def speaker_embedding(model, speaker: str | None, clone: dict[str, Any] | None, spk_embeds, i: int,
-                      like: torch.Tensor) -> torch.Tensor | None:
+def speaker_embedding(
+    model, speaker: str | None, clone: dict[str, Any] | None, spk_embeds, i: int, like: torch.Tensor
+) -> torch.Tensor | None:
     """The speaker slot of the codec prefix: a named speaker's codec embedding, a clone prompt's
     x-vector, or nothing."""
     tcfg = model.config.talker
@@ -94,10 +99,14 @@ def speaker_embedding(model, speaker: str | None, clone: dict[str, Any] | None, 
         return None
     if speaker.lower() not in tcfg.spk_id:
         raise PromptError(f"speaker {speaker!r} is not supported; known: {sorted(tcfg.spk_id)}")
-    return model.talker.codec_embedding(torch.tensor(tcfg.spk_id[speaker.lower()], dtype=like.dtype, device=model.device))
+    return model.talker.codec_embedding(
+        torch.tensor(tcfg.spk_id[speaker.lower()], dtype=like.dtype, device=model.device)
+    )
 
 
-def codec_prefix(model, language_id: int | None, speaker_embed: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+def codec_prefix(
+    model, language_id: int | None, speaker_embed: torch.Tensor | None, like: torch.Tensor
+) -> torch.Tensor:
     """C(think tags [+ language]) [+ speaker] + C(pad, bos): [1, n, H]."""
     tcfg = model.config.talker
     C = model.talker.codec_embedding
@@ -163,8 +172,8 @@ def left_pad(sequences: list[torch.Tensor], device) -> tuple[torch.Tensor, torch
     embeds = sequences[0].new_zeros(len(sequences), max_len, sequences[0].shape[-1])
     mask = torch.zeros(len(sequences), max_len, dtype=torch.long, device=device)
     for i, s in enumerate(sequences):
-        embeds[i, max_len - s.shape[0]:] = s
-        mask[i, max_len - s.shape[0]:] = 1
+        embeds[i, max_len - s.shape[0] :] = s
+        mask[i, max_len - s.shape[0] :] = 1
     return embeds, mask
 
 
@@ -178,6 +187,7 @@ def right_pad_trailing(trailing: list[torch.Tensor], pad: torch.Tensor) -> torch
 
 
 # --- the whole prompt ------------------------------------------------------------------------
+
 
 def _check_ids(i: int, ids: torch.Tensor) -> None:
     if ids.dim() != 2 or ids.shape[0] != 1:

@@ -9,16 +9,16 @@ from torch import nn
 
 from .config import CodePredictorConfig, TalkerConfig, TransformerConfig
 from .kv_cache import KVCache
-from .sampling import SamplingParams, sample_next_token
 from .layers import (
     DecoderLayer,
     RMSNorm,
+    mrope_positions,
     mrope_row_index,
     padding_mask,
-    mrope_positions,
     rope_cos_sin,
     rope_inv_freq,
 )
+from .sampling import SamplingParams, sample_next_token
 
 
 class DecoderStack(nn.Module):
@@ -143,7 +143,11 @@ class CodePredictor(nn.Module):
         return F.linear(hidden, self.heads[group - 1])
 
     def teacher_forced_logits(
-        self, talker_hidden: torch.Tensor, codes: torch.Tensor, codec_embedding: nn.Embedding, collect: list | None = None
+        self,
+        talker_hidden: torch.Tensor,
+        codes: torch.Tensor,
+        codec_embedding: nn.Embedding,
+        collect: list | None = None,
     ) -> torch.Tensor:
         """Logits of every residual group given all the codes of a frame (as in training).
 

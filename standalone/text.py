@@ -19,9 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-QWEN2_PATTERN = (
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
-)
+QWEN2_PATTERN = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 MISTRAL_PATTERN = (
     r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+|[^\r\n\p{L}\p{N}]?"
     r"[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
@@ -64,7 +62,7 @@ class TextTokenizer:
         self.mistral_regex = mistral_regex
 
     @classmethod
-    def from_dir(cls, directory: str | Path) -> "TextTokenizer":
+    def from_dir(cls, directory: str | Path) -> TextTokenizer:
         try:
             from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers
             from tokenizers.models import BPE
@@ -88,13 +86,27 @@ class TextTokenizer:
                 upstream_cfg = json.loads((d / name).read_text(encoding="utf-8"))
         mistral = uses_mistral_regex(len(vocab), upstream_cfg)
 
-        tok = Tokenizer(BPE(vocab=vocab, merges=merges, dropout=None, unk_token=None, continuing_subword_prefix="",
-                            end_of_word_suffix="", fuse_unk=False, byte_fallback=False))
+        tok = Tokenizer(
+            BPE(
+                vocab=vocab,
+                merges=merges,
+                dropout=None,
+                unk_token=None,
+                continuing_subword_prefix="",
+                end_of_word_suffix="",
+                fuse_unk=False,
+                byte_fallback=False,
+            )
+        )
         tok.normalizer = normalizers.NFC()
-        tok.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(MISTRAL_PATTERN if mistral else QWEN2_PATTERN), behavior="isolated", invert=False),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ])
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(
+                    Regex(MISTRAL_PATTERN if mistral else QWEN2_PATTERN), behavior="isolated", invert=False
+                ),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
         tok.decoder = decoders.ByteLevel()
 
         cfg_path = d / "tokenizer_config.json"
@@ -102,9 +114,14 @@ class TextTokenizer:
         if cfg_path.is_file():
             added = json.loads(cfg_path.read_text(encoding="utf-8")).get("added_tokens_decoder", {}) or {}
         for id_str, spec in sorted(added.items(), key=lambda kv: int(kv[0])):
-            token = AddedToken(spec["content"], single_word=spec.get("single_word", False), lstrip=spec.get("lstrip", False),
-                               rstrip=spec.get("rstrip", False), normalized=spec.get("normalized", not spec.get("special", False)),
-                               special=spec.get("special", False))
+            token = AddedToken(
+                spec["content"],
+                single_word=spec.get("single_word", False),
+                lstrip=spec.get("lstrip", False),
+                rstrip=spec.get("rstrip", False),
+                normalized=spec.get("normalized", not spec.get("special", False)),
+                special=spec.get("special", False),
+            )
             if spec.get("special", False):
                 tok.add_special_tokens([token])
             else:
@@ -136,7 +153,7 @@ class TextTokenizer:
     def instruct_text(text: str) -> str:
         return INSTRUCT.render(text)
 
-    def check_template(self, template: "ChatTemplate") -> None:
+    def check_template(self, template: ChatTemplate) -> None:
         """Raise if this vocabulary splits a template part into another number of tokens than the
         prompt builder slices by (it would silently feed the wrong ids to the talker)."""
         for part in (template.prefix, template.suffix):

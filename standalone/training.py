@@ -66,10 +66,20 @@ class Recipe:
 
 
 RECIPES: dict[str, Recipe] = {
-    "upstream": Recipe("upstream", text_projection=False, sliced_talker=True, code_predictor_hidden="leak",
-                       code_predictor_label_shift=True),
-    "aligned": Recipe("aligned", text_projection=True, sliced_talker=False, code_predictor_hidden="previous",
-                      code_predictor_label_shift=False),
+    "upstream": Recipe(
+        "upstream",
+        text_projection=False,
+        sliced_talker=True,
+        code_predictor_hidden="leak",
+        code_predictor_label_shift=True,
+    ),
+    "aligned": Recipe(
+        "aligned",
+        text_projection=True,
+        sliced_talker=False,
+        code_predictor_hidden="previous",
+        code_predictor_label_shift=False,
+    ),
 }
 
 
@@ -96,7 +106,7 @@ class TrainingBatch:
     attention_mask: torch.Tensor  # [B, L], right-padded
     codec_0_labels: torch.Tensor  # [B, L]: group-0 code at p_k, codec EOS after the last frame
 
-    def to(self, device) -> "TrainingBatch":
+    def to(self, device) -> TrainingBatch:
         return TrainingBatch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
 
     @property
@@ -156,26 +166,28 @@ def collate(items: Sequence[TrainingItem], config) -> TrainingBatch:
         text[:3] = it.text_ids[:3]
         text[3:7] = config.tts_pad_token_id
         text[7] = config.tts_bos_token_id
-        text[TEXT_START:TEXT_START + n] = it.text_ids[3:]
+        text[TEXT_START : TEXT_START + n] = it.text_ids[3:]
         text[TEXT_START + n] = config.tts_eos_token_id
-        text[TEXT_START + n + 1:end + 1] = config.tts_pad_token_id
+        text[TEXT_START + n + 1 : end + 1] = config.tts_pad_token_id
         codec = input_ids[i, :, 1]
-        codec[3:8] = torch.tensor([tcfg.codec_nothink_id, tcfg.codec_think_bos_id, tcfg.codec_think_eos_id, 0,
-                                   tcfg.codec_pad_id])
-        codec[TEXT_START:TEXT_START + n + 1] = tcfg.codec_pad_id
+        codec[3:8] = torch.tensor(
+            [tcfg.codec_nothink_id, tcfg.codec_think_bos_id, tcfg.codec_think_eos_id, 0, tcfg.codec_pad_id]
+        )
+        codec[TEXT_START : TEXT_START + n + 1] = tcfg.codec_pad_id
         codec[TEXT_START + n + 1] = tcfg.codec_bos_id
         codec[first:end] = it.codes[:, 0]
         codec[end] = tcfg.codec_eos_token_id
         labels[i, first:end] = it.codes[:, 0]
         labels[i, end] = tcfg.codec_eos_token_id
         codec_ids[i, first:end] = it.codes
-        text_mask[i, :end + 1] = True
-        codec_emb_mask[i, 3:end + 1] = True
+        text_mask[i, : end + 1] = True
+        codec_emb_mask[i, 3 : end + 1] = True
         codec_emb_mask[i, SPEAKER_SLOT] = False
         codec_mask[i, first:end] = True
-        attention_mask[i, :end + 1] = 1
-    return TrainingBatch(input_ids, codec_ids, text_mask[..., None], codec_emb_mask[..., None], codec_mask,
-                         attention_mask, labels)
+        attention_mask[i, : end + 1] = 1
+    return TrainingBatch(
+        input_ids, codec_ids, text_mask[..., None], codec_emb_mask[..., None], codec_mask, attention_mask, labels
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -197,8 +209,12 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, shift: bool = Tru
     logits = logits.float()
     if shift:
         labels = F.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:].contiguous()
-    return F.cross_entropy(logits.view(-1, logits.shape[-1]), labels.reshape(-1).to(logits.device),
-                           ignore_index=IGNORE_INDEX, reduction="mean")
+    return F.cross_entropy(
+        logits.view(-1, logits.shape[-1]),
+        labels.reshape(-1).to(logits.device),
+        ignore_index=IGNORE_INDEX,
+        reduction="mean",
+    )
 
 
 def embed_inputs(model, batch: TrainingBatch, speaker_embedding: torch.Tensor, recipe: Recipe) -> torch.Tensor:

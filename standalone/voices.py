@@ -2,9 +2,8 @@
 voice clone, and the voice-clone prompt. They return ``(list of float32 waveforms, sample_rate)``
 like upstream's; ``return_codes=True`` returns the codes ([frames, G] per item) instead.
 
-ICL cloning needs reference codes. The standalone runtime has the speech-tokenizer decoder but
-not its encoder, so the codes must be given (``ref_code=``, e.g. from upstream's
-``Qwen3TTSTokenizer.encode``); their absence is a clear error.
+ICL cloning needs reference codes; the standalone speech-tokenizer encoder makes them from the
+reference audio as upstream does (or pass ``ref_code=`` to reuse codes).
 """
 
 from __future__ import annotations
@@ -16,10 +15,12 @@ from typing import Any, Sequence, Union
 import numpy as np
 import torch
 
+from .audio import read_audio_file, resample
 from .generation import voice_method_options
 from .text import ASSISTANT, REFERENCE, TextTokenizer
 
 AudioLike = Union[str, "tuple[np.ndarray, int]"]
+
 
 @dataclass
 class VoiceClonePromptItem:
@@ -32,6 +33,30 @@ class VoiceClonePromptItem:
 
 def _as_list(x) -> list:
     return x if isinstance(x, list) else [x]
+
+
+def _texts(name: str, value, allow_none: bool = False) -> list:
+    """A text or a list of texts, each checked: a str, not empty or whitespace only, valid
+    Unicode (a lone surrogate cannot be tokenized). Control characters and NUL are tokenized as
+    upstream tokenizes them."""
+    items = value if isinstance(value, list) else [value]
+    if not items:
+        raise ValueError(f"{name} is an empty list")
+    for i, t in enumerate(items):
+        where = f"{name}[{i}]" if isinstance(value, list) else name
+        if t is None and allow_none:
+            continue
+        if not isinstance(t, str):
+            raise TypeError(f"{where} must be a str, got {type(t).__name__}")
+        if not t.strip():
+            raise ValueError(f"{where} is empty or whitespace only; there is nothing to say")
+        try:
+            t.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ValueError(
+                f"{where} is not valid Unicode ({e.reason} at position {e.start}: {t[e.start]!r})"
+            ) from None
+    return items
 
 
 def _broadcast(name: str, values: list, n: int) -> list:
@@ -86,7 +111,11 @@ class VoiceMethods:
         return sorted(["auto"] + [k.lower() for k in self.config.talker.codec_language_id if "dialect" not in k])
 
     def _languages(self, language, n: int) -> list[str]:
-        langs = _as_list(language) if isinstance(language, list) else ([language] * n if language is not None else ["Auto"] * n)
+        langs = (
+            _as_list(language)
+            if isinstance(language, list)
+            else ([language] * n if language is not None else ["Auto"] * n)
+        )
         langs = _broadcast("languages", langs, n)
         supported = set(self.get_supported_languages())
         bad = [lang for lang in langs if lang is None or str(lang).lower() not in supported]
@@ -98,10 +127,18 @@ class VoiceMethods:
         return [None if not ins else self._tokenize(TextTokenizer.instruct_text(ins)) for ins in instructs]
 
     # --- modes -------------------------------------------------------------------------------
-    def generate_custom_voice(self, text, speaker, language=None, instruct=None, non_streaming_mode: bool = True,
-                              return_codes: bool = False, **kwargs):
+    def generate_custom_voice(
+        self,
+        text,
+        speaker,
+        language=None,
+        instruct=None,
+        non_streaming_mode: bool = True,
+        return_codes: bool = False,
+        **kwargs,
+    ):
         self._require_type("custom_voice", "generate_custom_voice")
-        texts = _as_list(text)
+        texts = _texts("text", text)
         n = len(texts)
         languages = self._languages(language, n)
         speakers = _broadcast("speakers", _as_list(speaker), n)
@@ -111,34 +148,44 @@ class VoiceMethods:
             raise ValueError(f"unsupported speakers: {bad}; supported: {sorted(supported)}")
         if self.config.tts_model_size in "0b6":  # upstream drops instructions for 0.6B (substring test kept)
             instruct = None
-        instructs = _as_list(instruct) if isinstance(instruct, list) else ([instruct] * n if instruct is not None else [""] * n)
+        instructs = (
+            _as_list(instruct) if isinstance(instruct, list) else ([instruct] * n if instruct is not None else [""] * n)
+        )
         instructs = _broadcast("instructs", instructs, n)
         codes, _ = self.generate(
             input_ids=[self._tokenize(TextTokenizer.assistant_text(t)) for t in texts],
-            instruct_ids=self._instruct_ids(instructs), languages=languages, speakers=speakers,
-            non_streaming_mode=non_streaming_mode, **self._merge_generate_kwargs(kwargs),
+            instruct_ids=self._instruct_ids(instructs),
+            languages=languages,
+            speakers=speakers,
+            non_streaming_mode=non_streaming_mode,
+            **self._merge_generate_kwargs(kwargs),
         )
         return codes if return_codes else self.decode_codes(codes)
 
-    def generate_voice_design(self, text, instruct, language=None, non_streaming_mode: bool = True,
-                              return_codes: bool = False, **kwargs):
+    def generate_voice_design(
+        self, text, instruct, language=None, non_streaming_mode: bool = True, return_codes: bool = False, **kwargs
+    ):
         self._require_type("voice_design", "generate_voice_design")
-        texts = _as_list(text)
+        texts = _texts("text", text)
         n = len(texts)
         languages = self._languages(language, n)
-        instructs = _broadcast("instructs", _as_list(instruct), n)
+        instructs = _broadcast("instructs", _texts("instruct", instruct), n)
         codes, _ = self.generate(
             input_ids=[self._tokenize(TextTokenizer.assistant_text(t)) for t in texts],
-            instruct_ids=self._instruct_ids(instructs), languages=languages,
-            non_streaming_mode=non_streaming_mode, **self._merge_generate_kwargs(kwargs),
+            instruct_ids=self._instruct_ids(instructs),
+            languages=languages,
+            non_streaming_mode=non_streaming_mode,
+            **self._merge_generate_kwargs(kwargs),
         )
         return codes if return_codes else self.decode_codes(codes)
 
     def create_voice_clone_prompt(self, ref_audio, ref_text=None, x_vector_only_mode=False, ref_code=None):
-        """Speaker embedding (and, for ICL, reference codes) of reference audio.
+        """Speaker embedding (and, for ICL, reference codes) of reference audio, as upstream.
 
-        ``ref_audio``: (waveform float32, sr) or a path, or a list. ``ref_code``: [T, G] codes per
-        item, required for ICL (x_vector_only_mode=False) until a standalone encoder exists.
+        ``ref_audio``: a path, (waveform, sr), or a list; any sample rate (resampled as upstream).
+        Reference codes come from the standalone speech-tokenizer encoder, computed the way
+        upstream computes them: all items in one right-padded batch when they share a sample
+        rate, else item by item. ``ref_code`` ([T, G] per item) skips encoding for an item.
         """
         self._require_type("base", "create_voice_clone_prompt")
         audios = _as_list(ref_audio) if isinstance(ref_audio, list) else [ref_audio]
@@ -146,38 +193,55 @@ class VoiceMethods:
         texts = _broadcast("ref_texts", _as_list(ref_text) if isinstance(ref_text, list) else [ref_text], n)
         xvec = _broadcast("x_vector_only_mode flags", _as_list(x_vector_only_mode), n)
         codes = _broadcast("ref_codes", _as_list(ref_code) if isinstance(ref_code, list) else [ref_code], n)
+        loaded = [_load_audio(a) for a in audios]
+        for i, (rtext, xonly) in enumerate(zip(texts, xvec)):
+            if not xonly and not rtext:
+                raise ValueError(f"ref_text is required for ICL cloning (x_vector_only_mode=False); item {i} has none")
+        if any(not x and c is None for x, c in zip(xvec, codes)):
+            encoded = self._encode_references(loaded)
+            codes = [enc if c is None else c for enc, c in zip(encoded, codes)]
+        sample_rate = self.config.speaker_encoder.sample_rate
         items = []
-        for i, (audio, rtext, xonly, code) in enumerate(zip(audios, texts, xvec, codes)):
-            wav, sr = _load_audio(audio)
+        for i, ((wav, sr), rtext, xonly, code) in enumerate(zip(loaded, texts, xvec, codes)):
             if not xonly:
-                if not rtext:
-                    raise ValueError(f"ref_text is required for ICL cloning (x_vector_only_mode=False); item {i} has none")
-                if code is None:
-                    raise ValueError(
-                        f"item {i}: ICL cloning needs reference codes, and the standalone runtime has no speech-tokenizer "
-                        "encoder yet; pass ref_code=[T, G] codes (e.g. from qwen_tts Qwen3TTSTokenizer.encode) "
-                        "or use x_vector_only_mode=True"
-                    )
                 code = torch.as_tensor(code, dtype=torch.long)
                 if code.dim() != 2 or code.shape[1] != self.config.talker.num_code_groups:
-                    raise ValueError(f"item {i}: ref_code must be [T, {self.config.talker.num_code_groups}], got {tuple(code.shape)}")
-            sample_rate = self.config.speaker_encoder.sample_rate
-            if sr != sample_rate:
-                raise ValueError(
-                    f"item {i}: reference audio is {sr} Hz; resample it to {sample_rate} Hz first "
-                    "(upstream resamples with librosa/soxr, which the runtime does not depend on)"
+                    raise ValueError(
+                        f"item {i}: ref_code must be [T, {self.config.talker.num_code_groups}], got {tuple(code.shape)}"
+                    )
+            items.append(
+                VoiceClonePromptItem(
+                    ref_code=None if xonly else code,
+                    ref_spk_embedding=self.extract_speaker_embedding(resample(wav, sr, sample_rate), sample_rate),
+                    x_vector_only_mode=bool(xonly),
+                    icl_mode=not xonly,
+                    ref_text=rtext,
                 )
-            items.append(VoiceClonePromptItem(
-                ref_code=None if xonly else code, ref_spk_embedding=self.extract_speaker_embedding(wav, sr),
-                x_vector_only_mode=bool(xonly), icl_mode=not xonly, ref_text=rtext,
-            ))
+            )
         return items
 
-    def generate_voice_clone(self, text, language=None, ref_audio=None, ref_text=None, x_vector_only_mode=False,
-                             voice_clone_prompt=None, non_streaming_mode: bool = False, ref_code=None,
-                             return_codes: bool = False, **kwargs):
+    def _encode_references(self, loaded: list[tuple[np.ndarray, int]]) -> list[torch.Tensor]:
+        """Upstream's batching of reference encoding: one padded batch if all rates are equal."""
+        rates = {sr for _, sr in loaded}
+        if len(rates) == 1:
+            return self.encode_audio([w for w, _ in loaded], sr=loaded[0][1])
+        return [self.encode_audio([w], sr=sr)[0] for w, sr in loaded]
+
+    def generate_voice_clone(
+        self,
+        text,
+        language=None,
+        ref_audio=None,
+        ref_text=None,
+        x_vector_only_mode=False,
+        voice_clone_prompt=None,
+        non_streaming_mode: bool = False,
+        ref_code=None,
+        return_codes: bool = False,
+        **kwargs,
+    ):
         self._require_type("base", "generate_voice_clone")
-        texts = _as_list(text)
+        texts = _texts("text", text)
         n = len(texts)
         languages = self._languages(language, n)
         if voice_clone_prompt is None:
@@ -186,20 +250,27 @@ class VoiceMethods:
             voice_clone_prompt = self.create_voice_clone_prompt(ref_audio, ref_text, x_vector_only_mode, ref_code)
         items = _broadcast("voice clone prompts", list(voice_clone_prompt), n)
         prompt = dict(
-            ref_code=[it.ref_code for it in items], ref_spk_embedding=[it.ref_spk_embedding for it in items],
-            x_vector_only_mode=[it.x_vector_only_mode for it in items], icl_mode=[it.icl_mode for it in items],
+            ref_code=[it.ref_code for it in items],
+            ref_spk_embedding=[it.ref_spk_embedding for it in items],
+            x_vector_only_mode=[it.x_vector_only_mode for it in items],
+            icl_mode=[it.icl_mode for it in items],
         )
         ref_ids = [None if not it.ref_text else self._tokenize(TextTokenizer.ref_text(it.ref_text)) for it in items]
         codes, _ = self.generate(
-            input_ids=[self._tokenize(TextTokenizer.assistant_text(t)) for t in texts], ref_ids=ref_ids,
-            voice_clone_prompt=prompt, languages=languages, non_streaming_mode=non_streaming_mode,
+            input_ids=[self._tokenize(TextTokenizer.assistant_text(t)) for t in texts],
+            ref_ids=ref_ids,
+            voice_clone_prompt=prompt,
+            languages=languages,
+            non_streaming_mode=non_streaming_mode,
             **self._merge_generate_kwargs(kwargs),
         )
         if return_codes:
             return codes
         # As upstream: decode the reference codes together with the new ones, then cut the
         # reference's share of the samples (upstream's float formula, off by one sample at times).
-        full = [c if it.ref_code is None else torch.cat([it.ref_code.to(c.device), c], dim=0) for c, it in zip(codes, items)]
+        full = [
+            c if it.ref_code is None else torch.cat([it.ref_code.to(c.device), c], dim=0) for c, it in zip(codes, items)
+        ]
         wavs, sr = self.decode_codes(full)
         out = []
         for wav, it, total in zip(wavs, items, full):
@@ -212,19 +283,21 @@ class VoiceMethods:
 
 
 def _load_audio(audio) -> tuple[np.ndarray, int]:
+    """(float32 mono waveform, its sample rate), the way upstream's wrapper reads references."""
     if isinstance(audio, tuple) and len(audio) == 2:
         wav, sr = audio
         wav = np.asarray(wav, dtype=np.float32)
-    elif isinstance(audio, (str, bytes)) or hasattr(audio, "__fspath__"):
-        try:
-            import soundfile as sf
-        except ImportError as e:
-            raise ValueError("reading audio files needs the 'soundfile' package; pass (waveform, sr) instead") from e
-        wav, sr = sf.read(str(audio), dtype="float32", always_2d=False)
-    elif isinstance(audio, np.ndarray):
+        if wav.ndim > 1:
+            wav = np.mean(wav, axis=-1).astype(np.float32)
+        if wav.ndim != 1 or wav.shape[0] == 0:
+            raise ValueError(
+                f"reference audio must be a non-empty 1-D (or [samples, channels]) waveform, got shape {wav.shape}"
+            )
+        if not isinstance(sr, (int, np.integer)) or int(sr) <= 0:
+            raise ValueError(f"reference audio sample rate must be a positive integer, got {sr!r}")
+        return wav, int(sr)
+    if isinstance(audio, (str, bytes)) or hasattr(audio, "__fspath__"):
+        return read_audio_file(audio if not isinstance(audio, bytes) else audio.decode())
+    if isinstance(audio, np.ndarray):
         raise ValueError("for a numpy waveform pass a tuple (waveform, sample_rate)")
-    else:
-        raise TypeError(f"unsupported audio input type: {type(audio).__name__}")
-    if wav.ndim > 1:
-        wav = wav.mean(axis=-1).astype(np.float32)
-    return wav, int(sr)
+    raise TypeError(f"unsupported audio input type: {type(audio).__name__}")

@@ -1,9 +1,23 @@
-"""Shared fixtures: tiny upstream checkpoints of all three types, their conversions, and both
-sides loaded once per session (building and loading dominate the suite's run time)."""
+"""Shared fixtures and the two test tiers.
+
+- The fast tier (``pytest --fast``): everything not marked ``reference``. It needs only
+  ``pip install -e .[test]``; with ``--fast`` (or Q3TTS_FAST_TIER=1) an import blocker makes any
+  attempt to import the reference stack fail loudly, and the session fails if one got loaded.
+- The reference tier (marker ``reference``): tests that drive upstream qwen-tts / transformers.
+  Plain ``pytest`` in the reference environment runs both tiers.
+
+The fixtures are tiny upstream-format checkpoints of all three types, written from the tensor
+specs recorded in tests/golden/ (the same bytes as writing them from upstream's modules, which a
+reference test checks), their conversions, and models loaded once per session.
+"""
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
+import sys
+from pathlib import Path
 
 # Tests never touch the network: upstream's loaders must resolve everything locally.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -14,29 +28,161 @@ import torch
 
 from q3tts.convert import convert_checkpoint
 from q3tts.standalone import Qwen3TTS
-from q3tts.verify.fixtures import MODEL_TYPES, write_upstream_checkpoint
+from q3tts.verify.fixtures import MODEL_TYPES, SUITE_SEEDS, load_tensor_specs, write_upstream_checkpoint
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# One thread: on the tiny fixtures a second one only adds fork/join cost (and on a shared 2-core
+# machine it can make a run 30x slower). The goldens are recorded with one thread too.
+torch.set_num_threads(1)
+
+GOLDEN_DIR = Path(__file__).parent / "golden"
+REFERENCE_STACK = ("transformers", "qwen_tts", "torchaudio", "librosa")
+FAST_ENV = "Q3TTS_FAST_TIER"
+REPORT_ENV = "Q3TTS_TIER_REPORT"  # a path: the fast tier writes what it blocked and loaded there
+
+
+class ReferenceStackBlocker:
+    """A meta-path finder that refuses the reference stack, and remembers every attempt."""
+
+    def __init__(self):
+        self.attempts: list[str] = []
+
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in REFERENCE_STACK:
+            self.attempts.append(name)
+            raise ImportError(f"{name} is blocked in the fast test tier; mark the test @pytest.mark.reference")
+        return None
+
+
+def _fast(config) -> bool:
+    return bool(config.getoption("--fast")) or os.environ.get(FAST_ENV) == "1"
+
+
+def _loaded_reference_modules() -> list[str]:
+    return sorted(m for m in sys.modules if m.split(".")[0] in REFERENCE_STACK)
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--fast",
+        action="store_true",
+        help="the fast tier: skip tests marked 'reference' and block imports of the reference stack",
+    )
+
+
+_OUTCOMES = {"passed": 0, "failed": 0, "skipped": 0}  # test outcomes, for the tier report
+
+
+def pytest_configure(config):
+    if _fast(config):
+        already = _loaded_reference_modules()
+        if already:
+            raise pytest.UsageError(f"--fast: the reference stack was imported before the tests started: {already}")
+        config._q3tts_blocker = ReferenceStackBlocker()
+        sys.meta_path.insert(0, config._q3tts_blocker)
+
+
+# Fixtures that load upstream: a test using them is in the reference tier without a mark to forget.
+REFERENCE_FIXTURES = ("load_models", "load_pair")
+
+
+@pytest.hookimpl(trylast=True)  # after `-m` has deselected what it will
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if any(f in getattr(item, "fixturenames", ()) for f in REFERENCE_FIXTURES):
+            item.add_marker(pytest.mark.reference)
+    reference = [item for item in items if item.get_closest_marker("reference")]
+    if not _fast(config):
+        if reference and importlib.util.find_spec("qwen_tts") is None:
+            raise pytest.UsageError(
+                f"{len(reference)} selected tests need the reference environment (qwen-tts), which is not installed: "
+                "run the fast tier with `pytest --fast`, or install requirements-reference.txt"
+            )
+        return
+    if reference:
+        config.hook.pytest_deselected(items=reference)
+        items[:] = [item for item in items if not item.get_closest_marker("reference")]
+
+
+def pytest_runtest_logreport(report):
+    if report.when == "call" or report.outcome != "passed":
+        _OUTCOMES[report.outcome] = _OUTCOMES.get(report.outcome, 0) + 1
+
+
+def pytest_sessionfinish(session, exitstatus):
+    config = session.config
+    blocker = getattr(config, "_q3tts_blocker", None)
+    if blocker is None:
+        return
+    loaded = _loaded_reference_modules()
+    if loaded:
+        print(f"\nfast tier: the reference stack was loaded: {loaded}", file=sys.stderr)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    report = os.environ.get(REPORT_ENV)
+    if report:
+        attempts = list(blocker.attempts)
+        try:  # the blocker still refuses at the end of the session
+            import qwen_tts  # noqa: F401
+
+            blocks = False
+        except ImportError as e:
+            blocks = "blocked in the fast test tier" in str(e)
+        Path(report).write_text(
+            json.dumps(
+                dict(
+                    blocker_installed=blocker in sys.meta_path,
+                    blocks_qwen_tts=blocks,
+                    blocked_attempts=attempts,
+                    loaded=loaded,
+                    **_OUTCOMES,
+                )
+            )
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Fixtures
+# --------------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="session")
-def checkpoints(tmp_path_factory):
+def tensor_specs():
+    return load_tensor_specs(GOLDEN_DIR / "fixture_tensors.json")
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory, tensor_specs):
     """{model_type: (upstream_dir, standalone_dir)} for every model type."""
     root = tmp_path_factory.mktemp("ckpt")
     out = {}
     for mt in MODEL_TYPES:
-        up = write_upstream_checkpoint(root / f"upstream-{mt}", mt, seed=10 + MODEL_TYPES.index(mt))
+        up = write_upstream_checkpoint(root / f"upstream-{mt}", mt, seed=SUITE_SEEDS[mt], tensor_specs=tensor_specs)
         st = root / f"standalone-{mt}"
         convert_checkpoint(up, st)
         out[mt] = (up, st)
     return out
 
 
+_standalone: dict = {}
+
+
+@pytest.fixture(scope="session")
+def load_standalone(checkpoints):
+    """load_standalone(model_type, dtype) -> standalone Qwen3TTS, loaded once per session."""
+
+    def load(model_type: str, dtype: torch.dtype = torch.float32):
+        key = (model_type, dtype)
+        if key not in _standalone:
+            _standalone[key] = Qwen3TTS.from_pretrained(checkpoints[model_type][1], dtype=dtype)
+        return _standalone[key]
+
+    return load
+
+
 _loaded: dict = {}
 
 
 @pytest.fixture(scope="session")
-def load_models(checkpoints):
+def load_models(checkpoints, load_standalone):
     """load_models(model_type, dtype) -> (upstream Qwen3TTSModel wrapper, standalone Qwen3TTS),
     loaded once per session."""
     from q3tts.verify.forward_parity import load_upstream_wrapper
@@ -44,8 +190,8 @@ def load_models(checkpoints):
     def load(model_type: str, dtype: torch.dtype):
         key = (model_type, dtype)
         if key not in _loaded:
-            up_dir, st_dir = checkpoints[model_type]
-            _loaded[key] = (load_upstream_wrapper(up_dir, dtype), Qwen3TTS.from_pretrained(st_dir, dtype=dtype))
+            up_dir, _ = checkpoints[model_type]
+            _loaded[key] = (load_upstream_wrapper(up_dir, dtype), load_standalone(model_type, dtype))
         return _loaded[key]
 
     return load

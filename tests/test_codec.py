@@ -6,12 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from q3tts.verify.compare import AUDIO_TOLERANCES
+from q3tts.verify.compare import AUDIO_TOLERANCES, snr_db
 
-
-def snr_db(ref: np.ndarray, got: np.ndarray) -> float:
-    noise = float(np.sum((ref.astype(np.float64) - got) ** 2))
-    return float("inf") if noise == 0 else 10 * np.log10(float(np.sum(ref.astype(np.float64) ** 2)) / noise)
+pytestmark = pytest.mark.reference  # drives upstream qwen-tts
 
 
 # 71/72/80 frames straddle the transformer's 72-frame sliding window; 299-301 and 625 cross the
@@ -29,7 +26,9 @@ def test_decode_matches_upstream(load_pair, frames, dtype):
     assert sr == sr_ref == 24000 and got.dtype == np.float32 and got.shape == ref.shape == (frames * 1920,)
     max_abs = float(np.abs(ref - got).max())
     bound, min_snr = AUDIO_TOLERANCES[dtype]
-    assert max_abs <= bound and snr_db(ref, got) >= min_snr, f"max abs diff {max_abs:.3e}, SNR {snr_db(ref, got):.1f} dB"
+    assert max_abs <= bound and snr_db(ref, got) >= min_snr, (
+        f"max abs diff {max_abs:.3e}, SNR {snr_db(ref, got):.1f} dB"
+    )
     if frames > 1:
         assert max_abs == 0.0, f"measured bit-identical for clips of 2+ frames; now {max_abs:.3e}"
     assert np.sqrt(np.mean(ref**2)) > 0.05  # the fixture codec makes real audio
@@ -54,7 +53,7 @@ def test_chunking_is_reproduced_not_bypassed(load_pair):
         chunked = standalone.codec.chunked(codes)[0, 0].numpy()
     # Before the boundary only GEMM blocking differs (shorter input); after it the context does.
     assert np.abs(whole[: 300 * 1920] - chunked[: 300 * 1920]).max() < 1e-3
-    assert np.abs(whole[300 * 1920:] - chunked[300 * 1920:]).max() > 1e-2
+    assert np.abs(whole[300 * 1920 :] - chunked[300 * 1920 :]).max() > 1e-2
 
 
 def test_every_codec_weight_matters(load_pair):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import pickle
@@ -17,9 +18,17 @@ from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
 from q3tts.convert.cli import main as convert_cli
-from q3tts.convert.convert import convert_checkpoint
 from q3tts.standalone import Qwen3TTS
+from q3tts.standalone.conversion import convert_checkpoint
 from q3tts.verify.fixtures import MODEL_TYPES, shard_checkpoint
+
+
+def upstream_version_installed() -> str | None:
+    """What the converter must record: the installed qwen-tts (none in the fast tier)."""
+    try:
+        return importlib.metadata.version("qwen-tts")
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def _all_tensors(directory):
@@ -46,6 +55,7 @@ def upstream(checkpoints, tmp_path):
 
 
 # --- round trips ---------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("sharded", [False, True], ids=["single", "sharded"])
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
@@ -79,7 +89,9 @@ def test_sharded_output_loads_and_matches_single_file(checkpoints, tmp_path):
     index = json.loads((tmp_path / "sharded" / "model.safetensors.index.json").read_text())
     files = sorted(set(index["weight_map"].values()))
     assert len(files) > 2 and all((tmp_path / "sharded" / f).is_file() for f in files)
-    assert index["metadata"]["total_size"] == sum(t.numel() * t.element_size() for t in _all_tensors(tmp_path / "sharded").values())
+    assert index["metadata"]["total_size"] == sum(
+        t.numel() * t.element_size() for t in _all_tensors(tmp_path / "sharded").values()
+    )
     a = Qwen3TTS.from_pretrained(tmp_path / "sharded")
     b = Qwen3TTS.from_pretrained(checkpoints["custom_voice"][1])
     for (na, ta), (nb, tb) in zip(a.state_dict().items(), b.state_dict().items()):
@@ -88,14 +100,18 @@ def test_sharded_output_loads_and_matches_single_file(checkpoints, tmp_path):
     assert set(files) <= set(manifest["files"])
 
 
-@pytest.mark.parametrize("dtype, torch_dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16), ("fp32", torch.float32)])
+@pytest.mark.parametrize(
+    "dtype, torch_dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16), ("fp32", torch.float32)]
+)
 def test_dtype_option_casts_floating_tensors(checkpoints, tmp_path, dtype, torch_dtype):
     exit_code, out = run_cli(checkpoints["voice_design"][0], tmp_path / "o", "--dtype", dtype)
     assert exit_code == 0, out
     tensors = _all_tensors(tmp_path / "o")
     assert {t.dtype for t in tensors.values()} == {torch_dtype}
     src = _all_tensors(checkpoints["voice_design"][0])
-    torch.testing.assert_close(tensors["talker.codec_head.weight"], src["talker.codec_head.weight"].to(torch_dtype), rtol=0, atol=0)
+    torch.testing.assert_close(
+        tensors["talker.codec_head.weight"], src["talker.codec_head.weight"].to(torch_dtype), rtol=0, atol=0
+    )
 
 
 def test_dry_run_lists_every_source_tensor_and_writes_nothing(checkpoints, tmp_path):
@@ -107,9 +123,14 @@ def test_dry_run_lists_every_source_tensor_and_writes_nothing(checkpoints, tmp_p
     n_sources = len(_all_tensors(up)) + len(_codec_tensors(up))
     listed = sum(l.split(" -> ")[0].count("[") for l in lines)
     assert listed == n_sources
-    assert any(l.startswith("speech_tokenizer/ decoder.quantizer.rvq_first.vq.layers.0._codebook.embedding_sum") for l in lines)
-    assert any("self_attn.q_proj.weight [32, 32] F32, talker.model.layers.0.self_attn.k_proj.weight" in l
-               and "-> talker.decoder.layers.0.attn.wqkv.weight [64, 32] F32 (concat)" in l for l in lines)
+    assert any(
+        l.startswith("speech_tokenizer/ decoder.quantizer.rvq_first.vq.layers.0._codebook.embedding_sum") for l in lines
+    )
+    assert any(
+        "self_attn.q_proj.weight [32, 32] F32, talker.model.layers.0.self_attn.k_proj.weight" in l
+        and "-> talker.decoder.layers.0.attn.wqkv.weight [64, 32] F32 (concat)" in l
+        for l in lines
+    )
     assert "nothing written" in out
 
 
@@ -119,8 +140,18 @@ def test_output_layout_manifest_and_report(checkpoints, tmp_path):
     assert exit_code == 0 and f"converted {n_in} tensors" in out, out
     o = tmp_path / "o"
     names = {p.name for p in o.iterdir()}
-    assert {"config.json", "model.safetensors", "manifest.json", "conversion-report.json", "upstream_config.json",
-            "generation_config.json", "vocab.json", "merges.txt", "tokenizer_config.json", "speech_tokenizer"} <= names
+    assert {
+        "config.json",
+        "model.safetensors",
+        "manifest.json",
+        "conversion-report.json",
+        "upstream_config.json",
+        "generation_config.json",
+        "vocab.json",
+        "merges.txt",
+        "tokenizer_config.json",
+        "speech_tokenizer",
+    } <= names
     assert not [n for n in os.listdir(tmp_path) if ".partial-" in n]
     cfg = json.loads((o / "config.json").read_text())
     assert cfg["format"] == "q3tts-standalone" and cfg["format_version"] == 1
@@ -129,10 +160,15 @@ def test_output_layout_manifest_and_report(checkpoints, tmp_path):
     assert report["tensors_in"] == n_in and report["tensors_out"] == 121 + n_codec_out
     assert len(report["tensors"]) == 121 + n_codec_out
     manifest = json.loads((o / "manifest.json").read_text())
-    assert manifest["converter_version"] and manifest["upstream_version"] == "0.1.1"
+    assert manifest["converter_version"] and manifest["upstream_version"] == upstream_version_installed()
     assert "speech_tokenizer/model.safetensors" in manifest["files"]
     # Side files byte for byte.
-    for rel in ("speech_tokenizer/config.json", "speech_tokenizer/preprocessor_config.json", "vocab.json", "generation_config.json"):
+    for rel in (
+        "speech_tokenizer/config.json",
+        "speech_tokenizer/preprocessor_config.json",
+        "vocab.json",
+        "generation_config.json",
+    ):
         assert (o / rel).read_bytes() == (checkpoints["base"][0] / rel).read_bytes()
 
 
@@ -154,6 +190,7 @@ def test_force_replaces_only_when_complete(checkpoints, tmp_path):
 
 
 # --- bad input: one line, non-zero exit, no traceback, nothing at DST -------------------------
+
 
 def _truncate(up):
     p = up / "model.safetensors"
@@ -180,6 +217,7 @@ def _edit(fn):
         sd = load_file(str(up / "model.safetensors"))
         fn(sd)
         save_file(sd, str(up / "model.safetensors"))
+
     return apply
 
 
@@ -188,6 +226,7 @@ def _config(fn):
         cfg = json.loads((up / "config.json").read_text())
         fn(cfg)
         (up / "config.json").write_text(json.dumps(cfg))
+
     return apply
 
 
@@ -206,7 +245,11 @@ def _index_disagrees(up):
     shard_checkpoint(up, 2)
     idx = json.loads((up / "model.safetensors.index.json").read_text())
     name = next(iter(idx["weight_map"]))
-    idx["weight_map"][name] = "model-00002-of-00002.safetensors" if idx["weight_map"][name].startswith("model-00001") else "model-00001-of-00002.safetensors"
+    idx["weight_map"][name] = (
+        "model-00002-of-00002.safetensors"
+        if idx["weight_map"][name].startswith("model-00001")
+        else "model-00001-of-00002.safetensors"
+    )
     (up / "model.safetensors.index.json").write_text(json.dumps(idx))
 
 
@@ -223,15 +266,25 @@ BAD_INPUTS = {
     "missing-config": (lambda up: (up / "config.json").unlink(), r"config.json: missing"),
     "malformed-config": (lambda up: (up / "config.json").write_text("{oops"), r"config.json: malformed JSON"),
     "unknown-model-type": (_config(lambda c: c.update(tts_model_type="karaoke")), r"unknown tts_model_type 'karaoke'"),
-    "config-missing-field": (_config(lambda c: c["talker_config"].pop("hidden_size")), r"missing required field 'hidden_size'"),
+    "config-missing-field": (
+        _config(lambda c: c["talker_config"].pop("hidden_size")),
+        r"missing required field 'hidden_size'",
+    ),
     "truncated-file": (_truncate, r"truncated"),
     "corrupt-header": (_corrupt_header, r"corrupt safetensors header"),
     "impossible-header-length": (_huge_header, r"corrupt safetensors header"),
-    "wrong-shape": (_edit(lambda sd: sd.__setitem__("talker.model.norm.weight", torch.ones(7))),
-                    r"tensor talker.model.norm.weight has shape \[7\], the config implies \[32\]"),
-    "missing-tensor": (_edit(lambda sd: sd.pop("talker.code_predictor.lm_head.2.weight")),
-                       r"missing tensor\(s\) \['talker.code_predictor.lm_head.2.weight'\]"),
-    "extra-tensor": (_edit(lambda sd: sd.__setitem__("talker.surprise", torch.zeros(1))), r"unexpected tensor\(s\) \['talker.surprise'\]"),
+    "wrong-shape": (
+        _edit(lambda sd: sd.__setitem__("talker.model.norm.weight", torch.ones(7))),
+        r"tensor talker.model.norm.weight has shape \[7\], the config implies \[32\]",
+    ),
+    "missing-tensor": (
+        _edit(lambda sd: sd.pop("talker.code_predictor.lm_head.2.weight")),
+        r"missing tensor\(s\) \['talker.code_predictor.lm_head.2.weight'\]",
+    ),
+    "extra-tensor": (
+        _edit(lambda sd: sd.__setitem__("talker.surprise", torch.zeros(1))),
+        r"unexpected tensor\(s\) \['talker.surprise'\]",
+    ),
     "only-pickle": (_only_pickle, r"only pickle weights \(pytorch_model.bin\); refused"),
     "index-disagrees": (_index_disagrees, r"index puts .* but it is in"),
     "duplicate-tensor": (_duplicate_across_shards, r"duplicate tensor"),
@@ -249,6 +302,7 @@ def test_bad_input_fails_cleanly(upstream, tmp_path, case):
     lines = [l for l in out.strip().splitlines() if l.strip()]
     assert len(lines) == 1 and lines[0].startswith("convert-ckpt: error:"), out
     import re
+
     assert re.search(message, lines[0]), lines[0]
     assert not dst.exists()
     assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
@@ -289,8 +343,13 @@ def test_hub_id_unreachable_endpoint_fails_at_once(tmp_path):
     # A fresh interpreter, so huggingface_hub reads the endpoint from the environment.
     env = dict(os.environ, HF_ENDPOINT="http://127.0.0.1:9", HF_HUB_OFFLINE="0", HF_HOME=str(tmp_path / "hf"))
     start = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "q3tts.convert.cli", "Qwen/Not-A-Real-Repo-xyz", str(tmp_path / "o")],
-                       capture_output=True, text=True, env=env, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "q3tts.convert.cli", "Qwen/Not-A-Real-Repo-xyz", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert r.returncode == 1, r.stderr
     assert "cannot reach http://127.0.0.1:9" in r.stderr and "Traceback" not in r.stderr
     assert time.perf_counter() - start < 30

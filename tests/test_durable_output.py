@@ -22,13 +22,13 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import save_file
 
-import q3tts.convert.convert as convert_mod
+import q3tts.standalone.conversion as convert_mod
 import q3tts.standalone.output_dir as output_dir
 from q3tts.convert import ConversionError, convert_checkpoint
 from q3tts.convert.cli import main as convert_cli
-from q3tts.convert.layout import plan
 from q3tts.standalone import CheckpointError, Qwen3TTS
 from q3tts.standalone.config import Qwen3TTSConfig
+from q3tts.standalone.layout import plan
 from q3tts.verify.fixtures import tiny_config
 
 
@@ -66,8 +66,13 @@ def _partials(parent: Path) -> list[Path]:
 
 
 def _start_cli(src: Path, dst: Path, **popen) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "q3tts.convert.cli", str(src), str(dst), "--no-progress"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+    return subprocess.Popen(
+        [sys.executable, "-m", "q3tts.convert.cli", str(src), str(dst), "--no-progress"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **popen,
+    )
 
 
 def _wait_mid_write(parent: Path, proc: subprocess.Popen, timeout: float = 60.0) -> Path:
@@ -114,8 +119,9 @@ def test_partial_of_a_live_process_is_never_removed(small_src, tmp_path):
     dst = tmp_path / "out"
     live = tmp_path / ".out.partial-live"
     live.mkdir()
-    (live / output_dir.OWNER_FILE).write_text(json.dumps(
-        {"pid": os.getpid(), "host": os.uname().nodename, "started": time.time() - 5}))
+    (live / output_dir.OWNER_FILE).write_text(
+        json.dumps({"pid": os.getpid(), "host": os.uname().nodename, "started": time.time() - 5})
+    )
     unknown_host = tmp_path / ".out.partial-elsewhere"
     unknown_host.mkdir()
     (unknown_host / output_dir.OWNER_FILE).write_text(json.dumps({"pid": 1, "host": "another-host", "started": 0}))
@@ -127,8 +133,9 @@ def test_partial_of_an_exited_process_is_removed(small_src, tmp_path):
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     partial = tmp_path / ".out.partial-dead"
     partial.mkdir()
-    (partial / output_dir.OWNER_FILE).write_text(json.dumps(
-        {"pid": int(gone.stdout), "host": os.uname().nodename, "started": time.time() - 5}))
+    (partial / output_dir.OWNER_FILE).write_text(
+        json.dumps({"pid": int(gone.stdout), "host": os.uname().nodename, "started": time.time() - 5})
+    )
     notes = []
     convert_checkpoint(small_src, tmp_path / "out", say=notes.append)
     assert not partial.exists() and notes == [f"removed {partial}, left behind by an interrupted run"]
@@ -154,11 +161,13 @@ def test_files_are_fsynced_before_the_rename_and_the_parent_after(small_src, tmp
     real_tree, real_dir, real_rename = output_dir._fsync_tree, output_dir._fsync_dir, output_dir.rename_no_replace
     monkeypatch.setattr(output_dir, "_fsync_tree", lambda p: (events.append(("tree", p.name)), real_tree(p)))
     monkeypatch.setattr(output_dir, "_fsync_dir", lambda p: (events.append(("dir", p.name)), real_dir(p)))
-    monkeypatch.setattr(output_dir, "rename_no_replace", lambda a, b: (events.append(("rename", b.name)), real_rename(a, b)))
+    monkeypatch.setattr(
+        output_dir, "rename_no_replace", lambda a, b: (events.append(("rename", b.name)), real_rename(a, b))
+    )
     convert_checkpoint(small_src, tmp_path / "out")
     kinds = [e[0] for e in events]
     assert kinds[0] == "tree" and kinds.count("rename") == 1, events  # the whole tree first ...
-    assert events[kinds.index("rename") + 1:] == [("dir", tmp_path.name)], events  # ... the parent after the rename
+    assert events[kinds.index("rename") + 1 :] == [("dir", tmp_path.name)], events  # ... the parent after the rename
 
 
 @pytest.mark.parametrize("force", [False, True])
@@ -188,8 +197,12 @@ def test_write_failure_midway_names_the_path_and_cleans_up(small_src, tmp_path):
     def limit():  # the weights file is about 1.3 MB; stop it at 200 kB
         resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
 
-    r = subprocess.run([sys.executable, "-m", "q3tts.convert.cli", str(small_src), str(dst), "--no-progress"],
-                       capture_output=True, text=True, preexec_fn=limit)
+    r = subprocess.run(
+        [sys.executable, "-m", "q3tts.convert.cli", str(small_src), str(dst), "--no-progress"],
+        capture_output=True,
+        text=True,
+        preexec_fn=limit,
+    )
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert r.returncode == 1 and len(lines) == 1, r.stderr
     assert "model.safetensors: write failed (File too large)" in lines[0] and "Traceback" not in r.stderr
@@ -209,7 +222,9 @@ def test_truncated_file_is_named_on_load(converted):
     size = weights.stat().st_size
     with open(weights, "r+b") as f:
         f.truncate(size - 100)
-    with pytest.raises(CheckpointError, match=rf"model.safetensors has {size - 100} bytes, the manifest says {size}.*convert it again"):
+    with pytest.raises(
+        CheckpointError, match=rf"model.safetensors has {size - 100} bytes, the manifest says {size}.*convert it again"
+    ):
         Qwen3TTS.from_pretrained(converted)
 
 

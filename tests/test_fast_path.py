@@ -33,8 +33,15 @@ def engine_pair(load_models):
 
 def test_fast_parity_within_measured_tolerances(engine_pair):
     wrapper, standalone, engine = engine_pair
-    report = run_fast_parity(wrapper, standalone, DTYPE, "fp32", engine=engine, max_new_tokens=12,
-                             case_names=("custom_voice.english", "batch.custom_voice"))
+    report = run_fast_parity(
+        wrapper,
+        standalone,
+        DTYPE,
+        "fp32",
+        engine=engine,
+        max_new_tokens=12,
+        case_names=("custom_voice.english", "batch.custom_voice"),
+    )
     bad = [c for c in report["forward"] if not c["passed"]]
     assert not bad, f"fast forward cases over tolerance: {bad}"
     assert report["teacher_forced"], "no teacher-forced case ran"
@@ -72,8 +79,9 @@ def test_compile_fast_switches_generate_and_checks_dtype(checkpoints):
     assert isinstance(Qwen3TTS.from_pretrained(checkpoints["custom_voice"][1], fast=True)._fast, FastEngine)
     model = Qwen3TTS.from_pretrained(checkpoints["custom_voice"][1], dtype=DTYPE).compile_fast(options=TEST_OPTIONS)
     ids = [torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8, 9]])]
-    codes, _ = model.generate(input_ids=ids, languages=["auto"], do_sample=False, subtalker_dosample=False,
-                              max_new_tokens=4)
+    codes, _ = model.generate(
+        input_ids=ids, languages=["auto"], do_sample=False, subtalker_dosample=False, max_new_tokens=4
+    )
     assert model._fast.compile_seconds > 0  # the compiled graphs ran
     assert codes[0].shape[1] == model.config.talker.num_code_groups
     assert "_fast" not in dict(model.named_modules()) and not any("_fast" in k for k in model.state_dict())

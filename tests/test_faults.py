@@ -6,15 +6,23 @@ from __future__ import annotations
 import pytest
 import torch
 
-from q3tts.verify.faults import CATALOGUE, run_fault
+from q3tts.verify.faults import CATALOGUE, SAMPLER_FAULTS, run_fault
 from q3tts.verify.suite import run_suite
+
+pytestmark = pytest.mark.reference  # drives upstream qwen-tts
 
 
 def test_catalogue_is_broad():
-    assert len(CATALOGUE) >= 15
+    assert len(CATALOGUE) >= 29 and len(SAMPLER_FAULTS) >= 8
     assert len({f.name for f in CATALOGUE}) == len(CATALOGUE)
-    assert {f.component for f in CATALOGUE} >= {"talker", "code_predictor", "speaker_encoder", "text_projection",
-                                                "generation", "codec"}
+    assert {f.component for f in CATALOGUE} >= {
+        "talker",
+        "code_predictor",
+        "speaker_encoder",
+        "text_projection",
+        "generation",
+        "codec",
+    }
 
 
 @pytest.mark.parametrize("fault", CATALOGUE, ids=[f.name for f in CATALOGUE])
@@ -22,7 +30,9 @@ def test_fault_is_detected_and_located(load_models, fault):
     wrapper, standalone = load_models(fault.model_type, torch.float32)
     result = run_fault(fault, wrapper, standalone, seeds=[0], frames=12, cache_key=f"faults-{fault.model_type}")
     assert result.detected, f"{fault.name} ({fault.description}) went unnoticed"
-    assert result.component_named, f"{fault.name}: failing components {result.failing_components}, expected {fault.component}"
+    assert result.component_named, (
+        f"{fault.name}: failing components {result.failing_components}, expected {fault.component}"
+    )
     assert result.layer_named is not False, f"{fault.name}: layers {result.reported_layers}, expected {fault.layer}"
 
 

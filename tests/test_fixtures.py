@@ -11,8 +11,13 @@ import torch
 from q3tts.verify.fixtures import MODEL_TYPES
 
 RELEASED_FILES = {
-    "config.json", "generation_config.json", "model.safetensors", "vocab.json", "merges.txt",
-    "tokenizer_config.json", "preprocessor_config.json",
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer_config.json",
+    "preprocessor_config.json",
 }
 SPEECH_TOKENIZER_FILES = {"config.json", "model.safetensors", "preprocessor_config.json"}
 
@@ -28,6 +33,7 @@ def test_fixture_is_a_complete_upstream_checkpoint(checkpoints, model_type):
     assert "model_type" not in cfg.get("speaker_encoder_config", {})
 
 
+@pytest.mark.reference
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
 def test_fixture_loads_through_upstream_from_pretrained(checkpoints, model_type):
     from qwen_tts import Qwen3TTSModel
@@ -41,10 +47,13 @@ def test_fixture_loads_through_upstream_from_pretrained(checkpoints, model_type)
     if model_type == "custom_voice":
         assert set(wrapper.model.get_supported_speakers()) == {"alice", "bob", "carol"}
     # The chat template's role tokens are single tokens, as upstream's position slicing assumes.
-    ids = wrapper.processor(text="<|im_start|>assistant\nHello world<|im_end|>\n<|im_start|>assistant\n")["input_ids"][0]
+    ids = wrapper.processor(text="<|im_start|>assistant\nHello world<|im_end|>\n<|im_start|>assistant\n")["input_ids"][
+        0
+    ]
     assert [wrapper.processor.tokenizer.decode([i]) for i in ids[:3]] == ["<|im_start|>", "assistant", "\n"]
 
 
+@pytest.mark.reference
 def test_talker_logits_are_peaked_not_uniform(load_pair):
     """With std-0.02 init the codec logits are near uniform and sampling follows the RNG alone."""
     upstream, _ = load_pair("custom_voice", torch.float32)
@@ -52,13 +61,17 @@ def test_talker_logits_are_peaked_not_uniform(load_pair):
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, talker.config.text_vocab_size, (1, 16), generator=g)
     with torch.inference_mode():
-        logits = talker(inputs_embeds=talker.text_projection(talker.model.text_embedding(ids)),
-                        attention_mask=torch.ones(1, 16, dtype=torch.long), use_cache=False).logits
+        logits = talker(
+            inputs_embeds=talker.text_projection(talker.model.text_embedding(ids)),
+            attention_mask=torch.ones(1, 16, dtype=torch.long),
+            use_cache=False,
+        ).logits
     probs = logits.float().softmax(-1)
     # Uniform over 1040 ids would give max prob ~0.001.
     assert probs.max(-1).values.mean() > 0.2
 
 
+@pytest.mark.reference
 def test_codec_decodes_to_real_amplitude(load_pair):
     """Upstream's default init decodes to ~1e-9; the fixture's codec must produce real audio."""
     upstream, _ = load_pair("base", torch.float32)

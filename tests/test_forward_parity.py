@@ -9,6 +9,8 @@ from q3tts.verify.compare import TOLERANCES
 from q3tts.verify.fixtures import MODEL_TYPES
 from q3tts.verify.forward_parity import format_table, run_forward_cases
 
+pytestmark = pytest.mark.reference  # drives upstream qwen-tts
+
 DTYPES = [torch.float32, torch.bfloat16]
 
 
@@ -21,8 +23,13 @@ def test_component_forwards_match_upstream(load_pair, model_type, dtype):
     assert not failed, "forward parity failed:\n" + format_table(results)
     cases = {r.case for r in results}
     groups = standalone.config.talker.num_code_groups
-    expected = {"text_projection", "talker.prefill.hidden", "talker.prefill.logits",
-                "talker.padded.hidden", "talker.padded.logits"}
+    expected = {
+        "text_projection",
+        "talker.prefill.hidden",
+        "talker.prefill.logits",
+        "talker.padded.hidden",
+        "talker.padded.logits",
+    }
     expected |= {f"code_predictor.group{k}" for k in range(1, groups)}
     if model_type == "base":
         expected |= {"speaker_encoder.mel", "speaker_encoder.embedding"}

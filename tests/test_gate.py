@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from q3tts.verify.gate import reference_requirements
 
 
@@ -15,12 +17,29 @@ def test_reference_requirements_leave_the_release_under_test_open():
     assert not any(r.lower().startswith(("qwen-tts", "transformers", "pytest")) for r in reqs)
 
 
+@pytest.mark.reference
 def test_gate_on_the_pinned_release(tmp_path):
     report = tmp_path / "gate-report"
     r = subprocess.run(
-        [sys.executable, "-m", "q3tts.verify.cli", "--against-upstream", "0.1.1", "--reuse-torch",
-         "--dtype", "fp32", "--seeds", "0", "--frames", "8", "--report-dir", str(report)],
-        capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            "-m",
+            "q3tts.verify.cli",
+            "--against-upstream",
+            "0.1.1",
+            "--reuse-torch",
+            "--dtype",
+            "fp32",
+            "--seeds",
+            "0",
+            "--frames",
+            "8",
+            "--report-dir",
+            str(report),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     gate = json.loads((report / "gate.json").read_text())

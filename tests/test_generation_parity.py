@@ -9,6 +9,8 @@ import torch
 from q3tts.verify.fixtures import MODEL_TYPES
 from q3tts.verify.generation_parity import CASES, CaseContext, format_codes_table, run_case
 
+pytestmark = pytest.mark.reference  # drives upstream qwen-tts
+
 PARAMS = [(mt, case) for mt in MODEL_TYPES for case in CASES if mt in case.model_types]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import shutil
 
 import pytest
@@ -10,6 +11,14 @@ from safetensors.torch import load_file, save_file
 
 from q3tts.convert import ConversionError, convert_checkpoint
 from q3tts.standalone import CheckpointError, Qwen3TTS
+
+
+def upstream_version_installed() -> str | None:
+    """What the converter must record: the installed qwen-tts (none in the fast tier)."""
+    try:
+        return importlib.metadata.version("qwen-tts")
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def _edit_weights(directory, edit):
@@ -35,9 +44,9 @@ def standalone_copy(checkpoints, tmp_path):
     return dst
 
 
-def test_loading_an_upstream_directory_says_convert_first(checkpoints):
-    with pytest.raises(CheckpointError, match="convert-ckpt"):
-        Qwen3TTS.from_pretrained(checkpoints["base"][0])
+def test_loading_an_upstream_directory_without_conversion_says_convert_first(checkpoints):
+    with pytest.raises(CheckpointError, match="conversion is off.*convert-ckpt"):
+        Qwen3TTS.from_pretrained(checkpoints["base"][0], convert=False)
 
 
 def test_missing_tensor_is_named_at_load(standalone_copy):
@@ -74,9 +83,14 @@ def test_converting_a_standalone_directory_is_refused(checkpoints, tmp_path):
     "edit, message",
     [
         (lambda sd: sd.pop("talker.model.norm.weight"), r"missing tensor\(s\) \['talker.model.norm.weight'\]"),
-        (lambda sd: sd.__setitem__("talker.bogus.weight", torch.zeros(1)), r"unexpected tensor\(s\) \['talker.bogus.weight'\]"),
-        (lambda sd: sd.__setitem__("talker.codec_head.weight", torch.zeros(5, 32)),
-         r"tensor talker.codec_head.weight has shape \[5, 32\]"),
+        (
+            lambda sd: sd.__setitem__("talker.bogus.weight", torch.zeros(1)),
+            r"unexpected tensor\(s\) \['talker.bogus.weight'\]",
+        ),
+        (
+            lambda sd: sd.__setitem__("talker.codec_head.weight", torch.zeros(5, 32)),
+            r"tensor talker.codec_head.weight has shape \[5, 32\]",
+        ),
     ],
     ids=["missing", "extra", "misshaped"],
 )
@@ -103,7 +117,7 @@ def test_existing_destination_is_left_untouched_without_force(upstream_copy, tmp
 def test_manifest_lists_every_output_file_with_its_hash(checkpoints):
     import json
 
-    from q3tts.convert.convert import sha256_file
+    from q3tts.standalone.conversion import sha256_file
 
     st = checkpoints["voice_design"][1]
     manifest = json.loads((st / "manifest.json").read_text())
@@ -111,5 +125,5 @@ def test_manifest_lists_every_output_file_with_its_hash(checkpoints):
     assert set(manifest["files"]) == files
     for name, info in manifest["files"].items():
         assert info["sha256"] == sha256_file(st / name)
-    assert manifest["upstream_version"] == "0.1.1"
+    assert manifest["upstream_version"] == upstream_version_installed()
     assert set(manifest["source_files"]) == {"model.safetensors", "config.json"}

@@ -23,13 +23,30 @@ main(sys.argv[1:])
 
 
 def _synthesize(*args):
-    return subprocess.run([sys.executable, "-c", BLOCKED, "synthesize", *map(str, args)], capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-c", BLOCKED, "synthesize", *map(str, args)], capture_output=True, text=True
+    )
 
 
+@pytest.mark.reference
 def test_synthesize_writes_upstreams_audio_without_transformers(checkpoints, load_models, tmp_path):
     out = tmp_path / "hello.wav"
-    r = _synthesize("--model", checkpoints["custom_voice"][1], "--text", "Hello world.", "--speaker", "alice",
-                    "--language", "english", "--seed", "3", "--max-new-tokens", "30", "--out", out)
+    r = _synthesize(
+        "--model",
+        checkpoints["custom_voice"][1],
+        "--text",
+        "Hello world.",
+        "--speaker",
+        "alice",
+        "--language",
+        "english",
+        "--seed",
+        "3",
+        "--max-new-tokens",
+        "30",
+        "--out",
+        out,
+    )
     assert r.returncode == 0, r.stderr
     assert "blocked" not in r.stderr
     wav, sr = sf.read(str(out), dtype="float32")
@@ -38,7 +55,9 @@ def test_synthesize_writes_upstreams_audio_without_transformers(checkpoints, loa
     # The same request through upstream's own wrapper, same seed: the same audio (16-bit wav).
     wrapper, _ = load_models("custom_voice", torch.float32)
     torch.manual_seed(3)
-    (expected,), _ = wrapper.generate_custom_voice("Hello world.", speaker="alice", language="english", max_new_tokens=30)
+    (expected,), _ = wrapper.generate_custom_voice(
+        "Hello world.", speaker="alice", language="english", max_new_tokens=30
+    )
     assert expected.shape == wav.shape
     np.testing.assert_allclose(wav, np.clip(expected, -1, 1), atol=2 / 32768, rtol=0)
 
@@ -57,7 +76,9 @@ def test_synthesize_clone_and_design_modes(checkpoints, tmp_path):
     ]
     for i, (kind, extra) in enumerate(runs):
         out = tmp_path / f"o{i}.wav"
-        r = _synthesize("--model", checkpoints[kind][1], "--text", "Hi.", "--out", out, "--greedy", "--max-new-tokens", "12", *extra)
+        r = _synthesize(
+            "--model", checkpoints[kind][1], "--text", "Hi.", "--out", out, "--greedy", "--max-new-tokens", "12", *extra
+        )
         assert r.returncode == 0, r.stderr
         assert sf.info(str(out)).samplerate == 24000
 
@@ -73,10 +94,20 @@ def test_synthesize_clone_and_design_modes(checkpoints, tmp_path):
 def test_synthesize_bad_input(checkpoints, tmp_path, args, message):
     out = tmp_path / "x.wav"
     r = _synthesize("--model", checkpoints["custom_voice"][1], "--text", "Hi.", "--out", out, *args)
-    assert r.returncode == 1 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
-    assert not out.exists()
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr  # usage errors
+    assert len(r.stderr.strip().splitlines()) == 1 and not out.exists()
 
 
-def test_synthesize_refuses_an_upstream_directory(checkpoints, tmp_path):
-    r = _synthesize("--model", checkpoints["custom_voice"][0], "--text", "Hi.", "--speaker", "alice", "--out", tmp_path / "x.wav")
+def test_synthesize_refuses_an_upstream_directory_with_no_convert(checkpoints, tmp_path):
+    r = _synthesize(
+        "--model",
+        checkpoints["custom_voice"][0],
+        "--text",
+        "Hi.",
+        "--speaker",
+        "alice",
+        "--out",
+        tmp_path / "x.wav",
+        "--no-convert",
+    )
     assert r.returncode == 1 and "convert it first" in r.stderr

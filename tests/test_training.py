@@ -24,6 +24,8 @@ from q3tts.verify.training_parity import (
     write_training_fixture,
 )
 
+pytestmark = pytest.mark.reference  # drives upstream qwen-tts
+
 
 @pytest.fixture(scope="module")
 def train_dirs(tmp_path_factory):
@@ -67,8 +69,9 @@ def test_upstream_recipe_parity(pair, dtype):
     names = {c.case for c in res.comparisons}
     # every trained upstream parameter was compared: talker layers, embeddings, head, code predictor
     n_grad = sum(1 for n in names if n.startswith("grad.") and not n.startswith("grad_group"))
-    trainable = sum(1 for n, p in up.named_parameters()
-                    if not n.startswith(("speaker_encoder.", "talker.text_projection.")))
+    trainable = sum(
+        1 for n, p in up.named_parameters() if not n.startswith(("speaker_encoder.", "talker.text_projection."))
+    )
     assert n_grad == trainable
     # measured: bit-identical in both dtypes on this fixture (see TRAINING_TOLERANCES)
     assert max(c.max_abs for c in res.comparisons) == 0.0
@@ -153,14 +156,29 @@ def test_collate_layout(pair):
     b = collate([TrainingItem(text, codes), short], cfg)
     n, frames = 2, 3
     assert b.input_ids.shape == (2, n + frames + 11, 2)
-    assert b.input_ids[0, :, 0].tolist() == [301, 5, 6] + [cfg.tts_pad_token_id] * 4 + [cfg.tts_bos_token_id, 100, 101,
-                                             cfg.tts_eos_token_id] + [cfg.tts_pad_token_id] * (frames + 2)
-    assert b.input_ids[0, :, 1].tolist() == [0, 0, 0, t.codec_nothink_id, t.codec_think_bos_id, t.codec_think_eos_id, 0,
-                                             t.codec_pad_id, t.codec_pad_id, t.codec_pad_id, t.codec_pad_id,
-                                             t.codec_bos_id] + codes[:, 0].tolist() + [t.codec_eos_token_id]
+    assert b.input_ids[0, :, 0].tolist() == [301, 5, 6] + [cfg.tts_pad_token_id] * 4 + [
+        cfg.tts_bos_token_id,
+        100,
+        101,
+        cfg.tts_eos_token_id,
+    ] + [cfg.tts_pad_token_id] * (frames + 2)
+    assert b.input_ids[0, :, 1].tolist() == [
+        0,
+        0,
+        0,
+        t.codec_nothink_id,
+        t.codec_think_bos_id,
+        t.codec_think_eos_id,
+        0,
+        t.codec_pad_id,
+        t.codec_pad_id,
+        t.codec_pad_id,
+        t.codec_pad_id,
+        t.codec_bos_id,
+    ] + codes[:, 0].tolist() + [t.codec_eos_token_id]
     p0 = 10 + n
     assert b.codec_mask[0].nonzero().flatten().tolist() == [p0, p0 + 1, p0 + 2]
-    assert torch.equal(b.codec_ids[0, p0:p0 + 3], codes)
+    assert torch.equal(b.codec_ids[0, p0 : p0 + 3], codes)
     assert b.codec_0_labels[0].tolist() == [-100] * p0 + codes[:, 0].tolist() + [t.codec_eos_token_id]
     assert b.codec_embedding_mask[0, :, 0].tolist() == [False] * 3 + [True] * 3 + [False] + [True] * (p0 + frames - 6)
     assert b.text_embedding_mask[0].all() and b.attention_mask[0].all()
@@ -172,8 +190,9 @@ def test_collate_layout(pair):
 
 def test_upstream_recipe_refuses_text_width_mismatch(checkpoints):
     st = Qwen3TTS.from_pretrained(checkpoints["base"][1])  # text width 24, talker width 32, like 0.6B
-    items = [TrainingItem(torch.tensor([301, 5, 6, 100]), torch.zeros(2, st.config.talker.num_code_groups,
-                                                                        dtype=torch.long))]
+    items = [
+        TrainingItem(torch.tensor([301, 5, 6, 100]), torch.zeros(2, st.config.talker.num_code_groups, dtype=torch.long))
+    ]
     spk = torch.zeros(1, st.config.talker.transformer.hidden_size)
     with pytest.raises(ValueError, match="recipe 'upstream' adds raw text embeddings"):
         training_forward(st, collate(items, st.config), spk, recipe="upstream")

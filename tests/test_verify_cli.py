@@ -18,9 +18,19 @@ def _run(*args):
     return r.exit_code, r.output
 
 
+@pytest.mark.reference
 def test_on_an_upstream_directory(checkpoints, tmp_path):
-    code, out = _run(checkpoints["voice_design"][0], "--dtype", "fp32", "--seeds", "0", "--frames", "6",
-                     "--report-dir", tmp_path / "r")
+    code, out = _run(
+        checkpoints["voice_design"][0],
+        "--dtype",
+        "fp32",
+        "--seeds",
+        "0",
+        "--frames",
+        "6",
+        "--report-dir",
+        tmp_path / "r",
+    )
     assert code == 0, out
     assert "verdict: PASS" in out
     report = json.loads((tmp_path / "r" / "parity.json").read_text())
@@ -33,6 +43,7 @@ def test_on_an_upstream_directory(checkpoints, tmp_path):
     assert report["versions"]["qwen-tts"] == "0.1.1" and report["versions"]["transformers"] == "4.57.3"
 
 
+@pytest.mark.reference
 def test_broken_standalone_fails_with_exit_1_and_names_the_layer(checkpoints, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(checkpoints["custom_voice"][1], broken)
@@ -40,8 +51,20 @@ def test_broken_standalone_fails_with_exit_1_and_names_the_layer(checkpoints, tm
     a, b = "talker.decoder.layers.1.attn_norm.weight", "talker.decoder.layers.1.mlp_norm.weight"
     sd[a], sd[b] = sd[b].clone(), sd[a].clone()
     save_file(sd, str(broken / "model.safetensors"))
-    code, out = _run(checkpoints["custom_voice"][0], "--standalone", broken, "--dtype", "fp32", "--seeds", "0",
-                     "--frames", "6", "--report-dir", tmp_path / "r")
+    (broken / "manifest.json").unlink()  # a hand-edited checkpoint: no manifest vouches for it
+    code, out = _run(
+        checkpoints["custom_voice"][0],
+        "--standalone",
+        broken,
+        "--dtype",
+        "fp32",
+        "--seeds",
+        "0",
+        "--frames",
+        "6",
+        "--report-dir",
+        tmp_path / "r",
+    )
     assert code == 1, out
     assert "verdict: FAIL" in out
     md = (tmp_path / "r" / "parity.md").read_text()
@@ -65,6 +88,8 @@ def test_codec_weights_are_accounted_for_too(checkpoints, tmp_path):
     sd = load_file(str(path))
     sd.pop("decoder.pre_transformer.layers.0.mlp.up_proj.weight")
     save_file(sd, str(path))
-    with pytest.raises(ConversionError, match=r"missing tensor\(s\) \['decoder.pre_transformer.layers.0.mlp.up_proj.weight'\]"):
+    with pytest.raises(
+        ConversionError, match=r"missing tensor\(s\) \['decoder.pre_transformer.layers.0.mlp.up_proj.weight'\]"
+    ):
         convert_checkpoint(up, tmp_path / "out")
     assert not (tmp_path / "out").exists()

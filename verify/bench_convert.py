@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from q3tts.convert.layout import plan
-from q3tts.convert.stream_io import SafetensorsWriter
 from q3tts.standalone import Qwen3TTSConfig
+from q3tts.standalone.layout import plan
+from q3tts.standalone.safetensors_writer import SafetensorsWriter
 
 from .fixtures import GENERATION_CONFIG, write_text_tokenizer
 from .released import released_config
@@ -54,7 +54,11 @@ def write_random_release(dst: Path, size: str, model_type: str = "base") -> dict
             left -= n
     (dst / "speech_tokenizer" / "config.json").write_text("{}")
     largest = max(math.prod(s) * 2 for _, _, s in specs)
-    return {"tensors": len(specs), "weight_bytes": sum(math.prod(s) * 2 for _, _, s in specs), "largest_tensor_bytes": largest}
+    return {
+        "tensors": len(specs),
+        "weight_bytes": sum(math.prod(s) * 2 for _, _, s in specs),
+        "largest_tensor_bytes": largest,
+    }
 
 
 def drop_page_cache() -> bool:
@@ -110,15 +114,24 @@ def main(argv=None) -> None:
         copy_s = time.perf_counter() - copy_t0
         shutil.rmtree(work / "plain-copy")
         cold = drop_page_cache() and cold
-        conv_s, peak, out = run_child([sys.executable, "-m", "q3tts.convert.cli", str(src), str(work / "standalone"), "--no-progress"])
+        conv_s, peak, out = run_child(
+            [sys.executable, "-m", "q3tts.convert.cli", str(src), str(work / "standalone"), "--no-progress"]
+        )
         bound = 3 * info["largest_tensor_bytes"] + 300 * 2**20
         result = {
-            "size": args.size, "model_type": "base", **info, "directory_bytes": total_bytes,
+            "size": args.size,
+            "model_type": "base",
+            **info,
+            "directory_bytes": total_bytes,
             "page_cache_dropped": cold,
-            "convert_seconds": conv_s, "convert_mb_s": total_bytes / 1e6 / conv_s,
-            "plain_copy_seconds": copy_s, "plain_copy_mb_s": total_bytes / 1e6 / copy_s,
+            "convert_seconds": conv_s,
+            "convert_mb_s": total_bytes / 1e6 / conv_s,
+            "plain_copy_seconds": copy_s,
+            "plain_copy_mb_s": total_bytes / 1e6 / copy_s,
             "convert_vs_copy": copy_s / conv_s,
-            "peak_rss_bytes": peak, "rss_bound_bytes": bound, "within_bound": peak <= bound,
+            "peak_rss_bytes": peak,
+            "rss_bound_bytes": bound,
+            "within_bound": peak <= bound,
             "converter_output": out.strip(),
         }
     finally:

@@ -19,10 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from q3tts.convert.layout import codec_plan, convert_tensors
 from q3tts.standalone.codec import CodecConfig, CodecDecoder
+from q3tts.standalone.layout import codec_plan, convert_tensors
 
 from .bench_generation import environment
+from .compare import audio_diff
 from .fixtures import randomize_, tiny_speech_tokenizer_config
 from .released import released_speech_tokenizer_config
 
@@ -37,20 +38,17 @@ def build_codecs(config: dict, seed: int = 0):
     converted = dict(convert_tensors(codec_plan(cfg), state.__getitem__))
     with torch.device("meta"):
         st = CodecDecoder(cfg)
-    st.load_state_dict({k[len("decoder."):]: v for k, v in converted.items()}, strict=True, assign=True)
+    st.load_state_dict({k[len("decoder.") :]: v for k, v in converted.items()}, strict=True, assign=True)
     return up, st.eval(), cfg
-
-
-def snr_db(ref: np.ndarray, got: np.ndarray) -> float:
-    noise = float(np.sum((ref.astype(np.float64) - got) ** 2))
-    return float("inf") if noise == 0 else float(10 * np.log10(np.sum(ref.astype(np.float64) ** 2) / noise))
 
 
 def bench(name: str, config: dict, lengths: list[int], repeats: int) -> dict:
     up, st, cfg = build_codecs(config)
     rows = []
     for frames in lengths:
-        codes = torch.randint(0, cfg.codebook_size, (frames, cfg.num_quantizers), generator=torch.Generator().manual_seed(frames))
+        codes = torch.randint(
+            0, cfg.codebook_size, (frames, cfg.num_quantizers), generator=torch.Generator().manual_seed(frames)
+        )
         with torch.inference_mode():
             up.decode(codes[None])  # warm-up
             t_up, t_st = [], []
@@ -61,16 +59,27 @@ def bench(name: str, config: dict, lengths: list[int], repeats: int) -> dict:
                 t0 = time.perf_counter()
                 got = st.decode([codes])[0]
                 t_st.append(time.perf_counter() - t0)
+        max_abs, snr = audio_diff(ref, got)
         seconds_audio = frames * cfg.decode_upsample_rate / cfg.output_sample_rate
-        rows.append({
-            "frames": frames, "audio_seconds": seconds_audio, "max_abs_diff": float(np.abs(ref - got).max()),
-            "snr_db": snr_db(ref, got), "rms": float(np.sqrt(np.mean(ref**2))),
-            "upstream_seconds": min(t_up), "standalone_seconds": min(t_st),
-            "upstream_rtf": min(t_up) / seconds_audio, "standalone_rtf": min(t_st) / seconds_audio,
-        })
+        rows.append(
+            {
+                "frames": frames,
+                "audio_seconds": seconds_audio,
+                "max_abs_diff": max_abs,
+                "snr_db": snr,
+                "rms": float(np.sqrt(np.mean(ref**2))),
+                "upstream_seconds": min(t_up),
+                "standalone_seconds": min(t_st),
+                "upstream_rtf": min(t_up) / seconds_audio,
+                "standalone_rtf": min(t_st) / seconds_audio,
+            }
+        )
         r = rows[-1]
-        print(f"[{name}] {frames} frames: max abs {r['max_abs_diff']:.2e}, SNR {r['snr_db']:.1f} dB, "
-              f"RTF upstream {r['upstream_rtf']:.3f} standalone {r['standalone_rtf']:.3f}", flush=True)
+        print(
+            f"[{name}] {frames} frames: max abs {r['max_abs_diff']:.2e}, SNR {r['snr_db']:.1f} dB, "
+            f"RTF upstream {r['upstream_rtf']:.3f} standalone {r['standalone_rtf']:.3f}",
+            flush=True,
+        )
     return {"model": name, "clips": rows}
 
 
@@ -81,26 +90,35 @@ def main(argv=None) -> None:
     ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    results = {"environment": environment(), "models": [
-        bench("tiny", tiny_speech_tokenizer_config(), [1, 5, 80, 330, 700], args.repeats),
-        bench("released size", released_speech_tokenizer_config(), [25, 100, 330], args.repeats),
-    ]}
+    results = {
+        "environment": environment(),
+        "models": [
+            bench("tiny", tiny_speech_tokenizer_config(), [1, 5, 80, 330, 700], args.repeats),
+            bench("released size", released_speech_tokenizer_config(), [25, 100, 330], args.repeats),
+        ],
+    }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "decode-benchmark.json").write_text(json.dumps(results, indent=2) + "\n")
     env = results["environment"]
-    lines = ["# Codec decode: parity and real-time factor", "",
-             f"CPU fp32, {env['threads']} threads, torch {env['torch']}, qwen-tts {env['qwen-tts']}. Random weights "
-             "(fixture initialiser; real amplitudes); the same codes decoded by upstream's Qwen3TTSTokenizerV2Model.decode "
-             "and the standalone decoder (chunks of 300 frames with 25 of left context on both sides). "
-             "RTF = decode seconds / audio seconds (lower is faster), best of the repeats.", "",
-             "| codec | frames | audio s | max abs diff | SNR dB | RMS | upstream RTF | standalone RTF | speedup |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Codec decode: parity and real-time factor",
+        "",
+        f"CPU fp32, {env['threads']} threads, torch {env['torch']}, qwen-tts {env['qwen-tts']}. Random weights "
+        "(fixture initialiser; real amplitudes); the same codes decoded by upstream's Qwen3TTSTokenizerV2Model.decode "
+        "and the standalone decoder (chunks of 300 frames with 25 of left context on both sides). "
+        "RTF = decode seconds / audio seconds (lower is faster), best of the repeats.",
+        "",
+        "| codec | frames | audio s | max abs diff | SNR dB | RMS | upstream RTF | standalone RTF | speedup |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for m in results["models"]:
         for r in m["clips"]:
-            lines.append(f"| {m['model']} | {r['frames']} | {r['audio_seconds']:.2f} | {r['max_abs_diff']:.1e} | "
-                         f"{r['snr_db']:.1f} | {r['rms']:.3f} | {r['upstream_rtf']:.4f} | {r['standalone_rtf']:.4f} | "
-                         f"{r['upstream_rtf'] / r['standalone_rtf']:.2f}x |")
+            lines.append(
+                f"| {m['model']} | {r['frames']} | {r['audio_seconds']:.2f} | {r['max_abs_diff']:.1e} | "
+                f"{r['snr_db']:.1f} | {r['rms']:.3f} | {r['upstream_rtf']:.4f} | {r['standalone_rtf']:.4f} | "
+                f"{r['upstream_rtf'] / r['standalone_rtf']:.2f}x |"
+            )
     (out / "decode-benchmark.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

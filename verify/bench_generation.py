@@ -36,8 +36,8 @@ from pathlib import Path
 
 import torch
 
-from q3tts.convert.layout import convert_tensors, plan
 from q3tts.standalone import Qwen3TTS, Qwen3TTSConfig
+from q3tts.standalone.layout import convert_tensors, plan
 
 from .fixtures import randomize_, tiny_config
 from .released import released_config
@@ -112,12 +112,26 @@ def measure_read_bandwidth(nbytes: int = 2**30, repeats: int = 7, threads: int |
         src, exe = Path(tmp) / "read.c", Path(tmp) / "read"
         src.write_text(_READ_BENCH_C)
         try:
-            subprocess.run(["gcc", "-O3", "-march=native", "-ffast-math", "-fopenmp", str(src), "-o", str(exe)],
-                           check=True, capture_output=True, timeout=120)
-            out = subprocess.run([str(exe), str(nbytes), str(repeats)], check=True, capture_output=True, text=True,
-                                 timeout=300, env={**os.environ, "OMP_NUM_THREADS": str(threads)}).stdout.split()
-            return {"bytes_per_s": float(out[0]), "threads": int(out[1]), "method": "C streaming sum (gcc, OpenMP)",
-                    "buffer_bytes": nbytes}
+            subprocess.run(
+                ["gcc", "-O3", "-march=native", "-ffast-math", "-fopenmp", str(src), "-o", str(exe)],
+                check=True,
+                capture_output=True,
+                timeout=120,
+            )
+            out = subprocess.run(
+                [str(exe), str(nbytes), str(repeats)],
+                check=True,
+                capture_output=True,
+                text=True,
+                timeout=300,
+                env={**os.environ, "OMP_NUM_THREADS": str(threads)},
+            ).stdout.split()
+            return {
+                "bytes_per_s": float(out[0]),
+                "threads": int(out[1]),
+                "method": "C streaming sum (gcc, OpenMP)",
+                "buffer_bytes": nbytes,
+            }
         except (OSError, subprocess.SubprocessError) as e:
             import numpy as np
 
@@ -127,23 +141,34 @@ def measure_read_bandwidth(nbytes: int = 2**30, repeats: int = 7, threads: int |
                 t0 = time.perf_counter()
                 a.sum()
                 best = min(best, time.perf_counter() - t0)
-            return {"bytes_per_s": a.nbytes / best, "threads": 1, "method": f"numpy sum, one thread (C failed: {e})",
-                    "buffer_bytes": nbytes}
+            return {
+                "bytes_per_s": a.nbytes / best,
+                "threads": 1,
+                "method": f"numpy sum, one thread (C failed: {e})",
+                "buffer_bytes": nbytes,
+            }
 
 
 def bytes_read_per_frame(cfg: Qwen3TTSConfig, bytes_per_param: int) -> int:
     """Weights one frame must stream: the talker's layers and codec head once, and per residual
     group the code predictor's layers, its input projection and one head (embedding rows are
     negligible lookups)."""
+
     def layer_params(tc):
         q = tc.num_attention_heads * tc.head_dim
         kv = tc.num_key_value_heads * tc.head_dim
-        return tc.num_hidden_layers * (tc.hidden_size * (q + 2 * kv) + q * tc.hidden_size + 3 * tc.hidden_size * tc.intermediate_size)
+        return tc.num_hidden_layers * (
+            tc.hidden_size * (q + 2 * kv) + q * tc.hidden_size + 3 * tc.hidden_size * tc.intermediate_size
+        )
 
     t = cfg.talker
     cp = t.code_predictor
     talker = layer_params(t.transformer) + t.vocab_size * t.transformer.hidden_size
-    proj = t.transformer.hidden_size * cp.transformer.hidden_size if cp.transformer.hidden_size != t.transformer.hidden_size else 0
+    proj = (
+        t.transformer.hidden_size * cp.transformer.hidden_size
+        if cp.transformer.hidden_size != t.transformer.hidden_size
+        else 0
+    )
     per_group = layer_params(cp.transformer) + proj + cp.vocab_size * cp.transformer.hidden_size
     return (talker + (t.num_code_groups - 1) * per_group) * bytes_per_param
 
@@ -174,8 +199,13 @@ def prompt_kwargs(cfg: Qwen3TTSConfig, batch: int, text_len: int = 24, seed: int
         ids.append(torch.cat([head, body, tail], dim=1))
     speakers = list(cfg.talker.spk_id)[:1] * batch or [None] * batch
     # EOS is moved to a suppressed id, so every run produces exactly max_new_tokens - 1 frames.
-    return dict(input_ids=ids, languages=["english"] * batch, speakers=speakers, non_streaming_mode=True,
-                eos_token_id=cfg.talker.vocab_size - 1)
+    return dict(
+        input_ids=ids,
+        languages=["english"] * batch,
+        speakers=speakers,
+        non_streaming_mode=True,
+        eos_token_id=cfg.talker.vocab_size - 1,
+    )
 
 
 def time_generate(fn, kwargs: dict, frames: int, seed: int):
@@ -212,8 +242,15 @@ def _codes_agreement(ref, got) -> float:
     return same / total if total else 1.0
 
 
-def bench_model(name: str, config: dict, frames: int, batches: list[int], rounds: int,
-                fast_dtypes: tuple[str, ...], fast_options: dict | None) -> dict:
+def bench_model(
+    name: str,
+    config: dict,
+    frames: int,
+    batches: list[int],
+    rounds: int,
+    fast_dtypes: tuple[str, ...],
+    fast_options: dict | None,
+) -> dict:
     load_before = load_average()
     up, st, cfg = build_pair(config)
     engines = {"upstream": up.generate, "exact": st.generate}
@@ -222,8 +259,13 @@ def bench_model(name: str, config: dict, frames: int, batches: list[int], rounds
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dname]
         fast_models[dname] = standalone_view(st, cfg, dtype).compile_fast(options=fast_options)
         engines[f"fast {dname}"] = fast_models[dname].generate
-    out = {"model": name, "load_before": load_before, "fast_options": fast_options or "default (max_autotune, freezing)",
-           "bytes_read_per_frame": {d: bytes_read_per_frame(cfg, n) for d, n in (("fp32", 4), ("bf16", 2))}, "runs": []}
+    out = {
+        "model": name,
+        "load_before": load_before,
+        "fast_options": fast_options or "default (max_autotune, freezing)",
+        "bytes_read_per_frame": {d: bytes_read_per_frame(cfg, n) for d, n in (("fp32", 4), ("bf16", 2))},
+        "runs": [],
+    }
     for b in batches:
         kwargs = prompt_kwargs(cfg, b)
         run = {"batch": b, "frames_per_item": frames, "engines": {}}
@@ -231,12 +273,18 @@ def bench_model(name: str, config: dict, frames: int, batches: list[int], rounds
             t0 = time.perf_counter()
             with torch.inference_mode():
                 fn(**kwargs, max_new_tokens=3)
-            info = {"warmup_seconds": time.perf_counter() - t0, "ms_per_frame_rounds": [], "ttff_ms_rounds": [],
-                    "rss_growth_mb": 0.0}
+            info = {
+                "warmup_seconds": time.perf_counter() - t0,
+                "ms_per_frame_rounds": [],
+                "ttff_ms_rounds": [],
+                "rss_growth_mb": 0.0,
+            }
             if side.startswith("fast"):
                 info["compile_seconds"] = fast_models[side.split()[1]]._fast.compile_seconds
             run["engines"][side] = info
-            print(f"[{name}] batch {b}: {side} warm-up {info['warmup_seconds']:.1f} s (load {load_average()})", flush=True)
+            print(
+                f"[{name}] batch {b}: {side} warm-up {info['warmup_seconds']:.1f} s (load {load_average()})", flush=True
+            )
         codes = {}
         for r in range(rounds):
             for side, fn in engines.items():
@@ -249,14 +297,20 @@ def bench_model(name: str, config: dict, frames: int, batches: list[int], rounds
                     codes[side], seconds, rss = time_generate(fn, kwargs, frames, seed=1)
                 info["ms_per_frame_rounds"].append(1e3 * seconds / frames)  # one decode step of the whole batch
                 info["rss_growth_mb"] = max(info["rss_growth_mb"], rss.growth / 2**20)
-            print(f"[{name}] batch {b} round {r}: " + ", ".join(
-                f"{s} {i['ms_per_frame_rounds'][-1]:.1f}" for s, i in run["engines"].items()) + f" ms/frame (load {load_average()})",
-                flush=True)
+            print(
+                f"[{name}] batch {b} round {r}: "
+                + ", ".join(f"{s} {i['ms_per_frame_rounds'][-1]:.1f}" for s, i in run["engines"].items())
+                + f" ms/frame (load {load_average()})",
+                flush=True,
+            )
         for side, info in run["engines"].items():
             ms = info["ms_per_frame_rounds"]
-            info.update(ms_per_frame_median=statistics.median(ms), ms_per_frame_min=min(ms),
-                        ttff_ms_median=statistics.median(info["ttff_ms_rounds"]),
-                        frames_per_s=1e3 * b / statistics.median(ms))
+            info.update(
+                ms_per_frame_median=statistics.median(ms),
+                ms_per_frame_min=min(ms),
+                ttff_ms_median=statistics.median(info["ttff_ms_rounds"]),
+                frames_per_s=1e3 * b / statistics.median(ms),
+            )
             info["frames_agreeing_with_upstream"] = _codes_agreement(codes["upstream"], codes[side])
         run["exact_codes_identical"] = all(torch.equal(a, c) for a, c in zip(codes["upstream"], codes["exact"]))
         run["peak_rss_mb"] = PeakRSS.current() / 2**20
@@ -265,8 +319,9 @@ def bench_model(name: str, config: dict, frames: int, batches: list[int], rounds
     single = next((r for r in out["runs"] if r["batch"] == 1), None)
     for r in out["runs"]:
         if single is not None and r["batch"] > 1:
-            r["aggregate_over_single"] = {s: r["engines"][s]["frames_per_s"] / single["engines"][s]["frames_per_s"]
-                                          for s in r["engines"]}
+            r["aggregate_over_single"] = {
+                s: r["engines"][s]["frames_per_s"] / single["engines"][s]["frames_per_s"] for s in r["engines"]
+            }
     del up, st, fast_models, engines
     gc.collect()
     return out
@@ -275,8 +330,12 @@ def bench_model(name: str, config: dict, frames: int, batches: list[int], rounds
 def environment() -> dict:
     from .report import versions
 
-    return {**versions(), "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
-            "cores": os.cpu_count()}
+    return {
+        **versions(),
+        "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+    }
 
 
 def add_floors(results: dict) -> None:
@@ -291,7 +350,9 @@ def add_floors(results: dict) -> None:
                 info["floor_fraction"] = m["floor_ms_per_frame"][dname] / info["ms_per_frame_median"]
                 ref = results["bandwidth"].get("reference_bytes_per_s")
                 if ref:
-                    info["reference_floor_fraction"] = m["bytes_read_per_frame"][dname] / ref * 1e3 / info["ms_per_frame_median"]
+                    info["reference_floor_fraction"] = (
+                        m["bytes_read_per_frame"][dname] / ref * 1e3 / info["ms_per_frame_median"]
+                    )
 
 
 def write_reports(results: dict, out_dir: Path) -> None:
@@ -313,8 +374,14 @@ def write_reports(results: dict, out_dir: Path) -> None:
         + f"; {bw['method']}, {bw['threads']} threads, {bw['buffer_bytes'] / 2**30:.0f} GiB, best of 7 sums each). "
         "Floor = weight bytes one frame reads in that dtype / this bandwidth.",
         "",
-        *([f"Reference bandwidth (given, not measured in this run): {bw['reference_bytes_per_s'] / 1e9:.1f} GB/s; "
-           "'ref. floor reached' uses it."] if bw.get("reference_bytes_per_s") else []),
+        *(
+            [
+                f"Reference bandwidth (given, not measured in this run): {bw['reference_bytes_per_s'] / 1e9:.1f} GB/s; "
+                "'ref. floor reached' uses it."
+            ]
+            if bw.get("reference_bytes_per_s")
+            else []
+        ),
         "",
         "| model | batch | engine | ms/frame median (min) | floor ms/frame | floor reached | ref. floor reached | "
         "first frame ms | warm-up s (compile) | RSS growth MB | frames = upstream | load before / after |",
@@ -331,7 +398,8 @@ def write_reports(results: dict, out_dir: Path) -> None:
                     f"| {m['floor_ms_per_frame'][dname]:.1f} | {format(i['floor_fraction'], '.0%') if meaningful else '-'} "
                     f"| {format(i['reference_floor_fraction'], '.0%') if meaningful and 'reference_floor_fraction' in i else '-'} "
                     f"| {i['ttff_ms_median']:.0f} | {i['warmup_seconds']:.1f}{compile_s} | {i['rss_growth_mb']:.0f} "
-                    f"| {i['frames_agreeing_with_upstream']:.0%} | {m['load_before']} / {m['load_after']} |")
+                    f"| {i['frames_agreeing_with_upstream']:.0%} | {m['load_before']} / {m['load_after']} |"
+                )
     lines += [
         "",
         "ms/frame: wall time of one decode step of the whole batch (prefill included, amortised over the frames). "
@@ -345,10 +413,14 @@ def write_reports(results: dict, out_dir: Path) -> None:
     for m in results["models"]:
         for r in m["runs"]:
             if "aggregate_over_single" in r:
-                lines.append(f"- {m['model']} batch {r['batch']}: aggregate frames/s over single stream: " + ", ".join(
-                    f"{s} {v:.2f}x" for s, v in r["aggregate_over_single"].items()))
-            lines.append(f"- {m['model']} batch {r['batch']}: exact codes identical to upstream: "
-                         f"{'yes' if r['exact_codes_identical'] else 'NO'}; process RSS after the runs {r['peak_rss_mb']:.0f} MB")
+                lines.append(
+                    f"- {m['model']} batch {r['batch']}: aggregate frames/s over single stream: "
+                    + ", ".join(f"{s} {v:.2f}x" for s, v in r["aggregate_over_single"].items())
+                )
+            lines.append(
+                f"- {m['model']} batch {r['batch']}: exact codes identical to upstream: "
+                f"{'yes' if r['exact_codes_identical'] else 'NO'}; process RSS after the runs {r['peak_rss_mb']:.0f} MB"
+            )
     if results.get("peers"):
         lines += ["", f"Peers: {results['peers']}"]
     (out_dir / "benchmark.md").write_text("\n".join(lines) + "\n")
@@ -359,7 +431,9 @@ def merge_reports(paths: list[Path], out_dir: Path) -> None:
     within one process; the bandwidth measurements of all runs are kept, the best sets the floor."""
     runs = [json.loads(p.read_text()) for p in paths]
     merged = dict(runs[0], models=[m for r in runs for m in r["models"]])
-    merged["bandwidth"] = dict(runs[0]["bandwidth"], measurements=[x for r in runs for x in r["bandwidth"]["measurements"]])
+    merged["bandwidth"] = dict(
+        runs[0]["bandwidth"], measurements=[x for r in runs for x in r["bandwidth"]["measurements"]]
+    )
     merged["merged_from"] = [str(p) for p in paths]
     write_reports(merged, out_dir)
 
@@ -380,19 +454,33 @@ def main(argv=None) -> None:
     ap.add_argument("--batches", default="1", help="comma-separated batch sizes, e.g. 1,4")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--fast-dtypes", default="fp32,bf16")
-    ap.add_argument("--fast-options", choices=["default", "freezing-only"], default="default",
-                    help="inductor options of the fast engines: default = max_autotune + freezing")
+    ap.add_argument(
+        "--fast-options",
+        choices=["default", "freezing-only"],
+        default="default",
+        help="inductor options of the fast engines: default = max_autotune + freezing",
+    )
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--reference-bandwidth-gbs", type=float, default=None,
-                    help="also report the floor at this bandwidth (e.g. one measured on a quiet machine), labelled as such")
+    ap.add_argument(
+        "--reference-bandwidth-gbs",
+        type=float,
+        default=None,
+        help="also report the floor at this bandwidth (e.g. one measured on a quiet machine), labelled as such",
+    )
     ap.add_argument("--out", default="reports")
-    ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
-                    help="only merge benchmark.json files of separate runs (one model per run) into --out")
+    ap.add_argument(
+        "--merge",
+        nargs="+",
+        default=None,
+        metavar="JSON",
+        help="only merge benchmark.json files of separate runs (one model per run) into --out",
+    )
     args = ap.parse_args(argv)
     if args.merge:
         merge_reports([Path(p) for p in args.merge], Path(args.out))
         return
     torch.set_num_threads(args.threads)
+
     def bandwidth() -> dict:
         bw = measure_read_bandwidth(threads=args.threads)
         bw["load"] = load_average()
@@ -405,8 +493,14 @@ def main(argv=None) -> None:
     if args.reference_bandwidth_gbs:
         bw["reference_bytes_per_s"] = args.reference_bandwidth_gbs * 1e9
     cache_dir = os.environ.get("TORCHINDUCTOR_CACHE_DIR", f"/tmp/torchinductor_{os.environ.get('USER', 'root')}")
-    results = {"environment": environment(), "bandwidth": bw, "inductor_cache_dir": cache_dir,
-               "inductor_cache_existed": Path(cache_dir).exists(), "peers": peers_status(), "models": []}
+    results = {
+        "environment": environment(),
+        "bandwidth": bw,
+        "inductor_cache_dir": cache_dir,
+        "inductor_cache_existed": Path(cache_dir).exists(),
+        "peers": peers_status(),
+        "models": [],
+    }
     options = None if args.fast_options == "default" else {"freezing": True}
     fast_dtypes = tuple(d for d in args.fast_dtypes.split(",") if d)
     for size in args.sizes.split(","):

@@ -15,27 +15,83 @@ DTYPE_CHOICES = ("fp32", "bf16")
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("src", required=False)
-@click.option("--standalone", "standalone_dir", type=click.Path(file_okay=False, exists=True),
-              help="Use this converted directory instead of converting SRC.")
-@click.option("--dtype", "dtypes", multiple=True, type=click.Choice(DTYPE_CHOICES),
-              help="Dtypes to check (repeatable). Default: fp32 and bf16.")
+@click.option(
+    "--standalone",
+    "standalone_dir",
+    type=click.Path(file_okay=False, exists=True),
+    help="Use this converted directory instead of converting SRC.",
+)
+@click.option(
+    "--dtype",
+    "dtypes",
+    multiple=True,
+    type=click.Choice(DTYPE_CHOICES),
+    help="Dtypes to check (repeatable). Default: fp32 and bf16.",
+)
 @click.option("--seeds", default="0,1", show_default=True, help="Comma-separated seeds for sampled generation.")
-@click.option("--frames", type=int, default=None,
-              help="Frames generated per generation case (default 24 on the fixtures, 6 on a real checkpoint).")
-@click.option("--report-dir", type=click.Path(file_okay=False), default="parity-report", show_default=True,
-              help="Where parity.json and parity.md are written.")
+@click.option(
+    "--frames",
+    type=int,
+    default=None,
+    help="Frames generated per generation case (default 24 on the fixtures, 6 on a real checkpoint).",
+)
+@click.option(
+    "--report-dir",
+    type=click.Path(file_okay=False),
+    default="parity-report",
+    show_default=True,
+    help="Where parity.json and parity.md are written.",
+)
 @click.option("--no-generation", is_flag=True, help="Only component forwards and audio.")
-@click.option("--against-upstream", "against", default=None, metavar="VERSION",
-              help="Build a fresh virtualenv with qwen-tts==VERSION ('latest' for the newest release), "
-                   "run the tiny parity there and write the report. Gates upstream releases.")
-@click.option("--reuse-torch", is_flag=True,
-              help="With --against-upstream: let the new environment see this one's packages (torch, ...) "
-                   "so only what VERSION needs differently is installed.")
-@click.option("--self-test", is_flag=True,
-              help="Plant each fault of the catalogue in the standalone side of the tiny fixtures and check that "
-                   "the suite catches it and names the right component and layer.")
+@click.option(
+    "--sensitivity/--no-sensitivity",
+    default=None,
+    help="Measure knob sensitivity (each sampling knob perturbed on the standalone side; fp32 runs). "
+    "Default: on for the embedded default, off for SRC (it regenerates every sampler plan ~15 times).",
+)
+@click.option(
+    "--against-upstream",
+    "against",
+    default=None,
+    metavar="VERSION",
+    help="Build a fresh virtualenv with qwen-tts==VERSION ('latest' for the newest release), "
+    "run the tiny parity there and write the report. Gates upstream releases.",
+)
+@click.option(
+    "--reuse-torch",
+    is_flag=True,
+    help="With --against-upstream: let the new environment see this one's packages (torch, ...) "
+    "so only what VERSION needs differently is installed.",
+)
+@click.option(
+    "--self-test",
+    is_flag=True,
+    help="Plant each fault of the catalogue in the standalone side of the tiny fixtures and check that "
+    "the suite catches it and names the right component and layer (in each --dtype).",
+)
+@click.option(
+    "--faults",
+    "fault_names",
+    default=None,
+    metavar="NAMES",
+    help="With --self-test: only these comma-separated faults (default: the whole catalogue).",
+)
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def main(src, standalone_dir, dtypes, seeds, frames, report_dir, no_generation, against, reuse_torch, self_test, debug) -> None:
+def main(
+    src,
+    standalone_dir,
+    dtypes,
+    seeds,
+    frames,
+    report_dir,
+    no_generation,
+    sensitivity,
+    against,
+    reuse_torch,
+    self_test,
+    fault_names,
+    debug,
+) -> None:
     """Compare upstream qwen-tts and the standalone model on SRC (an upstream checkpoint directory or
     hub id). Without SRC, builds tiny random checkpoints of all three model types (the embedded
     default). Exits 0 only when every case passes."""
@@ -45,13 +101,24 @@ def main(src, standalone_dir, dtypes, seeds, frames, report_dir, no_generation, 
         if not seed_list:
             raise click.BadParameter("at least one seed", param_hint="--seeds")
         if self_test:
-            ok = run_self_test(Path(report_dir))
+            names = [n.strip() for n in fault_names.split(",") if n.strip()] if fault_names else None
+            ok = run_self_test(Path(report_dir), dtypes or DTYPE_CHOICES, names)
         elif against:
             from .gate import run_gate
 
             ok = run_gate(against, Path(report_dir), reuse_torch=reuse_torch, extra_args=list(dtypes_args(dtypes)))
         else:
-            ok = run(src, standalone_dir, dtypes or DTYPE_CHOICES, seed_list, frames, Path(report_dir), not no_generation)
+            measure = (src is None) if sensitivity is None else sensitivity
+            ok = run(
+                src,
+                standalone_dir,
+                dtypes or DTYPE_CHOICES,
+                seed_list,
+                frames,
+                Path(report_dir),
+                not no_generation,
+                sensitivity=measure and not no_generation,
+            )
     except click.ClickException:
         raise
     except Exception as e:  # one line unless --debug
@@ -67,67 +134,25 @@ def dtypes_args(dtypes):
         yield from ("--dtype", d)
 
 
-def run(src, standalone_dir, dtype_names, seeds, frames, report_dir: Path, generation: bool) -> bool:
-    import torch
-
-    from q3tts.convert import convert_checkpoint
-    from q3tts.standalone import Qwen3TTS
-    from q3tts.standalone.model import resolve_checkpoint_dir
-
-    from .compare import DTYPES
-    from .fixtures import MODEL_TYPES, write_upstream_checkpoint
-    from .forward_parity import load_upstream_wrapper
+def run(
+    src, standalone_dir, dtype_names, seeds, frames, report_dir: Path, generation: bool, sensitivity: bool = False
+) -> bool:
     from .report import build_report, render_markdown, write_report
-    from .suite import config_summary, run_suite
 
     with tempfile.TemporaryDirectory(prefix="verify-parity-") as work:
-        work = Path(work)
-        pairs = []
-        if src is None:
-            click.echo("No SRC: building tiny random checkpoints of all three model types (base, custom_voice, voice_design).")
-            frames = frames or 24
-            for i, mt in enumerate(MODEL_TYPES):
-                up = write_upstream_checkpoint(work / f"upstream-{mt}", mt, seed=10 + i)
-                st = work / f"standalone-{mt}"
-                convert_checkpoint(up, st)
-                pairs.append((f"tiny-{mt}", "fixture", up, st))
-        else:
-            frames = frames or 6
-            up = resolve_checkpoint_dir(src)
-            st = Path(standalone_dir) if standalone_dir else work / "standalone"
-            if not standalone_dir:
-                click.echo(f"Converting {up} ...")
-                convert_checkpoint(up, st)
-            pairs.append((Path(str(src)).name, str(src), up, st))
-
+        pairs, frames = _checkpoint_pairs(src, standalone_dir, frames, Path(work))
         runs = []
         for name, source, up, st in pairs:
             for dn in dtype_names:
-                dtype = DTYPES[dn]
-                t0 = time.perf_counter()
-                wrapper = load_upstream_wrapper(up, dtype)
-                t_up = time.perf_counter() - t0
-                t0 = time.perf_counter()
-                standalone = Qwen3TTS.from_pretrained(st, dtype=dtype)
-                t_st = time.perf_counter() - t0
-                results = run_suite(wrapper, standalone, standalone.config.tts_model_type, dtype, seeds, frames,
-                                    cache_key=f"{name}:{up}", generation=generation)
-                run_ok = all(r.passed for r in results)
-                runs.append({
-                    "checkpoint": name, "source": source, "dtype": dn, "config": config_summary(standalone),
-                    "seconds_upstream": t_up + sum(r.seconds_upstream for r in results),
-                    "seconds_standalone": t_st + sum(r.seconds_standalone for r in results),
-                    "passed": run_ok, "cases": [r.as_dict() for r in results],
-                })
-                n_fail = sum(1 for r in results if not r.passed)
-                click.echo(f"  {name} / {dn}: {'PASS' if run_ok else f'FAIL ({n_fail} of {len(results)} cases)'}, "
-                           f"{len(results)} cases")
-                del wrapper, standalone
-                torch.set_num_threads(torch.get_num_threads())
+                runs.append(_run_one(name, source, up, st, dn, seeds, frames, generation, sensitivity))
         report = build_report(runs, seeds, frames)
         j, m = write_report(report, report_dir)
         s = report["summary"]
         click.echo(f"\nverdict: {report['verdict']} ({s['passed']}/{s['cases']} cases pass)")
+        if report.get("knob_sensitivity", {}).get("blind"):
+            click.echo(
+                f"warning: sampling knobs no generation case can see: {', '.join(report['knob_sensitivity']['blind'])}"
+            )
         for line in render_markdown(report).splitlines():
             if line.startswith("| ") and ("FAIL" in line) and "## " not in line:
                 click.echo("  " + line)
@@ -135,43 +160,193 @@ def run(src, standalone_dir, dtype_names, seeds, frames, report_dir: Path, gener
         return report["verdict"] == "PASS"
 
 
-def run_self_test(report_dir: Path) -> bool:
-    import json
+def _checkpoint_pairs(src, standalone_dir, frames, work: Path):
+    """(name, source, upstream dir, standalone dir) per checkpoint, and the frames per case."""
+    from q3tts.convert import convert_checkpoint
+    from q3tts.standalone.model import resolve_checkpoint_dir
 
+    from .fixtures import MODEL_TYPES, write_upstream_checkpoint
+
+    pairs = []
+    if src is None:
+        click.echo(
+            "No SRC: building tiny random checkpoints of all three model types (base, custom_voice, voice_design)."
+        )
+        for i, mt in enumerate(MODEL_TYPES):
+            up = write_upstream_checkpoint(work / f"upstream-{mt}", mt, seed=10 + i)
+            st = work / f"standalone-{mt}"
+            convert_checkpoint(up, st)
+            pairs.append((f"tiny-{mt}", "fixture", up, st))
+        return pairs, frames or 24
+    up = resolve_checkpoint_dir(src)
+    st = Path(standalone_dir) if standalone_dir else work / "standalone"
+    if not standalone_dir:
+        click.echo(f"Converting {up} ...")
+        convert_checkpoint(up, st)
+    pairs.append((Path(str(src)).name, str(src), up, st))
+    return pairs, frames or 6
+
+
+def _run_one(name, source, up, st, dn, seeds, frames, generation, sensitivity) -> dict:
+    """The suite on one checkpoint at one dtype (and the knob sensitivity, in fp32)."""
     import torch
+
+    from q3tts.standalone import Qwen3TTS
+
+    from .compare import DTYPES
+    from .forward_parity import load_upstream_wrapper
+    from .sensitivity import knob_sensitivity
+    from .suite import config_summary, run_suite
+
+    dtype = DTYPES[dn]
+    t0 = time.perf_counter()
+    wrapper = load_upstream_wrapper(up, dtype)
+    t_up = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    standalone = Qwen3TTS.from_pretrained(st, dtype=dtype)
+    t_st = time.perf_counter() - t0
+    model_type = standalone.config.tts_model_type
+    results = run_suite(
+        wrapper, standalone, model_type, dtype, seeds, frames, cache_key=f"{name}:{up}", generation=generation
+    )
+    run_ok = all(r.passed for r in results)
+    record = {
+        "checkpoint": name,
+        "source": source,
+        "dtype": dn,
+        "config": config_summary(standalone),
+        "seconds_upstream": t_up + sum(r.seconds_upstream for r in results),
+        "seconds_standalone": t_st + sum(r.seconds_standalone for r in results),
+        "passed": run_ok,
+        "cases": [r.as_dict() for r in results],
+    }
+    n_fail = sum(1 for r in results if not r.passed)
+    verdict = "PASS" if run_ok else f"FAIL ({n_fail} of {len(results)} cases)"
+    click.echo(f"  {name} / {dn}: {verdict}, {len(results)} cases")
+    if sensitivity and dtype == torch.float32:
+        ks = knob_sensitivity(wrapper, standalone, model_type, dtype, seeds, frames, cache_key=f"{name}:{up}")
+        record["knob_sensitivity"] = ks
+        click.echo(f"  {name} / {dn}: knob sensitivity over {ks['plans']} plans, {ks['seconds']:.1f} s")
+    del wrapper, standalone
+    torch.set_num_threads(torch.get_num_threads())
+    return record
+
+
+def run_self_test(report_dir: Path, dtype_names=("fp32",), fault_names: list[str] | None = None) -> bool:
 
     from q3tts.convert import convert_checkpoint
     from q3tts.standalone import Qwen3TTS
 
+    from .compare import DTYPES
+    from .encoder_faults import ENCODER_FAULTS
     from .faults import CATALOGUE, run_fault
     from .fixtures import MODEL_TYPES, write_upstream_checkpoint
     from .forward_parity import load_upstream_wrapper
 
+    catalogue, encoder_faults = CATALOGUE, ENCODER_FAULTS
+    if fault_names:
+        unknown = sorted(set(fault_names) - {f.name for f in CATALOGUE + ENCODER_FAULTS})
+        if unknown:
+            raise click.BadParameter(f"unknown fault(s) {unknown}", param_hint="--faults")
+        catalogue = tuple(f for f in CATALOGUE if f.name in fault_names)
+        encoder_faults = tuple(f for f in ENCODER_FAULTS if f.name in fault_names)
+    rows = []
     with tempfile.TemporaryDirectory(prefix="verify-selftest-") as work:
         work = Path(work)
-        pairs = {}
+        dirs = {}
         for i, mt in enumerate(MODEL_TYPES):
+            if not any(f.model_type == mt for f in catalogue + encoder_faults):
+                continue
             up = write_upstream_checkpoint(work / f"up-{mt}", mt, seed=10 + i)
             convert_checkpoint(up, work / f"st-{mt}")
-            pairs[mt] = (load_upstream_wrapper(up, torch.float32), Qwen3TTS.from_pretrained(work / f"st-{mt}"))
-        rows = []
-        for fault in CATALOGUE:
-            wrapper, standalone = pairs[fault.model_type]
-            r = run_fault(fault, wrapper, standalone, seeds=[0], frames=12, cache_key=f"selftest-{fault.model_type}")
-            rows.append(r)
-            where = ", ".join(r.reported_layers) or "-"
-            click.echo(f"  {'caught' if r.ok else 'MISSED'}  {fault.name:26} {fault.description}; "
-                       f"failing: {', '.join(r.failing_components) or 'nothing'}; layer: {where}")
-    caught = sum(r.ok for r in rows)
-    report_dir.mkdir(parents=True, exist_ok=True)
-    (report_dir / "faults.json").write_text(json.dumps([r.__dict__ | {"ok": r.ok} for r in rows], indent=2) + "\n")
-    md = ["# Fault-injection self-test", "", f"**{caught} of {len(rows)} planted faults caught and located.**", "",
-          "| fault | planted bug | caught | failing components | first bad layer |", "|---|---|---|---|---|"]
-    md += [f"| {r.fault} | {r.description} | {'yes' if r.ok else 'NO'} | {', '.join(r.failing_components)} | "
-           f"{', '.join(r.reported_layers) or '-'} |" for r in rows]
-    (report_dir / "faults.md").write_text("\n".join(md) + "\n")
+            dirs[mt] = (up, work / f"st-{mt}")
+        for dn in dtype_names:
+            dtype = DTYPES[dn]
+            pairs = {
+                mt: (load_upstream_wrapper(up, dtype), Qwen3TTS.from_pretrained(st, dtype=dtype))
+                for mt, (up, st) in dirs.items()
+            }
+            for fault in catalogue:
+                wrapper, standalone = pairs[fault.model_type]
+                r = run_fault(
+                    fault,
+                    wrapper,
+                    standalone,
+                    seeds=[0],
+                    frames=12,
+                    cache_key=f"selftest-{fault.model_type}",
+                    dtype=dtype,
+                )
+                rows.append((dn, r))
+                where = ", ".join(r.reported_layers) or "-"
+                click.echo(
+                    f"  {'caught' if r.ok else 'MISSED'}  {dn} {fault.name:26} {fault.description}; "
+                    f"failing: {', '.join(r.failing_components) or 'nothing'} ({len(r.failing_cases)} cases); "
+                    f"layer: {where}"
+                )
+            if dn == "fp32":  # the encoder's parity is fp32 (codes must be identical there)
+                for fault in encoder_faults:
+                    r = _encoder_fault_row(fault, *pairs[fault.model_type])
+                    rows.append((dn, r))
+                    click.echo(
+                        f"  {'caught' if r.ok else 'MISSED'}  {dn} {fault.name:26} {fault.description}; "
+                        f"failing: {len(r.failing_cases)} encoder cases; stage: {', '.join(r.reported_layers) or '-'}"
+                    )
+            del pairs
+    _write_self_test_report(report_dir, dtype_names, rows)
+    caught = sum(r.ok for _, r in rows)
     click.echo(f"\nself-test: {caught}/{len(rows)} faults caught and located; report: {report_dir / 'faults.md'}")
     return caught == len(rows)
+
+
+def _write_self_test_report(report_dir: Path, dtype_names, rows) -> None:
+    import json
+    import re
+
+    report_dir.mkdir(parents=True, exist_ok=True)
+    (report_dir / "faults.json").write_text(
+        json.dumps([{"dtype": dn, **r.__dict__, "ok": r.ok} for dn, r in rows], indent=2) + "\n"
+    )
+    md = ["# Fault-injection self-test", ""]
+    for dn in dtype_names:
+        these = [r for d, r in rows if d == dn]
+        md.append(f"**{dn}: {sum(r.ok for r in these)} of {len(these)} planted faults caught and located.**  ")
+    md += [
+        "",
+        "Each fault replaces one named seam of the standalone runtime (verify/faults.py). Seeds [0], 12 frames.",
+        "",
+        "| fault | planted bug | dtype | caught | failing components | failing cases | first bad layer / sampler |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for dn, r in rows:
+        # Layer faults: the first bad layer; generation faults: the modes of the failing cases.
+        modes = sorted(
+            {re.sub(r"\.seed\d+$", "", c).rsplit(".", 1)[-1] for c in r.failing_cases if c.startswith("generation.")}
+        )
+        where = ", ".join(r.reported_layers) or ("modes: " + ", ".join(modes) if modes else "-")
+        md.append(
+            f"| {r.fault} | {r.description} | {dn} | {'yes' if r.ok else 'NO'} | {', '.join(r.failing_components)} | "
+            f"{len(r.failing_cases)} | {where} |"
+        )
+    (report_dir / "faults.md").write_text("\n".join(md) + "\n")
+
+
+def _encoder_fault_row(fault, wrapper, standalone):
+    """An encoder fault's result in the self-test's row type (stage = the layer it must name)."""
+    from .encoder_faults import run_encoder_fault
+    from .faults import FaultResult
+
+    e = run_encoder_fault(fault, wrapper, standalone)
+    return FaultResult(
+        e.fault,
+        e.description,
+        e.detected,
+        e.component_named,
+        e.stage_named,
+        ["speech_encoder"] if e.detected else [],
+        e.reported_stages,
+        e.failing_cases,
+    )
 
 
 if __name__ == "__main__":

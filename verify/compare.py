@@ -21,7 +21,10 @@ import contextlib
 from dataclasses import asdict, dataclass
 from typing import Iterator, Sequence
 
+import numpy as np
 import torch
+
+from q3tts.standalone.dtypes import BY_SHORT, SHORT_NAME
 
 
 @dataclass(frozen=True)
@@ -49,8 +52,24 @@ AUDIO_TOLERANCES: dict[torch.dtype, tuple[float, float]] = {  # (max abs, min SN
     torch.bfloat16: (2e-2, 40.0),
 }
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+
+def snr_db(ref, got) -> float:
+    """Signal-to-noise ratio of ``got`` against ``ref`` in dB (float64 sums; inf when equal).
+    The one SNR of the project: audio parity, the decode benchmark and the codec tests use it."""
+    r = np.asarray(ref, dtype=np.float64)
+    noise = float(np.sum((r - np.asarray(got, dtype=np.float64)) ** 2))
+    return float("inf") if noise == 0 else float(10 * np.log10(max(float(np.sum(r**2)), 1e-30) / noise))
+
+
+def audio_diff(ref, got) -> tuple[float, float]:
+    """(max abs difference, SNR dB) of two waveforms of the same shape."""
+    r, g = np.asarray(ref, dtype=np.float64), np.asarray(got, dtype=np.float64)
+    return (float(np.abs(r - g).max()) if r.size else 0.0), snr_db(r, g)
+
+
+# The dtypes the verifier runs, by their names in the one dtype table (q3tts.standalone.dtypes).
+DTYPES = {name: BY_SHORT[name] for name in ("fp32", "bf16")}
+DTYPE_NAMES = {v: SHORT_NAME[v] for v in DTYPES.values()}
 
 
 @dataclass
@@ -69,14 +88,26 @@ class Comparison:
         return asdict(self)
 
 
-def compare(case: str, ref: torch.Tensor, got: torch.Tensor, dtype: torch.dtype, tol: Tolerance | None = None) -> Comparison:
+def compare(
+    case: str, ref: torch.Tensor, got: torch.Tensor, dtype: torch.dtype, tol: Tolerance | None = None
+) -> Comparison:
     tol = tol or TOLERANCES[dtype]
     if ref.shape != got.shape:
-        return Comparison(case, DTYPE_NAMES[dtype], float("inf"), float("inf"), 0.0, 0.0, False,
-                          note=f"shape mismatch: upstream {tuple(ref.shape)} vs standalone {tuple(got.shape)}")
+        return Comparison(
+            case,
+            DTYPE_NAMES[dtype],
+            float("inf"),
+            float("inf"),
+            0.0,
+            0.0,
+            False,
+            note=f"shape mismatch: upstream {tuple(ref.shape)} vs standalone {tuple(got.shape)}",
+        )
     r, g = ref.detach().double().flatten(), got.detach().double().flatten()
     if not (torch.isfinite(r).all() and torch.isfinite(g).all()):
-        return Comparison(case, DTYPE_NAMES[dtype], float("nan"), float("nan"), 0.0, 0.0, False, note="non-finite values")
+        return Comparison(
+            case, DTYPE_NAMES[dtype], float("nan"), float("nan"), 0.0, 0.0, False, note="non-finite values"
+        )
     diff = (r - g).abs()
     max_abs = float(diff.max()) if diff.numel() else 0.0
     scale = float(r.abs().max()) if r.numel() else 0.0
@@ -95,8 +126,10 @@ def capture_outputs(modules: Sequence[torch.nn.Module]) -> Iterator[list]:
     captured: list[list[torch.Tensor]] = [[] for _ in modules]
     handles = []
     for i, m in enumerate(modules):
+
         def hook(_m, _inp, out, i=i):
             captured[i].append((out[0] if isinstance(out, (tuple, list)) else out).detach())
+
         handles.append(m.register_forward_hook(hook))
     try:
         yield captured
@@ -106,8 +139,11 @@ def capture_outputs(modules: Sequence[torch.nn.Module]) -> Iterator[list]:
 
 
 def first_divergent_layer(
-    names: Sequence[str], ref_outputs: Sequence[torch.Tensor], got_outputs: Sequence[torch.Tensor],
-    dtype: torch.dtype, select=lambda t: t,
+    names: Sequence[str],
+    ref_outputs: Sequence[torch.Tensor],
+    got_outputs: Sequence[torch.Tensor],
+    dtype: torch.dtype,
+    select=lambda t: t,
 ) -> str | None:
     """Name of the first layer whose output exceeds the dtype's tolerance, or None."""
     for name, r, g in zip(names, ref_outputs, got_outputs):

@@ -54,13 +54,22 @@ FAST_TOLERANCES: dict[torch.dtype, Tolerance] = {
 # 100% in every case; bf16 96.2% in the worst case (99.1% over all), near-ties of a random model.
 FAST_MIN_AGREEMENT: dict[torch.dtype, float] = {torch.float32: 0.99, torch.bfloat16: 0.90}
 
-PROMPT_KEYS = ("input_ids", "instruct_ids", "ref_ids", "voice_clone_prompt", "languages", "speakers",
-               "non_streaming_mode")
+PROMPT_KEYS = (
+    "input_ids",
+    "instruct_ids",
+    "ref_ids",
+    "voice_clone_prompt",
+    "languages",
+    "speakers",
+    "non_streaming_mode",
+)
 
 
 # --- 1. forward cases ----------------------------------------------------------------------------
 @torch.inference_mode()
-def run_fast_forward_cases(upstream, standalone, engine: FastEngine, dtype: torch.dtype, seed: int = 0) -> list[Comparison]:
+def run_fast_forward_cases(
+    upstream, standalone, engine: FastEngine, dtype: torch.dtype, seed: int = 0
+) -> list[Comparison]:
     tol = FAST_TOLERANCES[dtype]
     inp = ParityInputs.make(standalone, seed)
     up_t, st_t = upstream.talker, standalone.talker
@@ -77,9 +86,12 @@ def run_fast_forward_cases(upstream, standalone, engine: FastEngine, dtype: torc
         bsz, length, _ = st_x.shape
         last = length - 1
         padded = not bool(mask.all())
-        cache = st_t.decoder.new_cache(standalone.config.talker.transformer, bsz, engine.talker_cache_len(length),
-                                       st_x.dtype, st_x.device)
-        st_t.step(st_x[:, :last], mrope_positions(mask[:, :last]), padding_mask(mask[:, :last]) if padded else None, cache, 0)
+        cache = st_t.decoder.new_cache(
+            standalone.config.talker.transformer, bsz, engine.talker_cache_len(length), st_x.dtype, st_x.device
+        )
+        st_t.step(
+            st_x[:, :last], mrope_positions(mask[:, :last]), padding_mask(mask[:, :last]) if padded else None, cache, 0
+        )
         step_mask = mask.bool()[:, None, None, :] if padded else None
         hidden, logits = engine.talker_step(st_x[:, last:], mrope_positions(mask)[..., last:], step_mask, cache, last)
         results.append(compare(f"{name}.hidden", up_hidden[:, last], hidden[:, 0], dtype, tol))
@@ -101,11 +113,14 @@ def run_fast_forward_cases(upstream, standalone, engine: FastEngine, dtype: torc
     return results
 
 
-def teacher_forced_frame(standalone, engine: FastEngine, talker_hidden: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+def teacher_forced_frame(
+    standalone, engine: FastEngine, talker_hidden: torch.Tensor, codes: torch.Tensor
+) -> torch.Tensor:
     """Fast-path logits [B, G-1, V] of groups 1..G-1 for talker hidden [B, H] and codes [B, G]."""
     cp_cfg = standalone.config.talker.code_predictor
-    cache = standalone.code_predictor.decoder.new_cache(cp_cfg.transformer, codes.shape[0], cp_cfg.num_code_groups,
-                                                       talker_hidden.dtype, talker_hidden.device)
+    cache = standalone.code_predictor.decoder.new_cache(
+        cp_cfg.transformer, codes.shape[0], cp_cfg.num_code_groups, talker_hidden.dtype, talker_hidden.device
+    )
     e0 = standalone.talker.codec_embedding(codes[:, :1])
     return engine.frame_logits(talker_hidden[:, None], e0, codes[:, 1:], cache)
 
@@ -142,8 +157,15 @@ def _split(kwargs: dict) -> tuple[dict, dict, dict]:
 
 
 @torch.inference_mode()
-def teacher_forced_agreement(case_name: str, ctx: CaseContext, kwargs: dict, engine: FastEngine, dtype_name: str,
-                             dtype: torch.dtype, max_new_tokens: int = 24) -> Agreement:
+def teacher_forced_agreement(
+    case_name: str,
+    ctx: CaseContext,
+    kwargs: dict,
+    engine: FastEngine,
+    dtype_name: str,
+    dtype: torch.dtype,
+    max_new_tokens: int = 24,
+) -> Agreement:
     """Upstream's greedy codes fed to the fast path; the fast path's argmax compared at every
     position (group 0 with the loop's constraints: repetition penalty, min_new_tokens, suppression)."""
     up_kwargs, prompt_kwargs, options = _split(kwargs)
@@ -154,13 +176,16 @@ def teacher_forced_agreement(case_name: str, ctx: CaseContext, kwargs: dict, eng
     tcfg = st.config.talker
     params = GenerateOptions.from_kwargs({**options, **greedy}).to_params()
     eos = params.eos_token_id if params.eos_token_id is not None else tcfg.codec_eos_token_id
-    talker_params = SamplingParams(**{**params.talker.__dict__, "min_new_tokens": params.min_new_tokens, "eos_token_id": eos})
+    talker_params = SamplingParams(
+        **{**params.talker.__dict__, "min_new_tokens": params.min_new_tokens, "eos_token_id": eos}
+    )
     suppress = suppress_mask_for(tcfg.vocab_size, tcfg.codec_eos_token_id, codes.device)
     prompt = build_talker_prompt(st, **prompt_kwargs)
     x, trailing = prompt.inputs_embeds, prompt.trailing_text
     length = x.shape[1]
-    tcache = st.talker.decoder.new_cache(tcfg.transformer, 1, engine.talker_cache_len(length + max_new_tokens),
-                                         x.dtype, x.device)
+    tcache = st.talker.decoder.new_cache(
+        tcfg.transformer, 1, engine.talker_cache_len(length + max_new_tokens), x.dtype, x.device
+    )
     hidden, logits = st.talker.step(x, mrope_positions(prompt.attention_mask), None, tcache, 0)
     frames = codes.shape[0]
     stopped = frames < max_new_tokens - 1  # upstream ended on EOS: the prediction after the last frame is EOS
@@ -181,7 +206,9 @@ def teacher_forced_agreement(case_name: str, ctx: CaseContext, kwargs: dict, eng
         n_r += match.numel()
         if first is None and not bool(match.all()):
             first = (f, int((~match).nonzero()[0]) + 1)
-        e = [st.talker.codec_embedding(frame[:, :1])] + [st.code_predictor.embed(k, frame[:, k : k + 1]) for k in range(1, frame.shape[1])]
+        e = [st.talker.codec_embedding(frame[:, :1])] + [
+            st.code_predictor.embed(k, frame[:, k : k + 1]) for k in range(1, frame.shape[1])
+        ]
         step_x = torch.cat(e, dim=1).sum(1, keepdim=True)
         step_x = step_x + (trailing[:, f].unsqueeze(1) if f < trailing.shape[1] else prompt.tts_pad_embed)
         cur = length + f
@@ -211,8 +238,15 @@ class GenerationAgreement:
 
 
 @torch.inference_mode()
-def generation_agreement(case_name: str, ctx: CaseContext, kwargs: dict, engine: FastEngine, mode: str,
-                         dtype_name: str, max_new_tokens: int = 24) -> GenerationAgreement:
+def generation_agreement(
+    case_name: str,
+    ctx: CaseContext,
+    kwargs: dict,
+    engine: FastEngine,
+    mode: str,
+    dtype_name: str,
+    max_new_tokens: int = 24,
+) -> GenerationAgreement:
     up_kwargs, prompt_kwargs, options = _split(kwargs)
     common = dict(MODES[mode], max_new_tokens=max_new_tokens)
     torch.manual_seed(ctx.seed)
@@ -221,7 +255,9 @@ def generation_agreement(case_name: str, ctx: CaseContext, kwargs: dict, engine:
     t1 = time.perf_counter()
     torch.manual_seed(ctx.seed)
     params = GenerateOptions.from_kwargs({**options, **common}).to_params()
-    fast_codes, _ = generate_codes(ctx.standalone, build_talker_prompt(ctx.standalone, **prompt_kwargs), params, engine=engine)
+    fast_codes, _ = generate_codes(
+        ctx.standalone, build_talker_prompt(ctx.standalone, **prompt_kwargs), params, engine=engine
+    )
     t2 = time.perf_counter()
     same = total = 0
     for a, b in zip(up_codes, fast_codes):
@@ -229,14 +265,32 @@ def generation_agreement(case_name: str, ctx: CaseContext, kwargs: dict, engine:
         same += int((a[:n] == b[:n]).all(dim=1).sum())
         total += max(a.shape[0], b.shape[0])
     div = first_divergence(up_codes, fast_codes)
-    return GenerationAgreement(case_name, mode, dtype_name, div is None, div, same / total if total else 1.0,
-                               [int(c.shape[0]) for c in up_codes], [int(c.shape[0]) for c in fast_codes], t1 - t0, t2 - t1)
+    return GenerationAgreement(
+        case_name,
+        mode,
+        dtype_name,
+        div is None,
+        div,
+        same / total if total else 1.0,
+        [int(c.shape[0]) for c in up_codes],
+        [int(c.shape[0]) for c in fast_codes],
+        t1 - t0,
+        t2 - t1,
+    )
 
 
 # --- the whole report ----------------------------------------------------------------------------
-def run_fast_parity(wrapper, standalone, dtype: torch.dtype, dtype_name: str, engine: FastEngine | None = None,
-                    seed: int = 0, max_new_tokens: int = 24, modes=("greedy", "sampled"),
-                    case_names: tuple[str, ...] | None = None) -> dict[str, Any]:
+def run_fast_parity(
+    wrapper,
+    standalone,
+    dtype: torch.dtype,
+    dtype_name: str,
+    engine: FastEngine | None = None,
+    seed: int = 0,
+    max_new_tokens: int = 24,
+    modes=("greedy", "sampled"),
+    case_names: tuple[str, ...] | None = None,
+) -> dict[str, Any]:
     """All three measurements for one loaded (upstream wrapper, standalone) pair."""
     engine = engine or FastEngine(standalone.talker, standalone.code_predictor)
     t0 = time.perf_counter()
@@ -249,7 +303,9 @@ def run_fast_parity(wrapper, standalone, dtype: torch.dtype, dtype_name: str, en
             continue
         kwargs = case.build(ctx)
         if len(kwargs["input_ids"]) == 1:  # teacher forcing is per item: single-item cases only
-            agreements.append(teacher_forced_agreement(case.name, ctx, kwargs, engine, dtype_name, dtype, max_new_tokens))
+            agreements.append(
+                teacher_forced_agreement(case.name, ctx, kwargs, engine, dtype_name, dtype, max_new_tokens)
+            )
         for mode in modes:
             generations.append(generation_agreement(case.name, ctx, kwargs, engine, mode, dtype_name, max_new_tokens))
     return {
@@ -264,18 +320,26 @@ def run_fast_parity(wrapper, standalone, dtype: torch.dtype, dtype_name: str, en
 
 
 def format_fast_report(report: dict) -> str:
-    lines = [f"fast path vs upstream, {report['dtype']} (compile {report['compile_seconds']:.1f} s)",
-             f"{'case':36} {'max_abs':>10} {'max_rel':>10} {'cosine':>10} {'bound':>10}  verdict"]
+    lines = [
+        f"fast path vs upstream, {report['dtype']} (compile {report['compile_seconds']:.1f} s)",
+        f"{'case':36} {'max_abs':>10} {'max_rel':>10} {'cosine':>10} {'bound':>10}  verdict",
+    ]
     for c in report["forward"]:
-        lines.append(f"{c['case']:36} {c['max_abs']:10.3e} {c['max_rel']:10.3e} {c['cosine']:10.7f} {c['bound']:10.3e}  "
-                     f"{'PASS' if c['passed'] else 'FAIL'}")
+        lines.append(
+            f"{c['case']:36} {c['max_abs']:10.3e} {c['max_rel']:10.3e} {c['cosine']:10.7f} {c['bound']:10.3e}  "
+            f"{'PASS' if c['passed'] else 'FAIL'}"
+        )
     lines.append(f"{'teacher-forced case':36} {'g0 agree':>10} {'res agree':>10} {'fraction':>10}  first disagreement")
     for a in report["teacher_forced"]:
-        lines.append(f"{a['case']:36} {a['group0_agree']:>4}/{a['group0_positions']:<5} {a['residual_agree']:>4}/{a['residual_positions']:<5} "
-                     f"{a['fraction']:10.4f}  {a['first_disagreement']}  {'PASS' if a['passed'] else 'FAIL'}")
+        lines.append(
+            f"{a['case']:36} {a['group0_agree']:>4}/{a['group0_positions']:<5} {a['residual_agree']:>4}/{a['residual_positions']:<5} "
+            f"{a['fraction']:10.4f}  {a['first_disagreement']}  {'PASS' if a['passed'] else 'FAIL'}"
+        )
     lines.append(f"{'generation case':36} {'mode':8} {'identical':>9} {'same frames':>11}  first divergence")
     for g in report["generation"]:
-        lines.append(f"{g['case']:36} {g['mode']:8} {str(g['identical']):>9} {g['identical_frame_fraction']:11.3f}  {g['first_divergence']}")
+        lines.append(
+            f"{g['case']:36} {g['mode']:8} {str(g['identical']):>9} {g['identical_frame_fraction']:11.3f}  {g['first_divergence']}"
+        )
     return "\n".join(lines)
 
 
@@ -322,9 +386,14 @@ def main(argv=None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "fast_parity.json").write_text(json.dumps(reports, indent=2) + "\n")
-    (out / "fast_parity.md").write_text("# Fast path against upstream (tiny fixtures)\n\n" + "\n\n".join(
-        f"## {r['model_type']} {r['dtype']} ({r['fast_options']} inductor options)\n\n```\n{format_fast_report(r)}\n```"
-        for r in reports) + "\n")
+    (out / "fast_parity.md").write_text(
+        "# Fast path against upstream (tiny fixtures)\n\n"
+        + "\n\n".join(
+            f"## {r['model_type']} {r['dtype']} ({r['fast_options']} inductor options)\n\n```\n{format_fast_report(r)}\n```"
+            for r in reports
+        )
+        + "\n"
+    )
     print("all passed" if all(r["passed"] for r in reports) else "SOME CASES FAILED")
 
 

@@ -1,30 +1,146 @@
 """Fault injection: deliberate bugs planted in the standalone side, to prove verify-parity catches
 them and points at the right place.
 
-Each fault is a context manager that changes a loaded standalone model (or a function it calls)
-and restores it on exit. ``component`` is what the report must name among the failing cases;
-``layer``, when given, is the first layer the localisation must report.
+Every fault goes through one explicit seam: ``target`` names the object it replaces, either
+
+- a dotted import path into the runtime, ``"q3tts.standalone.generation.generate_codes"`` (a
+  function) or ``"q3tts.standalone.codec.SnakeBeta.forward"`` (a class attribute), or
+- an attribute path on a loaded ``Qwen3TTS``, ``"talker.decoder.layers.1.attn.q_norm"`` (a
+  module, tensor, parameter or config value; integer parts index module lists).
+
+``make(original, model)`` builds the replacement from what the target holds now. A parameter is
+edited in place (everything holding it sees the edit); anything else is rebound. A function is
+rebound at its target *and* at every other name it is bound to in ``q3tts.standalone`` (a
+``from .x import f`` alias), so the seam holds whichever module calls it. Everything is restored
+on exit. A target that no longer resolves is an error naming it (``resolve_target``), and a test
+resolves every target of the catalogue, so a rename cannot silently disarm a fault.
+
+``component`` is what the report must name among the failing cases; ``layer``, when given, is the
+first layer the localisation must report.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib
+import sys
+import types
 from dataclasses import dataclass
-from typing import Callable, Iterator
-from unittest import mock
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 
-import q3tts.standalone.codec as codec_mod
-import q3tts.standalone.generation as gen_mod
-import q3tts.standalone.model as model_mod
-import q3tts.standalone.prompt as prompt_mod
-import q3tts.standalone.talker as talker_mod
-from q3tts.standalone.layers import mrope_row_index, rope_inv_freq
-from q3tts.standalone.mel import log_mel_spectrogram
-from q3tts.standalone.sampling import constrain_logits, sample_next_token, warp_logits
+RUNTIME = "q3tts.standalone"
+
+
+class SeamError(LookupError):
+    """A fault or perturbation target that does not resolve (renamed or removed)."""
+
+
+# --- seams ---------------------------------------------------------------------------------
+
+
+def _import_prefix(parts: list[str]) -> tuple[Any, list[str]]:
+    """The longest importable module prefix of ``parts`` and the attribute path after it."""
+    for i in range(len(parts), 0, -1):
+        name = ".".join(parts[:i])
+        try:
+            return importlib.import_module(name), parts[i:]
+        except ModuleNotFoundError as e:
+            if e.name is not None and not name.startswith(e.name) and e.name != name:
+                raise  # a real import error inside an existing module
+    raise SeamError(f"{'.'.join(parts)}: no importable module prefix")
+
+
+def _child(obj: Any, part: str, target: str) -> Any:
+    if isinstance(obj, (list, tuple)) and part.isdigit():
+        return obj[int(part)]
+    try:
+        return getattr(obj, part)
+    except AttributeError:
+        raise SeamError(f"{target}: {type(obj).__name__} has no attribute {part!r}") from None
+
+
+def resolve_target(target: str, model=None) -> tuple[Any, str, Any]:
+    """(owner, attribute name, current value) of a seam. Dotted paths starting with
+    ``q3tts.`` are import paths; anything else is an attribute path on ``model``."""
+    parts = target.split(".")
+    if parts[0] == "q3tts":
+        owner, rest = _import_prefix(parts)
+        if not rest:
+            raise SeamError(f"{target}: names a module, not an object in it")
+    else:
+        if model is None:
+            raise SeamError(f"{target}: a model attribute path needs a loaded model")
+        owner, rest = model, parts
+    for part in rest[:-1]:
+        owner = _child(owner, part, target)
+    value = _child(owner, rest[-1], target)
+    return owner, rest[-1], value
+
+
+def _runtime_aliases(value: Any, owner: Any) -> list[tuple[types.ModuleType, str]]:
+    """Every other module-level name in the runtime bound to ``value`` (``from .x import f``)."""
+    out = []
+    for name, mod in list(sys.modules.items()):
+        if mod is None or mod is owner or not (name == RUNTIME or name.startswith(RUNTIME + ".")):
+            continue
+        out += [(mod, k) for k, v in vars(mod).items() if v is value]
+    return out
+
+
+@contextlib.contextmanager
+def _rebind(owner: Any, attr: str, value: Any) -> Iterator[None]:
+    """Set ``owner.attr`` (modules, classes, nn.Modules, frozen dataclasses) and restore exactly
+    what was there: an attribute the owner did not hold itself (a method found on the class) is
+    deleted again rather than frozen into the instance."""
+    if isinstance(owner, (type, types.ModuleType)):
+        own = attr in vars(owner)
+    elif isinstance(owner, torch.nn.Module):
+        own = attr in vars(owner) or any(attr in getattr(owner, d) for d in ("_modules", "_parameters", "_buffers"))
+    else:
+        own = attr in getattr(owner, "__dict__", {})
+    old = getattr(owner, attr)
+    plain = isinstance(owner, (type, types.ModuleType, torch.nn.Module))
+    setter = setattr if plain else object.__setattr__
+    setter(owner, attr, value)
+    try:
+        yield
+    finally:
+        if own:
+            setter(owner, attr, old)
+        else:
+            (delattr if plain else object.__delattr__)(owner, attr)
+
+
+@contextlib.contextmanager
+def _edit_parameter(param: torch.nn.Parameter, new: torch.Tensor) -> Iterator[None]:
+    original = param.detach().clone()
+    with torch.no_grad():
+        param.copy_(new)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            param.copy_(original)
+
+
+@contextlib.contextmanager
+def patch_target(target: str, make: Callable[[Any, Any], Any], model=None) -> Iterator[None]:
+    """Replace the object at ``target`` by ``make(original, model)`` for the duration."""
+    owner, attr, original = resolve_target(target, model)
+    replacement = make(original, model)
+    with contextlib.ExitStack() as stack:
+        if isinstance(original, torch.nn.Parameter):
+            stack.enter_context(_edit_parameter(original, replacement))
+        else:
+            stack.enter_context(_rebind(owner, attr, replacement))
+            if isinstance(owner, types.ModuleType) and callable(original):
+                for mod, name in _runtime_aliases(original, owner):
+                    stack.enter_context(_rebind(mod, name, replacement))
+        yield
 
 
 @dataclass(frozen=True)
@@ -34,224 +150,541 @@ class Fault:
     model_type: str  # the fixture type it is planted in
     component: str
     layer: str | tuple[str, ...] | None  # the layer(s) the localisation may name
-    inject: Callable  # (model) -> context manager
+    target: str  # the seam: an import path into q3tts.standalone or an attribute path on the model
+    make: Callable[[Any, Any], Any]  # (original at target, model) -> replacement
+    also: tuple[tuple[str, Callable[[Any, Any], Any]], ...] = ()  # further seams the same bug touches
+
+    def seams(self) -> tuple[tuple[str, Callable[[Any, Any], Any]], ...]:
+        return ((self.target, self.make),) + self.also
+
+    @contextlib.contextmanager
+    def inject(self, model) -> Iterator[None]:
+        with contextlib.ExitStack() as stack:
+            for target, make in self.seams():
+                stack.enter_context(patch_target(target, make, model))
+            yield
 
 
-@contextlib.contextmanager
-def _swap_param(param: torch.nn.Parameter, edit: Callable[[torch.Tensor], None]) -> Iterator[None]:
-    original = param.detach().clone()
-    with torch.no_grad():
-        edit(param.data)
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            param.copy_(original)
+# --- replacements: weights and modules -------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _set_attr(obj, name: str, value) -> Iterator[None]:
-    """Set an attribute (also on frozen dataclasses) and restore exactly what was there."""
-    had_own = name in vars(obj)
-    old = vars(obj).get(name, None) if had_own else getattr(obj, name)
-    setter = setattr if isinstance(obj, torch.nn.Module) else object.__setattr__
-    setter(obj, name, value)
-    try:
-        yield
-    finally:
-        if had_own or isinstance(getattr(type(obj), name, None), property) or name in getattr(obj, "_modules", {}):
-            setter(obj, name, old)
-        elif isinstance(obj, torch.nn.Module) and name in getattr(obj, "_modules", {}):
-            setter(obj, name, old)
-        else:
-            try:
-                object.__delattr__(obj, name)
-            except AttributeError:
-                setter(obj, name, old)
+def _swapped_rows(a: slice, b: slice):
+    def make(w, _model):
+        out = w.detach().clone()
+        out[a], out[b] = w[b], w[a]
+        return out
+
+    return make
 
 
-def _swap_rows(a: slice, b: slice):
-    def edit(w):
-        tmp = w[a].clone()
-        w[a] = w[b]
-        w[b] = tmp
-    return edit
+def _rope_theta_x10(_inv_freq, m):
+    from q3tts.standalone.layers import rope_inv_freq
 
-
-# --- faults --------------------------------------------------------------------------------
-
-def rope_theta(m):
     tc = m.config.talker.transformer
-    return _set_attr(m.talker, "inv_freq", rope_inv_freq(tc.head_dim, tc.rope_theta * 10))
+    return rope_inv_freq(tc.head_dim, tc.rope_theta * 10)
 
 
-def swapped_qk(m):
+def _swapped_qk(w, m):
     attn = m.talker.decoder.layers[1].attn
-    kv = attn.kv_size
-    return _swap_param(attn.wqkv.weight, _swap_rows(slice(0, kv), slice(attn.q_size, attn.q_size + kv)))
+    return _swapped_rows(slice(0, attn.kv_size), slice(attn.q_size, attn.q_size + attn.kv_size))(w, m)
 
 
-def rmsnorm_eps(m):
-    return _set_attr(m.talker.decoder.layers[0].attn_norm, "eps", 1e-3)
+def _swapped_gate_up(w, m):
+    h = m.talker.decoder.layers[0].mlp.hidden
+    return _swapped_rows(slice(0, h), slice(h, 2 * h))(w, m)
 
 
-def skipped_q_norm(m):
-    return _set_attr(m.talker.decoder.layers[1].attn, "q_norm", torch.nn.Identity())
-
-
-def mrope_split(m):
+def _mrope_contiguous(_rows, m):
     # The same sections laid out contiguously (Qwen2-VL style) instead of interleaved.
+    from q3tts.standalone.layers import mrope_row_index
+
     t = m.config.talker
-    return _set_attr(m.talker, "mrope_rows", mrope_row_index(t.mrope_section, not t.mrope_interleaved))
+    return mrope_row_index(t.mrope_section, not t.mrope_interleaved)
 
 
-def gate_up_swapped(m):
-    mlp = m.talker.decoder.layers[0].mlp
-    h = mlp.hidden
-    return _swap_param(mlp.w_gate_up.weight, _swap_rows(slice(0, h), slice(h, 2 * h)))
+def _cp_rope_theta_over_100(_inv_freq, m):
+    from q3tts.standalone.layers import rope_inv_freq
 
-
-def head_swapped(m):
-    return _swap_param(m.code_predictor.heads, _swap_rows(slice(0, 1), slice(1, 2)))
-
-
-def cp_projection_bias(m):
-    return _swap_param(m.code_predictor.input_projection.bias, lambda b: b.zero_())
-
-
-def cp_rope_theta(m):
     tc = m.config.talker.code_predictor.transformer
-    m.code_predictor._rope_cache.clear()
-    stack = contextlib.ExitStack()
-    stack.enter_context(_set_attr(m.code_predictor, "inv_freq", rope_inv_freq(tc.head_dim, tc.rope_theta / 100)))
-    stack.callback(m.code_predictor._rope_cache.clear)
-    return stack
+    return rope_inv_freq(tc.head_dim, tc.rope_theta / 100)
 
 
-def text_projection_gelu(m):
+def _text_projection_gelu(_forward, m):
     proj = m.talker.text_projection
-    return _set_attr(proj, "forward", lambda x: proj.fc2(F.gelu(proj.fc1(x))))
+    return lambda x: proj.fc2(F.gelu(proj.fc1(x)))
 
 
-def padded_position_off_by_one(m):
+def _positions_one_too_far_after_padding(_original, _model):
     # RoPE only sees position differences, so a prefill shifted as a whole is invisible; the bug
     # shows when the decode steps continue from the unshifted count.
     def shifted(mask):
         padded_rows = (mask == 0).any(dim=-1, keepdim=True)
-        pos = mask.float().cumsum(-1) - 1 + padded_rows.float()  # one too far in padded rows
+        pos = mask.float().cumsum(-1) - 1 + padded_rows.float()
         return pos.masked_fill(mask == 0, 1).unsqueeze(0).expand(3, -1, -1)
-    return mock.patch.object(gen_mod, "mrope_positions", shifted)
+
+    return shifted
 
 
-def mel_wrong_hop(m):
-    return mock.patch.object(model_mod, "log_mel_spectrogram", lambda audio, **kw: log_mel_spectrogram(audio, **{**kw, "hop": 240}))
+def _mel_hop_240(real, _model):
+    return lambda audio, **kw: real(audio, **{**kw, "hop": 240})
 
 
-def se_gate_skipped(m):
-    se = m.speaker_encoder.blocks[1].se_block
-    return _set_attr(se, "forward", lambda x: x)
+def _snake_without_exp(_forward, _model):
+    def forward(self, x):
+        alpha = self.alpha.unsqueeze(0).unsqueeze(-1)
+        beta = self.beta.unsqueeze(0).unsqueeze(-1)
+        return x + (1.0 / (beta + 1e-9)) * torch.pow(torch.sin(x * torch.exp(alpha)), 2)
+
+    return forward
 
 
-def temperature_after_filters(m):
-    def fn(logits, generated, params, suppress_mask=None):
-        scores = constrain_logits(logits, generated, params, suppress_mask)
-        if not params.do_sample:
-            return torch.argmax(scores, dim=-1)
-        filtered = warp_logits(scores, dataclasses.replace(params, temperature=1.0))  # filters first ...
-        if params.temperature not in (None, 1.0):
-            filtered = filtered / params.temperature  # ... temperature last
-        return torch.multinomial(torch.softmax(filtered, dim=-1), num_samples=1).squeeze(1)
-    stack = contextlib.ExitStack()
-    stack.enter_context(mock.patch.object(gen_mod, "sample_next_token", fn))
-    stack.enter_context(mock.patch.object(talker_mod, "sample_next_token", fn))
-    return stack
+def _chunk_context_24(real, _model):
+    def chunked(self, codes, chunk_size=300, left_context=25):
+        return real(self, codes, chunk_size, left_context - 1)
+
+    return chunked
 
 
-def penalty_whole_history(m):
-    groups = m.config.talker.num_code_groups
-    history: list[torch.Tensor] = []
-
-    def fn(logits, generated, params, suppress_mask=None):
-        if len(history) == groups - 1:
-            history.clear()
-        hist = torch.stack(history, dim=1) if history else None
-        token = sample_next_token(logits, hist, dataclasses.replace(params, repetition_penalty=1.05), suppress_mask)
-        history.append(token)
-        return token
-    return mock.patch.object(talker_mod, "sample_next_token", fn)
-
-
-def min_new_tokens_ignored(m):
-    real = gen_mod.generate_codes
-
-    def fn(model, prompt, params, progress=False):
-        return real(model, prompt, dataclasses.replace(params, min_new_tokens=0), progress)
-    return mock.patch.object(model_mod, "generate_codes", fn)
-
-
-def dialect_ignored(m):
-    spk = m.config.talker.spk_is_dialect
-    return _set_attr(m.config.talker, "spk_is_dialect", {k: False for k in spk})
-
-
-def trailing_text_offset(m):
-    real = prompt_mod.build_talker_prompt
-
-    def fn(*a, **k):
+def _trailing_text_one_early(real, _model):
+    def build(*a, **k):
         p = real(*a, **k)
         p.trailing_text = torch.cat([p.trailing_text[:, 1:], p.trailing_text[:, -1:]], dim=1)
         return p
-    return mock.patch.object(model_mod, "build_talker_prompt", fn)
+
+    return build
 
 
-def snake_without_exp(m):
-    def forward(self, x):
-        return x + (1.0 / (self.beta.unsqueeze(0).unsqueeze(-1) + 1e-9)) * torch.pow(torch.sin(x * torch.exp(self.alpha.unsqueeze(0).unsqueeze(-1))), 2)
-    return mock.patch.object(codec_mod.SnakeBeta, "forward", forward)
+# --- replacements: the sampler ---------------------------------------------------------------
+# The mutants below are the one-line bugs a sampler rewrite makes. They are written against the
+# runtime's seams (sampling.constrain_logits / warp_logits / sample_next_token,
+# generation.generate_codes / suppress_mask_for); each keeps everything else of the step intact.
 
 
-def chunk_context(m):
-    real = codec_mod.CodecDecoder.chunked
+def warp_variant(*, temperature_twice=False, top_k_extra=0, top_k_drop_ties=False, top_p_strict=False):
+    """warp_logits (sampling.py step 5: temperature, top-k, top-p) with one planted bug."""
 
-    def chunked(self, codes, chunk_size=300, left_context=25):
-        return real(self, codes, chunk_size, left_context - 1)
-    return mock.patch.object(codec_mod.CodecDecoder, "chunked", chunked)
+    def warp(scores, params):
+        t = params.temperature
+        if t is not None and t != 1.0:
+            scores = scores / t
+            if temperature_twice:
+                scores = scores / t
+        if params.top_k is not None and params.top_k != 0:
+            k = min(max(params.top_k, 1) + top_k_extra, scores.shape[-1])
+            kth = torch.topk(scores, k)[0][..., -1, None]
+            scores = scores.masked_fill(scores <= kth if top_k_drop_ties else scores < kth, -float("inf"))
+        if params.top_p is not None and params.top_p < 1.0:
+            ascending, order = torch.sort(scores, descending=False)
+            mass = ascending.softmax(dim=-1).cumsum(dim=-1)
+            drop = mass < (1 - params.top_p) if top_p_strict else mass <= (1 - params.top_p)
+            drop[..., -1:] = False
+            scores = scores.masked_fill(drop.scatter(1, order, drop), -float("inf"))
+        return scores
+
+    return lambda _original, _model: warp
 
 
-def codec_window(m):
-    return _set_attr(m.codec.transformer, "window", m.codec.transformer.window + 8)
+def constrain_variant(*, negative=lambda s, p: s * p, positive=lambda s, p: s / p, min_new_tokens_le=False):
+    """constrain_logits (sampling.py steps 1-4) with the penalty's two branches and the
+    min_new_tokens comparison replaceable: mutants plant a bug, the knob-sensitivity
+    measurement perturbs one branch."""
 
+    def constrain(logits, generated, params, suppress_mask=None):
+        scores = logits.float()
+        p = params.repetition_penalty
+        if p != 1.0 and generated is not None and generated.shape[1] > 0:
+            seen = torch.gather(scores, 1, generated)
+            scores = scores.scatter(1, generated, torch.where(seen < 0, negative(seen, p), positive(seen, p)))
+        if params.eos_token_id is not None and params.min_new_tokens > 0:
+            n = 0 if generated is None else generated.shape[1]
+            if (n <= params.min_new_tokens) if min_new_tokens_le else (n < params.min_new_tokens):
+                scores = scores.clone()
+                scores[:, params.eos_token_id] = -float("inf")
+        if suppress_mask is not None:
+            scores = scores.masked_fill(suppress_mask, -float("inf"))
+        return scores
+
+    return lambda _original, _model: constrain
+
+
+def suppress_mask_variant(shift: int):
+    """generation.suppress_mask_for with the suppressed block's start moved by ``shift`` ids
+    (upstream: the top 1024 ids but EOS; +1 lets the first special id through, -1 also blocks
+    the last code)."""
+
+    def suppress_mask_for(vocab_size, eos_token_id, device):
+        mask = torch.zeros(vocab_size, dtype=torch.bool, device=device)
+        mask[max(0, vocab_size - 1024 + shift) :] = True
+        mask[eos_token_id] = False
+        return mask
+
+    return lambda _original, _model: suppress_mask_for
+
+
+_SAMPLING_FIELDS = ("do_sample", "top_k", "top_p", "temperature")
+
+
+def generation_params_variant(edit: Callable):
+    """generate_codes called with GenerationParams rewritten by ``edit(params) -> params``."""
+
+    def make(real, _model):
+        def generate_codes(model, prompt, params, progress=False):
+            return real(model, prompt, edit(params), progress)
+
+        return generate_codes
+
+    return make
+
+
+def _subtalker_uses_talker_temperature(params):
+    return dataclasses.replace(
+        params, subtalker=dataclasses.replace(params.subtalker, temperature=params.talker.temperature)
+    )
+
+
+def _subtalker_follows_talker_do_sample(params):
+    return dataclasses.replace(
+        params, subtalker=dataclasses.replace(params.subtalker, do_sample=params.talker.do_sample)
+    )
+
+
+def _talker_subtalker_swapped(params):
+    t = {f: getattr(params.talker, f) for f in _SAMPLING_FIELDS}
+    s = {f: getattr(params.subtalker, f) for f in _SAMPLING_FIELDS}
+    return dataclasses.replace(
+        params, talker=dataclasses.replace(params.talker, **s), subtalker=dataclasses.replace(params.subtalker, **t)
+    )
+
+
+def _min_new_tokens_ignored(params):
+    return dataclasses.replace(params, min_new_tokens=0)
+
+
+def _temperature_after_filters(_real, _model):
+    from q3tts.standalone import sampling
+
+    def sample_next_token(logits, generated, params, suppress_mask=None):
+        scores = sampling.constrain_logits(logits, generated, params, suppress_mask)
+        if not params.do_sample:
+            return torch.argmax(scores, dim=-1)
+        filtered = sampling.warp_logits(scores, dataclasses.replace(params, temperature=1.0))  # filters first ...
+        if params.temperature not in (None, 1.0):
+            filtered = filtered / params.temperature  # ... temperature last
+        return torch.multinomial(torch.softmax(filtered, dim=-1), num_samples=1).squeeze(1)
+
+    return sample_next_token
+
+
+def _penalty_whole_history(real, m):
+    groups = m.config.talker.num_code_groups
+    history: list[torch.Tensor] = []
+
+    def sample_next_token(logits, generated, params, suppress_mask=None):
+        if suppress_mask is not None:  # the talker's own draw (only it passes a suppression mask)
+            return real(logits, generated, params, suppress_mask)
+        if len(history) == groups - 1:
+            history.clear()
+        hist = torch.stack(history, dim=1) if history else None
+        token = real(logits, hist, dataclasses.replace(params, repetition_penalty=1.05), suppress_mask)
+        history.append(token)
+        return token
+
+    return sample_next_token
+
+
+def _dialects_dropped(spk_is_dialect, _model):
+    return {k: False for k in spk_is_dialect}
+
+
+_TALKER = "q3tts.standalone.talker"
+_GEN = "q3tts.standalone.generation"
+_SAMPLING = "q3tts.standalone.sampling"
 
 CATALOGUE: tuple[Fault, ...] = (
-    Fault("rope_theta", "talker RoPE theta x10", "custom_voice", "talker", "talker.layers.0", rope_theta),
-    Fault("swapped_qk", "q and k projection rows swapped in talker layer 1", "custom_voice", "talker", "talker.layers.1", swapped_qk),
-    Fault("rmsnorm_eps", "RMSNorm eps 1e-3 instead of 1e-6 (talker layer 0)", "custom_voice", "talker", "talker.layers.0", rmsnorm_eps),
-    Fault("skipped_q_norm", "q_norm skipped in talker layer 1", "custom_voice", "talker", "talker.layers.1", skipped_q_norm),
-    Fault("mrope_split", "M-RoPE sections laid out contiguously instead of interleaved", "custom_voice", "talker", "talker.layers.0", mrope_split),
-    Fault("gate_up_swapped", "SwiGLU gate and up swapped (talker layer 0)", "custom_voice", "talker", "talker.layers.0", gate_up_swapped),
-    Fault("padded_position", "prefill positions off by one after left padding", "custom_voice", "generation", None,
-          padded_position_off_by_one),
-    Fault("head_swapped", "code-predictor heads of groups 1 and 2 swapped", "custom_voice", "code_predictor",
-          ("code_predictor.heads[0]", "code_predictor.heads[1]"), head_swapped),
-    Fault("cp_projection_bias", "code-predictor input projection bias dropped", "custom_voice", "code_predictor",
-          "code_predictor.layers.0", cp_projection_bias),
-    Fault("cp_rope_theta", "code-predictor RoPE theta / 100", "custom_voice", "code_predictor", "code_predictor.layers.0", cp_rope_theta),
-    Fault("text_projection_gelu", "text projection with GELU instead of SiLU", "voice_design", "text_projection", None,
-          text_projection_gelu),
-    Fault("mel_hop", "speaker mel with hop 240 instead of 256", "base", "speaker_encoder", "speaker_encoder.blocks.0", mel_wrong_hop),
-    Fault("se_gate", "squeeze-excitation gate skipped in speaker block 1", "base", "speaker_encoder", "speaker_encoder.blocks.1",
-          se_gate_skipped),
-    Fault("temperature_after_filters", "temperature applied after top-k/top-p", "custom_voice", "generation", None,
-          temperature_after_filters),
-    Fault("penalty_whole_history", "repetition penalty over the whole history (code-predictor groups too)", "custom_voice",
-          "generation", None, penalty_whole_history),
-    Fault("min_new_tokens", "EOS allowed from the first frame", "voice_design", "generation", None, min_new_tokens_ignored),
-    Fault("dialect_ignored", "dialect speaker's language override dropped", "custom_voice", "generation", None, dialect_ignored),
-    Fault("trailing_text", "streaming text fed one step early", "base", "generation", None, trailing_text_offset),
-    Fault("snake_exp", "SnakeBeta without exp() on beta", "base", "codec", None, snake_without_exp),
-    Fault("chunk_context", "24 frames of left context instead of 25", "base", "codec", None, chunk_context),
-    Fault("codec_window", "sliding window 80 instead of 72", "base", "codec", None, codec_window),
+    Fault(
+        "rope_theta",
+        "talker RoPE theta x10",
+        "custom_voice",
+        "talker",
+        "talker.layers.0",
+        "talker.inv_freq",
+        _rope_theta_x10,
+    ),
+    Fault(
+        "swapped_qk",
+        "q and k projection rows swapped in talker layer 1",
+        "custom_voice",
+        "talker",
+        "talker.layers.1",
+        "talker.decoder.layers.1.attn.wqkv.weight",
+        _swapped_qk,
+    ),
+    Fault(
+        "rmsnorm_eps",
+        "RMSNorm eps 1e-3 instead of 1e-6 (talker layer 0)",
+        "custom_voice",
+        "talker",
+        "talker.layers.0",
+        "talker.decoder.layers.0.attn_norm.eps",
+        lambda _eps, _m: 1e-3,
+    ),
+    Fault(
+        "skipped_q_norm",
+        "q_norm skipped in talker layer 1",
+        "custom_voice",
+        "talker",
+        "talker.layers.1",
+        "talker.decoder.layers.1.attn.q_norm",
+        lambda _norm, _m: torch.nn.Identity(),
+    ),
+    Fault(
+        "mrope_split",
+        "M-RoPE sections laid out contiguously instead of interleaved",
+        "custom_voice",
+        "talker",
+        "talker.layers.0",
+        "talker.mrope_rows",
+        _mrope_contiguous,
+    ),
+    Fault(
+        "gate_up_swapped",
+        "SwiGLU gate and up swapped (talker layer 0)",
+        "custom_voice",
+        "talker",
+        "talker.layers.0",
+        "talker.decoder.layers.0.mlp.w_gate_up.weight",
+        _swapped_gate_up,
+    ),
+    Fault(
+        "padded_position",
+        "prefill positions off by one after left padding",
+        "custom_voice",
+        "generation",
+        None,
+        f"{_GEN}.mrope_positions",
+        _positions_one_too_far_after_padding,
+    ),
+    Fault(
+        "head_swapped",
+        "code-predictor heads of groups 1 and 2 swapped",
+        "custom_voice",
+        "code_predictor",
+        ("code_predictor.heads[0]", "code_predictor.heads[1]"),
+        "code_predictor.heads",
+        _swapped_rows(slice(0, 1), slice(1, 2)),
+    ),
+    Fault(
+        "cp_projection_bias",
+        "code-predictor input projection bias dropped",
+        "custom_voice",
+        "code_predictor",
+        "code_predictor.layers.0",
+        "code_predictor.input_projection.bias",
+        lambda b, _m: torch.zeros_like(b),
+    ),
+    Fault(
+        "cp_rope_theta",
+        "code-predictor RoPE theta / 100",
+        "custom_voice",
+        "code_predictor",
+        "code_predictor.layers.0",
+        "code_predictor.inv_freq",
+        _cp_rope_theta_over_100,
+        also=(("code_predictor._rope_cache", lambda _cache, _m: {}),),
+    ),  # cos/sin cached from the true theta
+    Fault(
+        "text_projection_gelu",
+        "text projection with GELU instead of SiLU",
+        "voice_design",
+        "text_projection",
+        None,
+        "talker.text_projection.forward",
+        _text_projection_gelu,
+    ),
+    Fault(
+        "mel_hop",
+        "speaker mel with hop 240 instead of 256",
+        "base",
+        "speaker_encoder",
+        "speaker_encoder.blocks.0",
+        "q3tts.standalone.mel.log_mel_spectrogram",
+        _mel_hop_240,
+    ),
+    Fault(
+        "se_gate",
+        "squeeze-excitation gate skipped in speaker block 1",
+        "base",
+        "speaker_encoder",
+        "speaker_encoder.blocks.1",
+        "speaker_encoder.blocks.1.se_block.forward",
+        lambda _f, _m: lambda x: x,
+    ),
+    Fault(
+        "temperature_after_filters",
+        "temperature applied after top-k/top-p",
+        "custom_voice",
+        "generation",
+        None,
+        f"{_SAMPLING}.sample_next_token",
+        _temperature_after_filters,
+    ),
+    Fault(
+        "penalty_whole_history",
+        "repetition penalty over the whole history (code-predictor groups too)",
+        "custom_voice",
+        "generation",
+        None,
+        f"{_TALKER}.sample_next_token",
+        _penalty_whole_history,
+    ),
+    Fault(
+        "min_new_tokens",
+        "EOS allowed from the first frame",
+        "voice_design",
+        "generation",
+        None,
+        f"{_GEN}.generate_codes",
+        generation_params_variant(_min_new_tokens_ignored),
+    ),
+    Fault(
+        "dialect_ignored",
+        "dialect speaker's language override dropped",
+        "custom_voice",
+        "generation",
+        None,
+        "config.talker.spk_is_dialect",
+        _dialects_dropped,
+    ),
+    Fault(
+        "trailing_text",
+        "streaming text fed one step early",
+        "base",
+        "generation",
+        None,
+        "q3tts.standalone.prompt.build_talker_prompt",
+        _trailing_text_one_early,
+    ),
+    Fault(
+        "snake_exp",
+        "SnakeBeta without exp() on beta",
+        "base",
+        "codec",
+        None,
+        "q3tts.standalone.codec.SnakeBeta.forward",
+        _snake_without_exp,
+    ),
+    Fault(
+        "chunk_context",
+        "24 frames of left context instead of 25",
+        "base",
+        "codec",
+        None,
+        "q3tts.standalone.codec.CodecDecoder.chunked",
+        _chunk_context_24,
+    ),
+    Fault(
+        "codec_window",
+        "sliding window 80 instead of 72",
+        "base",
+        "codec",
+        None,
+        "codec.transformer.window",
+        lambda w, _m: w + 8,
+    ),
+    # --- sampler mutants (issue 19): each must show in the default run's generation cases ---
+    Fault(
+        "subtalker_temperature",
+        "code predictor samples with the talker's temperature",
+        "custom_voice",
+        "generation",
+        None,
+        f"{_GEN}.generate_codes",
+        generation_params_variant(_subtalker_uses_talker_temperature),
+    ),
+    Fault(
+        "top_k_plus_one",
+        "top-k keeps k+1 ids",
+        "custom_voice",
+        "generation",
+        None,
+        f"{_SAMPLING}.warp_logits",
+        warp_variant(top_k_extra=1),
+    ),
+    Fault(
+        "penalty_divides_negative",
+        "repetition penalty divides negative logits instead of multiplying",
+        "custom_voice",
+        "generation",
+        None,
+        f"{_SAMPLING}.constrain_logits",
+        constrain_variant(negative=lambda s, p: s / p),
+    ),
+    Fault(
+        "talker_subtalker_swapped",
+        "talker and code-predictor sampling parameters swapped",
+        "voice_design",
+        "generation",
+        None,
+        f"{_GEN}.generate_codes",
+        generation_params_variant(_talker_subtalker_swapped),
+    ),
+    Fault(
+        "subtalker_do_sample",
+        "code predictor follows the talker's do_sample, not subtalker_dosample",
+        "base",
+        "generation",
+        None,
+        f"{_GEN}.generate_codes",
+        generation_params_variant(_subtalker_follows_talker_do_sample),
+    ),
+    Fault(
+        "top_p_strict",
+        "top-p removes at cumulative mass < 1-p instead of <=",
+        "custom_voice",
+        "generation",
+        None,
+        f"{_SAMPLING}.warp_logits",
+        warp_variant(top_p_strict=True),
+    ),
+    Fault(
+        "top_k_ties",
+        "top-k drops ids equal to the k-th score (ties) instead of keeping them",
+        "base",
+        "generation",
+        None,
+        f"{_SAMPLING}.warp_logits",
+        warp_variant(top_k_drop_ties=True),
+    ),
+    Fault(
+        "min_new_tokens_off_by_one",
+        "EOS blocked while generated <= min_new_tokens (one step too long)",
+        "custom_voice",
+        "generation",
+        None,
+        f"{_SAMPLING}.constrain_logits",
+        constrain_variant(min_new_tokens_le=True),
+    ),
+    Fault(
+        "suppression_off_by_one",
+        "suppressed block starts one id late (first special id sampleable)",
+        "voice_design",
+        "generation",
+        None,
+        f"{_GEN}.suppress_mask_for",
+        suppress_mask_variant(+1),
+    ),
+    Fault(
+        "temperature_twice",
+        "temperature applied twice",
+        "base",
+        "generation",
+        None,
+        f"{_SAMPLING}.warp_logits",
+        warp_variant(temperature_twice=True),
+    ),
 )
+
+SAMPLER_FAULTS = tuple(f.name for f in CATALOGUE[21:])
 
 
 @dataclass
@@ -263,21 +696,46 @@ class FaultResult:
     layer_named: bool | None
     failing_components: list[str]
     reported_layers: list[str]
+    failing_cases: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return self.detected and self.component_named and self.layer_named is not False
 
 
-def run_fault(fault: Fault, wrapper, standalone, seeds: list[int], frames: int, cache_key: str) -> FaultResult:
+def run_fault(
+    fault: Fault, wrapper, standalone, seeds: list[int], frames: int, cache_key: str, dtype: torch.dtype = torch.float32
+) -> FaultResult:
     from .suite import run_suite
 
+    # Codes -> audio does not depend on the LM side and generation does not use the codec: a codec
+    # fault runs forwards and audio, every other fault forwards and generation.
+    codec = fault.component == "codec"
     with fault.inject(standalone):
-        results = run_suite(wrapper, standalone, standalone.config.tts_model_type, torch.float32, seeds, frames, cache_key)
+        results = run_suite(
+            wrapper,
+            standalone,
+            standalone.config.tts_model_type,
+            dtype,
+            seeds,
+            frames,
+            cache_key,
+            generation=not codec,
+            audio=codec,
+            encoder=False,
+        )
     failed = [r for r in results if not r.passed]
     components = sorted({r.component for r in failed})
     layers = [r.first_bad_layer for r in failed if r.kind == "forward" and r.first_bad_layer]
     accepted = (fault.layer,) if isinstance(fault.layer, str) else fault.layer
     layer_named = None if accepted is None else bool(layers) and all(l in accepted for l in layers)
-    return FaultResult(fault.name, fault.description, bool(failed), fault.component in components, layer_named,
-                       components, sorted(set(layers)))
+    return FaultResult(
+        fault.name,
+        fault.description,
+        bool(failed),
+        fault.component in components,
+        layer_named,
+        components,
+        sorted(set(layers)),
+        [r.case for r in failed],
+    )

@@ -26,6 +26,10 @@ from safetensors.torch import save_file
 
 MODEL_TYPES = ("base", "custom_voice", "voice_design")
 
+# The seed of each model type's fixture in the test suite (conftest) and in the goldens recorded
+# from it (verify/goldens.py).
+SUITE_SEEDS = {model_type: 10 + i for i, model_type in enumerate(MODEL_TYPES)}
+
 # Text-token layout of the tiny tokenizer: 256 byte tokens, BPE merges up to _N_BPE, then specials.
 _N_BPE = 300
 SPECIAL_TOKENS = {
@@ -52,6 +56,61 @@ GENERATION_CONFIG = {
 }
 
 
+def _tiny_talker_config(num_code_groups: int) -> dict[str, Any]:
+    """talker_config of the tiny model (code predictor included)."""
+    talker = dict(
+        vocab_size=1040,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        hidden_act="silu",
+        max_position_embeddings=512,
+        rms_norm_eps=1e-6,
+        rope_theta=1000000,
+        rope_scaling={"interleaved": True, "mrope_section": [2, 1, 1], "rope_type": "default"},
+        num_code_groups=num_code_groups,
+        text_hidden_size=24,
+        text_vocab_size=TEXT_VOCAB_SIZE,
+        position_id_per_seconds=13,
+        attention_bias=False,
+        use_cache=True,
+        tie_word_embeddings=False,
+        codec_eos_token_id=17,
+        codec_think_id=18,
+        codec_nothink_id=19,
+        codec_think_bos_id=20,
+        codec_think_eos_id=21,
+        codec_pad_id=22,
+        codec_bos_id=23,
+        codec_language_id={"english": 30, "chinese": 31, "german": 33},
+        spk_id={},
+        spk_is_dialect={},
+        code_predictor_config=dict(
+            vocab_size=16,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=8,
+            hidden_act="silu",
+            max_position_embeddings=64,
+            rope_theta=1000000,
+            rms_norm_eps=1e-6,
+            num_code_groups=num_code_groups,
+            layer_types=["full_attention"] * 2,
+            attention_bias=False,
+            use_cache=True,
+            tie_word_embeddings=False,
+            rope_scaling=None,
+        ),
+    )
+    return talker
+
+
 def tiny_config(model_type: str, *, num_code_groups: int = 4) -> dict[str, Any]:
     """config.json content for a tiny model, shaped like the released files.
 
@@ -60,25 +119,7 @@ def tiny_config(model_type: str, *, num_code_groups: int = 4) -> dict[str, Any]:
     """
     if model_type not in MODEL_TYPES:
         raise ValueError(f"unknown model type {model_type!r}")
-    talker = dict(
-        vocab_size=1040, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=8, hidden_act="silu",
-        max_position_embeddings=512, rms_norm_eps=1e-6, rope_theta=1000000,
-        rope_scaling={"interleaved": True, "mrope_section": [2, 1, 1], "rope_type": "default"},
-        num_code_groups=num_code_groups, text_hidden_size=24, text_vocab_size=TEXT_VOCAB_SIZE,
-        position_id_per_seconds=13, attention_bias=False, use_cache=True, tie_word_embeddings=False,
-        codec_eos_token_id=17, codec_think_id=18, codec_nothink_id=19, codec_think_bos_id=20,
-        codec_think_eos_id=21, codec_pad_id=22, codec_bos_id=23,
-        codec_language_id={"english": 30, "chinese": 31, "german": 33},
-        spk_id={}, spk_is_dialect={},
-        code_predictor_config=dict(
-            vocab_size=16, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-            num_attention_heads=2, num_key_value_heads=1, head_dim=8, hidden_act="silu",
-            max_position_embeddings=64, rope_theta=1000000, rms_norm_eps=1e-6,
-            num_code_groups=num_code_groups, layer_types=["full_attention"] * 2,
-            attention_bias=False, use_cache=True, tie_word_embeddings=False, rope_scaling=None,
-        ),
-    )
+    talker = _tiny_talker_config(num_code_groups)
     cfg: dict[str, Any] = dict(
         architectures=["Qwen3TTSForConditionalGeneration"],
         model_type="qwen3_tts",
@@ -98,9 +139,15 @@ def tiny_config(model_type: str, *, num_code_groups: int = 4) -> dict[str, Any]:
         # Written without model_type, as released files are: upstream's speaker config class
         # takes no **kwargs, so any extra key would break loading.
         cfg["speaker_encoder_config"] = dict(
-            mel_dim=128, enc_dim=32, enc_channels=[32, 32, 32, 32, 96], enc_kernel_sizes=[5, 3, 3, 3, 1],
-            enc_dilations=[1, 2, 3, 4, 1], enc_attention_channels=16, enc_res2net_scale=8,
-            enc_se_channels=8, sample_rate=24000,
+            mel_dim=128,
+            enc_dim=32,
+            enc_channels=[32, 32, 32, 32, 96],
+            enc_kernel_sizes=[5, 3, 3, 3, 1],
+            enc_dilations=[1, 2, 3, 4, 1],
+            enc_attention_channels=16,
+            enc_res2net_scale=8,
+            enc_se_channels=8,
+            sample_rate=24000,
         )
     elif model_type == "custom_voice":
         talker["spk_id"] = {"alice": 40, "bob": 41, "carol": 42}
@@ -111,25 +158,65 @@ def tiny_config(model_type: str, *, num_code_groups: int = 4) -> dict[str, Any]:
 
 def tiny_speech_tokenizer_config() -> dict[str, Any]:
     return dict(
-        model_type="qwen3_tts_tokenizer_12hz", architectures=["Qwen3TTSTokenizerV2Model"],
-        encoder_valid_num_quantizers=4, input_sample_rate=24000, output_sample_rate=24000,
-        decode_upsample_rate=1920, encode_downsample_rate=1920,
+        model_type="qwen3_tts_tokenizer_12hz",
+        architectures=["Qwen3TTSTokenizerV2Model"],
+        encoder_valid_num_quantizers=4,
+        input_sample_rate=24000,
+        output_sample_rate=24000,
+        decode_upsample_rate=1920,
+        encode_downsample_rate=1920,
         encoder_config=dict(
-            audio_channels=1, num_filters=8, kernel_size=7, residual_kernel_size=3, last_kernel_size=3,
-            num_residual_layers=1, compress=2, upsampling_ratios=[8, 6, 5, 4], hidden_size=16,
-            num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2, head_dim=8,
-            intermediate_size=32, hidden_act="gelu", norm_eps=1e-5, layer_scale_initial_scale=0.01,
-            rope_theta=10000, max_position_embeddings=8000, sliding_window=250, num_quantizers=8,
-            num_semantic_quantizers=1, codebook_size=16, codebook_dim=8,
-            vector_quantization_hidden_dimension=8, pad_mode="constant", use_causal_conv=True,
-            sampling_rate=24000, frame_rate=12.5, upsample_groups=16,
+            audio_channels=1,
+            num_filters=8,
+            kernel_size=7,
+            residual_kernel_size=3,
+            last_kernel_size=3,
+            num_residual_layers=1,
+            compress=2,
+            upsampling_ratios=[8, 6, 5, 4],
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            head_dim=8,
+            intermediate_size=32,
+            hidden_act="gelu",
+            norm_eps=1e-5,
+            layer_scale_initial_scale=0.01,
+            rope_theta=10000,
+            max_position_embeddings=8000,
+            sliding_window=250,
+            num_quantizers=8,
+            num_semantic_quantizers=1,
+            codebook_size=16,
+            codebook_dim=8,
+            vector_quantization_hidden_dimension=8,
+            pad_mode="constant",
+            use_causal_conv=True,
+            sampling_rate=24000,
+            frame_rate=12.5,
+            upsample_groups=16,
         ),
         decoder_config=dict(
-            latent_dim=16, codebook_dim=8, codebook_size=16, decoder_dim=32, hidden_size=16,
-            intermediate_size=32, hidden_act="silu", num_hidden_layers=1, num_attention_heads=2,
-            num_key_value_heads=2, head_dim=8, rms_norm_eps=1e-5, layer_scale_initial_scale=0.01,
-            rope_theta=10000, max_position_embeddings=8000, sliding_window=72, num_quantizers=4,
-            upsample_rates=[8, 5, 4, 3], upsampling_ratios=[2, 2],
+            latent_dim=16,
+            codebook_dim=8,
+            codebook_size=16,
+            decoder_dim=32,
+            hidden_size=16,
+            intermediate_size=32,
+            hidden_act="silu",
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            head_dim=8,
+            rms_norm_eps=1e-5,
+            layer_scale_initial_scale=0.01,
+            rope_theta=10000,
+            max_position_embeddings=8000,
+            sliding_window=72,
+            num_quantizers=4,
+            upsample_rates=[8, 5, 4, 3],
+            upsampling_ratios=[2, 2],
         ),
     )
 
@@ -137,6 +224,7 @@ def tiny_speech_tokenizer_config() -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 # Weights
 # --------------------------------------------------------------------------------------------
+
 
 def _is_head(name: str) -> bool:
     return name.endswith("codec_head.weight") or ".lm_head." in name
@@ -165,7 +253,11 @@ def init_tensor(name: str, shape: torch.Size, gen: torch.Generator) -> torch.Ten
         return 0.5 + 0.1 * randn()
     if leaf == "cluster_usage":
         return 0.5 + torch.rand(shape, generator=gen) * 1.5
-    if leaf in ("embedding_sum", "embed_sum"):
+    if leaf == "embed_sum":
+        # The encoder's codebooks, at the scale of the projected encoder output (about 1.5 per
+        # vector here), so that nearest-codebook search spreads over the codebook.
+        return 0.4 * randn()
+    if leaf == "embedding_sum":
         return randn()
     if leaf == "initialized":
         return torch.ones(shape)
@@ -193,15 +285,99 @@ def randomize_(module: torch.nn.Module, seed: int) -> torch.nn.Module:
     return module
 
 
+_DRAWN_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _draw(name: str, shape: torch.Size, gen: torch.Generator) -> torch.Tensor:
+    return init_tensor(name, shape, gen).to(torch.float32).contiguous()
+
+
 def random_state_dict(module: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     out = {}
     for name, tensor in module.state_dict().items():
-        if tensor.dtype in (torch.float32, torch.float16, torch.bfloat16):
-            out[name] = init_tensor(name, tensor.shape, gen).to(torch.float32).contiguous()
+        if tensor.dtype in _DRAWN_DTYPES:
+            out[name] = _draw(name, tensor.shape, gen)
         else:
             out[name] = tensor.clone().contiguous()
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# Tensor specs: the same weights without instantiating upstream's modules
+# --------------------------------------------------------------------------------------------
+# random_state_dict draws from one generator in the order of the module's state_dict, so the
+# ordered (name, shape, dtype) list of upstream's tensors is all it needs. Recorded once from
+# upstream (tensor_spec below, written by `python -m q3tts.verify.goldens`), that list lets the
+# fast test tier write bit-identical fixtures without qwen_tts; the reference tier checks the
+# recorded list against upstream's modules.
+
+TENSOR_SPECS_FORMAT = "q3tts-fixture-tensor-specs"
+
+
+class TensorSpecError(ValueError):
+    """A recorded tensor spec that does not fit the fixture it is asked to write."""
+
+
+def tensor_spec(module: torch.nn.Module) -> list[list]:
+    """[[name, shape, dtype name], ...] of the module's state_dict, in its order."""
+    return [[name, list(t.shape), str(t.dtype).removeprefix("torch.")] for name, t in module.state_dict().items()]
+
+
+def config_digest(config: dict[str, Any]) -> str:
+    """sha256 of a config dict, independent of key order: ties a recorded spec to its config."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def state_dict_from_spec(spec: list[list], seed: int) -> dict[str, torch.Tensor]:
+    """What random_state_dict gives for a module whose state_dict has this spec: the same
+    generator, the same order, the same init_tensor."""
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, shape, dtype in spec:
+        if getattr(torch, dtype, None) not in _DRAWN_DTYPES:
+            raise TensorSpecError(
+                f"tensor {name} is {dtype}: its values come from upstream's init, a spec cannot give them"
+            )
+        out[name] = _draw(name, torch.Size(shape), gen)
+    return out
+
+
+def load_tensor_specs(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    specs = json.loads(path.read_text(encoding="utf-8"))
+    if specs.get("format") != TENSOR_SPECS_FORMAT:
+        raise TensorSpecError(f"{path}: not a fixture tensor-spec file (format {specs.get('format')!r})")
+    return specs
+
+
+def _spec_for(specs: dict[str, Any], part: str, config: dict[str, Any]) -> list[list]:
+    entry = specs["parts"].get(part)
+    if entry is None:
+        raise TensorSpecError(f"no recorded tensor spec for {part!r}")
+    if entry["config_sha256"] != config_digest(config):
+        raise TensorSpecError(
+            f"the recorded tensor spec for {part!r} was made for another config; "
+            "regenerate it in the reference environment: python -m q3tts.verify.goldens"
+        )
+    return entry["tensors"]
+
+
+def record_tensor_specs() -> dict[str, Any]:
+    """The tensor specs of every fixture part, from upstream's own modules (needs qwen_tts)."""
+    parts = {}
+    for model_type in MODEL_TYPES:
+        config = tiny_config(model_type)
+        parts[f"talker.{model_type}"] = dict(
+            config_sha256=config_digest(config), tensors=tensor_spec(build_upstream_modules(config))
+        )
+    codec_config = tiny_speech_tokenizer_config()
+    parts["speech_tokenizer"] = dict(
+        config_sha256=config_digest(codec_config), tensors=tensor_spec(build_upstream_codec(codec_config))
+    )
+    return dict(format=TENSOR_SPECS_FORMAT, format_version=1, parts=parts)
 
 
 # --------------------------------------------------------------------------------------------
@@ -209,16 +385,23 @@ def random_state_dict(module: torch.nn.Module, seed: int) -> dict[str, torch.Ten
 # --------------------------------------------------------------------------------------------
 
 _CORPUS = (
-    "Hello world, this is a tiny text to speech model. The quick brown fox jumps over the lazy dog. "
-    "Speak slowly and clearly, with a warm voice. 1234567890 numbers and 中文 字符 and emoji. "
-) * 4 + "assistant\nuser\n" * 40 + " HelloWorld CamelCase" * 30
+    (
+        "Hello world, this is a tiny text to speech model. The quick brown fox jumps over the lazy dog. "
+        "Speak slowly and clearly, with a warm voice. 1234567890 numbers and 中文 字符 and emoji. "
+    )
+    * 4
+    + "assistant\nuser\n" * 40
+    + " HelloWorld CamelCase" * 30
+)
 # Roles must be single tokens (upstream slices the template by position); the camel-case words
 # give merges across a case boundary, where the Qwen2 and Mistral split regexes disagree.
 
 
 def _bytes_to_unicode() -> dict[int, str]:
     """The byte -> printable character map of byte-level BPE (GPT-2 / Qwen2)."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    printable = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     chars = printable[:]
     extra = 0
     for b in range(256):
@@ -279,10 +462,18 @@ def write_text_tokenizer(dst: Path, filler_tokens: int = 0) -> None:
         for t, i in specials.items()
     }
     tok_cfg = dict(
-        add_bos_token=False, add_prefix_space=False, added_tokens_decoder=added, bos_token=None,
-        clean_up_tokenization_spaces=False, eos_token="<|im_end|>", errors="replace",
-        model_max_length=32768, pad_token="<|endoftext|>", split_special_tokens=False,
-        tokenizer_class="Qwen2Tokenizer", unk_token=None,
+        add_bos_token=False,
+        add_prefix_space=False,
+        added_tokens_decoder=added,
+        bos_token=None,
+        clean_up_tokenization_spaces=False,
+        eos_token="<|im_end|>",
+        errors="replace",
+        model_max_length=32768,
+        pad_token="<|endoftext|>",
+        split_special_tokens=False,
+        tokenizer_class="Qwen2Tokenizer",
+        unk_token=None,
     )
     (dst / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2, ensure_ascii=False), encoding="utf-8")
 
@@ -290,6 +481,7 @@ def write_text_tokenizer(dst: Path, filler_tokens: int = 0) -> None:
 # --------------------------------------------------------------------------------------------
 # Directories
 # --------------------------------------------------------------------------------------------
+
 
 def _dump(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -303,40 +495,67 @@ def build_upstream_modules(config: dict[str, Any]):
     return Qwen3TTSForConditionalGeneration(Qwen3TTSConfig(**copy.deepcopy(config)))
 
 
-def write_speech_tokenizer(dst: Path, seed: int) -> None:
+def build_upstream_codec(config: dict[str, Any]):
+    """Instantiate upstream's 12 Hz speech tokenizer for ``config`` (fp32, default init)."""
     from qwen_tts.core.tokenizer_12hz.configuration_qwen3_tts_tokenizer_v2 import Qwen3TTSTokenizerV2Config
     from qwen_tts.core.tokenizer_12hz.modeling_qwen3_tts_tokenizer_v2 import Qwen3TTSTokenizerV2Model
 
+    return Qwen3TTSTokenizerV2Model(Qwen3TTSTokenizerV2Config(**copy.deepcopy(config)))
+
+
+def write_speech_tokenizer(dst: Path, seed: int, tensor_specs: dict[str, Any] | None = None) -> None:
     dst.mkdir(parents=True, exist_ok=True)
     cfg = tiny_speech_tokenizer_config()
-    model = Qwen3TTSTokenizerV2Model(Qwen3TTSTokenizerV2Config(**copy.deepcopy(cfg)))
-    save_file(random_state_dict(model, seed), str(dst / "model.safetensors"), metadata={"format": "pt"})
+    if tensor_specs is None:
+        state = random_state_dict(build_upstream_codec(cfg), seed)
+    else:
+        state = state_dict_from_spec(_spec_for(tensor_specs, "speech_tokenizer", cfg), seed)
+    save_file(state, str(dst / "model.safetensors"), metadata={"format": "pt"})
     _dump(dst / "config.json", cfg)
-    _dump(dst / "preprocessor_config.json", dict(
-        chunk_length_s=None, feature_extractor_type="EncodecFeatureExtractor", feature_size=1, overlap=None,
-        padding_side="right", padding_value=0.0, return_attention_mask=True, sampling_rate=24000,
-    ))
+    _dump(
+        dst / "preprocessor_config.json",
+        dict(
+            chunk_length_s=None,
+            feature_extractor_type="EncodecFeatureExtractor",
+            feature_size=1,
+            overlap=None,
+            padding_side="right",
+            padding_value=0.0,
+            return_attention_mask=True,
+            sampling_rate=24000,
+        ),
+    )
 
 
 def write_upstream_checkpoint(
-    dst: str | Path, model_type: str = "base", *, seed: int = 0, dtype: torch.dtype = torch.float32
+    dst: str | Path,
+    model_type: str = "base",
+    *,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    tensor_specs: dict[str, Any] | None = None,
 ) -> Path:
     """Write a complete tiny upstream checkpoint directory and return its path.
 
     ``dtype`` is the storage dtype of model.safetensors (released files are bf16; fp32 keeps the
     fp32 parity tests free of storage rounding). The speech tokenizer is always fp32, as released.
+    With ``tensor_specs`` (see load_tensor_specs) the tensor names and shapes come from the
+    recorded specs instead of upstream's modules: the same bytes, without qwen_tts.
     """
     dst = Path(dst)
     dst.mkdir(parents=True, exist_ok=True)
     config = tiny_config(model_type)
-    model = build_upstream_modules(config)
-    state = {k: v.to(dtype) for k, v in random_state_dict(model, seed).items()}
+    if tensor_specs is None:
+        state = random_state_dict(build_upstream_modules(config), seed)
+    else:
+        state = state_dict_from_spec(_spec_for(tensor_specs, f"talker.{model_type}", config), seed)
+    state = {k: v.to(dtype) for k, v in state.items()}
     save_file(state, str(dst / "model.safetensors"), metadata={"format": "pt"})
     _dump(dst / "config.json", config)
     _dump(dst / "generation_config.json", GENERATION_CONFIG)
     _dump(dst / "preprocessor_config.json", {"processor_class": "Qwen3TTSProcessor"})
     write_text_tokenizer(dst)
-    write_speech_tokenizer(dst / "speech_tokenizer", seed + 1)
+    write_speech_tokenizer(dst / "speech_tokenizer", seed + 1, tensor_specs)
     return dst
 
 
@@ -352,7 +571,7 @@ def shard_checkpoint(directory: str | Path, n_shards: int) -> list[str]:
     weight_map, files = {}, []
     for i in range(n_shards):
         file = f"model-{i + 1:05d}-of-{n_shards:05d}.safetensors"
-        part = {n: state[n] for n in names[i * per:(i + 1) * per]}
+        part = {n: state[n] for n in names[i * per : (i + 1) * per]}
         save_file(part, str(directory / file), metadata={"format": "pt"})
         weight_map.update({n: file for n in part})
         files.append(file)
@@ -362,8 +581,14 @@ def shard_checkpoint(directory: str | Path, n_shards: int) -> list[str]:
     return files
 
 
-def write_release_size_checkpoint(dst: str | Path, size: str = "0.6B", model_type: str = "custom_voice", *,
-                                  seed: int = 0, dtype: torch.dtype = torch.bfloat16) -> Path:
+def write_release_size_checkpoint(
+    dst: str | Path,
+    size: str = "0.6B",
+    model_type: str = "custom_voice",
+    *,
+    seed: int = 0,
+    dtype: torch.dtype = torch.bfloat16,
+) -> Path:
     """An upstream checkpoint directory at a released size (config from verify/released.py, the
     fixture initialiser's weights, bf16 talker and fp32 codec as released, the tiny tokenizer).
     Several GB: for verify-parity at real size, never for the test suite."""
@@ -375,24 +600,36 @@ def write_release_size_checkpoint(dst: str | Path, size: str = "0.6B", model_typ
     dst.mkdir(parents=True, exist_ok=True)
     config = released_config(size, model_type)
     model = randomize_(build_upstream_modules(config), seed)
-    _save({k: v.to(dtype).contiguous() for k, v in model.state_dict().items()}, str(dst / "model.safetensors"),
-          metadata={"format": "pt"})
+    _save(
+        {k: v.to(dtype).contiguous() for k, v in model.state_dict().items()},
+        str(dst / "model.safetensors"),
+        metadata={"format": "pt"},
+    )
     del model
     _dump(dst / "config.json", config)
     _dump(dst / "generation_config.json", GENERATION_CONFIG)
     _dump(dst / "preprocessor_config.json", {"processor_class": "Qwen3TTSProcessor"})
     write_text_tokenizer(dst)
     cfg = released_speech_tokenizer_config()
-    from qwen_tts.core.tokenizer_12hz.configuration_qwen3_tts_tokenizer_v2 import Qwen3TTSTokenizerV2Config
-    from qwen_tts.core.tokenizer_12hz.modeling_qwen3_tts_tokenizer_v2 import Qwen3TTSTokenizerV2Model
-
-    codec = randomize_(Qwen3TTSTokenizerV2Model(Qwen3TTSTokenizerV2Config(**copy.deepcopy(cfg))), seed + 1)
+    codec = randomize_(build_upstream_codec(cfg), seed + 1)
     (dst / "speech_tokenizer").mkdir(exist_ok=True)
-    _save({k: v.contiguous() for k, v in codec.state_dict().items()}, str(dst / "speech_tokenizer" / "model.safetensors"),
-          metadata={"format": "pt"})
+    _save(
+        {k: v.contiguous() for k, v in codec.state_dict().items()},
+        str(dst / "speech_tokenizer" / "model.safetensors"),
+        metadata={"format": "pt"},
+    )
     _dump(dst / "speech_tokenizer" / "config.json", cfg)
-    _dump(dst / "speech_tokenizer" / "preprocessor_config.json", dict(
-        chunk_length_s=None, feature_extractor_type="EncodecFeatureExtractor", feature_size=1, overlap=None,
-        padding_side="right", padding_value=0.0, return_attention_mask=True, sampling_rate=24000,
-    ))
+    _dump(
+        dst / "speech_tokenizer" / "preprocessor_config.json",
+        dict(
+            chunk_length_s=None,
+            feature_extractor_type="EncodecFeatureExtractor",
+            feature_size=1,
+            overlap=None,
+            padding_side="right",
+            padding_value=0.0,
+            return_attention_mask=True,
+            sampling_rate=24000,
+        ),
+    )
     return dst

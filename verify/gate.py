@@ -36,7 +36,9 @@ def latest_version() -> str:
     r = subprocess.run([sys.executable, "-m", "pip", "index", "versions", "qwen-tts"], capture_output=True, text=True)
     m = re.search(r"qwen-tts \(([^)]+)\)", r.stdout)
     if r.returncode or not m:
-        raise RuntimeError(f"cannot find the newest qwen-tts release on the index: {r.stderr.strip() or r.stdout.strip()}")
+        raise RuntimeError(
+            f"cannot find the newest qwen-tts release on the index: {r.stderr.strip() or r.stdout.strip()}"
+        )
     return m.group(1)
 
 
@@ -61,8 +63,13 @@ def _run(cmd: list[str], what: str) -> None:
         raise RuntimeError(f"{what} failed:\n{tail}")
 
 
-def run_gate(version: str, report_dir: Path, reuse_torch: bool = False, extra_args: list[str] | None = None,
-             keep_venv: Path | None = None) -> bool:
+def run_gate(
+    version: str,
+    report_dir: Path,
+    reuse_torch: bool = False,
+    extra_args: list[str] | None = None,
+    keep_venv: Path | None = None,
+) -> bool:
     t0 = time.perf_counter()
     resolved = latest_version() if version == "latest" else version
     if not (PROJECT_ROOT / "pyproject.toml").is_file():
@@ -76,9 +83,16 @@ def run_gate(version: str, report_dir: Path, reuse_torch: bool = False, extra_ar
         if reuse_torch:
             # No pip/setuptools of its own: this environment's (seen through a .pth entry) build and
             # install into it, so nothing is downloaded when VERSION is what is installed here.
-            _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], f"creating a virtualenv for qwen-tts {resolved}")
-            site = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                                  capture_output=True, text=True, check=True).stdout.strip()
+            _run(
+                [sys.executable, "-m", "venv", "--without-pip", str(venv)],
+                f"creating a virtualenv for qwen-tts {resolved}",
+            )
+            site = subprocess.run(
+                [str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.strip()
             Path(site, "_q3tts_gate_reuse.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
             pip = [sys.executable, "-m", "pip", "--python", str(py)]
             isolation = ["--no-build-isolation"]
@@ -86,23 +100,43 @@ def run_gate(version: str, report_dir: Path, reuse_torch: bool = False, extra_ar
             _run([sys.executable, "-m", "venv", str(venv)], f"creating a virtualenv for qwen-tts {resolved}")
             pip = [str(py), "-m", "pip"]
             isolation = []
-        _run([*pip, "install", "--quiet", f"qwen-tts=={resolved}", *reference_requirements()],
-             f"installing qwen-tts=={resolved} and the reference stack")
-        _run([*pip, "install", "--quiet", "--no-deps", *isolation, str(PROJECT_ROOT)], "installing qwen3-tts-standalone")
+        _run(
+            [*pip, "install", "--quiet", f"qwen-tts=={resolved}", *reference_requirements()],
+            f"installing qwen-tts=={resolved} and the reference stack",
+        )
+        _run(
+            [*pip, "install", "--quiet", "--no-deps", *isolation, str(PROJECT_ROOT)], "installing qwen3-tts-standalone"
+        )
         click.echo("gate: running verify-parity on the tiny fixtures")
-        child = subprocess.run([str(py), "-m", "q3tts.verify.cli", "--report-dir", str(report_dir), *(extra_args or [])],
-                               capture_output=True, text=True, cwd=work)
-        click.echo("\n".join(line for line in child.stdout.splitlines() if line.startswith(("verdict", "  ", "report"))))
+        child = subprocess.run(
+            [str(py), "-m", "q3tts.verify.cli", "--report-dir", str(report_dir), *(extra_args or [])],
+            capture_output=True,
+            text=True,
+            cwd=work,
+        )
+        click.echo(
+            "\n".join(line for line in child.stdout.splitlines() if line.startswith(("verdict", "  ", "report")))
+        )
         if child.returncode not in (0, 1):
             raise RuntimeError(f"verify-parity crashed in the gate environment:\n{child.stderr.strip()[-2000:]}")
-        installed = subprocess.run([str(py), "-c", "import importlib.metadata as m; print(m.version('qwen-tts'), m.version('transformers'))"],
-                                   capture_output=True, text=True).stdout.split()
-        gate = {"requested": version, "qwen-tts": installed[0] if installed else None,
-                "transformers": installed[1] if len(installed) > 1 else None, "reuse_torch": reuse_torch,
-                "passed": child.returncode == 0, "seconds": round(time.perf_counter() - t0, 1)}
+        installed = subprocess.run(
+            [str(py), "-c", "import importlib.metadata as m; print(m.version('qwen-tts'), m.version('transformers'))"],
+            capture_output=True,
+            text=True,
+        ).stdout.split()
+        gate = {
+            "requested": version,
+            "qwen-tts": installed[0] if installed else None,
+            "transformers": installed[1] if len(installed) > 1 else None,
+            "reuse_torch": reuse_torch,
+            "passed": child.returncode == 0,
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
         (report_dir / "gate.json").write_text(json.dumps(gate, indent=2) + "\n")
-        click.echo(f"gate: qwen-tts {gate['qwen-tts']} (transformers {gate['transformers']}): "
-                   f"{'PASS' if gate['passed'] else 'FAIL'} in {gate['seconds']} s")
+        click.echo(
+            f"gate: qwen-tts {gate['qwen-tts']} (transformers {gate['transformers']}): "
+            f"{'PASS' if gate['passed'] else 'FAIL'} in {gate['seconds']} s"
+        )
         return gate["passed"]
     finally:
         if keep_venv is None:

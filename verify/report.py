@@ -16,7 +16,7 @@ parity.json schema (schema_version 1):
           "seconds_upstream": float, "seconds_standalone": float,   # wall time of each side
           "passed": bool,
           "cases": [
-            {"case": str, "component": str, "kind": "forward" | "generation" | "audio",
+            {"case": str, "component": str, "kind": "forward" | "generation" | "audio" | "encoder",
              "dtype": str, "passed": bool,
              "metrics": {...},                # forward: max_abs, max_rel, cosine, bound
                                               # generation: frames_upstream, frames_standalone,
@@ -24,10 +24,22 @@ parity.json schema (schema_version 1):
                                               # audio: max_abs, snr_db, bound, min_snr_db, rms
              "first_bad_layer": str | null,   # forward cases that fail: first layer over tolerance
              "note": str, "seconds_upstream": float, "seconds_standalone": float}
-          ]
+          ],
+          "knob_sensitivity": {               # optional (fp32 runs of the embedded default)
+            "plans": int, "seconds": float,
+            "rows": [{"knob": str, "step": str, "how": "argument" | "seam <target>",
+                      "applicable": int, "changed": int, "changed_cases": [str]}]
+          }
         }
-      ]
+      ],
+      "knob_sensitivity": {                   # present when a run measured it: rows summed over runs
+        "rows": [...], "blind": [str],        # blind: knobs whose perturbation changed no plan
+        "plans": int, "seconds": float
+      }
     }
+
+Generation notes of failing cases name the sampler that drew the first differing id (talker =
+group 0, code predictor = group >= 1) and the knobs the case's mode turns.
 """
 
 from __future__ import annotations
@@ -53,22 +65,40 @@ def versions() -> dict[str, str | None]:
         except md.PackageNotFoundError:
             return None
 
-    return {"torch": torch.__version__, "transformers": v("transformers"), "qwen-tts": v("qwen-tts"),
-            "qwen3-tts-standalone": v("qwen3-tts-standalone"), "python": platform.python_version()}
+    return {
+        "torch": torch.__version__,
+        "transformers": v("transformers"),
+        "qwen-tts": v("qwen-tts"),
+        "qwen3-tts-standalone": v("qwen3-tts-standalone"),
+        "python": platform.python_version(),
+    }
 
 
 def build_report(runs: list[dict[str, Any]], seeds: list[int], frames: int) -> dict[str, Any]:
     cases = [c for r in runs for c in r["cases"]]
     failed = sum(1 for c in cases if not c["passed"])
-    return {
+    report = {
         "schema_version": SCHEMA_VERSION,
         "verdict": "PASS" if cases and not failed else "FAIL",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": versions(),
-        "seeds": seeds, "frames": frames,
+        "seeds": seeds,
+        "frames": frames,
         "summary": {"cases": len(cases), "passed": len(cases) - failed, "failed": failed},
         "runs": runs,
     }
+    measured = [r["knob_sensitivity"] for r in runs if r.get("knob_sensitivity")]
+    if measured:
+        from .sensitivity import blind_knobs, merge_sensitivity
+
+        rows = merge_sensitivity(measured)
+        report["knob_sensitivity"] = {
+            "rows": rows,
+            "blind": blind_knobs(rows),
+            "plans": sum(m["plans"] for m in measured),
+            "seconds": sum(m["seconds"] for m in measured),
+        }
+    return report
 
 
 def _num(x: float, fmt: str = ".2e") -> str:
@@ -85,11 +115,17 @@ def _metric_cell(c: dict[str, Any]) -> str:
         return f"max abs {_num(m['max_abs'])} (bound {_num(m['bound'])}), max rel {_num(m['max_rel'])}, cos {m['cosine']:.7f}"
     if c["kind"] == "audio":
         return f"max abs {_num(m['max_abs'])} (bound {_num(m['bound'])}), SNR {_num(m['snr_db'], '.1f')} dB, RMS {m['rms']:.3f}"
+    if c["kind"] == "encoder":
+        if m["codes_identical"]:
+            return f"identical codes ({m['codes']} codes)"
+        return f"{m['codes_differing']} of {m['codes']} codes differ; first stage over tolerance: {c.get('first_bad_layer')}"
     div = m["first_divergence"]
     frames = ",".join(map(str, m["frames_upstream"]))
     if div is None:
         return f"identical codes ({frames} frames)"
-    where = f"item {div['item']}, frame {div['frame']}" + (f", group {div['group']}" if div["group"] >= 0 else " (length)")
+    where = f"item {div['item']}, frame {div['frame']}" + (
+        f", group {div['group']}" if div["group"] >= 0 else " (length)"
+    )
     return f"codes differ at {where}"
 
 
@@ -109,26 +145,70 @@ def render_markdown(report: dict[str, Any]) -> str:
     ]
     for r in report["runs"]:
         n_fail = sum(1 for c in r["cases"] if not c["passed"])
-        lines.append(f"| {r['checkpoint']} | {r['dtype']} | {len(r['cases'])} | {'PASS' if r['passed'] else f'FAIL ({n_fail})'} "
-                     f"| {r['seconds_upstream']:.1f} | {r['seconds_standalone']:.1f} |")
+        lines.append(
+            f"| {r['checkpoint']} | {r['dtype']} | {len(r['cases'])} | {'PASS' if r['passed'] else f'FAIL ({n_fail})'} "
+            f"| {r['seconds_upstream']:.1f} | {r['seconds_standalone']:.1f} |"
+        )
     failures = [(r, c) for r in report["runs"] for c in r["cases"] if not c["passed"]]
     if failures:
         lines += ["", "## Failures", "", "| checkpoint | dtype | case | where | numbers |", "|---|---|---|---|---|"]
         for r, c in failures:
             where = c["first_bad_layer"] or c["component"]
-            lines.append(f"| {r['checkpoint']} | {c['dtype']} | {c['case']} | {where} | {_metric_cell(c)}"
-                         + (f" ({c['note']})" if c["note"] and c["kind"] != "generation" else "") + " |")
+            lines.append(
+                f"| {r['checkpoint']} | {c['dtype']} | {c['case']} | {where} | {_metric_cell(c)}"
+                + (f" ({c['note']})" if c["note"] else "")
+                + " |"
+            )
+    lines += render_sensitivity(report)
     for r in report["runs"]:
         cfg = r["config"]
         t = cfg["talker"]
-        lines += ["", f"## {r['checkpoint']} / {r['dtype']}", "",
-                  f"{cfg['tts_model_type']}, talker {t['layers']} layers x {t['hidden']} ({t['heads']}/{t['kv_heads']} heads, "
-                  f"head_dim {t['head_dim']}), code predictor {cfg['code_predictor']['layers']} layers x "
-                  f"{cfg['code_predictor']['hidden']}, {cfg['code_predictor']['groups']} code groups.", "",
-                  "| case | verdict | numbers |", "|---|---|---|"]
+        lines += [
+            "",
+            f"## {r['checkpoint']} / {r['dtype']}",
+            "",
+            f"{cfg['tts_model_type']}, talker {t['layers']} layers x {t['hidden']} ({t['heads']}/{t['kv_heads']} heads, "
+            f"head_dim {t['head_dim']}), code predictor {cfg['code_predictor']['layers']} layers x "
+            f"{cfg['code_predictor']['hidden']}, {cfg['code_predictor']['groups']} code groups.",
+            "",
+            "| case | verdict | numbers |",
+            "|---|---|---|",
+        ]
         for c in r["cases"]:
             lines.append(f"| {c['case']} | {'PASS' if c['passed'] else 'FAIL'} | {_metric_cell(c)} |")
     return "\n".join(lines) + "\n"
+
+
+def render_sensitivity(report: dict[str, Any]) -> list[str]:
+    ks = report.get("knob_sensitivity")
+    if not ks:
+        return []
+    measured = [r for r in report["runs"] if r.get("knob_sensitivity")]
+    names = [r["checkpoint"].removeprefix("tiny-") for r in measured]
+    runs = ", ".join(f"{r['checkpoint']} {r['dtype']}" for r in measured)
+    lines = [
+        "",
+        "## Knob sensitivity",
+        "",
+        f"Each sampling knob moved by a small step on the standalone side only; the count is the generation "
+        f"plans (of those where the knob acts) whose codes then change against the unperturbed standalone run, "
+        f"i.e. where a bug of that size fails parity. {ks['plans']} plans "
+        f"({runs}), {ks['seconds']:.0f} s. "
+        + ("Every knob changes the codes somewhere." if not ks["blind"] else f"**Blind: {', '.join(ks['blind'])}.**"),
+        "",
+        "| knob | step | perturbed via | changed / plans | " + " | ".join(names) + " |",
+        "|---|---|---|---|" + "---|" * len(names),
+    ]
+    per_run = [{(x["knob"], x["step"]): x for x in r["knob_sensitivity"]["rows"]} for r in measured]
+    for row in ks["rows"]:
+        key = (row["knob"], row["step"])
+        cells = [f"{p[key]['changed']}/{p[key]['applicable']}" if key in p else "-" for p in per_run]
+        lines.append(
+            f"| {row['knob']} | {row['step']} | {row['how']} | **{row['changed']}**/{row['applicable']} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    return lines
 
 
 def write_report(report: dict[str, Any], directory: Path) -> tuple[Path, Path]:

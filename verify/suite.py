@@ -5,8 +5,11 @@ Cases and their components:
   code_predictor.group{k}, speaker_encoder.{mel,embedding}; compared with per-dtype tolerances,
   and a failing case names the first layer that exceeds tolerance.
 - generation (component "generation"): every voice mode the checkpoint's type offers, greedy and
-  seeded sampling (per seed), left-padded batches; codes must be identical, else the first
-  diverging (item, frame, group) is reported.
+  seeded sampling (per seed), left-padded batches, and for one case per voice mode the sampler
+  regimes (generation_parity.SAMPLER_MODES: talker and code predictor with different parameters,
+  cutting top-k, top-p on an exact boundary, hot sampling with a strong penalty); codes must be
+  identical, else the first diverging (item, frame, group) and the sampler that drew it are
+  reported.
 - audio (component "codec"): codes -> waveform for clips below and across the 300-frame chunk.
 
 Upstream's generation and audio outputs do not depend on the standalone side, so they are cached
@@ -22,9 +25,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from .compare import AUDIO_TOLERANCES, DTYPE_NAMES, capture_outputs, compare, first_divergent_layer
+from .compare import AUDIO_TOLERANCES, DTYPE_NAMES, audio_diff, capture_outputs, compare, first_divergent_layer
 from .forward_parity import run_forward_cases
-from .generation_parity import CASES, MODES, CaseContext, first_divergence
+from .generation_parity import (
+    CASES,
+    MODE_KNOBS,
+    SAMPLER_MODES,
+    Case,
+    CaseContext,
+    diverging_sampler,
+    first_divergence,
+    mode_kwargs,
+    split_sides,
+)
 
 
 @dataclass
@@ -58,11 +71,18 @@ def forward_results(upstream, standalone, dtype, seed) -> list[CaseResult]:
     comparisons.append(mrope_case(upstream, standalone, dtype, seed))
     elapsed = time.perf_counter() - t0
     for c in comparisons:
-        out.append(CaseResult(
-            case=c.case, component=_component(c.case), kind="forward", dtype=c.dtype, passed=c.passed,
-            metrics={"max_abs": c.max_abs, "max_rel": c.max_rel, "cosine": c.cosine, "bound": c.bound},
-            first_bad_layer=c.first_bad_layer, note=c.note,
-        ))
+        out.append(
+            CaseResult(
+                case=c.case,
+                component=_component(c.case),
+                kind="forward",
+                dtype=c.dtype,
+                passed=c.passed,
+                metrics={"max_abs": c.max_abs, "max_rel": c.max_rel, "cosine": c.cosine, "bound": c.bound},
+                first_bad_layer=c.first_bad_layer,
+                note=c.note,
+            )
+        )
     if out:  # forward cases run both sides back to back; the wall time is shared
         out[0].seconds_upstream = out[0].seconds_standalone = elapsed / 2
     return out
@@ -86,50 +106,104 @@ def mrope_case(upstream, standalone, dtype, seed):
         got, _ = standalone.talker.step(x, pos, None)
     c = compare("talker.mrope.hidden", ref, got, dtype)
     if not c.passed:
-        c.first_bad_layer = first_divergent_layer(
-            [f"talker.layers.{i}" for i in range(len(up_model.layers))], [t[0] for t in up_cap], [t[0] for t in st_cap], dtype
-        ) or "talker.norm"
+        c.first_bad_layer = (
+            first_divergent_layer(
+                [f"talker.layers.{i}" for i in range(len(up_model.layers))],
+                [t[0] for t in up_cap],
+                [t[0] for t in st_cap],
+                dtype,
+            )
+            or "talker.norm"
+        )
     return c
+
+
+# Cases that also run the sampler regimes (one per voice mode and model type; single items, so
+# the top-p boundary can be calibrated on the first draw).
+SAMPLER_CASES = ("plain.streaming", "custom_voice.english", "voice_design.instruct", "clone.icl.streaming")
+# Left-padded batches also run the uncalibrated regimes: three rows draw three times as often.
+BATCH_SAMPLER_CASES = ("batch.custom_voice", "batch.voice_design", "batch.clone")
+BATCH_SAMPLER_MODES = ("split_top_k", "hot_penalty")
+
+
+def generation_plans(case: Case, seeds: list[int]) -> list[tuple[str, int]]:
+    """(mode, seed) pairs a case runs: greedy, the default sampling per seed and, for the
+    sampler cases, top-p and the sampler regimes (first seed; batches the uncalibrated ones)."""
+    plans = [("greedy", seeds[0])] + [("sampled", s) for s in seeds]
+    if case.name in SAMPLER_CASES:
+        plans += [("sampled_top_p", seeds[0])] + [(m, seeds[0]) for m in SAMPLER_MODES]
+    if case.name in BATCH_SAMPLER_CASES:
+        plans += [(m, seeds[0]) for m in BATCH_SAMPLER_MODES]
+    return plans
+
+
+def generation_case_name(case: Case, mode: str, seed: int) -> str:
+    return f"generation.{case.name}.{mode}" + (f".seed{seed}" if mode != "greedy" else "")
+
+
+def upstream_generation(wrapper, standalone, case: Case, mode: str, seed: int, frames: int, dname: str, cache_key: str):
+    """(upstream codes, seconds, standalone kwargs, sampling kwargs, RNG seed) of one plan;
+    upstream's part (and a calibrated mode's parameters, which come from upstream) cached."""
+    ctx = CaseContext(wrapper, standalone, seed=seed)
+    up_kwargs, st_kwargs = split_sides(case.build(ctx))
+    key = (cache_key, dname, case.name, mode, seed, frames)
+    if key not in _UPSTREAM_CACHE:
+        sampling, rng_seed = mode_kwargs(mode, ctx, up_kwargs)
+        sampling["max_new_tokens"] = frames + 1
+        torch.manual_seed(rng_seed)
+        t0 = time.perf_counter()
+        codes, _ = wrapper.model.generate(**up_kwargs, **sampling)
+        _UPSTREAM_CACHE[key] = (codes, time.perf_counter() - t0, sampling, rng_seed)
+    codes, seconds, sampling, rng_seed = _UPSTREAM_CACHE[key]
+    return codes, seconds, st_kwargs, dict(sampling), rng_seed
+
+
+def run_standalone_generation(standalone, st_kwargs: dict, sampling: dict, seed: int):
+    """(codes, error) of the standalone side from a fresh seed; an exception is an error string."""
+    torch.manual_seed(seed)
+    try:
+        codes, _ = standalone.generate(**st_kwargs, **sampling)
+        return codes, ""
+    except Exception as e:  # a broken standalone side is a failed case, not a crash
+        return [], f"{type(e).__name__}: {e}"
 
 
 def generation_results(wrapper, standalone, model_type, dtype, seeds, frames, cache_key) -> list[CaseResult]:
     out = []
     dname = DTYPE_NAMES[dtype]
     for case in [c for c in CASES if model_type in c.model_types]:
-        plans = [("greedy", seeds[0])] + [("sampled", s) for s in seeds]
-        if case.name in ("custom_voice.english", "voice_design.instruct", "clone.icl.streaming", "plain.streaming"):
-            plans.append(("sampled_top_p", seeds[0]))
-        for mode, seed in plans:
-            ctx = CaseContext(wrapper, standalone, seed=seed)
-            kwargs = case.build(ctx)
-            up_kwargs, st_kwargs = dict(kwargs), dict(kwargs)
-            if "voice_clone_prompt" in kwargs:
-                up_kwargs["voice_clone_prompt"], st_kwargs["voice_clone_prompt"] = kwargs["voice_clone_prompt"]
-            common = dict(MODES[mode], max_new_tokens=frames + 1)
-            key = (cache_key, dname, case.name, mode, seed, frames)
-            if key not in _UPSTREAM_CACHE:
-                torch.manual_seed(seed)
-                t0 = time.perf_counter()
-                codes, _ = wrapper.model.generate(**up_kwargs, **common)
-                _UPSTREAM_CACHE[key] = (codes, time.perf_counter() - t0)
-            up_codes, up_s = _UPSTREAM_CACHE[key]
-            torch.manual_seed(seed)
+        for mode, seed in generation_plans(case, seeds):
+            up_codes, up_s, st_kwargs, sampling, rng_seed = upstream_generation(
+                wrapper, standalone, case, mode, seed, frames, dname, cache_key
+            )
             t0 = time.perf_counter()
-            try:
-                st_codes, _ = standalone.generate(**st_kwargs, **common)
-                error = ""
-            except Exception as e:  # a broken standalone side is a failed case, not a crash
-                st_codes, error = [], f"{type(e).__name__}: {e}"
+            st_codes, error = run_standalone_generation(standalone, st_kwargs, sampling, rng_seed)
             st_s = time.perf_counter() - t0
             div = first_divergence(up_codes, st_codes) if not error else (0, 0, -1)
-            out.append(CaseResult(
-                case=f"generation.{case.name}.{mode}" + (f".seed{seed}" if mode != "greedy" else ""),
-                component="generation", kind="generation", dtype=dname, passed=div is None and not error,
-                metrics={"frames_upstream": [int(c.shape[0]) for c in up_codes],
-                         "frames_standalone": [int(c.shape[0]) for c in st_codes],
-                         "first_divergence": None if div is None else {"item": div[0], "frame": div[1], "group": div[2]}},
-                note=error or case.description, seconds_upstream=up_s, seconds_standalone=st_s,
-            ))
+            note = error or case.description
+            if div is not None and not error:
+                # Name the sampler that drew the first differing id and the knobs this mode turns.
+                note = f"first diverging draw: {diverging_sampler(div[2])}; mode {mode}: {MODE_KNOBS[mode]}"
+            metrics = {
+                "frames_upstream": [int(c.shape[0]) for c in up_codes],
+                "frames_standalone": [int(c.shape[0]) for c in st_codes],
+                "first_divergence": None if div is None else {"item": div[0], "frame": div[1], "group": div[2]},
+            }
+            if mode == "top_p_boundary":
+                metrics.update(top_p=sampling["top_p"], rng_seed=rng_seed)
+            out.append(
+                CaseResult(
+                    case=generation_case_name(case, mode, seed),
+                    component="generation",
+                    kind="generation",
+                    dtype=dname,
+                    passed=div is None and not error,
+                    metrics=metrics,
+                    note=note,
+                    seconds_upstream=up_s,
+                    seconds_standalone=st_s,
+                )
+            )
     return out
 
 
@@ -163,27 +237,50 @@ def audio_results(wrapper, standalone, dtype, seed, cache_key) -> list[CaseResul
             max_abs, snr = float("inf"), float("-inf")
             error = error or f"length {got.shape} vs {ref.shape}"
         else:
-            diff = ref.astype(np.float64) - got
-            max_abs = float(np.abs(diff).max())
-            noise = float(np.sum(diff**2))
-            snr = float("inf") if noise == 0 else float(10 * np.log10(np.sum(ref.astype(np.float64) ** 2) / noise))
-        out.append(CaseResult(
-            case=f"audio.{frames}_frames", component="codec", kind="audio", dtype=dname,
-            passed=not error and max_abs <= bound and snr >= min_snr,
-            metrics={"max_abs": max_abs, "snr_db": snr, "bound": bound, "min_snr_db": min_snr,
-                     "rms": float(np.sqrt(np.mean(ref**2)))},
-            note=error, seconds_upstream=up_s, seconds_standalone=st_s,
-        ))
+            max_abs, snr = audio_diff(ref, got)
+        out.append(
+            CaseResult(
+                case=f"audio.{frames}_frames",
+                component="codec",
+                kind="audio",
+                dtype=dname,
+                passed=not error and max_abs <= bound and snr >= min_snr,
+                metrics={
+                    "max_abs": max_abs,
+                    "snr_db": snr,
+                    "bound": bound,
+                    "min_snr_db": min_snr,
+                    "rms": float(np.sqrt(np.mean(ref**2))),
+                },
+                note=error,
+                seconds_upstream=up_s,
+                seconds_standalone=st_s,
+            )
+        )
     return out
 
 
-def run_suite(wrapper, standalone, model_type: str, dtype: torch.dtype, seeds: list[int], frames: int,
-              cache_key: str, generation: bool = True, audio: bool = True) -> list[CaseResult]:
+def run_suite(
+    wrapper,
+    standalone,
+    model_type: str,
+    dtype: torch.dtype,
+    seeds: list[int],
+    frames: int,
+    cache_key: str,
+    generation: bool = True,
+    audio: bool = True,
+    encoder: bool = True,
+) -> list[CaseResult]:
     results = forward_results(wrapper.model, standalone, dtype, seeds[0])
     if generation:
         results += generation_results(wrapper, standalone, model_type, dtype, seeds, frames, cache_key)
     if audio:
         results += audio_results(wrapper, standalone, dtype, seeds[0], cache_key)
+    if encoder and model_type == "base" and wrapper.model.speech_tokenizer is not None:
+        from .encoder_parity import encoder_results  # audio -> codes: what voice cloning from a recording runs
+
+        results += encoder_results(wrapper, standalone, dtype)
     return results
 
 
@@ -191,12 +288,23 @@ def config_summary(standalone) -> dict[str, Any]:
     c = standalone.config
     t = c.talker
     return {
-        "tts_model_type": c.tts_model_type, "tts_model_size": c.tts_model_size,
-        "talker": {"layers": t.transformer.num_hidden_layers, "hidden": t.transformer.hidden_size,
-                   "heads": t.transformer.num_attention_heads, "kv_heads": t.transformer.num_key_value_heads,
-                   "head_dim": t.transformer.head_dim, "vocab": t.vocab_size, "mrope_section": list(t.mrope_section)},
-        "code_predictor": {"layers": t.code_predictor.transformer.num_hidden_layers,
-                           "hidden": t.code_predictor.transformer.hidden_size, "groups": t.num_code_groups},
-        "speakers": len(t.spk_id), "languages": len(t.codec_language_id),
+        "tts_model_type": c.tts_model_type,
+        "tts_model_size": c.tts_model_size,
+        "talker": {
+            "layers": t.transformer.num_hidden_layers,
+            "hidden": t.transformer.hidden_size,
+            "heads": t.transformer.num_attention_heads,
+            "kv_heads": t.transformer.num_key_value_heads,
+            "head_dim": t.transformer.head_dim,
+            "vocab": t.vocab_size,
+            "mrope_section": list(t.mrope_section),
+        },
+        "code_predictor": {
+            "layers": t.code_predictor.transformer.num_hidden_layers,
+            "hidden": t.code_predictor.transformer.hidden_size,
+            "groups": t.num_code_groups,
+        },
+        "speakers": len(t.spk_id),
+        "languages": len(t.codec_language_id),
         "speaker_encoder": c.speaker_encoder is not None,
     }

@@ -68,12 +68,28 @@ def _speaker_wrong_slot() -> Iterator[None]:
 
 
 TRAINING_FAULTS: tuple[TrainingFault, ...] = (
-    TrainingFault("train_shifted_label", "group-0 labels shifted one position early",
-                  ("train.talker_loss", "train.loss"), _shifted_label),
-    TrainingFault("train_wrong_cp_hidden", "the code predictor gets the other talker hidden (h[p_k] vs h[p_k - 1])",
-                  ("train.code_predictor_logits", "train.code_predictor_loss"), _wrong_code_predictor_hidden),
-    TrainingFault("train_wrong_loss_weight", "code-predictor loss weighted 1.0 instead of 0.3",
-                  ("train.loss",), _wrong_loss_weight),
-    TrainingFault("train_speaker_wrong_slot", "speaker embedding written at position 7 instead of 6",
-                  ("train.talker_logits", "train.talker_loss"), _speaker_wrong_slot),
+    TrainingFault(
+        "train_shifted_label",
+        "group-0 labels shifted one position early",
+        ("train.talker_loss", "train.loss"),
+        _shifted_label,
+    ),
+    TrainingFault(
+        "train_wrong_cp_hidden",
+        "the code predictor gets the other talker hidden (h[p_k] vs h[p_k - 1])",
+        ("train.code_predictor_logits", "train.code_predictor_loss"),
+        _wrong_code_predictor_hidden,
+    ),
+    TrainingFault(
+        "train_wrong_loss_weight",
+        "code-predictor loss weighted 1.0 instead of 0.3",
+        ("train.loss",),
+        _wrong_loss_weight,
+    ),
+    TrainingFault(
+        "train_speaker_wrong_slot",
+        "speaker embedding written at position 7 instead of 6",
+        ("train.talker_logits", "train.talker_loss"),
+        _speaker_wrong_slot,
+    ),
 )

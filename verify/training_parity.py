@@ -27,7 +27,6 @@ teacher-forcing consistency check of both recipes against the standalone's own d
 from __future__ import annotations
 
 import contextlib
-import copy
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -35,11 +34,10 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from q3tts.convert.layout import plan
 from q3tts.standalone import Qwen3TTS
+from q3tts.standalone.layout import plan
 from q3tts.standalone.mel import log_mel_spectrogram
 from q3tts.standalone.training import (
-    IGNORE_INDEX,
     TrainingBatch,
     TrainingItem,
     collate,
@@ -131,23 +129,40 @@ def upstream_reference_step(up, batch: TrainingBatch, speaker_embedding: torch.T
     for i in range(1, groups):
         e = talker.code_predictor.get_input_embeddings()[i - 1](codec_ids[:, :, i])
         emb = emb + e * batch.codec_mask.unsqueeze(-1)
-    out = talker(inputs_embeds=emb[:, :-1, :], attention_mask=batch.attention_mask[:, :-1],
-                 labels=batch.codec_0_labels[:, 1:], output_hidden_states=True)
+    out = talker(
+        inputs_embeds=emb[:, :-1, :],
+        attention_mask=batch.attention_mask[:, :-1],
+        labels=batch.codec_0_labels[:, 1:],
+        output_hidden_states=True,
+    )
     hidden = out.hidden_states[0][-1]
     sub_hidden = hidden[batch.codec_mask[:, :-1]]
     sub_codes = codec_ids[batch.codec_mask]
     sub_logits, sub_loss = talker.forward_sub_talker_finetune(sub_codes, sub_hidden)
     loss = out.loss + CODE_PREDICTOR_LOSS_WEIGHT * sub_loss
-    return dict(loss=loss, talker_loss=out.loss, code_predictor_loss=sub_loss, talker_logits=out.logits,
-                code_predictor_logits=sub_logits)
+    return dict(
+        loss=loss,
+        talker_loss=out.loss,
+        code_predictor_loss=sub_loss,
+        talker_logits=out.logits,
+        code_predictor_logits=sub_logits,
+    )
 
 
 def upstream_speaker_embedding(up, wav: np.ndarray, batch_size: int) -> torch.Tensor:
     """As the step computes it: dataset.py's mel of the reference, the speaker encoder, detached."""
     from qwen_tts.core.models.modeling_qwen3_tts import mel_spectrogram
 
-    mel = mel_spectrogram(torch.from_numpy(wav)[None], n_fft=1024, num_mels=128, sampling_rate=24000, hop_size=256,
-                          win_size=1024, fmin=0, fmax=12000).transpose(1, 2)
+    mel = mel_spectrogram(
+        torch.from_numpy(wav)[None],
+        n_fft=1024,
+        num_mels=128,
+        sampling_rate=24000,
+        hop_size=256,
+        win_size=1024,
+        fmin=0,
+        fmax=12000,
+    ).transpose(1, 2)
     mels = torch.cat([mel] * batch_size, dim=0)
     with torch.no_grad():
         return up.speaker_encoder(mels.to(up.dtype)).detach()
@@ -201,13 +216,19 @@ class TrainingParityResult:
         return [c for c in self.comparisons if not c.passed]
 
     def as_dict(self) -> dict:
-        return {"dtype": self.dtype, "recipe": self.recipe, "sft_commit": self.sft_commit, "passed": self.passed,
-                "missing_gradients": self.missing_gradients,
-                "comparisons": [c.as_dict() for c in self.comparisons]}
+        return {
+            "dtype": self.dtype,
+            "recipe": self.recipe,
+            "sft_commit": self.sft_commit,
+            "passed": self.passed,
+            "missing_gradients": self.missing_gradients,
+            "comparisons": [c.as_dict() for c in self.comparisons],
+        }
 
 
-def run_upstream_recipe_parity(up, model: Qwen3TTS, items: list[TrainingItem], wav: np.ndarray,
-                               dtype: torch.dtype, recipe: str = "upstream") -> TrainingParityResult:
+def run_upstream_recipe_parity(
+    up, model: Qwen3TTS, items: list[TrainingItem], wav: np.ndarray, dtype: torch.dtype, recipe: str = "upstream"
+) -> TrainingParityResult:
     """One step on each side from the same batch and reference audio; compare everything."""
     tol = TRAINING_TOLERANCES[dtype]
     batch = collate(items, model.config)
@@ -239,10 +260,15 @@ def run_upstream_recipe_parity(up, model: Qwen3TTS, items: list[TrainingItem], w
     # never scored and their keys are hidden from every real row, so loss and gradients do not see them.
     real = batch.attention_mask[:, : ref["talker_logits"].shape[1]].bool()
     if got.talker_logits.shape != ref["talker_logits"].shape:
-        out.append(compare("train.talker_logits", ref["talker_logits"].detach(), got.talker_logits.detach(), dtype, tol))
+        out.append(
+            compare("train.talker_logits", ref["talker_logits"].detach(), got.talker_logits.detach(), dtype, tol)
+        )
     else:
-        out.append(compare("train.talker_logits", ref["talker_logits"].detach()[real], got.talker_logits.detach()[real],
-                           dtype, tol))
+        out.append(
+            compare(
+                "train.talker_logits", ref["talker_logits"].detach()[real], got.talker_logits.detach()[real], dtype, tol
+            )
+        )
 
     missing: list[str] = []
     per_group: dict[str, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
@@ -252,8 +278,10 @@ def run_upstream_recipe_parity(up, model: Qwen3TTS, items: list[TrainingItem], w
         for src, got_part in zip(entry.sources, parts):
             ref_part = ref_grads.get(src)
             if (ref_part is None) != (got_part is None):
-                missing.append(f"{src}: upstream {'none' if ref_part is None else 'has one'}, "
-                               f"standalone {'none' if got_part is None else 'has one'}")
+                missing.append(
+                    f"{src}: upstream {'none' if ref_part is None else 'has one'}, "
+                    f"standalone {'none' if got_part is None else 'has one'}"
+                )
                 continue
             if ref_part is None:
                 continue
@@ -286,28 +314,39 @@ class ConsistencyResult:
 
     @property
     def passed(self) -> bool:
-        return (self.talker_first_bad is None and self.code_predictor_first_bad is None
-                and all(d <= self.bound for d in self.loss_diffs.values()))
+        return (
+            self.talker_first_bad is None
+            and self.code_predictor_first_bad is None
+            and all(d <= self.bound for d in self.loss_diffs.values())
+        )
 
     def summary(self) -> str:
         if self.passed:
-            return (f"{self.recipe}: consistent with generation over {self.frames} frames x {self.groups} groups "
-                    f"(talker max |diff| {self.talker_max_abs:.2e}, code predictor max |diff| "
-                    f"{max(self.code_predictor_max_abs.values()):.2e}, bound {self.bound:.2e})")
+            return (
+                f"{self.recipe}: consistent with generation over {self.frames} frames x {self.groups} groups "
+                f"(talker max |diff| {self.talker_max_abs:.2e}, code predictor max |diff| "
+                f"{max(self.code_predictor_max_abs.values()):.2e}, bound {self.bound:.2e})"
+            )
         parts = [f"{self.recipe}: NOT consistent with generation"]
         if self.talker_first_bad is not None:
-            parts.append(f"group 0 first differs at frame {self.talker_first_bad} (max |diff| {self.talker_max_abs:.3g}"
-                         f" at logit scale {self.logit_scale:.3g})")
+            parts.append(
+                f"group 0 first differs at frame {self.talker_first_bad} (max |diff| {self.talker_max_abs:.3g}"
+                f" at logit scale {self.logit_scale:.3g})"
+            )
         if self.untrained_groups:
             parts.append(f"groups {self.untrained_groups} are never trained")
         if self.code_predictor_first_bad is not None:
             f, g = self.code_predictor_first_bad
             finite = [v for v in self.code_predictor_max_abs.values() if v != float("inf")]
-            parts.append(f"code predictor first differs at frame {f} group {g} (max |diff| "
-                         f"{max(finite) if finite else float('inf'):.3g})")
+            parts.append(
+                f"code predictor first differs at frame {f} group {g} (max |diff| "
+                f"{max(finite) if finite else float('inf'):.3g})"
+            )
         bad_losses = {k: v for k, v in self.loss_diffs.items() if v > self.bound}
         if bad_losses:
-            parts.append("losses differ from generation's: " + ", ".join(f"{k} by {v:.3g}" for k, v in bad_losses.items()))
+            parts.append(
+                "losses differ from generation's: " + ", ".join(f"{k} by {v:.3g}" for k, v in bad_losses.items())
+            )
         return "; ".join(parts)
 
     def as_dict(self) -> dict:
@@ -324,8 +363,9 @@ class DecodeRecord:
     code_predictor_logits: list[list[torch.Tensor]]  # [frame][group-1] -> [V_cp]
 
 
-def greedy_generate_recorded(model: Qwen3TTS, input_ids: torch.Tensor, speaker_embedding: torch.Tensor,
-                             max_new_tokens: int = 12) -> DecodeRecord:
+def greedy_generate_recorded(
+    model: Qwen3TTS, input_ids: torch.Tensor, speaker_embedding: torch.Tensor, max_new_tokens: int = 12
+) -> DecodeRecord:
     """Greedy non-streaming generation (language auto, x-vector speaker: the training layout's
     prompt) with the raw logits of every sampled code recorded by forward hooks."""
     talker_out: list[torch.Tensor] = []
@@ -333,11 +373,21 @@ def greedy_generate_recorded(model: Qwen3TTS, input_ids: torch.Tensor, speaker_e
     h1 = model.talker.codec_head.register_forward_hook(lambda m, i, o: talker_out.append(o[0, -1].detach().clone()))
     h2 = model.code_predictor.decoder.register_forward_hook(lambda m, i, o: cp_hidden.append(o.detach().clone()))
     try:
-        vcp = {"ref_spk_embedding": [speaker_embedding], "x_vector_only_mode": [True], "icl_mode": [False],
-               "ref_code": None}
-        codes, _ = model.generate(input_ids=[input_ids], voice_clone_prompt=vcp, languages=["auto"],
-                                  non_streaming_mode=True, max_new_tokens=max_new_tokens, do_sample=False,
-                                  subtalker_dosample=False)
+        vcp = {
+            "ref_spk_embedding": [speaker_embedding],
+            "x_vector_only_mode": [True],
+            "icl_mode": [False],
+            "ref_code": None,
+        }
+        codes, _ = model.generate(
+            input_ids=[input_ids],
+            voice_clone_prompt=vcp,
+            languages=["auto"],
+            non_streaming_mode=True,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            subtalker_dosample=False,
+        )
     finally:
         h1.remove()
         h2.remove()
@@ -347,15 +397,21 @@ def greedy_generate_recorded(model: Qwen3TTS, input_ids: torch.Tensor, speaker_e
     per_frame = []
     with torch.inference_mode():
         for k in range(codes.shape[0]):
-            hs = cp_hidden[k * (groups - 1):(k + 1) * (groups - 1)]
+            hs = cp_hidden[k * (groups - 1) : (k + 1) * (groups - 1)]
             # The same call the decode loop makes on the same decoder output: logits(h, g)[:, -1].
             per_frame.append([cp.logits(h, g)[0, -1] for g, h in zip(range(1, groups), hs)])
     return DecodeRecord(codes, talker_out[: codes.shape[0] + 1], per_frame)
 
 
-def run_consistency_check(model: Qwen3TTS, recipe: str, text: str = "hello there", seed: int = 0,
-                          max_new_tokens: int = 12, record: DecodeRecord | None = None,
-                          speaker_embedding: torch.Tensor | None = None) -> ConsistencyResult:
+def run_consistency_check(
+    model: Qwen3TTS,
+    recipe: str,
+    text: str = "hello there",
+    seed: int = 0,
+    max_new_tokens: int = 12,
+    record: DecodeRecord | None = None,
+    speaker_embedding: torch.Tensor | None = None,
+) -> ConsistencyResult:
     """Teacher-forced logits of ``recipe`` vs the logits the decode loop sampled the same codes from
     (fp32)."""
     rec = get_recipe(recipe)
@@ -407,18 +463,25 @@ def run_consistency_check(model: Qwen3TTS, recipe: str, text: str = "hello there
     n0 = min(t + 1, len(record.talker_logits))
     ref_talker = torch.nn.functional.cross_entropy(torch.stack(record.talker_logits[:n0]).float(), t_targets[:n0])
     ref_cp = torch.nn.functional.cross_entropy(
-        torch.stack([torch.stack(fr) for fr in record.code_predictor_logits]).float().reshape(-1, record.code_predictor_logits[0][0].shape[-1]),
-        codes[:, 1:].reshape(-1))
+        torch.stack([torch.stack(fr) for fr in record.code_predictor_logits])
+        .float()
+        .reshape(-1, record.code_predictor_logits[0][0].shape[-1]),
+        codes[:, 1:].reshape(-1),
+    )
     ref_total = ref_talker + CODE_PREDICTOR_LOSS_WEIGHT * ref_cp
-    loss_diffs = {"talker_loss": abs(float(out.talker_loss) - float(ref_talker)),
-                  "code_predictor_loss": abs(float(out.code_predictor_loss) - float(ref_cp)),
-                  "loss": abs(float(out.loss) - float(ref_total))}
-    return ConsistencyResult(rec.name, t, groups, t_max, t_bad, cp_max, cp_bad, scale, bound, untrained,
-                             codes.tolist(), loss_diffs)
+    loss_diffs = {
+        "talker_loss": abs(float(out.talker_loss) - float(ref_talker)),
+        "code_predictor_loss": abs(float(out.code_predictor_loss) - float(ref_cp)),
+        "loss": abs(float(out.loss) - float(ref_total)),
+    }
+    return ConsistencyResult(
+        rec.name, t, groups, t_max, t_bad, cp_max, cp_bad, scale, bound, untrained, codes.tolist(), loss_diffs
+    )
 
 
-def run_training_parity(upstream_dir: str | Path, standalone_dir: str | Path,
-                        dtypes=(torch.float32, torch.bfloat16), seed: int = 0) -> dict:
+def run_training_parity(
+    upstream_dir: str | Path, standalone_dir: str | Path, dtypes=(torch.float32, torch.bfloat16), seed: int = 0
+) -> dict:
     """Everything ``verify-parity --training`` reports, as one JSON-able dict."""
     from .forward_parity import load_upstream
 
@@ -431,8 +494,9 @@ def run_training_parity(upstream_dir: str | Path, standalone_dir: str | Path,
         report["parity"].append(run_upstream_recipe_parity(up, st, items, wav, dtype).as_dict())
     st = Qwen3TTS.from_pretrained(standalone_dir, dtype=torch.float32)
     spk = standalone_speaker_embedding(st, wav, 1)[0]
-    record = greedy_generate_recorded(st, torch.tensor([st.text_tokenizer.encode(
-        st.text_tokenizer.assistant_text("hello there"))]), spk)
+    record = greedy_generate_recorded(
+        st, torch.tensor([st.text_tokenizer.encode(st.text_tokenizer.assistant_text("hello there"))]), spk
+    )
     for name in ("aligned", "upstream"):
         report["consistency"].append(run_consistency_check(st, name, record=record, speaker_embedding=spk).as_dict())
     return report

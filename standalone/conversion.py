@@ -25,16 +25,24 @@ from typing import Callable, Iterator
 
 import torch
 
-from q3tts.standalone.checkpoint import INDEX_NAME, MANIFEST_NAME, WEIGHTS_NAME, CheckpointError, CheckpointReader, has_weights, read_header
-from q3tts.standalone.codec import load_codec_config
-from q3tts.standalone.config import FORMAT_NAME, ConfigError, Qwen3TTSConfig
-from q3tts.standalone.dtypes import SAFETENSORS_CODE
-from q3tts.standalone.output_dir import OWNER_FILE, OutputDir, OutputError
-
+from .checkpoint import (
+    INDEX_NAME,
+    MANIFEST_NAME,
+    WEIGHTS_NAME,
+    CheckpointError,
+    CheckpointReader,
+    has_weights,
+    read_header,
+)
+from .codec import load_codec_config
+from .config import FORMAT_NAME, ConfigError, Qwen3TTSConfig
+from .dtypes import SAFETENSORS_CODE
 from .layout import Direction, Entry, codec_plan, plan
-from .stream_io import SafetensorsWriter, StreamError, plan_shards
+from .output_dir import OWNER_FILE, OutputDir, OutputError
+from .safetensors_writer import SafetensorsWriter, StreamError, plan_shards
+from .speech_encoder import load_speech_encoder_config
 
-CONVERTER_VERSION = "0.2.0"
+CONVERTER_VERSION = "0.3.0"  # 0.3: the speech-tokenizer encoder is mapped, not carried
 
 # Upstream files the runtime needs besides the weights, copied byte for byte when present.
 SIDE_FILES = (
@@ -49,7 +57,7 @@ CODEC_DIR = "speech_tokenizer"
 SIDE_DIRS = (CODEC_DIR,)
 UPSTREAM_CONFIG_NAME = "upstream_config.json"
 REPORT_NAME = "conversion-report.json"
-PRODUCER = f"q3tts.convert {CONVERTER_VERSION}"
+PRODUCER = f"q3tts-convert {CONVERTER_VERSION}"  # safetensors metadata: who wrote the file
 
 
 class ConversionError(ValueError):
@@ -73,6 +81,7 @@ class ConversionSummary:
 # Reading and planning
 # --------------------------------------------------------------------------------------------
 
+
 def _load_json(path: Path) -> dict:
     if not path.is_file():
         raise ConversionError(f"{path}: missing")
@@ -91,13 +100,17 @@ def read_model_config(src: Path, direction: Direction) -> Qwen3TTSConfig:
     raw = _load_json(src / "config.json")
     is_standalone = raw.get("format") == FORMAT_NAME
     if direction is Direction.TO_STANDALONE and is_standalone:
-        raise ConversionError(f"{src} is already a standalone checkpoint (format {FORMAT_NAME}); refusing to convert it again")
+        raise ConversionError(
+            f"{src} is already a standalone checkpoint (format {FORMAT_NAME}); refusing to convert it again"
+        )
     if direction is Direction.TO_UPSTREAM and not is_standalone:
         raise ConversionError(f"{src} is not a standalone checkpoint (config.json has no format {FORMAT_NAME!r})")
     if direction is Direction.TO_UPSTREAM and not (src / UPSTREAM_CONFIG_NAME).is_file():
         raise ConversionError(f"{src}: no {UPSTREAM_CONFIG_NAME}, so the upstream config.json cannot be restored")
     try:
-        return Qwen3TTSConfig.from_upstream(raw) if direction is Direction.TO_STANDALONE else Qwen3TTSConfig.from_dict(raw)
+        return (
+            Qwen3TTSConfig.from_upstream(raw) if direction is Direction.TO_STANDALONE else Qwen3TTSConfig.from_dict(raw)
+        )
     except (ConfigError, TypeError) as e:
         raise ConversionError(f"{src / 'config.json'}: {e}") from e
 
@@ -125,15 +138,18 @@ def _check_accounting(source: CheckpointReader, wanted: list[str], what: str) ->
     missing = sorted(set(wanted) - present)
     extra = sorted(present - set(wanted))
     if missing:
-        raise ConversionError(f"{source.directory}: missing tensor(s) {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+        raise ConversionError(
+            f"{source.directory}: missing tensor(s) {missing[:5]}{' ...' if len(missing) > 5 else ''}"
+        )
     if extra:
         raise ConversionError(
             f"{source.directory}: unexpected tensor(s) {extra[:5]}{' ...' if len(extra) > 5 else ''} (not part of {what})"
         )
 
 
-def plan_outputs(source: CheckpointReader, entries: list[Entry], direction: Direction, dtype: torch.dtype | None,
-                 what: str) -> list[OutputTensor]:
+def plan_outputs(
+    source: CheckpointReader, entries: list[Entry], direction: Direction, dtype: torch.dtype | None, what: str
+) -> list[OutputTensor]:
     """Validate every source tensor against the layout entries and list the output tensors."""
     _check_accounting(source, [n for e in entries for n in direction.reads(e)], what)
     outputs: list[OutputTensor] = []
@@ -143,7 +159,9 @@ def plan_outputs(source: CheckpointReader, entries: list[Entry], direction: Dire
         for name, shape in zip(inputs, direction.read_shapes(e)):
             info = source.infos[name]
             if shape is not None and info.shape != shape:
-                raise ConversionError(f"{source.directory}: tensor {name} has shape {list(info.shape)}, the config implies {list(shape)}")
+                raise ConversionError(
+                    f"{source.directory}: tensor {name} has shape {list(info.shape)}, the config implies {list(shape)}"
+                )
             dtypes.add(info.dtype)
         if len(dtypes) != 1:
             raise ConversionError(f"{source.directory}: tensors {list(inputs)} mix dtypes {sorted(map(str, dtypes))}")
@@ -162,8 +180,9 @@ def _cast_dtype(stored: torch.dtype, requested: torch.dtype | None) -> torch.dty
     return requested if requested is not None and stored.is_floating_point else stored
 
 
-def _produce(outputs: list[OutputTensor], source: CheckpointReader, direction: Direction
-             ) -> Iterator[tuple[OutputTensor, torch.Tensor]]:
+def _produce(
+    outputs: list[OutputTensor], source: CheckpointReader, direction: Direction
+) -> Iterator[tuple[OutputTensor, torch.Tensor]]:
     """Yield output tensors in order, reading each source tensor once. An entry's outputs are
     adjacent; its pieces are kept only until its last output is written."""
     key, pieces = None, {}
@@ -181,6 +200,7 @@ def _produce(outputs: list[OutputTensor], source: CheckpointReader, direction: D
 # The parts of a checkpoint
 # --------------------------------------------------------------------------------------------
 
+
 @dataclass
 class PartJob:
     """One weight set of the checkpoint, read, planned and ready to write."""
@@ -194,8 +214,11 @@ class PartJob:
 
 
 def model_job(src: Path, config: Qwen3TTSConfig, direction: Direction, dtype) -> PartJob:
-    what = (f"a {config.tts_model_type} model with this config" if direction is Direction.TO_STANDALONE
-            else "a standalone checkpoint with this config")
+    what = (
+        f"a {config.tts_model_type} model with this config"
+        if direction is Direction.TO_STANDALONE
+        else "a standalone checkpoint with this config"
+    )
     source = open_reader(src)
     return PartJob("", source, plan_outputs(source, plan(config), direction, dtype, what))
 
@@ -216,8 +239,13 @@ def speech_tokenizer_job(src: Path, direction: Direction, dtype) -> PartJob | No
         raise ConversionError(f"{directory}: already converted by {marker}; refusing to convert it again")
     if direction is Direction.TO_UPSTREAM and not marker:
         raise ConversionError(f"{directory}: not in the standalone layout")
-    names = source.infos if direction is Direction.TO_STANDALONE else [n for n in source.infos if n.startswith("encoder.")]
-    outputs = plan_outputs(source, codec_plan(cfg, names), direction, dtype, "the 12 Hz speech tokenizer")
+    encoder_cfg = None
+    if any(n.startswith("encoder.") for n in source.infos):
+        try:
+            encoder_cfg = load_speech_encoder_config(directory)
+        except (ValueError, KeyError, TypeError) as e:
+            raise ConversionError(f"{directory / 'config.json'}: {e}") from e
+    outputs = plan_outputs(source, codec_plan(cfg, encoder_cfg), direction, dtype, "the 12 Hz speech tokenizer")
     return PartJob(CODEC_DIR, source, outputs)
 
 
@@ -229,7 +257,7 @@ def _producer(directory: Path) -> str | None:
         except CheckpointError as e:
             raise ConversionError(str(e)) from e
         producer = meta.get("producer", "")
-        if producer.startswith("q3tts.convert"):
+        if producer.startswith("q3tts-convert"):
             return producer
     return None
 
@@ -237,6 +265,7 @@ def _producer(directory: Path) -> str | None:
 # --------------------------------------------------------------------------------------------
 # Writing
 # --------------------------------------------------------------------------------------------
+
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     h = hashlib.sha256()
@@ -257,8 +286,9 @@ def _shard_names(n: int) -> list[str]:
     return [WEIGHTS_NAME] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
 
 
-def write_part(tmp: Path, job: PartJob, direction: Direction, shard_bytes: int | None, progress: bool,
-               hashes: dict[str, str]) -> list[str]:
+def write_part(
+    tmp: Path, job: PartJob, direction: Direction, shard_bytes: int | None, progress: bool, hashes: dict[str, str]
+) -> list[str]:
     """Write one part's weight file(s) under ``tmp``; their sha256 (computed while writing) go
     into ``hashes`` keyed by their path relative to ``tmp``. Returns those paths."""
     out_dir = tmp / job.subdir
@@ -272,8 +302,10 @@ def write_part(tmp: Path, job: PartJob, direction: Direction, shard_bytes: int |
     metadata = {"format": "pt"} | ({"producer": PRODUCER} if direction is Direction.TO_STANDALONE else {})
     bar = _bar(sum(_nbytes(o) for o in job.outputs), progress)
     try:
-        writers = {file: SafetensorsWriter(out_dir / file, [specs[i] for i in idx], metadata=metadata)
-                   for file, idx in zip(names, shards)}
+        writers = {
+            file: SafetensorsWriter(out_dir / file, [specs[i] for i in idx], metadata=metadata)
+            for file, idx in zip(names, shards)
+        }
         for i, (out, tensor) in enumerate(_produce(job.outputs, job.source, direction)):
             writers[shard_of[i]].write(out.name, tensor)
             bar.update(tensor.numel() * tensor.element_size())
@@ -285,8 +317,10 @@ def write_part(tmp: Path, job: PartJob, direction: Direction, shard_bytes: int |
         bar.close()
     hashes.update({job.prefix() + file: w.sha256.hexdigest() for file, w in writers.items()})
     if len(names) > 1:
-        index = {"metadata": {"total_size": sum(_nbytes(o) for o in job.outputs)},
-                 "weight_map": {o.name: shard_of[i] for i, o in enumerate(job.outputs)}}
+        index = {
+            "metadata": {"total_size": sum(_nbytes(o) for o in job.outputs)},
+            "weight_map": {o.name: shard_of[i] for i, o in enumerate(job.outputs)},
+        }
         _write_text(out_dir / INDEX_NAME, json.dumps(index, indent=2) + "\n")
     return [job.prefix() + n for n in names]
 
@@ -294,7 +328,9 @@ def write_part(tmp: Path, job: PartJob, direction: Direction, shard_bytes: int |
 def _bar(total: int, enabled: bool):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="converting", disable=not enabled, leave=False)
+    return tqdm(
+        total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="converting", disable=not enabled, leave=False
+    )
 
 
 def _copy_hashing(src: Path, dst: Path, chunk: int = 1 << 22) -> str:
@@ -389,10 +425,18 @@ def _write_report(tmp: Path, summary: ConversionSummary, src: Path, jobs: list[P
         "tensors_out": summary.tensors_out,
         "bytes_in": summary.bytes_in,
         "bytes_out": summary.bytes_out,
-        "seconds": round(summary.seconds, 3),
         "weight_files": summary.files,
-        "tensors": [{"name": job.prefix() + o.name, "from": list(o.inputs), "op": o.entry.op, "shape": list(o.shape),
-                     "dtype": SAFETENSORS_CODE[o.dtype]} for job in jobs for o in job.outputs],
+        "tensors": [
+            {
+                "name": job.prefix() + o.name,
+                "from": list(o.inputs),
+                "op": o.entry.op,
+                "shape": list(o.shape),
+                "dtype": SAFETENSORS_CODE[o.dtype],
+            }
+            for job in jobs
+            for o in job.outputs
+        ],
     }
     _write_text(tmp / REPORT_NAME, json.dumps(report, indent=2) + "\n")
 
@@ -400,6 +444,7 @@ def _write_report(tmp: Path, summary: ConversionSummary, src: Path, jobs: list[P
 # --------------------------------------------------------------------------------------------
 # Entry point
 # --------------------------------------------------------------------------------------------
+
 
 def _check_destination(src: Path, dst: Path, force: bool, dry_run: bool) -> None:
     if dry_run:
@@ -417,7 +462,8 @@ def _summary(direction: Direction, jobs: list[PartJob], dst: Path) -> Conversion
         tensors_out=sum(len(j.outputs) for j in jobs),
         bytes_in=sum(j.source.nbytes for j in jobs),
         bytes_out=sum(_nbytes(o) for j in jobs for o in j.outputs),
-        seconds=0.0, dst=dst,
+        seconds=0.0,
+        dst=dst,
     )
 
 
@@ -426,8 +472,10 @@ def _plan_lines(job: PartJob, direction: Direction) -> list[str]:
     for o in job.outputs:
         infos = job.source.infos
         srcs = ", ".join(f"{n} {list(infos[n].shape)} {SAFETENSORS_CODE[infos[n].dtype]}" for n in o.inputs)
-        lines.append(f"{job.prefix() + ' ' if job.subdir else ''}{srcs} -> {o.name} {list(o.shape)} {SAFETENSORS_CODE[o.dtype]} "
-                     f"({direction.op_name(o.entry)})")
+        lines.append(
+            f"{job.prefix() + ' ' if job.subdir else ''}{srcs} -> {o.name} {list(o.shape)} {SAFETENSORS_CODE[o.dtype]} "
+            f"({direction.op_name(o.entry)})"
+        )
     return lines
 
 
@@ -484,10 +532,14 @@ def _write_all(src, dst, config, jobs, direction, dtype, shard_size, progress, s
             tmp = out.path
             hashing = {}
             if direction is Direction.TO_STANDALONE:
-                hashing = {name: pool.submit(sha256_file, src / name) for name in [*jobs[0].source.files, "config.json"]}
+                hashing = {
+                    name: pool.submit(sha256_file, src / name) for name in [*jobs[0].source.files, "config.json"]
+                }
             hashes: dict[str, str] = {}
             for job in jobs:
-                summary.files += write_part(tmp, job, direction, shard_size if not job.subdir else None, progress, hashes)
+                summary.files += write_part(
+                    tmp, job, direction, shard_size if not job.subdir else None, progress, hashes
+                )
             _write_configs(src, tmp, config, direction)
             skip = {job.prefix() + f for job in jobs if job.subdir for f in job.source.files}
             _copy_side_files(src, tmp, hashes, skip)

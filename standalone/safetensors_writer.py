@@ -12,12 +12,12 @@ import json
 import math
 import os
 import struct
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from q3tts.standalone.dtypes import SAFETENSORS_CODE
+from .dtypes import SAFETENSORS_CODE
+
 
 class StreamError(ValueError):
     pass
@@ -26,14 +26,20 @@ class StreamError(ValueError):
 class SafetensorsWriter:
     """Write tensors whose names, dtypes and shapes are known up front, one at a time, in order."""
 
-    def __init__(self, path: Path, specs: list[tuple[str, torch.dtype, tuple[int, ...]]], metadata: dict[str, str] | None = None):
+    def __init__(
+        self, path: Path, specs: list[tuple[str, torch.dtype, tuple[int, ...]]], metadata: dict[str, str] | None = None
+    ):
         self.path = path
         header: dict = {}
         offset = 0
         self._order = []
         for name, dtype, shape in specs:
             nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
-            header[name] = {"dtype": SAFETENSORS_CODE[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+            header[name] = {
+                "dtype": SAFETENSORS_CODE[dtype],
+                "shape": list(shape),
+                "data_offsets": [offset, offset + nbytes],
+            }
             self._order.append((name, dtype, tuple(shape), nbytes))
             offset += nbytes
         if metadata:
@@ -53,8 +59,10 @@ class SafetensorsWriter:
     def write(self, name: str, tensor: torch.Tensor) -> None:
         want_name, dtype, shape, nbytes = self._order[self._next]
         if name != want_name or tensor.dtype != dtype or tuple(tensor.shape) != shape:
-            raise StreamError(f"{self.path}: writer expected {want_name} {SAFETENSORS_CODE[dtype]} {list(shape)}, "
-                              f"got {name} {tensor.dtype} {list(tensor.shape)}")
+            raise StreamError(
+                f"{self.path}: writer expected {want_name} {SAFETENSORS_CODE[dtype]} {list(shape)}, "
+                f"got {name} {tensor.dtype} {list(tensor.shape)}"
+            )
         if nbytes:
             data = tensor.detach().contiguous().view(-1).view(torch.uint8).numpy()
             self._put(memoryview(data))
@@ -103,7 +111,7 @@ def parse_size(text: str) -> int:
     units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
     s = text.strip().upper().replace(" ", "")
     num = s.rstrip("KMGIB")
-    unit = s[len(num):]
+    unit = s[len(num) :]
     if unit not in units:
         raise ValueError(f"cannot parse size {text!r} (use e.g. 2GB, 500MB, 1GiB)")
     try:

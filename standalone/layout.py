@@ -17,7 +17,7 @@ from typing import Callable, Iterable, Mapping
 
 import torch
 
-from q3tts.standalone.config import Qwen3TTSConfig, TransformerConfig
+from .config import Qwen3TTSConfig, TransformerConfig
 
 
 class Direction(enum.Enum):
@@ -26,23 +26,23 @@ class Direction(enum.Enum):
     TO_STANDALONE = "standalone"
     TO_UPSTREAM = "upstream"
 
-    def reads(self, entry: "Entry") -> tuple[str, ...]:
+    def reads(self, entry: Entry) -> tuple[str, ...]:
         """The tensor names this direction reads for ``entry``."""
         return entry.sources if self is Direction.TO_STANDALONE else (entry.target,)
 
-    def writes(self, entry: "Entry") -> tuple[str, ...]:
+    def writes(self, entry: Entry) -> tuple[str, ...]:
         return (entry.target,) if self is Direction.TO_STANDALONE else entry.sources
 
-    def read_shapes(self, entry: "Entry") -> tuple[tuple[int, ...] | None, ...]:
+    def read_shapes(self, entry: Entry) -> tuple[tuple[int, ...] | None, ...]:
         return entry.source_shapes if self is Direction.TO_STANDALONE else (entry.target_shape,)
 
-    def apply(self, entry: "Entry", tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    def apply(self, entry: Entry, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
         """The tensors ``writes(entry)`` names, made from the ones ``reads(entry)`` names."""
         if self is Direction.TO_STANDALONE:
             return [entry.to_standalone(tensors)]
         return entry.to_upstream(tensors[0])
 
-    def op_name(self, entry: "Entry") -> str:
+    def op_name(self, entry: Entry) -> str:
         if self is Direction.TO_STANDALONE:
             return entry.op
         return {"rename": "rename", "concat": "split", "stack": "unstack"}[entry.op]
@@ -59,8 +59,12 @@ class Rule:
 
 # One decoder layer; prefixed per stack below.
 LAYER_RULES = (
-    Rule("attn.wqkv.weight", ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"),
-         op="concat", split=("q", "kv", "kv")),
+    Rule(
+        "attn.wqkv.weight",
+        ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"),
+        op="concat",
+        split=("q", "kv", "kv"),
+    ),
     Rule("attn.wo.weight", ("self_attn.o_proj.weight",)),
     Rule("attn.q_norm.weight", ("self_attn.q_norm.weight",)),
     Rule("attn.k_norm.weight", ("self_attn.k_norm.weight",)),
@@ -88,10 +92,16 @@ TOP_RULES = (
     Rule("code_predictor.decoder.norm.weight", ("talker.code_predictor.model.norm.weight",)),
     Rule("code_predictor.codec_embeddings", ("talker.code_predictor.model.codec_embedding.{g}.weight",), op="stack"),
     Rule("code_predictor.heads", ("talker.code_predictor.lm_head.{g}.weight",), op="stack"),
-    Rule("code_predictor.input_projection.weight", ("talker.code_predictor.small_to_mtp_projection.weight",),
-         when="input_projection"),
-    Rule("code_predictor.input_projection.bias", ("talker.code_predictor.small_to_mtp_projection.bias",),
-         when="input_projection"),
+    Rule(
+        "code_predictor.input_projection.weight",
+        ("talker.code_predictor.small_to_mtp_projection.weight",),
+        when="input_projection",
+    ),
+    Rule(
+        "code_predictor.input_projection.bias",
+        ("talker.code_predictor.small_to_mtp_projection.bias",),
+        when="input_projection",
+    ),
 )
 
 # The speaker encoder keeps upstream's module names, so its tensors map one to one under this prefix.
@@ -139,15 +149,16 @@ def _has(config: Qwen3TTSConfig, part: str) -> bool:
 
 def target_shapes(config: Qwen3TTSConfig) -> dict[str, tuple[int, ...]]:
     """Shapes of the standalone model's tensors, from the model itself built on the meta device."""
-    from q3tts.standalone.model import Qwen3TTS
+    from .model import Qwen3TTS
 
     with torch.device("meta"):
         model = Qwen3TTS(config)
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
-def _entry(rule: Rule, target: str, tshape: tuple[int, ...], sources: tuple[str, ...],
-           sizes: Mapping[str, int] | None) -> Entry:
+def _entry(
+    rule: Rule, target: str, tshape: tuple[int, ...], sources: tuple[str, ...], sizes: Mapping[str, int] | None
+) -> Entry:
     """The entry for one rule: source shapes follow from the target's shape and the operation."""
     if rule.op == "rename":
         sshapes = (tshape,)
@@ -172,8 +183,12 @@ def plan(config: Qwen3TTSConfig) -> list[Entry]:
         tc = stack_cfgs[stack]
         for i in range(tc.num_hidden_layers):
             for rule in LAYER_RULES:
-                add(rule, dst_prefix.format(i=i) + rule.target,
-                    tuple(src_prefix.format(i=i) + s for s in rule.sources), _sizes(tc))
+                add(
+                    rule,
+                    dst_prefix.format(i=i) + rule.target,
+                    tuple(src_prefix.format(i=i) + s for s in rule.sources),
+                    _sizes(tc),
+                )
     for rule in TOP_RULES:
         if rule.when and not _has(config, rule.when):
             continue
@@ -202,8 +217,12 @@ def expand_stack(rule: Rule, count: int) -> tuple[str, ...]:
 # --- speech tokenizer (12 Hz codec) -----------------------------------------------------------
 _Q = "decoder.quantizer."
 CODEC_LAYER_RULES = (
-    Rule("attn.wqkv.weight", ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"),
-         op="concat", split=("q", "kv", "kv")),
+    Rule(
+        "attn.wqkv.weight",
+        ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"),
+        op="concat",
+        split=("q", "kv", "kv"),
+    ),
     Rule("attn.wo.weight", ("self_attn.o_proj.weight",)),
     Rule("attn_norm.weight", ("input_layernorm.weight",)),
     Rule("mlp_norm.weight", ("post_attention_layernorm.weight",)),
@@ -214,10 +233,16 @@ CODEC_LAYER_RULES = (
 )
 CODEC_STACK = ("decoder.transformer.layers.{i}.", "decoder.pre_transformer.layers.{i}.")
 CODEC_TOP_RULES = (
-    Rule("decoder.codebook_sums", (_Q + "rvq_first.vq.layers.0._codebook.embedding_sum",
-                                   _Q + "rvq_rest.vq.layers.{g}._codebook.embedding_sum"), op="stack"),
-    Rule("decoder.codebook_usage", (_Q + "rvq_first.vq.layers.0._codebook.cluster_usage",
-                                    _Q + "rvq_rest.vq.layers.{g}._codebook.cluster_usage"), op="stack"),
+    Rule(
+        "decoder.codebook_sums",
+        (_Q + "rvq_first.vq.layers.0._codebook.embedding_sum", _Q + "rvq_rest.vq.layers.{g}._codebook.embedding_sum"),
+        op="stack",
+    ),
+    Rule(
+        "decoder.codebook_usage",
+        (_Q + "rvq_first.vq.layers.0._codebook.cluster_usage", _Q + "rvq_rest.vq.layers.{g}._codebook.cluster_usage"),
+        op="stack",
+    ),
     Rule("decoder.semantic_input_proj", (_Q + "rvq_first.input_proj.weight",)),
     Rule("decoder.semantic_output_proj", (_Q + "rvq_first.output_proj.weight",)),
     Rule("decoder.acoustic_input_proj", (_Q + "rvq_rest.input_proj.weight",)),
@@ -230,22 +255,56 @@ CODEC_TOP_RULES = (
 )
 # Convolution stacks keep upstream's module names, so they map one to one under these prefixes.
 CODEC_IDENTITY_PREFIXES = ("decoder.pre_conv.", "decoder.upsample.", "decoder.decoder.")
-# The encoder (reference-audio tokenizer) is not part of the standalone runtime; its tensors are
-# carried through unchanged so that nothing is lost and a round trip restores them.
-CODEC_PASSTHROUGH_PREFIX = "encoder."
+
+# The encoder (audio -> codes; transformers' Mimi encoder under "encoder.").
+_EQ = "encoder.quantizer.{branch}_residual_vector_quantizer."
+ENCODER_LAYER_RULES = (
+    Rule(
+        "attn.wqkv.weight",
+        ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"),
+        op="concat",
+        split=("q", "kv", "kv"),
+    ),
+    Rule("attn.wo.weight", ("self_attn.o_proj.weight",)),
+    Rule("attn_norm.weight", ("input_layernorm.weight",)),
+    Rule("attn_norm.bias", ("input_layernorm.bias",)),
+    Rule("mlp_norm.weight", ("post_attention_layernorm.weight",)),
+    Rule("mlp_norm.bias", ("post_attention_layernorm.bias",)),
+    Rule("fc1.weight", ("mlp.fc1.weight",)),
+    Rule("fc2.weight", ("mlp.fc2.weight",)),
+    Rule("attn_scale", ("self_attn_layer_scale.scale",)),
+    Rule("mlp_scale", ("mlp_layer_scale.scale",)),
+)
+ENCODER_STACK = ("encoder.transformer.layers.{i}.", "encoder.encoder_transformer.layers.{i}.")
+ENCODER_TOP_RULES = (
+    # One stack over all quantizers, semantic ones first; "{k}" runs over each branch's layers.
+    Rule("encoder.codebook_sums", (_EQ + "layers.{k}.codebook.embed_sum",), op="stack"),
+    Rule("encoder.codebook_usage", (_EQ + "layers.{k}.codebook.cluster_usage",), op="stack"),
+    Rule("encoder.codebook_initialized", (_EQ + "layers.{k}.codebook.initialized",), op="stack"),
+    Rule("encoder.semantic_input_proj", (_EQ.format(branch="semantic") + "input_proj.weight",)),
+    Rule("encoder.semantic_output_proj", (_EQ.format(branch="semantic") + "output_proj.weight",)),
+    Rule("encoder.acoustic_input_proj", (_EQ.format(branch="acoustic") + "input_proj.weight",)),
+    Rule("encoder.acoustic_output_proj", (_EQ.format(branch="acoustic") + "output_proj.weight",)),
+    Rule("encoder.downsample.conv.weight", ("encoder.downsample.conv.weight",), when="downsample"),
+)
+# The SEANet conv stack keeps upstream's module names below a renamed prefix (standalone, upstream).
+ENCODER_PREFIX_RENAMES = (("encoder.conv_stack.", "encoder.encoder."),)
 
 
-def codec_plan(cfg, source_names: Iterable[str] = ()) -> list[Entry]:
-    """Entries for the speech tokenizer's weights: the decoder through the table, plus every
-    ``encoder.*`` name found in the source, carried unchanged."""
-    from q3tts.standalone.codec import CodecDecoder
+def codec_plan(cfg, encoder_cfg=None) -> list[Entry]:
+    """Entries for the speech tokenizer's weights: the decoder and, given its config, the
+    encoder, through the tables above."""
+    from .codec import CodecDecoder
 
     with torch.device("meta"):
         model = CodecDecoder(cfg)
     shapes = {"decoder." + k: tuple(v.shape) for k, v in model.state_dict().items()}
     entries: list[Entry] = []
-    sizes = {"q": cfg.num_attention_heads * cfg.head_dim, "kv": cfg.num_key_value_heads * cfg.head_dim,
-             "ffn": cfg.intermediate_size}
+    sizes = {
+        "q": cfg.num_attention_heads * cfg.head_dim,
+        "kv": cfg.num_key_value_heads * cfg.head_dim,
+        "ffn": cfg.intermediate_size,
+    }
 
     def add(rule: Rule, target: str, sources: tuple[str, ...]):
         entries.append(_entry(rule, target, shapes[target], sources, sizes))
@@ -259,11 +318,45 @@ def codec_plan(cfg, source_names: Iterable[str] = ()) -> list[Entry]:
     for name, shape in shapes.items():
         if name.startswith(CODEC_IDENTITY_PREFIXES):
             entries.append(Entry(name, shape, (name,), (shape,), "rename"))
+    if encoder_cfg is not None:
+        entries += _encoder_entries(encoder_cfg, shapes)
     covered = {e.target for e in entries}
     if covered != set(shapes):
         raise AssertionError(f"codec layout table out of date: uncovered {sorted(set(shapes) - covered)[:5]}")
-    for name in sorted(n for n in source_names if n.startswith(CODEC_PASSTHROUGH_PREFIX)):
-        entries.append(Entry(name, None, (name,), (None,), "rename"))
+    return entries
+
+
+def _encoder_entries(ecfg, shapes: dict[str, tuple[int, ...]]) -> list[Entry]:
+    from .speech_encoder import SpeechEncoder
+
+    with torch.device("meta"):
+        model = SpeechEncoder(ecfg)
+    shapes.update({"encoder." + k: tuple(v.shape) for k, v in model.state_dict().items()})
+    sizes = {"q": ecfg.num_attention_heads * ecfg.head_dim, "kv": ecfg.num_key_value_heads * ecfg.head_dim}
+    entries = []
+    dst_prefix, src_prefix = ENCODER_STACK
+    for i in range(ecfg.num_hidden_layers):
+        for rule in ENCODER_LAYER_RULES:
+            target = dst_prefix.format(i=i) + rule.target
+            entries.append(
+                _entry(rule, target, shapes[target], tuple(src_prefix.format(i=i) + x for x in rule.sources), sizes)
+            )
+    branches = (
+        ("semantic", ecfg.num_semantic_quantizers),
+        ("acoustic", ecfg.num_quantizers - ecfg.num_semantic_quantizers),
+    )
+    for rule in ENCODER_TOP_RULES:
+        if rule.when == "downsample" and not ecfg.downsample_kernel:
+            continue
+        if rule.op == "stack":
+            sources = tuple(rule.sources[0].format(branch=b, k=k) for b, n in branches for k in range(n))
+        else:
+            sources = rule.sources
+        entries.append(_entry(rule, rule.target, shapes[rule.target], sources, sizes))
+    for name, shape in shapes.items():
+        for dst, src in ENCODER_PREFIX_RENAMES:
+            if name.startswith(dst):
+                entries.append(Entry(name, shape, (src + name[len(dst) :],), (shape,), "rename"))
     return entries
 
 
