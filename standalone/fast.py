@@ -40,23 +40,35 @@ from .layers import DecoderLayer, rope_cos_sin
 from .sampling import SamplingParams, sample_next_token
 from .talker import CodePredictor, DecoderStack, Talker
 
-# Inductor options of the fast path: max-autotune picks the C++ GEMM template for small M, and
-# freezing makes the weights constants so that template can pre-pack them.
-COMPILE_OPTIONS = {"max_autotune": True, "freezing": True}
+# Inductor options of the fast path, from verify/bench_step.py at 0.6B on torch 2.9.1 (2 threads):
+# freezing (weights as constants) gives the code-predictor step 12.4 ms against eager 14.3 ms;
+# max-autotune only autotunes the attention bmm there (not the M=1 linears) and costs minutes of
+# compile, so it is off.
+COMPILE_OPTIONS = {"freezing": True}
 
 
-def _cached_attention(q, k, v, mask, scale: float):
-    """q [B, H, S, D] against k/v [B, KV, W, D]; mask [B|1, 1, S, W] bool (True = attend).
-    Grouped-query attention without repeating k/v: the H query heads are viewed as KV groups of
-    H/KV heads (head i uses kv head i // (H/KV), as repeat_interleave). Softmax in fp32."""
+def _attention(q, k_new, v_new, k_cache, v_cache, cache_mask, scale: float):
+    """q [B, H, S, D] over the cached positions k/v_cache [B, KV, W, D] (cache_mask [B|1, 1, S, W]
+    bool, True = attend) and, causally, over the S new positions k/v_new [B, KV, S, D].
+
+    The new keys/values are not written into the cache inside the graph: an in-place write into a
+    view of a graph input makes inductor copy the whole cache tensor per layer (measured: 28 full
+    copies of the talker cache per step), so the caller writes them afterwards. Grouped-query
+    attention without repeating k/v (head i uses kv head i // (H/KV), as repeat_interleave);
+    softmax in fp32."""
     bsz, n_heads, seqlen, head_dim = q.shape
-    n_kv = k.shape[1]
+    n_kv = k_new.shape[1]
     rep = n_heads // n_kv
     qg = q.reshape(bsz, n_kv, rep * seqlen, head_dim)
-    scores = torch.matmul(qg, k.transpose(-1, -2)).float() * scale  # [B, KV, rep*S, W]
-    scores = scores.view(bsz, n_kv, rep, seqlen, -1).masked_fill(~mask[:, :, None], float("-inf"))
-    probs = torch.softmax(scores, dim=-1).to(v.dtype).view(bsz, n_kv, rep * seqlen, -1)
-    return torch.matmul(probs, v).view(bsz, n_heads, seqlen, head_dim)
+    old = torch.matmul(qg, k_cache.transpose(-1, -2)).float() * scale  # [B, KV, rep*S, W]
+    old = old.view(bsz, n_kv, rep, seqlen, -1).masked_fill(~cache_mask[:, :, None], float("-inf"))
+    new = torch.matmul(qg, k_new.transpose(-1, -2)).float() * scale  # [B, KV, rep*S, S]
+    causal = torch.ones(seqlen, seqlen, dtype=torch.bool, device=q.device).tril()
+    new = new.view(bsz, n_kv, rep, seqlen, seqlen).masked_fill(~causal, float("-inf"))
+    probs = torch.softmax(torch.cat((old, new), dim=-1), dim=-1).to(v_new.dtype)
+    p_old, p_new = probs.view(bsz, n_kv, rep * seqlen, -1).split((old.shape[-1], seqlen), dim=-1)
+    out = torch.matmul(p_old, v_cache) + torch.matmul(p_new, v_new)
+    return out.view(bsz, n_heads, seqlen, head_dim)
 
 
 def _rotate(x, cos, sin):
@@ -64,9 +76,9 @@ def _rotate(x, cos, sin):
     return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
 
-def _layer_step(layer: DecoderLayer, idx: int, x, cos, sin, k_all, v_all, pos, mask):
-    """One decoder layer over x [B, S, H] at cache positions ``pos`` [S] (a tensor, so the graph
-    does not specialise on it), attending over the first mask.shape[-1] cache positions."""
+def _layer_step(layer: DecoderLayer, x, cos, sin, k_cache, v_cache, cache_mask):
+    """One decoder layer over x [B, S, H] attending over k/v_cache [B, KV, W, D] and itself.
+    Returns (x, k, v), k/v [B, KV, S, D] being what the caller must store at the S positions."""
     attn = layer.attn
     bsz, seqlen, _ = x.shape
     h = layer.attn_norm(x)
@@ -77,18 +89,17 @@ def _layer_step(layer: DecoderLayer, idx: int, x, cos, sin, k_all, v_all, pos, m
     q = _rotate(q.transpose(1, 2), cos, sin)
     k = _rotate(k.transpose(1, 2), cos, sin)
     v = v.view(bsz, seqlen, attn.n_kv_heads, attn.head_dim).transpose(1, 2)
-    k_all[idx].index_copy_(2, pos, k)
-    v_all[idx].index_copy_(2, pos, v)
-    window = mask.shape[-1]
-    out = _cached_attention(q, k_all[idx, :, :, :window], v_all[idx, :, :, :window], mask, attn.head_dim**-0.5)
+    out = _attention(q, k, v, k_cache, v_cache, cache_mask, attn.head_dim**-0.5)
     x = x + attn.wo(out.transpose(1, 2).reshape(bsz, seqlen, attn.q_size))
     gate, up = F.linear(layer.mlp_norm(x), layer.mlp.w_gate_up.weight).chunk(2, dim=-1)
-    return x + layer.mlp.w_down(F.silu(gate) * up)
+    return x + layer.mlp.w_down(F.silu(gate) * up), k, v
 
 
 class DecodeGraph(nn.Module):
     """What one compiled graph runs: [input projection] -> decoder layers -> final norm -> [head].
-    Holds the exact path's modules (shared parameters, nothing copied)."""
+    Holds the exact path's modules (shared parameters, nothing copied). Reads the caches k/v_all
+    [L, B, KV, >=W, D] over the first W = cache_mask.shape[-1] positions and returns the new
+    keys/values [L, B, KV, S, D] for the caller to store (store_new)."""
 
     def __init__(self, decoder: DecoderStack, head: nn.Module | None = None, projection: nn.Module | None = None):
         super().__init__()
@@ -96,13 +107,26 @@ class DecodeGraph(nn.Module):
         self.head = head
         self.projection = projection
 
-    def forward(self, x, cos, sin, k_all, v_all, pos, mask):
+    def forward(self, x, cos, sin, k_all, v_all, cache_mask):
         if self.projection is not None:
             x = self.projection(x)
+        window = cache_mask.shape[-1]
+        ks, vs = [], []
         for i, layer in enumerate(self.decoder.layers):
-            x = _layer_step(layer, i, x, cos, sin, k_all, v_all, pos, mask)
+            x, k, v = _layer_step(layer, x, cos, sin, k_all[i, :, :, :window], v_all[i, :, :, :window], cache_mask)
+            ks.append(k)
+            vs.append(v)
         h = self.decoder.norm(x)
-        return (h, self.head(h)) if self.head is not None else h
+        return h, (self.head(h) if self.head is not None else None), torch.stack(ks), torch.stack(vs)
+
+
+def store_new(cache: KVCache, start: int, k_new, v_new) -> None:
+    """Write a graph's new keys/values [L, B, KV, S, D] at positions start..start+S-1."""
+    end = start + k_new.shape[3]
+    if end > cache.max_len:
+        cache.grow(end)
+    cache.k[:, :, :, start:end] = k_new
+    cache.v[:, :, :, start:end] = v_new
 
 
 class FastEngine:
@@ -124,7 +148,7 @@ class FastEngine:
     ):
         self.talker, self.cp = talker, code_predictor
         self.window_block = window_block
-        opts = dict(COMPILE_OPTIONS if options is None else options)
+        opts = self.options = dict(COMPILE_OPTIONS if options is None else options)
         wrap = (lambda m: torch.compile(m, dynamic=False, options=opts)) if compile else (lambda m: m)
         self._talker_step = wrap(DecodeGraph(talker.decoder, head=talker.codec_head))
         # One module for the predictor's prefill and steps: two shapes, two graphs, shared weights.
@@ -145,16 +169,17 @@ class FastEngine:
         positions [3, B, 1], mask None or bool [B, 1, 1, start + 1]. Returns (hidden, logits)."""
         bsz = x.shape[0]
         cos, sin = rope_cos_sin(self.talker.inv_freq, positions, x.dtype, self.talker.mrope_rows)
-        window = -(-(start + 1) // self.window_block) * self.window_block
+        window = max(1, -(-start // self.window_block)) * self.window_block
         if window >= cache.max_len:  # the loop's buffers grow as frames come; keep a block spare
             cache.grow(window + self.window_block)
         attend = torch.zeros(bsz, 1, 1, window, dtype=torch.bool, device=x.device)
-        attend[..., : start + 1] = True if mask is None else mask
+        attend[..., :start] = True if mask is None else mask[..., :start]
         torch._dynamo.mark_dynamic(attend, 3)
         torch._dynamo.mark_dynamic(cache.k, 3)
         torch._dynamo.mark_dynamic(cache.v, 3)
-        pos = torch.tensor([start], device=x.device)
-        return self._timed(("talker", bsz), self._talker_step, x, cos, sin, cache.k, cache.v, pos, attend)
+        h, logits, k_new, v_new = self._timed(("talker", bsz), self._talker_step, x, cos, sin, cache.k, cache.v, attend)
+        store_new(cache, start, k_new, v_new)
+        return h, logits
 
     # --- the code predictor's frame -------------------------------------------------------------
     def generate_frame(self, past_hidden, e0, cache: KVCache, params: SamplingParams):
@@ -173,28 +198,31 @@ class FastEngine:
         cp = self.cp
         bsz = past_hidden.shape[0]
         x = torch.cat((past_hidden, e0), dim=1)
-        cos, sin, pos, mask = self._cp_inputs(0, 2, x.dtype, x.device, cache.max_len)
-        h = self._timed(("cp_prefill", bsz), self._cp_graph, x, cos, sin, cache.k, cache.v, pos, mask)
+        cos, sin, mask = self._cp_inputs(0, 2, x.dtype, x.device, cache.max_len)
+        h, _, k_new, v_new = self._timed(("cp_prefill", bsz), self._cp_graph, x, cos, sin, cache.k, cache.v, mask)
+        store_new(cache, 0, k_new, v_new)
         logits = [cp.logits(h, 1)[:, -1]]
         tokens = [pick(logits[-1], 1)]
         for group in range(2, cp.cfg.num_code_groups):
             x = cp.embed(group - 1, tokens[-1][:, None])
-            cos, sin, pos, mask = self._cp_inputs(group, 1, x.dtype, x.device, cache.max_len)
-            h = self._timed(("cp_step", bsz), self._cp_graph, x, cos, sin, cache.k, cache.v, pos, mask)
+            cos, sin, mask = self._cp_inputs(group, 1, x.dtype, x.device, cache.max_len)
+            h, _, k_new, v_new = self._timed(("cp_step", bsz), self._cp_graph, x, cos, sin, cache.k, cache.v, mask)
+            store_new(cache, group, k_new, v_new)
             logits.append(cp.logits(h, group)[:, -1])
             tokens.append(pick(logits[-1], group))
         return torch.stack(tokens, dim=1), logits
 
     def _cp_inputs(self, start: int, length: int, dtype, device, cache_len: int):
-        """cos/sin, positions and the causal mask over the whole (16-position) cache, cached:
-        every frame revisits the same positions."""
+        """cos/sin of positions start..start+length-1 and the mask of the cached positions they
+        see (those before ``start``, over the whole 16-position cache: one shape for every step),
+        cached: every frame revisits the same positions."""
         key = (start, length, dtype, device, cache_len)
         hit = self._cp_rope.get(key)
         if hit is None:
             pos = torch.arange(start, start + length, device=device)
             cos, sin = rope_cos_sin(self.cp.inv_freq, pos[None], dtype)
-            mask = (torch.arange(cache_len, device=device)[None] <= pos[:, None])[None, None]
-            hit = self._cp_rope[key] = (cos, sin, pos, mask)
+            mask = (torch.arange(cache_len, device=device) < start).expand(1, 1, length, cache_len)
+            hit = self._cp_rope[key] = (cos, sin, mask)
         return hit
 
     def _timed(self, key, fn, *args):

@@ -27,6 +27,7 @@ import gc
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import tempfile
@@ -242,6 +243,65 @@ def _codes_agreement(ref, got) -> float:
     return same / total if total else 1.0
 
 
+_PERF = re.compile(r"\[Perf\] (\w+) ([0-9.]+) ms")
+_FRAMES = re.compile(r"Generation done : (\d+) frames")
+
+
+def qwentts_generate(gguf_dir: Path, frames: int, threads: int, speaker: str | None, seed: int = 1) -> dict:
+    """One qwentts.cpp synthesis through its binding (loaded, run, closed: one GGUF engine in memory at
+    a time). Its own [Perf] log gives the stage times; ms/frame here is (total - codec decode) /
+    frames, i.e. prefill included and amortised as for the torch engines, and ``ar_ms_per_frame``
+    the decode loop alone. Sampling on (its defaults), seeded."""
+    import qwentts_cpp_cpu
+
+    from q3tts.standalone.gguf_conversion import gguf_paths
+
+    talker, codec = gguf_paths(gguf_dir)
+    logs: list[str] = []
+    t0 = time.perf_counter()
+    tts = qwentts_cpp_cpu.QwenTTS(talker, codec, cpu_threads=threads)
+    load_s = time.perf_counter() - t0
+    try:
+        tts.set_log_callback(lambda _level, msg: logs.append(msg))
+        with PeakRSS() as rss:
+            tts.synthesize(
+                text="Hello world, this is a test of the converter and the benchmark.",
+                lang="english",
+                speaker=speaker,
+                seed=seed,
+                max_new_tokens=frames + 1,
+            )
+    finally:
+        tts.set_log_callback(None)
+        tts.close()
+    perf = {m.group(1): float(m.group(2)) for line in logs for m in [_PERF.search(line)] if m}
+    done = [int(m.group(1)) for line in logs for m in [_FRAMES.search(line)] if m]
+    n = done[-1] if done else frames
+    return {
+        "frames": n,
+        "ms_per_frame": (perf["Total"] - perf.get("CodecDecode", 0.0)) / max(n, 1),
+        "ar_ms_per_frame": (perf["TalkerDecode"] + perf["CodePredictor"]) / max(n, 1),
+        "ttff_ms": perf.get("TTFA", float("nan")),
+        "load_s": load_s,
+        "rss_growth": rss.growth,
+        "perf": perf,
+    }
+
+
+def _qwentts_round(run: dict, gguf: dict[str, Path], frames: int, speaker) -> None:
+    for quant, path in gguf.items():
+        info = run["engines"].setdefault(
+            f"qwentts.cpp {quant}",
+            {"ms_per_frame_rounds": [], "ttff_ms_rounds": [], "ar_ms_per_frame_rounds": [], "rss_growth_mb": 0.0},
+        )
+        r = qwentts_generate(path, frames, torch.get_num_threads(), speaker)
+        info["ms_per_frame_rounds"].append(r["ms_per_frame"])
+        info["ar_ms_per_frame_rounds"].append(r["ar_ms_per_frame"])
+        info["ttff_ms_rounds"].append(r["ttff_ms"])
+        info["rss_growth_mb"] = max(info["rss_growth_mb"], r["rss_growth"] / 2**20)
+        info.update(warmup_seconds=r["load_s"], frames=r["frames"], last_perf=r["perf"])
+
+
 def bench_model(
     name: str,
     config: dict,
@@ -250,6 +310,7 @@ def bench_model(
     rounds: int,
     fast_dtypes: tuple[str, ...],
     fast_options: dict | None,
+    gguf: dict[str, Path] | None = None,
 ) -> dict:
     load_before = load_average()
     up, st, cfg = build_pair(config)
@@ -297,6 +358,8 @@ def bench_model(
                     codes[side], seconds, rss = time_generate(fn, kwargs, frames, seed=1)
                 info["ms_per_frame_rounds"].append(1e3 * seconds / frames)  # one decode step of the whole batch
                 info["rss_growth_mb"] = max(info["rss_growth_mb"], rss.growth / 2**20)
+            if gguf and b == 1:  # its binding runs one stream per call
+                _qwentts_round(run, gguf, frames, kwargs["speakers"][0])
             print(
                 f"[{name}] batch {b} round {r}: "
                 + ", ".join(f"{s} {i['ms_per_frame_rounds'][-1]:.1f}" for s, i in run["engines"].items())
@@ -311,7 +374,10 @@ def bench_model(
                 ttff_ms_median=statistics.median(info["ttff_ms_rounds"]),
                 frames_per_s=1e3 * b / statistics.median(ms),
             )
-            info["frames_agreeing_with_upstream"] = _codes_agreement(codes["upstream"], codes[side])
+            # qwentts.cpp builds its own prompt from text: its codes are not comparable here.
+            info["frames_agreeing_with_upstream"] = (
+                _codes_agreement(codes["upstream"], codes[side]) if side in codes else None
+            )
         run["exact_codes_identical"] = all(torch.equal(a, c) for a, c in zip(codes["upstream"], codes["exact"]))
         run["peak_rss_mb"] = PeakRSS.current() / 2**20
         out["runs"].append(run)
@@ -338,6 +404,15 @@ def environment() -> dict:
     }
 
 
+def floor_dtype(engine: str) -> str:
+    """Which per-dtype floor an engine is held to: its weight bytes (F16/BF16 GGUF: 2 bytes)."""
+    if engine.startswith("fast"):
+        return engine.split()[1]
+    if engine.startswith("qwentts.cpp"):
+        return "bf16" if engine.endswith(("F16", "BF16")) else "fp32"
+    return "fp32"
+
+
 def add_floors(results: dict) -> None:
     """Floors from the best bandwidth measured in the run (load only ever lowers a measurement)."""
     best = max(m["bytes_per_s"] for m in results["bandwidth"]["measurements"])
@@ -346,7 +421,7 @@ def add_floors(results: dict) -> None:
         m["floor_ms_per_frame"] = {d: 1e3 * b / best for d, b in m["bytes_read_per_frame"].items()}
         for r in m["runs"]:
             for side, info in r["engines"].items():
-                dname = side.split()[1] if side.startswith("fast") else "fp32"
+                dname = floor_dtype(side)
                 info["floor_fraction"] = m["floor_ms_per_frame"][dname] / info["ms_per_frame_median"]
                 ref = results["bandwidth"].get("reference_bytes_per_s")
                 if ref:
@@ -390,7 +465,7 @@ def write_reports(results: dict, out_dir: Path) -> None:
     for m in results["models"]:
         for r in m["runs"]:
             for side, i in r["engines"].items():
-                dname = side.split()[1] if side.startswith("fast") else "fp32"
+                dname = floor_dtype(side)
                 meaningful = r["batch"] == 1 and m["floor_ms_per_frame"][dname] >= 1.0
                 compile_s = f" ({i['compile_seconds']:.1f})" if "compile_seconds" in i else ""
                 lines.append(
@@ -398,7 +473,8 @@ def write_reports(results: dict, out_dir: Path) -> None:
                     f"| {m['floor_ms_per_frame'][dname]:.1f} | {format(i['floor_fraction'], '.0%') if meaningful else '-'} "
                     f"| {format(i['reference_floor_fraction'], '.0%') if meaningful and 'reference_floor_fraction' in i else '-'} "
                     f"| {i['ttff_ms_median']:.0f} | {i['warmup_seconds']:.1f}{compile_s} | {i['rss_growth_mb']:.0f} "
-                    f"| {i['frames_agreeing_with_upstream']:.0%} | {m['load_before']} / {m['load_after']} |"
+                    f"| {'-' if i['frames_agreeing_with_upstream'] is None else format(i['frames_agreeing_with_upstream'], '.0%')} "
+                    f"| {m['load_before']} / {m['load_after']} |"
                 )
     lines += [
         "",
@@ -438,12 +514,40 @@ def merge_reports(paths: list[Path], out_dir: Path) -> None:
     write_reports(merged, out_dir)
 
 
-def peers_status() -> str:
+def peers_status(template: str | None) -> str:
     try:
         import qwentts_cpp_cpu  # noqa: F401
     except ImportError:
         return "qwentts.cpp skipped: its binding (qwentts_cpp_cpu, extra 'peers') is not installed"
-    return "qwentts.cpp binding present, but this benchmark does not drive it yet (needs convert-ckpt --to gguf)"
+    if not template:
+        return "qwentts.cpp skipped: no GGUF files given (--gguf-template, written by convert-ckpt --to gguf)"
+    return f"qwentts.cpp through qwentts_cpp_cpu on GGUF files {template}"
+
+
+def gguf_for(size: str, template: str | None, quants: list[str], prepare: bool) -> dict[str, Path]:
+    """The GGUF directories of ``size`` per quant (``template`` formatted with size and quant). With
+    ``prepare``, missing ones are written by convert-ckpt's GGUF target from an upstream checkpoint of
+    the same initialiser and seed as the torch engines (released-id tokenizer), next to them."""
+    if not template or size == "tiny":
+        return {}
+    out = {q: Path(template.format(size=size, quant=q)) for q in quants}
+    missing = [q for q, d in out.items() if not (d / "manifest.json").is_file()]
+    if missing and prepare:
+        from q3tts.standalone.gguf_conversion import convert_to_gguf
+
+        from .fixtures import write_release_size_checkpoint
+        from .gguf_parity import write_released_id_tokenizer
+
+        up = Path(template.format(size=size, quant="upstream"))
+        if not (up / "config.json").is_file():
+            write_release_size_checkpoint(up, size, "custom_voice", seed=0)
+            write_released_id_tokenizer(up)
+        for q in missing:
+            convert_to_gguf(up, out[q], quant=q, force=True)
+        missing = []
+    if missing:
+        raise SystemExit(f"no GGUF files for {size} {missing} under {template} (use --gguf-prepare)")
+    return out
 
 
 def main(argv=None) -> None:
@@ -461,6 +565,13 @@ def main(argv=None) -> None:
         help="inductor options of the fast engines: default = max_autotune + freezing",
     )
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--gguf-template",
+        default=None,
+        help="qwentts.cpp GGUF directories, formatted with {size} and {quant}, e.g. /tmp/b/gguf-{size}-{quant}",
+    )
+    ap.add_argument("--gguf-quants", default="F32,F16")
+    ap.add_argument("--gguf-prepare", action="store_true", help="write missing GGUF directories first (untimed)")
     ap.add_argument(
         "--reference-bandwidth-gbs",
         type=float,
@@ -498,16 +609,20 @@ def main(argv=None) -> None:
         "bandwidth": bw,
         "inductor_cache_dir": cache_dir,
         "inductor_cache_existed": Path(cache_dir).exists(),
-        "peers": peers_status(),
+        "peers": peers_status(args.gguf_template),
         "models": [],
     }
     options = None if args.fast_options == "default" else {"freezing": True}
+    peers = results["peers"].startswith("qwentts.cpp through")
     fast_dtypes = tuple(d for d in args.fast_dtypes.split(",") if d)
     for size in args.sizes.split(","):
         config = tiny_config("custom_voice") if size == "tiny" else released_config(size, "custom_voice")
         frames = args.tiny_frames if size == "tiny" else args.frames
         batches = [int(b) for b in args.batches.split(",")]
-        results["models"].append(bench_model(size, config, frames, batches, args.rounds, fast_dtypes, options))
+        gguf = gguf_for(size, args.gguf_template, args.gguf_quants.split(","), args.gguf_prepare) if peers else {}
+        results["models"].append(
+            bench_model(size, config, frames, batches, args.rounds, fast_dtypes, options, gguf=gguf)
+        )
         again = bandwidth()
         bw["measurements"].append({"bytes_per_s": again["bytes_per_s"], "load": again["load"]})
         write_reports(results, Path(args.out))

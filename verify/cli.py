@@ -76,6 +76,12 @@ DTYPE_CHOICES = ("fp32", "bf16")
     metavar="NAMES",
     help="With --self-test: only these comma-separated faults (default: the whole catalogue).",
 )
+@click.option(
+    "--fast",
+    is_flag=True,
+    help="Measure the compiled fast path instead (forward distances, teacher-forced agreement, generation "
+    "agreement; fast_parity.md). With --self-test: the fault self-test through the fast path.",
+)
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def main(
     src,
@@ -90,6 +96,7 @@ def main(
     reuse_torch,
     self_test,
     fault_names,
+    fast,
     debug,
 ) -> None:
     """Compare upstream qwen-tts and the standalone model on SRC (an upstream checkpoint directory or
@@ -100,7 +107,18 @@ def main(
         seed_list = [int(s) for s in seeds.split(",") if s.strip()]
         if not seed_list:
             raise click.BadParameter("at least one seed", param_hint="--seeds")
-        if self_test:
+        if fast:
+            ok = run_fast(
+                src,
+                standalone_dir,
+                dtypes or DTYPE_CHOICES,
+                seed_list,
+                frames,
+                Path(report_dir),
+                self_test,
+                fault_names,
+            )
+        elif self_test:
             names = [n.strip() for n in fault_names.split(",") if n.strip()] if fault_names else None
             ok = run_self_test(Path(report_dir), dtypes or DTYPE_CHOICES, names)
         elif against:
@@ -127,6 +145,17 @@ def main(
         click.echo(f"verify-parity: error: {type(e).__name__}: {e}", err=True)
         sys.exit(2)
     sys.exit(0 if ok else 1)
+
+
+def run_fast(src, standalone_dir, dtype_names, seeds, frames, report_dir: Path, self_test, fault_names) -> bool:
+    if self_test:
+        from .fast_selftest import run_fast_self_test
+
+        names = [n.strip() for n in fault_names.split(",") if n.strip()] if fault_names else None
+        return run_fast_self_test(report_dir, dtype_names, names)
+    from .fast_parity import run_fast_cli
+
+    return run_fast_cli(src, standalone_dir, dtype_names, seeds, frames, report_dir)
 
 
 def dtypes_args(dtypes):

@@ -25,34 +25,21 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from q3tts.standalone import generation
 from q3tts.standalone.fast import FastEngine
-from q3tts.standalone.generation import GenerateOptions, generate_codes, suppress_mask_for
+from q3tts.standalone.generation import GenerateOptions, suppress_mask_for
 from q3tts.standalone.layers import mrope_positions, padding_mask
 from q3tts.standalone.prompt import build_talker_prompt
 from q3tts.standalone.sampling import SamplingParams, constrain_logits
 
-from .compare import Comparison, Tolerance, compare
+from .compare import FAST_GENERATION_IDENTICAL, FAST_MIN_AGREEMENT, FAST_TOLERANCES, Comparison, compare
 from .forward_parity import ParityInputs
 from .generation_parity import MODES, CaseContext, cases_for, first_divergence
-
-# Set from measurement (reports/fast_parity.md: tiny custom_voice fixture, max-autotune + freezing,
-# 2 threads, against upstream in the same dtype):
-# - fp32: max rel 2.7e-7 of max |ref| (max abs 3.8e-6 on logits of scale ~15), cosine 1.0000000;
-#   rtol 1e-5 is 37x that, the atol covers near-zero tensors;
-# - bf16: max rel 1.26e-2, cosine >= 0.99997; rtol 5e-2 is 4x that.
-# Not yet measured at the released sizes, where 28 talker layers compound more rounding: that is
-# what the headroom is for, until a release-size run replaces these numbers.
-FAST_TOLERANCES: dict[torch.dtype, Tolerance] = {
-    torch.float32: Tolerance(atol=1e-5, rtol=1e-5, min_cosine=0.999999),
-    torch.bfloat16: Tolerance(atol=0.0, rtol=5e-2, min_cosine=0.9995),
-}
-# Teacher-forced argmax agreement (fraction of positions of one case), per dtype. Measured: fp32
-# 100% in every case; bf16 96.2% in the worst case (99.1% over all), near-ties of a random model.
-FAST_MIN_AGREEMENT: dict[torch.dtype, float] = {torch.float32: 0.99, torch.bfloat16: 0.90}
 
 PROMPT_KEYS = (
     "input_ids",
@@ -255,7 +242,8 @@ def generation_agreement(
     t1 = time.perf_counter()
     torch.manual_seed(ctx.seed)
     params = GenerateOptions.from_kwargs({**options, **common}).to_params()
-    fast_codes, _ = generate_codes(
+    # Through the module: the fault self-test patches generation.generate_codes there.
+    fast_codes, _ = generation.generate_codes(
         ctx.standalone, build_talker_prompt(ctx.standalone, **prompt_kwargs), params, engine=engine
     )
     t2 = time.perf_counter()
@@ -291,7 +279,8 @@ def run_fast_parity(
     modes=("greedy", "sampled"),
     case_names: tuple[str, ...] | None = None,
 ) -> dict[str, Any]:
-    """All three measurements for one loaded (upstream wrapper, standalone) pair."""
+    """All three measurements for one loaded (upstream wrapper, standalone) pair. Generation is
+    judged only where FAST_GENERATION_IDENTICAL says codes must be identical (fp32)."""
     engine = engine or FastEngine(standalone.talker, standalone.code_predictor)
     t0 = time.perf_counter()
     forward = run_fast_forward_cases(wrapper.model, standalone, engine, dtype, seed)
@@ -308,6 +297,12 @@ def run_fast_parity(
             )
         for mode in modes:
             generations.append(generation_agreement(case.name, ctx, kwargs, engine, mode, dtype_name, max_new_tokens))
+    judged = FAST_GENERATION_IDENTICAL[dtype]
+    failing = (
+        [c.case for c in forward if not c.passed]
+        + [f"teacher_forced.{a.case}" for a in agreements if not a.passed]
+        + ([f"generation.{g.case}.{g.mode}" for g in generations if not g.identical] if judged else [])
+    )
     return {
         "dtype": dtype_name,
         "compile_seconds": engine.compile_seconds,
@@ -315,7 +310,9 @@ def run_fast_parity(
         "forward": [c.as_dict() for c in forward],
         "teacher_forced": [a.as_dict() for a in agreements],
         "generation": [g.as_dict() for g in generations],
-        "passed": all(c.passed for c in forward) and all(a.passed for a in agreements),
+        "generation_judged": judged,
+        "failing": failing,
+        "passed": not failing,
     }
 
 
@@ -335,67 +332,65 @@ def format_fast_report(report: dict) -> str:
             f"{a['case']:36} {a['group0_agree']:>4}/{a['group0_positions']:<5} {a['residual_agree']:>4}/{a['residual_positions']:<5} "
             f"{a['fraction']:10.4f}  {a['first_disagreement']}  {'PASS' if a['passed'] else 'FAIL'}"
         )
-    lines.append(f"{'generation case':36} {'mode':8} {'identical':>9} {'same frames':>11}  first divergence")
+    judged = report.get("generation_judged", False)
+    lines.append(
+        f"{'generation case':36} {'mode':8} {'identical':>9} {'same frames':>11}  first divergence"
+        + ("  (must be identical)" if judged else "  (reported, not judged)")
+    )
     for g in report["generation"]:
+        verdict = ("  PASS" if g["identical"] else "  FAIL") if judged else ""
         lines.append(
-            f"{g['case']:36} {g['mode']:8} {str(g['identical']):>9} {g['identical_frame_fraction']:11.3f}  {g['first_divergence']}"
+            f"{g['case']:36} {g['mode']:8} {str(g['identical']):>9} {g['identical_frame_fraction']:11.3f}  "
+            f"{g['first_divergence']}{verdict}"
         )
     return "\n".join(lines)
 
 
-def main(argv=None) -> None:
-    """Fast-path fidelity on the tiny fixtures (every model type), until verify-parity --fast
-    drives it: python -m q3tts.verify.fast_parity --dtypes fp32,bf16 --out reports/"""
-    import argparse
-    import json
-    import os
-    import tempfile
-    from pathlib import Path
+def render_fast_markdown(reports: list[dict], note: str = "") -> str:
+    head = "# Fast path against upstream\n\n" + (note + "\n\n" if note else "")
+    verdicts = [
+        f"- {r['checkpoint']} {r['dtype']}: {'PASS' if r['passed'] else 'FAIL ' + str(r['failing'])}" for r in reports
+    ]
+    body = "\n\n".join(f"## {r['checkpoint']} {r['dtype']}\n\n```\n{format_fast_report(r)}\n```" for r in reports)
+    return head + "\n".join(verdicts) + "\n\n" + body + "\n"
 
-    from q3tts.convert import convert_checkpoint
+
+def run_fast_cli(
+    src, standalone_dir, dtype_names, seeds, frames, report_dir: Path, options: dict | None = None
+) -> bool:
+    """verify-parity --fast: the three fast-path measurements per checkpoint and dtype; writes
+    fast_parity.{json,md} to ``report_dir``. True when every judged check passes."""
+    import json
+    import tempfile
+
+    import click
+
     from q3tts.standalone import Qwen3TTS
 
+    from .cli import _checkpoint_pairs
     from .compare import DTYPES
-    from .fixtures import MODEL_TYPES, write_upstream_checkpoint
     from .forward_parity import load_upstream_wrapper
 
-    ap = argparse.ArgumentParser(description=main.__doc__)
-    ap.add_argument("--dtypes", default="fp32,bf16")
-    ap.add_argument("--model-types", default=",".join(MODEL_TYPES))
-    ap.add_argument("--fast-options", choices=["default", "freezing-only"], default="default")
-    ap.add_argument("--max-new-tokens", type=int, default=24)
-    ap.add_argument("--out", default="reports")
-    args = ap.parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    torch.set_num_threads(2)
-    options = None if args.fast_options == "default" else {"freezing": True}
     reports = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for mt in args.model_types.split(","):
-            up_dir = write_upstream_checkpoint(Path(tmp) / f"up-{mt}", mt, seed=10 + MODEL_TYPES.index(mt))
-            st_dir = Path(tmp) / f"st-{mt}"
-            convert_checkpoint(up_dir, st_dir)
-            for name in args.dtypes.split(","):
-                dtype = DTYPES[name]
-                wrapper, st = load_upstream_wrapper(up_dir, dtype), Qwen3TTS.from_pretrained(st_dir, dtype=dtype)
+    with tempfile.TemporaryDirectory(prefix="verify-fast-") as work:
+        pairs, frames = _checkpoint_pairs(src, standalone_dir, frames, Path(work))
+        for name, _source, up, st_dir in pairs:
+            for dn in dtype_names:
+                dtype = DTYPES[dn]
+                wrapper, st = load_upstream_wrapper(up, dtype), Qwen3TTS.from_pretrained(st_dir, dtype=dtype)
                 engine = FastEngine(st.talker, st.code_predictor, options=options)
-                report = run_fast_parity(wrapper, st, dtype, name, engine=engine, max_new_tokens=args.max_new_tokens)
-                report.update(model_type=mt, fast_options=args.fast_options)
-                print(f"== {mt}\n" + format_fast_report(report), flush=True)
+                report = run_fast_parity(wrapper, st, dtype, dn, engine=engine, seed=seeds[0], max_new_tokens=frames)
+                report.update(checkpoint=name, options=engine.options)
+                click.echo(f"== {name}\n" + format_fast_report(report), flush=True)
                 reports.append(report)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "fast_parity.json").write_text(json.dumps(reports, indent=2) + "\n")
-    (out / "fast_parity.md").write_text(
-        "# Fast path against upstream (tiny fixtures)\n\n"
-        + "\n\n".join(
-            f"## {r['model_type']} {r['dtype']} ({r['fast_options']} inductor options)\n\n```\n{format_fast_report(r)}\n```"
-            for r in reports
-        )
-        + "\n"
+                del wrapper, st, engine
+    report_dir.mkdir(parents=True, exist_ok=True)
+    (report_dir / "fast_parity.json").write_text(json.dumps(reports, indent=2) + "\n")
+    note = (
+        f"verify-parity --fast, seed {seeds[0]}, {frames} frames per generation case, "
+        f"{torch.get_num_threads()} threads, inductor options {reports[0]['options'] if reports else options}."
     )
-    print("all passed" if all(r["passed"] for r in reports) else "SOME CASES FAILED")
-
-
-if __name__ == "__main__":
-    main()
+    (report_dir / "fast_parity.md").write_text(render_fast_markdown(reports, note))
+    ok = all(r["passed"] for r in reports)
+    click.echo(f"\nfast path: {'PASS' if ok else 'FAIL'}; report: {report_dir / 'fast_parity.md'}")
+    return ok
