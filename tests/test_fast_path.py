@@ -55,8 +55,8 @@ def test_fast_parity_within_measured_tolerances(engine_pair):
 @pytest.mark.parametrize("fault_name", ["swapped_qk", "cp_rope_theta", "top_k_plus_one"])
 def test_fast_self_test_catches_fault_through_compiled_graphs(fault_name, load_models):
     """A weight fault in the talker (frozen into the graph), a code-predictor RoPE fault (cos/sin
-    cached by the engine) and a sampler fault (visible only in sampled generation) each fail the
-    fast checks; the clean model passes them (test above)."""
+    cached by the engine) and a sampler fault (invisible to the forward cases) each fail the fast
+    checks; the clean model passes them (test above)."""
     from q3tts.verify.fast_selftest import run_fast_fault
     from q3tts.verify.faults import CATALOGUE
 
@@ -69,7 +69,8 @@ def test_fast_self_test_catches_fault_through_compiled_graphs(fault_name, load_m
     if fault.component == "code_predictor":
         assert any(c.startswith("fast.code_predictor") for c in r.failing), r.failing
     if fault.component == "generation":
-        assert all(c.startswith("generation.") and c.endswith(".sampled") for c in r.failing), r.failing
+        # a sampler fault shows in decisions (teacher-forced or generated codes), never in the forwards
+        assert not any(c.startswith("fast.") for c in r.failing), r.failing
 
 
 def test_fast_path_caches_grow_like_the_exact_path(checkpoints, monkeypatch):

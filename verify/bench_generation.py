@@ -294,7 +294,12 @@ def _qwentts_round(run: dict, gguf: dict[str, Path], frames: int, speaker) -> No
             f"qwentts.cpp {quant}",
             {"ms_per_frame_rounds": [], "ttff_ms_rounds": [], "ar_ms_per_frame_rounds": [], "rss_growth_mb": 0.0},
         )
-        r = qwentts_generate(path, frames, torch.get_num_threads(), speaker)
+        try:
+            r = qwentts_generate(path, frames, torch.get_num_threads(), speaker)
+        except Exception as e:  # a peer failing must not cost the torch engines' numbers
+            info["error"] = f"{type(e).__name__}: {e}"
+            print(f"qwentts.cpp {quant} failed: {info['error']}", flush=True)
+            continue
         info["ms_per_frame_rounds"].append(r["ms_per_frame"])
         info["ar_ms_per_frame_rounds"].append(r["ar_ms_per_frame"])
         info["ttff_ms_rounds"].append(r["ttff_ms"])
@@ -366,6 +371,9 @@ def bench_model(
                 + f" ms/frame (load {load_average()})",
                 flush=True,
             )
+        failed = {s: i for s, i in run["engines"].items() if not i["ms_per_frame_rounds"]}
+        if failed:  # reported, not tabulated
+            run["failed_engines"] = {s: run["engines"].pop(s).get("error", "no rounds") for s in failed}
         for side, info in run["engines"].items():
             ms = info["ms_per_frame_rounds"]
             info.update(
@@ -493,6 +501,14 @@ def write_reports(results: dict, out_dir: Path) -> None:
                     f"- {m['model']} batch {r['batch']}: aggregate frames/s over single stream: "
                     + ", ".join(f"{s} {v:.2f}x" for s, v in r["aggregate_over_single"].items())
                 )
+            for side, err in r.get("failed_engines", {}).items():
+                lines.append(f"- {m['model']} batch {r['batch']}: {side} failed: {err}")
+            for side, i in r["engines"].items():
+                if "ar_ms_per_frame_rounds" in i:
+                    lines.append(
+                        f"- {m['model']} {side}: decode loop alone (its [Perf] TalkerDecode + CodePredictor) "
+                        f"{statistics.median(i['ar_ms_per_frame_rounds']):.1f} ms/frame; {i['frames']} frames per run"
+                    )
             lines.append(
                 f"- {m['model']} batch {r['batch']}: exact codes identical to upstream: "
                 f"{'yes' if r['exact_codes_identical'] else 'NO'}; process RSS after the runs {r['peak_rss_mb']:.0f} MB"
@@ -550,6 +566,33 @@ def gguf_for(size: str, template: str | None, quants: list[str], prepare: bool) 
     return out
 
 
+def compile_start(size: str, fast_dtypes: tuple[str, ...], options: dict | None) -> dict:
+    """Compile time of the fast engines in this process (warm-up generate of 3 tokens), with
+    whatever the inductor cache directory holds: run twice to get a first and a second start."""
+    config = tiny_config("custom_voice") if size == "tiny" else released_config(size, "custom_voice")
+    cfg = Qwen3TTSConfig.from_upstream(config)
+    cache_dir = os.environ.get("TORCHINDUCTOR_CACHE_DIR", f"/tmp/torchinductor_{os.environ.get('USER', 'root')}")
+    out = {"size": size, "cache_dir": cache_dir, "cache_existed": Path(cache_dir).exists(), "load": load_average()}
+    with torch.device("meta"):
+        base = Qwen3TTS(cfg)
+    base.to_empty(device="cpu")
+    with torch.no_grad():  # values do not matter for the compile time, but must be finite to sample
+        for p in base.parameters():
+            p.normal_(0.0, 0.02)
+    base.eval()
+    for dname in fast_dtypes:
+        model = standalone_view(base, cfg, {"fp32": torch.float32, "bf16": torch.bfloat16}[dname])
+        model.compile_fast(options=options)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            model.generate(**prompt_kwargs(cfg, 1), max_new_tokens=3)
+        out[dname] = {"compile_seconds": model._fast.compile_seconds, "warmup_seconds": time.perf_counter() - t0}
+        print(f"[{size}] fast {dname}: compile {out[dname]['compile_seconds']:.1f} s", flush=True)
+        del model
+    out["load_after"] = load_average()
+    return out
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="tiny,0.6B")
@@ -586,7 +629,21 @@ def main(argv=None) -> None:
         metavar="JSON",
         help="only merge benchmark.json files of separate runs (one model per run) into --out",
     )
+    ap.add_argument(
+        "--compile-start",
+        default=None,
+        metavar="SIZE",
+        help="only time the fast engines' compile at SIZE in a fresh process (appends to --out/compile-times.jsonl)",
+    )
     args = ap.parse_args(argv)
+    if args.compile_start:
+        torch.set_num_threads(args.threads)
+        options = None if args.fast_options == "default" else {"freezing": True}
+        row = compile_start(args.compile_start, tuple(d for d in args.fast_dtypes.split(",") if d), options)
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        with (Path(args.out) / "compile-times.jsonl").open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        return
     if args.merge:
         merge_reports([Path(p) for p in args.merge], Path(args.out))
         return
