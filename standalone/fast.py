@@ -147,6 +147,9 @@ class FastEngine:
         compile: bool = True,
     ):
         self.talker, self.cp = talker, code_predictor
+        # Every engine adds graphs (per batch size, prefill/step) to the same forward code object;
+        # past dynamo's default limit of 8 it would silently run the rest eagerly.
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         self.window_block = window_block
         opts = self.options = dict(COMPILE_OPTIONS if options is None else options)
         wrap = (lambda m: torch.compile(m, dynamic=False, options=opts)) if compile else (lambda m: m)

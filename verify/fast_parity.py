@@ -381,7 +381,7 @@ def run_fast_cli(
                 engine = FastEngine(st.talker, st.code_predictor, options=options)
                 report = run_fast_parity(wrapper, st, dtype, dn, engine=engine, seed=seeds[0], max_new_tokens=frames)
                 report.update(checkpoint=name, options=engine.options)
-                click.echo(f"== {name}\n" + format_fast_report(report), flush=True)
+                click.echo(f"== {name}\n" + format_fast_report(report))
                 reports.append(report)
                 del wrapper, st, engine
     report_dir.mkdir(parents=True, exist_ok=True)
