@@ -13,10 +13,10 @@ the two per-frame workloads run through torch.compile'd graphs:
   eager so that one graph serves all 14 steps).
 
 Weights stay the modules' own parameters (no copy in the model); inductor's ``freezing`` treats
-them as constants, which lets it pre-pack them for its C++ GEMM template at M = batch: that, not
-the fused qkv or the attention, is what moves the decode step from eager's ~18 GB/s to the
-machine's ~30 GB/s (design.md, "Performance principles"). Frozen pre-packed copies cost memory on
-top of the model's weights.
+them as constants. The graphs never write the KV caches: they return the new keys/values and the
+engine stores them (an in-place write into a view of a graph input made inductor copy the whole
+cache per layer). verify/bench_step.py and reports/step-bench.md hold the profile behind these
+choices: on torch 2.9.1 the compiled 0.6B steps stream fp32 weights at ~25 GB/s (eager ~21).
 
 The prompt prefill runs eagerly (talker.step, exactly as the exact path): it happens once per
 generation and its length varies, so compiling it would mean a graph per bucket for a one-off.
@@ -133,9 +133,9 @@ class FastEngine:
     """The compiled talker step and code-predictor frame of one model, plugged into
     generation.generate_codes (``engine=``). Build it through ``Qwen3TTS.compile_fast``.
 
-    Compilation happens on first use per batch size (seconds to minutes: max-autotune benchmarks
-    GEMM kernels); the first generate() triggers it and ``compile_seconds`` records the time spent
-    (each graph's first call).
+    Compilation happens on first use per batch size and dtype (tens of seconds at 0.6B on two
+    cores); the first generate() triggers it and ``compile_seconds`` records the time spent (each
+    graph's first call).
     """
 
     def __init__(

@@ -328,7 +328,7 @@ def bench_model(
     out = {
         "model": name,
         "load_before": load_before,
-        "fast_options": fast_options or "default (max_autotune, freezing)",
+        "fast_options": fast_options or "default (standalone/fast.py COMPILE_OPTIONS)",
         "bytes_read_per_frame": {d: bytes_read_per_frame(cfg, n) for d, n in (("fp32", 4), ("bf16", 2))},
         "runs": [],
     }
@@ -605,7 +605,7 @@ def main(argv=None) -> None:
         "--fast-options",
         choices=["default", "freezing-only"],
         default="default",
-        help="inductor options of the fast engines: default = max_autotune + freezing",
+        help="inductor options of the fast engines: default = standalone/fast.py COMPILE_OPTIONS",
     )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument(
