@@ -421,6 +421,16 @@ def floor_dtype(engine: str) -> str:
     return "fp32"
 
 
+def decode_loop_ms(run: dict, info: dict) -> float:
+    """ms per frame of the decode loop alone: qwentts.cpp's own [Perf] numbers, and for the torch
+    engines (whole run - first-frame call) / (frames - 1), the first-frame call being prefill plus
+    one frame."""
+    if "ar_ms_per_frame_rounds" in info:
+        return statistics.median(info["ar_ms_per_frame_rounds"])
+    frames = run["frames_per_item"]
+    return (info["ms_per_frame_median"] * frames - info["ttff_ms_median"]) / (frames - 1)
+
+
 def add_floors(results: dict) -> None:
     """Floors from the best bandwidth measured in the run (load only ever lowers a measurement)."""
     best = max(m["bytes_per_s"] for m in results["bandwidth"]["measurements"])
@@ -466,9 +476,10 @@ def write_reports(results: dict, out_dir: Path) -> None:
             else []
         ),
         "",
-        "| model | batch | engine | ms/frame median (min) | floor ms/frame | floor reached | ref. floor reached | "
-        "first frame ms | warm-up s (compile) | RSS growth MB | frames = upstream | load before / after |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | batch | engine | ms/frame median (min) | decode loop ms/frame | floor ms/frame | floor reached | "
+        "ref. floor reached | first frame ms | warm-up s (compile) | RSS growth MB | frames = upstream | "
+        "load before / after |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for m in results["models"]:
         for r in m["runs"]:
@@ -478,6 +489,7 @@ def write_reports(results: dict, out_dir: Path) -> None:
                 compile_s = f" ({i['compile_seconds']:.1f})" if "compile_seconds" in i else ""
                 lines.append(
                     f"| {m['model']} | {r['batch']} | {side} | {i['ms_per_frame_median']:.1f} ({i['ms_per_frame_min']:.1f}) "
+                    f"| {decode_loop_ms(r, i):.1f} "
                     f"| {m['floor_ms_per_frame'][dname]:.1f} | {format(i['floor_fraction'], '.0%') if meaningful else '-'} "
                     f"| {format(i['reference_floor_fraction'], '.0%') if meaningful and 'reference_floor_fraction' in i else '-'} "
                     f"| {i['ttff_ms_median']:.0f} | {i['warmup_seconds']:.1f}{compile_s} | {i['rss_growth_mb']:.0f} "
