@@ -268,7 +268,7 @@ def run_self_test(report_dir: Path, dtype_names=("fp32",), fault_names: list[str
 
     from .compare import DTYPES
     from .encoder_faults import ENCODER_FAULTS
-    from .faults import CATALOGUE, run_fault
+    from .faults import CATALOGUE, forward_is_bit_identical, run_fault
     from .fixtures import MODEL_TYPES, write_upstream_checkpoint
     from .forward_parity import load_upstream_wrapper
 
@@ -279,7 +279,7 @@ def run_self_test(report_dir: Path, dtype_names=("fp32",), fault_names: list[str
             raise click.BadParameter(f"unknown fault(s) {unknown}", param_hint="--faults")
         catalogue = tuple(f for f in CATALOGUE if f.name in fault_names)
         encoder_faults = tuple(f for f in ENCODER_FAULTS if f.name in fault_names)
-    rows = []
+    rows, exact_origin = [], {}
     with tempfile.TemporaryDirectory(prefix="verify-selftest-") as work:
         work = Path(work)
         dirs = {}
@@ -295,6 +295,9 @@ def run_self_test(report_dir: Path, dtype_names=("fp32",), fault_names: list[str
                 mt: (load_upstream_wrapper(up, dtype), Qwen3TTS.from_pretrained(st, dtype=dtype))
                 for mt, (up, st) in dirs.items()
             }
+            # Fault-free forward cases bit-identical: the first differing layer locates exactly.
+            exact = {mt: forward_is_bit_identical(w.model, st, dtype) for mt, (w, st) in pairs.items()}
+            exact_origin[dn] = all(exact.values())
             for fault in catalogue:
                 wrapper, standalone = pairs[fault.model_type]
                 r = run_fault(
@@ -305,6 +308,7 @@ def run_self_test(report_dir: Path, dtype_names=("fp32",), fault_names: list[str
                     frames=12,
                     cache_key=f"selftest-{fault.model_type}",
                     dtype=dtype,
+                    exact_origin=exact[fault.model_type],
                 )
                 rows.append((dn, r))
                 where = ", ".join(r.reported_layers) or "-"
@@ -322,13 +326,13 @@ def run_self_test(report_dir: Path, dtype_names=("fp32",), fault_names: list[str
                         f"failing: {len(r.failing_cases)} encoder cases; stage: {', '.join(r.reported_layers) or '-'}"
                     )
             del pairs
-    _write_self_test_report(report_dir, dtype_names, rows)
+    _write_self_test_report(report_dir, dtype_names, rows, exact_origin)
     caught = sum(r.ok for _, r in rows)
     click.echo(f"\nself-test: {caught}/{len(rows)} faults caught and located; report: {report_dir / 'faults.md'}")
     return caught == len(rows)
 
 
-def _write_self_test_report(report_dir: Path, dtype_names, rows) -> None:
+def _write_self_test_report(report_dir: Path, dtype_names, rows, exact_origin: dict) -> None:
     import json
     import re
 
@@ -344,7 +348,16 @@ def _write_self_test_report(report_dir: Path, dtype_names, rows) -> None:
         "",
         "Each fault replaces one named seam of the standalone runtime (verify/faults.py). Seeds [0], 12 frames.",
         "",
-        "| fault | planted bug | dtype | caught | failing components | failing cases | first bad layer / sampler |",
+        "A fault is located at the first layer whose output differs from upstream's at all, which is exact when",
+        "the fault-free pair is bit-identical in every forward case ("
+        + ", ".join(
+            f"{dn}: {'yes' if ok else 'NO, so the first layer over tolerance is used'}"
+            for dn, ok in exact_origin.items()
+        )
+        + ").",
+        "Where the error first grows past the tolerance, when other layers too, follows as 'over tolerance'.",
+        "",
+        "| fault | planted bug | dtype | caught | failing components | failing cases | located at / sampler |",
         "|---|---|---|---|---|---|---|",
     ]
     for dn, r in rows:
@@ -353,6 +366,8 @@ def _write_self_test_report(report_dir: Path, dtype_names, rows) -> None:
             {re.sub(r"\.seed\d+$", "", c).rsplit(".", 1)[-1] for c in r.failing_cases if c.startswith("generation.")}
         )
         where = ", ".join(r.reported_layers) or ("modes: " + ", ".join(modes) if modes else "-")
+        if r.over_tolerance_layers and r.over_tolerance_layers != r.reported_layers:
+            where += f" (over tolerance: {', '.join(r.over_tolerance_layers)})"
         md.append(
             f"| {r.fault} | {r.description} | {dn} | {'yes' if r.ok else 'NO'} | {', '.join(r.failing_components)} | "
             f"{len(r.failing_cases)} | {where} |"

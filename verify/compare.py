@@ -99,7 +99,8 @@ class Comparison:
     cosine: float
     bound: float
     passed: bool
-    first_bad_layer: str | None = None
+    first_bad_layer: str | None = None  # first layer whose output is over the dtype's tolerance
+    first_diff_layer: str | None = None  # first layer whose output differs at all (the origin)
     note: str = ""
 
     def as_dict(self) -> dict:
@@ -166,5 +167,22 @@ def first_divergent_layer(
     """Name of the first layer whose output exceeds the dtype's tolerance, or None."""
     for name, r, g in zip(names, ref_outputs, got_outputs):
         if not compare(name, select(r), select(g), dtype).passed:
+            return name
+    return None
+
+
+def first_differing_layer(
+    names: Sequence[str], ref_outputs: Sequence[torch.Tensor], got_outputs: Sequence[torch.Tensor], select=lambda t: t
+) -> str | None:
+    """Name of the first layer whose output differs from upstream's at all, or None.
+
+    Where the fault-free pair is bit-identical (every forward case of the fixtures, fp32 and bf16),
+    this is where a bug enters: every layer before it saw identical inputs and produced identical
+    outputs. The tolerance-based ``first_divergent_layer`` names where the error has *grown* past
+    the bound instead, which in bf16 can be a later layer: a fault whose layer-0 effect stays under
+    3% of the residual stream's scale only crosses it one layer on."""
+    for name, r, g in zip(names, ref_outputs, got_outputs):
+        r, g = select(r), select(g)
+        if r.shape != g.shape or not torch.equal(r, g):
             return name
     return None

@@ -8,8 +8,9 @@ Cases (each side computes from its own weights; only integer ids, codes and the 
 - speaker_encoder.mel / speaker_encoder.embedding (base models only): from a waveform; the
   embedding case also holds every block's output to the tolerance
 
-When a case fails, the first decoder layer whose output exceeds tolerance is named (forward
-hooks on both sides).
+When a case fails, two layers are named (forward hooks on both sides): the first whose output
+exceeds tolerance (``first_bad_layer``) and the first whose output differs at all
+(``first_diff_layer``, where the bug enters when the fault-free pair is bit-identical).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch
 
 from q3tts.standalone import Qwen3TTS
 
-from .compare import Comparison, capture_outputs, compare, first_divergent_layer
+from .compare import Comparison, capture_outputs, compare, first_differing_layer, first_divergent_layer
 
 
 @dataclass(frozen=True)
@@ -115,14 +116,12 @@ def _talker_case(upstream, standalone, inp, name: str, mask: torch.Tensor, dtype
     hidden_cmp = compare(f"{name}.hidden", up_cap[-1][0][real], st_hidden[real], dtype)
     logits_cmp = compare(f"{name}.logits", up_out.logits[real], st_logits[real], dtype)
     if not (hidden_cmp.passed and logits_cmp.passed):
-        bad = first_divergent_layer(
-            _layer_names("talker", n_layers),
-            [c[0] for c in up_cap[:-1]],
-            [c[0] for c in st_cap],
-            dtype,
-            select=lambda t: t[real],
-        )
-        hidden_cmp.first_bad_layer = logits_cmp.first_bad_layer = bad or "talker.norm/codec_head"
+        names, ups, sts = _layer_names("talker", n_layers), [c[0] for c in up_cap[:-1]], [c[0] for c in st_cap]
+        bad = first_divergent_layer(names, ups, sts, dtype, select=lambda t: t[real])
+        diff = first_differing_layer(names, ups, sts, select=lambda t: t[real])
+        for c in (hidden_cmp, logits_cmp):
+            c.first_bad_layer = bad or "talker.norm/codec_head"
+            c.first_diff_layer = diff or "talker.norm/codec_head"
     return [hidden_cmp, logits_cmp]
 
 
@@ -136,14 +135,15 @@ def _code_predictor_cases(upstream, standalone, inp, dtype) -> list[Comparison]:
         ref_logits, _ = up_talker.forward_sub_talker_finetune(inp.frame_codes, h)
     with capture_outputs(list(standalone.code_predictor.decoder.layers)) as st_cap:
         got_logits = standalone.code_predictor.teacher_forced_logits(h_st, inp.frame_codes, st_talker.codec_embedding)
-    bad_cp = first_divergent_layer(
-        _layer_names("code_predictor", len(cp_layers)), [c[0] for c in up_cap], [c[0] for c in st_cap], dtype
-    )
+    names, ups, sts = _layer_names("code_predictor", len(cp_layers)), [c[0] for c in up_cap], [c[0] for c in st_cap]
+    bad_cp = first_divergent_layer(names, ups, sts, dtype)
+    diff_cp = first_differing_layer(names, ups, sts)
     results = []
     for k in range(ref_logits.shape[1]):
         c = compare(f"code_predictor.group{k + 1}", ref_logits[:, k], got_logits[:, k], dtype)
         if not c.passed:
             c.first_bad_layer = bad_cp or f"code_predictor.heads[{k}]"
+            c.first_diff_layer = diff_cp or f"code_predictor.heads[{k}]"
         results.append(c)
     return results
 
@@ -169,15 +169,13 @@ def _speaker_encoder_cases(upstream, standalone, inp, dtype) -> list[Comparison]
     # some Res2Net branches so much that a 0.1% change of one reaches the x-vector below the fp32
     # bound (measured: 4.8e-6 for block 2, branch 0), while the block's own output moves by orders
     # of magnitude more.
-    bad_block = first_divergent_layer(
-        [f"speaker_encoder.blocks.{i}" for i in range(len(up_blocks))],
-        [x[0] for x in up_cap],
-        [x[0] for x in st_cap],
-        dtype,
-    )
+    names = [f"speaker_encoder.blocks.{i}" for i in range(len(up_blocks))]
+    ups, sts = [x[0] for x in up_cap], [x[0] for x in st_cap]
+    bad_block = first_divergent_layer(names, ups, sts, dtype)
     if not c.passed or bad_block:
         c.passed = False
         c.first_bad_layer = bad_block or "speaker_encoder.mfa/asp/fc"
+        c.first_diff_layer = first_differing_layer(names, ups, sts) or "speaker_encoder.mfa/asp/fc"
         if bad_block and not c.note:
             c.note = f"{bad_block} output over tolerance"
     results.append(c)
@@ -191,6 +189,8 @@ def format_table(results: list[Comparison]) -> str:
         verdict = (
             "PASS" if r.passed else "FAIL" + (f" (first bad layer: {r.first_bad_layer})" if r.first_bad_layer else "")
         )
+        if not r.passed and r.first_diff_layer and r.first_diff_layer != r.first_bad_layer:
+            verdict += f" (first difference: {r.first_diff_layer})"
         if r.note:
             verdict += f" [{r.note}]"
         lines.append(

@@ -23,6 +23,7 @@ parity.json schema (schema_version 1):
                                               #   first_divergence {item, frame, group} | null
                                               # audio: max_abs, snr_db, bound, min_snr_db, rms
              "first_bad_layer": str | null,   # forward cases that fail: first layer over tolerance
+             "first_diff_layer": str | null,  # ... and first layer whose output differs at all
              "note": str, "seconds_upstream": float, "seconds_standalone": float}
           ],
           "knob_sensitivity": {               # optional (fp32 runs of the embedded default)
@@ -154,6 +155,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += ["", "## Failures", "", "| checkpoint | dtype | case | where | numbers |", "|---|---|---|---|---|"]
         for r, c in failures:
             where = c["first_bad_layer"] or c["component"]
+            if c.get("first_diff_layer") and c["first_diff_layer"] != c["first_bad_layer"]:
+                where = f"{c['first_diff_layer']} (over tolerance from {c['first_bad_layer']})"
             lines.append(
                 f"| {r['checkpoint']} | {c['dtype']} | {c['case']} | {where} | {_metric_cell(c)}"
                 + (f" ({c['note']})" if c["note"] else "")

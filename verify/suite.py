@@ -2,8 +2,9 @@
 
 Cases and their components:
 - forward (component = the module): text_projection, talker.{prefill,padded,mrope}.*,
-  code_predictor.group{k}, speaker_encoder.{mel,embedding}; compared with per-dtype tolerances,
-  and a failing case names the first layer that exceeds tolerance.
+  talker.small_rms.*, code_predictor.group{k}, speaker_encoder.{mel,embedding}; compared with
+  per-dtype tolerances; a failing case names the first layer that exceeds tolerance and the first
+  layer whose output differs at all.
 - generation (component "generation"): every voice mode the checkpoint's type offers, greedy and
   seeded sampling (per seed), left-padded batches, and for one case per voice mode the sampler
   regimes (generation_parity.SAMPLER_MODES: talker and code predictor with different parameters,
@@ -25,7 +26,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from .compare import AUDIO_TOLERANCES, DTYPE_NAMES, audio_diff, capture_outputs, compare, first_divergent_layer
+from .compare import (
+    AUDIO_TOLERANCES,
+    DTYPE_NAMES,
+    audio_diff,
+    capture_outputs,
+    compare,
+    first_differing_layer,
+    first_divergent_layer,
+)
 from .forward_parity import run_forward_cases
 from .generation_parity import (
     CASES,
@@ -49,6 +58,7 @@ class CaseResult:
     passed: bool
     metrics: dict[str, Any] = field(default_factory=dict)
     first_bad_layer: str | None = None
+    first_diff_layer: str | None = None
     note: str = ""
     seconds_upstream: float = 0.0
     seconds_standalone: float = 0.0
@@ -68,7 +78,7 @@ def forward_results(upstream, standalone, dtype, seed) -> list[CaseResult]:
     out = []
     t0 = time.perf_counter()
     comparisons = run_forward_cases(upstream, standalone, dtype, seed=seed)
-    comparisons.append(mrope_case(upstream, standalone, dtype, seed))
+    comparisons += [mrope_case(upstream, standalone, dtype, seed), small_rms_case(upstream, standalone, dtype, seed)]
     elapsed = time.perf_counter() - t0
     for c in comparisons:
         out.append(
@@ -80,6 +90,7 @@ def forward_results(upstream, standalone, dtype, seed) -> list[CaseResult]:
                 passed=c.passed,
                 metrics={"max_abs": c.max_abs, "max_rel": c.max_rel, "cosine": c.cosine, "bound": c.bound},
                 first_bad_layer=c.first_bad_layer,
+                first_diff_layer=c.first_diff_layer,
                 note=c.note,
             )
         )
@@ -88,7 +99,6 @@ def forward_results(upstream, standalone, dtype, seed) -> list[CaseResult]:
     return out
 
 
-@torch.inference_mode()
 def mrope_case(upstream, standalone, dtype, seed):
     """The talker's M-RoPE with three *different* position rows. Generation always feeds three
     identical rows (which makes M-RoPE equal to 1-D RoPE), so only this case can see the
@@ -99,22 +109,37 @@ def mrope_case(upstream, standalone, dtype, seed):
     x = torch.randn(bsz, length, tc.hidden_size, generator=g).to(dtype)
     base = torch.arange(length).float()
     pos = torch.stack([base, base * 2 + 1, base.flip(0) + 3]).unsqueeze(1).expand(3, bsz, length)
+    return _talker_probe("talker.mrope.hidden", upstream, standalone, dtype, x, pos)
+
+
+def small_rms_case(upstream, standalone, dtype, seed):
+    """The talker on hidden states whose mean square is ten times the RMSNorm eps. Real embeddings
+    have mean squares near 1, where an eps of 1e-3 instead of 1e-6 moves the normalisation by
+    ~4e-4 relative: under bf16's 8-bit mantissa, so no other bf16 forward case can see eps. Here an
+    eps ten times too large shrinks the first layer's attention input by a quarter (sqrt(11/20))."""
+    g = torch.Generator().manual_seed(seed + 13)
+    tc = standalone.config.talker.transformer
+    bsz, length = 2, 9
+    scale = (10 * tc.rms_norm_eps) ** 0.5
+    x = (scale * torch.randn(bsz, length, tc.hidden_size, generator=g)).to(dtype)
+    pos = torch.arange(length).float().expand(3, bsz, length)
+    return _talker_probe("talker.small_rms.hidden", upstream, standalone, dtype, x, pos)
+
+
+@torch.inference_mode()
+def _talker_probe(name, upstream, standalone, dtype, x, pos):
+    """Upstream's and the standalone talker stack on the same hidden states and M-RoPE positions."""
     up_model = upstream.talker.model
     with capture_outputs(list(up_model.layers)) as up_cap:
         ref = up_model(inputs_embeds=x, position_ids=pos, use_cache=False).last_hidden_state
     with capture_outputs(list(standalone.talker.decoder.layers)) as st_cap:
         got, _ = standalone.talker.step(x, pos, None)
-    c = compare("talker.mrope.hidden", ref, got, dtype)
+    c = compare(name, ref, got, dtype)
     if not c.passed:
-        c.first_bad_layer = (
-            first_divergent_layer(
-                [f"talker.layers.{i}" for i in range(len(up_model.layers))],
-                [t[0] for t in up_cap],
-                [t[0] for t in st_cap],
-                dtype,
-            )
-            or "talker.norm"
-        )
+        names = [f"talker.layers.{i}" for i in range(len(up_model.layers))]
+        ups, sts = [t[0] for t in up_cap], [t[0] for t in st_cap]
+        c.first_bad_layer = first_divergent_layer(names, ups, sts, dtype) or "talker.norm"
+        c.first_diff_layer = first_differing_layer(names, ups, sts) or "talker.norm"
     return c
 
 
