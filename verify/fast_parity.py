@@ -31,10 +31,10 @@ from typing import Any
 import torch
 
 from q3tts.standalone import generation
+from q3tts.standalone import prompt as talker_prompt
 from q3tts.standalone.fast import FastEngine
 from q3tts.standalone.generation import GenerateOptions, suppress_mask_for
 from q3tts.standalone.layers import mrope_positions, padding_mask
-from q3tts.standalone.prompt import build_talker_prompt
 from q3tts.standalone.sampling import SamplingParams, constrain_logits
 
 from .compare import FAST_GENERATION_IDENTICAL, FAST_MIN_AGREEMENT, FAST_TOLERANCES, Comparison, compare
@@ -50,6 +50,10 @@ PROMPT_KEYS = (
     "speakers",
     "non_streaming_mode",
 )
+
+
+# Faults patch runtime functions in their modules (verify/faults.py): generation and prompt building
+# are called through their modules so that a patched seam is the one measured.
 
 
 # --- 1. forward cases ----------------------------------------------------------------------------
@@ -167,7 +171,7 @@ def teacher_forced_agreement(
         **{**params.talker.__dict__, "min_new_tokens": params.min_new_tokens, "eos_token_id": eos}
     )
     suppress = suppress_mask_for(tcfg.vocab_size, tcfg.codec_eos_token_id, codes.device)
-    prompt = build_talker_prompt(st, **prompt_kwargs)
+    prompt = talker_prompt.build_talker_prompt(st, **prompt_kwargs)
     x, trailing = prompt.inputs_embeds, prompt.trailing_text
     length = x.shape[1]
     tcache = st.talker.decoder.new_cache(
@@ -175,8 +179,10 @@ def teacher_forced_agreement(
     )
     hidden, logits = st.talker.step(x, mrope_positions(prompt.attention_mask), None, tcache, 0)
     frames = codes.shape[0]
-    stopped = frames < max_new_tokens - 1  # upstream ended on EOS: the prediction after the last frame is EOS
-    targets0 = torch.cat([codes[:, 0], torch.tensor([tcfg.codec_eos_token_id])]) if stopped else codes[:, 0]
+    # Upstream ended on EOS (the effective one: an eos_token_id override stops the loop without being
+    # a frame), so the prediction after the last frame is that id.
+    stopped = frames < max_new_tokens - 1
+    targets0 = torch.cat([codes[:, 0], torch.tensor([eos])]) if stopped else codes[:, 0]
     agree0 = agree_r = n_r = 0
     first = None
     for f in range(targets0.shape[0]):
@@ -244,7 +250,7 @@ def generation_agreement(
     params = GenerateOptions.from_kwargs({**options, **common}).to_params()
     # Through the module: the fault self-test patches generation.generate_codes there.
     fast_codes, _ = generation.generate_codes(
-        ctx.standalone, build_talker_prompt(ctx.standalone, **prompt_kwargs), params, engine=engine
+        ctx.standalone, talker_prompt.build_talker_prompt(ctx.standalone, **prompt_kwargs), params, engine=engine
     )
     t2 = time.perf_counter()
     same = total = 0
