@@ -26,6 +26,7 @@ import torch
 from q3tts.standalone.fast import FastEngine
 
 from .fast_parity import run_fast_parity
+from .generation_parity import MODES
 
 # Components the fast path does not replace: the same eager code runs in both modes, and the exact
 # self-test's forward cases of that component are what catch their faults.
@@ -46,7 +47,11 @@ class FastFaultResult:
 def run_fast_fault(fault, wrapper, standalone, dtype, dtype_name, frames: int, options) -> FastFaultResult:
     with fault.inject(standalone):
         engine = FastEngine(standalone.talker, standalone.code_predictor, options=options)
-        report = run_fast_parity(wrapper, standalone, dtype, dtype_name, engine=engine, max_new_tokens=frames)
+        # Every sampler regime of the exact suite: some faults only show when the talker and the code
+        # predictor sample differently (split_do_sample) or on tied top-k scores (split_top_k).
+        report = run_fast_parity(
+            wrapper, standalone, dtype, dtype_name, engine=engine, max_new_tokens=frames, modes=tuple(MODES)
+        )
     torch._dynamo.reset()  # the next fault compiles a fresh engine; drop this one's graphs
     return FastFaultResult(
         fault.name,
@@ -124,7 +129,7 @@ def _write(report_dir: Path, dtype_names, rows, skipped, frames, options) -> Non
         f"Each fault is planted (verify/faults.py), a fast engine is compiled on the faulty model (inductor options "
         f"{options if options is not None else 'standalone/fast.py COMPILE_OPTIONS'}), and verify/fast_parity.py's "
         f"checks run: forward cases within the fast tolerances, teacher-forced argmax agreement, and (where the "
-        f"dtype requires identical codes) generation, {frames} frames, seed 0.",
+        f"dtype requires identical codes) generation in every sampler regime, {frames} frames, seed 0.",
         "",
     ]
     if skipped:
