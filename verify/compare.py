@@ -44,16 +44,16 @@ TOLERANCES: dict[torch.dtype, Tolerance] = {
 
 # The compiled fast path (standalone/fast.py) against upstream in the same dtype: not bit-identical
 # (other GEMM kernels, fused projections, its own attention), so its bounds are measured ones
-# (reports/fast_parity.md, tiny fixtures, all three model types, 2 threads):
-# - fp32: max rel 2.7e-7 of max |ref| (max abs 3.8e-6 on logits of scale ~15), cosine 1.0000000;
-#   rtol 1e-5 is 37x that, the atol covers near-zero tensors;
-# - bf16: max rel 1.26e-2, cosine >= 0.99997; rtol 5e-2 is 4x that.
+# (reports/fast_parity.md, tiny base and custom_voice fixtures, freezing build, 2 threads):
+# - fp32: max rel 4.5e-7 of max |ref| (max abs 3.8e-6 on logits of scale ~15), cosine 1.0000000;
+#   rtol 1e-5 is 22x that, the atol covers near-zero tensors;
+# - bf16: max rel 1.63e-2, cosine >= 0.99994; rtol 5e-2 is 3x that.
 FAST_TOLERANCES: dict[torch.dtype, Tolerance] = {
     torch.float32: Tolerance(atol=1e-5, rtol=1e-5, min_cosine=0.999999),
     torch.bfloat16: Tolerance(atol=0.0, rtol=5e-2, min_cosine=0.9995),
 }
 # Teacher-forced argmax agreement of the fast path (fraction of positions of one case). Measured:
-# fp32 100% in every case; bf16 96.2% in the worst case (99.1% over all), near-ties of a random model.
+# fp32 100% in every case; bf16 94.3% in the worst case (one or two near-ties of a random model).
 FAST_MIN_AGREEMENT: dict[torch.dtype, float] = {torch.float32: 0.99, torch.bfloat16: 0.90}
 # Whether the fast path's generated codes must equal upstream's. fp32: identical in every greedy and
 # sampled case measured, so a difference is a finding (and the only check that sees sampler faults);
