@@ -179,16 +179,20 @@ def teacher_forced_agreement(
     )
     hidden, logits = st.talker.step(x, mrope_positions(prompt.attention_mask), None, tcache, 0)
     frames = codes.shape[0]
-    # Upstream ended on EOS (the effective one: an eos_token_id override stops the loop without being
-    # a frame), so the prediction after the last frame is that id.
+    # Upstream stopped early: the prediction after its last frame was a stop. Upstream's codes are cut
+    # at the config's EOS while an eos_token_id override stops the loop, and which of the two ended a
+    # run differs per case (measured: eos.first_step ends on the config id, eos.second_draw on the
+    # override), so either id counts as agreeing at that one position.
     stopped = frames < max_new_tokens - 1
     targets0 = torch.cat([codes[:, 0], torch.tensor([eos])]) if stopped else codes[:, 0]
+    stops = {eos, tcfg.codec_eos_token_id}
     agree0 = agree_r = n_r = 0
     first = None
     for f in range(targets0.shape[0]):
         pred = int(constrain_logits(logits[:, -1], targets0[None, :f], talker_params, suppress).argmax(-1))
-        agree0 += pred == int(targets0[f])
-        if pred != int(targets0[f]) and first is None:
+        ok = pred in stops if f == frames else pred == int(targets0[f])
+        agree0 += ok
+        if not ok and first is None:
             first = (f, 0)
         if f == frames:
             break
