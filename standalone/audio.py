@@ -73,6 +73,10 @@ def check_finite(wav: np.ndarray, what: str) -> None:
 
 
 def check_rate(sr: Any, what: str) -> int:
+    """A positive whole number of Hz; an integral float (24000.0) is taken as upstream takes it.
+    A bool is refused: True would be read as 1 Hz and resampling to 24 kHz allocates 24000x."""
+    if isinstance(sr, (bool, np.bool_)):
+        raise ValueError(f"{what}: sample rate must be a positive integer, got {sr!r}")
     try:
         rate = int(sr)
     except (TypeError, ValueError):
@@ -80,6 +84,26 @@ def check_rate(sr: Any, what: str) -> int:
     if rate <= 0 or rate != sr:
         raise ValueError(f"{what}: sample rate must be a positive integer, got {sr!r}")
     return rate
+
+
+def check_waveform_dtype(wav: np.ndarray, what: str) -> None:
+    if not np.issubdtype(wav.dtype, np.number) or np.issubdtype(wav.dtype, np.complexfloating):
+        raise TypeError(f"{what}: waveform must be real numbers, got dtype {wav.dtype}")
+
+
+def as_waveform(x: Any, what: str) -> np.ndarray:
+    """An array of real samples (numpy, torch or a list of numbers); anything else is a TypeError
+    naming ``what`` rather than an error from deep inside numpy or torch."""
+    arr = _as_array(x)
+    if arr is None:
+        if isinstance(x, (str, bytes, dict)) or x is None or not hasattr(x, "__len__"):
+            raise TypeError(f"{what}: expected a waveform array, got {type(x).__name__}")
+        try:
+            arr = np.asarray(x)
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"{what}: expected a waveform array ({e})") from None
+    check_waveform_dtype(arr, what)
+    return arr
 
 
 def _is_path(x: Any) -> bool:
@@ -119,8 +143,7 @@ def normalize_inputs(audio: Any, sr: int | None, target_sr: int) -> list[np.ndar
             wav, rate = _as_array(item), check_rate(sr, what)
         else:
             raise ValueError(f"{what}: unsupported input type {type(item).__name__} (path, array or (array, sr))")
-        if not np.issubdtype(wav.dtype, np.number) or np.issubdtype(wav.dtype, np.complexfloating):
-            raise ValueError(f"{what}: waveform must be real numbers, got dtype {wav.dtype}")
+        check_waveform_dtype(wav, what)
         if wav.ndim > 1:
             wav = np.mean(wav, axis=-1)  # [samples, channels] -> mono, as upstream
         if wav.ndim != 1:

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import click
 
-from .cli_common import exit_code_for, no_convert_option
+from .cli_common import POSITIVE_INT, SEED, InputFileError, OneLineErrors, exit_code_for, no_convert_option
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Qwen3-TTS without transformers."""
 
@@ -53,14 +53,14 @@ def main() -> None:
 )
 @click.option("--language", default="auto", show_default=True)
 @click.option("--dtype", type=click.Choice(["keep", "fp32", "bf16"]), default="keep", show_default=True)
-@click.option("--seed", type=int, default=None, help="Seed the sampler for a reproducible result.")
+@click.option("--seed", type=SEED, default=None, help="Seed the sampler for a reproducible result.")
 @click.option("--greedy", is_flag=True, help="Greedy decoding instead of sampling.")
-@click.option("--max-new-tokens", type=int, default=None, help="Cap on generated frames (+1).")
+@click.option("--max-new-tokens", type=POSITIVE_INT, default=None, help="Cap on generated frames (+1).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
 @click.option("--stream", is_flag=True, help="Write audio while generating (the wav is valid at every moment).")
-@click.option("--chunk-frames", type=int, default=8, show_default=True, help="Frames per streamed chunk.")
+@click.option("--chunk-frames", type=POSITIVE_INT, default=8, show_default=True, help="Frames per streamed chunk.")
 @click.option(
-    "--first-chunk-frames", type=int, default=4, show_default=True, help="Frames in the first streamed chunk."
+    "--first-chunk-frames", type=POSITIVE_INT, default=4, show_default=True, help="Frames in the first streamed chunk."
 )
 @no_convert_option
 @click.option(
@@ -151,6 +151,9 @@ def _run_voice_method(model, prefix, text, speaker, instruct, ref_audio, ref_tex
     import torch
 
     kind = model.config.tts_model_type
+    _check_mode_options(
+        kind, speaker=speaker, instruct=instruct, ref_audio=ref_audio, ref_text=ref_text, ref_codes=ref_codes
+    )
     if kind == "custom_voice":
         if not speaker:
             raise ValueError(
@@ -165,7 +168,12 @@ def _run_voice_method(model, prefix, text, speaker, instruct, ref_audio, ref_tex
         return getattr(model, prefix + "voice_design")(text, instruct=instruct, language=language, **gen)
     if not ref_audio:
         raise ValueError("--ref-audio is required for a base model (voice cloning)")
-    codes = torch.from_numpy(np.load(ref_codes)).long() if ref_codes else None
+    codes = None
+    if ref_codes:
+        try:
+            codes = torch.from_numpy(np.load(ref_codes))
+        except (OSError, ValueError, TypeError) as e:  # not an .npy of numbers: the file is unusable
+            raise InputFileError(f"--ref-codes {ref_codes}: cannot read codes ({e})") from None
     if codes is not None and not ref_text:
         raise ValueError("--ref-codes needs --ref-text (the transcript of the reference audio)")
     return getattr(model, prefix + "voice_clone")(
@@ -177,6 +185,22 @@ def _run_voice_method(model, prefix, text, speaker, instruct, ref_audio, ref_tex
         ref_code=codes,
         **gen,
     )
+
+
+# Which options each model type reads; any other voice option is a usage error, not silently ignored.
+_MODE_OPTIONS = {
+    "custom_voice": ("speaker", "instruct"),
+    "voice_design": ("instruct",),
+    "base": ("ref_audio", "ref_text", "ref_codes"),
+}
+
+
+def _check_mode_options(kind: str, **given) -> None:
+    for name, value in given.items():
+        if value is not None and name not in _MODE_OPTIONS.get(kind, ()):
+            users = [k for k, names in _MODE_OPTIONS.items() if name in names]
+            option = "--" + name.replace("_", "-")
+            raise ValueError(f"{option} applies to {' and '.join(users)} models; this checkpoint is {kind!r}")
 
 
 @main.command()

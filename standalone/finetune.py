@@ -20,6 +20,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import numbers
 import os
 import shutil
 from dataclasses import dataclass
@@ -29,7 +31,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 
 from .output_dir import OWNER_FILE, OutputDir
-from .training import TrainingItem, collate, get_recipe, training_forward
+from .training import TrainingItem, check_item, collate, get_recipe, training_forward
 
 UPSTREAM_SPEAKER_ID = 3000
 # Files of a standalone checkpoint that a fine-tuned one rewrites instead of copying.
@@ -41,6 +43,9 @@ _REWRITTEN = {
     "upstream_config.json",
     "conversion-report.json",
 }
+
+
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1  # what torch.manual_seed accepts
 
 
 @dataclass(frozen=True)
@@ -57,11 +62,22 @@ class FinetuneOptions:
     max_grad_norm: float = 1.0
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "grad_accum"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        for name in ("epochs", "batch_size", "grad_accum", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise TypeError(f"{name} must be an integer, got {value!r}")
+            if name == "seed" and not SEED_MIN <= value <= SEED_MAX:
+                raise ValueError(f"seed must be in [{SEED_MIN}, {SEED_MAX}] (torch's seed range), got {value}")
+            if name != "seed" and value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        for name in ("lr", "weight_decay", "max_grad_norm"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise TypeError(f"{name} must be a number, got {value!r}")
+            if not (math.isfinite(value) and (value > 0 if name != "weight_decay" else value >= 0)):
+                raise ValueError(
+                    f"{name} must be finite and {'>= 0' if name == 'weight_decay' else '> 0'}, got {value}"
+                )
         if self.dtype not in ("fp32", "bf16"):
             raise ValueError(f"dtype must be 'fp32' or 'bf16', got {self.dtype!r}")
         get_recipe(self.recipe)
@@ -96,14 +112,26 @@ def train_epochs(
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """Train ``model`` in place; yields (epoch, baked speaker embedding) after every epoch.
 
-    ``speaker_embeddings`` [n_items, H]: the x-vector of each item's reference audio.
+    ``speaker_embeddings`` [n_items, H]: the x-vector of each item's reference audio. The
+    arguments are checked here, when called, not at the first ``next()``.
     """
+    if not isinstance(options, FinetuneOptions):
+        raise TypeError(f"options must be a FinetuneOptions, got {type(options).__name__}")
     if len(items) == 0:
         raise ValueError("no training items")
+    if not isinstance(speaker_embeddings, torch.Tensor) or speaker_embeddings.dim() != 2:
+        raise TypeError(f"speaker_embeddings must be a [n_items, hidden] tensor, got {speaker_embeddings!r:.60}")
     if speaker_embeddings.shape[0] != len(items):
         raise ValueError(f"{len(items)} items but {speaker_embeddings.shape[0]} speaker embeddings")
     if model.dtype != torch.float32:
         raise ValueError("fine-tune from fp32 weights (load with dtype=torch.float32); use dtype='bf16' for autocast")
+    tcfg = model.config.talker
+    for i, it in enumerate(items):  # every item checked before the first step
+        check_item(i, it, tcfg.num_code_groups, tcfg.code_predictor.vocab_size, tcfg.text_vocab_size)
+    return _train(model, items, speaker_embeddings, options, on_step)
+
+
+def _train(model, items, speaker_embeddings, options, on_step) -> Iterator[tuple[int, torch.Tensor]]:
     torch.manual_seed(options.seed)
     gen = torch.Generator().manual_seed(options.seed)
     params = [p for n, p in model.named_parameters() if not n.startswith("speaker_encoder.")]

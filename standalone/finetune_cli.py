@@ -9,11 +9,18 @@ from pathlib import Path
 
 import click
 
-from .cli_common import no_convert_option
+from .cli_common import POSITIVE_INT, SEED, InputFileError, exit_code_for, no_convert_option
 
 
-class DataError(ValueError):
-    pass
+class DataError(InputFileError):
+    """A training or raw JSONL whose content cannot be used (exit 1)."""
+
+
+def _read_lines(path: Path) -> list[str]:
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); a JSONL file is UTF-8") from None
 
 
 def read_train_jsonl(path: Path, groups: int, sample_rate: int) -> list[dict]:
@@ -23,8 +30,7 @@ def read_train_jsonl(path: Path, groups: int, sample_rate: int) -> list[dict]:
 
     rows = []
     ref_ok: dict[str, None] = {}
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().splitlines()
+    lines = _read_lines(path)
     for no, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -88,11 +94,11 @@ def read_train_jsonl(path: Path, groups: int, sample_rate: int) -> list[dict]:
     type=click.Path(file_okay=False),
     help="Output directory; each epoch writes OUT/checkpoint-epoch-N.",
 )
-@click.option("--epochs", type=int, default=3, show_default=True)
-@click.option("--lr", type=float, default=2e-5, show_default=True)
-@click.option("--batch-size", type=int, default=2, show_default=True)
-@click.option("--grad-accum", type=int, default=4, show_default=True, help="Micro-batches per optimiser step.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--epochs", type=POSITIVE_INT, default=3, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-5, show_default=True)
+@click.option("--batch-size", type=POSITIVE_INT, default=2, show_default=True)
+@click.option("--grad-accum", type=POSITIVE_INT, default=4, show_default=True, help="Micro-batches per optimiser step.")
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option(
     "--recipe",
     type=click.Choice(["aligned", "upstream"]),
@@ -136,8 +142,10 @@ def finetune(
     from .dtypes import parse_dtype
     from .finetune import FinetuneOptions, check_speaker_name, save_custom_voice_checkpoint, train_epochs
     from .model import Qwen3TTS
-    from .output_dir import Interrupted
+    from .output_dir import Interrupted, signals_raise_interrupted
 
+    written: list[Path] = []  # finished epochs' checkpoints, for the message on interruption
+    pending: list = []  # (target, its inode before this write): the checkpoint being written
     try:
         check_speaker_name(speaker_name)
         opts = FinetuneOptions(
@@ -165,23 +173,50 @@ def finetune(
             bar.set_postfix(epoch=s.epoch, loss=f"{s.loss:.4f}")
 
         save_as = parse_dtype(save_dtype)
-        for epoch, baked in train_epochs(model, items, torch.stack(spks), opts, on_step=on_step):
-            path = save_custom_voice_checkpoint(
-                model, model.checkpoint_dir, out / f"checkpoint-epoch-{epoch}", speaker_name, baked, save_dtype=save_as
-            )
-            bar.write(f"epoch {epoch}: wrote {path}")
+        # SIGTERM/SIGHUP stop the run between checkpoint writes as cleanly as SIGINT does (during a
+        # write the writer handles them itself): no partial checkpoint, a message, 128 + signal.
+        with signals_raise_interrupted():
+            for epoch, baked in train_epochs(model, items, torch.stack(spks), opts, on_step=on_step):
+                target = out / f"checkpoint-epoch-{epoch}"
+                pending[:] = [(target, _inode(target))]
+                path = save_custom_voice_checkpoint(
+                    model, model.checkpoint_dir, target, speaker_name, baked, save_dtype=save_as
+                )
+                written.append(path)
+                pending.clear()
+                bar.write(f"epoch {epoch}: wrote {path}")
         bar.close()
-    except (ValueError, OSError) as e:
+    except (ValueError, TypeError, OSError) as e:
         if debug:
             raise
         click.echo(f"q3tts: error: {e}", err=True)
-        sys.exit(1)
+        sys.exit(exit_code_for(e))
     except KeyboardInterrupt:
-        click.echo("q3tts: interrupted (SIGINT); finished epochs are kept, the current one is lost", err=True)
+        click.echo(_interrupted_message("SIGINT", written, pending), err=True)
         sys.exit(130)
     except Interrupted as e:
-        click.echo(f"q3tts: interrupted ({e.name}); finished epochs are kept, the current one is lost", err=True)
+        click.echo(_interrupted_message(e.name, written, pending), err=True)
         sys.exit(e.exit_code)
+
+
+def _inode(path: Path) -> int | None:
+    try:
+        return path.stat().st_ino
+    except OSError:
+        return None
+
+
+def _interrupted_message(signal_name: str, written: list[Path], pending: list) -> str:
+    # A signal after a checkpoint's rename into place but before the loop took note of it: that
+    # epoch is complete on disk (a new directory, so a new inode), and is counted as finished.
+    for target, inode_before in pending:
+        if _inode(target) not in (None, inode_before):
+            written.append(target)
+    kept = ", ".join(str(p) for p in written) if written else "none (no epoch had finished)"
+    return (
+        f"q3tts: interrupted ({signal_name}) during epoch {len(written)}; that epoch is lost and left no "
+        f"checkpoint; finished epochs kept: {kept}"
+    )
 
 
 def _training_items(model, train_jsonl: Path):
@@ -254,7 +289,7 @@ PREPARE_BATCH = 32
 )
 @click.option(
     "--batch-size",
-    type=int,
+    type=POSITIVE_INT,
     default=PREPARE_BATCH,
     show_default=True,
     help="Utterances per encoder batch (upstream's prepare_data.py uses 32).",
@@ -272,8 +307,8 @@ def prepare_data(raw_jsonl, model_dir, out_path, batch_size, progress, no_conver
 
     src, out = Path(raw_jsonl), Path(out_path)
     try:
-        if batch_size < 1:
-            raise DataError(f"--batch-size must be >= 1, got {batch_size}")
+        if not out.resolve().parent.is_dir():
+            raise ValueError(f"{out.parent}: output directory does not exist")
         rows = _read_raw_jsonl(src)
         model = Qwen3TTS.from_pretrained(model_dir, convert=not no_convert)
         bar = _bar(len(rows), sys.stderr.isatty() if progress is None else progress)
@@ -298,11 +333,11 @@ def prepare_data(raw_jsonl, model_dir, out_path, batch_size, progress, no_conver
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-    except (ValueError, OSError) as e:
+    except (ValueError, TypeError, OSError) as e:
         if debug:
             raise
         click.echo(f"q3tts: error: {e}", err=True)
-        sys.exit(1)
+        sys.exit(exit_code_for(e))
     click.echo(f"wrote {out}: {len(rows)} utterances with audio_codes")
 
 
@@ -315,7 +350,7 @@ def _umask() -> int:
 def _read_raw_jsonl(path: Path) -> list[dict]:
     """Every line checked before encoding; the first problem names the file and line."""
     rows = []
-    for no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for no, line in enumerate(_read_lines(path), 1):
         if not line.strip():
             continue
         where = f"{path}:{no}"

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .audio import check_finite, check_rate
+from .audio import as_waveform, check_finite, check_rate
 from .checkpoint import CheckpointError, check_sizes, load_state_dict
 from .codec import CodecDecoder, load_codec
 from .config import ConfigError, Qwen3TTSConfig
@@ -64,6 +64,7 @@ class Qwen3TTS(StreamingVoiceMethods, VoiceMethods, nn.Module):
         every parameter must be present; anything else is a CheckpointError naming the tensors.
         ``fast=True`` calls ``compile_fast()`` on the loaded model.
         """
+        check_load_arguments(path, dtype, device)
         directory = resolve_checkpoint_dir(path, revision)
         if checkpoint_format(directory) == "upstream":
             if not convert:
@@ -137,6 +138,8 @@ class Qwen3TTS(StreamingVoiceMethods, VoiceMethods, nn.Module):
     def decode_codes(self, codes) -> tuple[list[np.ndarray], int]:
         """Codes ([frames, G] per item, or one such tensor) -> (float32 waveforms, sample rate),
         like upstream's Qwen3TTSTokenizer.decode."""
+        if not isinstance(codes, (torch.Tensor, np.ndarray, list, tuple)):
+            raise TypeError(f"codes must be a tensor, an array or a list of them, got {type(codes).__name__}")
         if isinstance(codes, (torch.Tensor, np.ndarray)) and codes.ndim == 2:
             codes = [codes]
         if isinstance(codes, (torch.Tensor, np.ndarray)) and codes.ndim != 3:
@@ -207,7 +210,7 @@ class Qwen3TTS(StreamingVoiceMethods, VoiceMethods, nn.Module):
         sample_rate = self.config.speaker_encoder.sample_rate
         if check_rate(sr, "extract_speaker_embedding") != sample_rate:
             raise ValueError(f"extract_speaker_embedding: audio must be {sample_rate} Hz, got sr={sr}")
-        wav = torch.as_tensor(np.asarray(audio)).float()
+        wav = torch.as_tensor(as_waveform(audio, "extract_speaker_embedding")).float()
         if wav.dim() != 1:
             raise ValueError(f"extract_speaker_embedding: expected a 1-D mono waveform, got shape {tuple(wav.shape)}")
         if wav.numel() == 0:
@@ -227,6 +230,22 @@ class Qwen3TTS(StreamingVoiceMethods, VoiceMethods, nn.Module):
             )
         mels = log_mel_spectrogram(wav[None].to(self.device), sr=sample_rate).transpose(1, 2)
         return self.speaker_encoder(mels.to(self.dtype))[0]
+
+
+def check_load_arguments(path, dtype, device) -> None:
+    """from_pretrained's arguments, named when wrong (torch would say "Invalid device string"
+    for a dtype given as a string, or fail while copying an integer-cast state dict)."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a directory or a hub repo id (str or os.PathLike), got {type(path).__name__}")
+    if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+        raise TypeError(
+            f"dtype must be None (keep the stored dtype) or a floating torch dtype such as torch.float32 or "
+            f"torch.bfloat16, got {dtype!r}"
+        )
+    try:
+        torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device {device!r} is not a torch device ({e})") from None
 
 
 def min_speaker_samples(cfg, n_fft: int = 1024, hop: int = 256) -> int:

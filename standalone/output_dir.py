@@ -159,7 +159,7 @@ def rename_no_replace(src: Path, dst: Path) -> None:
 
 
 @contextlib.contextmanager
-def _signals_raise_interrupted() -> Iterator[None]:
+def signals_raise_interrupted() -> Iterator[None]:
     """SIGTERM/SIGHUP -> Interrupted for the duration (main thread only; elsewhere a no-op)."""
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -192,7 +192,7 @@ class OutputDir:
 
     def __enter__(self) -> OutputDir:
         remove_stale_partials(self.dst, self.say)
-        self._signals = _signals_raise_interrupted()
+        self._signals = signals_raise_interrupted()
         self._signals.__enter__()
         try:
             self.dst.parent.mkdir(parents=True, exist_ok=True)

@@ -189,9 +189,22 @@ def right_pad_trailing(trailing: list[torch.Tensor], pad: torch.Tensor) -> torch
 # --- the whole prompt ------------------------------------------------------------------------
 
 
-def _check_ids(i: int, ids: torch.Tensor) -> None:
+def check_token_ids(name: str, ids, vocab_size: int) -> None:
+    """Token ids [1, L] of integer dtype inside the text vocabulary (torch's embedding would
+    fail with a dtype RuntimeError or "index out of range in self")."""
+    if not isinstance(ids, torch.Tensor):
+        raise PromptError(f"{name} must be a [1, L] tensor of token ids, got {type(ids).__name__}")
+    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        raise PromptError(f"{name} must hold integer token ids, got dtype {ids.dtype}")
     if ids.dim() != 2 or ids.shape[0] != 1:
-        raise PromptError(f"input_ids[{i}] must have shape [1, L], got {tuple(ids.shape)}")
+        raise PromptError(f"{name} must have shape [1, L], got {tuple(ids.shape)}")
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
+        bad = int(ids.min()) if int(ids.min()) < 0 else int(ids.max())
+        raise PromptError(f"{name} has token id {bad}; ids must be in 0..{vocab_size - 1}")
+
+
+def _check_ids(i: int, ids: torch.Tensor, vocab_size: int) -> None:
+    check_token_ids(f"input_ids[{i}]", ids, vocab_size)
     template_len = ASSISTANT.prefix.n_tokens + ASSISTANT.suffix.n_tokens
     if ids.shape[1] <= template_len:
         raise PromptError(
@@ -228,8 +241,19 @@ def build_talker_prompt(
     speakers: Sequence[str | None] | None = None,
     non_streaming_mode: bool = False,
 ) -> TalkerPrompt:
+    if not isinstance(input_ids, (list, tuple)):
+        raise PromptError(
+            f"input_ids must be a list of [1, L] tensors (one per batch item), got {type(input_ids).__name__}"
+        )
     if not input_ids:
         raise PromptError("input_ids is empty")
+    vocab = model.config.talker.text_vocab_size
+    for name, extra in (("instruct_ids", instruct_ids), ("ref_ids", ref_ids)):
+        if extra is not None and len(extra) != len(input_ids):
+            raise PromptError(f"{name} must have one entry per input ({len(input_ids)}), got {len(extra)}")
+        for i, ids in enumerate(extra or []):
+            if ids is not None:
+                check_token_ids(f"{name}[{i}]", ids, vocab)
     if languages is None or len(languages) != len(input_ids):
         raise PromptError(f"languages must give one language per input ({len(input_ids)}), got {languages!r}")
     speakers = [None] * len(input_ids) if speakers is None else speakers
@@ -238,7 +262,7 @@ def build_talker_prompt(
     sequences, trailing = [], []
     specials = None
     for i, (ids, language, speaker) in enumerate(zip(input_ids, languages, speakers)):
-        _check_ids(i, ids)
+        _check_ids(i, ids, vocab)
         parts = []
         if instruct_ids is not None and instruct_ids[i] is not None:
             parts.append(model.talker.embed_text(instruct_ids[i]))

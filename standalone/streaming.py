@@ -21,7 +21,7 @@ float64 it is bit-identical, while one latent frame less context is not (tests/t
 not bit-identical in fp32/bf16: torch picks conv kernels by input size (the native kernel below
 20480 input elements, oneDNN above, and oneDNN's transposed conv blocks differently for other
 lengths), so a shorter window rounds differently. The measured bounds are in
-``STREAMING_TOLERANCES``.
+``q3tts.verify.compare.STREAMING_TOLERANCES`` (with every other tolerance).
 """
 
 from __future__ import annotations
@@ -44,30 +44,6 @@ UPSTREAM_CHUNK_CONTEXT = 25
 
 DEFAULT_CHUNK_FRAMES = 8
 DEFAULT_FIRST_CHUNK_FRAMES = 4
-
-# Measured max |streamed - offline| (and SNR) over whole clips: the fixture codec (tests/
-# test_streaming.py) and the released-size codec (0.6B, random weights; verify/bench_streaming.py,
-# reports/streaming-benchmark.md). Random codecs amplify rounding far more than a trained one would.
-#   dtype    codec     case                                     max abs     SNR        bound
-#   float64  tiny      chunks 1/1, 5/2, 8/4, 300; 3..310 fr.    0 (bit-identical after the float32 cast)
-#   float64  tiny      one latent frame less than derived       > 1e-3     (the test shows it fails)
-#   fp32     tiny      13 fr. chunks 1/1; 21 fr. chunks 8/4     5.2e-05    104 dB
-#   fp32     tiny      frames 290..309 (crosses 300), 8/3       2.2e-05    105 dB
-#   fp32     tiny      every voice mode, chunks 3/2, 6..29 fr.  5.9e-05    95.4 dB
-#   fp32     released  custom voice, 24 fr., chunks 8/4         1.45e-04   84.6 dB    3e-4, 80 dB
-#   bf16     tiny      21 fr. chunks 8/4; 290..309 chunks 8/3   0 (bit-identical)
-#   bf16     tiny      13 fr. chunks 1/1                        1.27e-01   36.8 dB
-#   bf16     released  custom voice, 24 fr., chunks 8/4         3.15e-01   20.5 dB
-#   bf16     released  random codes, 24 fr., chunks 8/4         3.02e-01   20.5 dB    6e-1, 17 dB
-#   (bf16 offline vs fp32 offline, same codes, released codec:  3.54e-01   16.2 dB: a bf16 codec is
-#    itself further from fp32 than the stream is from the bf16 offline decode)
-# Bounds: about 2x the largest measured max abs, and a few dB under the lowest measured SNR.
-# Upstream's own whole vs chunked decode differs at the same noise level before frame 300.
-STREAMING_TOLERANCES: dict[torch.dtype, tuple[float, float]] = {  # (max abs, min SNR dB)
-    torch.float32: (3e-4, 80.0),
-    torch.bfloat16: (6e-1, 17.0),
-    torch.float64: (0.0, float("inf")),
-}
 
 
 # --------------------------------------------------------------------------------------------
@@ -170,7 +146,7 @@ class CodecStream:
     ):
         first = chunk_frames if first_chunk_frames is None else first_chunk_frames
         for name, v in (("chunk_frames", chunk_frames), ("first_chunk_frames", first)):
-            if not isinstance(v, int) or v < 1:
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
         self.codec = codec
         self.chunk_frames, self.first_chunk_frames = chunk_frames, first
@@ -270,9 +246,11 @@ class StreamingVoiceMethods:
     at call time, and return a generator. For one text it yields float32 24 kHz chunks; for a
     list of texts it yields ``(item_index, chunk)``, each item streaming as its frames arrive (an
     item's audio ends at its EOS). Concatenated, an item's chunks equal the offline method's
-    waveform within ``STREAMING_TOLERANCES`` (ICL cloning: offline keeps one more leading sample
+    waveform within ``verify.compare.STREAMING_TOLERANCES`` (ICL cloning: offline keeps one more leading sample
     when upstream's float cut rounds down; the stream starts exactly at the reference's end).
     Closing the generator stops generation before the next frame and releases the caches.
+    ``on_frame(item, codes)``, if given, is called with each item's codes [G] (EOS excluded)
+    before they are decoded: the codes ``generate_*(..., return_codes=True)`` would return.
 
     The ``generate_*`` methods stay the one place where texts, languages, speakers and prompts are
     validated and turned into ``generate()`` arguments: a stream replays its twin with
@@ -286,10 +264,11 @@ class StreamingVoiceMethods:
         *,
         chunk_frames: int = DEFAULT_CHUNK_FRAMES,
         first_chunk_frames: int | None = DEFAULT_FIRST_CHUNK_FRAMES,
+        on_frame=None,
         **kwargs,
     ):
         call = self._record_generate(self.generate_custom_voice, text, speaker=speaker, **kwargs)
-        return self._stream(call, isinstance(text, list), chunk_frames, first_chunk_frames)
+        return self._stream(call, isinstance(text, list), chunk_frames, first_chunk_frames, on_frame)
 
     def stream_voice_design(
         self,
@@ -298,10 +277,11 @@ class StreamingVoiceMethods:
         *,
         chunk_frames: int = DEFAULT_CHUNK_FRAMES,
         first_chunk_frames: int | None = DEFAULT_FIRST_CHUNK_FRAMES,
+        on_frame=None,
         **kwargs,
     ):
         call = self._record_generate(self.generate_voice_design, text, instruct=instruct, **kwargs)
-        return self._stream(call, isinstance(text, list), chunk_frames, first_chunk_frames)
+        return self._stream(call, isinstance(text, list), chunk_frames, first_chunk_frames, on_frame)
 
     def stream_voice_clone(
         self,
@@ -309,10 +289,11 @@ class StreamingVoiceMethods:
         *,
         chunk_frames: int = DEFAULT_CHUNK_FRAMES,
         first_chunk_frames: int | None = DEFAULT_FIRST_CHUNK_FRAMES,
+        on_frame=None,
         **kwargs,
     ):
         call = self._record_generate(self.generate_voice_clone, text, **kwargs)
-        return self._stream(call, isinstance(text, list), chunk_frames, first_chunk_frames)
+        return self._stream(call, isinstance(text, list), chunk_frames, first_chunk_frames, on_frame)
 
     # ---------------------------------------------------------------------------------------
     def _record_generate(self, method, *args, **kwargs) -> dict[str, Any]:
@@ -337,7 +318,9 @@ class StreamingVoiceMethods:
             raise RuntimeError(f"{method.__name__} returned without calling generate()")
         return recorded
 
-    def _stream(self, call: dict[str, Any], batched: bool, chunk_frames: int, first_chunk_frames: int | None):
+    def _stream(self, call: dict[str, Any], batched: bool, chunk_frames: int, first_chunk_frames: int | None, on_frame):
+        if on_frame is not None and not callable(on_frame):
+            raise ValueError(f"on_frame must be callable, got {type(on_frame).__name__}")
         named = set(inspect.signature(type(self).generate).parameters) - {"self", "options"}
         args = {k: v for k, v in call.items() if k in named}
         progress = bool(args.pop("progress", False))
@@ -358,9 +341,9 @@ class StreamingVoiceMethods:
         prefixes = list(vcp.get("ref_code") or [None] * n)
         # Validate chunk sizes now, not at the first frame.
         streams = [CodecStream(self.codec, chunk_frames, first_chunk_frames, prefix=p) for p in prefixes]
-        return self._run_stream(prompt, params, progress, streams, batched)
+        return self._run_stream(prompt, params, progress, streams, batched, on_frame)
 
-    def _run_stream(self, prompt, params, progress, streams, batched):
+    def _run_stream(self, prompt, params, progress, streams, batched, on_frame=None):
         eos = self.config.talker.codec_eos_token_id  # rows end at the config's EOS, as generate_codes cuts
         done = [False] * len(streams)
         frames = iter_frames(self, prompt, params, progress=progress, engine=self.fast_engine())
@@ -374,6 +357,8 @@ class StreamingVoiceMethods:
                         done[i] = True
                         audio = stream.flush()
                     else:
+                        if on_frame is not None:
+                            on_frame(i, frame[i])
                         audio = stream.push(frame[i : i + 1])
                     if audio.size:
                         yield (i, audio) if batched else audio

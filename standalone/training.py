@@ -123,10 +123,34 @@ class TrainingItem:
 
 def training_text_ids(tokenizer, text: str) -> torch.Tensor:
     """Upstream's dataset text: the assistant template, tokenised, minus its last 5 tokens."""
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
     ids = tokenizer.encode(tokenizer.assistant_text(text))
     if len(ids) < 9:
         raise ValueError(f"text {text!r} tokenises to nothing")
     return torch.tensor(ids[:-5], dtype=torch.long)
+
+
+def _check_ids(what: str, t, size: int) -> None:
+    """Integer ids inside [0, size): a float would be truncated, an id outside fails deep in an embedding."""
+    if not isinstance(t, torch.Tensor) or t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise TypeError(f"{what} must be an integer tensor, got {getattr(t, 'dtype', type(t).__name__)}")
+    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= size):
+        bad = int(t.min()) if int(t.min()) < 0 else int(t.max())
+        raise ValueError(f"{what} has id {bad}; ids must be in 0..{size - 1}")
+
+
+def check_item(i: int, it: TrainingItem, groups: int, codebook: int, text_vocab: int) -> None:
+    if not isinstance(it, TrainingItem):
+        raise TypeError(f"item {i} must be a TrainingItem, got {type(it).__name__}")
+    _check_ids(f"item {i}: codes", it.codes, codebook)
+    _check_ids(f"item {i}: text_ids", it.text_ids, text_vocab)
+    if it.codes.dim() != 2 or it.codes.shape[1] != groups:
+        raise ValueError(f"item {i}: codes must be [frames, {groups}], got {tuple(it.codes.shape)}")
+    if it.codes.shape[0] < 1:
+        raise ValueError(f"item {i}: no frames")
+    if it.text_ids.dim() != 1 or it.text_ids.shape[0] < 4:
+        raise ValueError(f"item {i}: text_ids must be [3 + N] with N >= 1, got {tuple(it.text_ids.shape)}")
 
 
 def collate(items: Sequence[TrainingItem], config) -> TrainingBatch:
@@ -142,12 +166,7 @@ def collate(items: Sequence[TrainingItem], config) -> TrainingBatch:
     if not items:
         raise ValueError("collate: empty batch")
     for i, it in enumerate(items):
-        if it.codes.dim() != 2 or it.codes.shape[1] != groups:
-            raise ValueError(f"item {i}: codes must be [frames, {groups}], got {tuple(it.codes.shape)}")
-        if it.codes.shape[0] < 1:
-            raise ValueError(f"item {i}: no frames")
-        if it.text_ids.dim() != 1 or it.text_ids.shape[0] < 4:
-            raise ValueError(f"item {i}: text_ids must be [3 + N] with N >= 1, got {tuple(it.text_ids.shape)}")
+        check_item(i, it, groups, tcfg.code_predictor.vocab_size, tcfg.text_vocab_size)
     length = max(it.text_ids.shape[0] + it.codes.shape[0] for it in items) + 8
     b = len(items)
     input_ids = torch.zeros(b, length, 2, dtype=torch.long)
@@ -273,8 +292,18 @@ def training_forward(
     """
     recipe = get_recipe(recipe)
     talker, cp = model.talker, model.code_predictor
-    if speaker_embedding.dim() != 2 or speaker_embedding.shape[0] != batch.input_ids.shape[0]:
-        raise ValueError(f"speaker_embedding must be [batch, hidden], got {tuple(speaker_embedding.shape)}")
+    if not isinstance(batch, TrainingBatch):
+        raise TypeError(f"batch must be a TrainingBatch (from collate), got {type(batch).__name__}")
+    hidden_size = talker.cfg.transformer.hidden_size
+    if not isinstance(speaker_embedding, torch.Tensor) or not speaker_embedding.is_floating_point():
+        raise TypeError(
+            f"speaker_embedding must be a float tensor [batch, {hidden_size}], got {speaker_embedding!r:.60}"
+        )
+    if speaker_embedding.dim() != 2 or tuple(speaker_embedding.shape) != (batch.input_ids.shape[0], hidden_size):
+        raise ValueError(
+            f"speaker_embedding must be [batch, hidden] = [{batch.input_ids.shape[0]}, {hidden_size}], "
+            f"got {tuple(speaker_embedding.shape)}"
+        )
     x = embed_inputs(model, batch, speaker_embedding, recipe)
     mask, labels = batch.attention_mask, batch.codec_0_labels
     if recipe.sliced_talker:

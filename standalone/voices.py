@@ -15,7 +15,7 @@ from typing import Any, Sequence, Union
 import numpy as np
 import torch
 
-from .audio import read_audio_file, resample
+from .audio import as_waveform, check_rate, read_audio_file, resample
 from .generation import voice_method_options
 from .text import ASSISTANT, REFERENCE, TextTokenizer
 
@@ -35,20 +35,22 @@ def _as_list(x) -> list:
     return x if isinstance(x, list) else [x]
 
 
-def _texts(name: str, value, allow_none: bool = False) -> list:
-    """A text or a list of texts, each checked: a str, not empty or whitespace only, valid
-    Unicode (a lone surrogate cannot be tokenized). Control characters and NUL are tokenized as
-    upstream tokenizes them."""
+def _texts(name: str, value, optional: bool = False) -> list:
+    """A text or a list of texts, each checked: a str, valid Unicode (a lone surrogate cannot be
+    tokenized), and not empty or whitespace only. Control characters and NUL are tokenized as
+    upstream tokenizes them. ``optional`` texts (a custom-voice instruction, a reference
+    transcript) may be None or "", which upstream reads as "none"; whitespace is then kept, as
+    upstream tokenizes it."""
     items = value if isinstance(value, list) else [value]
     if not items:
         raise ValueError(f"{name} is an empty list")
     for i, t in enumerate(items):
         where = f"{name}[{i}]" if isinstance(value, list) else name
-        if t is None and allow_none:
+        if optional and (t is None or t == ""):
             continue
         if not isinstance(t, str):
-            raise TypeError(f"{where} must be a str, got {type(t).__name__}")
-        if not t.strip():
+            raise TypeError(f"{where} must be a str{' or None' if optional else ''}, got {type(t).__name__}")
+        if not optional and not t.strip():
             raise ValueError(f"{where} is empty or whitespace only; there is nothing to say")
         try:
             t.encode("utf-8")
@@ -148,10 +150,7 @@ class VoiceMethods:
             raise ValueError(f"unsupported speakers: {bad}; supported: {sorted(supported)}")
         if self.config.tts_model_size in "0b6":  # upstream drops instructions for 0.6B (substring test kept)
             instruct = None
-        instructs = (
-            _as_list(instruct) if isinstance(instruct, list) else ([instruct] * n if instruct is not None else [""] * n)
-        )
-        instructs = _broadcast("instructs", instructs, n)
+        instructs = _broadcast("instructs", _texts("instruct", "" if instruct is None else instruct, optional=True), n)
         codes, _ = self.generate(
             input_ids=[self._tokenize(TextTokenizer.assistant_text(t)) for t in texts],
             instruct_ids=self._instruct_ids(instructs),
@@ -190,7 +189,7 @@ class VoiceMethods:
         self._require_type("base", "create_voice_clone_prompt")
         audios = _as_list(ref_audio) if isinstance(ref_audio, list) else [ref_audio]
         n = len(audios)
-        texts = _broadcast("ref_texts", _as_list(ref_text) if isinstance(ref_text, list) else [ref_text], n)
+        texts = _broadcast("ref_texts", _texts("ref_text", ref_text, optional=True), n)
         xvec = _broadcast("x_vector_only_mode flags", _as_list(x_vector_only_mode), n)
         codes = _broadcast("ref_codes", _as_list(ref_code) if isinstance(ref_code, list) else [ref_code], n)
         loaded = [_load_audio(a) for a in audios]
@@ -204,11 +203,7 @@ class VoiceMethods:
         items = []
         for i, ((wav, sr), rtext, xonly, code) in enumerate(zip(loaded, texts, xvec, codes)):
             if not xonly:
-                code = torch.as_tensor(code, dtype=torch.long)
-                if code.dim() != 2 or code.shape[1] != self.config.talker.num_code_groups:
-                    raise ValueError(
-                        f"item {i}: ref_code must be [T, {self.config.talker.num_code_groups}], got {tuple(code.shape)}"
-                    )
+                code = self._check_ref_code(i, code)
             items.append(
                 VoiceClonePromptItem(
                     ref_code=None if xonly else code,
@@ -219,6 +214,20 @@ class VoiceMethods:
                 )
             )
         return items
+
+    def _check_ref_code(self, i: int, code) -> torch.Tensor:
+        """Reference codes as int64 [T, G] in the codebook: a float would be truncated and a code
+        outside it would fail deep inside an embedding."""
+        groups, size = self.config.talker.num_code_groups, self.config.talker.code_predictor.vocab_size
+        code = torch.as_tensor(code)
+        if code.is_floating_point() or code.is_complex() or code.dtype == torch.bool:
+            raise TypeError(f"item {i}: ref_code must hold integer codes, got dtype {code.dtype}")
+        if code.dim() != 2 or code.shape[1] != groups:
+            raise ValueError(f"item {i}: ref_code must be [T, {groups}], got {tuple(code.shape)}")
+        if code.numel() and (int(code.min()) < 0 or int(code.max()) >= size):
+            bad = int(code.min()) if int(code.min()) < 0 else int(code.max())
+            raise ValueError(f"item {i}: ref_code has code {bad}; codes must be in 0..{size - 1}")
+        return code.long()
 
     def _encode_references(self, loaded: list[tuple[np.ndarray, int]]) -> list[torch.Tensor]:
         """Upstream's batching of reference encoding: one padded batch if all rates are equal."""
@@ -248,7 +257,7 @@ class VoiceMethods:
             if ref_audio is None:
                 raise ValueError("generate_voice_clone needs voice_clone_prompt or ref_audio")
             voice_clone_prompt = self.create_voice_clone_prompt(ref_audio, ref_text, x_vector_only_mode, ref_code)
-        items = _broadcast("voice clone prompts", list(voice_clone_prompt), n)
+        items = _broadcast("voice clone prompts", _prompt_items(voice_clone_prompt), n)
         prompt = dict(
             ref_code=[it.ref_code for it in items],
             ref_spk_embedding=[it.ref_spk_embedding for it in items],
@@ -282,20 +291,30 @@ class VoiceMethods:
         return out, sr
 
 
+def _prompt_items(prompt) -> list:
+    """A list of prompt items (create_voice_clone_prompt's, or upstream's: the same fields)."""
+    fields = ("ref_code", "ref_spk_embedding", "x_vector_only_mode", "icl_mode", "ref_text")
+    items = prompt if isinstance(prompt, list) else None
+    if not items or not all(all(hasattr(it, f) for f in fields) for it in items):
+        raise TypeError(
+            "voice_clone_prompt must be a non-empty list of VoiceClonePromptItem (from create_voice_clone_prompt), "
+            f"got {type(prompt).__name__}" + (f" of {sorted({type(it).__name__ for it in items})}" if items else "")
+        )
+    return items
+
+
 def _load_audio(audio) -> tuple[np.ndarray, int]:
     """(float32 mono waveform, its sample rate), the way upstream's wrapper reads references."""
     if isinstance(audio, tuple) and len(audio) == 2:
         wav, sr = audio
-        wav = np.asarray(wav, dtype=np.float32)
+        wav = as_waveform(wav, "reference audio").astype(np.float32)
         if wav.ndim > 1:
             wav = np.mean(wav, axis=-1).astype(np.float32)
         if wav.ndim != 1 or wav.shape[0] == 0:
             raise ValueError(
                 f"reference audio must be a non-empty 1-D (or [samples, channels]) waveform, got shape {wav.shape}"
             )
-        if not isinstance(sr, (int, np.integer)) or int(sr) <= 0:
-            raise ValueError(f"reference audio sample rate must be a positive integer, got {sr!r}")
-        return wav, int(sr)
+        return wav, check_rate(sr, "reference audio")
     if isinstance(audio, (str, bytes)) or hasattr(audio, "__fspath__"):
         return read_audio_file(audio if not isinstance(audio, bytes) else audio.decode())
     if isinstance(audio, np.ndarray):

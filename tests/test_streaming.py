@@ -13,7 +13,6 @@ import torch
 
 from q3tts.standalone.codec import CodecConfig, CodecDecoder, load_codec
 from q3tts.standalone.streaming import (
-    STREAMING_TOLERANCES,
     UPSTREAM_CHUNK_CONTEXT,
     UPSTREAM_CHUNK_FRAMES,
     CodecStream,
@@ -23,7 +22,7 @@ from q3tts.standalone.streaming import (
     stream_decode,
     tail_context_frames,
 )
-from q3tts.verify.compare import snr_db
+from q3tts.verify.compare import STREAMING_TOLERANCES, snr_db
 from q3tts.verify.forward_parity import speech_like_waveform
 from q3tts.verify.released import released_speech_tokenizer_config
 
@@ -97,6 +96,19 @@ def test_stream_is_exact_across_the_300_frame_chunk(codec64):
     with torch.inference_mode():
         whole = codec64(codes.T[None])[0, 0].to(torch.float32).numpy()
     assert np.abs(whole[300 * 1920 :] - got[10 * 1920 :]).max() > 1e-2
+
+
+@pytest.mark.parametrize("chunk,first", [(8, 3), (64, 40)])
+def test_a_stream_from_frame_0_crosses_the_300_frame_chunk_exactly(codec64, chunk, first):
+    """330 frames streamed from the start, one frame pushed at a time, with a chunk that spans
+    frame 300 (3 + 8k and 40 + 64k both step over it): the stream splits it there and the whole
+    clip equals upstream's chunked decode bit for bit."""
+    assert (UPSTREAM_CHUNK_FRAMES - first) % chunk != 0  # a chunk spans the boundary
+    codes = random_codes(330, 2)
+    ref = offline(codec64, codes)
+    got, sizes = streamed(codec64, codes, chunk, first)
+    assert sizes[0] == first * 1920 and len(sizes) == 1 + -(-(330 - first) // chunk)
+    np.testing.assert_array_equal(got, ref)
 
 
 def test_one_frame_less_context_breaks_equality(codec64):
@@ -232,23 +244,41 @@ def test_stream_codes_equal_generate_codes(load_models):
     np.testing.assert_array_equal(got, ref)  # one chunk decoded exactly as offline: same codes
 
 
-def test_closing_a_stream_stops_generation_and_frees_caches(load_models, monkeypatch):
-    _, model = load_models("custom_voice", torch.float32)
-    steps = []
-    caches = []
-    real_step, real_cache = model.talker.step, model.talker.decoder.new_cache
+def _instrumented(model, monkeypatch):
+    """Count talker steps and keep weak references to every KV cache and codec stream created."""
+    import q3tts.standalone.streaming as streaming
+
+    steps, alive = [], []
+    real_step = model.talker.step
 
     def counting_step(*a, **k):
         steps.append(1)
         return real_step(*a, **k)
 
-    def tracked_cache(*a, **k):
-        cache = real_cache(*a, **k)
-        caches.append(weakref.ref(cache))
-        return cache
+    def tracking(factory):
+        def make(*a, **k):
+            obj = factory(*a, **k)
+            alive.append(weakref.ref(obj))
+            if hasattr(obj, "k"):  # a KV cache: its tensors are the memory that must go
+                alive.extend([weakref.ref(obj.k), weakref.ref(obj.v)])
+            return obj
+
+        return make
 
     monkeypatch.setattr(model.talker, "step", counting_step)
-    monkeypatch.setattr(model.talker.decoder, "new_cache", tracked_cache)
+    monkeypatch.setattr(model.talker.decoder, "new_cache", tracking(model.talker.decoder.new_cache))
+    monkeypatch.setattr(model.code_predictor.decoder, "new_cache", tracking(model.code_predictor.decoder.new_cache))
+    monkeypatch.setattr(streaming, "CodecStream", tracking(streaming.CodecStream))
+    return steps, alive
+
+
+@pytest.mark.parametrize("chunks_before_close", [1, 3])
+def test_closing_a_stream_stops_generation_and_frees_caches(load_models, monkeypatch, chunks_before_close):
+    """Cancel right after the first chunk and mid-way (after three): the talker takes no
+    further step, and the KV caches (talker and code predictor, their tensors) and the codec
+    stream are released."""
+    _, model = load_models("custom_voice", torch.float32)
+    steps, alive = _instrumented(model, monkeypatch)
     torch.manual_seed(5)
     stream = model.stream_custom_voice(
         "A long sentence to speak.",
@@ -258,14 +288,20 @@ def test_closing_a_stream_stops_generation_and_frees_caches(load_models, monkeyp
         chunk_frames=4,
         first_chunk_frames=1,
     )
-    first = next(stream)
-    assert len(first) == 1920 and caches and caches[0]() is not None
+    got = [next(stream) for _ in range(chunks_before_close)]
+    frames = 1 + 4 * (chunks_before_close - 1)
+    assert [len(c) for c in got] == [1920] + [4 * 1920] * (chunks_before_close - 1)
+    assert len(alive) == 7 and all(ref() is not None for ref in alive)  # 2 caches x 3, 1 stream
     n_steps = len(steps)
-    assert n_steps == 1  # the first frame's audio comes right after the prefill
+    assert n_steps == frames  # a chunk's audio comes right after its last frame (prefill = step 1)
     stream.close()
     gc.collect()
     assert len(steps) == n_steps, "generation continued after close"
-    assert caches[0]() is None, "the talker KV cache is still alive after close"
+    assert stream.gi_frame is None
+    leaked = [ref() for ref in alive if ref() is not None]
+    assert not leaked, f"still alive after close: {[type(x).__name__ for x in leaked]}"
+    with pytest.raises(StopIteration):
+        next(stream)
 
 
 # --------------------------------------------------------------------------------------------
@@ -335,21 +371,70 @@ def test_cli_streams_a_wav_and_pcm_to_stdout(checkpoints, tmp_path):
 # verify: streamed audio against upstream's offline audio
 # --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("model_type", ["custom_voice", "voice_design", "base"])
-def test_streaming_parity_against_upstream(load_models, model_type):
-    from q3tts.verify.streaming_parity import format_streaming_table, run_streaming_parity
+def test_verify_parity_streaming_cases_pass(load_models, model_type):
+    """The streaming cases of the default verify-parity run: every voice mode at every chunk
+    size (the stream's own and the replays, a smaller first chunk, one longer than the clip) and
+    the 300-frame crossing, codes identical to upstream's, audio within the bound."""
+    from q3tts.verify.streaming_parity import CHUNK_SIZES, streaming_results
 
     wrapper, model = load_models(model_type, torch.float32)
-    results = run_streaming_parity(wrapper, model, model_type, torch.float32, seed=4, chunk_sizes=((3, 2),))
-    print("\n" + format_streaming_table(results))
-    assert results and all(r.passed for r in results), format_streaming_table(results)
-    assert all(r.frames > 0 and r.chunks >= 2 for r in results)
+    results = streaming_results(wrapper, model, model_type, torch.float32, 0, 24, f"stream-{model_type}")
+    table = "\n".join(f"{r.case} {r.passed} {r.metrics} {r.note}" for r in results)
+    print("\n" + table)
+    assert results and all(r.passed and r.kind == "streaming" for r in results), table
+    assert all(r.metrics["codes_identical"] and r.metrics["frames"] > 0 for r in results)
+    sizes = {(r.metrics["chunk_frames"], r.metrics["first_chunk_frames"]) for r in results}
+    assert set(CHUNK_SIZES) <= sizes and (26, 26) in sizes  # 24 frames: a chunk longer than any clip
+    assert any(r.metrics["via"].startswith("stream_") for r in results)
+    assert sum(r.case.startswith("streaming.codec_330_frames") for r in results) == 1
 
 
-def test_streaming_parity_detects_short_context(load_models, monkeypatch):
+def _failing(results) -> set[str]:
+    return {r.case for r in results if not r.passed}
+
+
+def test_verify_parity_streaming_cases_catch_too_little_context(load_models, monkeypatch):
+    """A planted streaming bug: one latent frame less left context than the decoder's receptive
+    field. Every case that decodes more than one chunk fails (the first chunk starts at frame 0
+    and has nothing to miss); a single-chunk case cannot see it and passes."""
     import q3tts.standalone.streaming as streaming
-    from q3tts.verify.streaming_parity import run_streaming_parity
+    from q3tts.verify.streaming_parity import streaming_results
 
     wrapper, model = load_models("custom_voice", torch.float32)
-    monkeypatch.setattr(streaming, "tail_context_frames", lambda codec: 0)
-    results = run_streaming_parity(wrapper, model, "custom_voice", torch.float32, seed=4, chunk_sizes=((3, 2),))
-    assert not any(r.passed for r in results)
+    derived = streaming.tail_context_frames(model.codec)
+    monkeypatch.setattr(streaming, "tail_context_frames", lambda codec: derived - 1)
+    results = streaming_results(wrapper, model, "custom_voice", torch.float32, 0, 24, "stream-custom_voice")
+    multi = {r.case for r in results if r.metrics["chunks"] > 1}
+    assert multi and _failing(results) == multi, sorted(_failing(results) ^ multi)
+    assert "streaming.codec_330_frames.8_3" in multi
+    assert all(r.metrics["codes_identical"] for r in results)  # the bug is in the decode, not the codes
+
+
+def test_verify_parity_streaming_cases_catch_an_unsplit_300_frame_chunk(load_models, monkeypatch):
+    """A planted streaming bug: chunks are not split at upstream's 300-frame boundary (the
+    stream decodes as one long window). Only the crossing case can see it, and it fails."""
+    import q3tts.standalone.streaming as streaming
+    from q3tts.verify.streaming_parity import streaming_results
+
+    wrapper, model = load_models("custom_voice", torch.float32)
+    monkeypatch.setattr(streaming, "UPSTREAM_CHUNK_FRAMES", 10**6)
+    results = streaming_results(wrapper, model, "custom_voice", torch.float32, 0, 24, "stream-custom_voice")
+    assert _failing(results) == {"streaming.codec_330_frames.8_3"}
+
+
+def test_verify_parity_runs_the_streaming_cases_by_default(monkeypatch):
+    """verify-parity's default run asks the suite for the streaming cases; --no-streaming and
+    --no-generation turn them off (the fault self-test never runs them: run_suite defaults off)."""
+    import inspect
+
+    from click.testing import CliRunner
+
+    from q3tts.verify import cli
+    from q3tts.verify.suite import run_suite
+
+    assert inspect.signature(run_suite).parameters["streaming"].default is False
+    calls = []
+    monkeypatch.setattr(cli, "run", lambda *a, **k: calls.append(k["streaming"]) or True)
+    for args, expected in (([], True), (["--no-streaming"], False), (["--no-generation"], False)):
+        result = CliRunner().invoke(cli.main, args)
+        assert result.exit_code == 0 and calls.pop() is expected, (args, result.output)

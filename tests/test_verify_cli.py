@@ -38,7 +38,7 @@ def test_on_an_upstream_directory(checkpoints, tmp_path):
     run = report["runs"][0]
     assert run["dtype"] == "fp32" and run["config"]["tts_model_type"] == "voice_design"
     kinds = {c["kind"] for c in run["cases"]}
-    assert kinds == {"forward", "generation", "audio"}
+    assert kinds == {"forward", "generation", "audio", "streaming"}
     assert run["seconds_upstream"] > 0 and run["seconds_standalone"] > 0
     assert report["versions"]["qwen-tts"] == "0.1.1" and report["versions"]["transformers"] == "4.57.3"
 

@@ -44,6 +44,17 @@ DTYPE_CHOICES = ("fp32", "bf16")
 )
 @click.option("--no-generation", is_flag=True, help="Only component forwards and audio.")
 @click.option(
+    "--no-streaming",
+    is_flag=True,
+    help="Skip the streaming cases (streamed audio at several chunk sizes against upstream's offline audio).",
+)
+@click.option(
+    "--training",
+    is_flag=True,
+    help="Also check fine-tuning on a tiny training fixture: the upstream recipe against upstream's training "
+    "step (loss, logits, every gradient, in each --dtype) and both recipes against generation (fp32).",
+)
+@click.option(
     "--sensitivity/--no-sensitivity",
     default=None,
     help="Measure knob sensitivity (each sampling knob perturbed on the standalone side; fp32 runs). "
@@ -82,6 +93,21 @@ DTYPE_CHOICES = ("fp32", "bf16")
     help="Measure the compiled fast path instead (forward distances, teacher-forced agreement, generation "
     "agreement; fast_parity.md). With --self-test: the fault self-test through the fast path.",
 )
+@click.option(
+    "--engine",
+    type=click.Choice(["qwentts.cpp"]),
+    default=None,
+    help="Check another runtime instead of the standalone model: qwentts.cpp through its binding "
+    "(pip install 'qwen3-tts-standalone[peers]'), on SRC's convert-ckpt --to gguf output per --quant.",
+)
+@click.option("--quant", default=None, metavar="LIST", help="With --engine: GGUF types (default F32,F16,BF16,Q8_0).")
+@click.option(
+    "--gguf",
+    "gguf_dir",
+    type=click.Path(file_okay=False, exists=True),
+    default=None,
+    help="With --engine and SRC: check this existing convert-ckpt --to gguf output instead of converting.",
+)
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def main(
     src,
@@ -91,12 +117,17 @@ def main(
     frames,
     report_dir,
     no_generation,
+    no_streaming,
+    training,
     sensitivity,
     against,
     reuse_torch,
     self_test,
     fault_names,
     fast,
+    engine,
+    quant,
+    gguf_dir,
     debug,
 ) -> None:
     """Compare upstream qwen-tts and the standalone model on SRC (an upstream checkpoint directory or
@@ -107,7 +138,9 @@ def main(
         seed_list = [int(s) for s in seeds.split(",") if s.strip()]
         if not seed_list:
             raise click.BadParameter("at least one seed", param_hint="--seeds")
-        if fast:
+        if engine:
+            ok = _run_engine(engine, src, gguf_dir, quant, frames, Path(report_dir), self_test)
+        elif fast:
             ok = run_fast(
                 src,
                 standalone_dir,
@@ -136,6 +169,8 @@ def main(
                 Path(report_dir),
                 not no_generation,
                 sensitivity=measure and not no_generation,
+                streaming=not no_streaming and not no_generation,
+                training=training,
             )
     except click.ClickException:
         raise
@@ -158,23 +193,46 @@ def run_fast(src, standalone_dir, dtype_names, seeds, frames, report_dir: Path, 
     return run_fast_cli(src, standalone_dir, dtype_names, seeds, frames, report_dir)
 
 
+def _run_engine(engine, src, gguf_dir, quant, frames, report_dir: Path, self_test: bool) -> bool:
+    from .engine_parity import run_engine, run_engine_self_test
+
+    if gguf_dir and src is None:
+        raise click.BadParameter("--gguf needs SRC, the checkpoint it was converted from", param_hint="--gguf")
+    if self_test:
+        return run_engine_self_test(report_dir)
+    return run_engine(src, gguf_dir, quant, frames, report_dir)
+
+
 def dtypes_args(dtypes):
     for d in dtypes:
         yield from ("--dtype", d)
 
 
 def run(
-    src, standalone_dir, dtype_names, seeds, frames, report_dir: Path, generation: bool, sensitivity: bool = False
+    src,
+    standalone_dir,
+    dtype_names,
+    seeds,
+    frames,
+    report_dir: Path,
+    generation: bool,
+    sensitivity: bool = False,
+    streaming: bool = True,
+    training: bool = False,
 ) -> bool:
     from .report import build_report, render_markdown, write_report
+    from .training_report import training_dtypes, training_section
 
     with tempfile.TemporaryDirectory(prefix="verify-parity-") as work:
         pairs, frames = _checkpoint_pairs(src, standalone_dir, frames, Path(work))
         runs = []
         for name, source, up, st in pairs:
             for dn in dtype_names:
-                runs.append(_run_one(name, source, up, st, dn, seeds, frames, generation, sensitivity))
-        report = build_report(runs, seeds, frames)
+                runs.append(_run_one(name, source, up, st, dn, seeds, frames, generation, sensitivity, streaming))
+        section = training_section(Path(work) / "training", training_dtypes(dtype_names)) if training else None
+        if section is not None:
+            click.echo(f"  training: {'PASS' if section['passed'] else 'FAIL'} {section['checks']}")
+        report = build_report(runs, seeds, frames, training=section)
         j, m = write_report(report, report_dir)
         s = report["summary"]
         click.echo(f"\nverdict: {report['verdict']} ({s['passed']}/{s['cases']} cases pass)")
@@ -216,7 +274,7 @@ def _checkpoint_pairs(src, standalone_dir, frames, work: Path):
     return pairs, frames or 6
 
 
-def _run_one(name, source, up, st, dn, seeds, frames, generation, sensitivity) -> dict:
+def _run_one(name, source, up, st, dn, seeds, frames, generation, sensitivity, streaming=True) -> dict:
     """The suite on one checkpoint at one dtype (and the knob sensitivity, in fp32)."""
     import torch
 
@@ -236,7 +294,15 @@ def _run_one(name, source, up, st, dn, seeds, frames, generation, sensitivity) -
     t_st = time.perf_counter() - t0
     model_type = standalone.config.tts_model_type
     results = run_suite(
-        wrapper, standalone, model_type, dtype, seeds, frames, cache_key=f"{name}:{up}", generation=generation
+        wrapper,
+        standalone,
+        model_type,
+        dtype,
+        seeds,
+        frames,
+        cache_key=f"{name}:{up}",
+        generation=generation,
+        streaming=streaming and generation,
     )
     run_ok = all(r.passed for r in results)
     record = {
@@ -271,10 +337,12 @@ def run_self_test(report_dir: Path, dtype_names=("fp32",), fault_names: list[str
     from .faults import CATALOGUE, forward_is_bit_identical, run_fault
     from .fixtures import MODEL_TYPES, write_upstream_checkpoint
     from .forward_parity import load_upstream_wrapper
+    from .training_faults import TRAINING_FAULTS
+    from .training_report import training_fault_rows
 
     catalogue, encoder_faults = CATALOGUE, ENCODER_FAULTS
     if fault_names:
-        unknown = sorted(set(fault_names) - {f.name for f in CATALOGUE + ENCODER_FAULTS})
+        unknown = sorted(set(fault_names) - {f.name for f in CATALOGUE + ENCODER_FAULTS + TRAINING_FAULTS})
         if unknown:
             raise click.BadParameter(f"unknown fault(s) {unknown}", param_hint="--faults")
         catalogue = tuple(f for f in CATALOGUE if f.name in fault_names)
@@ -326,6 +394,8 @@ def run_self_test(report_dir: Path, dtype_names=("fp32",), fault_names: list[str
                         f"failing: {len(r.failing_cases)} encoder cases; stage: {', '.join(r.reported_layers) or '-'}"
                     )
             del pairs
+    if "fp32" in dtype_names:  # the training checks run in fp32 (as the encoder's do)
+        rows += training_fault_rows(fault_names, click.echo)
     _write_self_test_report(report_dir, dtype_names, rows, exact_origin)
     caught = sum(r.ok for _, r in rows)
     click.echo(f"\nself-test: {caught}/{len(rows)} faults caught and located; report: {report_dir / 'faults.md'}")
@@ -346,7 +416,9 @@ def _write_self_test_report(report_dir: Path, dtype_names, rows, exact_origin: d
         md.append(f"**{dn}: {sum(r.ok for r in these)} of {len(these)} planted faults caught and located.**  ")
     md += [
         "",
-        "Each fault replaces one named seam of the standalone runtime (verify/faults.py). Seeds [0], 12 frames.",
+        "Each fault replaces one named seam of the standalone runtime (verify/faults.py, verify/encoder_faults.py; "
+        "training faults: verify/training_faults.py, checked by the training parity and the aligned consistency "
+        "check, fp32). Seeds [0], 12 frames.",
         "",
         "A fault is located at the first layer whose output differs from upstream's at all, which is exact when",
         "the fault-free pair is bit-identical in every forward case ("

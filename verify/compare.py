@@ -71,6 +71,39 @@ AUDIO_TOLERANCES: dict[torch.dtype, tuple[float, float]] = {  # (max abs, min SN
 }
 
 
+# Measured max |streamed - offline| (and SNR) over whole clips: the fixture codec (tests/
+# test_streaming.py) and the released-size codec (0.6B, random weights; verify/bench_streaming.py,
+# reports/streaming-benchmark.md). Random codecs amplify rounding far more than a trained one would.
+#   dtype    codec     case                                     max abs     SNR        bound
+#   float64  tiny      chunks 1/1, 5/2, 8/4, 300; 3..310 fr.    0 (bit-identical after the float32 cast)
+#   float64  tiny      one latent frame less than derived       > 1e-3     (the test shows it fails)
+#   fp32     tiny      13 fr. chunks 1/1; 21 fr. chunks 8/4     5.2e-05    104 dB
+#   fp32     tiny      frames 290..309 (crosses 300), 8/3       2.2e-05    105 dB
+#   fp32     tiny      every voice mode, chunks 3/2, 6..29 fr.  5.9e-05    95.4 dB
+#   fp32     tiny      verify-parity streaming cases vs upstream  8.4e-05   95.3 dB
+#   fp32     released  custom voice, 24 fr., chunks 8/4         1.45e-04   84.6 dB    3e-4, 80 dB
+#   fp32     released  0.6B / 1.7B custom voice, 16 fr., 8/4    1.62e-04   84.9 dB
+#   bf16     tiny      21 fr. chunks 8/4; 290..309 chunks 8/3   0 (bit-identical)
+#   bf16     tiny      13 fr. chunks 1/1                        1.27e-01   36.8 dB
+#   bf16     tiny      verify-parity streaming cases vs upstream  1.77e-01  21.6 dB
+#   bf16     released  custom voice, 24 fr., chunks 8/4         3.15e-01   20.5 dB
+#   bf16     released  random codes, 24 fr., chunks 8/4         3.02e-01   20.5 dB    6e-1, 17 dB
+#   bf16     released  0.6B / 1.7B custom voice, 16 fr., 8/4    3.40e-01   18.6 dB
+#   (bf16 offline vs fp32 offline, same codes, released codec:  3.54e-01   16.2 dB: a bf16 codec is
+#    itself further from fp32 than the stream is from the bf16 offline decode)
+# Bounds: about 2x the largest measured max abs, and 1.6 dB or more under the lowest measured SNR.
+# Upstream's own whole vs chunked decode differs at the same noise level before frame 300.
+# Sharpness (tests/test_streaming.py): in fp32 one latent frame less context gives 1.3e-2..4.1e-2
+# (45-59 dB) and a stream not split at frame 300 3.8e-1 (21 dB), both caught. The bf16 bound sits
+# above both (tiny fixture: 0.16 / 21.5 dB and 0.38 / 20.3 dB): bf16 cases catch different codes
+# and gross decode errors only; the fp32 cases are the sharp ones.
+STREAMING_TOLERANCES: dict[torch.dtype, tuple[float, float]] = {  # (max abs, min SNR dB)
+    torch.float32: (3e-4, 80.0),
+    torch.bfloat16: (6e-1, 17.0),
+    torch.float64: (0.0, float("inf")),
+}
+
+
 def snr_db(ref, got) -> float:
     """Signal-to-noise ratio of ``got`` against ``ref`` in dB (float64 sums; inf when equal).
     The one SNR of the project: audio parity, the decode benchmark and the codec tests use it."""
@@ -186,3 +219,26 @@ def first_differing_layer(
         if r.shape != g.shape or not torch.equal(r, g):
             return name
     return None
+
+
+# qwentts.cpp (verify-parity --engine qwentts.cpp): bounds per GGUF quantisation, from measurement
+# (reports/gguf-fidelity.md). Audio is qwentts.cpp's decode of its own codes against the standalone
+# codec on the same codes; GGML runs the codec's conv kernels in F16 whatever the file holds, so
+# even F32 is not exact. Measured (random released codec): SNR F32 31.1-31.4 dB, F16 29.2-29.5,
+# BF16 19.5, Q8_0 15.8-15.9. Floors sit about 3 dB below; below one is a codec-conversion bug, not
+# quantisation. Log-mel distance (mean |log-mel difference|, natural log, 128 mels), measured on the
+# engine fixtures of all three model types: F32 0.0153-0.0159, F16 0.0191-0.0196, BF16 0.060-0.062,
+# Q8_0 0.093-0.094; the bounds are 1.5x (the amplitude ratio of the 3 dB SNR margin, rounded up).
+ENGINE_AUDIO_SNR_DB_MIN = {"F32": 28.0, "F16": 26.0, "BF16": 16.0, "Q8_0": 12.0}
+ENGINE_LOG_MEL_MAX = {"F32": 0.025, "F16": 0.03, "BF16": 0.095, "Q8_0": 0.14}
+
+# Per-stage max abs of qwentts.cpp's prefill dumps against the standalone model, F32 files only
+# (quantised weights differ by design). Measured on the tiny fixtures: input embeddings 3e-7,
+# layer-0 hidden 1.3e-6, final hidden 1.1e-6, prefill logits 3.8e-6. A conversion bug shows as an
+# O(1e-2) or larger difference; the bounds leave ~100-1000x room for other CPUs' GGML kernels.
+ENGINE_STAGE_ATOL = {
+    "talker-input-embed": 1e-4,
+    "talker-hidden-prefill-l0": 1e-3,
+    "talker-hidden-prefill-final": 1e-3,
+    "talker-logits-prefill": 1e-2,
+}

@@ -66,6 +66,15 @@ FAULTS: dict[str, Callable] = {
 }
 
 
+# What the engine check must name for each fault: the stage or tensor it lives in.
+EXPECTED_NAMES = {
+    "swap_qk": "talker-hidden-prefill-l0",
+    "rope_flag": "mrope_interleaved",
+    "special_token": "im_start_token_id",
+    "codebook_unnormalised": "tok_dec.vq_first.0.codebook",
+}
+
+
 def plant(name: str, upstream_dir: str | Path, dst: str | Path, quant: str = "F32") -> Path:
     from q3tts.standalone.gguf_conversion import convert_to_gguf
 

@@ -16,12 +16,18 @@ parity.json schema (schema_version 1):
           "seconds_upstream": float, "seconds_standalone": float,   # wall time of each side
           "passed": bool,
           "cases": [
-            {"case": str, "component": str, "kind": "forward" | "generation" | "audio" | "encoder",
+            {"case": str, "component": str,
+             "kind": "forward" | "generation" | "audio" | "encoder" | "streaming" | "icl_audio",
              "dtype": str, "passed": bool,
              "metrics": {...},                # forward: max_abs, max_rel, cosine, bound
                                               # generation: frames_upstream, frames_standalone,
                                               #   first_divergence {item, frame, group} | null
                                               # audio: max_abs, snr_db, bound, min_snr_db, rms
+                                              # streaming: via, chunk_frames, first_chunk_frames,
+                                              #   frames, chunks, codes_identical, first_divergence,
+                                              #   max_abs, snr_db, bound, min_snr_db, ...
+                                              # icl_audio: ref_codes_identical, ref_codes(_differing),
+                                              #   frames_*, first_divergence, max_abs, snr_db, bound
              "first_bad_layer": str | null,   # forward cases that fail: first layer over tolerance
              "first_diff_layer": str | null,  # ... and first layer whose output differs at all
              "note": str, "seconds_upstream": float, "seconds_standalone": float}
@@ -36,6 +42,19 @@ parity.json schema (schema_version 1):
       "knob_sensitivity": {                   # present when a run measured it: rows summed over runs
         "rows": [...], "blind": [str],        # blind: knobs whose perturbation changed no plan
         "plans": int, "seconds": float
+      },
+      "training": {                           # present with --training (verify/training_report.py)
+        "sft_commit": str, "fixture": str, "seconds": float, "passed": bool,
+        "checks": {"upstream_recipe_parity", "aligned_consistent_with_generation",
+                   "upstream_recipe_inconsistent_with_generation": bool},
+        "parity": [{"dtype", "recipe", "sft_commit", "passed", "missing_gradients": [str],
+                    "comparisons": [{"case", "dtype", "max_abs", "max_rel", "cosine", "bound", "passed", ...}]}],
+                                              # cases: train.{loss,talker_loss,code_predictor_loss,
+                                              #   talker_logits,code_predictor_logits}, grad.<upstream
+                                              #   parameter>, grad_group.<group>
+        "consistency": [{"recipe", "passed", "frames", "groups", "talker_max_abs", "talker_first_bad",
+                         "code_predictor_max_abs": {group: float}, "code_predictor_first_bad",
+                         "bound", "untrained_groups", "loss_diffs", "codes", "logit_scale"}]
       }
     }
 
@@ -51,6 +70,8 @@ import platform
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from .training_report import render_training
 
 SCHEMA_VERSION = 1
 
@@ -75,12 +96,14 @@ def versions() -> dict[str, str | None]:
     }
 
 
-def build_report(runs: list[dict[str, Any]], seeds: list[int], frames: int) -> dict[str, Any]:
+def build_report(
+    runs: list[dict[str, Any]], seeds: list[int], frames: int, training: dict[str, Any] | None = None
+) -> dict[str, Any]:
     cases = [c for r in runs for c in r["cases"]]
     failed = sum(1 for c in cases if not c["passed"])
     report = {
         "schema_version": SCHEMA_VERSION,
-        "verdict": "PASS" if cases and not failed else "FAIL",
+        "verdict": "PASS" if cases and not failed and (training is None or training["passed"]) else "FAIL",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": versions(),
         "seeds": seeds,
@@ -99,6 +122,8 @@ def build_report(runs: list[dict[str, Any]], seeds: list[int], frames: int) -> d
             "plans": sum(m["plans"] for m in measured),
             "seconds": sum(m["seconds"] for m in measured),
         }
+    if training is not None:
+        report["training"] = training
     return report
 
 
@@ -116,10 +141,18 @@ def _metric_cell(c: dict[str, Any]) -> str:
         return f"max abs {_num(m['max_abs'])} (bound {_num(m['bound'])}), max rel {_num(m['max_rel'])}, cos {m['cosine']:.7f}"
     if c["kind"] == "audio":
         return f"max abs {_num(m['max_abs'])} (bound {_num(m['bound'])}), SNR {_num(m['snr_db'], '.1f')} dB, RMS {m['rms']:.3f}"
+    if c["kind"] == "streaming":
+        codes = "identical codes" if m["codes_identical"] else f"codes differ at {m['first_divergence']}"
+        return (
+            f"{m['via']} chunks {m['chunk_frames']}/{m['first_chunk_frames']}, {m['frames']} frames in {m['chunks']}: "
+            f"{codes}, max abs {_num(m['max_abs'])} (bound {_num(m['bound'])}), SNR {_num(m['snr_db'], '.1f')} dB"
+        )
     if c["kind"] == "encoder":
         if m["codes_identical"]:
             return f"identical codes ({m['codes']} codes)"
         return f"{m['codes_differing']} of {m['codes']} codes differ; first stage over tolerance: {c.get('first_bad_layer')}"
+    if c["kind"] == "icl_audio":
+        return _icl_audio_cell(c)
     div = m["first_divergence"]
     frames = ",".join(map(str, m["frames_upstream"]))
     if div is None:
@@ -128,6 +161,17 @@ def _metric_cell(c: dict[str, Any]) -> str:
         f", group {div['group']}" if div["group"] >= 0 else " (length)"
     )
     return f"codes differ at {where}"
+
+
+def _icl_audio_cell(c: dict[str, Any]) -> str:
+    m = c["metrics"]
+    if not c["passed"]:  # the note names what differs first (or the standalone's exception)
+        return c["note"]
+    return (
+        f"reference codes identical ({m['ref_codes']}), x-vector max abs {_num(m['xvector_max_abs'])}, codes "
+        f"identical ({','.join(map(str, m['frames_upstream']))} frames), audio max abs {_num(m['max_abs'])} "
+        f"(bound {_num(m['bound'])})"
+    )
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -163,6 +207,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                 + " |"
             )
     lines += render_sensitivity(report)
+    lines += render_training(report)
     for r in report["runs"]:
         cfg = r["config"]
         t = cfg["talker"]

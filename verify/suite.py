@@ -12,6 +12,12 @@ Cases and their components:
   identical, else the first diverging (item, frame, group) and the sampler that drew it are
   reported.
 - audio (component "codec"): codes -> waveform for clips below and across the 300-frame chunk.
+- Base checkpoints: encoder cases (verify/encoder_parity.py) and ICL cloning from a recording end
+  to end, greedy and sampled (component "voice_clone_from_audio", verify/icl_audio_parity.py).
+- streaming (component "streaming", verify-parity's default run): every voice mode streamed at
+  several chunk sizes (a smaller first chunk, a clip shorter than one chunk) against upstream's
+  offline audio from the same seed, codes identical; and codes streamed across the 300-frame
+  chunk against upstream's decode (streaming_parity.py).
 
 Upstream's generation and audio outputs do not depend on the standalone side, so they are cached
 per (model, case, mode, seed, frames); the fault-injection self-test reuses them.
@@ -235,22 +241,31 @@ def generation_results(wrapper, standalone, model_type, dtype, seeds, frames, ca
 AUDIO_FRAMES = (5, 80, 330)  # below the 72-frame window, past it, and across the 300-frame chunk
 
 
+def audio_codes(standalone, frames: int, seed: int) -> torch.Tensor:
+    """The random codes [frames, G] of an audio case (the streaming crossing case reuses them)."""
+    groups = standalone.config.talker.num_code_groups
+    vocab = standalone.codec.cfg.codebook_size
+    return torch.randint(0, vocab, (frames, groups), generator=torch.Generator().manual_seed(seed + frames))
+
+
+def upstream_audio(wrapper, codes: torch.Tensor, key) -> tuple[np.ndarray, float]:
+    """(waveform, seconds) of upstream's decode of ``codes``, cached by ``key``."""
+    if key not in _UPSTREAM_CACHE:
+        t0 = time.perf_counter()
+        (ref,), _ = wrapper.model.speech_tokenizer.decode([{"audio_codes": codes}])
+        _UPSTREAM_CACHE[key] = (ref, time.perf_counter() - t0)
+    return _UPSTREAM_CACHE[key]
+
+
 def audio_results(wrapper, standalone, dtype, seed, cache_key) -> list[CaseResult]:
     if wrapper.model.speech_tokenizer is None:
         return []
     out = []
     dname = DTYPE_NAMES[dtype]
     bound, min_snr = AUDIO_TOLERANCES[dtype]
-    groups = standalone.config.talker.num_code_groups
-    vocab = standalone.codec.cfg.codebook_size
     for frames in AUDIO_FRAMES:
-        codes = torch.randint(0, vocab, (frames, groups), generator=torch.Generator().manual_seed(seed + frames))
-        key = (cache_key, dname, "audio", frames, seed)
-        if key not in _UPSTREAM_CACHE:
-            t0 = time.perf_counter()
-            (ref,), _ = wrapper.model.speech_tokenizer.decode([{"audio_codes": codes}])
-            _UPSTREAM_CACHE[key] = (ref, time.perf_counter() - t0)
-        ref, up_s = _UPSTREAM_CACHE[key]
+        codes = audio_codes(standalone, frames, seed)
+        ref, up_s = upstream_audio(wrapper, codes, (cache_key, dname, "audio", frames, seed))
         t0 = time.perf_counter()
         try:
             (got,), _ = standalone.decode_codes([codes])
@@ -296,16 +311,25 @@ def run_suite(
     generation: bool = True,
     audio: bool = True,
     encoder: bool = True,
+    streaming: bool = False,
 ) -> list[CaseResult]:
     results = forward_results(wrapper.model, standalone, dtype, seeds[0])
     if generation:
         results += generation_results(wrapper, standalone, model_type, dtype, seeds, frames, cache_key)
     if audio:
         results += audio_results(wrapper, standalone, dtype, seeds[0], cache_key)
+    if streaming:  # off unless asked: the fault self-test runs the suite once per fault
+        from .streaming_parity import streaming_results
+
+        results += streaming_results(wrapper, standalone, model_type, dtype, seeds[0], frames, cache_key)
     if encoder and model_type == "base" and wrapper.model.speech_tokenizer is not None:
         from .encoder_parity import encoder_results  # audio -> codes: what voice cloning from a recording runs
 
         results += encoder_results(wrapper, standalone, dtype)
+        if generation:  # cloning from a recording end to end: encoder, x-vector, generation, decoding
+            from .icl_audio_parity import icl_audio_results
+
+            results += icl_audio_results(wrapper, standalone, dtype, seeds, frames, cache_key)
     return results
 
 

@@ -116,13 +116,22 @@ def make_items(model: Qwen3TTS, seed: int = 0, texts=TEXTS, frames=(7, 4, 5)) ->
 
 # --------------------------------------------------------------------------------------------
 # Upstream side
-def upstream_reference_step(up, batch: TrainingBatch, speaker_embedding: torch.Tensor) -> dict[str, torch.Tensor]:
-    """sft_12hz.py (SFT_COMMIT) lines 73-113 on upstream's ``Qwen3TTSForConditionalGeneration``."""
+def upstream_reference_step(
+    up, batch: TrainingBatch, speaker_embedding: torch.Tensor, text_projection: bool = False
+) -> dict[str, torch.Tensor]:
+    """sft_12hz.py (SFT_COMMIT) lines 73-113 on upstream's ``Qwen3TTSForConditionalGeneration``.
+
+    ``text_projection``: the text embedding goes through ``talker.text_projection`` before the
+    mask, as upstream PRs #188/#336 patch it; without it the step cannot run at 0.6B (text width
+    2048, talker width 1024). Only the benchmark uses it."""
     talker = up.talker
     groups = talker.config.num_code_groups
     input_ids, codec_ids = batch.input_ids, batch.codec_ids
     text_ids, codec_in = input_ids[:, :, 0], input_ids[:, :, 1]
-    text_emb = talker.model.text_embedding(text_ids) * batch.text_embedding_mask
+    text_emb = talker.model.text_embedding(text_ids)
+    if text_projection:
+        text_emb = talker.text_projection(text_emb)
+    text_emb = text_emb * batch.text_embedding_mask
     codec_emb = talker.model.codec_embedding(codec_in) * batch.codec_embedding_mask
     codec_emb[:, 6, :] = speaker_embedding
     emb = text_emb + codec_emb
