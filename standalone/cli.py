@@ -63,6 +63,11 @@ def main() -> None:
     "--first-chunk-frames", type=POSITIVE_INT, default=4, show_default=True, help="Frames in the first streamed chunk."
 )
 @no_convert_option
+@click.option(
+    "--fast",
+    is_flag=True,
+    help="Compiled fast path: close to, not bit-identical with, upstream; compiles on first use.",
+)
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def synthesize(
     model_dir,
@@ -83,6 +88,7 @@ def synthesize(
     chunk_frames,
     first_chunk_frames,
     no_convert,
+    fast,
     debug,
 ) -> None:
     """Synthesize TEXT into a wav file. The voice mode follows the checkpoint's type."""
@@ -102,7 +108,7 @@ def synthesize(
         out = Path(out_path)
         if not out.parent.is_dir():
             raise ValueError(f"{out.parent}: output directory does not exist")
-        model = Qwen3TTS.from_pretrained(model_dir, dtype=parse_dtype(dtype), convert=not no_convert)
+        model = Qwen3TTS.from_pretrained(model_dir, dtype=parse_dtype(dtype), convert=not no_convert, fast=fast)
         if seed is not None:
             torch.manual_seed(seed)
         gen = {}

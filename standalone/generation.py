@@ -156,13 +156,13 @@ def suppress_mask_for(vocab_size: int, eos_token_id: int, device) -> torch.Tenso
 
 
 @torch.inference_mode()
-def generate_codes(model, prompt: TalkerPrompt, params: GenerationParams, progress: bool = False):
+def generate_codes(model, prompt: TalkerPrompt, params: GenerationParams, progress: bool = False, engine=None):
     """Run the talker + code predictor loop. Returns (codes per row [frames, G], hidden per row
-    [frames, H]), cut at the first EOS like upstream."""
+    [frames, H]), cut at the first EOS like upstream. ``engine``: see iter_frames."""
     tcfg = model.config.talker
     frames: list[torch.Tensor] = []
     hiddens: list[torch.Tensor] = []
-    for frame, hidden in iter_frames(model, prompt, params, progress=progress):
+    for frame, hidden in iter_frames(model, prompt, params, progress=progress, engine=engine):
         frames.append(frame)
         hiddens.append(hidden)
     bsz, device = prompt.inputs_embeds.shape[0], prompt.inputs_embeds.device
@@ -186,15 +186,20 @@ def generate_codes(model, prompt: TalkerPrompt, params: GenerationParams, progre
 
 
 @torch.inference_mode()
-def iter_frames(model, prompt: TalkerPrompt, params: GenerationParams, progress: bool = False):
+def iter_frames(model, prompt: TalkerPrompt, params: GenerationParams, progress: bool = False, engine=None):
     """The decode loop as a generator: yields, per frame, (codes [B, G], hidden [B, 1, H]), the
     hidden being the talker state that produced the frame's group-0 id. Rows are not cut here: a
     row's frames end at its first config-EOS group-0 id (``generate_codes`` cuts them).
 
     Closing the generator stops the loop before the next code-predictor call; the caches are
-    locals of this frame, so they are released with it."""
+    locals of this frame, so they are released with it.
+
+    ``engine`` (fast.FastEngine) replaces the per-frame talker step and code-predictor frame with
+    compiled ones; everything else (prefill, sampling, RNG order, EOS handling) is this loop."""
     tcfg = model.config.talker
     talker, cp = model.talker, model.code_predictor
+    talker_step = talker.step if engine is None else engine.talker_step
+    generate_frame = cp.generate_frame if engine is None else engine.generate_frame
     groups = tcfg.num_code_groups
     eos = params.eos_token_id if params.eos_token_id is not None else tcfg.codec_eos_token_id
     if params.max_new_tokens < 1:
@@ -211,7 +216,8 @@ def iter_frames(model, prompt: TalkerPrompt, params: GenerationParams, progress:
     # Buffers start at most INITIAL_FRAMES long and grow as frames come (KVCache.grow, _grown), so a
     # huge max_new_tokens ("until EOS", as upstream's dynamic cache allows) costs nothing up front.
     capacity = min(params.max_new_tokens, INITIAL_FRAMES)
-    tcache = talker.decoder.new_cache(tcfg.transformer, bsz, prompt_len + capacity, dtype, device)
+    cache_len = prompt_len + capacity if engine is None else engine.talker_cache_len(prompt_len + capacity)
+    tcache = talker.decoder.new_cache(tcfg.transformer, bsz, cache_len, dtype, device)
     ccache = cp.decoder.new_cache(tcfg.code_predictor.transformer, bsz, groups, dtype, device)
     padded = not bool(mask.all())
     full_mask = torch.ones(bsz, prompt_len + capacity, dtype=torch.long, device=device)
@@ -234,7 +240,7 @@ def iter_frames(model, prompt: TalkerPrompt, params: GenerationParams, progress:
     try:
         while bool(unfinished.any()) and n_ids < params.max_new_tokens:
             e0 = talker.codec_embedding(g0[:, None])
-            codes = cp.generate_frame(past_hidden, e0, ccache, params.subtalker)
+            codes = generate_frame(past_hidden, e0, ccache, params.subtalker)
             yield torch.cat([g0[:, None], codes], dim=1), past_hidden
             step_embeds = [e0] + [cp.embed(k + 1, codes[:, k : k + 1]) for k in range(groups - 1)]
             x = torch.cat(step_embeds, dim=1).sum(1, keepdim=True)
@@ -243,7 +249,7 @@ def iter_frames(model, prompt: TalkerPrompt, params: GenerationParams, progress:
             if padded and cur + 1 > full_mask.shape[1]:
                 full_mask = _grown(full_mask, cur + 1, fill=1)
             step_mask = padding_mask_decode(full_mask[:, : cur + 1]) if padded else None
-            hidden, logits = talker.step(x, positions.unsqueeze(0).expand(3, -1, -1), step_mask, tcache, cur)
+            hidden, logits = talker_step(x, positions.unsqueeze(0).expand(3, -1, -1), step_mask, tcache, cur)
             past_hidden = hidden[:, -1:]
             cur += 1
             step += 1

@@ -53,6 +53,7 @@ class Qwen3TTS(StreamingVoiceMethods, VoiceMethods, nn.Module):
         revision: str | None = None,
         convert: bool = True,
         progress: bool | None = None,
+        fast: bool = False,
     ) -> Qwen3TTS:
         """Load a checkpoint: a standalone directory (written by ``convert-ckpt``), an upstream
         qwen-tts directory, or a hub repo id of either kind. An upstream checkpoint is converted
@@ -61,6 +62,7 @@ class Qwen3TTS(StreamingVoiceMethods, VoiceMethods, nn.Module):
 
         ``dtype=None`` keeps the stored dtype. Every tensor in the checkpoint must be used and
         every parameter must be present; anything else is a CheckpointError naming the tensors.
+        ``fast=True`` calls ``compile_fast()`` on the loaded model.
         """
         check_load_arguments(path, dtype, device)
         directory = resolve_checkpoint_dir(path, revision)
@@ -96,7 +98,29 @@ class Qwen3TTS(StreamingVoiceMethods, VoiceMethods, nn.Module):
                 )
         model.load_state_dict(state, strict=True, assign=True)
         model.checkpoint_dir = directory
-        return model.eval()
+        model.eval()
+        return model.compile_fast() if fast else model
+
+    def compile_fast(self, **engine_options) -> Qwen3TTS:
+        """Switch generate() to the compiled fast path (standalone/fast.py), in the model's current
+        dtype: close to upstream, not bit-identical (verify/fast_parity.py measures it). Graphs
+        compile on the first generate() per batch size. Returns self."""
+        from .fast import FastEngine
+
+        engine = FastEngine(self.talker, self.code_predictor, **engine_options)
+        engine.dtype = self.dtype
+        object.__setattr__(self, "_fast", engine)  # not a submodule: state_dict must not change
+        return self
+
+    def fast_engine(self):
+        """The compiled engine if compile_fast() was called (else None), checked against the
+        model's current dtype: its graphs were traced for one dtype."""
+        engine = getattr(self, "_fast", None)
+        if engine is not None and engine.dtype != self.dtype:
+            raise RuntimeError(
+                f"the fast path was compiled for {engine.dtype}, the model is now {self.dtype}: call compile_fast() again"
+            )
+        return engine
 
     # ---------------------------------------------------------------------------------------
     @property
@@ -173,7 +197,7 @@ class Qwen3TTS(StreamingVoiceMethods, VoiceMethods, nn.Module):
         prompt = build_talker_prompt(
             self, input_ids, instruct_ids, ref_ids, voice_clone_prompt, languages, speakers, non_streaming_mode
         )
-        return generate_codes(self, prompt, params, progress=progress)
+        return generate_codes(self, prompt, params, progress=progress, engine=self.fast_engine())
 
     @torch.inference_mode()
     def extract_speaker_embedding(self, audio: np.ndarray, sr: int) -> torch.Tensor:

@@ -346,7 +346,7 @@ class StreamingVoiceMethods:
     def _run_stream(self, prompt, params, progress, streams, batched, on_frame=None):
         eos = self.config.talker.codec_eos_token_id  # rows end at the config's EOS, as generate_codes cuts
         done = [False] * len(streams)
-        frames = iter_frames(self, prompt, params, progress=progress)
+        frames = iter_frames(self, prompt, params, progress=progress, engine=self.fast_engine())
         try:
             for frame, _ in frames:
                 g0 = frame[:, 0].tolist()

@@ -98,6 +98,12 @@ DTYPE_CHOICES = ("fp32", "bf16")
 )
 @click.option("--verbose", is_flag=True, help="Show upstream's own output (warnings, banners) as it comes.")
 @click.option(
+    "--fast",
+    is_flag=True,
+    help="Measure the compiled fast path instead (forward distances, teacher-forced agreement, generation "
+    "agreement; fast_parity.md). With --self-test: the fault self-test through the fast path.",
+)
+@click.option(
     "--engine",
     type=click.Choice(["qwentts.cpp"]),
     default=None,
@@ -130,6 +136,7 @@ def main(
     fault_names,
     verbose,
     transformers_version,
+    fast,
     engine,
     quant,
     gguf_dir,
@@ -145,6 +152,17 @@ def main(
             raise click.BadParameter("at least one seed", param_hint="--seeds")
         if engine:
             ok = _run_engine(engine, src, gguf_dir, quant, frames, Path(report_dir), self_test)
+        elif fast:
+            ok = run_fast(
+                src,
+                standalone_dir,
+                dtypes or DTYPE_CHOICES,
+                seed_list,
+                frames,
+                Path(report_dir),
+                self_test,
+                fault_names,
+            )
         elif self_test:
             names = [n.strip() for n in fault_names.split(",") if n.strip()] if fault_names else None
             ok = run_self_test(Path(report_dir), dtypes or DTYPE_CHOICES, names)
@@ -188,6 +206,17 @@ def main(
         click.echo(f"verify-parity: error: {type(e).__name__}: {e}", err=True)
         sys.exit(2)
     sys.exit(0 if ok else 1)
+
+
+def run_fast(src, standalone_dir, dtype_names, seeds, frames, report_dir: Path, self_test, fault_names) -> bool:
+    if self_test:
+        from .fast_selftest import run_fast_self_test
+
+        names = [n.strip() for n in fault_names.split(",") if n.strip()] if fault_names else None
+        return run_fast_self_test(report_dir, dtype_names, names)
+    from .fast_parity import run_fast_cli
+
+    return run_fast_cli(src, standalone_dir, dtype_names, seeds, frames, report_dir)
 
 
 def _run_engine(engine, src, gguf_dir, quant, frames, report_dir: Path, self_test: bool) -> bool:

@@ -333,8 +333,8 @@ def generation_params_variant(edit: Callable):
     """generate_codes called with GenerationParams rewritten by ``edit(params) -> params``."""
 
     def make(real, _model):
-        def generate_codes(model, prompt, params, progress=False):
-            return real(model, prompt, edit(params), progress)
+        def generate_codes(model, prompt, params, progress=False, **engine):
+            return real(model, prompt, edit(params), progress, **engine)
 
         return generate_codes
 

@@ -1,0 +1,238 @@
+"""The compiled fast path: the gpt-fast recipe over the exact path's own weights.
+
+The exact path (generation.generate_codes with talker.py's modules) calls upstream's kernels with
+upstream's call shapes and is bit-identical to upstream. This module is a second mode: the same
+decode loop (generation.generate_codes, so the same sampling, EOS and RNG consumption order), but
+the two per-frame workloads run through torch.compile'd graphs:
+
+- the talker's one-token step (layers + final norm + codec head), attending over a static KV
+  cache through a window whose length grows in blocks of ``window_block`` positions. The window
+  length is a dynamic dimension, so one graph serves every length;
+- the code predictor's frame: one graph for the 2-position prefill and one for a single step
+  (layers + final norm; the per-group head and embedding are a lookup and one small matmul, left
+  eager so that one graph serves all 14 steps).
+
+Weights stay the modules' own parameters (no copy in the model); inductor's ``freezing`` treats
+them as constants. The graphs never write the KV caches: they return the new keys/values and the
+engine stores them (an in-place write into a view of a graph input made inductor copy the whole
+cache per layer). verify/bench_step.py and reports/step-bench.md hold the profile behind these
+choices: on torch 2.9.1 the compiled 0.6B steps stream fp32 weights at ~25 GB/s (eager ~21).
+
+The prompt prefill runs eagerly (talker.step, exactly as the exact path): it happens once per
+generation and its length varies, so compiling it would mean a graph per bucket for a one-off.
+
+Numbers differ from upstream in the last bits (other GEMM blocking, fused qkv and gate/up, fp32
+softmax over a masked window instead of SDPA): verify/fast_parity.py measures by how much.
+Compiled graphs are cached on disk by inductor (TORCHINDUCTOR_CACHE_DIR, default
+/tmp/torchinductor_$USER), so a second process start skips most of the compile.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .kv_cache import KVCache
+from .layers import DecoderLayer, rope_cos_sin
+from .sampling import SamplingParams, sample_next_token
+from .talker import CodePredictor, DecoderStack, Talker
+
+# Inductor options of the fast path, from verify/bench_step.py at 0.6B on torch 2.9.1 (2 threads):
+# freezing (weights as constants) gives the code-predictor step 12.4 ms against eager 14.3 ms;
+# max-autotune only autotunes the attention bmm there (not the M=1 linears) and costs minutes of
+# compile, so it is off.
+COMPILE_OPTIONS = {"freezing": True}
+
+
+def _attention(q, k_new, v_new, k_cache, v_cache, cache_mask, scale: float):
+    """q [B, H, S, D] over the cached positions k/v_cache [B, KV, W, D] (cache_mask [B|1, 1, S, W]
+    bool, True = attend) and, causally, over the S new positions k/v_new [B, KV, S, D].
+
+    The new keys/values are not written into the cache inside the graph: an in-place write into a
+    view of a graph input makes inductor copy the whole cache tensor per layer (measured: 28 full
+    copies of the talker cache per step), so the caller writes them afterwards. Grouped-query
+    attention without repeating k/v (head i uses kv head i // (H/KV), as repeat_interleave);
+    softmax in fp32."""
+    bsz, n_heads, seqlen, head_dim = q.shape
+    n_kv = k_new.shape[1]
+    rep = n_heads // n_kv
+    qg = q.reshape(bsz, n_kv, rep * seqlen, head_dim)
+    old = torch.matmul(qg, k_cache.transpose(-1, -2)).float() * scale  # [B, KV, rep*S, W]
+    old = old.view(bsz, n_kv, rep, seqlen, -1).masked_fill(~cache_mask[:, :, None], float("-inf"))
+    new = torch.matmul(qg, k_new.transpose(-1, -2)).float() * scale  # [B, KV, rep*S, S]
+    causal = torch.ones(seqlen, seqlen, dtype=torch.bool, device=q.device).tril()
+    new = new.view(bsz, n_kv, rep, seqlen, seqlen).masked_fill(~causal, float("-inf"))
+    probs = torch.softmax(torch.cat((old, new), dim=-1), dim=-1).to(v_new.dtype)
+    p_old, p_new = probs.view(bsz, n_kv, rep * seqlen, -1).split((old.shape[-1], seqlen), dim=-1)
+    out = torch.matmul(p_old, v_cache) + torch.matmul(p_new, v_new)
+    return out.view(bsz, n_heads, seqlen, head_dim)
+
+
+def _rotate(x, cos, sin):
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+def _layer_step(layer: DecoderLayer, x, cos, sin, k_cache, v_cache, cache_mask):
+    """One decoder layer over x [B, S, H] attending over k/v_cache [B, KV, W, D] and itself.
+    Returns (x, k, v), k/v [B, KV, S, D] being what the caller must store at the S positions."""
+    attn = layer.attn
+    bsz, seqlen, _ = x.shape
+    h = layer.attn_norm(x)
+    q, k, v = F.linear(h, attn.wqkv.weight).split((attn.q_size, attn.kv_size, attn.kv_size), dim=-1)
+    q = attn.q_norm(q.view(bsz, seqlen, attn.n_heads, attn.head_dim))
+    k = attn.k_norm(k.view(bsz, seqlen, attn.n_kv_heads, attn.head_dim))
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    q = _rotate(q.transpose(1, 2), cos, sin)
+    k = _rotate(k.transpose(1, 2), cos, sin)
+    v = v.view(bsz, seqlen, attn.n_kv_heads, attn.head_dim).transpose(1, 2)
+    out = _attention(q, k, v, k_cache, v_cache, cache_mask, attn.head_dim**-0.5)
+    x = x + attn.wo(out.transpose(1, 2).reshape(bsz, seqlen, attn.q_size))
+    gate, up = F.linear(layer.mlp_norm(x), layer.mlp.w_gate_up.weight).chunk(2, dim=-1)
+    return x + layer.mlp.w_down(F.silu(gate) * up), k, v
+
+
+class DecodeGraph(nn.Module):
+    """What one compiled graph runs: [input projection] -> decoder layers -> final norm -> [head].
+    Holds the exact path's modules (shared parameters, nothing copied). Reads the caches k/v_all
+    [L, B, KV, >=W, D] over the first W = cache_mask.shape[-1] positions and returns the new
+    keys/values [L, B, KV, S, D] for the caller to store (store_new)."""
+
+    def __init__(self, decoder: DecoderStack, head: nn.Module | None = None, projection: nn.Module | None = None):
+        super().__init__()
+        self.decoder = decoder
+        self.head = head
+        self.projection = projection
+
+    def forward(self, x, cos, sin, k_all, v_all, cache_mask):
+        if self.projection is not None:
+            x = self.projection(x)
+        window = cache_mask.shape[-1]
+        ks, vs = [], []
+        for i, layer in enumerate(self.decoder.layers):
+            x, k, v = _layer_step(layer, x, cos, sin, k_all[i, :, :, :window], v_all[i, :, :, :window], cache_mask)
+            ks.append(k)
+            vs.append(v)
+        h = self.decoder.norm(x)
+        return h, (self.head(h) if self.head is not None else None), torch.stack(ks), torch.stack(vs)
+
+
+def store_new(cache: KVCache, start: int, k_new, v_new) -> None:
+    """Write a graph's new keys/values [L, B, KV, S, D] at positions start..start+S-1."""
+    end = start + k_new.shape[3]
+    if end > cache.max_len:
+        cache.grow(end)
+    cache.k[:, :, :, start:end] = k_new
+    cache.v[:, :, :, start:end] = v_new
+
+
+class FastEngine:
+    """The compiled talker step and code-predictor frame of one model, plugged into
+    generation.generate_codes (``engine=``). Build it through ``Qwen3TTS.compile_fast``.
+
+    Compilation happens on first use per batch size and dtype (tens of seconds at 0.6B on two
+    cores); the first generate() triggers it and ``compile_seconds`` records the time spent (each
+    graph's first call).
+    """
+
+    def __init__(
+        self,
+        talker: Talker,
+        code_predictor: CodePredictor,
+        window_block: int = 64,
+        options: dict | None = None,
+        compile: bool = True,
+    ):
+        self.talker, self.cp = talker, code_predictor
+        # Every engine adds graphs (per batch size, prefill/step) to the same forward code object;
+        # past dynamo's default limit of 8 it would silently run the rest eagerly.
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        self.window_block = window_block
+        opts = self.options = dict(COMPILE_OPTIONS if options is None else options)
+        wrap = (lambda m: torch.compile(m, dynamic=False, options=opts)) if compile else (lambda m: m)
+        self._talker_step = wrap(DecodeGraph(talker.decoder, head=talker.codec_head))
+        # One module for the predictor's prefill and steps: two shapes, two graphs, shared weights.
+        self._cp_graph = wrap(DecodeGraph(code_predictor.decoder, projection=code_predictor.input_projection))
+        self._cp_rope: dict = {}
+        self.compile_seconds = 0.0
+        self._warm: set = set()
+
+    # --- the talker's one-token step ------------------------------------------------------------
+    def talker_cache_len(self, needed: int) -> int:
+        """Talker cache length for ``needed`` positions: a block longer than the largest window,
+        so the window never spans the whole cache (dynamo would specialise that case into a
+        second graph)."""
+        return -(-needed // self.window_block) * self.window_block + self.window_block
+
+    def talker_step(self, x, positions, mask, cache: KVCache, start: int):
+        """Same contract as Talker.step for one new token at ``start``: x [B, 1, H], M-RoPE
+        positions [3, B, 1], mask None or bool [B, 1, 1, start + 1]. Returns (hidden, logits)."""
+        bsz = x.shape[0]
+        cos, sin = rope_cos_sin(self.talker.inv_freq, positions, x.dtype, self.talker.mrope_rows)
+        window = max(1, -(-start // self.window_block)) * self.window_block
+        if window >= cache.max_len:  # the loop's buffers grow as frames come; keep a block spare
+            cache.grow(window + self.window_block)
+        attend = torch.zeros(bsz, 1, 1, window, dtype=torch.bool, device=x.device)
+        attend[..., :start] = True if mask is None else mask[..., :start]
+        torch._dynamo.mark_dynamic(attend, 3)
+        torch._dynamo.mark_dynamic(cache.k, 3)
+        torch._dynamo.mark_dynamic(cache.v, 3)
+        h, logits, k_new, v_new = self._timed(("talker", bsz), self._talker_step, x, cos, sin, cache.k, cache.v, attend)
+        store_new(cache, start, k_new, v_new)
+        return h, logits
+
+    # --- the code predictor's frame -------------------------------------------------------------
+    def generate_frame(self, past_hidden, e0, cache: KVCache, params: SamplingParams):
+        """Same contract and the same sampling calls (hence RNG draws) as
+        CodePredictor.generate_frame: residual codes [B, G-1]."""
+        tokens, _ = self._frame(past_hidden, e0, cache, lambda logits, group: sample_next_token(logits, None, params))
+        return tokens
+
+    def frame_logits(self, past_hidden, e0, codes: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Teacher-forced: the logits [B, G-1, V] of groups 1..G-1 when groups 1..G-2 are fed
+        ``codes`` [B, G-1] instead of the sampled ones (the same graphs as generate_frame)."""
+        _, logits = self._frame(past_hidden, e0, cache, lambda _logits, group: codes[:, group - 1])
+        return torch.stack(logits, dim=1)
+
+    def _frame(self, past_hidden, e0, cache: KVCache, pick):
+        cp = self.cp
+        bsz = past_hidden.shape[0]
+        x = torch.cat((past_hidden, e0), dim=1)
+        cos, sin, mask = self._cp_inputs(0, 2, x.dtype, x.device, cache.max_len)
+        h, _, k_new, v_new = self._timed(("cp_prefill", bsz), self._cp_graph, x, cos, sin, cache.k, cache.v, mask)
+        store_new(cache, 0, k_new, v_new)
+        logits = [cp.logits(h, 1)[:, -1]]
+        tokens = [pick(logits[-1], 1)]
+        for group in range(2, cp.cfg.num_code_groups):
+            x = cp.embed(group - 1, tokens[-1][:, None])
+            cos, sin, mask = self._cp_inputs(group, 1, x.dtype, x.device, cache.max_len)
+            h, _, k_new, v_new = self._timed(("cp_step", bsz), self._cp_graph, x, cos, sin, cache.k, cache.v, mask)
+            store_new(cache, group, k_new, v_new)
+            logits.append(cp.logits(h, group)[:, -1])
+            tokens.append(pick(logits[-1], group))
+        return torch.stack(tokens, dim=1), logits
+
+    def _cp_inputs(self, start: int, length: int, dtype, device, cache_len: int):
+        """cos/sin of positions start..start+length-1 and the mask of the cached positions they
+        see (those before ``start``, over the whole 16-position cache: one shape for every step),
+        cached: every frame revisits the same positions."""
+        key = (start, length, dtype, device, cache_len)
+        hit = self._cp_rope.get(key)
+        if hit is None:
+            pos = torch.arange(start, start + length, device=device)
+            cos, sin = rope_cos_sin(self.cp.inv_freq, pos[None], dtype)
+            mask = (torch.arange(cache_len, device=device) < start).expand(1, 1, length, cache_len)
+            hit = self._cp_rope[key] = (cos, sin, mask)
+        return hit
+
+    def _timed(self, key, fn, *args):
+        if key in self._warm:
+            return fn(*args)
+        t0 = time.perf_counter()
+        out = fn(*args)
+        self.compile_seconds += time.perf_counter() - t0
+        self._warm.add(key)
+        return out
