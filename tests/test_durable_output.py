@@ -71,8 +71,15 @@ def _start_cli(src: Path, dst: Path, **popen) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_sigint_default,
         **popen,
     )
+
+
+def _sigint_default() -> None:
+    # A suite started in the background (`cmd &`, nohup) inherits SIGINT ignored, and Python then
+    # installs no KeyboardInterrupt handler; the child must see Ctrl-C as a user's terminal sends it.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _wait_mid_write(parent: Path, proc: subprocess.Popen, timeout: float = 60.0) -> Path:

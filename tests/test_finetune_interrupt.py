@@ -114,7 +114,14 @@ def _start(code: str, st_dir, data, out, epochs: int) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_sigint_default,
     )
+
+
+def _sigint_default() -> None:
+    # A suite started in the background (`cmd &`, nohup) inherits SIGINT ignored, and Python then
+    # installs no KeyboardInterrupt handler; the child must see Ctrl-C as a user's terminal sends it.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _last_line(err: str) -> str:
