@@ -73,13 +73,17 @@ def _time_to_first_audio(model, kw: dict, chunk: int, first: int, seed: int) -> 
     return seconds
 
 
-def bench_dtype(st: Path, dtype: torch.dtype, frames: int, chunk: int, first: int, seed: int = 0) -> dict:
-    model = Qwen3TTS.from_pretrained(st, dtype=dtype)
+def bench_dtype(
+    st: Path, dtype: torch.dtype, frames: int, chunk: int, first: int, seed: int = 0, fast: bool = False
+) -> dict:
+    t0 = time.perf_counter()
+    model = Qwen3TTS.from_pretrained(st, dtype=dtype, fast=fast)
     speaker = model.get_supported_speakers()[0]
     kw = dict(
         text="Streaming synthesis benchmark sentence.", speaker=speaker, language="auto", max_new_tokens=frames + 1
     )
-    _warm_up(model, speaker)
+    _warm_up(model, speaker)  # on the fast path this call compiles
+    t_ready = time.perf_counter() - t0
     # Offline: codes, then audio (what generate_custom_voice does), timed apart.
     load_before = loadavg()
     torch.manual_seed(seed)
@@ -112,7 +116,8 @@ def bench_dtype(st: Path, dtype: torch.dtype, frames: int, chunk: int, first: in
     del model
     return dict(
         dtype=SHORT_NAME[dtype],
-        path="exact",
+        path="fast" if fast else "exact",
+        load_and_warm_up_s=t_ready,
         frames=n,
         audio_seconds=audio_s,
         chunk_frames=chunk,
@@ -142,9 +147,7 @@ def bench_dtype(st: Path, dtype: torch.dtype, frames: int, chunk: int, first: in
 def write_report(rows: list[dict], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     env = environment()
-    (out / "streaming-benchmark.json").write_text(
-        json.dumps(dict(environment=env, fast_path="not available", rows=rows), indent=2) + "\n"
-    )
+    (out / "streaming-benchmark.json").write_text(json.dumps(dict(environment=env, rows=rows), indent=2) + "\n")
     lines = [
         "# Streaming benchmark: CustomVoice, random released-size weights, CPU",
         "",
@@ -156,15 +159,16 @@ def write_report(rows: list[dict], out: Path) -> None:
         "divided by its frames (prefill included). TTFA at first chunk 1 is measured by closing the "
         "stream after its first chunk.",
         "",
-        "**Fast path: not available** (the compiled fast path is not on main yet); every row is the "
-        "exact (eager) path.",
+        "Path `exact` is the eager path (bit-identical to upstream); `fast` is the compiled path "
+        "(`from_pretrained(fast=True)`), whose load-and-warm-up column includes its compile time.",
         "",
         "| size | dtype | path | frames | chunk/first | s/frame | first-chunk decode s | TTFA s | goal s "
         "| TTFA, first chunk 1 s | goal s (1) | stream RTF | offline complete s | offline RTF "
-        "| stream vs offline max abs (SNR dB) | loadavg before → after |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| stream vs offline max abs (SNR dB) | load + warm-up s | loadavg before → after |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        warm = f"{r['load_and_warm_up_s']:.1f}" if "load_and_warm_up_s" in r else "n/a"  # rows from before it
         lines.append(
             f"| {r['size']} | {r['dtype']} | {r['path']} | {r['frames']} | {r['chunk_frames']}/{r['first_chunk_frames']} | "
             f"{r['seconds_per_frame']:.3f} | {r['first_chunk_decode_s']:.3f} | {r['stream_first_audio_s']:.2f} | "
@@ -172,7 +176,7 @@ def write_report(rows: list[dict], out: Path) -> None:
             f"{r['goal_first_audio_first_chunk_1_s']:.2f} | {r['stream_rtf']:.2f} | "
             f"{r['offline_complete_audio_s']:.2f} | {r['offline_rtf']:.2f} | "
             f"{r['stream_vs_offline_max_abs']:.2e} ({r['stream_vs_offline_snr_db']:.1f}) | "
-            f"{r['loadavg_before']} → {r['loadavg_after']} |"
+            f"{warm} | {r['loadavg_before']} → {r['loadavg_after']} |"
         )
     lines += [
         "",
@@ -191,16 +195,32 @@ def main(argv=None) -> None:
     p.add_argument("--chunk-frames", type=int, default=DEFAULT_CHUNK_FRAMES)
     p.add_argument("--first-chunk-frames", type=int, default=DEFAULT_FIRST_CHUNK_FRAMES)
     p.add_argument("--dtypes", default="fp32,bf16")
+    p.add_argument("--paths", default="exact", help="exact, fast or both (comma-separated).")
+    p.add_argument(
+        "--keep", action="store_true", help="Keep the report's other rows; replace only the (size, dtype, path) run."
+    )
     a = p.parse_args(argv)
     torch.set_num_threads(2)
-    rows = []
+    rows = _kept_rows(a.out) if a.keep else []
     for size in a.sizes.split(","):
         st = build(a.work, size)
-        for name in a.dtypes.split(","):
-            row = bench_dtype(st, BY_SHORT[name], a.frames, a.chunk_frames, a.first_chunk_frames)
-            rows.append(dict(size=size, **row))
-            print(json.dumps(rows[-1]), flush=True)
-            write_report(rows, a.out)
+        for path in a.paths.split(","):
+            for name in a.dtypes.split(","):
+                row = dict(
+                    size=size,
+                    **bench_dtype(
+                        st, BY_SHORT[name], a.frames, a.chunk_frames, a.first_chunk_frames, fast=path == "fast"
+                    ),
+                )
+                rows = [r for r in rows if (r["size"], r["dtype"], r["path"]) != (size, row["dtype"], row["path"])]
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+                write_report(sorted(rows, key=lambda r: (r["size"], r["path"], r["dtype"])), a.out)
+
+
+def _kept_rows(out: Path) -> list[dict]:
+    report = out / "streaming-benchmark.json"
+    return json.loads(report.read_text())["rows"] if report.is_file() else []
 
 
 if __name__ == "__main__":
