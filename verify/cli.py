@@ -284,7 +284,10 @@ def run(
                 )
         section = training_section(Path(work) / "training", training_dtypes(dtype_names)) if training else None
         if section is not None:
-            click.echo(f"  training: {'PASS' if section['passed'] else 'FAIL'} {section['checks']}")
+            checks = "; ".join(
+                f"{name.replace('_', ' ')} {'ok' if ok else 'FAIL'}" for name, ok in section["checks"].items()
+            )
+            click.echo(f"  training: {checks}; {'PASS' if section['passed'] else 'FAIL'}")
         STAGE["stage"] = "report"
         report = build_report(runs, seeds, frames, training=section)
         report["fixtures"] = fixtures
