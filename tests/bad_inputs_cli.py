@@ -225,6 +225,7 @@ CLI_ROWS: tuple[CliRow, ...] = (
     CliRow(
         "synthesize", "--stream with a value", SYN + ("--stream=yes",), 2, r"Option '--stream' does not take a value"
     ),
+    CliRow("synthesize", "--fast with a value", SYN + ("--fast=yes",), 2, r"Option '--fast' does not take a value"),
     CliRow(
         "synthesize",
         "--chunk-frames 0",
