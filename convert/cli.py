@@ -7,9 +7,9 @@ import sys
 
 import click
 
-from q3tts.standalone.dtypes import parse_dtype
+from q3tts.standalone.precision import parse_mode
 
-DTYPE_CHOICES = ("keep", "bf16", "fp16", "fp32")
+DTYPE_CHOICES = ("keep", "bf16", "fp16", "fp32", "bf16-mixed", "fp16-mixed")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -20,7 +20,9 @@ DTYPE_CHOICES = ("keep", "bf16", "fp16", "fp32")
     type=click.Choice(DTYPE_CHOICES),
     default="keep",
     show_default=True,
-    help="Storage dtype of floating-point tensors.",
+    help="Storage dtype of floating-point tensors. bf16-mixed / fp16-mixed: half precision for the big "
+    "linears and the embeddings, fp32 for norms, logits heads, the speech tokenizer and the speaker encoder "
+    "(fp16-mixed also keeps the MLP down projections fp32); the loader restores the split.",
 )
 @click.option(
     "--shard-size", default=None, metavar="SIZE", help="Split the weights into shards of at most SIZE (e.g. 2GB)."
@@ -75,7 +77,7 @@ def main(src, dst, dtype, shard_size, force, dry_run, to, quant, check, progress
         s = convert_checkpoint(
             src_dir,
             dst,
-            dtype=parse_dtype(dtype),
+            dtype=parse_mode(dtype),
             force=force,
             shard_size=shard_bytes,
             to=to,

@@ -52,7 +52,14 @@ def main() -> None:
     help="Precomputed reference codes [T, G] (.npy) for ICL cloning instead of encoding --ref-audio.",
 )
 @click.option("--language", default="auto", show_default=True)
-@click.option("--dtype", type=click.Choice(["keep", "fp32", "bf16"]), default="keep", show_default=True)
+@click.option(
+    "--dtype",
+    type=click.Choice(["keep", "fp32", "bf16", "bf16-mixed", "fp16-mixed"]),
+    default="keep",
+    show_default=True,
+    help="bf16-mixed / fp16-mixed: half-precision weights for the big linears, fp32 where it matters "
+    "(norms, residual stream, logits heads, codec); keep: as stored (a mixed checkpoint stays mixed).",
+)
 @click.option("--seed", type=SEED, default=None, help="Seed the sampler for a reproducible result.")
 @click.option("--greedy", is_flag=True, help="Greedy decoding instead of sampling.")
 @click.option("--max-new-tokens", type=POSITIVE_INT, default=None, help="Cap on generated frames (+1).")
@@ -94,8 +101,8 @@ def synthesize(
     """Synthesize TEXT into a wav file. The voice mode follows the checkpoint's type."""
     import torch
 
-    from .dtypes import parse_dtype
     from .model import Qwen3TTS
+    from .precision import parse_mode
 
     try:
         import soundfile as sf
@@ -108,7 +115,7 @@ def synthesize(
         out = Path(out_path)
         if not out.parent.is_dir():
             raise ValueError(f"{out.parent}: output directory does not exist")
-        model = Qwen3TTS.from_pretrained(model_dir, dtype=parse_dtype(dtype), convert=not no_convert, fast=fast)
+        model = Qwen3TTS.from_pretrained(model_dir, dtype=parse_mode(dtype), convert=not no_convert, fast=fast)
         if seed is not None:
             torch.manual_seed(seed)
         gen = {}

@@ -39,6 +39,7 @@ from .config import FORMAT_NAME, ConfigError, Qwen3TTSConfig
 from .dtypes import SAFETENSORS_CODE
 from .layout import Direction, Entry, codec_plan, plan
 from .output_dir import OWNER_FILE, OutputDir, OutputError
+from .precision import METADATA_KEY, Precision
 from .safetensors_writer import SafetensorsWriter, StreamError, plan_shards
 from .speech_encoder import load_speech_encoder_config
 
@@ -148,9 +149,15 @@ def _check_accounting(source: CheckpointReader, wanted: list[str], what: str) ->
 
 
 def plan_outputs(
-    source: CheckpointReader, entries: list[Entry], direction: Direction, dtype: torch.dtype | None, what: str
+    source: CheckpointReader,
+    entries: list[Entry],
+    direction: Direction,
+    dtype: torch.dtype | Precision | None,
+    what: str,
+    part: str = "",
 ) -> list[OutputTensor]:
-    """Validate every source tensor against the layout entries and list the output tensors."""
+    """Validate every source tensor against the layout entries and list the output tensors.
+    A Precision ``dtype`` picks each output's dtype by its name within ``part``."""
     _check_accounting(source, [n for e in entries for n in direction.reads(e)], what)
     outputs: list[OutputTensor] = []
     for e in entries:
@@ -165,19 +172,21 @@ def plan_outputs(
             dtypes.add(info.dtype)
         if len(dtypes) != 1:
             raise ConversionError(f"{source.directory}: tensors {list(inputs)} mix dtypes {sorted(map(str, dtypes))}")
-        out_dtype = _cast_dtype(dtypes.pop(), dtype)
+        stored = dtypes.pop()
         carried = source.infos[inputs[0]].shape  # entries with no planned shape keep the stored one
         if direction is Direction.TO_STANDALONE:
             shapes = [e.target_shape if e.target_shape is not None else carried]
         else:
             shapes = [s if s is not None else carried for s in e.source_shapes]
         for name, shape in zip(direction.writes(e), shapes):
-            outputs.append(OutputTensor(name, out_dtype, shape, inputs, e))
+            outputs.append(OutputTensor(name, _cast_dtype(stored, dtype, name, part), shape, inputs, e))
     return outputs
 
 
-def _cast_dtype(stored: torch.dtype, requested: torch.dtype | None) -> torch.dtype:
-    return requested if requested is not None and stored.is_floating_point else stored
+def _cast_dtype(stored: torch.dtype, requested, name: str, part: str) -> torch.dtype:
+    if requested is None or not stored.is_floating_point:
+        return stored
+    return requested.dtype_for(name, part) if isinstance(requested, Precision) else requested
 
 
 def _produce(
@@ -245,7 +254,9 @@ def speech_tokenizer_job(src: Path, direction: Direction, dtype) -> PartJob | No
             encoder_cfg = load_speech_encoder_config(directory)
         except (ValueError, KeyError, TypeError) as e:
             raise ConversionError(f"{directory / 'config.json'}: {e}") from e
-    outputs = plan_outputs(source, codec_plan(cfg, encoder_cfg), direction, dtype, "the 12 Hz speech tokenizer")
+    outputs = plan_outputs(
+        source, codec_plan(cfg, encoder_cfg), direction, dtype, "the 12 Hz speech tokenizer", CODEC_DIR
+    )
     return PartJob(CODEC_DIR, source, outputs)
 
 
@@ -287,7 +298,13 @@ def _shard_names(n: int) -> list[str]:
 
 
 def write_part(
-    tmp: Path, job: PartJob, direction: Direction, shard_bytes: int | None, progress: bool, hashes: dict[str, str]
+    tmp: Path,
+    job: PartJob,
+    direction: Direction,
+    shard_bytes: int | None,
+    progress: bool,
+    hashes: dict[str, str],
+    precision: Precision | None = None,
 ) -> list[str]:
     """Write one part's weight file(s) under ``tmp``; their sha256 (computed while writing) go
     into ``hashes`` keyed by their path relative to ``tmp``. Returns those paths."""
@@ -300,6 +317,8 @@ def write_part(
     # Standalone files name their producer (so they are never converted twice); files written
     # back in upstream's layout carry upstream's plain metadata.
     metadata = {"format": "pt"} | ({"producer": PRODUCER} if direction is Direction.TO_STANDALONE else {})
+    if precision is not None:  # the loader restores the mixed mode from it (precision.stored_precision)
+        metadata[METADATA_KEY] = precision.name
     bar = _bar(sum(_nbytes(o) for o in job.outputs), progress)
     try:
         writers = {
@@ -420,7 +439,7 @@ def _write_report(tmp: Path, summary: ConversionSummary, src: Path, jobs: list[P
         "converter_version": CONVERTER_VERSION,
         "direction": summary.direction,
         "source": str(src.resolve()),
-        "dtype": "keep" if dtype is None else SAFETENSORS_CODE[dtype],
+        "dtype": "keep" if dtype is None else (dtype.name if isinstance(dtype, Precision) else SAFETENSORS_CODE[dtype]),
         "tensors_in": summary.tensors_in,
         "tensors_out": summary.tensors_out,
         "bytes_in": summary.bytes_in,
@@ -483,7 +502,7 @@ def convert_checkpoint(
     src: str | os.PathLike,
     dst: str | os.PathLike,
     *,
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | Precision | None = None,
     force: bool = False,
     shard_size: int | None = None,
     to: str | Direction = Direction.TO_STANDALONE,
@@ -492,7 +511,9 @@ def convert_checkpoint(
     say: Callable[[str], None] | None = None,
 ) -> ConversionSummary:
     """Convert ``src`` into ``dst``: upstream -> standalone (``to="standalone"``) or back
-    (``to="upstream"``). ``dtype=None`` keeps stored dtypes; ``shard_size`` in bytes splits the
+    (``to="upstream"``). ``dtype=None`` keeps stored dtypes; a precision.Precision
+    stores each tensor in its mixed mode's dtype and names the mode in the weight metadata;
+    ``shard_size`` in bytes splits the
     model weights into shards with an index. With ``dry_run`` nothing is written and the
     summary's ``plan`` lists every source tensor -> target. ``say`` receives notices (a stale
     partial directory removed). The output is written through the one durable writer
@@ -502,6 +523,10 @@ def convert_checkpoint(
         direction = Direction(to)
     except ValueError:
         raise ConversionError(f"--to must be 'standalone' or 'upstream', got {to!r}") from None
+    if isinstance(dtype, Precision) and direction is not Direction.TO_STANDALONE:
+        raise ConversionError(
+            f"--dtype {dtype.name} applies to the standalone layout only (not --to {direction.value})"
+        )
     src, dst = Path(src), Path(dst)
     if not src.is_dir():
         raise ConversionError(f"{src}: not a directory")
@@ -538,7 +563,13 @@ def _write_all(src, dst, config, jobs, direction, dtype, shard_size, progress, s
             hashes: dict[str, str] = {}
             for job in jobs:
                 summary.files += write_part(
-                    tmp, job, direction, shard_size if not job.subdir else None, progress, hashes
+                    tmp,
+                    job,
+                    direction,
+                    shard_size if not job.subdir else None,
+                    progress,
+                    hashes,
+                    dtype if isinstance(dtype, Precision) else None,
                 )
             _write_configs(src, tmp, config, direction)
             skip = {job.prefix() + f for job in jobs if job.subdir for f in job.source.files}

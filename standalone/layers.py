@@ -103,12 +103,36 @@ def split_linear(x: torch.Tensor, weight: torch.Tensor, sizes: tuple[int, ...]) 
     views, so per-block matmuls cost no copy and reproduce upstream bit for bit. At decode time
     the matmuls are matrix-vector products bound by memory traffic, which is the same either way.
     """
+    if x.dtype != weight.dtype:  # mixed precision (precision.py): the GEMM runs in the weight's dtype
+        return [y.to(x.dtype) for y in split_linear(x.to(weight.dtype), weight, sizes)]
     out = []
     start = 0
     for n in sizes:
         out.append(F.linear(x, weight[start : start + n]))
         start += n
     return out
+
+
+class Linear(nn.Linear):
+    """nn.Linear that, given an input of another dtype than its weight (mixed precision: fp32
+    activations, a half-precision weight), runs the GEMM in the weight's dtype and returns the
+    input's dtype. With matching dtypes it is nn.Linear, call for call."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == self.weight.dtype:
+            return F.linear(x, self.weight, self.bias)
+        return F.linear(x.to(self.weight.dtype), self.weight, self.bias).to(x.dtype)
+
+
+class Embedding(nn.Embedding):
+    """nn.Embedding whose lookups are cast to ``out_dtype`` when it is set (mixed precision: a
+    half-precision table feeding fp32 activations; precision.set_activation_dtype)."""
+
+    out_dtype: torch.dtype | None = None
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        out = super().forward(ids)
+        return out if self.out_dtype is None else out.to(self.out_dtype)
 
 
 class Attention(nn.Module):
@@ -140,8 +164,8 @@ class Attention(nn.Module):
         self.head_dim = head_dim
         self.q_size = n_heads * head_dim
         self.kv_size = n_kv_heads * head_dim
-        self.wqkv = nn.Linear(hidden_size, self.q_size + 2 * self.kv_size, bias=False)
-        self.wo = nn.Linear(self.q_size, hidden_size, bias=False)
+        self.wqkv = Linear(hidden_size, self.q_size + 2 * self.kv_size, bias=False)
+        self.wo = Linear(self.q_size, hidden_size, bias=False)
         self.q_norm = RMSNorm(head_dim, qk_norm_eps) if qk_norm_eps is not None else None
         self.k_norm = RMSNorm(head_dim, qk_norm_eps) if qk_norm_eps is not None else None
 
@@ -200,8 +224,8 @@ class SwiGLU(nn.Module):
     def __init__(self, dim: int, hidden: int):
         super().__init__()
         self.hidden = hidden
-        self.w_gate_up = nn.Linear(dim, 2 * hidden, bias=False)
-        self.w_down = nn.Linear(hidden, dim, bias=False)
+        self.w_gate_up = Linear(dim, 2 * hidden, bias=False)
+        self.w_down = Linear(hidden, dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = split_linear(x, self.w_gate_up.weight, (self.hidden, self.hidden))

@@ -18,6 +18,7 @@ from .config import ConfigError, Qwen3TTSConfig
 from .direct_load import checkpoint_format, converted_checkpoint
 from .generation import GenerateOptions, generate_codes
 from .mel import log_mel_spectrogram
+from .precision import MODE_NAMES, Precision, cast_state, parse_mode, set_activation_dtype, stored_precision
 from .prompt import build_talker_prompt
 from .speaker_encoder import SpeakerEncoder
 from .speech_encoder import SpeechEncoder, load_speech_encoder
@@ -31,13 +32,16 @@ class Qwen3TTS(StreamingVoiceMethods, VoiceMethods, nn.Module):
         super().__init__()
         self.config = config
         self.checkpoint_dir: Path | None = None
+        self.precision: Precision | None = None  # a mixed mode (precision.py), else None
         self.talker = Talker(config.talker)
         self.code_predictor = CodePredictor(config.talker.code_predictor, config.talker.transformer.hidden_size)
         self.speaker_encoder = SpeakerEncoder(config.speaker_encoder) if config.speaker_encoder is not None else None
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.talker.codec_head.weight.dtype
+        """The activation dtype: the model's dtype in the plain modes, fp32 in a mixed one (whose
+        norms are always fp32)."""
+        return self.talker.decoder.norm.weight.dtype
 
     @property
     def device(self) -> torch.device:
@@ -48,7 +52,7 @@ class Qwen3TTS(StreamingVoiceMethods, VoiceMethods, nn.Module):
     def from_pretrained(
         cls,
         path: str | os.PathLike,
-        dtype: torch.dtype | None = None,
+        dtype: torch.dtype | str | Precision | None = None,
         device: str | torch.device = "cpu",
         revision: str | None = None,
         convert: bool = True,
@@ -60,11 +64,16 @@ class Qwen3TTS(StreamingVoiceMethods, VoiceMethods, nn.Module):
         once into the conversion cache (direct_load.py) and loaded from there; ``convert=False``
         refuses instead. ``progress`` shows a bar while converting (default: stderr is a terminal).
 
-        ``dtype=None`` keeps the stored dtype. Every tensor in the checkpoint must be used and
+        ``dtype=None`` keeps the stored dtypes (and the stored mixed mode, if the checkpoint was
+        converted with one). ``dtype`` may also be a name: "fp32", "bf16", "fp16" (the plain modes,
+        like the torch dtypes) or "bf16-mixed", "fp16-mixed" (half-precision weights for the big
+        linears, fp32 elsewhere; precision.py says which and why). A plain dtype given for a mixed
+        checkpoint casts every tensor to it: the plain mode, the stored split dropped. Every tensor in the checkpoint must be used and
         every parameter must be present; anything else is a CheckpointError naming the tensors.
         ``fast=True`` calls ``compile_fast()`` on the loaded model.
         """
         check_load_arguments(path, dtype, device)
+        mode = parse_mode(dtype) if isinstance(dtype, str) else dtype
         directory = resolve_checkpoint_dir(path, revision)
         if checkpoint_format(directory) == "upstream":
             if not convert:
@@ -82,7 +91,12 @@ class Qwen3TTS(StreamingVoiceMethods, VoiceMethods, nn.Module):
         check_sizes(directory)  # a truncated or missing file is named here, not deep in a reader
         with torch.device("meta"):
             model = cls(config)
-        state = load_state_dict(directory, dtype=dtype, device=device)
+        if mode is None:
+            mode = stored_precision(directory)  # a mixed checkpoint loads as mixed
+        precision = mode if isinstance(mode, Precision) else None
+        state = load_state_dict(directory, dtype=None if precision else mode, device=device)
+        if precision is not None:
+            state = cast_state(state, precision)
         expected = set(model.state_dict())
         missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
         if missing or unexpected:
@@ -98,6 +112,9 @@ class Qwen3TTS(StreamingVoiceMethods, VoiceMethods, nn.Module):
                 )
         model.load_state_dict(state, strict=True, assign=True)
         model.checkpoint_dir = directory
+        if precision is not None:
+            model.precision = precision
+            set_activation_dtype(model, torch.float32)
         model.eval()
         return model.compile_fast() if fast else model
 
@@ -107,6 +124,11 @@ class Qwen3TTS(StreamingVoiceMethods, VoiceMethods, nn.Module):
         compile on the first generate() per batch size. Returns self."""
         from .fast import FastEngine
 
+        if self.precision is not None:
+            raise ValueError(
+                f"the fast path runs the plain modes only; this model is {self.precision} (load it with "
+                "dtype=torch.float32 or torch.bfloat16 for the fast path)"
+            )
         engine = FastEngine(self.talker, self.code_predictor, **engine_options)
         engine.dtype = self.dtype
         object.__setattr__(self, "_fast", engine)  # not a submodule: state_dict must not change
@@ -237,10 +259,17 @@ def check_load_arguments(path, dtype, device) -> None:
     for a dtype given as a string, or fail while copying an integer-cast state dict)."""
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a directory or a hub repo id (str or os.PathLike), got {type(path).__name__}")
-    if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+    if isinstance(dtype, str):
+        if dtype not in MODE_NAMES:
+            raise ValueError(f"dtype {dtype!r} is not a precision mode; use one of {', '.join(MODE_NAMES)}")
+    elif (
+        dtype is not None
+        and not isinstance(dtype, Precision)
+        and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point)
+    ):
         raise TypeError(
-            f"dtype must be None (keep the stored dtype) or a floating torch dtype such as torch.float32 or "
-            f"torch.bfloat16, got {dtype!r}"
+            f"dtype must be None (keep the stored dtype), a floating torch dtype such as torch.float32 or "
+            f"torch.bfloat16, or a mode name ({', '.join(MODE_NAMES)}), got {dtype!r}"
         )
     try:
         torch.device(device)

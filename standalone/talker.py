@@ -11,6 +11,8 @@ from .config import CodePredictorConfig, TalkerConfig, TransformerConfig
 from .kv_cache import KVCache
 from .layers import (
     DecoderLayer,
+    Embedding,
+    Linear,
     RMSNorm,
     mrope_positions,
     mrope_row_index,
@@ -46,8 +48,8 @@ class TextProjection(nn.Module):
 
     def __init__(self, text_hidden: int, hidden: int):
         super().__init__()
-        self.fc1 = nn.Linear(text_hidden, text_hidden, bias=True)
-        self.fc2 = nn.Linear(text_hidden, hidden, bias=True)
+        self.fc1 = Linear(text_hidden, text_hidden, bias=True)
+        self.fc2 = Linear(text_hidden, hidden, bias=True)
 
     def forward(self, x):
         return self.fc2(F.silu(self.fc1(x)))
@@ -58,11 +60,11 @@ class Talker(nn.Module):
         super().__init__()
         self.cfg = cfg
         tc = cfg.transformer
-        self.text_embedding = nn.Embedding(cfg.text_vocab_size, cfg.text_hidden_size)
+        self.text_embedding = Embedding(cfg.text_vocab_size, cfg.text_hidden_size)
         self.text_projection = TextProjection(cfg.text_hidden_size, tc.hidden_size)
-        self.codec_embedding = nn.Embedding(cfg.vocab_size, tc.hidden_size)
+        self.codec_embedding = Embedding(cfg.vocab_size, tc.hidden_size)
         self.decoder = DecoderStack(tc)
-        self.codec_head = nn.Linear(tc.hidden_size, cfg.vocab_size, bias=False)
+        self.codec_head = Linear(tc.hidden_size, cfg.vocab_size, bias=False)
         # Plain attributes, not buffers: they must stay fp32 whatever dtype the module is cast to.
         self.inv_freq = rope_inv_freq(tc.head_dim, tc.rope_theta)
         self.mrope_rows = mrope_row_index(cfg.mrope_section, cfg.mrope_interleaved)
@@ -117,15 +119,17 @@ class CodePredictor(nn.Module):
         self.codec_embeddings = nn.Parameter(torch.empty(n, cfg.vocab_size, talker_hidden))
         self.heads = nn.Parameter(torch.empty(n, cfg.vocab_size, tc.hidden_size))
         self.input_projection = (
-            nn.Linear(talker_hidden, tc.hidden_size, bias=True) if talker_hidden != tc.hidden_size else None
+            Linear(talker_hidden, tc.hidden_size, bias=True) if talker_hidden != tc.hidden_size else None
         )
         self.decoder = DecoderStack(tc)
         self.inv_freq = rope_inv_freq(tc.head_dim, tc.rope_theta)
         self._rope_cache: dict = {}
+        self.embed_dtype: torch.dtype | None = None  # set in mixed precision (precision.py)
 
     def embed(self, group: int, codes: torch.Tensor) -> torch.Tensor:
         """Embedding of residual group ``group`` (1-based) codes, in the talker's width."""
-        return F.embedding(codes, self.codec_embeddings[group - 1])
+        out = F.embedding(codes, self.codec_embeddings[group - 1])
+        return out if self.embed_dtype is None else out.to(self.embed_dtype)
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.input_projection is None else self.input_projection(x)
