@@ -1124,11 +1124,11 @@ ROWS: tuple[Row, ...] = (
     ),
     Row(
         "from_pretrained",
-        "dtype as a string ('bf16')",
+        "dtype an unknown mode name ('bf8-mixed')",
         "base",
-        lambda m: type(m).from_pretrained(m.checkpoint_dir, dtype="bf16"),
-        TypeError,
-        r"dtype must be None \(keep the stored dtype\) or a floating torch dtype .* got 'bf16'",
+        lambda m: type(m).from_pretrained(m.checkpoint_dir, dtype="bf8-mixed"),
+        ValueError,
+        r"dtype 'bf8-mixed' is not a precision mode; use one of fp32, bf16, fp16, bf16-mixed, fp16-mixed",
     ),
     Row(
         "from_pretrained",

@@ -191,6 +191,7 @@ CLI_ROWS: tuple[CliRow, ...] = (
         2,
         r"Invalid value for '--dtype': 'fp64' is not one of 'keep', 'fp32', 'bf16'",
     ),
+    CliRow("synthesize", "--dtype bf16-mixed", SYN + ("--dtype", "bf16-mixed"), 0, "writes the wav (mixed precision)"),
     CliRow(
         "synthesize",
         "--seed not a number",

@@ -118,6 +118,12 @@ DTYPE_CHOICES = ("fp32", "bf16")
     default=None,
     help="With --engine and SRC: check this existing convert-ckpt --to gguf output instead of converting.",
 )
+@click.option(
+    "--mixed",
+    is_flag=True,
+    help="Report the half-precision modes (bf16, fp16, bf16-mixed, fp16-mixed) against upstream fp32 instead: "
+    "forward distances, code agreement, audio SNR (mixed-precision.md).",
+)
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def main(
     src,
@@ -140,6 +146,7 @@ def main(
     engine,
     quant,
     gguf_dir,
+    mixed,
     debug,
 ) -> None:
     """Compare upstream qwen-tts and the standalone model on SRC (an upstream checkpoint directory or
@@ -150,7 +157,12 @@ def main(
         seed_list = [int(s) for s in seeds.split(",") if s.strip()]
         if not seed_list:
             raise click.BadParameter("at least one seed", param_hint="--seeds")
-        if engine:
+        if mixed:
+            from .console import Progress
+            from .mixed_parity import run_mixed_cli
+
+            ok = run_mixed_cli(src, standalone_dir, seed_list, frames, Path(report_dir), Progress())
+        elif engine:
             ok = _run_engine(engine, src, gguf_dir, quant, frames, Path(report_dir), self_test)
         elif fast:
             ok = run_fast(
@@ -198,7 +210,7 @@ def main(
         raise
     except Exception as e:  # one line unless --debug
         # The gate reads error.json to tell upstream breakage from a crash of ours.
-        if not (self_test or against or engine or fast):
+        if not (self_test or against or engine or fast or mixed):
             from .gate_outcome import write_error
 
             write_error(Path(report_dir), e, STAGE["stage"], STAGE.get("fixtures"))

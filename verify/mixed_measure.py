@@ -148,6 +148,26 @@ def weight_dtypes(model) -> dict[str, int]:
     return counts
 
 
+@torch.inference_mode()
+def decode_speed(directory: Path, modes: list[str], frames: int, rounds: int) -> dict[str, list[float]]:
+    """ms per frame of greedy generation (batch 1, EOS out of reach) per mode, the modes loaded
+    side by side and alternated round by round so that machine load hits them alike."""
+    from .bench_generation import prompt_kwargs
+
+    models = {m: Qwen3TTS.from_pretrained(directory, dtype=BY_SHORT.get(m, m)) for m in modes}
+    kwargs = prompt_kwargs(next(iter(models.values())).config, batch=1)
+    greedy = dict(do_sample=False, subtalker_dosample=False)
+    for m in models.values():  # warm-up: first-call kernel setup is not charged to a mode
+        m.generate(**kwargs, **greedy, max_new_tokens=3)
+    out: dict[str, list[float]] = {m: [] for m in modes}
+    for _ in range(rounds):
+        for mode, m in models.items():
+            t0 = time.perf_counter()
+            m.generate(**kwargs, **greedy, max_new_tokens=frames + 1)
+            out[mode].append(1000 * (time.perf_counter() - t0) / frames)
+    return out
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("directory", type=Path)
@@ -156,7 +176,18 @@ def main(argv=None) -> None:
     p.add_argument("--length", type=int, default=48)
     p.add_argument("--codec-frames", type=int, default=24)
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--speed", type=int, default=0, metavar="FRAMES", help="Only time generation: ms/frame per mode.")
+    p.add_argument("--rounds", type=int, default=2)
     args = p.parse_args(argv)
+    if args.speed:
+        modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+        speed = decode_speed(args.directory, modes, args.speed, args.rounds)
+        print(
+            json.dumps(
+                {"frames": args.speed, "ms_per_frame": speed, "loadavg": open("/proc/loadavg").read().split()[:3]}
+            )
+        )
+        return
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if modes[0] != "fp32":
         modes = ["fp32"] + [m for m in modes if m != "fp32"]
@@ -186,7 +217,64 @@ def main(argv=None) -> None:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+        args.out.with_suffix(".md").write_text(render_markdown(result))
 
 
 if __name__ == "__main__":
     main()
+
+
+def render_markdown(result: dict) -> str:
+    """The measurement as a Markdown section (reports/mixed-precision-0.6B.md)."""
+    rows = result["rows"]
+    sites = list(rows[0]["activation_max"])
+    lines = [
+        f"# Mixed precision at released size: {Path(result['checkpoint']).name}",
+        "",
+        f"python -m q3tts.verify.mixed_measure, random weights at the released size (bf16-valued talker as "
+        f"released, fp32 codec), seed {result['seed']}, a {result['length']}-position talker prefill, the code "
+        f"predictor teacher-forced from its last hidden state, {result['codec_frames']} frames of random codes "
+        f"decoded; torch {result['torch']}, {result['threads']} threads. Distances are against this model in fp32 "
+        "(bit-identical with upstream fp32, reports/parity.md).",
+        "",
+        "## Distance from fp32",
+        "",
+        "| mode | talker hidden max rel | talker logits max rel | code predictor logits max rel | min cosine | "
+        "audio SNR dB | weights half / fp32 (M params) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        v = r["vs_fp32"]
+        half = sum(n for k, n in r["weight_dtypes"].items() if "16" in k and not k.startswith("codec")) / 1e6
+        full = sum(n for k, n in r["weight_dtypes"].items() if "32" in k and not k.startswith("codec")) / 1e6
+        cos = min(v[k]["cosine"] for k in ("talker.hidden", "talker.logits", "code_predictor.logits"))
+        snr = "exact" if v["audio_snr_db"] == float("inf") else f"{v['audio_snr_db']:.1f}"
+        lines.append(
+            f"| {r['mode']} | {v['talker.hidden']['max_rel']:.2e} | {v['talker.logits']['max_rel']:.2e} | "
+            f"{v['code_predictor.logits']['max_rel']:.2e} | {cos:.6f} | {snr} | {half:.0f} / {full:.0f} |"
+        )
+    lines += [
+        "",
+        f"## Largest activations (fp16 overflows above {result['fp16_max']:.0f})",
+        "",
+        "| site | " + " | ".join(r["mode"] for r in rows) + " | fp16 margin (fp32 run) |",
+        "|---|" + "---|" * (len(rows) + 1),
+    ]
+    for site in sites:
+        cells = [f"{r['activation_max'].get(site, float('nan')):.2f}" for r in rows]
+        lines.append(
+            f"| {site} | " + " | ".join(cells) + f" | {result['fp16_max'] / rows[0]['activation_max'][site]:.0f}x |"
+        )
+    codec = [f"{r['codec_activation_max']:.1f}" for r in rows]
+    lines.append(
+        "| codec decoder (any stage) | "
+        + " | ".join(codec)
+        + f" | {result['fp16_max'] / rows[0]['codec_activation_max']:.0f}x |"
+    )
+    lines += [
+        "",
+        "Random weights have no outlier channels, so these margins are an upper bound: a trained model's residual stream "
+        "carries a few channels thousands of times larger than the rest (the mechanism behind the reported fp16 "
+        "overflow of the 0.6B code predictor), which this measurement cannot reproduce.",
+    ]
+    return "\n".join(lines) + "\n"
