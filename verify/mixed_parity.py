@@ -14,7 +14,7 @@ the price of each mode and what its fp32 parts buy are numbers:
 
 The fp32 row is the anchor: it must be exact (zero distance, identical codes, identical audio).
 Judged claims (what the split is for, with the measured margins in reports/mixed-precision.md):
-every mode stays finite; each mixed mode's audio is at least MIXED_MIN_AUDIO_SNR_DB from upstream
+fp32 and the mixed modes stay finite (the plain half modes are reported as measured); each mixed mode's audio is at least MIXED_MIN_AUDIO_SNR_DB from upstream
 fp32 (its codec is fp32) and strictly closer than the plain mode of the same half dtype.
 """
 
@@ -61,7 +61,20 @@ def generation_rows(wrapper, standalone, seed: int, frames: int) -> list[dict]:
     for case in cases_for(standalone.config.tts_model_type):
         kwargs = case.build(ctx)
         for mode in ("greedy", "sampled"):
-            g = generation_agreement(case.name, ctx, kwargs, None, mode, "", frames)
+            try:
+                g = generation_agreement(case.name, ctx, kwargs, None, mode, "", frames)
+            except Exception as e:  # e.g. NaN logits of a plain half mode: a finding, not a crash
+                rows.append(
+                    {
+                        "case": case.name,
+                        "mode": mode,
+                        "identical": False,
+                        "identical_frame_fraction": 0.0,
+                        "first_divergence": None,
+                        "error": f"{type(e).__name__}: {e}",
+                    }
+                )
+                continue
             rows.append(
                 {
                     "case": case.name,
@@ -89,8 +102,12 @@ def audio_rows(wrapper, standalone, seed: int) -> list[dict]:
 
 def summarize(run: dict) -> dict:
     fwd, gen, aud = run["forward"], run["generation"], run["audio"]
+
+    def finite_or_inf(x: float) -> float:
+        return x if math.isfinite(x) else float("inf")
+
     return {
-        "forward_max_rel": max((r["max_rel"] for r in fwd), default=0.0),
+        "forward_max_rel": max((finite_or_inf(r["max_rel"]) for r in fwd), default=0.0),
         "forward_min_cosine": min((r["cosine"] for r in fwd), default=1.0),
         "forward_finite": all(math.isfinite(r["max_abs"]) for r in fwd),
         "generation_identical": sum(r["identical"] for r in gen),
@@ -98,6 +115,7 @@ def summarize(run: dict) -> dict:
         "generation_frame_fraction": float(np.mean([r["identical_frame_fraction"] for r in gen])) if gen else 1.0,
         "audio_min_snr_db": min((r["snr_db"] for r in aud), default=float("inf")),
         "audio_finite": all(r["finite"] for r in aud),
+        "generation_errors": sum(1 for r in gen if r.get("error")),
     }
 
 
@@ -106,7 +124,9 @@ def judge(runs: list[dict]) -> list[str]:
     failing = []
     by = {(r["checkpoint"], r["mode"]): r["summary"] for r in runs}
     for (ckpt, mode), s in by.items():
-        if not (s["forward_finite"] and s["audio_finite"]):
+        if mode in HALF_OF.values():
+            continue  # the plain half modes are the comparison, reported as measured
+        if not (s["forward_finite"] and s["audio_finite"]) or s["generation_errors"]:
             failing.append(f"{ckpt} {mode}: non-finite output")
         if mode == "fp32" and (
             s["forward_max_rel"] != 0
