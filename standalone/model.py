@@ -68,8 +68,9 @@ class Qwen3TTS(StreamingVoiceMethods, VoiceMethods, nn.Module):
         converted with one). ``dtype`` may also be a name: "fp32", "bf16", "fp16" (the plain modes,
         like the torch dtypes) or "bf16-mixed", "fp16-mixed" (half-precision weights for the big
         linears, fp32 elsewhere; precision.py says which and why). A plain dtype given for a mixed
-        checkpoint casts every tensor to it: the plain mode, the stored split dropped. Every tensor in the checkpoint must be used and
-        every parameter must be present; anything else is a CheckpointError naming the tensors.
+        checkpoint casts every tensor to it: the plain mode, the stored split dropped. Every tensor
+        in the checkpoint must be used and every parameter must be present; anything else is a
+        CheckpointError naming the tensors.
         ``fast=True`` calls ``compile_fast()`` on the loaded model.
         """
         check_load_arguments(path, dtype, device)
