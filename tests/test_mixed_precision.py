@@ -14,7 +14,7 @@ from q3tts.convert import convert_checkpoint
 from q3tts.standalone import Qwen3TTS
 from q3tts.standalone.checkpoint import CheckpointError, read_header
 from q3tts.standalone.conversion import ConversionError
-from q3tts.standalone.precision import MIXED, parse_mode, stored_precision
+from q3tts.standalone.precision import MIXED, Precision, parse_mode, stored_precision
 
 HALF = {torch.bfloat16, torch.float16}
 
@@ -158,6 +158,10 @@ def test_fp16_mixed_survives_an_outlier_channel_that_breaks_plain_fp16(checkpoin
     residual stream and stays within 1% of fp32. bf16-mixed has fp32's range everywhere."""
     st = checkpoints["custom_voice"][1]
     models = {m: Qwen3TTS.from_pretrained(st, dtype=m) for m in ("fp32", "fp16", "fp16-mixed", "bf16-mixed")}
+    # fp16-mixed with half down projections (bf16-mixed's split in fp16): the fp32 down projection is
+    # what saves fp16-mixed, so without it the same outlier must break it (the test's own sharpness).
+    half_down = Precision("fp16, down projections half", torch.float16, MIXED["bf16-mixed"].half_patterns)
+    models["fp16 half down"] = Qwen3TTS.from_pretrained(st, dtype=half_down)
     ref_model = models["fp32"]
     g = torch.Generator().manual_seed(5)
     hidden = torch.randn(1, ref_model.config.talker.transformer.hidden_size, generator=g)
@@ -177,6 +181,7 @@ def test_fp16_mixed_survives_an_outlier_channel_that_breaks_plain_fp16(checkpoin
         peak[mode] = float(seen[0].float().abs().max())
     assert peak["fp32"] > 65504  # the planted channel really overflows fp16
     assert not bool(torch.isfinite(logits["fp16"]).all())
+    assert not bool(torch.isfinite(logits["fp16 half down"]).all())
     for mode in ("fp16-mixed", "bf16-mixed"):
         assert bool(torch.isfinite(logits[mode]).all()), mode
         rel = float((logits[mode] - logits["fp32"]).abs().max() / logits["fp32"].abs().max())
