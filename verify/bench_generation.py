@@ -28,6 +28,7 @@ import json
 import os
 import platform
 import re
+import resource
 import statistics
 import subprocess
 import tempfile
@@ -388,6 +389,7 @@ def bench_model(
             )
         run["exact_codes_identical"] = all(torch.equal(a, c) for a, c in zip(codes["upstream"], codes["exact"]))
         run["peak_rss_mb"] = PeakRSS.current() / 2**20
+        run["process_max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # KiB on Linux
         out["runs"].append(run)
     out["load_after"] = load_average()
     single = next((r for r in out["runs"] if r["batch"] == 1), None)
@@ -524,6 +526,7 @@ def write_reports(results: dict, out_dir: Path) -> None:
             lines.append(
                 f"- {m['model']} batch {r['batch']}: exact codes identical to upstream: "
                 f"{'yes' if r['exact_codes_identical'] else 'NO'}; process RSS after the runs {r['peak_rss_mb']:.0f} MB"
+                + (f", process peak RSS so far {r['process_max_rss_mb']:.0f} MB" if "process_max_rss_mb" in r else "")
             )
     if results.get("peers"):
         lines += ["", f"Peers: {results['peers']}"]
@@ -635,6 +638,11 @@ def main(argv=None) -> None:
     )
     ap.add_argument("--out", default="reports")
     ap.add_argument(
+        "--label",
+        default="",
+        help="appended to each model's name in the report, to tell apart runs merged with --merge",
+    )
+    ap.add_argument(
         "--merge",
         nargs="+",
         default=None,
@@ -689,8 +697,9 @@ def main(argv=None) -> None:
         frames = args.tiny_frames if size == "tiny" else args.frames
         batches = [int(b) for b in args.batches.split(",")]
         gguf = gguf_for(size, args.gguf_template, args.gguf_quants.split(","), args.gguf_prepare) if peers else {}
+        name = f"{size} {args.label}".strip()
         results["models"].append(
-            bench_model(size, config, frames, batches, args.rounds, fast_dtypes, options, gguf=gguf)
+            bench_model(name, config, frames, batches, args.rounds, fast_dtypes, options, gguf=gguf)
         )
         again = bandwidth()
         bw["measurements"].append({"bytes_per_s": again["bytes_per_s"], "load": again["load"]})
