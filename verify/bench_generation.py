@@ -317,10 +317,14 @@ def bench_model(
     fast_dtypes: tuple[str, ...],
     fast_options: dict | None,
     gguf: dict[str, Path] | None = None,
+    upstream: bool = True,
 ) -> dict:
     load_before = load_average()
     up, st, cfg = build_pair(config)
-    engines = {"upstream": up.generate, "exact": st.generate}
+    if not upstream:  # frees upstream's own tensors; those the standalone side shares stay
+        up = None
+        gc.collect()
+    engines = ({"upstream": up.generate} if up is not None else {}) | {"exact": st.generate}
     fast_models = {}
     for dname in fast_dtypes:
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dname]
@@ -385,9 +389,11 @@ def bench_model(
             )
             # qwentts.cpp builds its own prompt from text: its codes are not comparable here.
             info["frames_agreeing_with_upstream"] = (
-                _codes_agreement(codes["upstream"], codes[side]) if side in codes else None
+                _codes_agreement(codes["upstream"], codes[side]) if side in codes and "upstream" in codes else None
             )
-        run["exact_codes_identical"] = all(torch.equal(a, c) for a, c in zip(codes["upstream"], codes["exact"]))
+        run["exact_codes_identical"] = (
+            all(torch.equal(a, c) for a, c in zip(codes["upstream"], codes["exact"])) if "upstream" in codes else None
+        )
         run["peak_rss_mb"] = PeakRSS.current() / 2**20
         run["process_max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # KiB on Linux
         out["runs"].append(run)
@@ -523,9 +529,12 @@ def write_reports(results: dict, out_dir: Path) -> None:
                         f"- {m['model']} {side}: decode loop alone (its [Perf] TalkerDecode + CodePredictor) "
                         f"{statistics.median(i['ar_ms_per_frame_rounds']):.1f} ms/frame; {i['frames']} frames per run"
                     )
+            same = {True: "yes", False: "NO", None: "not compared (no upstream in this run)"}[
+                r["exact_codes_identical"]
+            ]
             lines.append(
-                f"- {m['model']} batch {r['batch']}: exact codes identical to upstream: "
-                f"{'yes' if r['exact_codes_identical'] else 'NO'}; process RSS after the runs {r['peak_rss_mb']:.0f} MB"
+                f"- {m['model']} batch {r['batch']}: exact codes identical to upstream: {same}; "
+                f"process RSS after the runs {r['peak_rss_mb']:.0f} MB"
                 + (f", process peak RSS so far {r['process_max_rss_mb']:.0f} MB" if "process_max_rss_mb" in r else "")
             )
     if results.get("peers"):
@@ -638,6 +647,11 @@ def main(argv=None) -> None:
     )
     ap.add_argument("--out", default="reports")
     ap.add_argument(
+        "--no-upstream",
+        action="store_true",
+        help="leave the upstream engine out (memory: e.g. a qwentts.cpp run at 1.7B with the exact path as anchor)",
+    )
+    ap.add_argument(
         "--label",
         default="",
         help="appended to each model's name in the report, to tell apart runs merged with --merge",
@@ -699,7 +713,17 @@ def main(argv=None) -> None:
         gguf = gguf_for(size, args.gguf_template, args.gguf_quants.split(","), args.gguf_prepare) if peers else {}
         name = f"{size} {args.label}".strip()
         results["models"].append(
-            bench_model(name, config, frames, batches, args.rounds, fast_dtypes, options, gguf=gguf)
+            bench_model(
+                name,
+                config,
+                frames,
+                batches,
+                args.rounds,
+                fast_dtypes,
+                options,
+                gguf=gguf,
+                upstream=not args.no_upstream,
+            )
         )
         again = bandwidth()
         bw["measurements"].append({"bytes_per_s": again["bytes_per_s"], "load": again["load"]})
