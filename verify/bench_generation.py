@@ -681,6 +681,8 @@ def main(argv=None) -> None:
         help="only time the fast engines' compile at SIZE in a fresh process (appends to --out/compile-times.jsonl)",
     )
     args = ap.parse_args(argv)
+    if args.rss_interval <= 0:
+        raise SystemExit(f"--rss-interval must be > 0, got {args.rss_interval}")
     if args.compile_start:
         torch.set_num_threads(args.threads)
         options = None if args.fast_options == "default" else {"freezing": True}
@@ -693,8 +695,6 @@ def main(argv=None) -> None:
         merge_reports([Path(p) for p in args.merge], Path(args.out))
         return
     torch.set_num_threads(args.threads)
-    if args.rss_interval <= 0:
-        raise SystemExit(f"--rss-interval must be > 0, got {args.rss_interval}")
     PeakRSS.interval = args.rss_interval
 
     def bandwidth() -> dict:

@@ -244,10 +244,10 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     if args.frames < 2 or args.rounds < 1:
         raise SystemExit("--frames must be >= 2 and --rounds >= 1")
-    torch.set_num_threads(args.threads)
     dtypes = [d for d in args.fast_dtypes.split(",") if d]
     if not set(dtypes) <= {"fp32", "bf16"}:
         raise SystemExit(f"--fast-dtypes: fp32 and/or bf16, got {args.fast_dtypes!r}")
+    torch.set_num_threads(args.threads)
     result = profile(args.size, dtypes, args.frames, args.rounds, not args.no_ops)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
