@@ -29,8 +29,16 @@ def test_profile_parts_add_up_to_the_floor_bytes(size):
 
     model, cfg = _meta_model(size)
     parts = weight_bytes_per_frame(model)
-    assert sum(parts.values()) == bytes_read_per_frame(cfg, 4)
+    # The floor counts the matrices only; the profile also reads the vectors (norm weights, the
+    # predictor's input-projection bias).
     groups = cfg.talker.num_code_groups
+    cp = model.code_predictor
+    cp_modules = [cp.decoder] + ([cp.input_projection] if cp.input_projection is not None else [])
+    norms = sum(p.numel() for p in model.talker.decoder.parameters() if p.dim() == 1) + (groups - 1) * sum(
+        p.numel() for m in cp_modules for p in m.parameters() if p.dim() == 1
+    )
+    assert norms > 0
+    assert sum(parts.values()) == bytes_read_per_frame(cfg, 4) + 4 * norms
     assert parts["eager: code-predictor heads"] == (groups - 1) * model.code_predictor.heads[0].numel() * 4
 
 
