@@ -90,7 +90,14 @@ def test_second_process_hits_the_cache_and_uses_its_own_weights(checkpoints, sec
     cache = tmp_path / "inductor"
     first = _run(checkpoints["custom_voice"][1], cache, tmp_path / "first.pt")
     second = _run(second_checkpoint, cache, tmp_path / "second.pt")
-    print(json.dumps({"first": [first["stats"], first["compile_seconds"]], "second": [second["stats"], second["compile_seconds"]]}))
+    print(
+        json.dumps(
+            {
+                "first": [first["stats"], first["compile_seconds"]],
+                "second": [second["stats"], second["compile_seconds"]],
+            }
+        )
+    )
     assert first["stats"].get("fxgraph_cache_miss", 0) >= 3, first["stats"]  # a cold cache compiled every graph
     # Every graph of the second start came from the cache: the weights check below is about hits.
     assert second["stats"].get("fxgraph_cache_hit", 0) >= 3, second["stats"]
