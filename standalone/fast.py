@@ -167,8 +167,8 @@ class FastEngine:
     generation.generate_codes (``engine=``). Build it through ``Qwen3TTS.compile_fast``.
 
     Compilation happens on first use per batch size and dtype (tens of seconds at 0.6B on two
-    cores); the first generate() triggers it and ``compile_seconds`` records the time spent (each
-    graph's first call).
+    cores), or ahead of the first request with ``warm_up``; ``compile_seconds`` records the time
+    spent (each graph's first call). ``cache_dir``: see compile_cache_dir.
     """
 
     def __init__(
