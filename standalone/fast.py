@@ -202,13 +202,14 @@ class FastEngine:
         shapes and grad mode of the decode loop (generation.iter_frames runs in inference mode).
         Afterwards no generation of these batch sizes compiles anything, whatever its prompt
         length or number of frames (tests/test_fast_warmup.py). Returns the seconds it took."""
+        sizes = tuple(batch_sizes) if isinstance(batch_sizes, (tuple, list)) else None
+        if not sizes or any(not isinstance(b, int) or isinstance(b, bool) or b < 1 for b in sizes):
+            raise ValueError(f"batch_sizes must be a tuple of positive integers, got {batch_sizes!r}")
         t0 = time.perf_counter()
         tcfg, ccfg = self.talker.cfg, self.cp.cfg
         param = next(self.talker.parameters())
         dtype, device = param.dtype, param.device
-        for bsz in batch_sizes:
-            if not isinstance(bsz, int) or isinstance(bsz, bool) or bsz < 1:
-                raise ValueError(f"batch_sizes must hold positive integers, got {bsz!r}")
+        for bsz in sizes:
             hidden = torch.zeros(bsz, 1, tcfg.transformer.hidden_size, dtype=dtype, device=device)
             start = 1  # a window of one block, inside a two-block cache: the shapes of a real step
             cache = self.talker.decoder.new_cache(

@@ -113,7 +113,7 @@ class Qwen3TTS(StreamingVoiceMethods, VoiceMethods, nn.Module):
         engine.dtype = self.dtype
         object.__setattr__(self, "_fast", engine)  # not a submodule: state_dict must not change
         if warm_up:
-            engine.warm_up(tuple(warm_up))
+            engine.warm_up(warm_up)
         return self
 
     def fast_engine(self):
