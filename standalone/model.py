@@ -111,9 +111,9 @@ class Qwen3TTS(StreamingVoiceMethods, VoiceMethods, nn.Module):
 
         engine = FastEngine(self.talker, self.code_predictor, **engine_options)
         engine.dtype = self.dtype
-        object.__setattr__(self, "_fast", engine)  # not a submodule: state_dict must not change
-        if warm_up:
+        if warm_up:  # before switching: a failed warm-up leaves the model as it was
             engine.warm_up(warm_up)
+        object.__setattr__(self, "_fast", engine)  # not a submodule: state_dict must not change
         return self
 
     def fast_engine(self):
