@@ -23,13 +23,19 @@ generation and its length varies, so compiling it would mean a graph per bucket 
 
 Numbers differ from upstream in the last bits (other GEMM blocking, fused qkv and gate/up, fp32
 softmax over a masked window instead of SDPA): verify/fast_parity.py measures by how much.
-Compiled graphs are cached on disk by inductor (TORCHINDUCTOR_CACHE_DIR, default
-/tmp/torchinductor_$USER), so a second process start skips most of the compile.
+
+Compiled graphs are cached on disk (``compile_cache_dir``: Q3TTS_COMPILE_CACHE, else
+TORCHINDUCTOR_CACHE_DIR, else ~/.cache/q3tts/torchinductor), so a second process start skips the
+code generation. The cache is keyed on the graph and the weights' shapes, never their values: a
+hit runs the loading process's own weights (tests/test_fast_cache.py loads another checkpoint
+into a warm cache). ``FastEngine.warm_up`` compiles every graph before the first request.
 """
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +45,33 @@ from .kv_cache import KVCache
 from .layers import DecoderLayer, rope_cos_sin
 from .sampling import SamplingParams, sample_next_token
 from .talker import CodePredictor, DecoderStack, Talker
+
+CACHE_ENV = "Q3TTS_COMPILE_CACHE"
+
+
+def compile_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where compiled graphs are cached: ``cache_dir``, else $Q3TTS_COMPILE_CACHE, else an
+    inductor cache the user already chose ($TORCHINDUCTOR_CACHE_DIR), else
+    $XDG_CACHE_HOME/q3tts/torchinductor (~/.cache/...): persistent, unlike inductor's own
+    default under /tmp."""
+    for choice in (cache_dir, os.environ.get(CACHE_ENV), os.environ.get("TORCHINDUCTOR_CACHE_DIR")):
+        if choice:
+            return Path(choice).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "q3tts" / "torchinductor"
+
+
+def use_compile_cache(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Point inductor's on-disk caches at ``compile_cache_dir(cache_dir)`` (process-wide: inductor
+    reads TORCHINDUCTOR_CACHE_DIR; its in-memory caches are cleared when the directory changes)."""
+    path = compile_cache_dir(cache_dir)
+    if os.environ.get("TORCHINDUCTOR_CACHE_DIR") != str(path):
+        from torch._inductor.utils import clear_caches
+
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path)
+        clear_caches()
+    return path
+
 
 # Inductor options of the fast path, from verify/bench_step.py at 0.6B on torch 2.9.1 (2 threads):
 # freezing (weights as constants) gives the code-predictor step 12.4 ms against eager 14.3 ms;
@@ -134,8 +167,8 @@ class FastEngine:
     generation.generate_codes (``engine=``). Build it through ``Qwen3TTS.compile_fast``.
 
     Compilation happens on first use per batch size and dtype (tens of seconds at 0.6B on two
-    cores); the first generate() triggers it and ``compile_seconds`` records the time spent (each
-    graph's first call).
+    cores), or ahead of the first request with ``warm_up``; ``compile_seconds`` records the time
+    spent (each graph's first call). ``cache_dir``: see compile_cache_dir.
     """
 
     def __init__(
@@ -145,8 +178,10 @@ class FastEngine:
         window_block: int = 64,
         options: dict | None = None,
         compile: bool = True,
+        cache_dir: str | os.PathLike | None = None,
     ):
         self.talker, self.cp = talker, code_predictor
+        self.cache_dir = use_compile_cache(cache_dir) if compile else None
         # Every engine adds graphs (per batch size, prefill/step) to the same forward code object;
         # past dynamo's default limit of 8 it would silently run the rest eagerly.
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
@@ -159,6 +194,33 @@ class FastEngine:
         self._cp_rope: dict = {}
         self.compile_seconds = 0.0
         self._warm: set = set()
+
+    @torch.inference_mode()
+    def warm_up(self, batch_sizes=(1,)) -> float:
+        """Compile (or load from the cache) every graph a generation of these batch sizes runs:
+        the talker step and the code predictor's prefill and step, with the inputs' dtypes,
+        shapes and grad mode of the decode loop (generation.iter_frames runs in inference mode).
+        Afterwards no generation of these batch sizes compiles anything, whatever its prompt
+        length or number of frames (tests/test_fast_warmup.py). Returns the seconds it took."""
+        sizes = tuple(batch_sizes) if isinstance(batch_sizes, (tuple, list)) else None
+        if not sizes or any(not isinstance(b, int) or isinstance(b, bool) or b < 1 for b in sizes):
+            raise ValueError(f"batch_sizes must be a tuple of positive integers, got {batch_sizes!r}")
+        t0 = time.perf_counter()
+        tcfg, ccfg = self.talker.cfg, self.cp.cfg
+        param = next(self.talker.parameters())
+        dtype, device = param.dtype, param.device
+        for bsz in sizes:
+            hidden = torch.zeros(bsz, 1, tcfg.transformer.hidden_size, dtype=dtype, device=device)
+            start = 1  # a window of one block, inside a two-block cache: the shapes of a real step
+            cache = self.talker.decoder.new_cache(
+                tcfg.transformer, bsz, self.talker_cache_len(start + 1), dtype, device
+            )
+            positions = torch.full((3, bsz, 1), float(start), device=device)
+            self.talker_step(hidden, positions, None, cache, start)
+            ccache = self.cp.decoder.new_cache(ccfg.transformer, bsz, tcfg.num_code_groups, dtype, device)
+            zeros = torch.zeros(bsz, dtype=torch.long, device=device)
+            self._frame(hidden, hidden, ccache, lambda _logits, _group, z=zeros: z)
+        return time.perf_counter() - t0
 
     # --- the talker's one-token step ------------------------------------------------------------
     def talker_cache_len(self, needed: int) -> int:

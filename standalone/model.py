@@ -119,10 +119,12 @@ class Qwen3TTS(StreamingVoiceMethods, VoiceMethods, nn.Module):
         model.eval()
         return model.compile_fast() if fast else model
 
-    def compile_fast(self, **engine_options) -> Qwen3TTS:
+    def compile_fast(self, warm_up=(), **engine_options) -> Qwen3TTS:
         """Switch generate() to the compiled fast path (standalone/fast.py), in the model's current
         dtype: close to upstream, not bit-identical (verify/fast_parity.py measures it). Graphs
-        compile on the first generate() per batch size. Returns self."""
+        compile on the first generate() per batch size, or now for the batch sizes in ``warm_up``
+        (e.g. ``(1,)``), so that no request pays for them. ``cache_dir`` (an engine option) sets
+        where compiled graphs are cached (fast.compile_cache_dir). Returns self."""
         from .fast import FastEngine
 
         if self.precision is not None:
@@ -132,6 +134,8 @@ class Qwen3TTS(StreamingVoiceMethods, VoiceMethods, nn.Module):
             )
         engine = FastEngine(self.talker, self.code_predictor, **engine_options)
         engine.dtype = self.dtype
+        if warm_up:  # before switching: a failed warm-up leaves the model as it was
+            engine.warm_up(warm_up)
         object.__setattr__(self, "_fast", engine)  # not a submodule: state_dict must not change
         return self
 

@@ -28,6 +28,7 @@ import json
 import os
 import platform
 import re
+import resource
 import statistics
 import subprocess
 import tempfile
@@ -46,10 +47,13 @@ from .released import released_config
 
 # --------------------------------------------------------------------------------------------
 class PeakRSS:
-    """Samples this process's RSS in a thread; ``peak`` is the maximum seen while active."""
+    """Samples this process's RSS in a thread; ``peak`` is the maximum seen while active.
+    ``PeakRSS.interval`` (seconds between samples) is set by --rss-interval: the sampling thread
+    competes with the decode loop for the GIL and the two cores."""
 
-    def __init__(self, interval: float = 0.002):
-        self.interval = interval
+    interval = 0.002
+
+    def __init__(self):
         self.peak = 0
         self._stop = threading.Event()
 
@@ -316,10 +320,14 @@ def bench_model(
     fast_dtypes: tuple[str, ...],
     fast_options: dict | None,
     gguf: dict[str, Path] | None = None,
+    upstream: bool = True,
 ) -> dict:
     load_before = load_average()
     up, st, cfg = build_pair(config)
-    engines = {"upstream": up.generate, "exact": st.generate}
+    if not upstream:  # frees upstream's own tensors; those the standalone side shares stay
+        up = None
+        gc.collect()
+    engines = ({"upstream": up.generate} if up is not None else {}) | {"exact": st.generate}
     fast_models = {}
     for dname in fast_dtypes:
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dname]
@@ -336,6 +344,8 @@ def bench_model(
         kwargs = prompt_kwargs(cfg, b)
         run = {"batch": b, "frames_per_item": frames, "engines": {}}
         for side, fn in engines.items():  # warm-up; for the fast engines this is the compile
+            # The engine's compile_seconds accumulates over batch sizes: keep this batch's share.
+            compiled_before = fast_models[side.split()[1]]._fast.compile_seconds if side.startswith("fast") else 0.0
             t0 = time.perf_counter()
             with torch.inference_mode():
                 fn(**kwargs, max_new_tokens=3)
@@ -346,7 +356,7 @@ def bench_model(
                 "rss_growth_mb": 0.0,
             }
             if side.startswith("fast"):
-                info["compile_seconds"] = fast_models[side.split()[1]]._fast.compile_seconds
+                info["compile_seconds"] = fast_models[side.split()[1]]._fast.compile_seconds - compiled_before
             run["engines"][side] = info
             print(
                 f"[{name}] batch {b}: {side} warm-up {info['warmup_seconds']:.1f} s (load {load_average()})", flush=True
@@ -384,10 +394,13 @@ def bench_model(
             )
             # qwentts.cpp builds its own prompt from text: its codes are not comparable here.
             info["frames_agreeing_with_upstream"] = (
-                _codes_agreement(codes["upstream"], codes[side]) if side in codes else None
+                _codes_agreement(codes["upstream"], codes[side]) if side in codes and "upstream" in codes else None
             )
-        run["exact_codes_identical"] = all(torch.equal(a, c) for a, c in zip(codes["upstream"], codes["exact"]))
+        run["exact_codes_identical"] = (
+            all(torch.equal(a, c) for a, c in zip(codes["upstream"], codes["exact"])) if "upstream" in codes else None
+        )
         run["peak_rss_mb"] = PeakRSS.current() / 2**20
+        run["process_max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # KiB on Linux
         out["runs"].append(run)
     out["load_after"] = load_average()
     single = next((r for r in out["runs"] if r["batch"] == 1), None)
@@ -521,9 +534,13 @@ def write_reports(results: dict, out_dir: Path) -> None:
                         f"- {m['model']} {side}: decode loop alone (its [Perf] TalkerDecode + CodePredictor) "
                         f"{statistics.median(i['ar_ms_per_frame_rounds']):.1f} ms/frame; {i['frames']} frames per run"
                     )
+            same = {True: "yes", False: "NO", None: "not compared (no upstream in this run)"}[
+                r["exact_codes_identical"]
+            ]
             lines.append(
-                f"- {m['model']} batch {r['batch']}: exact codes identical to upstream: "
-                f"{'yes' if r['exact_codes_identical'] else 'NO'}; process RSS after the runs {r['peak_rss_mb']:.0f} MB"
+                f"- {m['model']} batch {r['batch']}: exact codes identical to upstream: {same}; "
+                f"process RSS after the runs {r['peak_rss_mb']:.0f} MB"
+                + (f", process peak RSS so far {r['process_max_rss_mb']:.0f} MB" if "process_max_rss_mb" in r else "")
             )
     if results.get("peers"):
         lines += ["", f"Peers: {results['peers']}"]
@@ -635,6 +652,22 @@ def main(argv=None) -> None:
     )
     ap.add_argument("--out", default="reports")
     ap.add_argument(
+        "--rss-interval",
+        type=float,
+        default=PeakRSS.interval,
+        help="seconds between RSS samples while timing (the sampler thread costs the timed loop a little)",
+    )
+    ap.add_argument(
+        "--no-upstream",
+        action="store_true",
+        help="leave the upstream engine out (memory: e.g. a qwentts.cpp run at 1.7B with the exact path as anchor)",
+    )
+    ap.add_argument(
+        "--label",
+        default="",
+        help="appended to each model's name in the report, to tell apart runs merged with --merge",
+    )
+    ap.add_argument(
         "--merge",
         nargs="+",
         default=None,
@@ -648,6 +681,8 @@ def main(argv=None) -> None:
         help="only time the fast engines' compile at SIZE in a fresh process (appends to --out/compile-times.jsonl)",
     )
     args = ap.parse_args(argv)
+    if args.rss_interval <= 0:
+        raise SystemExit(f"--rss-interval must be > 0, got {args.rss_interval}")
     if args.compile_start:
         torch.set_num_threads(args.threads)
         options = None if args.fast_options == "default" else {"freezing": True}
@@ -660,6 +695,7 @@ def main(argv=None) -> None:
         merge_reports([Path(p) for p in args.merge], Path(args.out))
         return
     torch.set_num_threads(args.threads)
+    PeakRSS.interval = args.rss_interval
 
     def bandwidth() -> dict:
         bw = measure_read_bandwidth(threads=args.threads)
@@ -678,6 +714,7 @@ def main(argv=None) -> None:
         "bandwidth": bw,
         "inductor_cache_dir": cache_dir,
         "inductor_cache_existed": Path(cache_dir).exists(),
+        "rss_interval_s": PeakRSS.interval,
         "peers": peers_status(args.gguf_template),
         "models": [],
     }
@@ -689,8 +726,19 @@ def main(argv=None) -> None:
         frames = args.tiny_frames if size == "tiny" else args.frames
         batches = [int(b) for b in args.batches.split(",")]
         gguf = gguf_for(size, args.gguf_template, args.gguf_quants.split(","), args.gguf_prepare) if peers else {}
+        name = f"{size} {args.label}".strip()
         results["models"].append(
-            bench_model(size, config, frames, batches, args.rounds, fast_dtypes, options, gguf=gguf)
+            bench_model(
+                name,
+                config,
+                frames,
+                batches,
+                args.rounds,
+                fast_dtypes,
+                options,
+                gguf=gguf,
+                upstream=not args.no_upstream,
+            )
         )
         again = bandwidth()
         bw["measurements"].append({"bytes_per_s": again["bytes_per_s"], "load": again["load"]})

@@ -1,0 +1,71 @@
+"""The benchmark tools' own arithmetic and arguments (verify/bench_generation.py,
+verify/profile_frame.py): no timing here, only what the reports are computed from."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.reference  # the verify tools import the upstream-side fixtures
+
+
+def _meta_model(size: str):
+    from q3tts.standalone import Qwen3TTS, Qwen3TTSConfig
+    from q3tts.verify.fixtures import tiny_config
+    from q3tts.verify.released import released_config
+
+    config = tiny_config("custom_voice") if size == "tiny" else released_config(size, "custom_voice")
+    cfg = Qwen3TTSConfig.from_upstream(config)
+    with torch.device("meta"):
+        return Qwen3TTS(cfg), cfg
+
+
+@pytest.mark.parametrize("size", ["tiny", "0.6B"])
+def test_profile_parts_add_up_to_the_floor_bytes(size):
+    """The profile's per-part weight bytes (read off the modules) and the benchmark's floor bytes
+    (computed from the config) are two independent counts of what one frame streams."""
+    from q3tts.verify.bench_generation import bytes_read_per_frame
+    from q3tts.verify.profile_frame import weight_bytes_per_frame
+
+    model, cfg = _meta_model(size)
+    parts = weight_bytes_per_frame(model)
+    # The floor counts the matrices only; the profile also reads the vectors (norm weights, the
+    # predictor's input-projection bias).
+    groups = cfg.talker.num_code_groups
+    cp = model.code_predictor
+    cp_modules = [cp.decoder] + ([cp.input_projection] if cp.input_projection is not None else [])
+    norms = sum(p.numel() for p in model.talker.decoder.parameters() if p.dim() == 1) + (groups - 1) * sum(
+        p.numel() for m in cp_modules for p in m.parameters() if p.dim() == 1
+    )
+    assert norms > 0
+    assert sum(parts.values()) == bytes_read_per_frame(cfg, 4) + 4 * norms
+    assert parts["eager: code-predictor heads"] == (groups - 1) * model.code_predictor.heads[0].numel() * 4
+
+
+def test_timers_count_only_while_active():
+    from q3tts.verify.profile_frame import Timers
+
+    timers = Timers()
+    f = timers.wrap("part", lambda x: x + 1)
+    assert f(1) == 2 and not timers.calls
+    timers.active = True
+    assert f(2) == 3 and f(3) == 4
+    assert timers.calls["part"] == 2 and timers.seconds["part"] > 0
+
+
+@pytest.mark.parametrize(
+    ("module", "argv", "name"),
+    [
+        ("bench_generation", ["--rss-interval", "0"], "--rss-interval"),
+        ("profile_frame", ["--fast-dtypes", "fp16"], "--fast-dtypes"),
+        ("profile_frame", ["--frames", "1"], "--frames"),
+    ],
+)
+def test_bad_arguments_name_the_argument(module, argv, name, capsys):
+    import importlib
+
+    main = importlib.import_module(f"q3tts.verify.{module}").main
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code not in (0, None)
+    assert name in str(exc.value.code) + capsys.readouterr().err

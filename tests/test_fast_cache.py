@@ -1,0 +1,135 @@
+"""The fast path's on-disk compile cache: a second process start reuses the compiled graphs, and a
+cache hit never serves another checkpoint's weights.
+
+inductor's ``freezing`` treats the weights as constants. torch 2.9.1's FX graph cache keys a frozen
+graph on the constants' shapes and dtypes only (not their values) and, on a hit, takes the
+constants from the process's own frozen graph. If that ever changed (values baked into the cached
+code), a second process loading a *different* checkpoint of the same shapes would silently run the
+first one's weights. So: two processes share one cache directory and load two checkpoints with
+different weights; the second must hit the cache for every graph (else the check proves nothing)
+and still match its own exact path, not the first model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.slow_compile  # two processes, each compiling (or loading) three graphs
+
+
+def _fast_and_exact_logits(model, engine) -> dict[str, torch.Tensor]:
+    """Talker step and code-predictor frame logits, fast and exact, on fixed random inputs."""
+    from q3tts.standalone.layers import mrope_positions
+    from q3tts.verify.fast_parity import teacher_forced_frame
+
+    cfg = model.config.talker
+    g = torch.Generator().manual_seed(11)
+    prompt_len = 13  # crosses the 8-position window block (window 16 of a 24-position cache)
+    x = torch.randn(1, prompt_len + 1, cfg.transformer.hidden_size, generator=g)
+    positions = mrope_positions(torch.ones(1, prompt_len + 1, dtype=torch.long)).float()
+    out = {}
+    with torch.inference_mode():
+        for name, step in (("exact", model.talker.step), ("fast", engine.talker_step)):
+            cache_len = engine.talker_cache_len(prompt_len + 1)
+            cache = model.talker.decoder.new_cache(cfg.transformer, 1, cache_len, x.dtype, x.device)
+            model.talker.step(x[:, :prompt_len], positions[..., :prompt_len], None, cache, 0)  # eager prefill
+            _, logits = step(x[:, prompt_len:], positions[..., prompt_len:], None, cache, prompt_len)
+            out[f"talker_{name}"] = logits.clone()
+        codes = torch.randint(0, cfg.code_predictor.vocab_size, (2, cfg.num_code_groups), generator=g)
+        hidden = torch.randn(2, cfg.transformer.hidden_size, generator=g)
+        out["frame_exact"] = model.code_predictor.teacher_forced_logits(hidden, codes, model.talker.codec_embedding)
+        out["frame_fast"] = teacher_forced_frame(model, engine, hidden, codes)
+    return out
+
+
+def _worker(checkpoint: str, out: str) -> None:
+    """One process start: load, compile (or hit the cache), compute, save logits and cache counters."""
+    from torch._dynamo.utils import counters
+
+    from q3tts.standalone import Qwen3TTS
+
+    torch.set_num_threads(1)
+    model = Qwen3TTS.from_pretrained(checkpoint, dtype=torch.float32).compile_fast(window_block=8)
+    result = _fast_and_exact_logits(model, model._fast)
+    stats = {k: int(v) for k, v in counters["inductor"].items() if k.startswith("fxgraph_cache")}
+    torch.save(dict(logits=result, stats=stats, compile_seconds=model._fast.compile_seconds), out)
+
+
+def _run(checkpoint: Path, cache: Path, out: Path) -> dict:
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache)}
+    env.pop("Q3TTS_COMPILE_CACHE", None)
+    proc = subprocess.run(
+        [sys.executable, __file__, str(checkpoint), str(out)], env=env, capture_output=True, text=True, timeout=900
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return torch.load(out)
+
+
+@pytest.fixture(scope="module")
+def second_checkpoint(tmp_path_factory, tensor_specs):
+    """custom_voice with other weights than the suite's (same config, so the same graphs)."""
+    from q3tts.convert import convert_checkpoint
+    from q3tts.verify.fixtures import write_upstream_checkpoint
+
+    root = tmp_path_factory.mktemp("other-weights")
+    up = write_upstream_checkpoint(root / "upstream", "custom_voice", seed=1234, tensor_specs=tensor_specs)
+    convert_checkpoint(up, root / "standalone")
+    return root / "standalone"
+
+
+def test_second_process_hits_the_cache_and_uses_its_own_weights(checkpoints, second_checkpoint, tmp_path):
+    from q3tts.verify.compare import FAST_TOLERANCES, compare
+
+    cache = tmp_path / "inductor"
+    first = _run(checkpoints["custom_voice"][1], cache, tmp_path / "first.pt")
+    second = _run(second_checkpoint, cache, tmp_path / "second.pt")
+    print(
+        json.dumps(
+            {
+                "first": [first["stats"], first["compile_seconds"]],
+                "second": [second["stats"], second["compile_seconds"]],
+            }
+        )
+    )
+    assert first["stats"].get("fxgraph_cache_miss", 0) >= 3, first["stats"]  # a cold cache compiled every graph
+    # Every graph of the second start came from the cache: the weights check below is about hits.
+    assert second["stats"].get("fxgraph_cache_hit", 0) >= 3, second["stats"]
+    assert second["stats"].get("fxgraph_cache_miss", 0) == 0, second["stats"]
+    tol = FAST_TOLERANCES[torch.float32]
+    for part in ("talker", "frame"):
+        a, b = first["logits"], second["logits"]
+        assert compare(f"{part} first", a[f"{part}_exact"], a[f"{part}_fast"], torch.float32, tol).passed
+        own = compare(f"{part} second", b[f"{part}_exact"], b[f"{part}_fast"], torch.float32, tol)
+        assert own.passed, own
+        # The two checkpoints really differ here, so matching the first model would have failed above.
+        other = compare(f"{part} vs first", a[f"{part}_exact"], b[f"{part}_fast"], torch.float32, tol)
+        assert not other.passed and other.max_rel > 1000 * own.max_rel, (other, own)
+
+
+if __name__ == "__main__":
+    _worker(sys.argv[1], sys.argv[2])
+
+
+def test_two_models_in_one_process_keep_their_own_weights(checkpoints, second_checkpoint):
+    """Dynamo may reuse a compiled graph for another engine whose inputs pass its guards; with
+    frozen weights that would run the first model's weights. Each engine must see its own."""
+    from q3tts.standalone import Qwen3TTS
+    from q3tts.verify.compare import FAST_TOLERANCES, compare
+
+    tol = FAST_TOLERANCES[torch.float32]
+    results = []
+    for path in (checkpoints["custom_voice"][1], second_checkpoint):
+        model = Qwen3TTS.from_pretrained(path, dtype=torch.float32).compile_fast(window_block=8)
+        results.append(_fast_and_exact_logits(model, model._fast))
+    a, b = results
+    for part in ("talker", "frame"):
+        own = compare(part, b[f"{part}_exact"], b[f"{part}_fast"], torch.float32, tol)
+        assert own.passed, own
+        assert not compare(part, a[f"{part}_exact"], b[f"{part}_fast"], torch.float32, tol).passed
