@@ -325,7 +325,7 @@ def run_fast_parity(
     engine: FastEngine | None = None,
     seed: int = 0,
     max_new_tokens: int = 24,
-    modes=("greedy", "sampled"),
+    modes=tuple(MODES),
     case_names: tuple[str, ...] | None = None,
 ) -> dict[str, Any]:
     """All three measurements for one loaded (upstream wrapper, standalone) pair. Generation is
@@ -441,7 +441,9 @@ def run_fast_cli(
                 dtype = DTYPES[dn]
                 wrapper, st = load_upstream_wrapper(up, dtype), Qwen3TTS.from_pretrained(st_dir, dtype=dtype)
                 engine = FastEngine(st.talker, st.code_predictor, options=options)
-                report = run_fast_parity(wrapper, st, dtype, dn, engine=engine, seed=seeds[0], max_new_tokens=frames)
+                report = run_fast_parity(
+                    wrapper, st, dtype, dn, engine=engine, seed=seeds[0], max_new_tokens=frames, modes=tuple(MODES)
+                )
                 report.update(checkpoint=name, options=engine.options)
                 click.echo(f"== {name}\n" + format_fast_report(report))
                 reports.append(report)
