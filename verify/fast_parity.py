@@ -431,11 +431,12 @@ def run_fast_cli(
 
     from .cli import _checkpoint_pairs
     from .compare import DTYPES
+    from .console import Progress
     from .forward_parity import load_upstream_wrapper
 
     reports = []
     with tempfile.TemporaryDirectory(prefix="verify-fast-") as work:
-        pairs, frames = _checkpoint_pairs(src, standalone_dir, frames, Path(work))
+        pairs, frames, _fixtures = _checkpoint_pairs(src, standalone_dir, frames, Path(work), Progress(inline=False))
         for name, _source, up, st_dir in pairs:
             for dn in dtype_names:
                 dtype = DTYPES[dn]
