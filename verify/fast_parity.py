@@ -292,7 +292,10 @@ def generation_agreement(
     params = GenerateOptions.from_kwargs({**options, **common}).to_params()
     # Through the modules: the fault self-test patches generation.generate_codes and the prompt builder there.
     prompt = talker_prompt.build_talker_prompt(ctx.standalone, **prompt_kwargs)
-    fast_codes, _ = generation.generate_codes(ctx.standalone, prompt, params, engine=engine)
+    try:
+        fast_codes, _ = generation.generate_codes(ctx.standalone, prompt, params, engine=engine)
+    except Exception:  # a broken standalone side is a failed case, not a crash (as verify/suite.py)
+        fast_codes = []
     t2 = time.perf_counter()
     same = total = 0
     for a, b in zip(up_codes, fast_codes):

@@ -151,6 +151,8 @@ def run_stepwise(standalone, prompt, params, engine, seq, up_codes, case, mode, 
         result.first_divergence = first_divergence(up_codes, codes)
     except _Exhausted as e:
         result.first_divergence = f"the loop ran past upstream's stop ({e})"
+    except Exception as e:  # a broken standalone side is a failed case, not a crash (as verify/suite.py)
+        result.first_divergence = f"error: {type(e).__name__}: {e}"
     result.decisions_identical = result.first_divergence is None
     result.passed = result.decisions_identical and not result.over_tolerance
     return result
