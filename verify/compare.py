@@ -50,7 +50,7 @@ TOLERANCES: dict[torch.dtype, Tolerance] = {
 # - bf16: max rel 1.63e-2, cosine >= 0.99994; rtol 5e-2 is 3x that.
 # Re-measured with the M-RoPE and small-RMS probes (custom_voice, this tree): fp32 max rel 4.3e-7; bf16 max rel
 # 1.63e-2 (code_predictor.group2), probes 1.1e-2, cosine >= 0.99994. In fp32 the atol dominates the bound of
-# unit-scale hidden states (bound / max abs >= 48x); every fp32 model fault still fails it by orders of magnitude
+# unit-scale hidden states (bound / max abs >= 48x); every fp32 model fault still fails the forward cases
 # (reports/fast_faults.md). The small-RMS probe exists for bf16, where the eps fault hides under rounding at
 # the real activation scale (verify/suite.py).
 FAST_TOLERANCES: dict[torch.dtype, Tolerance] = {
