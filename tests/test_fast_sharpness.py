@@ -60,7 +60,8 @@ def test_stepwise_passes_clean_and_fails_on_fault(fast_pair, case_name, mode, fa
         faulty = _stepwise(fast_pair, case_name, mode)
     assert not faulty.passed, faulty
     if fault_name == "top_k_plus_one":
-        assert not faulty.decisions_identical and not faulty.over_tolerance, faulty
+        # (logits measured after the first wrong decision are on another history, so they may be over too)
+        assert not faulty.decisions_identical, faulty
     else:
         assert faulty.over_tolerance, faulty
 
