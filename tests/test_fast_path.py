@@ -41,6 +41,7 @@ def test_fast_parity_within_measured_tolerances(engine_pair):
         engine=engine,
         max_new_tokens=12,
         case_names=("custom_voice.english", "batch.custom_voice"),
+        modes=("greedy", "sampled"),
     )
     bad = [c for c in report["forward"] if not c["passed"]]
     assert not bad, f"fast forward cases over tolerance: {bad}"

@@ -48,9 +48,25 @@ TOLERANCES: dict[torch.dtype, Tolerance] = {
 # - fp32: max rel 4.5e-7 of max |ref| (max abs 3.8e-6 on logits of scale ~15), cosine 1.0000000;
 #   rtol 1e-5 is 22x that, the atol covers near-zero tensors;
 # - bf16: max rel 1.63e-2, cosine >= 0.99994; rtol 5e-2 is 3x that.
+# Re-measured with the M-RoPE and small-RMS probes (custom_voice, this tree): fp32 max rel 4.3e-7; bf16 max rel
+# 1.63e-2 (code_predictor.group2), probes 1.1e-2, cosine >= 0.99994. In fp32 the atol dominates the bound of
+# unit-scale hidden states (bound / max abs >= 48x); every fp32 model fault still fails the forward cases
+# (reports/fast_faults.md). The small-RMS probe exists for bf16, where the eps fault hides under rounding at
+# the real activation scale (verify/suite.py).
 FAST_TOLERANCES: dict[torch.dtype, Tolerance] = {
     torch.float32: Tolerance(atol=1e-5, rtol=1e-5, min_cosine=0.999999),
     torch.bfloat16: Tolerance(atol=0.0, rtol=5e-2, min_cosine=0.9995),
+}
+# The stepwise check (verify/fast_stepwise.py): every talker step and code-predictor group of a
+# generation case through the compiled graphs, on upstream's history, against upstream's logits.
+# Errors build up over the cached keys/values of up to 24 steps, so bf16 needs more room than one
+# step. Measured (12 frames, every sampler mode): fp32 on all three fixtures (217 cases x modes) max rel
+# 1.5e-6, cosine 1.0000000; bf16 on custom_voice (14) max rel 3.8e-2, cosine >= 0.99951. Bounds: fp32 as
+# FAST_TOLERANCES (6.6x);
+# bf16 rtol 1e-1 (2.6x) and cosine 0.998 (4x the worst 1 - cosine).
+FAST_STEP_TOLERANCES: dict[torch.dtype, Tolerance] = {
+    torch.float32: FAST_TOLERANCES[torch.float32],
+    torch.bfloat16: Tolerance(atol=0.0, rtol=1e-1, min_cosine=0.998),
 }
 # Teacher-forced argmax agreement of the fast path (fraction of positions of one case). Measured:
 # fp32 100% in every case; bf16 94.3% in the worst case (one or two near-ties of a random model).

@@ -38,8 +38,9 @@ from q3tts.standalone.layers import mrope_positions, padding_mask
 from q3tts.standalone.sampling import SamplingParams, constrain_logits
 
 from .compare import FAST_GENERATION_IDENTICAL, FAST_MIN_AGREEMENT, FAST_TOLERANCES, Comparison, compare
+from .fast_stepwise import Stepwise, run_stepwise, upstream_logits
 from .forward_parity import ParityInputs
-from .generation_parity import MODES, CaseContext, cases_for, first_divergence
+from .generation_parity import MODES, CaseContext, cases_for, first_divergence, mode_kwargs
 
 PROMPT_KEYS = (
     "input_ids",
@@ -95,6 +96,8 @@ def run_fast_forward_cases(
         mask[row, :pad] = 0
     talker_case("fast.talker_step.padded", mask)
 
+    results += fast_talker_probes(up_t, st_t, engine, dtype, seed, tol)
+
     h_up = up_t.text_projection(up_t.model.text_embedding(inp.text_ids[:, :1]))[:, 0]
     h_st = st_t.embed_text(inp.text_ids[:, :1])[:, 0]
     ref, _ = up_t.forward_sub_talker_finetune(inp.frame_codes, h_up)
@@ -102,6 +105,35 @@ def run_fast_forward_cases(
     for k in range(ref.shape[1]):
         results.append(compare(f"fast.code_predictor.group{k + 1}", ref[:, k], got[:, k], dtype, tol))
     return results
+
+
+def fast_talker_probes(up_t, st_t, engine: FastEngine, dtype, seed: int, tol) -> list[Comparison]:
+    """The exact suite's two talker probes (verify/suite.py), with the last position through the
+    compiled step: three *different* M-RoPE rows (generation feeds three equal rows, so only this
+    sees the section layout), and hidden states whose mean square is ten times the RMSNorm eps
+    (where an eps bug moves the output by more than bf16's rounding; at the real scale it does not)."""
+    tc = st_t.cfg.transformer
+    hidden_size, eps = tc.hidden_size, tc.rms_norm_eps
+    bsz, length = 2, 9
+    base = torch.arange(length).float()
+    g = torch.Generator().manual_seed(seed + 11)
+    mrope_x = torch.randn(bsz, length, hidden_size, generator=g).to(dtype)
+    mrope_pos = torch.stack([base, base * 2 + 1, base.flip(0) + 3]).unsqueeze(1).expand(3, bsz, length)
+    g = torch.Generator().manual_seed(seed + 13)
+    small_x = ((10 * eps) ** 0.5 * torch.randn(bsz, length, hidden_size, generator=g)).to(dtype)
+    plain_pos = base.expand(3, bsz, length)
+    out = []
+    for name, x, pos in (
+        ("fast.talker_step.mrope", mrope_x, mrope_pos),
+        ("fast.talker_step.small_rms", small_x, plain_pos),
+    ):
+        ref = up_t.model(inputs_embeds=x, position_ids=pos, use_cache=False).last_hidden_state[:, -1]
+        last = length - 1
+        cache = st_t.decoder.new_cache(tc, bsz, engine.talker_cache_len(length), x.dtype, x.device)
+        st_t.step(x[:, :last], pos[..., :last], None, cache, 0)
+        hidden, _ = engine.talker_step(x[:, last:], pos[..., last:], None, cache, last)
+        out.append(compare(f"{name}.hidden", ref, hidden[:, 0], dtype, tol))
+    return out
 
 
 def teacher_forced_frame(
@@ -242,20 +274,28 @@ def generation_agreement(
     engine: FastEngine,
     mode: str,
     dtype_name: str,
+    dtype: torch.dtype,
     max_new_tokens: int = 24,
-) -> GenerationAgreement:
+) -> tuple[GenerationAgreement, Stepwise]:
+    """Free-running generation of both sides from one seed, and the stepwise replay
+    (verify/fast_stepwise.py) on the logits upstream produced in the same run."""
     up_kwargs, prompt_kwargs, options = _split(kwargs)
-    common = dict(MODES[mode], max_new_tokens=max_new_tokens)
-    torch.manual_seed(ctx.seed)
+    # The mode's sampling values as the exact suite uses them (top_p_boundary is calibrated per case).
+    sampling_kwargs, seed = mode_kwargs(mode, ctx, up_kwargs)
+    common = dict(sampling_kwargs, max_new_tokens=max_new_tokens)
+    torch.manual_seed(seed)
     t0 = time.perf_counter()
-    up_codes, _ = ctx.wrapper.model.generate(**up_kwargs, **common)
+    with upstream_logits(ctx.wrapper.model) as seq:
+        up_codes, _ = ctx.wrapper.model.generate(**up_kwargs, **common)
     t1 = time.perf_counter()
-    torch.manual_seed(ctx.seed)
+    torch.manual_seed(seed)
     params = GenerateOptions.from_kwargs({**options, **common}).to_params()
-    # Through the module: the fault self-test patches generation.generate_codes there.
-    fast_codes, _ = generation.generate_codes(
-        ctx.standalone, talker_prompt.build_talker_prompt(ctx.standalone, **prompt_kwargs), params, engine=engine
-    )
+    # Through the modules: the fault self-test patches generation.generate_codes and the prompt builder there.
+    prompt = talker_prompt.build_talker_prompt(ctx.standalone, **prompt_kwargs)
+    try:
+        fast_codes, _ = generation.generate_codes(ctx.standalone, prompt, params, engine=engine)
+    except Exception:  # a broken standalone side is a failed case, not a crash (as verify/suite.py)
+        fast_codes = []
     t2 = time.perf_counter()
     same = total = 0
     for a, b in zip(up_codes, fast_codes):
@@ -263,7 +303,7 @@ def generation_agreement(
         same += int((a[:n] == b[:n]).all(dim=1).sum())
         total += max(a.shape[0], b.shape[0])
     div = first_divergence(up_codes, fast_codes)
-    return GenerationAgreement(
+    agreement = GenerationAgreement(
         case_name,
         mode,
         dtype_name,
@@ -275,6 +315,8 @@ def generation_agreement(
         t1 - t0,
         t2 - t1,
     )
+    step = run_stepwise(ctx.standalone, prompt, params, engine, seq, up_codes, case_name, mode, dtype_name, dtype, seed)
+    return agreement, step
 
 
 # --- the whole report ----------------------------------------------------------------------------
@@ -286,7 +328,7 @@ def run_fast_parity(
     engine: FastEngine | None = None,
     seed: int = 0,
     max_new_tokens: int = 24,
-    modes=("greedy", "sampled"),
+    modes=tuple(MODES),
     case_names: tuple[str, ...] | None = None,
 ) -> dict[str, Any]:
     """All three measurements for one loaded (upstream wrapper, standalone) pair. Generation is
@@ -296,7 +338,7 @@ def run_fast_parity(
     forward = run_fast_forward_cases(wrapper.model, standalone, engine, dtype, seed)
     first_call = time.perf_counter() - t0
     ctx = CaseContext(wrapper, standalone, seed)
-    agreements, generations = [], []
+    agreements, generations, stepwise = [], [], []
     for case in cases_for(standalone.config.tts_model_type):
         if case_names is not None and case.name not in case_names:
             continue
@@ -306,11 +348,14 @@ def run_fast_parity(
                 teacher_forced_agreement(case.name, ctx, kwargs, engine, dtype_name, dtype, max_new_tokens)
             )
         for mode in modes:
-            generations.append(generation_agreement(case.name, ctx, kwargs, engine, mode, dtype_name, max_new_tokens))
+            gen, step = generation_agreement(case.name, ctx, kwargs, engine, mode, dtype_name, dtype, max_new_tokens)
+            generations.append(gen)
+            stepwise.append(step)
     judged = FAST_GENERATION_IDENTICAL[dtype]
     failing = (
         [c.case for c in forward if not c.passed]
         + [f"teacher_forced.{a.case}" for a in agreements if not a.passed]
+        + [f"stepwise.{s.case}.{s.mode}" for s in stepwise if not s.passed]
         + ([f"generation.{g.case}.{g.mode}" for g in generations if not g.identical] if judged else [])
     )
     return {
@@ -320,6 +365,7 @@ def run_fast_parity(
         "forward": [c.as_dict() for c in forward],
         "teacher_forced": [a.as_dict() for a in agreements],
         "generation": [g.as_dict() for g in generations],
+        "stepwise": [s.as_dict() for s in stepwise],
         "generation_judged": judged,
         "failing": failing,
         "passed": not failing,
@@ -342,15 +388,24 @@ def format_fast_report(report: dict) -> str:
             f"{a['case']:36} {a['group0_agree']:>4}/{a['group0_positions']:<5} {a['residual_agree']:>4}/{a['residual_positions']:<5} "
             f"{a['fraction']:10.4f}  {a['first_disagreement']}  {'PASS' if a['passed'] else 'FAIL'}"
         )
+    lines.append(
+        f"{'stepwise case (upstream decisions)':36} {'mode':15} {'decisions':>9} {'max_rel':>10} {'min cos':>10}  over tolerance"
+    )
+    for s in report.get("stepwise", []):
+        decided = "same" if s["decisions_identical"] else f"{s['first_divergence']}"
+        lines.append(
+            f"{s['case']:36} {s['mode']:15} {decided:>9} {s['max_rel']:10.3e} {s['min_cosine']:10.7f}  "
+            f"{', '.join(s['over_tolerance']) or '-'}  {'PASS' if s['passed'] else 'FAIL'}"
+        )
     judged = report.get("generation_judged", False)
     lines.append(
-        f"{'generation case':36} {'mode':8} {'identical':>9} {'same frames':>11}  first divergence"
+        f"{'generation case':36} {'mode':15} {'identical':>9} {'same frames':>11}  first divergence"
         + ("  (must be identical)" if judged else "  (reported, not judged)")
     )
     for g in report["generation"]:
         verdict = ("  PASS" if g["identical"] else "  FAIL") if judged else ""
         lines.append(
-            f"{g['case']:36} {g['mode']:8} {str(g['identical']):>9} {g['identical_frame_fraction']:11.3f}  "
+            f"{g['case']:36} {g['mode']:15} {str(g['identical']):>9} {g['identical_frame_fraction']:11.3f}  "
             f"{g['first_divergence']}{verdict}"
         )
     return "\n".join(lines)
@@ -379,17 +434,20 @@ def run_fast_cli(
 
     from .cli import _checkpoint_pairs
     from .compare import DTYPES
+    from .console import Progress
     from .forward_parity import load_upstream_wrapper
 
     reports = []
     with tempfile.TemporaryDirectory(prefix="verify-fast-") as work:
-        pairs, frames = _checkpoint_pairs(src, standalone_dir, frames, Path(work))
+        pairs, frames, _fixtures = _checkpoint_pairs(src, standalone_dir, frames, Path(work), Progress(inline=False))
         for name, _source, up, st_dir in pairs:
             for dn in dtype_names:
                 dtype = DTYPES[dn]
                 wrapper, st = load_upstream_wrapper(up, dtype), Qwen3TTS.from_pretrained(st_dir, dtype=dtype)
                 engine = FastEngine(st.talker, st.code_predictor, options=options)
-                report = run_fast_parity(wrapper, st, dtype, dn, engine=engine, seed=seeds[0], max_new_tokens=frames)
+                report = run_fast_parity(
+                    wrapper, st, dtype, dn, engine=engine, seed=seeds[0], max_new_tokens=frames, modes=tuple(MODES)
+                )
                 report.update(checkpoint=name, options=engine.options)
                 click.echo(f"== {name}\n" + format_fast_report(report))
                 reports.append(report)

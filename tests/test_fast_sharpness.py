@@ -1,0 +1,78 @@
+"""Sharpness of the fast-path checks in both dtypes: the clean fast path passes them, and a planted
+bug fails them in bf16 as well as fp32, where free-running generation is not judged (a flipped
+near-tie legitimately changes every later frame) and the forward cases' tolerance is wide.
+
+One compiled engine per dtype (module fixture) serves every fault that leaves the weights alone
+(sampler and loop faults); a fault in the model is compiled into its own engine, as the self-test
+does (inductor's freezing bakes weights and attributes in at compile time).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from q3tts.standalone.fast import FastEngine
+from q3tts.verify.fast_parity import generation_agreement, run_fast_forward_cases
+from q3tts.verify.faults import CATALOGUE
+from q3tts.verify.generation_parity import CaseContext, cases_for
+
+pytestmark = pytest.mark.slow_compile  # torch.compile: tens of seconds per engine
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+FRAMES = 8
+
+
+@pytest.fixture(scope="module", params=list(DTYPES))
+def fast_pair(request, load_models):
+    dn = request.param
+    wrapper, standalone = load_models("custom_voice", DTYPES[dn])
+    return dn, wrapper, standalone, FastEngine(standalone.talker, standalone.code_predictor)
+
+
+def _stepwise(fast_pair, case_name: str, mode: str):
+    dn, wrapper, standalone, engine = fast_pair
+    ctx = CaseContext(wrapper, standalone, 0)
+    case = next(c for c in cases_for("custom_voice") if c.name == case_name)
+    _gen, step = generation_agreement(case.name, ctx, case.build(ctx), engine, mode, dn, DTYPES[dn], FRAMES)
+    return step
+
+
+def _fault(name):
+    return next(f for f in CATALOGUE if f.name == name)
+
+
+@pytest.mark.parametrize(
+    "case_name, mode, fault_name",
+    [
+        # a filter bug: decisions on upstream's own logits change (the logits do not)
+        ("custom_voice.english", "split_top_k", "top_k_plus_one"),
+        # a loop bug: decode positions after left padding; the compiled step's logits move
+        ("batch.custom_voice", "greedy", "padded_position"),
+    ],
+)
+def test_stepwise_passes_clean_and_fails_on_fault(fast_pair, case_name, mode, fault_name):
+    dn, _wrapper, standalone, _engine = fast_pair
+    clean = _stepwise(fast_pair, case_name, mode)
+    assert clean.passed, clean
+    assert clean.talker_steps > 0 and clean.cp_groups > 0
+    with _fault(fault_name).inject(standalone):
+        faulty = _stepwise(fast_pair, case_name, mode)
+    assert not faulty.passed, faulty
+    if fault_name == "top_k_plus_one":
+        # (logits measured after the first wrong decision are on another history, so they may be over too)
+        assert not faulty.decisions_identical, faulty
+    else:
+        assert faulty.over_tolerance, faulty
+
+
+def test_small_rms_probe_sees_the_eps_fault(fast_pair):
+    """RMSNorm eps 1e-3: under bf16's rounding at the real activation scale; only the small-scale
+    probe sees it through the compiled step (the engine is compiled on the faulty model)."""
+    dn, wrapper, standalone, _engine = fast_pair
+    fault = _fault("rmsnorm_eps")
+    with fault.inject(standalone):
+        engine = FastEngine(standalone.talker, standalone.code_predictor)
+        failed = {c.case for c in run_fast_forward_cases(wrapper.model, standalone, engine, DTYPES[dn]) if not c.passed}
+    torch._dynamo.reset()  # the faulty engine's graphs must not serve later tests
+    assert "fast.talker_step.small_rms.hidden" in failed, failed
