@@ -64,6 +64,11 @@ FAST_TOLERANCES: dict[torch.dtype, Tolerance] = {
 # 1.5e-6, cosine 1.0000000; bf16 on custom_voice (14) max rel 3.8e-2, cosine >= 0.99951. Bounds: fp32 as
 # FAST_TOLERANCES (6.6x);
 # bf16 rtol 1e-1 (2.6x) and cosine 0.998 (4x the worst 1 - cosine).
+# The bf16 run on all three fixtures (217 cases x modes, 1965 talker steps, 5895 code-predictor groups;
+# reports/fast_parity-bf16.md) passes, but its worst case (voice_design.streaming, hot_penalty: the
+# penalised, hot distribution of a random model) reaches max rel 8.1e-2 and cosine 0.99838, so the bf16
+# headroom is only 1.2x on both. Left as is: the bf16 fast self-test ran with these bounds, and widening
+# them needs its fault catches re-checked first.
 FAST_STEP_TOLERANCES: dict[torch.dtype, Tolerance] = {
     torch.float32: FAST_TOLERANCES[torch.float32],
     torch.bfloat16: Tolerance(atol=0.0, rtol=1e-1, min_cosine=0.998),
