@@ -66,13 +66,26 @@ def test_stepwise_passes_clean_and_fails_on_fault(fast_pair, case_name, mode, fa
         assert faulty.over_tolerance, faulty
 
 
-def test_small_rms_probe_sees_the_eps_fault(fast_pair):
-    """RMSNorm eps 1e-3: under bf16's rounding at the real activation scale; only the small-scale
-    probe sees it through the compiled step (the engine is compiled on the faulty model)."""
-    dn, wrapper, standalone, _engine = fast_pair
-    fault = _fault("rmsnorm_eps")
-    with fault.inject(standalone):
-        engine = FastEngine(standalone.talker, standalone.code_predictor)
-        failed = {c.case for c in run_fast_forward_cases(wrapper.model, standalone, engine, DTYPES[dn]) if not c.passed}
+@pytest.mark.parametrize(
+    "fault_name, probe",
+    [
+        # RMSNorm eps 1e-3: under bf16's rounding at the real activation scale
+        ("rmsnorm_eps", "fast.talker_step.small_rms.hidden"),
+        # M-RoPE sections laid out contiguously: generation feeds three equal rows, where it is
+        # invisible; in bf16 only the probe's spread-out rows move it past the tolerance
+        ("mrope_split", "fast.talker_step.mrope.hidden"),
+    ],
+)
+def test_forward_probe_sees_the_fault_only_it_can_see(fast_pair, fault_name, probe):
+    """The probe passes on the clean engine and fails through the compiled step of an engine
+    compiled on the faulty model."""
+    dn, wrapper, standalone, engine = fast_pair
+    clean = {c.case: c for c in run_fast_forward_cases(wrapper.model, standalone, engine, DTYPES[dn])}
+    assert clean[probe].passed, clean[probe]
+    with _fault(fault_name).inject(standalone):
+        faulty_engine = FastEngine(standalone.talker, standalone.code_predictor)
+        failed = {
+            c.case for c in run_fast_forward_cases(wrapper.model, standalone, faulty_engine, DTYPES[dn]) if not c.passed
+        }
     torch._dynamo.reset()  # the faulty engine's graphs must not serve later tests
-    assert "fast.talker_step.small_rms.hidden" in failed, failed
+    assert probe in failed, failed

@@ -53,3 +53,29 @@ def test_padded_rows_equal_unpadded_rows(load_pair, model_type):
         mask = torch.tensor([[0, 0, 0] + [1] * 7])
         h_pad, _ = st.talker(torch.cat([pad, x], dim=1), mask)
     torch.testing.assert_close(h_pad[:, 3:], h_plain, atol=1e-5, rtol=0)
+
+
+def test_mrope_probe_rows_are_distinct_and_keep_upstream_on_one_sequence(load_pair):
+    """The probe's three rows differ (else M-RoPE is 1-D RoPE and the section layout is invisible),
+    and its first row advances by exactly 1: upstream hands that row to transformers' causal mask,
+    which reads any other step as a new packed sequence. The control shows the constraint is real:
+    a first row advancing by 3 makes upstream, not the standalone model, answer differently."""
+    from q3tts.verify.forward_parity import mrope_probe_positions
+
+    upstream, standalone = load_pair("custom_voice", torch.float32)
+    pos = mrope_probe_positions(2, 9)
+    assert torch.equal(pos[0].diff(dim=-1), torch.ones(2, 8))
+    assert not torch.equal(pos[0], pos[1]) and not torch.equal(pos[1], pos[2]) and not torch.equal(pos[0], pos[2])
+    x = torch.randn(2, 9, standalone.config.talker.transformer.hidden_size, generator=torch.Generator().manual_seed(3))
+
+    def both(p):
+        ref = upstream.talker.model(inputs_embeds=x, position_ids=p, use_cache=False).last_hidden_state
+        got, _ = standalone.talker.step(x, p, None)
+        return ref, got
+
+    ref, got = both(pos)
+    assert torch.equal(ref, got)
+    spread_first = pos.clone()
+    spread_first[0] = 3 * spread_first[0]
+    ref, got = both(spread_first)
+    assert (ref - got).abs().max() > 0.1

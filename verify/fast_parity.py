@@ -39,7 +39,7 @@ from q3tts.standalone.sampling import SamplingParams, constrain_logits
 
 from .compare import FAST_GENERATION_IDENTICAL, FAST_MIN_AGREEMENT, FAST_TOLERANCES, Comparison, compare
 from .fast_stepwise import Stepwise, run_stepwise, upstream_logits
-from .forward_parity import ParityInputs
+from .forward_parity import ParityInputs, mrope_probe_positions
 from .generation_parity import MODES, CaseContext, cases_for, first_divergence, mode_kwargs
 
 PROMPT_KEYS = (
@@ -118,7 +118,7 @@ def fast_talker_probes(up_t, st_t, engine: FastEngine, dtype, seed: int, tol) ->
     base = torch.arange(length).float()
     g = torch.Generator().manual_seed(seed + 11)
     mrope_x = torch.randn(bsz, length, hidden_size, generator=g).to(dtype)
-    mrope_pos = torch.stack([base, base * 2 + 1, base.flip(0) + 3]).unsqueeze(1).expand(3, bsz, length)
+    mrope_pos = mrope_probe_positions(bsz, length)
     g = torch.Generator().manual_seed(seed + 13)
     small_x = ((10 * eps) ** 0.5 * torch.randn(bsz, length, hidden_size, generator=g)).to(dtype)
     plain_pos = base.expand(3, bsz, length)

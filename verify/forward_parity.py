@@ -46,6 +46,25 @@ class ParityInputs:
         return cls(text_ids, codec_ids, pads, codes, speech_like_waveform(seed))
 
 
+def mrope_probe_positions(bsz: int, length: int) -> torch.Tensor:
+    """Three different M-RoPE position rows [3, bsz, length] for the talker probes (exact suite and
+    fast path). Generation feeds three equal rows, where M-RoPE equals 1-D RoPE; only different
+    rows can see how the sections are laid out.
+
+    The rows are spread far apart (slopes 1, 4, -3) because a contiguous-instead-of-interleaved
+    section layout moves the bf16 fast step by only 2.5e-2 max rel with gentler rows, inside its
+    tolerance; with these it moves by 8.5e-2 (cosine 0.9956), against 6.3e-3 clean.
+
+    The first row must advance by exactly 1 per position. Upstream passes it to transformers'
+    create_causal_mask as the text position ids, and with no attention mask and no cache
+    transformers reads every other step as the start of a new packed sequence
+    (masking_utils.find_packed_sequence_indices) and masks attention across it: upstream itself
+    then answers a different question (the exact path differs by 2.85 for rows [3p, ...])."""
+    p = torch.arange(length).float()
+    rows = torch.stack([p, 4 * p + 10, 40 - 3 * p])
+    return rows.unsqueeze(1).expand(3, bsz, length)
+
+
 def speech_like_waveform(seed: int, seconds: float = 1.0, sr: int = 24000) -> np.ndarray:
     """Deterministic harmonic tone with vibrato and a little noise, peak about 0.6.
 

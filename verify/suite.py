@@ -41,7 +41,7 @@ from .compare import (
     first_differing_layer,
     first_divergent_layer,
 )
-from .forward_parity import run_forward_cases
+from .forward_parity import mrope_probe_positions, run_forward_cases
 from .generation_parity import (
     CASES,
     MODE_KNOBS,
@@ -113,9 +113,7 @@ def mrope_case(upstream, standalone, dtype, seed):
     tc = standalone.config.talker.transformer
     bsz, length = 2, 9
     x = torch.randn(bsz, length, tc.hidden_size, generator=g).to(dtype)
-    base = torch.arange(length).float()
-    pos = torch.stack([base, base * 2 + 1, base.flip(0) + 3]).unsqueeze(1).expand(3, bsz, length)
-    return _talker_probe("talker.mrope.hidden", upstream, standalone, dtype, x, pos)
+    return _talker_probe("talker.mrope.hidden", upstream, standalone, dtype, x, mrope_probe_positions(bsz, length))
 
 
 def small_rms_case(upstream, standalone, dtype, seed):
