@@ -183,7 +183,8 @@ class FastEngine:
         self.talker, self.cp = talker, code_predictor
         self.cache_dir = use_compile_cache(cache_dir) if compile else None
         # Every engine adds graphs (per batch size, prefill/step) to the same forward code object;
-        # past dynamo's default limit of 8 it would silently run the rest eagerly.
+        # past dynamo's default limit of 8 it would silently run the rest eagerly (_timed raises
+        # instead when the limit is reached).
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         self.window_block = window_block
         opts = self.options = dict(COMPILE_OPTIONS if options is None else options)
@@ -294,7 +295,17 @@ class FastEngine:
         if key in self._warm:
             return fn(*args)
         t0 = time.perf_counter()
-        out = fn(*args)
+        # Past dynamo's recompile limit a new graph would silently run eagerly (correct, slow):
+        # fail instead, on the call that compiles.
+        try:
+            with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+                out = fn(*args)
+        except torch._dynamo.exc.FailOnRecompileLimitHit as e:
+            raise RuntimeError(
+                f"torch.compile's recompile limit ({torch._dynamo.config.recompile_limit} graphs per "
+                "function) is reached: this process has compiled too many fast engines or batch sizes "
+                "(3 graphs each). Reuse engines, or raise torch._dynamo.config.recompile_limit."
+            ) from e
         self.compile_seconds += time.perf_counter() - t0
         self._warm.add(key)
         return out

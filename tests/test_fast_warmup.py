@@ -79,3 +79,17 @@ def test_warm_up_checks_batch_sizes(checkpoints):
     model = Qwen3TTS.from_pretrained(checkpoints["custom_voice"][1], dtype=torch.float32)
     with pytest.raises(ValueError, match="batch_sizes"):
         model.compile_fast(warm_up=(0,))
+
+
+def test_recompile_limit_fails_loudly_instead_of_running_eagerly(checkpoints):
+    """Every engine adds its graphs to the same forward(); past dynamo's recompile limit a new
+    graph would silently run eagerly. With a limit of one graph, the warm-up's second graph (the
+    predictor's prefill, after the talker step) must raise the clear error. (FastEngine raises the
+    limit to 64 when it is built, so the patch comes after.)"""
+    torch._dynamo.reset()
+    model = Qwen3TTS.from_pretrained(checkpoints["custom_voice"][1], dtype=torch.float32)
+    engine = fast.FastEngine(model.talker, model.code_predictor, window_block=WINDOW_BLOCK)
+    with torch._dynamo.config.patch(recompile_limit=1):
+        with pytest.raises(RuntimeError, match=r"recompile limit \(1 graphs per function\)"):
+            engine.warm_up((1,))
+    torch._dynamo.reset()
