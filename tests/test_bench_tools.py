@@ -69,3 +69,24 @@ def test_bad_arguments_name_the_argument(module, argv, name, capsys):
         main(argv)
     assert exc.value.code not in (0, None)
     assert name in str(exc.value.code) + capsys.readouterr().err
+
+
+def test_peak_rss_sees_a_peak_between_samples(monkeypatch):
+    """The kernel's high-water mark catches a 256 MB allocation freed before the context ends,
+    with the sampling interval set far longer than the whole context (a sampler would see only
+    the RSS at entry and exit), and the process peak survives the per-context reset."""
+    from q3tts.verify.bench_generation import PeakRSS, _can_reset_peak_rss
+
+    if not _can_reset_peak_rss():
+        pytest.skip("/proc/self/clear_refs is not writable here")
+    monkeypatch.setattr(PeakRSS, "interval", 3600.0)
+    size = 256 * 2**20
+    with PeakRSS() as rss:
+        block = bytearray(size)  # zero-filled: every page touched
+        del block
+    assert rss.method == "kernel high-water mark (VmHWM)"
+    assert rss.growth >= 0.9 * size, rss.growth
+    with PeakRSS() as quiet:
+        pass
+    assert quiet.growth < 0.1 * size, quiet.growth  # the mark was reset on entry
+    assert PeakRSS.process_peak_so_far() >= rss.peak
