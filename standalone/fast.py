@@ -3,7 +3,7 @@
 The exact path (generation.generate_codes with talker.py's modules) calls upstream's kernels with
 upstream's call shapes and is bit-identical to upstream. This module is a second mode: the same
 decode loop (generation.generate_codes, so the same sampling, EOS and RNG consumption order), but
-the two per-frame workloads run through torch.compile'd graphs:
+the talker's prompt prefill and the two per-frame workloads run through torch.compile'd graphs:
 
 - the talker's one-token step (layers + final norm + codec head), attending over a static KV
   cache through a window whose length grows in blocks of ``window_block`` positions. The window
@@ -18,8 +18,10 @@ engine stores them (an in-place write into a view of a graph input made inductor
 cache per layer). verify/bench_step.py and reports/step-bench.md hold the profile behind these
 choices: on torch 2.9.1 the compiled 0.6B steps stream fp32 weights at ~25 GB/s (eager ~21).
 
-The prompt prefill runs eagerly (talker.step, exactly as the exact path): it happens once per
-generation and its length varies, so compiling it would mean a graph per bucket for a one-off.
+The talker's prompt prefill is a third graph (``PrefillGraph``: the layers over the whole prompt,
+no cache to read) whose prompt length is a dynamic dimension, so one graph serves every length
+and no prompt is padded to a bucket. It runs once per request, but it is most of the time to the
+first frame.
 
 Numbers differ from upstream in the last bits (other GEMM blocking, fused qkv and gate/up, fp32
 softmax over a masked window instead of SDPA): verify/fast_parity.py measures by how much.
@@ -109,9 +111,24 @@ def _rotate(x, cos, sin):
     return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
 
-def _layer_step(layer: DecoderLayer, x, cos, sin, k_cache, v_cache, cache_mask):
-    """One decoder layer over x [B, S, H] attending over k/v_cache [B, KV, W, D] and itself.
-    Returns (x, k, v), k/v [B, KV, S, D] being what the caller must store at the S positions."""
+def _prompt_attention(q, k, v, mask, scale: float):
+    """The prompt prefill's attention: q/k/v [B, H|KV, S, D] over the S prompt positions only,
+    under ``mask`` [B, 1, S, S] bool (causal, padded keys hidden, each row sees itself:
+    layers.padding_mask). Grouped-query as _attention; softmax in fp32."""
+    bsz, n_heads, seqlen, head_dim = q.shape
+    n_kv = k.shape[1]
+    rep = n_heads // n_kv
+    qg = q.reshape(bsz, n_kv, rep * seqlen, head_dim)
+    scores = torch.matmul(qg, k.transpose(-1, -2)).float() * scale  # [B, KV, rep*S, S]
+    scores = scores.view(bsz, n_kv, rep, seqlen, seqlen).masked_fill(~mask[:, :, None], float("-inf"))
+    probs = torch.softmax(scores, dim=-1).to(v.dtype).view(bsz, n_kv, rep * seqlen, seqlen)
+    return torch.matmul(probs, v).view(bsz, n_heads, seqlen, head_dim)
+
+
+def _layer_step(layer: DecoderLayer, x, cos, sin, attend):
+    """One decoder layer over x [B, S, H]; ``attend(q, k, v)`` -> [B, H, S, D] is the attention
+    (over a cache and the new positions, or over the prompt alone). Returns (x, k, v), k/v
+    [B, KV, S, D] being what the caller must store at the S positions."""
     attn = layer.attn
     bsz, seqlen, _ = x.shape
     h = layer.attn_norm(x)
@@ -122,7 +139,7 @@ def _layer_step(layer: DecoderLayer, x, cos, sin, k_cache, v_cache, cache_mask):
     q = _rotate(q.transpose(1, 2), cos, sin)
     k = _rotate(k.transpose(1, 2), cos, sin)
     v = v.view(bsz, seqlen, attn.n_kv_heads, attn.head_dim).transpose(1, 2)
-    out = _attention(q, k, v, k_cache, v_cache, cache_mask, attn.head_dim**-0.5)
+    out = attend(q, k, v)
     x = x + attn.wo(out.transpose(1, 2).reshape(bsz, seqlen, attn.q_size))
     gate, up = F.linear(layer.mlp_norm(x), layer.mlp.w_gate_up.weight).chunk(2, dim=-1)
     return x + layer.mlp.w_down(F.silu(gate) * up), k, v
@@ -146,11 +163,40 @@ class DecodeGraph(nn.Module):
         window = cache_mask.shape[-1]
         ks, vs = [], []
         for i, layer in enumerate(self.decoder.layers):
-            x, k, v = _layer_step(layer, x, cos, sin, k_all[i, :, :, :window], v_all[i, :, :, :window], cache_mask)
+            k_cache, v_cache = k_all[i, :, :, :window], v_all[i, :, :, :window]
+            scale = layer.attn.head_dim**-0.5
+
+            def attend(q, k, v, k_cache=k_cache, v_cache=v_cache, scale=scale):
+                return _attention(q, k, v, k_cache, v_cache, cache_mask, scale)
+
+            x, k, v = _layer_step(layer, x, cos, sin, attend)
             ks.append(k)
             vs.append(v)
         h = self.decoder.norm(x)
         return h, (self.head(h) if self.head is not None else None), torch.stack(ks), torch.stack(vs)
+
+
+class PrefillGraph(nn.Module):
+    """The talker's prompt prefill as one graph: decoder layers over the whole prompt (no cache to
+    read) -> final norm -> codec head. The prompt length is a dynamic dimension, so one graph
+    serves every length; returns the prompt's keys/values [L, B, KV, S, D] for the caller to store."""
+
+    def __init__(self, decoder: DecoderStack, head: nn.Module):
+        super().__init__()
+        self.decoder = decoder
+        self.head = head
+
+    def forward(self, x, cos, sin, mask):
+        ks, vs = [], []
+        for layer in self.decoder.layers:
+            scale = layer.attn.head_dim**-0.5
+            x, k, v = _layer_step(
+                layer, x, cos, sin, lambda q, k, v, scale=scale: _prompt_attention(q, k, v, mask, scale)
+            )
+            ks.append(k)
+            vs.append(v)
+        h = self.decoder.norm(x)
+        return h, self.head(h), torch.stack(ks), torch.stack(vs)
 
 
 def store_new(cache: KVCache, start: int, k_new, v_new) -> None:
@@ -190,6 +236,7 @@ class FastEngine:
         opts = self.options = dict(COMPILE_OPTIONS if options is None else options)
         wrap = (lambda m: torch.compile(m, dynamic=False, options=opts)) if compile else (lambda m: m)
         self._talker_step = wrap(DecodeGraph(talker.decoder, head=talker.codec_head))
+        self._talker_prefill = wrap(PrefillGraph(talker.decoder, talker.codec_head))
         # One module for the predictor's prefill and steps: two shapes, two graphs, shared weights.
         self._cp_graph = wrap(DecodeGraph(code_predictor.decoder, projection=code_predictor.input_projection))
         self._cp_rope: dict = {}
@@ -199,7 +246,7 @@ class FastEngine:
     @torch.inference_mode()
     def warm_up(self, batch_sizes=(1,)) -> float:
         """Compile (or load from the cache) every graph a generation of these batch sizes runs:
-        the talker step and the code predictor's prefill and step, with the inputs' dtypes,
+        the talker's prompt prefill and step and the code predictor's prefill and step, with the inputs' dtypes,
         shapes and grad mode of the decode loop (generation.iter_frames runs in inference mode).
         Afterwards no generation of these batch sizes compiles anything, whatever its prompt
         length or number of frames (tests/test_fast_warmup.py). Returns the seconds it took."""
@@ -212,16 +259,37 @@ class FastEngine:
         dtype, device = param.dtype, param.device
         for bsz in sizes:
             hidden = torch.zeros(bsz, 1, tcfg.transformer.hidden_size, dtype=dtype, device=device)
-            start = 1  # a window of one block, inside a two-block cache: the shapes of a real step
+            start = 3  # a 3-position prompt, then a step in a window of one block of a two-block cache
             cache = self.talker.decoder.new_cache(
                 tcfg.transformer, bsz, self.talker_cache_len(start + 1), dtype, device
             )
+            prompt = torch.zeros(bsz, start, tcfg.transformer.hidden_size, dtype=dtype, device=device)
+            self.talker_prefill(prompt, torch.arange(start, device=device).float().expand(3, bsz, start), None, cache)
             positions = torch.full((3, bsz, 1), float(start), device=device)
             self.talker_step(hidden, positions, None, cache, start)
             ccache = self.cp.decoder.new_cache(ccfg.transformer, bsz, tcfg.num_code_groups, dtype, device)
             zeros = torch.zeros(bsz, dtype=torch.long, device=device)
             self._frame(hidden, hidden, ccache, lambda _logits, _group, z=zeros: z)
         return time.perf_counter() - t0
+
+    # --- the talker's prompt prefill -------------------------------------------------------------
+    def talker_prefill(self, x, positions, mask, cache: KVCache):
+        """Same contract as Talker.step over the whole prompt at start 0: x [B, L, H], M-RoPE
+        positions [3, B, L], mask None (no padding) or bool [B, 1, L, L] (layers.padding_mask).
+        Returns (hidden, logits) of every position and stores the prompt's keys/values."""
+        bsz, length = x.shape[:2]
+        if length < 2:  # dynamo specialises lengths 0 and 1; a prompt is never that short
+            raise ValueError(f"the fast prefill needs a prompt of at least 2 positions, got {length}")
+        cos, sin = rope_cos_sin(self.talker.inv_freq, positions, x.dtype, self.talker.mrope_rows)
+        if mask is None:  # one graph for padded and unpadded batches: always a [B, 1, L, L] mask
+            mask = torch.ones(length, length, dtype=torch.bool, device=x.device).tril().expand(bsz, 1, length, length)
+        mask = mask.expand(bsz, 1, length, length).contiguous()
+        for t, dims in ((x, (1,)), (cos, (1,)), (sin, (1,)), (mask, (2, 3))):
+            for d in dims:
+                torch._dynamo.mark_dynamic(t, d)
+        h, logits, k_new, v_new = self._timed(("talker_prefill", bsz), self._talker_prefill, x, cos, sin, mask)
+        store_new(cache, 0, k_new, v_new)
+        return h, logits
 
     # --- the talker's one-token step ------------------------------------------------------------
     def talker_cache_len(self, needed: int) -> int:
@@ -304,7 +372,7 @@ class FastEngine:
             raise RuntimeError(
                 f"torch.compile's recompile limit ({torch._dynamo.config.recompile_limit} graphs per "
                 "function) is reached: this process has compiled too many fast engines or batch sizes "
-                "(3 graphs each). Reuse engines, or raise torch._dynamo.config.recompile_limit."
+                "(up to 3 graphs each per function). Reuse engines, or raise torch._dynamo.config.recompile_limit."
             ) from e
         self.compile_seconds += time.perf_counter() - t0
         self._warm.add(key)

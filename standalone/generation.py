@@ -194,8 +194,9 @@ def iter_frames(model, prompt: TalkerPrompt, params: GenerationParams, progress:
     Closing the generator stops the loop before the next code-predictor call; the caches are
     locals of this frame, so they are released with it.
 
-    ``engine`` (fast.FastEngine) replaces the per-frame talker step and code-predictor frame with
-    compiled ones; everything else (prefill, sampling, RNG order, EOS handling) is this loop."""
+    ``engine`` (fast.FastEngine) replaces the talker's prompt prefill and per-frame step and the
+    code-predictor frame with compiled ones; everything else (prompt building, sampling, RNG order,
+    EOS handling) is this loop."""
     tcfg = model.config.talker
     talker, cp = model.talker, model.code_predictor
     talker_step = talker.step if engine is None else engine.talker_step
@@ -225,7 +226,8 @@ def iter_frames(model, prompt: TalkerPrompt, params: GenerationParams, progress:
     n_pads = (mask == 0).sum(dim=1)  # decode positions continue from the real (unpadded) length
 
     # --- prefill -----------------------------------------------------------------------------
-    hidden, logits = talker.step(x, mrope_positions(mask), padding_mask(mask) if padded else None, tcache, 0)
+    prompt_args = (x, mrope_positions(mask), padding_mask(mask) if padded else None, tcache)
+    hidden, logits = talker.step(*prompt_args, 0) if engine is None else engine.talker_prefill(*prompt_args)
     past_hidden = hidden[:, -1:]
     # Group-0 ids so far (the repetition penalty's history), preallocated; a view is passed per step.
     history = torch.empty(bsz, capacity, dtype=torch.long, device=device)

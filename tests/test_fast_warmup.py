@@ -47,8 +47,8 @@ def _warmed_up_model(checkpoints):
     model = Qwen3TTS.from_pretrained(checkpoints["custom_voice"][1], dtype=torch.float32)
     before = counters["stats"]["unique_graphs"]
     model.compile_fast(warm_up=(1,), window_block=WINDOW_BLOCK)
-    # talker step, predictor prefill, predictor step: all compiled by the warm-up
-    assert counters["stats"]["unique_graphs"] - before == 3 and len(model._fast._warm) == 3
+    # talker prefill and step, predictor prefill and step: all compiled by the warm-up
+    assert counters["stats"]["unique_graphs"] - before == 4 and len(model._fast._warm) == 4
     return model
 
 
@@ -83,8 +83,8 @@ def test_warm_up_checks_batch_sizes(checkpoints):
 
 def test_recompile_limit_fails_loudly_instead_of_running_eagerly(checkpoints):
     """Every engine adds its graphs to the same forward(); past dynamo's recompile limit a new
-    graph would silently run eagerly. With a limit of one graph, the warm-up's second graph (the
-    predictor's prefill, after the talker step) must raise the clear error. (FastEngine raises the
+    graph would silently run eagerly. With a limit of one graph per function, the warm-up's second
+    DecodeGraph (the predictor's prefill, after the talker step) must raise the clear error. (FastEngine raises the
     limit to 64 when it is built, so the patch comes after.)"""
     torch._dynamo.reset()
     model = Qwen3TTS.from_pretrained(checkpoints["custom_voice"][1], dtype=torch.float32)

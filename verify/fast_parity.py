@@ -4,8 +4,10 @@ The fast path is not bit-identical (other GEMM kernels, fused projections, its o
 so instead of identity this module measures three distances:
 
 1. forward cases, with max abs / max rel / cosine against upstream (tolerances FAST_TOLERANCES):
+   - ``fast.talker_prefill[.padded].hidden/logits``: upstream's full forward against the compiled
+     prompt prefill over the first L positions (the real ones when padded);
    - ``fast.talker_step[.padded].hidden/logits``: upstream's full forward over L+1 positions
-     against an eager prefill of L positions plus one compiled step at position L;
+     against that prefill plus one compiled step at position L;
    - ``fast.code_predictor.group{k}``: upstream's teacher-forced code-predictor logits against the
      compiled frame (2-position prefill + single steps) fed the same codes;
 2. teacher-forced argmax agreement over every position of the single-item generation cases:
@@ -81,9 +83,12 @@ def run_fast_forward_cases(
         cache = st_t.decoder.new_cache(
             standalone.config.talker.transformer, bsz, engine.talker_cache_len(length), st_x.dtype, st_x.device
         )
-        st_t.step(
-            st_x[:, :last], mrope_positions(mask[:, :last]), padding_mask(mask[:, :last]) if padded else None, cache, 0
-        )
+        prompt_mask = padding_mask(mask[:, :last]) if padded else None
+        hidden, logits = engine.talker_prefill(st_x[:, :last], mrope_positions(mask[:, :last]), prompt_mask, cache)
+        real = mask[:, :last].bool()  # padded positions are never read
+        prefill = name.replace("talker_step", "talker_prefill")
+        results.append(compare(f"{prefill}.hidden", up_hidden[:, :last][real], hidden[real], dtype, tol))
+        results.append(compare(f"{prefill}.logits", up_logits[:, :last][real], logits[real], dtype, tol))
         step_mask = mask.bool()[:, None, None, :] if padded else None
         hidden, logits = engine.talker_step(st_x[:, last:], mrope_positions(mask)[..., last:], step_mask, cache, last)
         results.append(compare(f"{name}.hidden", up_hidden[:, last], hidden[:, 0], dtype, tol))
@@ -108,8 +113,8 @@ def run_fast_forward_cases(
 
 
 def fast_talker_probes(up_t, st_t, engine: FastEngine, dtype, seed: int, tol) -> list[Comparison]:
-    """The exact suite's two talker probes (verify/suite.py), with the last position through the
-    compiled step: three *different* M-RoPE rows (generation feeds three equal rows, so only this
+    """The exact suite's two talker probes (verify/suite.py) through the compiled prefill and, for
+    the last position, the compiled step: three *different* M-RoPE rows (generation feeds three equal rows, so only this
     sees the section layout), and hidden states whose mean square is ten times the RMSNorm eps
     (where an eps bug moves the output by more than bf16's rounding; at the real scale it does not)."""
     tc = st_t.cfg.transformer
@@ -130,7 +135,7 @@ def fast_talker_probes(up_t, st_t, engine: FastEngine, dtype, seed: int, tol) ->
         ref = up_t.model(inputs_embeds=x, position_ids=pos, use_cache=False).last_hidden_state[:, -1]
         last = length - 1
         cache = st_t.decoder.new_cache(tc, bsz, engine.talker_cache_len(length), x.dtype, x.device)
-        st_t.step(x[:, :last], pos[..., :last], None, cache, 0)
+        engine.talker_prefill(x[:, :last], pos[..., :last], None, cache)
         hidden, _ = engine.talker_step(x[:, last:], pos[..., last:], None, cache, last)
         out.append(compare(f"{name}.hidden", ref, hidden[:, 0], dtype, tol))
     return out
@@ -209,7 +214,7 @@ def teacher_forced_agreement(
     tcache = st.talker.decoder.new_cache(
         tcfg.transformer, 1, engine.talker_cache_len(length + max_new_tokens), x.dtype, x.device
     )
-    hidden, logits = st.talker.step(x, mrope_positions(prompt.attention_mask), None, tcache, 0)
+    hidden, logits = engine.talker_prefill(x, mrope_positions(prompt.attention_mask), None, tcache)
     frames = codes.shape[0]
     # Upstream stopped early: the prediction after its last frame was a stop. Upstream's codes are cut
     # at the config's EOS while an eos_token_id override stops the loop, and which of the two ended a

@@ -8,7 +8,7 @@ sources of difference, in every dtype:
 - upstream generates one case in one sampler mode from a seed, and forward hooks record the logits
   of every talker step (codec head) and every code-predictor group (its heads);
 - from the same seed, ``generation.generate_codes`` runs the standalone decode loop with a
-  ``ReplayEngine``: each talker step and code-predictor frame runs the compiled fast graphs on the
+  ``ReplayEngine``: the prompt prefill, each talker step and code-predictor frame run the compiled fast graphs on the
   loop's own inputs (positions, masks, caches, trailing text), and those logits are compared with
   upstream's at the same step (FAST_STEP_TOLERANCES); the engine then hands the loop upstream's logits,
   so the loop's sampler, penalty, EOS, suppression and parameter handling decide on exactly the
@@ -95,9 +95,15 @@ class ReplayEngine:
     def talker_cache_len(self, needed: int) -> int:
         return self.engine.talker_cache_len(needed)
 
+    def talker_prefill(self, x, positions, mask, cache):
+        hidden, logits = self.engine.talker_prefill(x, positions, mask, cache)
+        ref = self.talker_ref[0]
+        self._measure("talker.prefill", ref, logits[:, -1])
+        return hidden, ref[:, None]
+
     def talker_step(self, x, positions, mask, cache, start):
         hidden, logits = self.engine.talker_step(x, positions, mask, cache, start)
-        i = self.n_talker = self.n_talker + 1  # talker_ref[0] is the (eager) prefill's
+        i = self.n_talker = self.n_talker + 1  # talker_ref[0] is the prefill's
         if i >= len(self.talker_ref):
             raise _Exhausted(f"talker step {i}")
         ref = self.talker_ref[i]
