@@ -158,8 +158,13 @@ def _compile_fast(model) -> None:
     """Compile the fast path before generating, saying so: a first start compiles for about a
     minute at 0.6B on two cores (later starts load the graphs from the cache), and the time to
     first audio of --stream should not hide it."""
+    import logging
+
     from .fast import compile_cache_dir
 
+    # inductor imports torch.utils.cpp_extension, which warns "No CUDA runtime is found" on a CPU
+    # machine that has a CUDA_HOME: noise in a CPU tool's output.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     click.echo(f"compiling the fast path (graphs cached in {compile_cache_dir()}) ...", err=True)
     model.compile_fast(warm_up=(1,))
     click.echo(f"fast path ready after {model.fast_engine().compile_seconds:.1f} s", err=True)

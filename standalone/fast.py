@@ -18,10 +18,12 @@ engine stores them (an in-place write into a view of a graph input made inductor
 cache per layer). verify/bench_step.py and reports/step-bench.md hold the profile behind these
 choices: on torch 2.9.1 the compiled 0.6B steps stream fp32 weights at ~25 GB/s (eager ~21).
 
-The talker's prompt prefill is a third graph (``PrefillGraph``: the layers over the whole prompt,
-no cache to read) whose prompt length is a dynamic dimension, so one graph serves every length
-and no prompt is padded to a bucket. It runs once per request, but it is most of the time to the
-first frame.
+The prompt prefill runs eagerly by default (talker.step, exactly as the exact path). A compiled
+prefill (``compile_prefill=True``: ``PrefillGraph``, one graph over a dynamic prompt length, no
+bucket padding) was measured at 0.6B: about 20 ms off a 24-position prefill (212 -> 191 ms fp32,
+93 -> 73 ms bf16), nothing at 160 positions (a prompt is compute-bound, not weight-bound), and 55 s
+more first-start compile (warm-up 125 s against 69 s): worth it only where the first frame's
+latency matters more than the start.
 
 Numbers differ from upstream in the last bits (other GEMM blocking, fused qkv and gate/up, fp32
 softmax over a masked window instead of SDPA): verify/fast_parity.py measures by how much.
@@ -225,6 +227,7 @@ class FastEngine:
         options: dict | None = None,
         compile: bool = True,
         cache_dir: str | os.PathLike | None = None,
+        compile_prefill: bool = False,
     ):
         self.talker, self.cp = talker, code_predictor
         self.cache_dir = use_compile_cache(cache_dir) if compile else None
@@ -236,7 +239,8 @@ class FastEngine:
         opts = self.options = dict(COMPILE_OPTIONS if options is None else options)
         wrap = (lambda m: torch.compile(m, dynamic=False, options=opts)) if compile else (lambda m: m)
         self._talker_step = wrap(DecodeGraph(talker.decoder, head=talker.codec_head))
-        self._talker_prefill = wrap(PrefillGraph(talker.decoder, talker.codec_head))
+        # The prompt prefill: eager by default (see the module docstring for the measured trade).
+        self._talker_prefill = wrap(PrefillGraph(talker.decoder, talker.codec_head)) if compile_prefill else None
         # One module for the predictor's prefill and steps: two shapes, two graphs, shared weights.
         self._cp_graph = wrap(DecodeGraph(code_predictor.decoder, projection=code_predictor.input_projection))
         self._cp_rope: dict = {}
@@ -246,7 +250,8 @@ class FastEngine:
     @torch.inference_mode()
     def warm_up(self, batch_sizes=(1,)) -> float:
         """Compile (or load from the cache) every graph a generation of these batch sizes runs:
-        the talker's prompt prefill and step and the code predictor's prefill and step, with the inputs' dtypes,
+        the talker's step (and prompt prefill with ``compile_prefill``) and the code predictor's
+        prefill and step, with the inputs' dtypes,
         shapes and grad mode of the decode loop (generation.iter_frames runs in inference mode).
         Afterwards no generation of these batch sizes compiles anything, whatever its prompt
         length or number of frames (tests/test_fast_warmup.py). Returns the seconds it took."""
@@ -265,6 +270,7 @@ class FastEngine:
             )
             prompt = torch.zeros(bsz, start, tcfg.transformer.hidden_size, dtype=dtype, device=device)
             self.talker_prefill(prompt, torch.arange(start, device=device).float().expand(3, bsz, start), None, cache)
+            # (eager unless compile_prefill: then nothing to compile, and the call costs milliseconds)
             positions = torch.full((3, bsz, 1), float(start), device=device)
             self.talker_step(hidden, positions, None, cache, start)
             ccache = self.cp.decoder.new_cache(ccfg.transformer, bsz, tcfg.num_code_groups, dtype, device)
@@ -276,7 +282,10 @@ class FastEngine:
     def talker_prefill(self, x, positions, mask, cache: KVCache):
         """Same contract as Talker.step over the whole prompt at start 0: x [B, L, H], M-RoPE
         positions [3, B, L], mask None (no padding) or bool [B, 1, L, L] (layers.padding_mask).
-        Returns (hidden, logits) of every position and stores the prompt's keys/values."""
+        Returns (hidden, logits) of every position and stores the prompt's keys/values. Eager
+        (the exact path's Talker.step) unless the engine was built with ``compile_prefill``."""
+        if self._talker_prefill is None:
+            return self.talker.step(x, positions, mask, cache, 0)
         bsz, length = x.shape[:2]
         if length < 2:  # dynamo specialises lengths 0 and 1; a prompt is never that short
             raise ValueError(f"the fast prefill needs a prompt of at least 2 positions, got {length}")

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-pytestmark = pytest.mark.slow_compile  # two processes, each compiling (or loading) four graphs
+pytestmark = pytest.mark.slow_compile  # two processes, each compiling (or loading) three graphs
 
 
 def _fast_and_exact_logits(model, engine) -> dict[str, torch.Tensor]:
@@ -103,9 +103,9 @@ def test_second_process_hits_the_cache_and_uses_its_own_weights(checkpoints, sec
             }
         )
     )
-    assert first["stats"].get("fxgraph_cache_miss", 0) >= 4, first["stats"]  # a cold cache compiled every graph
+    assert first["stats"].get("fxgraph_cache_miss", 0) >= 3, first["stats"]  # a cold cache compiled every graph
     # Every graph of the second start came from the cache: the weights check below is about hits.
-    assert second["stats"].get("fxgraph_cache_hit", 0) >= 4, second["stats"]
+    assert second["stats"].get("fxgraph_cache_hit", 0) >= 3, second["stats"]
     assert second["stats"].get("fxgraph_cache_miss", 0) == 0, second["stats"]
     tol = FAST_TOLERANCES[torch.float32]
     for part in ("prefill", "talker", "frame"):

@@ -98,6 +98,7 @@ def test_synthesize_fast_compiles_before_generating_and_matches_exact(checkpoint
     assert r.returncode == 0, r.stderr
     assert f"compiling the fast path (graphs cached in {tmp_path / 'cache'})" in r.stderr
     assert "fast path ready after" in r.stderr
+    assert "No CUDA runtime" not in r.stderr  # torch's cpp_extension warning on CPU machines, silenced
     assert any((tmp_path / "cache").iterdir())
     want, _ = sf.read(str(exact), dtype="float32")
     got, _ = sf.read(str(quick), dtype="float32")

@@ -65,13 +65,15 @@ FAST_TOLERANCES: dict[torch.dtype, Tolerance] = {
 # FAST_TOLERANCES (6.6x).
 # The bf16 run on all three fixtures (217 cases x modes, 1965 talker steps, 5895 code-predictor groups;
 # reports/fast_parity-bf16.md) has its worst case at voice_design.streaming, hot_penalty (the
-# penalised, hot distribution of a random model): max rel 8.1e-2 and cosine 0.99838, 1.2x inside the
-# first bounds (the next worst: 6.0e-2, 0.99864). The bf16 bounds are set from that run at 2x its worst
-# (rtol 0.16; 1 - cosine 2 x 1.62e-3), and the bf16 fast self-test was re-run with them
-# (reports/fast_faults.md: every fault is still caught).
+# penalised, hot distribution of a random model): max rel 8.1e-2 and cosine 0.99838 (the next worst:
+# 6.0e-2, 0.99864), so the headroom is only 1.2x. It cannot be wider: faults sit just outside. Bounds
+# at 2x (0.16 / 0.9967) were tried and let padded_position pass the greedy batch case
+# (tests/test_fast_sharpness.py: fault max rel 8.7e-2, cosine 0.99751, 8 frames); 0.998 sits between
+# that fault's 1 - cosine (2.5e-3) and the clean worst (1.6e-3). The bf16 fast self-test was run at the
+# 2x bounds (26/26 caught); these tighter bounds can only fail more checks, and the clean runs are inside them.
 FAST_STEP_TOLERANCES: dict[torch.dtype, Tolerance] = {
     torch.float32: FAST_TOLERANCES[torch.float32],
-    torch.bfloat16: Tolerance(atol=0.0, rtol=0.16, min_cosine=0.9967),
+    torch.bfloat16: Tolerance(atol=0.0, rtol=1e-1, min_cosine=0.998),
 }
 # Teacher-forced argmax agreement of the fast path (fraction of positions of one case). Measured:
 # fp32 100% in every case; bf16 94.3% in the worst case (one or two near-ties of a random model).
