@@ -93,3 +93,21 @@ def test_recompile_limit_fails_loudly_instead_of_running_eagerly(checkpoints):
         with pytest.raises(RuntimeError, match=r"recompile limit \(1 graphs per function\)"):
             engine.warm_up((1,))
     torch._dynamo.reset()
+
+
+def test_compiled_prefill_is_one_graph_for_every_prompt_length(checkpoints, monkeypatch):
+    """compile_prefill=True: the warm-up compiles the prompt prefill as a fourth graph, and a
+    generation at another prompt length (and growing caches) compiles nothing more."""
+    monkeypatch.setattr(generation, "INITIAL_FRAMES", 3)
+    torch._dynamo.reset()
+    model = Qwen3TTS.from_pretrained(checkpoints["custom_voice"][1], dtype=torch.float32)
+    before = counters["stats"]["unique_graphs"]
+    model.compile_fast(warm_up=(1,), window_block=WINDOW_BLOCK, compile_prefill=True)
+    assert counters["stats"]["unique_graphs"] - before == 4 and ("talker_prefill", 1) in model._fast._warm
+    graphs = counters["stats"]["unique_graphs"]
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        codes = _long_generation(model)
+    assert counters["stats"]["unique_graphs"] == graphs
+    exact = Qwen3TTS.from_pretrained(checkpoints["custom_voice"][1], dtype=torch.float32)
+    assert torch.equal(codes, _long_generation(exact))  # fp32 greedy: the exact path's codes
+    torch._dynamo.reset()

@@ -104,6 +104,11 @@ DTYPE_CHOICES = ("fp32", "bf16")
     "agreement; fast_parity.md). With --self-test: the fault self-test through the fast path.",
 )
 @click.option(
+    "--compile-prefill",
+    is_flag=True,
+    help="With --fast: measure the fast path with its compiled prompt prefill (FastEngine compile_prefill).",
+)
+@click.option(
     "--engine",
     type=click.Choice(["qwentts.cpp"]),
     default=None,
@@ -143,6 +148,7 @@ def main(
     verbose,
     transformers_version,
     fast,
+    compile_prefill,
     engine,
     quant,
     gguf_dir,
@@ -157,6 +163,8 @@ def main(
         seed_list = [int(s) for s in seeds.split(",") if s.strip()]
         if not seed_list:
             raise click.BadParameter("at least one seed", param_hint="--seeds")
+        if compile_prefill and not fast:
+            raise click.BadParameter("measures the fast path: use it with --fast", param_hint="--compile-prefill")
         if mixed:
             from .console import Progress
             from .mixed_parity import run_mixed_cli
@@ -174,6 +182,7 @@ def main(
                 Path(report_dir),
                 self_test,
                 fault_names,
+                compile_prefill,
             )
         elif self_test:
             names = [n.strip() for n in fault_names.split(",") if n.strip()] if fault_names else None
@@ -221,15 +230,18 @@ def main(
     sys.exit(0 if ok else 1)
 
 
-def run_fast(src, standalone_dir, dtype_names, seeds, frames, report_dir: Path, self_test, fault_names) -> bool:
+def run_fast(
+    src, standalone_dir, dtype_names, seeds, frames, report_dir: Path, self_test, fault_names, compile_prefill=False
+) -> bool:
+    engine_options = {"compile_prefill": True} if compile_prefill else None
     if self_test:
         from .fast_selftest import run_fast_self_test
 
         names = [n.strip() for n in fault_names.split(",") if n.strip()] if fault_names else None
-        return run_fast_self_test(report_dir, dtype_names, names)
+        return run_fast_self_test(report_dir, dtype_names, names, engine_options=engine_options)
     from .fast_parity import run_fast_cli
 
-    return run_fast_cli(src, standalone_dir, dtype_names, seeds, frames, report_dir)
+    return run_fast_cli(src, standalone_dir, dtype_names, seeds, frames, report_dir, engine_options=engine_options)
 
 
 def _run_engine(engine, src, gguf_dir, quant, frames, report_dir: Path, self_test: bool) -> bool:

@@ -426,7 +426,14 @@ def render_fast_markdown(reports: list[dict], note: str = "") -> str:
 
 
 def run_fast_cli(
-    src, standalone_dir, dtype_names, seeds, frames, report_dir: Path, options: dict | None = None
+    src,
+    standalone_dir,
+    dtype_names,
+    seeds,
+    frames,
+    report_dir: Path,
+    options: dict | None = None,
+    engine_options: dict | None = None,
 ) -> bool:
     """verify-parity --fast: the three fast-path measurements per checkpoint and dtype; writes
     fast_parity.{json,md} to ``report_dir``. True when every judged check passes."""
@@ -449,11 +456,11 @@ def run_fast_cli(
             for dn in dtype_names:
                 dtype = DTYPES[dn]
                 wrapper, st = load_upstream_wrapper(up, dtype), Qwen3TTS.from_pretrained(st_dir, dtype=dtype)
-                engine = FastEngine(st.talker, st.code_predictor, options=options)
+                engine = FastEngine(st.talker, st.code_predictor, options=options, **(engine_options or {}))
                 report = run_fast_parity(
                     wrapper, st, dtype, dn, engine=engine, seed=seeds[0], max_new_tokens=frames, modes=tuple(MODES)
                 )
-                report.update(checkpoint=name, options=engine.options)
+                report.update(checkpoint=name, options=engine.options, engine_options=engine_options or {})
                 click.echo(f"== {name}\n" + format_fast_report(report))
                 reports.append(report)
                 del wrapper, st, engine

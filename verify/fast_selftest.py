@@ -51,15 +51,24 @@ OUTSIDE_GRAPHS = ("generation",)
 
 
 def run_fast_fault(
-    fault, wrapper, standalone, dtype, dtype_name, frames: int, options, engine: FastEngine | None = None
+    fault,
+    wrapper,
+    standalone,
+    dtype,
+    dtype_name,
+    frames: int,
+    options,
+    engine: FastEngine | None = None,
+    engine_options: dict | None = None,
 ) -> FastFaultResult:
-    """``engine``: a clean engine to reuse, only for faults in OUTSIDE_GRAPHS."""
+    """``engine``: a clean engine to reuse, only for faults in OUTSIDE_GRAPHS. ``engine_options``:
+    FastEngine keywords of the engines built here (e.g. compile_prefill)."""
     if engine is not None and fault.component not in OUTSIDE_GRAPHS:
         raise ValueError(f"{fault.name}: a {fault.component} fault needs an engine compiled under the fault")
     own = engine is None
     with fault.inject(standalone):
         if own:
-            engine = FastEngine(standalone.talker, standalone.code_predictor, options=options)
+            engine = FastEngine(standalone.talker, standalone.code_predictor, options=options, **(engine_options or {}))
         # Every sampler regime of the exact suite: some faults only show when the talker and the code
         # predictor sample differently (split_do_sample) or on tied top-k scores (split_top_k).
         report = run_fast_parity(
@@ -84,6 +93,7 @@ def run_fast_self_test(
     fault_names: list[str] | None = None,
     options: dict | None = None,
     frames: int = 12,
+    engine_options: dict | None = None,
 ) -> bool:
     from q3tts.convert import convert_checkpoint
     from q3tts.standalone import Qwen3TTS
@@ -121,12 +131,16 @@ def run_fast_self_test(
                 wrapper, st = pairs[fault.model_type]
                 engine = None
                 if fault.component in OUTSIDE_GRAPHS:
-                    engine = shared.get(fault.model_type) or FastEngine(st.talker, st.code_predictor, options=options)
+                    engine = shared.get(fault.model_type) or FastEngine(
+                        st.talker, st.code_predictor, options=options, **(engine_options or {})
+                    )
                     shared[fault.model_type] = engine
                 elif shared:
                     shared.clear()
                     torch._dynamo.reset()
-                r = run_fast_fault(fault, wrapper, st, dtype, dn, frames, options, engine=engine)
+                r = run_fast_fault(
+                    fault, wrapper, st, dtype, dn, frames, options, engine=engine, engine_options=engine_options
+                )
                 rows.append(r)
                 click.echo(
                     f"  {'caught' if r.detected else 'MISSED'}  {dn} {fault.name:26} {fault.description}; "
