@@ -149,3 +149,34 @@ def test_teacher_forced_frame_matches_exact_predictor_closely(engine_pair):
         ref = standalone.code_predictor.teacher_forced_logits(hidden, codes, standalone.talker.codec_embedding)
         got = teacher_forced_frame(standalone, engine, hidden, codes)
     torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_compiled_prefill_parity_and_a_talker_fault_through_it(load_models):
+    """compile_prefill=True: the prompt prefill's forward cases (all real positions) pass the fast
+    tolerances and the codes equal upstream's; a talker weight fault compiled into the prefill graph
+    fails the prefill cases themselves, not only the step after them."""
+    from q3tts.verify.fast_selftest import run_fast_fault
+    from q3tts.verify.faults import CATALOGUE
+
+    wrapper, standalone = load_models("custom_voice", DTYPE)
+    engine = FastEngine(standalone.talker, standalone.code_predictor, options=TEST_OPTIONS, compile_prefill=True)
+    report = run_fast_parity(
+        wrapper, standalone, DTYPE, "fp32", engine=engine, max_new_tokens=8,
+        case_names=("custom_voice.english", "batch.custom_voice"), modes=("greedy", "sampled"),
+    )  # fmt: skip
+    prefill = [c for c in report["forward"] if c["case"].startswith("fast.talker_prefill")]
+    assert len(prefill) == 4 and all(c["passed"] for c in prefill), prefill
+    assert report["passed"], report["failing"]
+    torch._dynamo.reset()
+    fault = next(f for f in CATALOGUE if f.name == "swapped_qk")
+    r = run_fast_fault(
+        fault,
+        wrapper,
+        standalone,
+        DTYPE,
+        "fp32",
+        frames=8,
+        options=TEST_OPTIONS,
+        engine_options={"compile_prefill": True},
+    )
+    assert any(c.startswith("fast.talker_prefill") for c in r.failing), r.failing
