@@ -279,6 +279,11 @@ class FastEngine:
         return time.perf_counter() - t0
 
     # --- the talker's prompt prefill -------------------------------------------------------------
+    @property
+    def compiles_prefill(self) -> bool:
+        """Whether the prompt prefill runs as a compiled graph (else it is the exact path's eager one)."""
+        return self._talker_prefill is not None
+
     def talker_prefill(self, x, positions, mask, cache: KVCache):
         """Same contract as Talker.step over the whole prompt at start 0: x [B, L, H], M-RoPE
         positions [3, B, L], mask None (no padding) or bool [B, 1, L, L] (layers.padding_mask).

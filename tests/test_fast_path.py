@@ -151,22 +151,37 @@ def test_teacher_forced_frame_matches_exact_predictor_closely(engine_pair):
     torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
 
 
-def test_compiled_prefill_parity_and_a_talker_fault_through_it(load_models):
+def test_compiled_prefill_parity_and_faults_through_it(load_models):
     """compile_prefill=True: the prompt prefill's forward cases (all real positions) pass the fast
-    tolerances and the codes equal upstream's; a talker weight fault compiled into the prefill graph
+    tolerances and the greedy/sampled codes equal upstream's. top_p_boundary's free-running codes are
+    reported, not judged (compare.EXACT_FIRST_DRAW_MODES), yet the top-p fault that regime exists for
+    still fails it, through the stepwise check; a talker weight fault compiled into the prefill graph
     fails the prefill cases themselves, not only the step after them."""
     from q3tts.verify.fast_selftest import run_fast_fault
     from q3tts.verify.faults import CATALOGUE
 
     wrapper, standalone = load_models("custom_voice", DTYPE)
     engine = FastEngine(standalone.talker, standalone.code_predictor, options=TEST_OPTIONS, compile_prefill=True)
+    assert engine.compiles_prefill
     report = run_fast_parity(
         wrapper, standalone, DTYPE, "fp32", engine=engine, max_new_tokens=8,
-        case_names=("custom_voice.english", "batch.custom_voice"), modes=("greedy", "sampled"),
+        case_names=("custom_voice.english", "batch.custom_voice"), modes=("greedy", "sampled", "top_p_boundary"),
     )  # fmt: skip
     prefill = [c for c in report["forward"] if c["case"].startswith("fast.talker_prefill")]
     assert len(prefill) == 4 and all(c["passed"] for c in prefill), prefill
     assert report["passed"], report["failing"]
+    assert report["generation_unjudged_modes"] == ["top_p_boundary"]
+    judged = [g for g in report["generation"] if g["mode"] != "top_p_boundary"]
+    assert len(judged) == 4 and all(g["identical"] for g in judged), judged
+    boundary = [s for s in report["stepwise"] if s["mode"] == "top_p_boundary"]
+    assert len(boundary) == 2 and all(s["passed"] and s["decisions_identical"] for s in boundary), boundary
+
+    top_p = next(f for f in CATALOGUE if f.name == "top_p_strict")
+    r = run_fast_fault(top_p, wrapper, standalone, DTYPE, "fp32", frames=8, options=TEST_OPTIONS, engine=engine)
+    assert r.detected, r
+    assert any(c.startswith("stepwise.") and c.endswith(".top_p_boundary") for c in r.failing), r.failing
+    assert not any(c.startswith("generation.") and c.endswith(".top_p_boundary") for c in r.failing), r.failing
+
     torch._dynamo.reset()
     fault = next(f for f in CATALOGUE if f.name == "swapped_qk")
     r = run_fast_fault(
