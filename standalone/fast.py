@@ -57,12 +57,13 @@ def compile_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     """Where compiled graphs are cached: ``cache_dir``, else $Q3TTS_COMPILE_CACHE, else an
     inductor cache the user already chose ($TORCHINDUCTOR_CACHE_DIR), else
     $XDG_CACHE_HOME/q3tts/torchinductor (~/.cache/...): persistent, unlike inductor's own
-    default under /tmp."""
+    default under /tmp. Always absolute: inductor runs the C++ compiler in another working
+    directory, so a relative cache path failed every compile ("cc1plus: ... No such file")."""
     for choice in (cache_dir, os.environ.get(CACHE_ENV), os.environ.get("TORCHINDUCTOR_CACHE_DIR")):
         if choice:
-            return Path(choice).expanduser()
+            return Path(choice).expanduser().absolute()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "q3tts" / "torchinductor"
+    return (Path(base) / "q3tts" / "torchinductor").absolute()
 
 
 def use_compile_cache(cache_dir: str | os.PathLike | None = None) -> Path:

@@ -138,3 +138,17 @@ def test_two_models_in_one_process_keep_their_own_weights(checkpoints, second_ch
         own = compare(part, b[f"{part}_exact"], b[f"{part}_fast"], torch.float32, tol)
         assert own.passed, own
         assert not compare(part, a[f"{part}_exact"], b[f"{part}_fast"], torch.float32, tol).passed
+
+
+@pytest.mark.parametrize("source", ["argument", "env"])
+def test_relative_cache_dir_is_made_absolute(source, tmp_path, monkeypatch):
+    """Inductor builds its C++ in another working directory: a relative cache directory (as a user
+    may pass on the command line) made every compile fail with "cc1plus: ... No such file"."""
+    from q3tts.standalone.fast import CACHE_ENV, compile_cache_dir
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    if source == "env":
+        monkeypatch.setenv(CACHE_ENV, "graphs")
+    path = compile_cache_dir("graphs" if source == "argument" else None)
+    assert path.is_absolute() and path == tmp_path / "graphs"

@@ -39,7 +39,14 @@ from q3tts.standalone.generation import GenerateOptions, suppress_mask_for
 from q3tts.standalone.layers import mrope_positions, padding_mask
 from q3tts.standalone.sampling import SamplingParams, constrain_logits
 
-from .compare import EXACT_FIRST_DRAW_MODES, FAST_GENERATION_IDENTICAL, FAST_MIN_AGREEMENT, FAST_TOLERANCES, Comparison, compare
+from .compare import (
+    EXACT_FIRST_DRAW_MODES,
+    FAST_GENERATION_IDENTICAL,
+    FAST_MIN_AGREEMENT,
+    FAST_TOLERANCES,
+    Comparison,
+    compare,
+)
 from .fast_stepwise import Stepwise, run_stepwise, upstream_logits
 from .forward_parity import ParityInputs, mrope_probe_positions
 from .generation_parity import MODES, CaseContext, cases_for, first_divergence, mode_kwargs
