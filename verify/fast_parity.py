@@ -487,7 +487,9 @@ def run_fast_cli(
     (report_dir / "fast_parity.json").write_text(json.dumps(reports, indent=2) + "\n")
     note = (
         f"verify-parity --fast, seed {seeds[0]}, {frames} frames per generation case, "
-        f"{torch.get_num_threads()} threads, inductor options {reports[0]['options'] if reports else options}."
+        f"{torch.get_num_threads()} threads, inductor options {reports[0]['options'] if reports else options}"
+        + (f", engine options {engine_options}" if engine_options else "")
+        + "."
     )
     (report_dir / "fast_parity.md").write_text(render_fast_markdown(reports, note))
     ok = all(r["passed"] for r in reports)

@@ -147,13 +147,13 @@ def run_fast_self_test(
                     f"failing: {', '.join(r.failing[:4]) or 'nothing'}{' ...' if len(r.failing) > 4 else ''}",
                     err=False,
                 )
-    _write(report_dir, dtype_names, rows, skipped, frames, options)
+    _write(report_dir, dtype_names, rows, skipped, frames, options, engine_options)
     caught = sum(r.detected for r in rows)
     click.echo(f"\nfast self-test: {caught}/{len(rows)} faults caught; report: {report_dir / 'fast_faults.md'}")
     return caught == len(rows)
 
 
-def _write(report_dir: Path, dtype_names, rows, skipped, frames, options) -> None:
+def _write(report_dir: Path, dtype_names, rows, skipped, frames, options, engine_options: dict | None = None) -> None:
     report_dir.mkdir(parents=True, exist_ok=True)
     (report_dir / "fast_faults.json").write_text(json.dumps([asdict(r) for r in rows], indent=2) + "\n")
     md = ["# Fault-injection self-test in fast mode", ""]
@@ -173,6 +173,18 @@ def _write(report_dir: Path, dtype_names, rows, skipped, frames, options) -> Non
         f"the compiled graphs (component generation: loop, prompt, sampler) share one engine compiled on the clean model.",
         "",
     ]
+    if engine_options:
+        md += [
+            f"Engine options {engine_options}"
+            + (
+                ": the talker's prompt prefill is a compiled graph too, so the free-running codes of the regimes "
+                "calibrated on upstream's exact first draw (compare.EXACT_FIRST_DRAW_MODES) are reported, not "
+                "judged; their decisions are still judged by the stepwise check."
+                if engine_options.get("compile_prefill")
+                else "."
+            ),
+            "",
+        ]
     if skipped:
         md += [
             f"Not run in fast mode (codec and speaker encoder: eager in both modes, no fast variant; the exact self-test's forward cases catch them): {', '.join(skipped)}.",
