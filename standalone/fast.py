@@ -282,7 +282,8 @@ class FastEngine:
     # --- the talker's prompt prefill -------------------------------------------------------------
     @property
     def compiles_prefill(self) -> bool:
-        """Whether the prompt prefill runs as a compiled graph (else it is the exact path's eager one)."""
+        """Whether the prompt prefill runs through PrefillGraph (compiled unless ``compile=False``)
+        rather than the exact path's eager Talker.step, whose logits are upstream's bit for bit."""
         return self._talker_prefill is not None
 
     def talker_prefill(self, x, positions, mask, cache: KVCache):
