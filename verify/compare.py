@@ -85,9 +85,10 @@ FAST_GENERATION_IDENTICAL: dict[torch.dtype, bool] = {torch.float32: True, torch
 # Sampler regimes calibrated on the last bit of upstream's first-draw logits (top_p_boundary puts the
 # talker's top_p exactly on a cumulative-mass boundary of them). Their free-running codes can equal
 # upstream's only where the first draw's logits are upstream's bits, i.e. when the prompt prefill is the
-# exact path's eager one. Under FastEngine(compile_prefill=True) (prefill max rel 3.9e-7 in fp32) every
-# such case differed at its first code (15/15 measured), so there they are reported, not judged; the
-# stepwise check (verify/fast_stepwise.py) still judges their decisions on upstream's logits exactly.
+# exact path's eager one. Under FastEngine(compile_prefill=True) (prefill max rel 3.9e-7 in fp32) 15 of
+# the 31 such cases differed at their first code (reports/compile-prefill/), so there they are reported,
+# not judged; the stepwise check (verify/fast_stepwise.py) still judges their decisions on upstream's
+# logits exactly.
 EXACT_FIRST_DRAW_MODES: tuple[str, ...] = ("top_p_boundary",)
 
 # Decoded audio: max abs difference of the waveforms and their SNR. Measured on the tiny fixture:

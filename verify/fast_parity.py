@@ -371,12 +371,16 @@ def run_fast_parity(
             generations.append(gen)
             stepwise.append(step)
     judged = FAST_GENERATION_IDENTICAL[dtype]
-    unjudged_modes = generation_unjudged_modes(engine) if judged else tuple(MODES)
+    unjudged = generation_unjudged_modes(engine) if judged else ()
     failing = (
         [c.case for c in forward if not c.passed]
         + [f"teacher_forced.{a.case}" for a in agreements if not a.passed]
         + [f"stepwise.{s.case}.{s.mode}" for s in stepwise if not s.passed]
-        + [f"generation.{g.case}.{g.mode}" for g in generations if not g.identical and g.mode not in unjudged_modes]
+        + [
+            f"generation.{g.case}.{g.mode}"
+            for g in generations
+            if judged and not g.identical and g.mode not in unjudged
+        ]
     )
     return {
         "dtype": dtype_name,
@@ -387,7 +391,7 @@ def run_fast_parity(
         "generation": [g.as_dict() for g in generations],
         "stepwise": [s.as_dict() for s in stepwise],
         "generation_judged": judged,
-        "generation_unjudged_modes": list(unjudged_modes) if judged else [],
+        "generation_unjudged_modes": list(unjudged),
         "failing": failing,
         "passed": not failing,
     }
