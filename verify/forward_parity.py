@@ -87,7 +87,32 @@ def load_upstream_wrapper(src: str | Path, dtype: torch.dtype):
 
     wrapper = Qwen3TTSModel.from_pretrained(str(src), dtype=dtype)
     wrapper.model.eval()
+    align_weights(wrapper.model)
+    align_weights(wrapper.model.speech_tokenizer.model)
     return wrapper
+
+
+WEIGHT_ALIGNMENT = 64  # bytes: torch's CPU allocator, and so every tensor upstream's loader casts
+
+
+def align_weights(module: torch.nn.Module) -> int:
+    """Move every parameter and buffer of ``module`` that is not 64-byte aligned into fresh
+    torch-allocated memory (same values, same strides); returns how many moved.
+
+    transformers keeps an uncast safetensors tensor as a view into the mapped file, at whatever
+    address the file's layout gives (8 mod 16 bytes is common); a cast tensor (every released
+    checkpoint is bf16, so every fp32 load of one) lands 64-byte aligned. On some CPUs MKL's fp32
+    matrix-vector product rounds by the weight's address (AMD EPYC, measured: upstream's own
+    speaker embedding moves by 1.9e-06 when its fixture weights are realigned; no change on the
+    Intel Xeon with AVX-512), so both sides are compared with weights where a cast would put them,
+    which is where the standalone's reader always puts them."""
+    moved = 0
+    with torch.no_grad():
+        for t in list(module.parameters()) + list(module.buffers()):
+            if t.numel() and t.data_ptr() % WEIGHT_ALIGNMENT:
+                t.data = t.data.clone()
+                moved += 1
+    return moved
 
 
 def load_upstream(src: str | Path, dtype: torch.dtype):
