@@ -44,6 +44,20 @@ def offline(codec: CodecDecoder, codes: torch.Tensor) -> np.ndarray:
         return codec.chunked(codes.T[None])[0, 0].to(torch.float32).numpy().astype(np.float64)
 
 
+def assert_equal_up_to_the_float32_cast(got: np.ndarray, ref: np.ndarray) -> None:
+    """Both decodes compute in float64 and return float32, as every decode does. A float64
+    difference far below float32's step shows only where the cast rounds the two results to
+    neighbouring float32s: measured on an AMD EPYC (torch picks other float64 kernels for other
+    input lengths there), 1 sample in 13440 and 1 in 633600, one float32 step apart; bit-identical
+    on the Intel Xeon. A context one latent frame short moves samples by more than 1e-3."""
+    assert got.shape == ref.shape
+    step = np.spacing(np.abs(ref.astype(np.float32))).astype(np.float64)
+    diff = np.abs(got - ref)
+    worst = int(np.argmax(diff - step))
+    assert (diff <= step).all(), f"sample {worst}: {got[worst]!r} vs {ref[worst]!r}, more than one float32 step apart"
+    assert np.count_nonzero(diff) <= max(1, diff.size // 1000), f"{np.count_nonzero(diff)} of {diff.size} samples differ"
+
+
 def streamed(codec, codes, chunk, first, **kw) -> tuple[np.ndarray, list[int]]:
     chunks = list(stream_decode(codec, codes, chunk, first, **kw))
     return np.concatenate(chunks).astype(np.float64), [len(c) for c in chunks]
@@ -83,7 +97,7 @@ def test_stream_is_exact_in_float64(codec64, frames, chunk, first):
     if sum(expected_sizes) < frames:
         expected_sizes.append(frames - sum(expected_sizes))
     assert sizes == [n * 1920 for n in expected_sizes]
-    np.testing.assert_array_equal(got, ref)  # measured: bit-identical in float64
+    assert_equal_up_to_the_float32_cast(got, ref)
 
 
 def test_stream_is_exact_across_the_300_frame_chunk(codec64):
@@ -92,7 +106,7 @@ def test_stream_is_exact_across_the_300_frame_chunk(codec64):
     codes = random_codes(310, 1)
     ref = offline(codec64, codes)
     got, _ = streamed(codec64, codes[290:], 8, 3, prefix=codes[:290], push_frames=4)
-    np.testing.assert_array_equal(got, ref[290 * 1920 :])
+    assert_equal_up_to_the_float32_cast(got, ref[290 * 1920 :])
     with torch.inference_mode():
         whole = codec64(codes.T[None])[0, 0].to(torch.float32).numpy()
     assert np.abs(whole[300 * 1920 :] - got[10 * 1920 :]).max() > 1e-2
@@ -108,7 +122,7 @@ def test_a_stream_from_frame_0_crosses_the_300_frame_chunk_exactly(codec64, chun
     ref = offline(codec64, codes)
     got, sizes = streamed(codec64, codes, chunk, first)
     assert sizes[0] == first * 1920 and len(sizes) == 1 + -(-(330 - first) // chunk)
-    np.testing.assert_array_equal(got, ref)
+    assert_equal_up_to_the_float32_cast(got, ref)
 
 
 def test_one_frame_less_context_breaks_equality(codec64):
@@ -118,8 +132,10 @@ def test_one_frame_less_context_breaks_equality(codec64):
     ref = offline(codec64, codes)
     got, _ = streamed(codec64, codes, 8, 4, tail_context=tail_context_frames(codec64) - 1)
     assert np.abs(got - ref).max() > 1e-3
+    with pytest.raises(AssertionError, match="more than one float32 step apart"):
+        assert_equal_up_to_the_float32_cast(got, ref)
     got, _ = streamed(codec64, codes, 8, 4, tail_context=tail_context_frames(codec64))
-    np.testing.assert_array_equal(got, ref)
+    assert_equal_up_to_the_float32_cast(got, ref)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
