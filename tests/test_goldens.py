@@ -25,12 +25,12 @@ from q3tts.verify.goldens import (
     CROSS_CPU_AUDIO_ATOL,
     SPECS_FILE,
     check_probes,
-    cpu_family,
-    records_for_this_cpu,
     check_record,
+    cpu_family,
     fixture_digests,
     load_goldens,
     record_goldens,
+    records_for_this_cpu,
     stale_records,
 )
 
@@ -98,7 +98,11 @@ def test_audio_goldens_follow_the_cpu_family():
     assert not strict and other is golden["records"]
     record = golden["records"]["audio.long.frame310"]
     values = torch.tensor(record["values"]).reshape(record["shape"])
-    for shift, passes_own, passes_other in [(0.5 * ATOL, True, True), (3 * ATOL, False, True), (2 * CROSS_CPU_AUDIO_ATOL, False, False)]:
+    for shift, passes_own, passes_other in [
+        (0.5 * ATOL, True, True),
+        (3 * ATOL, False, True),
+        (2 * CROSS_CPU_AUDIO_ATOL, False, False),
+    ]:
         got = values + shift
         assert check_record("audio.long.frame310", record, got, own_cpu=True).passed is passes_own
         assert check_record("audio.long.frame310", record, got, own_cpu=False).passed is passes_other

@@ -55,7 +55,9 @@ def assert_equal_up_to_the_float32_cast(got: np.ndarray, ref: np.ndarray) -> Non
     diff = np.abs(got - ref)
     worst = int(np.argmax(diff - step))
     assert (diff <= step).all(), f"sample {worst}: {got[worst]!r} vs {ref[worst]!r}, more than one float32 step apart"
-    assert np.count_nonzero(diff) <= max(1, diff.size // 1000), f"{np.count_nonzero(diff)} of {diff.size} samples differ"
+    assert np.count_nonzero(diff) <= max(1, diff.size // 1000), (
+        f"{np.count_nonzero(diff)} of {diff.size} samples differ"
+    )
 
 
 def streamed(codec, codes, chunk, first, **kw) -> tuple[np.ndarray, list[int]]:
