@@ -87,9 +87,7 @@ class SpeechEncoderConfig:
         sr = int(e.get("sampling_rate", 24000))
         ratios = tuple(int(r) for r in (e.get("upsampling_ratios") or (8, 6, 5, 4)))
         encodec_rate = math.ceil(sr / math.prod(ratios))
-        frame_rate = e.get("frame_rate")
-        if frame_rate is None:
-            raise ValueError("speech_tokenizer encoder_config.frame_rate is missing")
+        frame_rate = mimi_frame_rate(e, sr, ratios)
         heads = int(e.get("num_attention_heads", 8))
         hidden = int(e.get("hidden_size", 512))
         nq = int(e.get("num_quantizers", 32))
@@ -124,6 +122,21 @@ class SpeechEncoderConfig:
             encode_downsample_rate=int(d.get("encode_downsample_rate", 1920)),
             sample_rate=int(sample_rate),
         )
+
+
+def mimi_frame_rate(e: Mapping[str, Any], sampling_rate: int, ratios: tuple[int, ...]) -> float:
+    """The encoder's frame rate as transformers' MimiConfig resolves it. ``frame_rate`` is a
+    property over ``_frame_rate``, so a saved config (and the published one) carries
+    ``"_frame_rate": 12.5``; a hand-written one may say ``frame_rate``. The saved key wins, even
+    when null, because it is set after the constructor argument; when neither gives a value the
+    rate is derived: sampling_rate / (the conv stack's stride x the downsampling stride 2)."""
+    value = e["_frame_rate"] if "_frame_rate" in e else e.get("frame_rate")
+    if value is None:
+        return sampling_rate / (math.prod(ratios) * 2)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        key = "_frame_rate" if "_frame_rate" in e else "frame_rate"
+        raise ValueError(f"speech_tokenizer encoder_config.{key}={value!r} must be a positive number")
+    return float(value)
 
 
 # --------------------------------------------------------------------------------------------

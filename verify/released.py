@@ -144,7 +144,7 @@ def released_speech_tokenizer_config() -> dict[str, Any]:
             "pad_mode": "constant",
             "use_causal_conv": True,
             "sampling_rate": 24000,
-            "frame_rate": 12.5,
+            "_frame_rate": 12.5,  # as published (transformers saves MimiConfig.frame_rate so)
         },
         "decoder_config": {
             "latent_dim": 1024,
