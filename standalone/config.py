@@ -133,16 +133,15 @@ class Qwen3TTSConfig:
     # --- upstream config.json -------------------------------------------------------------
     @classmethod
     def from_upstream(cls, d: Mapping[str, Any]) -> Qwen3TTSConfig:
+        """Resolve an upstream config.json as upstream's config classes do: an absent key takes
+        that class's default (UPSTREAM_DEFAULTS), unknown keys are ignored, and what upstream
+        cannot build a model from is refused with the field's name."""
         model_type = _require(d, "tts_model_type", "config.json")
         if model_type not in MODEL_TYPES:
             raise ConfigError(
                 f"config.json: unknown tts_model_type {model_type!r} (expected one of {', '.join(MODEL_TYPES)})"
             )
-        t = _require(d, "talker_config", "config.json")
-        cp = _require(t, "code_predictor_config", "talker_config")
-        rope_scaling = t.get("rope_scaling") or {}
-        if "mrope_section" not in rope_scaling:
-            raise ConfigError("talker_config: rope_scaling.mrope_section is required")
+        talker = _talker_from_upstream(_require(d, "talker_config", "config.json"))
         speaker = None
         if model_type == "base":
             # Released Base files hold only enc_dim and sample_rate; the rest are class defaults.
@@ -150,43 +149,16 @@ class Qwen3TTSConfig:
             raw = {k: v for k, v in (d.get("speaker_encoder_config") or {}).items() if k in fields}
             raw = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
             speaker = SpeakerEncoderConfig(**raw)
-        talker = TalkerConfig(
-            transformer=_transformer_from_upstream(t, "talker_config", default_theta=10000.0),
-            vocab_size=_require(t, "vocab_size", "talker_config"),
-            text_vocab_size=_require(t, "text_vocab_size", "talker_config"),
-            text_hidden_size=t.get("text_hidden_size", 2048),
-            num_code_groups=_require(t, "num_code_groups", "talker_config"),
-            mrope_section=tuple(rope_scaling["mrope_section"]),
-            mrope_interleaved=bool(rope_scaling.get("interleaved", False)),
-            code_predictor=CodePredictorConfig(
-                transformer=_transformer_from_upstream(cp, "code_predictor_config", default_theta=10000.0),
-                vocab_size=_require(cp, "vocab_size", "code_predictor_config"),
-                num_code_groups=_require(cp, "num_code_groups", "code_predictor_config"),
-            ),
-            codec_eos_token_id=t.get("codec_eos_token_id", 4198),
-            codec_think_id=t.get("codec_think_id", 4202),
-            codec_nothink_id=t.get("codec_nothink_id", 4203),
-            codec_think_bos_id=t.get("codec_think_bos_id", 4204),
-            codec_think_eos_id=t.get("codec_think_eos_id", 4205),
-            codec_pad_id=t.get("codec_pad_id", 4196),
-            codec_bos_id=t.get("codec_bos_id", 4197),
-            codec_language_id=dict(t.get("codec_language_id") or {}),
-            spk_id={k: (v[0] if isinstance(v, list) else v) for k, v in (t.get("spk_id") or {}).items()},
-            spk_is_dialect=dict(t.get("spk_is_dialect") or {}),
-        )
         if speaker is not None and speaker.enc_dim != talker.transformer.hidden_size:
             raise ConfigError("speaker_encoder_config.enc_dim must equal talker_config.hidden_size")
+        top = _with_defaults(d, "config.json", UPSTREAM_DEFAULTS["config"])
         return cls(
             tts_model_type=model_type,
-            tts_model_size=str(d.get("tts_model_size", "")),
-            tokenizer_type=str(d.get("tokenizer_type", "qwen3_tts_tokenizer_12hz")),
+            tts_model_size=str(d.get("tts_model_size") or ""),
+            tokenizer_type=str(d.get("tokenizer_type") or "qwen3_tts_tokenizer_12hz"),
             talker=talker,
             speaker_encoder=speaker,
-            im_start_token_id=d.get("im_start_token_id", 151644),
-            im_end_token_id=d.get("im_end_token_id", 151645),
-            tts_pad_token_id=d.get("tts_pad_token_id", 151671),
-            tts_bos_token_id=d.get("tts_bos_token_id", 151672),
-            tts_eos_token_id=d.get("tts_eos_token_id", 151673),
+            **top,
         )
 
     # --- standalone config.json ------------------------------------------------------------
@@ -227,21 +199,129 @@ class Qwen3TTSConfig:
             raise ConfigError(f"config.json: malformed standalone config ({e})") from e
 
 
-def _transformer_from_upstream(t: Mapping[str, Any], where: str, default_theta: float) -> TransformerConfig:
-    hidden = _require(t, "hidden_size", where)
-    heads = _require(t, "num_attention_heads", where)
-    # head_dim is not in upstream's signature; without it upstream silently uses hidden/heads.
-    head_dim = t.get("head_dim") or hidden // heads
+# Upstream's config-class defaults (qwen_tts.core.models.configuration_qwen3_tts, qwen-tts 0.1.1)
+# for every field the runtime reads: a key absent from config.json resolves to these, as upstream's
+# classes resolve it. tests/test_upstream_written_config.py checks them against those classes.
+UPSTREAM_DEFAULTS: dict[str, dict[str, Any]] = {
+    "config": dict(
+        im_start_token_id=151644,
+        im_end_token_id=151645,
+        tts_pad_token_id=151671,
+        tts_bos_token_id=151672,
+        tts_eos_token_id=151673,
+    ),
+    "talker_config": dict(
+        vocab_size=3072,
+        hidden_size=1024,
+        intermediate_size=2048,
+        num_hidden_layers=20,
+        num_attention_heads=16,
+        num_key_value_heads=2,
+        max_position_embeddings=32768,
+        rms_norm_eps=1e-6,
+        rope_theta=10000,
+        num_code_groups=32,
+        text_hidden_size=2048,
+        codec_eos_token_id=4198,
+        codec_think_id=4202,
+        codec_nothink_id=4203,
+        codec_think_bos_id=4204,
+        codec_think_eos_id=4205,
+        codec_pad_id=4196,
+        codec_bos_id=4197,
+    ),
+    "code_predictor_config": dict(
+        vocab_size=2048,
+        hidden_size=1024,
+        intermediate_size=3072,
+        num_hidden_layers=5,
+        num_attention_heads=16,
+        num_key_value_heads=8,
+        head_dim=128,
+        max_position_embeddings=32768,
+        rms_norm_eps=1e-6,
+        rope_theta=10000,
+        num_code_groups=32,
+    ),
+}
+_TRANSFORMER_KEYS = (
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "rms_norm_eps",
+    "rope_theta",
+    "max_position_embeddings",
+)
+
+
+def _with_defaults(d: Mapping[str, Any], where: str, defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """``defaults``' keys resolved from ``d``: absent -> the default; present but null -> refused
+    (upstream's classes keep the null and its model cannot be built from it)."""
+    out = {}
+    for key, default in defaults.items():
+        value = d.get(key, default)
+        if value is None:
+            raise ConfigError(f"{where}: field '{key}' is null")
+        out[key] = value
+    return out
+
+
+def _transformer_from_upstream(t: Mapping[str, Any], where: str, defaults: Mapping[str, Any]) -> TransformerConfig:
+    t = dict(t)
+    if "num_key_value_heads" in t and t["num_key_value_heads"] is None and where == "code_predictor_config":
+        t["num_key_value_heads"] = t.get("num_attention_heads", defaults["num_attention_heads"])  # upstream's BC rule
+    v = _with_defaults(t, where, {k: defaults[k] for k in _TRANSFORMER_KEYS})
+    # The attention layers take getattr(config, "head_dim", hidden // heads): the code predictor's
+    # class always sets head_dim (default 128), the talker's has no such argument.
+    head_dim = t["head_dim"] if "head_dim" in t else defaults.get("head_dim")
+    if head_dim is None:
+        if "head_dim" in t:
+            raise ConfigError(f"{where}: field 'head_dim' is null")
+        head_dim = v["hidden_size"] // v["num_attention_heads"]
     return TransformerConfig(
-        hidden_size=hidden,
-        intermediate_size=_require(t, "intermediate_size", where),
-        num_hidden_layers=_require(t, "num_hidden_layers", where),
-        num_attention_heads=heads,
-        num_key_value_heads=t.get("num_key_value_heads") or heads,
+        hidden_size=v["hidden_size"],
+        intermediate_size=v["intermediate_size"],
+        num_hidden_layers=v["num_hidden_layers"],
+        num_attention_heads=v["num_attention_heads"],
+        num_key_value_heads=v["num_key_value_heads"],
         head_dim=head_dim,
-        rms_norm_eps=float(t.get("rms_norm_eps", 1e-6)),
-        rope_theta=float(t.get("rope_theta", default_theta)),
-        max_position_embeddings=int(t.get("max_position_embeddings", 32768)),
+        rms_norm_eps=float(v["rms_norm_eps"]),
+        rope_theta=float(v["rope_theta"]),
+        max_position_embeddings=int(v["max_position_embeddings"]),
+    )
+
+
+def _talker_from_upstream(t: Mapping[str, Any]) -> TalkerConfig:
+    defaults = UPSTREAM_DEFAULTS["talker_config"]
+    # An absent or null code_predictor_config is upstream's default code predictor.
+    cp = t.get("code_predictor_config") or {}
+    cp_defaults = UPSTREAM_DEFAULTS["code_predictor_config"]
+    rope_scaling = t.get("rope_scaling") or {}
+    for key in ("mrope_section", "interleaved"):  # the talker's attention indexes both
+        if key not in rope_scaling:
+            raise ConfigError(f"talker_config: rope_scaling.{key} is required")
+    ids = _with_defaults(t, "talker_config", {k: v for k, v in defaults.items() if k.startswith("codec_")})
+    rest = _with_defaults(
+        t, "talker_config", {k: defaults[k] for k in ("vocab_size", "num_code_groups", "text_hidden_size")}
+    )
+    return TalkerConfig(
+        transformer=_transformer_from_upstream(t, "talker_config", defaults),
+        text_vocab_size=_require(t, "text_vocab_size", "talker_config"),  # no class default: upstream needs it
+        mrope_section=tuple(rope_scaling["mrope_section"]),
+        mrope_interleaved=bool(rope_scaling["interleaved"]),
+        code_predictor=CodePredictorConfig(
+            transformer=_transformer_from_upstream(cp, "code_predictor_config", cp_defaults),
+            **_with_defaults(
+                cp, "code_predictor_config", {k: cp_defaults[k] for k in ("vocab_size", "num_code_groups")}
+            ),
+        ),
+        codec_language_id=dict(t.get("codec_language_id") or {}),
+        spk_id={k: (v[0] if isinstance(v, list) else v) for k, v in (t.get("spk_id") or {}).items()},
+        spk_is_dialect=dict(t.get("spk_is_dialect") or {}),
+        **ids,
+        **rest,
     )
 
 

@@ -150,12 +150,16 @@ def tensor_specs():
 
 
 @pytest.fixture(scope="session")
-def checkpoints(tmp_path_factory, tensor_specs):
-    """{model_type: (upstream_dir, standalone_dir)} for every model type."""
+def checkpoints(request, tmp_path_factory, tensor_specs):
+    """{model_type: (upstream_dir, standalone_dir)} for every model type. Where upstream is
+    installed its own classes write the upstream directories (save_pretrained); the fast tier
+    writes them from the recorded specs and files, the same bytes (tests/test_goldens.py)."""
+    by_upstream = not _fast(request.config) and importlib.util.find_spec("qwen_tts") is not None
+    specs = None if by_upstream else tensor_specs
     root = tmp_path_factory.mktemp("ckpt")
     out = {}
     for mt in MODEL_TYPES:
-        up = write_upstream_checkpoint(root / f"upstream-{mt}", mt, seed=SUITE_SEEDS[mt], tensor_specs=tensor_specs)
+        up = write_upstream_checkpoint(root / f"upstream-{mt}", mt, seed=SUITE_SEEDS[mt], tensor_specs=specs)
         st = root / f"standalone-{mt}"
         convert_checkpoint(up, st)
         out[mt] = (up, st)

@@ -26,7 +26,6 @@ import copy
 import gc
 import json
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -41,6 +40,7 @@ from q3tts.standalone import Qwen3TTS, Qwen3TTSConfig
 from q3tts.standalone.layout import convert_tensors, plan
 
 from .fixtures import randomize_, tiny_config
+from .machine import cpu_model
 from .released import released_config
 
 
@@ -464,25 +464,6 @@ def environment() -> dict:
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
     }
-
-
-def cpu_model() -> str:
-    """The CPU's model name and the ISA extensions that decide the kernels (the same VM name can land
-    on another host between sessions: an AMD EPYC once, an Intel Xeon with AMX another time)."""
-    name, flags = platform.processor() or platform.machine(), set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name":
-                    name = value.strip()
-                elif key.strip() == "flags":
-                    flags = set(value.split())
-                    break
-    except OSError:
-        pass
-    isa = [f for f in ("avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "avx2") if f in flags]
-    return f"{name} ({', '.join(isa)})" if isa else name
 
 
 def floor_dtype(engine: str) -> str:

@@ -13,25 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
 import tempfile
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from .goldens import cpu_family
-
-SIMULATION_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "MKL_CBWR")
-
-
-def cpu_model_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        return platform.processor() or "unknown"
+from .machine import SIMULATION_ENV, cpu_family, cpu_model_name
 
 
 def _at_offset(t: torch.Tensor, offset: int) -> torch.Tensor:

@@ -18,6 +18,7 @@ import copy
 import json
 import math
 import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -221,6 +222,19 @@ def tiny_speech_tokenizer_config() -> dict[str, Any]:
     )
 
 
+# The released top-level preprocessor_config.json, and the feature extractor of speech_tokenizer/
+# (upstream's tokenizer wrapper loads it with AutoFeatureExtractor).
+PROCESSOR_CONFIG = {"processor_class": "Qwen3TTSProcessor"}
+SPEECH_TOKENIZER_FEATURE_EXTRACTOR = dict(
+    feature_size=1,
+    sampling_rate=24000,
+    padding_value=0.0,
+    chunk_length_s=None,
+    overlap=None,
+    padding_side="right",
+    return_attention_mask=True,
+)
+
 # --------------------------------------------------------------------------------------------
 # Weights
 # --------------------------------------------------------------------------------------------
@@ -377,6 +391,8 @@ def record_tensor_specs() -> dict[str, Any]:
     parts["speech_tokenizer"] = dict(
         config_sha256=config_digest(codec_config), tensors=tensor_spec(build_upstream_codec(codec_config))
     )
+    for model_type in MODEL_TYPES:
+        parts[f"files.{model_type}"] = record_written_files(model_type)
     return dict(format=TENSOR_SPECS_FORMAT, format_version=1, parts=parts)
 
 
@@ -503,28 +519,99 @@ def build_upstream_codec(config: dict[str, Any]):
     return Qwen3TTSTokenizerV2Model(Qwen3TTSTokenizerV2Config(**copy.deepcopy(config)))
 
 
-def write_speech_tokenizer(dst: Path, seed: int, tensor_specs: dict[str, Any] | None = None) -> None:
+def _write_speech_tokenizer_from_spec(dst: Path, seed: int, tensor_specs: dict[str, Any]) -> None:
     dst.mkdir(parents=True, exist_ok=True)
-    cfg = tiny_speech_tokenizer_config()
-    if tensor_specs is None:
-        state = random_state_dict(build_upstream_codec(cfg), seed)
-    else:
-        state = state_dict_from_spec(_spec_for(tensor_specs, "speech_tokenizer", cfg), seed)
+    state = state_dict_from_spec(_spec_for(tensor_specs, "speech_tokenizer", tiny_speech_tokenizer_config()), seed)
     save_file(state, str(dst / "model.safetensors"), metadata={"format": "pt"})
-    _dump(dst / "config.json", cfg)
-    _dump(
-        dst / "preprocessor_config.json",
-        dict(
-            chunk_length_s=None,
-            feature_extractor_type="EncodecFeatureExtractor",
-            feature_size=1,
-            overlap=None,
-            padding_side="right",
-            padding_value=0.0,
-            return_attention_mask=True,
-            sampling_rate=24000,
-        ),
-    )
+
+
+def save_with_upstream_classes(model: torch.nn.Module, dst: Path, state: dict[str, torch.Tensor]) -> None:
+    """Load ``state`` into upstream's ``model`` and let upstream's own save_pretrained write it:
+    config.json (every key, as transformers serialises upstream's config class), weights, and the
+    generation config the model carries."""
+    model.load_state_dict(state, strict=True)
+    model.save_pretrained(str(dst))
+
+
+def drop_unloadable_speaker_model_type(config_path: Path) -> bool:
+    """The one edit to what upstream writes. qwen-tts 0.1.1 saves a Base model's
+    speaker_encoder_config with ``"model_type": ""`` (transformers serialises every sub-config's
+    model_type), and its own from_pretrained then refuses the file: Qwen3TTSSpeakerEncoderConfig
+    takes no **kwargs (TypeError: unexpected keyword argument 'model_type'). Released Base files
+    carry no such key. Returns whether the key was there; tests/test_upstream_written_config.py
+    shows the round trip failing without this edit, and the standalone reading the file with it."""
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    speaker = config.get("speaker_encoder_config")
+    if not isinstance(speaker, dict) or "model_type" not in speaker:
+        return False
+    del speaker["model_type"]
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return True
+
+
+def _write_with_upstream_classes(dst: Path, model_type: str, seed: int, dtype: torch.dtype) -> None:
+    """The reference fixture: every file written by upstream's classes (and the transformers classes
+    upstream loads them with), from the fixture initialiser's weights."""
+    from transformers import GenerationConfig
+
+    talker = build_upstream_modules(tiny_config(model_type))
+    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in random_state_dict(talker, seed).items()}
+    talker.to(dtype)
+    # Upstream reads generation_config.json raw; GenerationConfig keeps the subtalker_* keys as is.
+    talker.generation_config = GenerationConfig(**GENERATION_CONFIG)
+    save_with_upstream_classes(talker, dst, state)
+    drop_unloadable_speaker_model_type(dst / "config.json")
+    codec = build_upstream_codec(tiny_speech_tokenizer_config())
+    save_with_upstream_classes(codec, dst / "speech_tokenizer", random_state_dict(codec, seed + 1))
+    _write_side_files_with_upstream_classes(dst)
+
+
+def _write_side_files_with_upstream_classes(dst: Path) -> None:
+    """The text tokenizer (the tiny BPE, saved by upstream's processor), the speech tokenizer's
+    feature extractor, and the released top-level preprocessor_config.json."""
+    from qwen_tts.core.models import Qwen3TTSProcessor
+    from transformers import EncodecFeatureExtractor, Qwen2Tokenizer
+
+    EncodecFeatureExtractor(**SPEECH_TOKENIZER_FEATURE_EXTRACTOR).save_pretrained(str(dst / "speech_tokenizer"))
+    with tempfile.TemporaryDirectory() as raw:
+        write_text_tokenizer(Path(raw))
+        Qwen3TTSProcessor(tokenizer=Qwen2Tokenizer.from_pretrained(raw)).save_pretrained(str(dst))
+    # The processor writes no preprocessor_config.json; released repos carry this one.
+    _dump(dst / "preprocessor_config.json", PROCESSOR_CONFIG)
+
+
+def written_files(directory: str | Path) -> dict[str, str]:
+    """{relative path: text} of every file of a checkpoint directory but the weights."""
+    directory = Path(directory)
+    return {
+        p.relative_to(directory).as_posix(): p.read_text(encoding="utf-8")
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and p.suffix != ".safetensors"
+    }
+
+
+def _files_digest(model_type: str) -> str:
+    return config_digest({"config": tiny_config(model_type), "speech_tokenizer": tiny_speech_tokenizer_config()})
+
+
+def record_written_files(model_type: str) -> dict[str, Any]:
+    """The files upstream's classes write for this fixture besides the weights (needs qwen_tts)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        _write_with_upstream_classes(Path(tmp), model_type, 0, torch.float32)
+        return dict(config_sha256=_files_digest(model_type), files=written_files(tmp))
+
+
+def _write_recorded_files(dst: Path, model_type: str, tensor_specs: dict[str, Any]) -> None:
+    part = f"files.{model_type}"
+    entry = tensor_specs["parts"].get(part)
+    if entry is None or entry["config_sha256"] != _files_digest(model_type):
+        raise TensorSpecError(
+            f"no files recorded from upstream's classes for {part!r} and this config; "
+            "regenerate them in the reference environment: python -m q3tts.verify.goldens"
+        )
+    for rel, text in entry["files"].items():
+        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+        (dst / rel).write_text(text, encoding="utf-8")
 
 
 def write_upstream_checkpoint(
@@ -537,25 +624,27 @@ def write_upstream_checkpoint(
 ) -> Path:
     """Write a complete tiny upstream checkpoint directory and return its path.
 
+    Without ``tensor_specs`` (the reference environment) upstream's own classes write every file
+    through save_pretrained. With ``tensor_specs`` (see load_tensor_specs; the fast tier, without
+    qwen_tts) the weights come from the recorded tensor specs and every other file is the recorded
+    text upstream's classes wrote: the same bytes (tests/test_goldens.py checks it).
+
     ``dtype`` is the storage dtype of model.safetensors (released files are bf16; fp32 keeps the
-    fp32 parity tests free of storage rounding). The speech tokenizer is always fp32, as released.
-    With ``tensor_specs`` (see load_tensor_specs) the tensor names and shapes come from the
-    recorded specs instead of upstream's modules: the same bytes, without qwen_tts.
+    fp32 parity tests free of storage rounding); the spec writer records fp32 only. The speech
+    tokenizer is always fp32, as released.
     """
     dst = Path(dst)
     dst.mkdir(parents=True, exist_ok=True)
-    config = tiny_config(model_type)
     if tensor_specs is None:
-        state = random_state_dict(build_upstream_modules(config), seed)
-    else:
-        state = state_dict_from_spec(_spec_for(tensor_specs, f"talker.{model_type}", config), seed)
-    state = {k: v.to(dtype) for k, v in state.items()}
+        _write_with_upstream_classes(dst, model_type, seed, dtype)
+        return dst
+    if dtype != torch.float32:
+        raise TensorSpecError(f"the recorded fixture files are fp32; {dtype} needs upstream's classes")
+    config = tiny_config(model_type)
+    state = state_dict_from_spec(_spec_for(tensor_specs, f"talker.{model_type}", config), seed)
     save_file(state, str(dst / "model.safetensors"), metadata={"format": "pt"})
-    _dump(dst / "config.json", config)
-    _dump(dst / "generation_config.json", GENERATION_CONFIG)
-    _dump(dst / "preprocessor_config.json", {"processor_class": "Qwen3TTSProcessor"})
-    write_text_tokenizer(dst)
-    write_speech_tokenizer(dst / "speech_tokenizer", seed + 1, tensor_specs)
+    _write_speech_tokenizer_from_spec(dst / "speech_tokenizer", seed + 1, tensor_specs)
+    _write_recorded_files(dst, model_type, tensor_specs)
     return dst
 
 
@@ -590,46 +679,21 @@ def write_release_size_checkpoint(
     dtype: torch.dtype = torch.bfloat16,
 ) -> Path:
     """An upstream checkpoint directory at a released size (config from verify/released.py, the
-    fixture initialiser's weights, bf16 talker and fp32 codec as released, the tiny tokenizer).
-    Several GB: for verify-parity at real size, never for the test suite."""
-    from safetensors.torch import save_file as _save
+    fixture initialiser's weights, bf16 talker and fp32 codec as released, the tiny tokenizer),
+    written by upstream's classes. Several GB: for verify-parity at real size, never for the suite."""
+    from transformers import GenerationConfig
 
     from .released import released_config, released_speech_tokenizer_config
 
     dst = Path(dst)
     dst.mkdir(parents=True, exist_ok=True)
-    config = released_config(size, model_type)
-    model = randomize_(build_upstream_modules(config), seed)
-    _save(
-        {k: v.to(dtype).contiguous() for k, v in model.state_dict().items()},
-        str(dst / "model.safetensors"),
-        metadata={"format": "pt"},
-    )
-    del model
-    _dump(dst / "config.json", config)
-    _dump(dst / "generation_config.json", GENERATION_CONFIG)
-    _dump(dst / "preprocessor_config.json", {"processor_class": "Qwen3TTSProcessor"})
-    write_text_tokenizer(dst)
-    cfg = released_speech_tokenizer_config()
-    codec = randomize_(build_upstream_codec(cfg), seed + 1)
-    (dst / "speech_tokenizer").mkdir(exist_ok=True)
-    _save(
-        {k: v.contiguous() for k, v in codec.state_dict().items()},
-        str(dst / "speech_tokenizer" / "model.safetensors"),
-        metadata={"format": "pt"},
-    )
-    _dump(dst / "speech_tokenizer" / "config.json", cfg)
-    _dump(
-        dst / "speech_tokenizer" / "preprocessor_config.json",
-        dict(
-            chunk_length_s=None,
-            feature_extractor_type="EncodecFeatureExtractor",
-            feature_size=1,
-            overlap=None,
-            padding_side="right",
-            padding_value=0.0,
-            return_attention_mask=True,
-            sampling_rate=24000,
-        ),
-    )
+    talker = randomize_(build_upstream_modules(released_config(size, model_type)), seed).to(dtype)
+    talker.generation_config = GenerationConfig(**GENERATION_CONFIG)
+    talker.save_pretrained(str(dst))
+    drop_unloadable_speaker_model_type(dst / "config.json")
+    del talker
+    codec = randomize_(build_upstream_codec(released_speech_tokenizer_config()), seed + 1)
+    codec.save_pretrained(str(dst / "speech_tokenizer"))
+    del codec
+    _write_side_files_with_upstream_classes(dst)
     return dst

@@ -7,6 +7,7 @@ parity.json schema (schema_version 1):
       "verdict": "PASS" | "FAIL",            # PASS only if every case of every run passed
       "created": ISO-8601 UTC time,
       "versions": {"torch", "transformers", "qwen-tts", "qwen-tts-hf", "qwen3-tts-standalone", "python"},
+      "machine": {"cpu", "family", "simulated", "cores"},
       "fixtures": {model type: {"written_from", "note"}} | null,   # how the tiny checkpoints were made
       "upstream_output": {"lines": int, "distinct": [{"text", "count"}]},  # kept off the console
       "seeds": [int], "frames": int,          # sampling seeds; frames generated per case
@@ -73,6 +74,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from .machine import describe, machine
 from .training_report import render_training
 
 SCHEMA_VERSION = 1
@@ -109,6 +111,7 @@ def build_report(
         "verdict": "PASS" if cases and not failed and (training is None or training["passed"]) else "FAIL",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": versions(),
+        "machine": machine(),
         "seeds": seeds,
         "frames": frames,
         "summary": {"cases": len(cases), "passed": len(cases) - failed, "failed": failed},
@@ -188,6 +191,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         + (f"qwen-tts-hf {v['qwen-tts-hf']}, " if v.get("qwen-tts-hf") else "")
         + f"qwen3-tts-standalone {v['qwen3-tts-standalone']}; seeds {report['seeds']}, {report['frames']} frames per "
         f"generation case; {report['created']}.",
+        describe(report["machine"]) + "." if "machine" in report else "",
         "",
         "| checkpoint | dtype | cases | verdict | upstream s | standalone s |",
         "|---|---|---|---|---|---|",
