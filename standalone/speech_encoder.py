@@ -115,7 +115,8 @@ class SpeechEncoderConfig:
             num_quantizers=nq,
             num_semantic_quantizers=int(e.get("num_semantic_quantizers", 1)),
             codebook_size=int(e.get("codebook_size", 2048)),
-            codebook_dim=int(e.get("codebook_dim") or hidden),
+            # MimiConfig: absent -> 256, null -> hidden_size.
+            codebook_dim=int(hidden if e.get("codebook_dim", 256) is None else e.get("codebook_dim", 256)),
             quantizer_dim=int(e.get("vector_quantization_hidden_dimension", 256)),
             downsample_kernel=0 if frame_rate == encodec_rate else 2 * int(encodec_rate / frame_rate),
             valid_num_quantizers=valid,

@@ -16,7 +16,7 @@ from test_speech_encoder import assert_same_codes, noisy_speech
 from q3tts.convert import convert_checkpoint
 from q3tts.standalone import Qwen3TTS
 from q3tts.standalone.speech_encoder import mimi_frame_rate
-from q3tts.verify.fixtures import build_upstream_codec, tiny_speech_tokenizer_config
+from q3tts.verify.goldens import weights_digest
 
 pytestmark = pytest.mark.reference  # upstream's config and model classes write the files
 
@@ -58,21 +58,11 @@ def test_a_bad_frame_rate_is_one_clear_error(value):
 
 
 def _upstream_saved_checkpoint(checkpoints, tmp_path, variant: str):
-    """The base fixture with speech_tokenizer/ written by upstream's Qwen3TTSTokenizerV2Model.
-    save_pretrained (same weights), its encoder_config's frame rate then given as ``variant``."""
-    from safetensors.torch import load_file
-
+    """The base fixture (written by upstream's save_pretrained in this environment: conftest), its
+    speech tokenizer's frame rate then given as ``variant``."""
     src = checkpoints["base"][0]
     dst = tmp_path / f"upstream-{variant}"
     shutil.copytree(src, dst)
-    codec = build_upstream_codec(tiny_speech_tokenizer_config())
-    missing, unexpected = codec.load_state_dict(
-        load_file(str(src / "speech_tokenizer" / "model.safetensors")), strict=False
-    )
-    assert not unexpected and not missing
-    (dst / "speech_tokenizer" / "model.safetensors").unlink()
-    (dst / "speech_tokenizer" / "config.json").unlink()
-    codec.save_pretrained(str(dst / "speech_tokenizer"))
     path = dst / "speech_tokenizer" / "config.json"
     cfg = json.loads(path.read_text())
     enc = cfg["encoder_config"]
@@ -83,6 +73,36 @@ def _upstream_saved_checkpoint(checkpoints, tmp_path, variant: str):
         del enc["_frame_rate"]
     path.write_text(json.dumps(cfg, indent=2))
     return dst
+
+
+def test_upstream_refuses_the_base_config_it_saves_and_the_standalone_reads_it(checkpoints, tmp_path):
+    """qwen-tts 0.1.1 writes ``speaker_encoder_config.model_type = ""`` and then cannot load the
+    file (the fixtures drop that key: fixtures.drop_unloadable_speaker_model_type). The standalone
+    converts the directory as saved, with no edit, to the same checkpoint."""
+    from qwen_tts.core.models.configuration_qwen3_tts import Qwen3TTSConfig as UpstreamConfig
+
+    from q3tts.verify.fixtures import build_upstream_modules, drop_unloadable_speaker_model_type, tiny_config
+
+    saved = tmp_path / "saved"
+    build_upstream_modules(tiny_config("base")).save_pretrained(str(saved))
+    as_saved = json.loads((saved / "config.json").read_text())
+    assert as_saved["speaker_encoder_config"]["model_type"] == ""
+    with pytest.raises(TypeError, match="model_type"):
+        UpstreamConfig.from_pretrained(str(saved))
+    assert drop_unloadable_speaker_model_type(saved / "config.json")
+    UpstreamConfig.from_pretrained(str(saved))  # loads after the one edit
+
+    src = checkpoints["base"][0]
+    raw = tmp_path / "as-saved"
+    shutil.copytree(src, raw)
+    cfg = json.loads((raw / "config.json").read_text())
+    cfg["speaker_encoder_config"]["model_type"] = ""  # the fixture as upstream saved it
+    (raw / "config.json").write_text(json.dumps(cfg, indent=2))
+    convert_checkpoint(raw, tmp_path / "st-raw")
+    st = checkpoints["base"][1]
+    assert json.loads((tmp_path / "st-raw" / "config.json").read_text()) == json.loads((st / "config.json").read_text())
+    for rel in ("model.safetensors", "speech_tokenizer/model.safetensors"):
+        assert weights_digest(tmp_path / "st-raw" / rel) == weights_digest(st / rel), rel
 
 
 @pytest.mark.parametrize("variant", ["_frame_rate", "frame_rate", "neither"])
