@@ -44,9 +44,7 @@ def release_repo(size: str, model_type: str) -> str:
         return RELEASES[(size, model_type)]
     except KeyError:
         raise ValueError(
-            f"no official {size} {model_type} release (there are: "
-            + ", ".join(f"{s} {t}" for s, t in RELEASES)
-            + ")"
+            f"no official {size} {model_type} release (there are: " + ", ".join(f"{s} {t}" for s, t in RELEASES) + ")"
         ) from None
 
 
