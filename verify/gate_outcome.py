@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import traceback
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,7 @@ def write_fixture(dst: Path, model_type: str, seed: int) -> tuple[Path, dict[str
             + (f" at {where['file']}:{where['line']}" if where else "")
             + "); written from the recorded tensor specs"
         )
+        shutil.rmtree(dst, ignore_errors=True)  # nothing half-written by upstream's classes stays
         path = write_upstream_checkpoint(dst, model_type, seed=seed, tensor_specs=load_tensor_specs(specs))
         return path, {"written_from": "recorded tensor specs", "note": note}
 
