@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping
 
 import torch
+from torch import nn
 
 from .config import Qwen3TTSConfig, TransformerConfig
 
@@ -149,10 +150,12 @@ def _has(config: Qwen3TTSConfig, part: str) -> bool:
 
 def target_shapes(config: Qwen3TTSConfig) -> dict[str, tuple[int, ...]]:
     """Shapes of the standalone model's tensors, from the model itself built on the meta device."""
-    from .model import Qwen3TTS
+    from .network import network_parts
 
     with torch.device("meta"):
-        model = Qwen3TTS(config)
+        model = nn.Module()
+        for name, part in network_parts(config).items():
+            setattr(model, name, part)
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 

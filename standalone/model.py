@@ -18,6 +18,7 @@ from .config import ConfigError, Qwen3TTSConfig
 from .direct_load import checkpoint_format, converted_checkpoint
 from .generation import GenerateOptions, generate_codes
 from .mel import log_mel_spectrogram
+from .network import network_parts
 from .precision import MODE_NAMES, Precision, cast_state, parse_mode, set_activation_dtype, stored_precision
 from .prompt import build_talker_prompt
 from .speaker_encoder import SpeakerEncoder
@@ -33,9 +34,10 @@ class Qwen3TTS(StreamingVoiceMethods, VoiceMethods, nn.Module):
         self.config = config
         self.checkpoint_dir: Path | None = None
         self.precision: Precision | None = None  # a mixed mode (precision.py), else None
-        self.talker = Talker(config.talker)
-        self.code_predictor = CodePredictor(config.talker.code_predictor, config.talker.transformer.hidden_size)
-        self.speaker_encoder = SpeakerEncoder(config.speaker_encoder) if config.speaker_encoder is not None else None
+        parts = network_parts(config)
+        self.talker: Talker = parts["talker"]
+        self.code_predictor: CodePredictor = parts["code_predictor"]
+        self.speaker_encoder: SpeakerEncoder | None = parts["speaker_encoder"]
 
     @property
     def dtype(self) -> torch.dtype:

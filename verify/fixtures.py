@@ -549,12 +549,14 @@ def drop_unloadable_speaker_model_type(config_path: Path) -> bool:
     return True
 
 
-def _write_with_upstream_classes(dst: Path, model_type: str, seed: int, dtype: torch.dtype) -> None:
+def _write_with_upstream_classes(
+    dst: Path, model_type: str, seed: int, dtype: torch.dtype, config: dict[str, Any] | None = None
+) -> None:
     """The reference fixture: every file written by upstream's classes (and the transformers classes
     upstream loads them with), from the fixture initialiser's weights."""
     from transformers import GenerationConfig
 
-    talker = build_upstream_modules(tiny_config(model_type))
+    talker = build_upstream_modules(config or tiny_config(model_type))
     state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in random_state_dict(talker, seed).items()}
     talker.to(dtype)
     # Upstream reads generation_config.json raw; GenerationConfig keeps the subtalker_* keys as is.
@@ -621,8 +623,12 @@ def write_upstream_checkpoint(
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
     tensor_specs: dict[str, Any] | None = None,
+    config: dict[str, Any] | None = None,
 ) -> Path:
     """Write a complete tiny upstream checkpoint directory and return its path.
+
+    ``config`` replaces tiny_config(model_type) (a variant such as the training fixture's; upstream's
+    classes only).
 
     Without ``tensor_specs`` (the reference environment) upstream's own classes write every file
     through save_pretrained. With ``tensor_specs`` (see load_tensor_specs; the fast tier, without
@@ -636,8 +642,10 @@ def write_upstream_checkpoint(
     dst = Path(dst)
     dst.mkdir(parents=True, exist_ok=True)
     if tensor_specs is None:
-        _write_with_upstream_classes(dst, model_type, seed, dtype)
+        _write_with_upstream_classes(dst, model_type, seed, dtype, config)
         return dst
+    if config is not None:
+        raise TensorSpecError("a config variant needs upstream's classes; the recorded specs are for tiny_config")
     if dtype != torch.float32:
         raise TensorSpecError(f"the recorded fixture files are fp32; {dtype} needs upstream's classes")
     config = tiny_config(model_type)

@@ -85,16 +85,7 @@ def write_training_fixture(root: str | Path, seed: int = 20, num_code_groups: in
     up = root / f"upstream-train-g{num_code_groups}"
     config = fx.tiny_config("base", num_code_groups=num_code_groups)
     config["talker_config"]["text_hidden_size"] = config["talker_config"]["hidden_size"]
-    up.mkdir(parents=True, exist_ok=True)
-    model = fx.build_upstream_modules(config)
-    from safetensors.torch import save_file
-
-    save_file(fx.random_state_dict(model, seed), str(up / "model.safetensors"), metadata={"format": "pt"})
-    fx._dump(up / "config.json", config)
-    fx._dump(up / "generation_config.json", fx.GENERATION_CONFIG)
-    fx._dump(up / "preprocessor_config.json", {"processor_class": "Qwen3TTSProcessor"})
-    fx.write_text_tokenizer(up)
-    fx.write_speech_tokenizer(up / "speech_tokenizer", seed + 1)
+    fx.write_upstream_checkpoint(up, "base", seed=seed, config=config)
     st = root / f"standalone-train-g{num_code_groups}"
     convert_checkpoint(up, st)
     return up, st
