@@ -15,7 +15,7 @@ the talker's prompt prefill and the two per-frame workloads run through torch.co
 Weights stay the modules' own parameters (no copy in the model); inductor's ``freezing`` treats
 them as constants. The graphs never write the KV caches: they return the new keys/values and the
 engine stores them (an in-place write into a view of a graph input made inductor copy the whole
-cache per layer). verify/bench_step.py and reports/step-bench.md hold the profile behind these
+cache per layer). bench/step.py and reports/step-bench.md hold the profile behind these
 choices: on torch 2.9.1 the compiled 0.6B steps stream fp32 weights at ~25 GB/s (eager ~21).
 
 The prompt prefill runs eagerly by default (talker.step, exactly as the exact path). A compiled
@@ -26,7 +26,7 @@ more first-start compile (warm-up 125 s against 69 s): worth it only where the f
 latency matters more than the start.
 
 Numbers differ from upstream in the last bits (other GEMM blocking, fused qkv and gate/up, fp32
-softmax over a masked window instead of SDPA): verify/fast_parity.py measures by how much.
+softmax over a masked window instead of SDPA): verify/cases/fast.py measures by how much.
 
 Compiled graphs are cached on disk (``compile_cache_dir``: Q3TTS_COMPILE_CACHE, else
 TORCHINDUCTOR_CACHE_DIR, else ~/.cache/q3tts/torchinductor), so a second process start skips the
@@ -78,7 +78,7 @@ def use_compile_cache(cache_dir: str | os.PathLike | None = None) -> Path:
     return path
 
 
-# Inductor options of the fast path, from verify/bench_step.py at 0.6B on torch 2.9.1 (2 threads):
+# Inductor options of the fast path, from bench/step.py at 0.6B on torch 2.9.1 (2 threads):
 # freezing (weights as constants) gives the code-predictor step 12.4 ms against eager 14.3 ms;
 # max-autotune only autotunes the attention bmm there (not the M=1 linears) and costs minutes of
 # compile, so it is off.

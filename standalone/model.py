@@ -123,7 +123,7 @@ class Qwen3TTS(StreamingVoiceMethods, VoiceMethods, nn.Module):
 
     def compile_fast(self, warm_up=(), **engine_options) -> Qwen3TTS:
         """Switch generate() to the compiled fast path (standalone/fast.py), in the model's current
-        dtype: close to upstream, not bit-identical (verify/fast_parity.py measures it). Graphs
+        dtype: close to upstream, not bit-identical (verify/cases/fast.py measures it). Graphs
         compile on the first generate() per batch size, or now for the batch sizes in ``warm_up``
         (e.g. ``(1,)``), so that no request pays for them. Engine options: ``cache_dir`` sets
         where compiled graphs are cached (fast.compile_cache_dir); ``compile_prefill=True`` compiles

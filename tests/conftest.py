@@ -28,7 +28,7 @@ import torch
 
 from q3tts.convert import convert_checkpoint
 from q3tts.standalone import Qwen3TTS
-from q3tts.verify.fixtures import MODEL_TYPES, SUITE_SEEDS, load_tensor_specs, write_upstream_checkpoint
+from q3tts.verify.fixtures.writer import MODEL_TYPES, SUITE_SEEDS, load_tensor_specs, write_upstream_checkpoint
 
 # One thread: on the tiny fixtures a second one only adds fork/join cost (and on a shared 2-core
 # machine it can make a run 30x slower). The goldens are recorded with one thread too.
@@ -189,7 +189,7 @@ _loaded: dict = {}
 def load_models(checkpoints, load_standalone):
     """load_models(model_type, dtype) -> (upstream Qwen3TTSModel wrapper, standalone Qwen3TTS),
     loaded once per session."""
-    from q3tts.verify.forward_parity import load_upstream_wrapper
+    from q3tts.verify.cases.forward import load_upstream_wrapper
 
     def load(model_type: str, dtype: torch.dtype):
         key = (model_type, dtype)

@@ -18,7 +18,7 @@ from bad_inputs_cli import CLI_ROWS
 from click.testing import CliRunner
 
 from q3tts.standalone.cli import main
-from q3tts.verify.forward_parity import speech_like_waveform
+from q3tts.verify.cases.forward import speech_like_waveform
 
 
 @pytest.mark.parametrize("row", ROWS, ids=[f"{r.entry}:{r.case}" for r in ROWS])

@@ -1,5 +1,5 @@
-"""The benchmark tools' own arithmetic and arguments (verify/bench_generation.py,
-verify/profile_frame.py): no timing here, only what the reports are computed from."""
+"""The benchmark tools' own arithmetic and arguments (bench/generation.py,
+bench/profile_frame.py): no timing here, only what the reports are computed from."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ pytestmark = pytest.mark.reference  # the verify tools import the upstream-side 
 
 def _meta_model(size: str):
     from q3tts.standalone import Qwen3TTS, Qwen3TTSConfig
-    from q3tts.verify.fixtures import tiny_config
-    from q3tts.verify.released import released_config
+    from q3tts.verify.fixtures.released import released_config
+    from q3tts.verify.fixtures.writer import tiny_config
 
     config = tiny_config("custom_voice") if size == "tiny" else released_config(size, "custom_voice")
     cfg = Qwen3TTSConfig.from_upstream(config)
@@ -24,8 +24,8 @@ def _meta_model(size: str):
 def test_profile_parts_add_up_to_the_floor_bytes(size):
     """The profile's per-part weight bytes (read off the modules) and the benchmark's floor bytes
     (computed from the config) are two independent counts of what one frame streams."""
-    from q3tts.verify.bench_generation import bytes_read_per_frame
-    from q3tts.verify.profile_frame import weight_bytes_per_frame
+    from q3tts.bench.generation import bytes_read_per_frame
+    from q3tts.bench.profile_frame import weight_bytes_per_frame
 
     model, cfg = _meta_model(size)
     parts = weight_bytes_per_frame(model)
@@ -43,7 +43,7 @@ def test_profile_parts_add_up_to_the_floor_bytes(size):
 
 
 def test_timers_count_only_while_active():
-    from q3tts.verify.profile_frame import Timers
+    from q3tts.bench.profile_frame import Timers
 
     timers = Timers()
     f = timers.wrap("part", lambda x: x + 1)
@@ -75,7 +75,7 @@ def test_peak_rss_sees_a_peak_between_samples(monkeypatch):
     """The kernel's high-water mark catches a 256 MB allocation freed before the context ends,
     with the sampling interval set far longer than the whole context (a sampler would see only
     the RSS at entry and exit), and the process peak survives the per-context reset."""
-    from q3tts.verify.bench_generation import PeakRSS, _can_reset_peak_rss
+    from q3tts.bench.generation import PeakRSS, _can_reset_peak_rss
 
     if not _can_reset_peak_rss():
         pytest.skip("/proc/self/clear_refs is not writable here")

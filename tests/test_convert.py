@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from q3tts.convert.cli import main as convert_cli
 from q3tts.standalone import Qwen3TTS
 from q3tts.standalone.conversion import convert_checkpoint
-from q3tts.verify.fixtures import MODEL_TYPES, shard_checkpoint
+from q3tts.verify.fixtures.writer import MODEL_TYPES, shard_checkpoint
 
 
 def upstream_version_installed() -> str | None:

@@ -29,7 +29,7 @@ from q3tts.convert.cli import main as convert_cli
 from q3tts.standalone import CheckpointError, Qwen3TTS
 from q3tts.standalone.config import Qwen3TTSConfig
 from q3tts.standalone.layout import plan
-from q3tts.verify.fixtures import tiny_config
+from q3tts.verify.fixtures.writer import tiny_config
 
 
 def write_layout_checkpoint(dst: Path, cfg: dict, seed: int = 0, big: bool = False) -> Path:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from q3tts.verify.encoder_faults import ENCODER_FAULTS, run_encoder_fault
-from q3tts.verify.encoder_parity import CASES, encoder_results
+from q3tts.verify.cases.encoder import CASES, encoder_results
+from q3tts.verify.faults.encoder import ENCODER_FAULTS, run_encoder_fault
 
 pytestmark = pytest.mark.reference  # drives upstream qwen-tts
 

@@ -16,7 +16,7 @@ pytest.importorskip(
 from click.testing import CliRunner  # noqa: E402
 
 from q3tts.verify.cli import main  # noqa: E402
-from q3tts.verify.gguf_parity import code_agreement  # noqa: E402
+from q3tts.verify.engines.gguf import code_agreement  # noqa: E402
 
 pytestmark = pytest.mark.reference  # the engine fixtures are built from upstream's modules
 NO_BINDING = "qwentts.cpp binding not installed: pip install 'qwen3-tts-standalone[peers]'"

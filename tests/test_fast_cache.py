@@ -27,7 +27,7 @@ pytestmark = pytest.mark.slow_compile  # two processes, each compiling (or loadi
 def _fast_and_exact_logits(model, engine) -> dict[str, torch.Tensor]:
     """Talker step and code-predictor frame logits, fast and exact, on fixed random inputs."""
     from q3tts.standalone.layers import mrope_positions
-    from q3tts.verify.fast_parity import teacher_forced_frame
+    from q3tts.verify.cases.fast import teacher_forced_frame
 
     cfg = model.config.talker
     g = torch.Generator().manual_seed(11)
@@ -81,7 +81,7 @@ def _run(checkpoint: Path, cache: Path, out: Path) -> dict:
 def second_checkpoint(tmp_path_factory, tensor_specs):
     """custom_voice with other weights than the suite's (same config, so the same graphs)."""
     from q3tts.convert import convert_checkpoint
-    from q3tts.verify.fixtures import write_upstream_checkpoint
+    from q3tts.verify.fixtures.writer import write_upstream_checkpoint
 
     root = tmp_path_factory.mktemp("other-weights")
     up = write_upstream_checkpoint(root / "upstream", "custom_voice", seed=1234, tensor_specs=tensor_specs)

@@ -12,7 +12,7 @@ import torch
 
 from q3tts.standalone import Qwen3TTS
 from q3tts.standalone.fast import FastEngine
-from q3tts.verify.fast_parity import (
+from q3tts.verify.cases.fast import (
     FAST_MIN_AGREEMENT,
     run_fast_forward_cases,
     run_fast_parity,
@@ -58,8 +58,8 @@ def test_fast_self_test_catches_fault_through_compiled_graphs(fault_name, load_m
     """A weight fault in the talker (frozen into the graph), a code-predictor RoPE fault (cos/sin
     cached by the engine) and a sampler fault (invisible to the forward cases) each fail the fast
     checks; the clean model passes them (test above)."""
-    from q3tts.verify.fast_selftest import run_fast_fault
-    from q3tts.verify.faults import CATALOGUE
+    from q3tts.verify.faults.catalogue import CATALOGUE
+    from q3tts.verify.faults.fast_selftest import run_fast_fault
 
     fault = next(f for f in CATALOGUE if f.name == fault_name)
     wrapper, standalone = load_models(fault.model_type, DTYPE)
@@ -157,8 +157,8 @@ def test_compiled_prefill_parity_and_faults_through_it(load_models):
     reported, not judged (compare.EXACT_FIRST_DRAW_MODES), yet the top-p fault that regime exists for
     still fails it, through the stepwise check; a talker weight fault compiled into the prefill graph
     fails the prefill cases themselves, not only the step after them."""
-    from q3tts.verify.fast_selftest import run_fast_fault
-    from q3tts.verify.faults import CATALOGUE
+    from q3tts.verify.faults.catalogue import CATALOGUE
+    from q3tts.verify.faults.fast_selftest import run_fast_fault
 
     wrapper, standalone = load_models("custom_voice", DTYPE)
     engine = FastEngine(standalone.talker, standalone.code_predictor, options=TEST_OPTIONS, compile_prefill=True)

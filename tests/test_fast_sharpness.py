@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from q3tts.standalone.fast import FastEngine
-from q3tts.verify.fast_parity import generation_agreement, run_fast_forward_cases
-from q3tts.verify.faults import CATALOGUE
-from q3tts.verify.generation_parity import CaseContext, cases_for
+from q3tts.verify.cases.fast import generation_agreement, run_fast_forward_cases
+from q3tts.verify.cases.generation import CaseContext, cases_for
+from q3tts.verify.faults.catalogue import CATALOGUE
 
 pytestmark = pytest.mark.slow_compile  # torch.compile: tens of seconds per engine
 

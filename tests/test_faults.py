@@ -8,8 +8,8 @@ import dataclasses
 import pytest
 import torch
 
-from q3tts.verify.faults import CATALOGUE, SAMPLER_FAULTS, forward_is_bit_identical, run_fault
-from q3tts.verify.suite import run_suite
+from q3tts.verify.cases.suite import run_suite
+from q3tts.verify.faults.catalogue import CATALOGUE, SAMPLER_FAULTS, forward_is_bit_identical, run_fault
 
 pytestmark = pytest.mark.reference  # drives upstream qwen-tts
 

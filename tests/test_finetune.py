@@ -22,8 +22,8 @@ from q3tts.standalone.finetune import (
     speaker_id_for,
     train_epochs,
 )
-from q3tts.verify.forward_parity import speech_like_waveform
-from q3tts.verify.training_parity import make_items, standalone_speaker_embedding, write_training_fixture
+from q3tts.verify.cases.forward import speech_like_waveform
+from q3tts.verify.cases.training import make_items, standalone_speaker_embedding, write_training_fixture
 
 pytestmark = pytest.mark.reference  # drives upstream qwen-tts
 
@@ -84,7 +84,7 @@ def test_upstream_recipe_does_not_memorise(train_dirs):
 def test_checkpoint_round_trip(train_dirs, aligned, tmp_path):
     """Written atomically in the standalone layout; loads; converts to upstream; upstream's
     generate gives the same codes as the standalone's."""
-    from q3tts.verify.forward_parity import load_upstream_wrapper
+    from q3tts.verify.cases.forward import load_upstream_wrapper
 
     up_dir, st_dir = train_dirs
     model, items, baked, _ = aligned

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from q3tts.standalone import Qwen3TTS
 from q3tts.standalone.cli import main
-from q3tts.verify.forward_parity import speech_like_waveform
+from q3tts.verify.cases.forward import speech_like_waveform
 
 
 def _write_data(tmp_path, groups, lines=None):

@@ -21,7 +21,7 @@ from q3tts.convert.cli import main as convert_cli
 from q3tts.standalone import Qwen3TTS
 from q3tts.standalone.cli import main
 from q3tts.standalone.output_dir import Interrupted
-from q3tts.verify.forward_parity import speech_like_waveform
+from q3tts.verify.cases.forward import speech_like_waveform
 
 SPEAKER = "newvoice"
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from q3tts.verify.fixtures import MODEL_TYPES
+from q3tts.verify.fixtures.writer import MODEL_TYPES
 
 RELEASED_FILES = {
     "config.json",

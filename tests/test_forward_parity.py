@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from q3tts.verify.cases.forward import format_table, run_forward_cases
 from q3tts.verify.compare import TOLERANCES
-from q3tts.verify.fixtures import MODEL_TYPES
-from q3tts.verify.forward_parity import format_table, run_forward_cases
+from q3tts.verify.fixtures.writer import MODEL_TYPES
 
 pytestmark = pytest.mark.reference  # drives upstream qwen-tts
 
@@ -60,7 +60,7 @@ def test_mrope_probe_rows_are_distinct_and_keep_upstream_on_one_sequence(load_pa
     and its first row advances by exactly 1: upstream hands that row to transformers' causal mask,
     which reads any other step as a new packed sequence. The control shows the constraint is real:
     a first row advancing by 3 makes upstream, not the standalone model, answer differently."""
-    from q3tts.verify.forward_parity import mrope_probe_positions
+    from q3tts.verify.cases.forward import mrope_probe_positions
 
     upstream, standalone = load_pair("custom_voice", torch.float32)
     pos = mrope_probe_positions(2, 9)

@@ -19,9 +19,9 @@ from hypothesis import strategies as st
 
 from q3tts.standalone import Qwen3TTS, Qwen3TTSConfig
 from q3tts.standalone.layout import convert_tensors, plan
+from q3tts.verify.cases.generation import first_divergence
 from q3tts.verify.compare import compare
-from q3tts.verify.fixtures import randomize_, tiny_config
-from q3tts.verify.generation_parity import first_divergence
+from q3tts.verify.fixtures.writer import randomize_, tiny_config
 
 pytestmark = pytest.mark.reference  # drives upstream qwen-tts
 

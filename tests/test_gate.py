@@ -11,8 +11,8 @@ from pathlib import Path
 import click
 import pytest
 
-from q3tts.verify.gate import parse_target, reference_requirements
-from q3tts.verify.gate_outcome import EXIT_CODES, classify, console_lines, write_error
+from q3tts.verify.gate.outcome import EXIT_CODES, classify, console_lines, write_error
+from q3tts.verify.gate.release import parse_target, reference_requirements
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -138,7 +138,7 @@ def _case(name, passed, kind="forward", layer=None, div=None):
 
 
 def _write_parity(report_dir, cases):
-    from q3tts.verify.report import build_report
+    from q3tts.verify.report.parity import build_report
 
     run = {"checkpoint": "tiny-base", "source": "fixture", "dtype": "fp32", "config": {}, "passed": False}
     run.update(seconds_upstream=1.0, seconds_standalone=1.0, cases=cases)
@@ -207,7 +207,7 @@ def test_fixture_factory_falls_back_to_the_recorded_specs_with_the_same_bytes(tm
     from safetensors.torch import load_file
 
     from q3tts.verify import fixtures
-    from q3tts.verify.gate_outcome import SPECS_ENV, write_fixture
+    from q3tts.verify.gate.outcome import SPECS_ENV, write_fixture
 
     reference, how = write_fixture(tmp_path / "normal", "base", seed=10)
     assert how["written_from"] == "upstream classes"
@@ -222,6 +222,6 @@ def test_fixture_factory_falls_back_to_the_recorded_specs_with_the_same_bytes(tm
         assert list(a) == list(b) and all(a[k].equal(b[k]) for k in a), part
     # Without recorded specs there is nothing to fall back on: the factory's error stands.
     monkeypatch.setenv(SPECS_ENV, str(tmp_path / "missing.json"))
-    monkeypatch.setattr("q3tts.verify.gate_outcome._SOURCE_SPECS", tmp_path / "missing.json")
+    monkeypatch.setattr("q3tts.verify.gate.outcome._SOURCE_SPECS", tmp_path / "missing.json")
     with pytest.raises(AttributeError, match="rope_theta"):
         write_fixture(tmp_path / "none", "base", seed=10)

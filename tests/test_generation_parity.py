@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from q3tts.verify.fixtures import MODEL_TYPES
-from q3tts.verify.generation_parity import CASES, CaseContext, format_codes_table, run_case
+from q3tts.verify.cases.generation import CASES, CaseContext, format_codes_table, run_case
+from q3tts.verify.fixtures.writer import MODEL_TYPES
 
 pytestmark = pytest.mark.reference  # drives upstream qwen-tts
 

@@ -146,10 +146,10 @@ def test_loads_in_pinned_qwentts_wheel(converted, model_type, quant, tmp_path):
             )
         except binding.QwenTTSError as e:
             assert "no audio" in str(e) or "codebooks" in str(e) or str(e) == "", e
-        from q3tts.verify.gguf_parity import read_dump
+        from q3tts.verify.engines.gguf import read_dump
 
         ids = read_dump(dump / "prompt-ids.bin").astype(int).tolist()
-        from q3tts.verify.fixtures import SPECIAL_TOKENS
+        from q3tts.verify.fixtures.writer import SPECIAL_TOKENS
 
         assert ids[0] == SPECIAL_TOKENS["<|im_start|>"] and len(ids) < 20  # one id, not spelled out as text
     finally:
@@ -163,7 +163,7 @@ def test_gguf_parity_prompt_ids_identical(converted, load_standalone, model_type
     pytest.importorskip(
         "qwentts_cpp_cpu", reason="qwentts.cpp binding not installed: pip install 'qwen3-tts-standalone[peers]'"
     )
-    from q3tts.verify.gguf_parity import gguf_parity
+    from q3tts.verify.engines.gguf import gguf_parity
 
     r = gguf_parity(
         None,
@@ -192,7 +192,7 @@ def test_clean_conversion_passes_audit_and_stages(converted, load_standalone, ch
     pytest.importorskip(
         "qwentts_cpp_cpu", reason="qwentts.cpp binding not installed: pip install 'qwen3-tts-standalone[peers]'"
     )
-    from q3tts.verify.gguf_faults import detect
+    from q3tts.verify.engines.gguf_faults import detect
 
     r = detect(
         load_standalone("custom_voice"),
@@ -217,7 +217,7 @@ def test_planted_conversion_fault_is_caught_and_named(checkpoints, load_standalo
     pytest.importorskip(
         "qwentts_cpp_cpu", reason="qwentts.cpp binding not installed: pip install 'qwen3-tts-standalone[peers]'"
     )
-    from q3tts.verify.gguf_faults import detect, plant
+    from q3tts.verify.engines.gguf_faults import detect, plant
 
     up = checkpoints["custom_voice"][0]
     d = plant(fault, up, tmp_path / fault)

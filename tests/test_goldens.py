@@ -1,5 +1,5 @@
 """The standalone model against outputs recorded from upstream qwen-tts (tests/golden/): parity
-without the reference stack. Regenerate with `python -m q3tts.verify.goldens` (reference
+without the reference stack. Regenerate with `python -m q3tts.verify.fixtures.goldens` (reference
 environment); the reference tier checks that the committed goldens are current."""
 
 from __future__ import annotations
@@ -12,15 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from q3tts.verify.fixtures import (
-    MODEL_TYPES,
-    SUITE_SEEDS,
-    TensorSpecError,
-    record_tensor_specs,
-    write_upstream_checkpoint,
-)
-from q3tts.verify.golden_probes import GENERATION_CASES, MIN_FRAMES, StandaloneSide, run_generation_case, run_probes
-from q3tts.verify.goldens import (
+from q3tts.verify.fixtures.goldens import (
     ATOL,
     CROSS_CPU_AUDIO_ATOL,
     SPECS_FILE,
@@ -32,6 +24,20 @@ from q3tts.verify.goldens import (
     record_goldens,
     records_for_this_cpu,
     stale_records,
+)
+from q3tts.verify.fixtures.probes import (
+    GENERATION_CASES,
+    MIN_FRAMES,
+    StandaloneSide,
+    run_generation_case,
+    run_probes,
+)
+from q3tts.verify.fixtures.writer import (
+    MODEL_TYPES,
+    SUITE_SEEDS,
+    TensorSpecError,
+    record_tensor_specs,
+    write_upstream_checkpoint,
 )
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
@@ -134,7 +140,7 @@ def test_every_weight_matters_to_the_forward_and_audio_goldens(load_standalone):
     if not own_cpu:
         pytest.skip(
             f"no audio goldens recorded on this CPU family ({cpu_family()}), and at the cross-family bound a 1% "
-            "change of a late SnakeBeta goes unseen: add them with `python -m q3tts.verify.goldens --add-cpu`"
+            "change of a late SnakeBeta goes unseen: add them with `python -m q3tts.verify.fixtures.goldens --add-cpu`"
         )
     model = load_standalone("base")
     side = StandaloneSide(model)
@@ -227,4 +233,6 @@ def test_committed_goldens_are_current():
         fresh = record_goldens(tmp)
     assert set(fresh) == {SPECS_FILE, *(f"{mt}.json" for mt in MODEL_TYPES)}
     problems = stale_records(GOLDEN_DIR, fresh)
-    assert not problems, "stale goldens; regenerate with `python -m q3tts.verify.goldens`:\n" + "\n".join(problems)
+    assert not problems, "stale goldens; regenerate with `python -m q3tts.verify.fixtures.goldens`:\n" + "\n".join(
+        problems
+    )

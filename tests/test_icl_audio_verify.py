@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-import q3tts.verify.suite as suite
-from q3tts.verify.encoder_faults import ENCODER_FAULTS
-from q3tts.verify.icl_audio_parity import CASES, icl_audio_results
+import q3tts.verify.cases.suite as suite
+from q3tts.verify.cases.icl_audio import CASES, icl_audio_results
+from q3tts.verify.faults.encoder import ENCODER_FAULTS
 
 pytestmark = pytest.mark.reference  # drives upstream qwen-tts
 
@@ -89,8 +89,8 @@ def test_suite_runs_the_cases_for_base_checkpoints_only(load_models, monkeypatch
     calls = []
     for name in ("forward_results", "generation_results", "audio_results"):
         monkeypatch.setattr(suite, name, lambda *a, **k: [])
-    monkeypatch.setattr("q3tts.verify.encoder_parity.encoder_results", lambda *a, **k: [])
-    monkeypatch.setattr("q3tts.verify.icl_audio_parity.icl_audio_results", lambda *a, **k: calls.append(a) or [])
+    monkeypatch.setattr("q3tts.verify.cases.encoder.encoder_results", lambda *a, **k: [])
+    monkeypatch.setattr("q3tts.verify.cases.icl_audio.icl_audio_results", lambda *a, **k: calls.append(a) or [])
     wrapper, standalone = load_models(model_type, torch.float32)
     suite.run_suite(wrapper, standalone, model_type, torch.float32, SEEDS, FRAMES, "k")
     assert bool(calls) == expected

@@ -10,8 +10,8 @@ from safetensors.torch import load_file
 
 from q3tts.standalone.config import Qwen3TTSConfig
 from q3tts.standalone.layout import Direction, convert_tensors, plan
-from q3tts.verify.fixtures import MODEL_TYPES, tiny_config
-from q3tts.verify.released import released_config
+from q3tts.verify.fixtures.released import released_config
+from q3tts.verify.fixtures.writer import MODEL_TYPES, tiny_config
 
 # Tensor and parameter counts of the released checkpoints (upstream.md 1.4, meta instantiation).
 RELEASED_COUNTS = {
@@ -36,7 +36,7 @@ def test_plan_matches_released_tensor_and_parameter_counts(size, model_type):
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
 def test_plan_equals_upstream_state_dict(model_type):
     """Every upstream tensor name appears exactly once in the plan, with upstream's shape."""
-    from q3tts.verify.fixtures import build_upstream_modules
+    from q3tts.verify.fixtures.writer import build_upstream_modules
 
     cfg = tiny_config(model_type)
     upstream = {k: tuple(v.shape) for k, v in build_upstream_modules(cfg).state_dict().items()}

@@ -1,5 +1,5 @@
 """Each of the five official 12 Hz releases, as a tiny random-weight checkpoint that keeps every
-published file and key (verify/official/): only the widths shrink. Token ids, speakers, languages,
+published file and key (verify/fixtures/official/): only the widths shrink. Token ids, speakers, languages,
 rope settings, the generation config, the tokenizer config and the speech tokenizer's keys
 (``_frame_rate`` included) are the published ones. It converts, loads, and speaks as upstream does."""
 
@@ -13,13 +13,13 @@ import torch
 
 from q3tts.convert import convert_checkpoint
 from q3tts.standalone import Qwen3TTS
-from q3tts.verify.fixtures import (
+from q3tts.verify.fixtures.released import MODEL_REPO_FILES, OFFICIAL_DIR, RELEASES, official_file
+from q3tts.verify.fixtures.writer import (
     build_upstream_codec,
     build_upstream_modules,
     random_state_dict,
     write_text_tokenizer,
 )
-from q3tts.verify.released import MODEL_REPO_FILES, OFFICIAL_DIR, RELEASES, official_file
 
 pytestmark = pytest.mark.reference  # upstream's modules give the tensor names and shapes
 
@@ -118,7 +118,7 @@ def test_a_release_converts_and_loads_with_its_published_keys(release):
 
 def test_a_release_speaks_as_upstream(release):
     """Greedy codes for a few frames, standalone against upstream on the same directory."""
-    from q3tts.verify.forward_parity import load_upstream_wrapper
+    from q3tts.verify.cases.forward import load_upstream_wrapper
 
     (size, model_type), repo, cfg, root = release
     up = load_upstream_wrapper(root / "upstream", torch.float32)

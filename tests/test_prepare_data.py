@@ -12,7 +12,7 @@ import torch
 from click.testing import CliRunner
 
 from q3tts.standalone.cli import main as q3tts
-from q3tts.verify.forward_parity import speech_like_waveform
+from q3tts.verify.cases.forward import speech_like_waveform
 
 pytestmark = pytest.mark.reference  # drives upstream qwen-tts
 

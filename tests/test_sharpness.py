@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from q3tts.standalone import Qwen3TTS
-from q3tts.verify.forward_parity import run_forward_cases
+from q3tts.verify.cases.forward import run_forward_cases
 
 pytestmark = pytest.mark.reference  # drives upstream qwen-tts
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from q3tts.verify.forward_parity import ParityInputs, run_forward_cases
+from q3tts.verify.cases.forward import ParityInputs, run_forward_cases
 
 BRANCHES = [(b, i) for b in (1, 2, 3) for i in range(7)]
 

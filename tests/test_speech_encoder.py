@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from q3tts.verify.forward_parity import speech_like_waveform
+from q3tts.verify.cases.forward import speech_like_waveform
 
 pytestmark = pytest.mark.reference  # drives upstream qwen-tts
 

@@ -22,9 +22,9 @@ from q3tts.standalone.streaming import (
     stream_decode,
     tail_context_frames,
 )
+from q3tts.verify.cases.forward import speech_like_waveform
 from q3tts.verify.compare import STREAMING_TOLERANCES, snr_db
-from q3tts.verify.forward_parity import speech_like_waveform
-from q3tts.verify.released import released_speech_tokenizer_config
+from q3tts.verify.fixtures.released import released_speech_tokenizer_config
 
 
 def random_codes(frames: int, seed: int) -> torch.Tensor:
@@ -393,7 +393,7 @@ def test_verify_parity_streaming_cases_pass(load_models, model_type):
     """The streaming cases of the default verify-parity run: every voice mode at every chunk
     size (the stream's own and the replays, a smaller first chunk, one longer than the clip) and
     the 300-frame crossing, codes identical to upstream's, audio within the bound."""
-    from q3tts.verify.streaming_parity import CHUNK_SIZES, streaming_results
+    from q3tts.verify.cases.streaming import CHUNK_SIZES, streaming_results
 
     wrapper, model = load_models(model_type, torch.float32)
     results = streaming_results(wrapper, model, model_type, torch.float32, 0, 24, f"stream-{model_type}")
@@ -416,7 +416,7 @@ def test_verify_parity_streaming_cases_catch_too_little_context(load_models, mon
     field. Every case that decodes more than one chunk fails (the first chunk starts at frame 0
     and has nothing to miss); a single-chunk case cannot see it and passes."""
     import q3tts.standalone.streaming as streaming
-    from q3tts.verify.streaming_parity import streaming_results
+    from q3tts.verify.cases.streaming import streaming_results
 
     wrapper, model = load_models("custom_voice", torch.float32)
     derived = streaming.tail_context_frames(model.codec)
@@ -432,7 +432,7 @@ def test_verify_parity_streaming_cases_catch_an_unsplit_300_frame_chunk(load_mod
     """A planted streaming bug: chunks are not split at upstream's 300-frame boundary (the
     stream decodes as one long window). Only the crossing case can see it, and it fails."""
     import q3tts.standalone.streaming as streaming
-    from q3tts.verify.streaming_parity import streaming_results
+    from q3tts.verify.cases.streaming import streaming_results
 
     wrapper, model = load_models("custom_voice", torch.float32)
     monkeypatch.setattr(streaming, "UPSTREAM_CHUNK_FRAMES", 10**6)
@@ -448,7 +448,7 @@ def test_verify_parity_runs_the_streaming_cases_by_default(monkeypatch):
     from click.testing import CliRunner
 
     from q3tts.verify import cli
-    from q3tts.verify.suite import run_suite
+    from q3tts.verify.cases.suite import run_suite
 
     assert inspect.signature(run_suite).parameters["streaming"].default is False
     calls = []

@@ -63,7 +63,7 @@ def test_synthesize_writes_upstreams_audio_without_transformers(checkpoints, loa
 
 
 def test_synthesize_clone_and_design_modes(checkpoints, tmp_path):
-    from q3tts.verify.forward_parity import speech_like_waveform
+    from q3tts.verify.cases.forward import speech_like_waveform
 
     ref = tmp_path / "ref.wav"
     sf.write(str(ref), speech_like_waveform(1), 24000)

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from q3tts.standalone.text import TextTokenizer, uses_mistral_regex
-from q3tts.verify.fixtures import write_text_tokenizer
-from q3tts.verify.forward_parity import speech_like_waveform
+from q3tts.verify.cases.forward import speech_like_waveform
+from q3tts.verify.fixtures.writer import write_text_tokenizer
 
 TEXTS = [
     "Hello world, 123!",

@@ -13,9 +13,8 @@ from q3tts.standalone.training import (
     collate,
     training_forward,
 )
-from q3tts.verify.forward_parity import load_upstream, speech_like_waveform
-from q3tts.verify.training_faults import TRAINING_FAULTS
-from q3tts.verify.training_parity import (
+from q3tts.verify.cases.forward import load_upstream, speech_like_waveform
+from q3tts.verify.cases.training import (
     greedy_generate_recorded,
     make_items,
     run_consistency_check,
@@ -23,6 +22,7 @@ from q3tts.verify.training_parity import (
     standalone_speaker_embedding,
     write_training_fixture,
 )
+from q3tts.verify.faults.training import TRAINING_FAULTS
 
 pytestmark = pytest.mark.reference  # drives upstream qwen-tts
 

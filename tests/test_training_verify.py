@@ -9,9 +9,9 @@ import json
 import pytest
 from click.testing import CliRunner
 
-import q3tts.verify.training_faults as training_faults
+import q3tts.verify.faults.training as training_faults
 from q3tts.verify.cli import main as verify_cli
-from q3tts.verify.training_faults import TRAINING_FAULTS, TrainingFault
+from q3tts.verify.faults.training import TRAINING_FAULTS, TrainingFault
 
 pytestmark = pytest.mark.reference  # drives upstream qwen-tts
 

@@ -4,7 +4,7 @@ Hypothesis builds configs with upstream's own ``Qwen3TTSConfig`` (random values,
 out so that class defaults apply), and the fields the runtime uses must come out the same from
 our reader, both on the dict as given and on what upstream's class writes back (``to_dict``, the
 body of the config.json save_pretrained writes). The published files of the five official models
-(verify/official/) are read the same way.
+(verify/fixtures/official/) are read the same way.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from q3tts.standalone.codec import CodecConfig
 from q3tts.standalone.config import ConfigError, Qwen3TTSConfig
 from q3tts.standalone.speech_encoder import SpeechEncoderConfig, mimi_frame_rate
-from q3tts.verify.released import RELEASES, TOKENIZER_REPO, official_file
+from q3tts.verify.fixtures.released import RELEASES, TOKENIZER_REPO, official_file
 
 pytestmark = pytest.mark.reference  # upstream's config classes are the reference
 
@@ -260,7 +260,7 @@ def test_a_config_upstream_cannot_run_is_refused_in_one_line(edit, message):
     attribute, a KeyError in the attention, None arithmetic); ours refuses it with the field's name."""
     import torch
 
-    from q3tts.verify.fixtures import build_upstream_modules, tiny_config
+    from q3tts.verify.fixtures.writer import build_upstream_modules, tiny_config
 
     def run_upstream(config):
         model = build_upstream_modules(config)

@@ -16,7 +16,7 @@ from test_speech_encoder import assert_same_codes, noisy_speech
 from q3tts.convert import convert_checkpoint
 from q3tts.standalone import Qwen3TTS
 from q3tts.standalone.speech_encoder import mimi_frame_rate
-from q3tts.verify.goldens import weights_digest
+from q3tts.verify.fixtures.goldens import weights_digest
 
 pytestmark = pytest.mark.reference  # upstream's config and model classes write the files
 
@@ -81,7 +81,7 @@ def test_upstream_refuses_the_base_config_it_saves_and_the_standalone_reads_it(c
     converts the directory as saved, with no edit, to the same checkpoint."""
     from qwen_tts.core.models.configuration_qwen3_tts import Qwen3TTSConfig as UpstreamConfig
 
-    from q3tts.verify.fixtures import build_upstream_modules, drop_unloadable_speaker_model_type, tiny_config
+    from q3tts.verify.fixtures.writer import build_upstream_modules, drop_unloadable_speaker_model_type, tiny_config
 
     saved = tmp_path / "saved"
     build_upstream_modules(tiny_config("base")).save_pretrained(str(saved))

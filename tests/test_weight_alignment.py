@@ -39,7 +39,7 @@ def test_the_reader_aligns_whatever_the_file_offsets(checkpoints):
 def test_upstream_is_compared_with_aligned_weights(checkpoints):
     from qwen_tts import Qwen3TTSModel
 
-    from q3tts.verify.forward_parity import align_weights, load_upstream_wrapper
+    from q3tts.verify.cases.forward import align_weights, load_upstream_wrapper
 
     plain = Qwen3TTSModel.from_pretrained(str(checkpoints["base"][0]), dtype=torch.float32).model
     before = {n: t.clone() for n, t in plain.state_dict().items()}

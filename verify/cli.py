@@ -10,6 +10,8 @@ from pathlib import Path
 
 import click
 
+from q3tts.verify.checkpoints import checkpoint_pairs
+
 DTYPE_CHOICES = ("fp32", "bf16")
 
 
@@ -166,8 +168,8 @@ def main(
         if compile_prefill and not fast:
             raise click.BadParameter("measures the fast path: use it with --fast", param_hint="--compile-prefill")
         if mixed:
-            from .console import Progress
-            from .mixed_parity import run_mixed_cli
+            from q3tts.verify.cases.mixed import run_mixed_cli
+            from q3tts.verify.report.console import Progress
 
             ok = run_mixed_cli(src, standalone_dir, seed_list, frames, Path(report_dir), Progress())
         elif engine:
@@ -188,7 +190,7 @@ def main(
             names = [n.strip() for n in fault_names.split(",") if n.strip()] if fault_names else None
             ok = run_self_test(Path(report_dir), dtypes or DTYPE_CHOICES, names)
         elif against:
-            from .gate import run_gate
+            from q3tts.verify.gate.release import run_gate
 
             passthrough = [*dtypes_args(dtypes), "--seeds", seeds] + (["--frames", str(frames)] if frames else [])
             sys.exit(
@@ -220,7 +222,7 @@ def main(
     except Exception as e:  # one line unless --debug
         # The gate reads error.json to tell upstream breakage from a crash of ours.
         if not (self_test or against or engine or fast or mixed):
-            from .gate_outcome import write_error
+            from q3tts.verify.gate.outcome import write_error
 
             write_error(Path(report_dir), e, STAGE["stage"], STAGE.get("fixtures"))
         if debug:
@@ -235,17 +237,17 @@ def run_fast(
 ) -> bool:
     engine_options = {"compile_prefill": True} if compile_prefill else None
     if self_test:
-        from .fast_selftest import run_fast_self_test
+        from q3tts.verify.faults.fast_selftest import run_fast_self_test
 
         names = [n.strip() for n in fault_names.split(",") if n.strip()] if fault_names else None
         return run_fast_self_test(report_dir, dtype_names, names, engine_options=engine_options)
-    from .fast_parity import run_fast_cli
+    from q3tts.verify.cases.fast import run_fast_cli
 
     return run_fast_cli(src, standalone_dir, dtype_names, seeds, frames, report_dir, engine_options=engine_options)
 
 
 def _run_engine(engine, src, gguf_dir, quant, frames, report_dir: Path, self_test: bool) -> bool:
-    from .engine_parity import run_engine, run_engine_self_test
+    from q3tts.verify.engines.parity import run_engine, run_engine_self_test
 
     if gguf_dir and src is None:
         raise click.BadParameter("--gguf needs SRC, the checkpoint it was converted from", param_hint="--gguf")
@@ -276,16 +278,16 @@ def run(
     streaming: bool = True,
     training: bool = False,
 ) -> bool:
-    from .console import Progress, UpstreamOutput, maybe_captured
-    from .report import build_report, render_markdown, write_report
-    from .training_report import training_dtypes, training_section
+    from q3tts.verify.report.console import Progress, UpstreamOutput, maybe_captured
+    from q3tts.verify.report.parity import build_report, render_markdown, write_report
+    from q3tts.verify.report.training import training_dtypes, training_section
 
     progress = Progress(inline=not verbose)
     upstream_output = None if verbose else UpstreamOutput()
     with tempfile.TemporaryDirectory(prefix="verify-parity-") as work:
         STAGE["stage"] = "fixture"
         with maybe_captured(upstream_output):
-            pairs, frames, fixtures = _checkpoint_pairs(src, standalone_dir, frames, Path(work), progress)
+            pairs, frames, fixtures = checkpoint_pairs(src, standalone_dir, frames, Path(work), progress)
         STAGE["fixtures"] = fixtures
         runs = []
         for name, source, up, st in pairs:
@@ -334,36 +336,6 @@ def run(
         return report["verdict"] == "PASS"
 
 
-def _checkpoint_pairs(src, standalone_dir, frames, work: Path, progress):
-    """(name, source, upstream dir, standalone dir) per checkpoint, the frames per case, and how
-    the fixtures were written (None for SRC)."""
-    from q3tts.convert import convert_checkpoint
-    from q3tts.standalone.model import resolve_checkpoint_dir
-
-    from .fixtures import MODEL_TYPES
-    from .gate_outcome import write_fixture
-
-    pairs = []
-    if src is None:
-        progress.line("no SRC: building tiny random checkpoints of base, custom_voice and voice_design")
-        fixtures = {}
-        for i, mt in enumerate(MODEL_TYPES):
-            up, fixtures[mt] = write_fixture(work / f"upstream-{mt}", mt, seed=10 + i)
-            st = work / f"standalone-{mt}"
-            convert_checkpoint(up, st)
-            pairs.append((f"tiny-{mt}", "fixture", up, st))
-        for note in dict.fromkeys(f["note"] for f in fixtures.values() if f["note"]):
-            progress.line(f"{', '.join(mt for mt, f in fixtures.items() if f['note'] == note)}: {note}")
-        return pairs, frames or 24, fixtures
-    up = resolve_checkpoint_dir(src)
-    st = Path(standalone_dir) if standalone_dir else work / "standalone"
-    if not standalone_dir:
-        progress.line(f"converting {up}")
-        convert_checkpoint(up, st)
-    pairs.append((Path(str(src)).name, str(src), up, st))
-    return pairs, frames or 6, None
-
-
 def _run_one(
     name, source, up, st, dn, seeds, frames, generation, sensitivity, progress, upstream_output, streaming=True
 ) -> dict:
@@ -371,12 +343,11 @@ def _run_one(
     import torch
 
     from q3tts.standalone import Qwen3TTS
-
-    from .compare import DTYPES
-    from .console import maybe_captured
-    from .forward_parity import load_upstream_wrapper
-    from .sensitivity import knob_sensitivity
-    from .suite import config_summary, run_suite
+    from q3tts.verify.cases.forward import load_upstream_wrapper
+    from q3tts.verify.cases.suite import config_summary, run_suite
+    from q3tts.verify.compare import DTYPES
+    from q3tts.verify.faults.sensitivity import knob_sensitivity
+    from q3tts.verify.report.console import maybe_captured
 
     dtype = DTYPES[dn]
     progress.start(f"{name} / {dn}")
@@ -436,14 +407,13 @@ def run_self_test(report_dir: Path, dtype_names=("fp32",), fault_names: list[str
 
     from q3tts.convert import convert_checkpoint
     from q3tts.standalone import Qwen3TTS
-
-    from .compare import DTYPES
-    from .encoder_faults import ENCODER_FAULTS
-    from .faults import CATALOGUE, forward_is_bit_identical, run_fault
-    from .fixtures import MODEL_TYPES, write_upstream_checkpoint
-    from .forward_parity import load_upstream_wrapper
-    from .training_faults import TRAINING_FAULTS
-    from .training_report import training_fault_rows
+    from q3tts.verify.cases.forward import load_upstream_wrapper
+    from q3tts.verify.compare import DTYPES
+    from q3tts.verify.faults.catalogue import CATALOGUE, forward_is_bit_identical, run_fault
+    from q3tts.verify.faults.encoder import ENCODER_FAULTS
+    from q3tts.verify.faults.training import TRAINING_FAULTS
+    from q3tts.verify.fixtures.writer import MODEL_TYPES, write_upstream_checkpoint
+    from q3tts.verify.report.training import training_fault_rows
 
     catalogue, encoder_faults = CATALOGUE, ENCODER_FAULTS
     if fault_names:
@@ -521,8 +491,8 @@ def _write_self_test_report(report_dir: Path, dtype_names, rows, exact_origin: d
         md.append(f"**{dn}: {sum(r.ok for r in these)} of {len(these)} planted faults caught and located.**  ")
     md += [
         "",
-        "Each fault replaces one named seam of the standalone runtime (verify/faults.py, verify/encoder_faults.py; "
-        "training faults: verify/training_faults.py, checked by the training parity and the aligned consistency "
+        "Each fault replaces one named seam of the standalone runtime (verify/faults/catalogue.py, verify/faults/encoder.py; "
+        "training faults: verify/faults/training.py, checked by the training parity and the aligned consistency "
         "check, fp32). Seeds [0], 12 frames.",
         "",
         "A fault is located at the first layer whose output differs from upstream's at all, which is exact when",
@@ -554,8 +524,8 @@ def _write_self_test_report(report_dir: Path, dtype_names, rows, exact_origin: d
 
 def _encoder_fault_row(fault, wrapper, standalone):
     """An encoder fault's result in the self-test's row type (stage = the layer it must name)."""
-    from .encoder_faults import run_encoder_fault
-    from .faults import FaultResult
+    from q3tts.verify.faults.catalogue import FaultResult
+    from q3tts.verify.faults.encoder import run_encoder_fault
 
     e = run_encoder_fault(fault, wrapper, standalone)
     return FaultResult(

@@ -52,12 +52,12 @@ TOLERANCES: dict[torch.dtype, Tolerance] = {
 # 1.63e-2 (code_predictor.group2), probes 1.1e-2, cosine >= 0.99994. In fp32 the atol dominates the bound of
 # unit-scale hidden states (bound / max abs >= 48x); every fp32 model fault still fails the forward cases
 # (reports/fast_faults.md). The small-RMS probe exists for bf16, where the eps fault hides under rounding at
-# the real activation scale (verify/suite.py).
+# the real activation scale (verify/cases/suite.py).
 FAST_TOLERANCES: dict[torch.dtype, Tolerance] = {
     torch.float32: Tolerance(atol=1e-5, rtol=1e-5, min_cosine=0.999999),
     torch.bfloat16: Tolerance(atol=0.0, rtol=5e-2, min_cosine=0.9995),
 }
-# The stepwise check (verify/fast_stepwise.py): every talker step and code-predictor group of a
+# The stepwise check (verify/cases/fast_stepwise.py): every talker step and code-predictor group of a
 # generation case through the compiled graphs, on upstream's history, against upstream's logits.
 # Errors build up over the cached keys/values of up to 24 steps, so bf16 needs more room than one
 # step. Measured (12 frames, every sampler mode): fp32 on all three fixtures (217 cases x modes) max rel
@@ -87,7 +87,7 @@ FAST_GENERATION_IDENTICAL: dict[torch.dtype, bool] = {torch.float32: True, torch
 # upstream's only where the first draw's logits are upstream's bits, i.e. when the prompt prefill is the
 # exact path's eager one. Under FastEngine(compile_prefill=True) (prefill max rel 3.9e-7 in fp32) 15 of
 # the 31 such cases differed at their first code (reports/compile-prefill/), so there they are reported,
-# not judged; the stepwise check (verify/fast_stepwise.py) still judges their decisions on upstream's
+# not judged; the stepwise check (verify/cases/fast_stepwise.py) still judges their decisions on upstream's
 # logits exactly.
 EXACT_FIRST_DRAW_MODES: tuple[str, ...] = ("top_p_boundary",)
 
@@ -103,7 +103,7 @@ AUDIO_TOLERANCES: dict[torch.dtype, tuple[float, float]] = {  # (max abs, min SN
 
 
 # Measured max |streamed - offline| (and SNR) over whole clips: the fixture codec (tests/
-# test_streaming.py) and the released-size codec (0.6B, random weights; verify/bench_streaming.py,
+# test_streaming.py) and the released-size codec (0.6B, random weights; bench/streaming.py,
 # reports/streaming-benchmark.md). Random codecs amplify rounding far more than a trained one would.
 #   dtype    codec     case                                     max abs     SNR        bound
 #   float64  tiny      chunks 1/1, 5/2, 8/4, 300; 3..310 fr.    0 (bit-identical after the float32 cast)

@@ -1,0 +1,197 @@
+"""The fault self-test in fast mode: every catalogue fault on the generation side is planted in the
+standalone model, a fast engine is compiled on the faulty model (inductor's freezing bakes weights
+and module attributes in at compile time, so it must be built under the fault), and the fast-path
+checks of verify/cases/fast.py must fail.
+
+A fast path that hides a real bug is worse than a slow one: this proves the fast checks see every
+fault the exact checks see, through the compiled graphs. Codec and speaker-encoder faults are not
+run here: decoding codes to audio and the x-vector are the same eager code in both modes with no
+fast variant, and the exact self-test's component forward cases catch them (measured: the speaker
+mel-hop fault moves the x-vector too little to change 12 frames of tiny-model codes, so only the
+encoder's own forward case sees it); likewise the speech-tokenizer encoder faults.
+
+    verify-parity --fast --self-test [--dtype fp32] [--faults NAMES]
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import click
+import torch
+
+from q3tts.standalone.fast import FastEngine
+from q3tts.verify.cases.fast import run_fast_parity
+from q3tts.verify.cases.generation import MODES
+
+# Components the fast path does not replace: the same eager code runs in both modes, and the exact
+# self-test's forward cases of that component are what catch their faults.
+OFF_FAST_PATH = ("codec", "speaker_encoder")
+
+
+@dataclass
+class FastFaultResult:
+    fault: str
+    description: str
+    component: str
+    dtype: str
+    detected: bool
+    failing: list[str]  # the failing fast checks (forward cases, teacher-forced and generation cases)
+    compile_seconds: float
+
+
+# Faults of these components live outside the compiled graphs (the decode loop, prompt building,
+# the sampler): an engine compiled on the clean model computes exactly what one compiled under the
+# fault would, so one engine per model serves all of them (saves a compile per fault).
+OUTSIDE_GRAPHS = ("generation",)
+
+
+def run_fast_fault(
+    fault,
+    wrapper,
+    standalone,
+    dtype,
+    dtype_name,
+    frames: int,
+    options,
+    engine: FastEngine | None = None,
+    engine_options: dict | None = None,
+) -> FastFaultResult:
+    """``engine``: a clean engine to reuse, only for faults in OUTSIDE_GRAPHS. ``engine_options``:
+    FastEngine keywords of the engines built here (e.g. compile_prefill)."""
+    if engine is not None and fault.component not in OUTSIDE_GRAPHS:
+        raise ValueError(f"{fault.name}: a {fault.component} fault needs an engine compiled under the fault")
+    own = engine is None
+    with fault.inject(standalone):
+        if own:
+            engine = FastEngine(standalone.talker, standalone.code_predictor, options=options, **(engine_options or {}))
+        # Every sampler regime of the exact suite: some faults only show when the talker and the code
+        # predictor sample differently (split_do_sample) or on tied top-k scores (split_top_k).
+        report = run_fast_parity(
+            wrapper, standalone, dtype, dtype_name, engine=engine, max_new_tokens=frames, modes=tuple(MODES)
+        )
+    if own:
+        torch._dynamo.reset()  # the next fault compiles a fresh engine; drop this one's graphs
+    return FastFaultResult(
+        fault.name,
+        fault.description,
+        fault.component,
+        dtype_name,
+        not report["passed"],
+        report["failing"],
+        engine.compile_seconds,
+    )
+
+
+def run_fast_self_test(
+    report_dir: Path,
+    dtype_names=("fp32",),
+    fault_names: list[str] | None = None,
+    options: dict | None = None,
+    frames: int = 12,
+    engine_options: dict | None = None,
+) -> bool:
+    from q3tts.convert import convert_checkpoint
+    from q3tts.standalone import Qwen3TTS
+    from q3tts.verify.cases.forward import load_upstream_wrapper
+    from q3tts.verify.compare import DTYPES
+    from q3tts.verify.faults.catalogue import CATALOGUE
+    from q3tts.verify.fixtures.writer import MODEL_TYPES, write_upstream_checkpoint
+
+    catalogue = [f for f in CATALOGUE if f.component not in OFF_FAST_PATH]
+    if fault_names:
+        unknown = sorted(set(fault_names) - {f.name for f in CATALOGUE})
+        if unknown:
+            raise click.BadParameter(f"unknown fault(s) {unknown}", param_hint="--faults")
+        catalogue = [f for f in catalogue if f.name in fault_names]
+    skipped = [f.name for f in CATALOGUE if f.component in OFF_FAST_PATH and (not fault_names or f.name in fault_names)]
+    rows: list[FastFaultResult] = []
+    with tempfile.TemporaryDirectory(prefix="verify-fast-selftest-") as work:
+        work = Path(work)
+        dirs = {}
+        for i, mt in enumerate(MODEL_TYPES):
+            if any(f.model_type == mt for f in catalogue):
+                up = write_upstream_checkpoint(work / f"up-{mt}", mt, seed=10 + i)
+                convert_checkpoint(up, work / f"st-{mt}")
+                dirs[mt] = (up, work / f"st-{mt}")
+        for dn in dtype_names:
+            dtype = DTYPES[dn]
+            torch._dynamo.reset()
+            pairs = {
+                mt: (load_upstream_wrapper(up, dtype), Qwen3TTS.from_pretrained(st, dtype=dtype))
+                for mt, (up, st) in dirs.items()
+            }
+            shared: dict = {}  # model type -> clean engine, for the faults outside the graphs (run first)
+            for fault in sorted(catalogue, key=lambda f: f.component not in OUTSIDE_GRAPHS):
+                wrapper, st = pairs[fault.model_type]
+                engine = None
+                if fault.component in OUTSIDE_GRAPHS:
+                    engine = shared.get(fault.model_type) or FastEngine(
+                        st.talker, st.code_predictor, options=options, **(engine_options or {})
+                    )
+                    shared[fault.model_type] = engine
+                elif shared:
+                    shared.clear()
+                    torch._dynamo.reset()
+                r = run_fast_fault(
+                    fault, wrapper, st, dtype, dn, frames, options, engine=engine, engine_options=engine_options
+                )
+                rows.append(r)
+                click.echo(
+                    f"  {'caught' if r.detected else 'MISSED'}  {dn} {fault.name:26} {fault.description}; "
+                    f"failing: {', '.join(r.failing[:4]) or 'nothing'}{' ...' if len(r.failing) > 4 else ''}",
+                    err=False,
+                )
+    _write(report_dir, dtype_names, rows, skipped, frames, options, engine_options)
+    caught = sum(r.detected for r in rows)
+    click.echo(f"\nfast self-test: {caught}/{len(rows)} faults caught; report: {report_dir / 'fast_faults.md'}")
+    return caught == len(rows)
+
+
+def _write(report_dir: Path, dtype_names, rows, skipped, frames, options, engine_options: dict | None = None) -> None:
+    report_dir.mkdir(parents=True, exist_ok=True)
+    (report_dir / "fast_faults.json").write_text(json.dumps([asdict(r) for r in rows], indent=2) + "\n")
+    md = ["# Fault-injection self-test in fast mode", ""]
+    for dn in dtype_names:
+        these = [r for r in rows if r.dtype == dn]
+        md.append(
+            f"**{dn}: {sum(r.detected for r in these)} of {len(these)} planted faults caught by the fast checks.**  "
+        )
+    md += [
+        "",
+        f"Each fault is planted (verify/faults/catalogue.py), a fast engine is compiled on the faulty model (inductor options "
+        f"{options if options is not None else 'standalone/fast.py COMPILE_OPTIONS'}), and verify/cases/fast.py's "
+        f"checks run: forward cases within the fast tolerances, teacher-forced argmax agreement, the stepwise "
+        f"check in every sampler regime (verify/cases/fast_stepwise.py: decisions on upstream's logits must equal upstream's "
+        f"codes, the compiled graphs' logits at every step within FAST_STEP_TOLERANCES; judged in every dtype), and "
+        f"(where the dtype requires identical codes) free-running generation, {frames} frames, seed 0. Faults outside "
+        f"the compiled graphs (component generation: loop, prompt, sampler) share one engine compiled on the clean model.",
+        "",
+    ]
+    if engine_options:
+        md += [
+            f"Engine options {engine_options}"
+            + (
+                ": the talker's prompt prefill is a compiled graph too, so the free-running codes of the regimes "
+                "calibrated on upstream's exact first draw (compare.EXACT_FIRST_DRAW_MODES) are reported, not "
+                "judged; their decisions are still judged by the stepwise check."
+                if engine_options.get("compile_prefill")
+                else "."
+            ),
+            "",
+        ]
+    if skipped:
+        md += [
+            f"Not run in fast mode (codec and speaker encoder: eager in both modes, no fast variant; the exact self-test's forward cases catch them): {', '.join(skipped)}.",
+            "",
+        ]
+    md += ["| fault | planted bug | component | dtype | caught | failing fast checks |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        shown = ", ".join(r.failing[:3]) + (f" (+{len(r.failing) - 3})" if len(r.failing) > 3 else "")
+        md.append(
+            f"| {r.fault} | {r.description} | {r.component} | {r.dtype} | {'yes' if r.detected else 'NO'} | {shown} |"
+        )
+    (report_dir / "fast_faults.md").write_text("\n".join(md) + "\n")
