@@ -383,64 +383,9 @@ def bench_model(
     for b in batches:
         kwargs = prompt_kwargs(cfg, b)
         run = {"batch": b, "frames_per_item": frames, "engines": {}}
-        for side, fn in engines.items():  # warm-up; for the fast engines this is the compile
-            # The engine's compile_seconds accumulates over batch sizes: keep this batch's share.
-            compiled_before = fast_models[side.split()[1]]._fast.compile_seconds if side.startswith("fast") else 0.0
-            t0 = time.perf_counter()
-            with torch.inference_mode():
-                fn(**kwargs, max_new_tokens=3)
-            info = {
-                "warmup_seconds": time.perf_counter() - t0,
-                "ms_per_frame_rounds": [],
-                "ttff_ms_rounds": [],
-                "rss_growth_mb": 0.0,
-            }
-            if side.startswith("fast"):
-                info["compile_seconds"] = fast_models[side.split()[1]]._fast.compile_seconds - compiled_before
-            run["engines"][side] = info
-            print(
-                f"[{name}] batch {b}: {side} warm-up {info['warmup_seconds']:.1f} s (load {load_average()})", flush=True
-            )
-        codes = {}
-        for r in range(rounds):
-            for side, fn in engines.items():
-                info = run["engines"][side]
-                with torch.inference_mode():
-                    t0 = time.perf_counter()
-                    torch.manual_seed(1)
-                    fn(**kwargs, max_new_tokens=2)  # prefill + the first frame
-                    info["ttff_ms_rounds"].append(1e3 * (time.perf_counter() - t0))
-                    codes[side], seconds, rss = time_generate(fn, kwargs, frames, seed=1)
-                info["ms_per_frame_rounds"].append(1e3 * seconds / frames)  # one decode step of the whole batch
-                info["rss_growth_mb"] = max(info["rss_growth_mb"], rss.growth / 2**20)
-            if gguf and b == 1:  # its binding runs one stream per call
-                _qwentts_round(run, gguf, frames, kwargs["speakers"][0])
-            print(
-                f"[{name}] batch {b} round {r}: "
-                + ", ".join(f"{s} {i['ms_per_frame_rounds'][-1]:.1f}" for s, i in run["engines"].items())
-                + f" ms/frame (load {load_average()})",
-                flush=True,
-            )
-        failed = {s: i for s, i in run["engines"].items() if not i["ms_per_frame_rounds"]}
-        if failed:  # reported, not tabulated
-            run["failed_engines"] = {s: run["engines"].pop(s).get("error", "no rounds") for s in failed}
-        for side, info in run["engines"].items():
-            ms = info["ms_per_frame_rounds"]
-            info.update(
-                ms_per_frame_median=statistics.median(ms),
-                ms_per_frame_min=min(ms),
-                ttff_ms_median=statistics.median(info["ttff_ms_rounds"]),
-                frames_per_s=1e3 * b / statistics.median(ms),
-            )
-            # qwentts.cpp builds its own prompt from text: its codes are not comparable here.
-            info["frames_agreeing_with_upstream"] = (
-                _codes_agreement(codes["upstream"], codes[side]) if side in codes and "upstream" in codes else None
-            )
-        run["exact_codes_identical"] = (
-            all(torch.equal(a, c) for a, c in zip(codes["upstream"], codes["exact"])) if "upstream" in codes else None
-        )
-        run["peak_rss_mb"] = PeakRSS.current() / 2**20
-        run["process_max_rss_mb"] = PeakRSS.process_peak_so_far() / 2**20
+        _warm_up(name, run, engines, fast_models, kwargs)
+        codes = _timed_rounds(name, run, engines, kwargs, frames, rounds, gguf)
+        _summarise_run(run, codes)
         out["runs"].append(run)
     out["load_after"] = load_average()
     single = next((r for r in out["runs"] if r["batch"] == 1), None)
@@ -452,6 +397,78 @@ def bench_model(
     del up, st, fast_models, engines
     gc.collect()
     return out
+
+
+def _warm_up(name: str, run: dict, engines: dict, fast_models: dict, kwargs: dict) -> None:
+    """One short generation per engine; for the fast engines this is the compile."""
+    for side, fn in engines.items():
+        # The engine's compile_seconds accumulates over batch sizes: keep this batch's share.
+        compiled_before = fast_models[side.split()[1]]._fast.compile_seconds if side.startswith("fast") else 0.0
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            fn(**kwargs, max_new_tokens=3)
+        info = {
+            "warmup_seconds": time.perf_counter() - t0,
+            "ms_per_frame_rounds": [],
+            "ttff_ms_rounds": [],
+            "rss_growth_mb": 0.0,
+        }
+        if side.startswith("fast"):
+            info["compile_seconds"] = fast_models[side.split()[1]]._fast.compile_seconds - compiled_before
+        run["engines"][side] = info
+        print(
+            f"[{name}] batch {run['batch']}: {side} warm-up {info['warmup_seconds']:.1f} s (load {load_average()})",
+            flush=True,
+        )
+
+
+def _timed_rounds(name: str, run: dict, engines: dict, kwargs: dict, frames: int, rounds: int, gguf) -> dict:
+    """``rounds`` timed generations per engine, interleaved; returns each engine's last codes."""
+    codes = {}
+    for r in range(rounds):
+        for side, fn in engines.items():
+            info = run["engines"][side]
+            with torch.inference_mode():
+                t0 = time.perf_counter()
+                torch.manual_seed(1)
+                fn(**kwargs, max_new_tokens=2)  # prefill + the first frame
+                info["ttff_ms_rounds"].append(1e3 * (time.perf_counter() - t0))
+                codes[side], seconds, rss = time_generate(fn, kwargs, frames, seed=1)
+            info["ms_per_frame_rounds"].append(1e3 * seconds / frames)  # one decode step of the whole batch
+            info["rss_growth_mb"] = max(info["rss_growth_mb"], rss.growth / 2**20)
+        if gguf and run["batch"] == 1:  # its binding runs one stream per call
+            _qwentts_round(run, gguf, frames, kwargs["speakers"][0])
+        print(
+            f"[{name}] batch {run['batch']} round {r}: "
+            + ", ".join(f"{s} {i['ms_per_frame_rounds'][-1]:.1f}" for s, i in run["engines"].items())
+            + f" ms/frame (load {load_average()})",
+            flush=True,
+        )
+    return codes
+
+
+def _summarise_run(run: dict, codes: dict) -> None:
+    """Medians, throughput, agreement with upstream's codes and memory of one batch size."""
+    failed = {s: i for s, i in run["engines"].items() if not i["ms_per_frame_rounds"]}
+    if failed:  # reported, not tabulated
+        run["failed_engines"] = {s: run["engines"].pop(s).get("error", "no rounds") for s in failed}
+    for side, info in run["engines"].items():
+        ms = info["ms_per_frame_rounds"]
+        info.update(
+            ms_per_frame_median=statistics.median(ms),
+            ms_per_frame_min=min(ms),
+            ttff_ms_median=statistics.median(info["ttff_ms_rounds"]),
+            frames_per_s=1e3 * run["batch"] / statistics.median(ms),
+        )
+        # qwentts.cpp builds its own prompt from text: its codes are not comparable here.
+        info["frames_agreeing_with_upstream"] = (
+            _codes_agreement(codes["upstream"], codes[side]) if side in codes and "upstream" in codes else None
+        )
+    run["exact_codes_identical"] = (
+        all(torch.equal(a, c) for a, c in zip(codes["upstream"], codes["exact"])) if "upstream" in codes else None
+    )
+    run["peak_rss_mb"] = PeakRSS.current() / 2**20
+    run["process_max_rss_mb"] = PeakRSS.process_peak_so_far() / 2**20
 
 
 def environment() -> dict:
@@ -534,6 +551,26 @@ def write_reports(results: dict, out_dir: Path) -> None:
         "load before / after |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    lines += _table_rows(results)
+    lines += [
+        "",
+        "ms/frame: wall time of one decode step of the whole batch (prefill included, amortised over the frames). "
+        "First frame: a generate() call that stops after one frame (prefill + one code-predictor frame + one talker "
+        "step). Warm-up: the first call (max_new_tokens=3); for fast engines it includes torch.compile, whose share is "
+        "in parentheses (first use of each graph). 'frames = upstream': fraction of frames whose codes (all groups) equal "
+        "upstream's (fp32) at the same index (the exact path must be 100%; the fast path is not bit-identical, so sampled "
+        "runs drift apart after the first differing code). The floor for a tiny model is microseconds and says nothing. "
+        f"RSS growth: peak RSS during the timed runs over the RSS before them ({results.get('rss_method', 'sampled')}).",
+        "",
+    ]
+    lines += _run_notes(results)
+    if results.get("peers"):
+        lines += ["", f"Peers: {results['peers']}"]
+    (out_dir / "benchmark.md").write_text("\n".join(lines) + "\n")
+
+
+def _table_rows(results: dict) -> list[str]:
+    lines = []
     for m in results["models"]:
         for r in m["runs"]:
             for side, i in r["engines"].items():
@@ -549,17 +586,12 @@ def write_reports(results: dict, out_dir: Path) -> None:
                     f"| {'-' if i['frames_agreeing_with_upstream'] is None else format(i['frames_agreeing_with_upstream'], '.0%')} "
                     f"| {m['load_before']} / {m['load_after']} |"
                 )
-    lines += [
-        "",
-        "ms/frame: wall time of one decode step of the whole batch (prefill included, amortised over the frames). "
-        "First frame: a generate() call that stops after one frame (prefill + one code-predictor frame + one talker "
-        "step). Warm-up: the first call (max_new_tokens=3); for fast engines it includes torch.compile, whose share is "
-        "in parentheses (first use of each graph). 'frames = upstream': fraction of frames whose codes (all groups) equal "
-        "upstream's (fp32) at the same index (the exact path must be 100%; the fast path is not bit-identical, so sampled "
-        "runs drift apart after the first differing code). The floor for a tiny model is microseconds and says nothing. "
-        f"RSS growth: peak RSS during the timed runs over the RSS before them ({results.get('rss_method', 'sampled')}).",
-        "",
-    ]
+    return lines
+
+
+def _run_notes(results: dict) -> list[str]:
+    """Per-run lines under the table: batch scaling, failures, the peer's own timing, exactness, memory."""
+    lines = []
     for m in results["models"]:
         for r in m["runs"]:
             if "aggregate_over_single" in r:
@@ -583,9 +615,7 @@ def write_reports(results: dict, out_dir: Path) -> None:
                 f"process RSS after the runs {r['peak_rss_mb']:.0f} MB"
                 + (f", process peak RSS so far {r['process_max_rss_mb']:.0f} MB" if "process_max_rss_mb" in r else "")
             )
-    if results.get("peers"):
-        lines += ["", f"Peers: {results['peers']}"]
-    (out_dir / "benchmark.md").write_text("\n".join(lines) + "\n")
+    return lines
 
 
 def merge_reports(paths: list[Path], out_dir: Path) -> None:
@@ -662,7 +692,7 @@ def compile_start(size: str, fast_dtypes: tuple[str, ...], options: dict | None)
     return out
 
 
-def main(argv=None) -> None:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="tiny,0.6B")
     ap.add_argument("--frames", type=int, default=16)
@@ -720,7 +750,11 @@ def main(argv=None) -> None:
         metavar="SIZE",
         help="only time the fast engines' compile at SIZE in a fresh process (appends to --out/compile-times.jsonl)",
     )
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None) -> None:
+    args = _parser().parse_args(argv)
     if args.rss_interval <= 0:
         raise SystemExit(f"--rss-interval must be > 0, got {args.rss_interval}")
     if args.compile_start:
@@ -736,14 +770,20 @@ def main(argv=None) -> None:
         return
     torch.set_num_threads(args.threads)
     PeakRSS.interval = args.rss_interval
+    run_benchmark(args)
 
-    def bandwidth() -> dict:
-        bw = measure_read_bandwidth(threads=args.threads)
-        bw["load"] = load_average()
-        print(f"read bandwidth {bw['bytes_per_s'] / 1e9:.1f} GB/s ({bw['method']}; load {bw['load']})", flush=True)
-        return bw
 
-    first = bandwidth()
+def _bandwidth(threads: int) -> dict:
+    bw = measure_read_bandwidth(threads=threads)
+    bw["load"] = load_average()
+    print(f"read bandwidth {bw['bytes_per_s'] / 1e9:.1f} GB/s ({bw['method']}; load {bw['load']})", flush=True)
+    return bw
+
+
+def run_benchmark(args) -> None:
+    """Every model of --sizes, the read bandwidth measured before and after each; reports rewritten
+    after each model (a long run keeps what it measured)."""
+    first = _bandwidth(args.threads)
     bw = {k: first[k] for k in ("method", "threads", "buffer_bytes")}
     bw["measurements"] = [{"bytes_per_s": first["bytes_per_s"], "load": first["load"]}]
     if args.reference_bandwidth_gbs:
@@ -783,7 +823,7 @@ def main(argv=None) -> None:
                 upstream=not args.no_upstream,
             )
         )
-        again = bandwidth()
+        again = _bandwidth(args.threads)
         bw["measurements"].append({"bytes_per_s": again["bytes_per_s"], "load": again["load"]})
         write_reports(results, Path(args.out))
     print(f"wrote {args.out}/benchmark.md and benchmark.json")

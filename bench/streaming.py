@@ -71,9 +71,8 @@ def _time_to_first_audio(model, kw: dict, chunk: int, first: int, seed: int) -> 
     return seconds
 
 
-def bench_dtype(
-    st: Path, dtype: torch.dtype, frames: int, chunk: int, first: int, seed: int = 0, fast: bool = False
-) -> dict:
+def _load(st: Path, dtype: torch.dtype, fast: bool):
+    """(model, load seconds, compile seconds, compile-cache hits)."""
     from torch._dynamo.utils import counters
 
     t0 = time.perf_counter()
@@ -83,8 +82,27 @@ def bench_dtype(
     t0 = time.perf_counter()
     if fast:  # every graph compiled (or loaded from the compile cache) before the first request
         model.compile_fast(warm_up=(1,))
-    t_compile = time.perf_counter() - t0
-    cache_hits = counters["inductor"]["fxgraph_cache_hit"] - hits
+    return model, t_load, time.perf_counter() - t0, counters["inductor"]["fxgraph_cache_hit"] - hits
+
+
+def _timed_stream(model, kw: dict, chunk: int, first: int, seed: int) -> tuple[float | None, float, list]:
+    """(seconds to the first audio, seconds for the whole stream, the chunks)."""
+    torch.manual_seed(seed)
+    t0 = time.perf_counter()
+    t_first, parts = None, []
+    for audio in model.stream_custom_voice(**kw, chunk_frames=chunk, first_chunk_frames=first):
+        if t_first is None:
+            t_first = time.perf_counter() - t0
+        parts.append(audio)
+    return t_first, time.perf_counter() - t0, parts
+
+
+def bench_dtype(
+    st: Path, dtype: torch.dtype, frames: int, chunk: int, first: int, seed: int = 0, fast: bool = False
+) -> dict:
+    from torch._dynamo.utils import counters
+
+    model, t_load, t_compile, cache_hits = _load(st, dtype, fast)
     t0 = time.perf_counter()
     speaker = model.get_supported_speakers()[0]
     kw = dict(
@@ -105,15 +123,7 @@ def bench_dtype(
     n = int(codes.shape[0])
     # One first-chunk decode on its own (the goal's decode term), at the first chunk and at one frame.
     t_first_decode, t_first_decode_1 = (_first_chunk_decode(model.codec, codes, chunk, f) for f in (first, 1))
-    # Streaming, same seed: the same codes.
-    torch.manual_seed(seed)
-    t0 = time.perf_counter()
-    t_first, parts = None, []
-    for audio in model.stream_custom_voice(**kw, chunk_frames=chunk, first_chunk_frames=first):
-        if t_first is None:
-            t_first = time.perf_counter() - t0
-        parts.append(audio)
-    t_stream = time.perf_counter() - t0
+    t_first, t_stream, parts = _timed_stream(model, kw, chunk, first, seed)  # same seed: the same codes
     # The smallest first chunk (one frame): the stream is closed after its audio.
     t_first_1 = _time_to_first_audio(model, kw, chunk, 1, seed)
     streamed = np.concatenate(parts).astype(np.float64)

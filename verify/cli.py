@@ -6,6 +6,7 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -132,104 +133,159 @@ DTYPE_CHOICES = ("fp32", "bf16")
     "forward distances, code agreement, audio SNR (mixed-precision.md).",
 )
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def main(
-    src,
-    standalone_dir,
-    dtypes,
-    seeds,
-    frames,
-    report_dir,
-    no_generation,
-    no_streaming,
-    training,
-    sensitivity,
-    against,
-    reuse_torch,
-    self_test,
-    fault_names,
-    verbose,
-    transformers_version,
-    fast,
-    compile_prefill,
-    engine,
-    quant,
-    gguf_dir,
-    mixed,
-    debug,
-) -> None:
+def main(**options) -> None:
     """Compare upstream qwen-tts and the standalone model on SRC (an upstream checkpoint directory or
     hub id). Without SRC, builds tiny random checkpoints of all three model types (the embedded
     default). Exits 0 only when every case passes."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    o = Options(**options)
+    mode = pick_mode(o)
     try:
-        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
-        if not seed_list:
-            raise click.BadParameter("at least one seed", param_hint="--seeds")
-        if compile_prefill and not fast:
-            raise click.BadParameter("measures the fast path: use it with --fast", param_hint="--compile-prefill")
-        if mixed:
-            from q3tts.verify.cases.mixed import run_mixed_cli
-            from q3tts.verify.report.console import Progress
-
-            ok = run_mixed_cli(src, standalone_dir, seed_list, frames, Path(report_dir), Progress())
-        elif engine:
-            ok = _run_engine(engine, src, gguf_dir, quant, frames, Path(report_dir), self_test)
-        elif fast:
-            ok = run_fast(
-                src,
-                standalone_dir,
-                dtypes or DTYPE_CHOICES,
-                seed_list,
-                frames,
-                Path(report_dir),
-                self_test,
-                fault_names,
-                compile_prefill,
-            )
-        elif self_test:
-            names = [n.strip() for n in fault_names.split(",") if n.strip()] if fault_names else None
-            ok = run_self_test(Path(report_dir), dtypes or DTYPE_CHOICES, names)
-        elif against:
-            from q3tts.verify.gate.release import run_gate
-
-            passthrough = [*dtypes_args(dtypes), "--seeds", seeds] + (["--frames", str(frames)] if frames else [])
-            sys.exit(
-                run_gate(
-                    against,
-                    Path(report_dir),
-                    transformers=transformers_version,
-                    reuse_torch=reuse_torch,
-                    extra_args=passthrough + (["--verbose"] if verbose else []),
-                )
-            )
-        else:
-            measure = (src is None) if sensitivity is None else sensitivity
-            ok = run(
-                src,
-                standalone_dir,
-                dtypes or DTYPE_CHOICES,
-                seed_list,
-                frames,
-                Path(report_dir),
-                not no_generation,
-                sensitivity=measure and not no_generation,
-                verbose=verbose,
-                streaming=not no_streaming and not no_generation,
-                training=training,
-            )
+        o.check()
+        ok = MODES[mode](o)
     except click.ClickException:
         raise
     except Exception as e:  # one line unless --debug
         # The gate reads error.json to tell upstream breakage from a crash of ours.
-        if not (self_test or against or engine or fast or mixed):
+        if mode == "parity":
             from q3tts.verify.gate.outcome import write_error
 
-            write_error(Path(report_dir), e, STAGE["stage"], STAGE.get("fixtures"))
-        if debug:
+            write_error(Path(o.report_dir), e, STAGE["stage"], STAGE.get("fixtures"))
+        if o.debug:
             raise
         click.echo(f"verify-parity: error: {type(e).__name__}: {e}", err=True)
         sys.exit(2)
     sys.exit(0 if ok else 1)
+
+
+@dataclass(frozen=True)
+class Options:
+    """verify-parity's options, as click parses them."""
+
+    src: str | None
+    standalone_dir: str | None
+    dtypes: tuple[str, ...]
+    seeds: str
+    frames: int | None
+    report_dir: str
+    no_generation: bool
+    no_streaming: bool
+    training: bool
+    sensitivity: bool | None
+    against: str | None
+    reuse_torch: bool
+    self_test: bool
+    fault_names: str | None
+    verbose: bool
+    transformers_version: str | None
+    fast: bool
+    compile_prefill: bool
+    engine: str | None
+    quant: str | None
+    gguf_dir: str | None
+    mixed: bool
+    debug: bool
+
+    @property
+    def seed_list(self) -> list[int]:
+        return [int(s) for s in self.seeds.split(",") if s.strip()]
+
+    @property
+    def dtype_list(self) -> tuple[str, ...]:
+        return self.dtypes or DTYPE_CHOICES
+
+    def check(self) -> None:
+        if not self.seed_list:
+            raise click.BadParameter("at least one seed", param_hint="--seeds")
+        if self.compile_prefill and not self.fast:
+            raise click.BadParameter("measures the fast path: use it with --fast", param_hint="--compile-prefill")
+
+
+def pick_mode(o: Options) -> str:
+    """The one mode a command line asks for, in this order of precedence."""
+    if o.mixed:
+        return "mixed"
+    if o.engine:
+        return "engine"
+    if o.fast:
+        return "fast"
+    if o.self_test:
+        return "self_test"
+    if o.against:
+        return "gate"
+    return "parity"
+
+
+def _mode_mixed(o: Options) -> bool:
+    from q3tts.verify.cases.mixed import run_mixed_cli
+    from q3tts.verify.report.console import Progress
+
+    return run_mixed_cli(o.src, o.standalone_dir, o.seed_list, o.frames, Path(o.report_dir), Progress())
+
+
+def _mode_engine(o: Options) -> bool:
+    return _run_engine(o.engine, o.src, o.gguf_dir, o.quant, o.frames, Path(o.report_dir), o.self_test)
+
+
+def _mode_fast(o: Options) -> bool:
+    return run_fast(
+        o.src,
+        o.standalone_dir,
+        o.dtype_list,
+        o.seed_list,
+        o.frames,
+        Path(o.report_dir),
+        o.self_test,
+        o.fault_names,
+        o.compile_prefill,
+    )
+
+
+def _mode_self_test(o: Options) -> bool:
+    names = [n.strip() for n in o.fault_names.split(",") if n.strip()] if o.fault_names else None
+    return run_self_test(Path(o.report_dir), o.dtype_list, names)
+
+
+def _mode_gate(o: Options) -> bool:
+    from q3tts.verify.gate.release import run_gate
+
+    passthrough = [*dtypes_args(o.dtypes), "--seeds", o.seeds] + (["--frames", str(o.frames)] if o.frames else [])
+    sys.exit(
+        run_gate(
+            o.against,
+            Path(o.report_dir),
+            transformers=o.transformers_version,
+            reuse_torch=o.reuse_torch,
+            extra_args=passthrough + (["--verbose"] if o.verbose else []),
+        )
+    )
+
+
+def _mode_parity(o: Options) -> bool:
+    measure = (o.src is None) if o.sensitivity is None else o.sensitivity
+    return run(
+        o.src,
+        o.standalone_dir,
+        o.dtype_list,
+        o.seed_list,
+        o.frames,
+        Path(o.report_dir),
+        not o.no_generation,
+        sensitivity=measure and not o.no_generation,
+        verbose=o.verbose,
+        streaming=not o.no_streaming and not o.no_generation,
+        training=o.training,
+    )
+
+
+MODES = {
+    "mixed": _mode_mixed,
+    "engine": _mode_engine,
+    "fast": _mode_fast,
+    "self_test": _mode_self_test,
+    "gate": _mode_gate,
+    "parity": _mode_parity,
+}
 
 
 def run_fast(

@@ -1,5 +1,5 @@
-"""The project's import graph: no circles, no private name imported across modules, and the
-packages depend one way (standalone <- convert <- verify <- bench).
+"""The code's shape: the import graph has no circles, no private name is imported across modules,
+packages depend one way (standalone <- convert <- verify <- bench), and no function is over 80 lines.
 
 Every import statement counts, the ones inside functions too: a deferred import hides a circle
 from the interpreter, not from the reader.
@@ -148,3 +148,29 @@ def test_packages_depend_one_way(package):
         if not any(target == p or target.startswith(p + ".") for p in MAY_IMPORT[package])
     ]
     assert wrong == []
+
+
+# --- function length ---------------------------------------------------------------------------
+
+MAX_FUNCTION_LINES = 80
+
+
+def long_functions(paths, root: Path = ROOT) -> list[str]:
+    out = []
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    out.append(f"{path.relative_to(root)}:{node.lineno} {node.name} ({lines} lines)")
+    return out
+
+
+def test_no_function_over_80_lines():
+    assert long_functions([*MODULES.values(), *(ROOT / "tests").rglob("*.py")]) == []
+
+
+def test_the_length_check_sees_a_long_function(tmp_path):
+    body = "".join(f"    x{i} = {i}\n" for i in range(MAX_FUNCTION_LINES))
+    (tmp_path / "long.py").write_text(f"def long():\n{body}")
+    assert long_functions([tmp_path / "long.py"], root=tmp_path) == ["long.py:1 long (81 lines)"]
