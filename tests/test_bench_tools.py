@@ -56,7 +56,7 @@ def test_timers_count_only_while_active():
 @pytest.mark.parametrize(
     ("module", "argv", "name"),
     [
-        ("bench_generation", ["--rss-interval", "0"], "--rss-interval"),
+        ("generation", ["--rss-interval", "0"], "--rss-interval"),
         ("profile_frame", ["--fast-dtypes", "fp16"], "--fast-dtypes"),
         ("profile_frame", ["--frames", "1"], "--frames"),
     ],
@@ -64,7 +64,7 @@ def test_timers_count_only_while_active():
 def test_bad_arguments_name_the_argument(module, argv, name, capsys):
     import importlib
 
-    main = importlib.import_module(f"q3tts.verify.{module}").main
+    main = importlib.import_module(f"q3tts.bench.{module}").main
     with pytest.raises(SystemExit) as exc:
         main(argv)
     assert exc.value.code not in (0, None)

@@ -206,7 +206,7 @@ def test_fixture_factory_falls_back_to_the_recorded_specs_with_the_same_bytes(tm
     the checkpoint is written from the recorded specs: the same files, so the loader decides."""
     from safetensors.torch import load_file
 
-    from q3tts.verify import fixtures
+    from q3tts.verify.fixtures import writer as fixtures
     from q3tts.verify.gate.outcome import SPECS_ENV, write_fixture
 
     reference, how = write_fixture(tmp_path / "normal", "base", seed=10)

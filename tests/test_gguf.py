@@ -181,7 +181,7 @@ def test_gguf_parity_prompt_ids_identical(converted, load_standalone, model_type
 def test_gguf_parity_without_binding_says_how_to_install(monkeypatch):
     import sys
 
-    from q3tts.verify import gguf_parity
+    from q3tts.verify.engines import gguf as gguf_parity
 
     monkeypatch.setitem(sys.modules, "qwentts_cpp_cpu", None)
     with pytest.raises(gguf_parity.GGUFEngineUnavailable, match="pip install"):

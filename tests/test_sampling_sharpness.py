@@ -17,8 +17,8 @@ import torch
 import q3tts.standalone.generation as gen_mod
 import q3tts.standalone.model as model_mod
 from q3tts.standalone import Qwen3TTS
-from q3tts.verify import faults
 from q3tts.verify.cases.suite import generation_results
+from q3tts.verify.faults import catalogue as faults
 from q3tts.verify.faults.catalogue import CATALOGUE, SAMPLER_FAULTS, SeamError, patch_target, resolve_target
 from q3tts.verify.faults.sensitivity import PERTURBATIONS, blind_knobs, knob_sensitivity, merge_sensitivity
 from q3tts.verify.fixtures.writer import MODEL_TYPES

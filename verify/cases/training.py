@@ -77,7 +77,7 @@ def write_training_fixture(root: str | Path, seed: int = 20, num_code_groups: in
     """A tiny Base checkpoint (upstream dir, converted standalone dir) whose text width equals the
     talker width, so upstream's recipe (no text projection) can run on it, as it runs on 1.7B."""
     from q3tts.convert import convert_checkpoint
-    from q3tts.verify import fixtures as fx
+    from q3tts.verify.fixtures import writer as fx
 
     root = Path(root)
     up = root / f"upstream-train-g{num_code_groups}"
