@@ -273,3 +273,20 @@ ENGINE_STAGE_ATOL = {
     "talker-hidden-prefill-final": 1e-3,
     "talker-logits-prefill": 1e-2,
 }
+
+
+def first_divergence(ref: list[torch.Tensor], got: list[torch.Tensor]) -> tuple[int, int, int] | None:
+    """(item, frame, group) of the first differing code; a length difference counts at the
+    shorter length (group -1 when one side simply stopped earlier)."""
+    for i, (a, b) in enumerate(zip(ref, got)):
+        a, b = a.cpu(), b.cpu()
+        n = min(a.shape[0], b.shape[0])
+        diff = (a[:n] != b[:n]).nonzero()
+        if diff.numel():
+            f, g = diff[0].tolist()
+            return i, f, g
+        if a.shape[0] != b.shape[0]:
+            return i, n, -1
+    if len(ref) != len(got):
+        return min(len(ref), len(got)), 0, -1
+    return None

@@ -24,7 +24,7 @@ import torch
 from q3tts.standalone.audio import normalize_inputs
 from q3tts.verify.cases.common import CaseResult
 from q3tts.verify.cases.forward import speech_like_waveform
-from q3tts.verify.compare import DTYPE_NAMES
+from q3tts.verify.compare import DTYPE_NAMES, first_divergence
 
 COMPONENT = "speech_encoder"
 
@@ -63,21 +63,6 @@ CASES: dict[str, Callable[[Path], tuple[Any, int | None]]] = {
 }
 
 STAGE_TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 3e-2}  # max abs / max |ref| per stage
-
-
-def first_code_divergence(ref: list[torch.Tensor], got: list[torch.Tensor]) -> tuple[int, int, int] | None:
-    """First differing (item, frame, group); a length difference counts at the shorter length."""
-    for i, (r, g) in enumerate(zip(ref, got)):
-        r, g = r.cpu(), g.cpu()
-        n = min(r.shape[0], g.shape[0])
-        bad = (r[:n] != g[:n]).nonzero()
-        if bad.numel():
-            return (i, int(bad[0, 0]), int(bad[0, 1]))
-        if r.shape != g.shape:
-            return (i, n, 0)
-    if len(ref) != len(got):
-        return (min(len(ref), len(got)), 0, 0)
-    return None
 
 
 @torch.inference_mode()
@@ -145,7 +130,7 @@ def encoder_case(name: str, tokenizer, standalone, dtype: torch.dtype, workdir: 
     t1 = time.perf_counter()
     got = standalone.encode_audio(audio, sr=sr)
     t2 = time.perf_counter()
-    divergence = first_code_divergence(ref, got)
+    divergence = first_divergence(ref, got)
 
     # Localisation: the front end, then every stage on the same prepared (upstream's) batch.
     wav_ref, wav_got = _front_end(tokenizer, audio, sr)

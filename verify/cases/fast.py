@@ -39,8 +39,8 @@ from q3tts.standalone.generation import GenerateOptions, suppress_mask_for
 from q3tts.standalone.layers import mrope_positions, padding_mask
 from q3tts.standalone.sampling import SamplingParams, constrain_logits
 from q3tts.verify.cases.fast_stepwise import Stepwise, run_stepwise, upstream_logits
-from q3tts.verify.cases.forward import ParityInputs, mrope_probe_positions
-from q3tts.verify.cases.generation import MODES, CaseContext, cases_for, first_divergence, mode_kwargs
+from q3tts.verify.cases.forward import ParityInputs, talker_probe_inputs
+from q3tts.verify.cases.generation import MODES, CaseContext, cases_for, mode_kwargs, split_sides
 from q3tts.verify.compare import (
     EXACT_FIRST_DRAW_MODES,
     FAST_GENERATION_IDENTICAL,
@@ -48,6 +48,7 @@ from q3tts.verify.compare import (
     FAST_TOLERANCES,
     Comparison,
     compare,
+    first_divergence,
 )
 
 PROMPT_KEYS = (
@@ -119,25 +120,13 @@ def run_fast_forward_cases(
 
 
 def fast_talker_probes(up_t, st_t, engine: FastEngine, dtype, seed: int, tol) -> list[Comparison]:
-    """The exact suite's two talker probes (verify/cases/suite.py) through the compiled prefill and, for
-    the last position, the compiled step: three *different* M-RoPE rows (generation feeds three equal rows, so only this
-    sees the section layout), and hidden states whose mean square is ten times the RMSNorm eps
-    (where an eps bug moves the output by more than bf16's rounding; at the real scale it does not)."""
+    """The exact suite's two talker probes (cases/forward.py talker_probe_inputs) through the compiled
+    prefill and, for the last position, the compiled step."""
     tc = st_t.cfg.transformer
-    hidden_size, eps = tc.hidden_size, tc.rms_norm_eps
-    bsz, length = 2, 9
-    base = torch.arange(length).float()
-    g = torch.Generator().manual_seed(seed + 11)
-    mrope_x = torch.randn(bsz, length, hidden_size, generator=g).to(dtype)
-    mrope_pos = mrope_probe_positions(bsz, length)
-    g = torch.Generator().manual_seed(seed + 13)
-    small_x = ((10 * eps) ** 0.5 * torch.randn(bsz, length, hidden_size, generator=g)).to(dtype)
-    plain_pos = base.expand(3, bsz, length)
     out = []
-    for name, x, pos in (
-        ("fast.talker_step.mrope", mrope_x, mrope_pos),
-        ("fast.talker_step.small_rms", small_x, plain_pos),
-    ):
+    for probe, x, pos in talker_probe_inputs(tc.hidden_size, tc.rms_norm_eps, dtype, seed):
+        name = f"fast.talker_step.{probe}"
+        bsz, length = x.shape[:2]
         ref = up_t.model(inputs_embeds=x, position_ids=pos, use_cache=False).last_hidden_state[:, -1]
         last = length - 1
         cache = st_t.decoder.new_cache(tc, bsz, engine.talker_cache_len(length), x.dtype, x.device)
@@ -183,9 +172,7 @@ class Agreement:
 
 def _split(kwargs: dict) -> tuple[dict, dict, dict]:
     """A generation case's kwargs -> (upstream kwargs, standalone prompt kwargs, options)."""
-    up, st = dict(kwargs), dict(kwargs)
-    if "voice_clone_prompt" in kwargs:
-        up["voice_clone_prompt"], st["voice_clone_prompt"] = kwargs["voice_clone_prompt"]
+    up, st = split_sides(kwargs)
     prompt = {k: st.pop(k) for k in PROMPT_KEYS if k in st}
     return up, prompt, st
 

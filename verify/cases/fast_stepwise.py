@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from q3tts.standalone import sampling
-from q3tts.verify.compare import FAST_STEP_TOLERANCES, compare
+from q3tts.verify.compare import FAST_STEP_TOLERANCES, compare, first_divergence
 
 
 class _Exhausted(RuntimeError):
@@ -144,7 +144,6 @@ def run_stepwise(standalone, prompt, params, engine, seq, up_codes, case, mode, 
     """The replay run; ``seq`` from ``upstream_logits`` over upstream's seeded generate(), whose
     codes are ``up_codes``. Called through generation's module so that a patched seam is measured."""
     from q3tts.standalone import generation
-    from q3tts.verify.cases.generation import first_divergence
 
     talker_ref, cp_ref = split_steps(seq, standalone.config.talker.num_code_groups)
     result = Stepwise(case, mode, dtype_name, False, None, 0, 0)

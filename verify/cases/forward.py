@@ -64,6 +64,29 @@ def mrope_probe_positions(bsz: int, length: int) -> torch.Tensor:
     return rows.unsqueeze(1).expand(3, bsz, length)
 
 
+def talker_probe_inputs(
+    hidden_size: int, rms_norm_eps: float, dtype: torch.dtype, seed: int
+) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    """The inputs of the two talker probes, (name, hidden states, M-RoPE positions), shared by the
+    exact suite and the fast path:
+
+    - ``mrope``: three *different* M-RoPE position rows (mrope_probe_positions). Generation always
+      feeds three identical rows (which makes M-RoPE equal to 1-D RoPE), so only this probe can see
+      the section split and the interleaving.
+    - ``small_rms``: hidden states whose mean square is ten times the RMSNorm eps. Real embeddings
+      have mean squares near 1, where an eps of 1e-3 instead of 1e-6 moves the normalisation by
+      ~4e-4 relative: under bf16's 8-bit mantissa, so no other bf16 forward case can see eps. Here an
+      eps ten times too large shrinks the first layer's attention input by a quarter (sqrt(11/20)).
+    """
+    bsz, length = 2, 9
+    g = torch.Generator().manual_seed(seed + 11)
+    mrope_x = torch.randn(bsz, length, hidden_size, generator=g).to(dtype)
+    g = torch.Generator().manual_seed(seed + 13)
+    small_x = ((10 * rms_norm_eps) ** 0.5 * torch.randn(bsz, length, hidden_size, generator=g)).to(dtype)
+    plain_pos = torch.arange(length).float().expand(3, bsz, length)
+    return [("mrope", mrope_x, mrope_probe_positions(bsz, length)), ("small_rms", small_x, plain_pos)]
+
+
 def speech_like_waveform(seed: int, seconds: float = 1.0, sr: int = 24000) -> np.ndarray:
     """Deterministic harmonic tone with vibrato and a little noise, peak about 0.6.
 

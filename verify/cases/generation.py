@@ -15,6 +15,7 @@ from typing import Any, Callable
 import torch
 
 from q3tts.verify.cases.forward import speech_like_waveform
+from q3tts.verify.compare import first_divergence
 
 
 @dataclass
@@ -33,22 +34,6 @@ class CodesComparison:
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
-
-
-def first_divergence(ref: list[torch.Tensor], got: list[torch.Tensor]) -> tuple[int, int, int] | None:
-    """(item, frame, group) of the first differing code; a length difference counts at the
-    shorter length (group -1 when one side simply stopped earlier)."""
-    for i, (a, b) in enumerate(zip(ref, got)):
-        n = min(a.shape[0], b.shape[0])
-        diff = (a[:n] != b[:n]).nonzero()
-        if diff.numel():
-            f, g = diff[0].tolist()
-            return i, f, g
-        if a.shape[0] != b.shape[0]:
-            return i, n, -1
-    if len(ref) != len(got):
-        return min(len(ref), len(got)), 0, -1
-    return None
 
 
 @dataclass

@@ -33,8 +33,8 @@ import torch
 
 from q3tts.verify.cases.common import UPSTREAM_CACHE, CaseResult
 from q3tts.verify.cases.encoder import speech_clip
-from q3tts.verify.cases.generation import GREEDY, SAMPLING, first_divergence
-from q3tts.verify.compare import AUDIO_TOLERANCES, DTYPE_NAMES, audio_diff, compare
+from q3tts.verify.cases.generation import GREEDY, SAMPLING
+from q3tts.verify.compare import AUDIO_TOLERANCES, DTYPE_NAMES, audio_diff, compare, first_divergence
 
 COMPONENT = "voice_clone_from_audio"
 TEXT = "Nice to meet you, how are you today?"

@@ -32,8 +32,7 @@ import torch
 from q3tts.standalone.dtypes import SHORT_NAME
 from q3tts.standalone.streaming import UPSTREAM_CHUNK_FRAMES, stream_decode
 from q3tts.verify.cases.forward import speech_like_waveform
-from q3tts.verify.cases.generation import first_divergence
-from q3tts.verify.compare import STREAMING_TOLERANCES, snr_db
+from q3tts.verify.compare import STREAMING_TOLERANCES, first_divergence, snr_db
 
 CHUNK_SIZES: tuple[tuple[int, int], ...] = ((8, 4), (3, 2), (1, 1))  # (chunk, first chunk) in frames
 REF_FRAMES = 5

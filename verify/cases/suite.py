@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from q3tts.verify.cases.common import UPSTREAM_CACHE, CaseResult, audio_codes, upstream_audio
-from q3tts.verify.cases.forward import mrope_probe_positions, run_forward_cases
+from q3tts.verify.cases.forward import run_forward_cases, talker_probe_inputs
 from q3tts.verify.cases.generation import (
     CASES,
     MODE_KNOBS,
@@ -40,7 +40,6 @@ from q3tts.verify.cases.generation import (
     Case,
     CaseContext,
     diverging_sampler,
-    first_divergence,
     mode_kwargs,
     split_sides,
 )
@@ -51,6 +50,7 @@ from q3tts.verify.compare import (
     capture_outputs,
     compare,
     first_differing_layer,
+    first_divergence,
     first_divergent_layer,
 )
 
@@ -63,7 +63,7 @@ def forward_results(upstream, standalone, dtype, seed) -> list[CaseResult]:
     out = []
     t0 = time.perf_counter()
     comparisons = run_forward_cases(upstream, standalone, dtype, seed=seed)
-    comparisons += [mrope_case(upstream, standalone, dtype, seed), small_rms_case(upstream, standalone, dtype, seed)]
+    comparisons += talker_probe_cases(upstream, standalone, dtype, seed)
     elapsed = time.perf_counter() - t0
     for c in comparisons:
         out.append(
@@ -84,29 +84,14 @@ def forward_results(upstream, standalone, dtype, seed) -> list[CaseResult]:
     return out
 
 
-def mrope_case(upstream, standalone, dtype, seed):
-    """The talker's M-RoPE with three *different* position rows. Generation always feeds three
-    identical rows (which makes M-RoPE equal to 1-D RoPE), so only this case can see the
-    section split and the interleaving."""
-    g = torch.Generator().manual_seed(seed + 11)
+def talker_probe_cases(upstream, standalone, dtype, seed):
+    """The talker on the two probe inputs (cases/forward.py talker_probe_inputs): M-RoPE with three
+    different position rows, and hidden states near the RMSNorm eps."""
     tc = standalone.config.talker.transformer
-    bsz, length = 2, 9
-    x = torch.randn(bsz, length, tc.hidden_size, generator=g).to(dtype)
-    return _talker_probe("talker.mrope.hidden", upstream, standalone, dtype, x, mrope_probe_positions(bsz, length))
-
-
-def small_rms_case(upstream, standalone, dtype, seed):
-    """The talker on hidden states whose mean square is ten times the RMSNorm eps. Real embeddings
-    have mean squares near 1, where an eps of 1e-3 instead of 1e-6 moves the normalisation by
-    ~4e-4 relative: under bf16's 8-bit mantissa, so no other bf16 forward case can see eps. Here an
-    eps ten times too large shrinks the first layer's attention input by a quarter (sqrt(11/20))."""
-    g = torch.Generator().manual_seed(seed + 13)
-    tc = standalone.config.talker.transformer
-    bsz, length = 2, 9
-    scale = (10 * tc.rms_norm_eps) ** 0.5
-    x = (scale * torch.randn(bsz, length, tc.hidden_size, generator=g)).to(dtype)
-    pos = torch.arange(length).float().expand(3, bsz, length)
-    return _talker_probe("talker.small_rms.hidden", upstream, standalone, dtype, x, pos)
+    return [
+        _talker_probe(f"talker.{name}.hidden", upstream, standalone, dtype, x, pos)
+        for name, x, pos in talker_probe_inputs(tc.hidden_size, tc.rms_norm_eps, dtype, seed)
+    ]
 
 
 @torch.inference_mode()

@@ -25,14 +25,14 @@ from typing import Any, Callable
 
 import torch
 
-from q3tts.verify.cases.generation import CASES, first_divergence
+from q3tts.verify.cases.generation import CASES
 from q3tts.verify.cases.suite import (
     generation_case_name,
     generation_plans,
     run_standalone_generation,
     upstream_generation,
 )
-from q3tts.verify.compare import DTYPE_NAMES
+from q3tts.verify.compare import DTYPE_NAMES, first_divergence
 from q3tts.verify.faults.catalogue import (
     constrain_variant,
     generation_params_variant,
