@@ -9,7 +9,14 @@ import pytest
 import torch
 
 from q3tts.verify.cases.suite import run_suite
-from q3tts.verify.faults.catalogue import CATALOGUE, SAMPLER_FAULTS, forward_is_bit_identical, run_fault
+from q3tts.verify.faults.catalogue import (
+    CATALOGUE,
+    SAMPLER_FAULTS,
+    CleanRunError,
+    clean_run,
+    forward_is_bit_identical,
+    run_fault,
+)
 
 pytestmark = pytest.mark.reference  # drives upstream qwen-tts
 
@@ -85,3 +92,47 @@ def test_a_fault_expected_at_another_layer_is_not_located(load_models, name, dty
     wrapper, standalone = load_models(fault.model_type, dtype)
     r = run_fault(wrong, wrapper, standalone, [0], 12, f"faults-{fault.model_type}", dtype, generation=False)
     assert r.detected and r.layer_named is False, (name, r.reported_layers)
+
+
+# --- honest self-tests: a clean pass first, and a crash is not a catch -------------------------
+
+
+def _by_name(name):
+    return next(f for f in CATALOGUE if f.name == name)
+
+
+def _raises(_original, _model):
+    def replacement(*args, **kwargs):
+        raise RuntimeError("planted crash")
+
+    return replacement
+
+
+def test_a_fault_caught_against_the_clean_run_records_its_numbers(load_models):
+    fault = _by_name("temperature_after_filters")
+    wrapper, standalone = load_models(fault.model_type, torch.float32)
+    clean = clean_run(wrapper, standalone, torch.float32, [0], 12, f"faults-{fault.model_type}")
+    r = run_fault(fault, wrapper, standalone, [0], 12, f"faults-{fault.model_type}", clean=clean)
+    assert r.outcome == "caught" and r.ok and not r.crashed_cases
+    assert r.clean_cases and r.clean_cases >= len(r.failing_cases)
+    assert set(r.failing_metrics) == set(r.failing_cases)
+    assert all(m["first_divergence"] is not None for m in r.failing_metrics.values())
+
+
+def test_a_fault_that_only_raises_is_crashed_not_caught(load_models):
+    """The same seam replaced by one that raises: every generation case fails, by an exception,
+    which must not count as catching anything."""
+    fault = dataclasses.replace(_by_name("temperature_after_filters"), name="sampler_raises", make=_raises)
+    wrapper, standalone = load_models(fault.model_type, torch.float32)
+    clean = clean_run(wrapper, standalone, torch.float32, [0], 12, f"faults-{fault.model_type}")
+    r = run_fault(fault, wrapper, standalone, [0], 12, f"faults-{fault.model_type}", clean=clean)
+    assert r.outcome == "crashed" and not r.detected and not r.ok
+    assert r.crashed_cases and all(c.startswith("generation.") for c in r.crashed_cases)
+    assert r.failing_cases == []
+
+
+def test_a_self_test_refuses_a_run_that_is_not_clean(load_models):
+    fault = _by_name("swapped_qk")
+    wrapper, standalone = load_models(fault.model_type, torch.float32)
+    with fault.inject(standalone), pytest.raises(CleanRunError, match="clean run fails"):
+        clean_run(wrapper, standalone, torch.float32, [0], 12, f"faults-{fault.model_type}")

@@ -460,15 +460,12 @@ def _run_one(
 
 
 def run_self_test(report_dir: Path, dtype_names=("fp32",), fault_names: list[str] | None = None) -> bool:
-
-    from q3tts.convert import convert_checkpoint
-    from q3tts.standalone import Qwen3TTS
-    from q3tts.verify.cases.forward import load_upstream_wrapper
-    from q3tts.verify.compare import DTYPES
-    from q3tts.verify.faults.catalogue import CATALOGUE, forward_is_bit_identical, run_fault
+    """Plant each fault and check the suite catches it. Per model type and dtype the same cases run
+    clean first and must pass; a fault is caught only by a case that passed clean and then failed by
+    its numbers (a standalone side that raises is 'crashed', not caught)."""
+    from q3tts.verify.faults.catalogue import CATALOGUE
     from q3tts.verify.faults.encoder import ENCODER_FAULTS
     from q3tts.verify.faults.training import TRAINING_FAULTS
-    from q3tts.verify.fixtures.writer import MODEL_TYPES, write_upstream_checkpoint
     from q3tts.verify.report.training import training_fault_rows
 
     catalogue, encoder_faults = CATALOGUE, ENCODER_FAULTS
@@ -478,74 +475,131 @@ def run_self_test(report_dir: Path, dtype_names=("fp32",), fault_names: list[str
             raise click.BadParameter(f"unknown fault(s) {unknown}", param_hint="--faults")
         catalogue = tuple(f for f in CATALOGUE if f.name in fault_names)
         encoder_faults = tuple(f for f in ENCODER_FAULTS if f.name in fault_names)
-    rows, exact_origin = [], {}
+    rows, exact_origin, clean_counts = [], {}, {}
     with tempfile.TemporaryDirectory(prefix="verify-selftest-") as work:
-        work = Path(work)
-        dirs = {}
-        for i, mt in enumerate(MODEL_TYPES):
-            if not any(f.model_type == mt for f in catalogue + encoder_faults):
-                continue
-            up = write_upstream_checkpoint(work / f"up-{mt}", mt, seed=10 + i)
-            convert_checkpoint(up, work / f"st-{mt}")
-            dirs[mt] = (up, work / f"st-{mt}")
+        dirs = _self_test_checkpoints(Path(work), catalogue + encoder_faults)
         for dn in dtype_names:
-            dtype = DTYPES[dn]
-            pairs = {
-                mt: (load_upstream_wrapper(up, dtype), Qwen3TTS.from_pretrained(st, dtype=dtype))
-                for mt, (up, st) in dirs.items()
-            }
-            # Fault-free forward cases bit-identical: the first differing layer locates exactly.
-            exact = {mt: forward_is_bit_identical(w.model, st, dtype) for mt, (w, st) in pairs.items()}
-            exact_origin[dn] = all(exact.values())
-            for fault in catalogue:
-                wrapper, standalone = pairs[fault.model_type]
-                r = run_fault(
-                    fault,
-                    wrapper,
-                    standalone,
-                    seeds=[0],
-                    frames=12,
-                    cache_key=f"selftest-{fault.model_type}",
-                    dtype=dtype,
-                    exact_origin=exact[fault.model_type],
-                )
-                rows.append((dn, r))
-                where = ", ".join(r.reported_layers) or "-"
-                click.echo(
-                    f"  {'caught' if r.ok else 'MISSED'}  {dn} {fault.name:26} {fault.description}; "
-                    f"failing: {', '.join(r.failing_components) or 'nothing'} ({len(r.failing_cases)} cases); "
-                    f"layer: {where}"
-                )
-            if dn == "fp32":  # the encoder's parity is fp32 (codes must be identical there)
-                for fault in encoder_faults:
-                    r = _encoder_fault_row(fault, *pairs[fault.model_type])
-                    rows.append((dn, r))
-                    click.echo(
-                        f"  {'caught' if r.ok else 'MISSED'}  {dn} {fault.name:26} {fault.description}; "
-                        f"failing: {len(r.failing_cases)} encoder cases; stage: {', '.join(r.reported_layers) or '-'}"
-                    )
-            del pairs
+            rows += _self_test_dtype(dn, dirs, catalogue, encoder_faults, exact_origin, clean_counts)
     if "fp32" in dtype_names:  # the training checks run in fp32 (as the encoder's do)
         rows += training_fault_rows(fault_names, click.echo)
-    _write_self_test_report(report_dir, dtype_names, rows, exact_origin)
+    _write_self_test_report(report_dir, dtype_names, rows, exact_origin, clean_counts)
     caught = sum(r.ok for _, r in rows)
     click.echo(f"\nself-test: {caught}/{len(rows)} faults caught and located; report: {report_dir / 'faults.md'}")
     return caught == len(rows)
 
 
-def _write_self_test_report(report_dir: Path, dtype_names, rows, exact_origin: dict) -> None:
+def _self_test_checkpoints(work: Path, faults) -> dict:
+    """{model type: (upstream dir, standalone dir)} for the model types the faults need."""
+    from q3tts.convert import convert_checkpoint
+    from q3tts.verify.fixtures.writer import MODEL_TYPES, write_upstream_checkpoint
+
+    dirs = {}
+    for i, mt in enumerate(MODEL_TYPES):
+        if any(f.model_type == mt for f in faults):
+            up = write_upstream_checkpoint(work / f"up-{mt}", mt, seed=10 + i)
+            convert_checkpoint(up, work / f"st-{mt}")
+            dirs[mt] = (up, work / f"st-{mt}")
+    return dirs
+
+
+SELF_TEST_SEEDS, SELF_TEST_FRAMES = [0], 12
+
+
+def _self_test_dtype(dn, dirs, catalogue, encoder_faults, exact_origin, clean_counts) -> list:
+    from q3tts.standalone import Qwen3TTS
+    from q3tts.verify.cases.encoder import encoder_results
+    from q3tts.verify.cases.forward import load_upstream_wrapper
+    from q3tts.verify.compare import DTYPES
+    from q3tts.verify.faults.catalogue import clean_run, forward_is_bit_identical, run_fault
+
+    dtype = DTYPES[dn]
+    pairs = {
+        mt: (load_upstream_wrapper(up, dtype), Qwen3TTS.from_pretrained(st, dtype=dtype))
+        for mt, (up, st) in dirs.items()
+    }
+    # Fault-free forward cases bit-identical: the first differing layer locates exactly.
+    exact = {mt: forward_is_bit_identical(w.model, st, dtype) for mt, (w, st) in pairs.items()}
+    exact_origin[dn] = all(exact.values())
+    clean = {
+        mt: clean_run(w, st, dtype, SELF_TEST_SEEDS, SELF_TEST_FRAMES, f"selftest-{mt}")
+        for mt, (w, st) in pairs.items()
+    }
+    clean_counts.update({f"{dn} {mt}": len(names) for mt, names in clean.items()})
+    click.echo(f"  clean  {dn} " + ", ".join(f"{mt}: {len(n)}/{len(n)} cases pass" for mt, n in clean.items()))
+    rows = []
+    for fault in catalogue:
+        wrapper, standalone = pairs[fault.model_type]
+        r = run_fault(
+            fault,
+            wrapper,
+            standalone,
+            seeds=SELF_TEST_SEEDS,
+            frames=SELF_TEST_FRAMES,
+            cache_key=f"selftest-{fault.model_type}",
+            dtype=dtype,
+            exact_origin=exact[fault.model_type],
+            clean=clean[fault.model_type],
+        )
+        rows.append((dn, r))
+        where = ", ".join(r.reported_layers) or "-"
+        click.echo(
+            f"  {_verdict_word(r)}  {dn} {fault.name:26} {fault.description}; "
+            f"failing: {', '.join(r.failing_components) or 'nothing'} ({len(r.failing_cases)} cases); layer: {where}"
+            + _crash_note(r)
+        )
+    if dn == "fp32" and encoder_faults:  # the encoder's parity is fp32 (codes must be identical there)
+        w, st = pairs["base"]
+        enc_clean = encoder_results(w, st, DTYPES["fp32"])
+        if any(not r.passed for r in enc_clean):
+            raise RuntimeError("the clean encoder cases do not pass: a self-test needs a clean pass")
+        clean_counts[f"{dn} base encoder"] = len(enc_clean)
+        for fault in encoder_faults:
+            r = _encoder_fault_row(fault, *pairs[fault.model_type], {c.case for c in enc_clean})
+            rows.append((dn, r))
+            click.echo(
+                f"  {_verdict_word(r)}  {dn} {fault.name:26} {fault.description}; "
+                f"failing: {len(r.failing_cases)} encoder cases; stage: {', '.join(r.reported_layers) or '-'}"
+                + _crash_note(r)
+            )
+    return rows
+
+
+def _verdict_word(r) -> str:
+    return "caught" if r.ok else ("CRASHED" if getattr(r, "outcome", "") == "crashed" else "MISSED")
+
+
+def _crash_note(r) -> str:
+    if getattr(r, "crash", ""):
+        return f"; the run raised {r.crash}"
+    if getattr(r, "crashed_cases", None):
+        return f"; {len(r.crashed_cases)} case(s) failed by raising (not counted)"
+    return ""
+
+
+def _write_self_test_report(report_dir: Path, dtype_names, rows, exact_origin: dict, clean_counts: dict) -> None:
     import json
     import re
 
+    from q3tts.verify.machine import describe, machine
+
     report_dir.mkdir(parents=True, exist_ok=True)
     (report_dir / "faults.json").write_text(
-        json.dumps([{"dtype": dn, **r.__dict__, "ok": r.ok} for dn, r in rows], indent=2) + "\n"
+        json.dumps(
+            [{"dtype": dn, **r.__dict__, "ok": r.ok, "outcome": getattr(r, "outcome", None)} for dn, r in rows],
+            indent=2,
+        )
+        + "\n"
     )
     md = ["# Fault-injection self-test", ""]
     for dn in dtype_names:
         these = [r for d, r in rows if d == dn]
         md.append(f"**{dn}: {sum(r.ok for r in these)} of {len(these)} planted faults caught and located.**  ")
     md += [
+        "",
+        "Clean run first, on the same cases (seeds [0], 12 frames), which must all pass: "
+        + ", ".join(f"{k} {n}/{n}" for k, n in clean_counts.items())
+        + ". A fault counts as caught only when a case that passed clean fails by its numbers; one whose "
+        "standalone side raises is 'crashed' (not caught). " + describe(machine()) + ".",
         "",
         "Each fault replaces one named seam of the standalone runtime (verify/faults/catalogue.py, verify/faults/encoder.py; "
         "training faults: verify/faults/training.py, checked by the training parity and the aligned consistency "
@@ -572,18 +626,18 @@ def _write_self_test_report(report_dir: Path, dtype_names, rows, exact_origin: d
         if r.over_tolerance_layers and r.over_tolerance_layers != r.reported_layers:
             where += f" (over tolerance: {', '.join(r.over_tolerance_layers)})"
         md.append(
-            f"| {r.fault} | {r.description} | {dn} | {'yes' if r.ok else 'NO'} | {', '.join(r.failing_components)} | "
+            f"| {r.fault} | {r.description} | {dn} | {_verdict_word(r).lower() if not r.ok else 'yes'} | {', '.join(r.failing_components)} | "
             f"{len(r.failing_cases)} | {where} |"
         )
     (report_dir / "faults.md").write_text("\n".join(md) + "\n")
 
 
-def _encoder_fault_row(fault, wrapper, standalone):
+def _encoder_fault_row(fault, wrapper, standalone, clean: set[str] | None = None):
     """An encoder fault's result in the self-test's row type (stage = the layer it must name)."""
     from q3tts.verify.faults.catalogue import FaultResult
     from q3tts.verify.faults.encoder import run_encoder_fault
 
-    e = run_encoder_fault(fault, wrapper, standalone)
+    e = run_encoder_fault(fault, wrapper, standalone, clean=clean)
     return FaultResult(
         e.fault,
         e.description,
@@ -593,6 +647,9 @@ def _encoder_fault_row(fault, wrapper, standalone):
         ["speech_encoder"] if e.detected else [],
         e.reported_stages,
         e.failing_cases,
+        crashed_cases=e.crashed_cases,
+        crash=e.crash,
+        clean_cases=None if clean is None else len(clean),
     )
 
 

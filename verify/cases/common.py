@@ -22,6 +22,9 @@ class CaseResult:
     first_bad_layer: str | None = None
     first_diff_layer: str | None = None
     note: str = ""
+    # The standalone side raised instead of returning (type: message): the case failed by
+    # crashing, which a self-test does not count as catching a fault.
+    error: str = ""
     seconds_upstream: float = 0.0
     seconds_standalone: float = 0.0
 

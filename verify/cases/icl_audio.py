@@ -198,12 +198,14 @@ def icl_audio_case(
     if key not in UPSTREAM_CACHE:
         UPSTREAM_CACHE[key] = clone(wrapper, wrapper.model, case, workdir, mode, seed, frames)
     up = UPSTREAM_CACHE[key]
+    error = ""
     try:
         st = clone(standalone, standalone, case, workdir, mode, seed, frames)
         stage, metrics, note = _verdict(up, st, dtype)
     except Exception as e:  # a broken standalone side is a failed case, not a crash
         st = {"seconds": 0.0}
-        stage, metrics, note = "voice_clone_from_audio", {}, f"{type(e).__name__}: {e}"
+        error = f"{type(e).__name__}: {e}"
+        stage, metrics, note = "voice_clone_from_audio", {}, error
     return CaseResult(
         case=f"icl_audio.{case.name}.{mode}" + (f".seed{seed}" if mode != "greedy" else ""),
         component=COMPONENT,
@@ -213,6 +215,7 @@ def icl_audio_case(
         metrics=metrics,
         first_bad_layer=stage,
         note=note or case.description,
+        error=error,
         seconds_upstream=up["seconds"],
         seconds_standalone=st["seconds"],
     )

@@ -68,6 +68,7 @@ class StreamingComparison:
     seconds_to_first_audio: float
     seconds_streamed: float
     note: str = ""
+    error: str = ""  # the standalone stream raised
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -295,6 +296,7 @@ def run_streaming_parity(
                         seconds_to_first_audio=first,
                         seconds_streamed=seconds,
                         note="; ".join(notes),
+                        error=st.error,
                         **m,
                     )
                 )
@@ -405,6 +407,7 @@ def _case_result(c: StreamingComparison, batched: bool, owns_upstream_time: bool
         passed=c.passed,
         metrics=metrics,
         note=c.note,
+        error=c.error,
         seconds_upstream=c.seconds_upstream if owns_upstream_time else 0.0,
         seconds_standalone=c.seconds_streamed if (not api or c.item == 0) else 0.0,
     )

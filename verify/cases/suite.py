@@ -193,6 +193,7 @@ def generation_results(wrapper, standalone, model_type, dtype, seeds, frames, ca
                     passed=div is None and not error,
                     metrics=metrics,
                     note=note,
+                    error=error,
                     seconds_upstream=up_s,
                     seconds_standalone=st_s,
                 )
@@ -215,10 +216,11 @@ def audio_results(wrapper, standalone, dtype, seed, cache_key) -> list[CaseResul
         t0 = time.perf_counter()
         try:
             (got,), _ = standalone.decode_codes([codes])
-            error = ""
+            raised = ""
         except Exception as e:
-            got, error = np.zeros(0, np.float32), f"{type(e).__name__}: {e}"
+            got, raised = np.zeros(0, np.float32), f"{type(e).__name__}: {e}"
         st_s = time.perf_counter() - t0
+        error = raised
         if error or got.shape != ref.shape:
             max_abs, snr = float("inf"), float("-inf")
             error = error or f"length {got.shape} vs {ref.shape}"
@@ -239,6 +241,7 @@ def audio_results(wrapper, standalone, dtype, seed, cache_key) -> list[CaseResul
                     "rms": float(np.sqrt(np.mean(ref**2))),
                 },
                 note=error,
+                error=raised,
                 seconds_upstream=up_s,
                 seconds_standalone=st_s,
             )

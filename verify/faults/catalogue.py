@@ -696,17 +696,67 @@ SAMPLER_FAULTS = tuple(f.name for f in CATALOGUE[21:])
 class FaultResult:
     fault: str
     description: str
-    detected: bool
+    detected: bool  # a case that passed clean failed by its numbers (not by the standalone raising)
     component_named: bool
     layer_named: bool | None
     failing_components: list[str]
     reported_layers: list[str]  # where the localisation says the bug enters
     failing_cases: list[str] = dataclasses.field(default_factory=list)
     over_tolerance_layers: list[str] = dataclasses.field(default_factory=list)  # first layers over tolerance
+    crashed_cases: list[str] = dataclasses.field(default_factory=list)  # failed because the standalone raised
+    crash: str = ""  # the whole run raised (type: message)
+    failing_metrics: dict[str, dict] = dataclasses.field(default_factory=dict)  # case -> its failing numbers
+    clean_cases: int | None = None  # cases of this run that passed without the fault
 
     @property
     def ok(self) -> bool:
         return self.detected and self.component_named and self.layer_named is not False
+
+    @property
+    def outcome(self) -> str:
+        """caught (a numeric divergence), crashed (only exceptions) or missed."""
+        if self.detected:
+            return "caught"
+        return "crashed" if self.crash or self.crashed_cases else "missed"
+
+
+# The numbers that make a case fail, by what the case measures.
+FAILING_METRIC_KEYS = ("max_abs", "bound", "cosine", "snr_db", "min_snr_db", "first_divergence", "codes_identical")
+
+
+def failing_metric(result) -> dict:
+    """The failing numbers of one case result, for faults.json."""
+    m = result.metrics or {}
+    return {k: m[k] for k in FAILING_METRIC_KEYS if k in m}
+
+
+def split_failures(results, clean: set[str] | None) -> tuple[list, list]:
+    """(diverged, crashed) failed cases. With ``clean``, every case must be one that passed the
+    clean run (the self-test compares the same cases); a case outside it is a verifier bug."""
+    failed = [r for r in results if not r.passed]
+    if clean is not None:
+        unknown = [r.case for r in failed if r.case not in clean]
+        if unknown:
+            raise RuntimeError(f"cases {unknown} were not in the clean run: a self-test compares the same cases")
+    return [r for r in failed if not r.error], [r for r in failed if r.error]
+
+
+def clean_run(wrapper, standalone, dtype: torch.dtype, seeds: list[int], frames: int, cache_key: str) -> set[str]:
+    """Every case a fault run can run (forwards, generation, audio), without a fault: the names of
+    the passing cases. Raises when one fails: a self-test needs a clean pass of the same cases."""
+    from q3tts.verify.cases.suite import run_suite
+
+    results = run_suite(
+        wrapper, standalone, standalone.config.tts_model_type, dtype, seeds, frames, cache_key, encoder=False
+    )
+    failed = [r.case for r in results if not r.passed]
+    if failed:
+        raise CleanRunError(f"the clean run fails {len(failed)} case(s) {failed[:5]}: a self-test needs a clean pass")
+    return {r.case for r in results}
+
+
+class CleanRunError(RuntimeError):
+    """The fault-free suite does not pass: no fault can be judged against it."""
 
 
 def forward_is_bit_identical(upstream, standalone, dtype: torch.dtype, seed: int = 0) -> bool:
@@ -735,41 +785,52 @@ def run_fault(
     dtype: torch.dtype = torch.float32,
     exact_origin: bool = True,
     generation: bool = True,
+    clean: set[str] | None = None,
 ) -> FaultResult:
     """Run the suite with ``fault`` planted. ``exact_origin``: the fault-free pair is bit-identical
     (``forward_is_bit_identical``), so the first differing layer locates; else the first layer over
-    tolerance does. ``generation=False`` runs the forward cases only (layer localisation tests)."""
+    tolerance does. ``generation=False`` runs the forward cases only (layer localisation tests).
+    ``clean``: the cases that passed without the fault (clean_run); only those can catch it, and
+    only by their numbers: a case that failed because the standalone raised counts as crashed."""
     from q3tts.verify.cases.suite import run_suite
 
     # Codes -> audio does not depend on the LM side and generation does not use the codec: a codec
     # fault runs forwards and audio, every other fault forwards and generation.
     codec = fault.component == "codec"
-    with fault.inject(standalone):
-        results = run_suite(
-            wrapper,
-            standalone,
-            standalone.config.tts_model_type,
-            dtype,
-            seeds,
-            frames,
-            cache_key,
-            generation=generation and not codec,
-            audio=codec,
-            encoder=False,
-        )
-    failed = [r for r in results if not r.passed]
-    components = sorted({r.component for r in failed})
-    forward = [r for r in failed if r.kind == "forward"]
+    crash = ""
+    try:
+        with fault.inject(standalone):
+            results = run_suite(
+                wrapper,
+                standalone,
+                standalone.config.tts_model_type,
+                dtype,
+                seeds,
+                frames,
+                cache_key,
+                generation=generation and not codec,
+                audio=codec,
+                encoder=False,
+            )
+    except Exception as e:  # the fault made the run raise: reported as crashed, never as caught
+        results, crash = [], f"{type(e).__name__}: {e}"
+    diverged, crashed = split_failures(results, clean)
+    components = sorted({r.component for r in diverged})
+    forward = [r for r in diverged if r.kind == "forward"]
     over = [r.first_bad_layer for r in forward if r.first_bad_layer]
     layers = [r.first_diff_layer for r in forward if r.first_diff_layer] if exact_origin else over
     return FaultResult(
         fault.name,
         fault.description,
-        bool(failed),
+        bool(diverged),
         fault.component in components,
         layer_verdict(fault, layers),
         components,
         sorted(set(layers)),
-        [r.case for r in failed],
+        [r.case for r in diverged],
         sorted(set(over)),
+        crashed_cases=[r.case for r in crashed],
+        crash=crash,
+        failing_metrics={r.case: failing_metric(r) for r in diverged},
+        clean_cases=None if clean is None else sum(r.case in clean for r in results),
     )

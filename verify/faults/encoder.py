@@ -8,7 +8,7 @@ the localisation may name. ``run_encoder_fault`` runs the encoder cases under on
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterator
 from unittest import mock
 
@@ -160,6 +160,8 @@ class EncoderFaultResult:
     stage_named: bool
     failing_cases: list[str]
     reported_stages: list[str]
+    crashed_cases: list[str] = field(default_factory=list)
+    crash: str = ""
 
     @property
     def ok(self) -> bool:
@@ -167,14 +169,20 @@ class EncoderFaultResult:
 
 
 def run_encoder_fault(
-    fault: EncoderFault, wrapper, standalone, cases: tuple[str, ...] | None = None
+    fault: EncoderFault, wrapper, standalone, cases: tuple[str, ...] | None = None, clean: set[str] | None = None
 ) -> EncoderFaultResult:
-    """Run the encoder parity cases with ``fault`` planted in ``standalone`` (fp32)."""
+    """Run the encoder parity cases with ``fault`` planted in ``standalone`` (fp32). ``clean``: the
+    cases that passed without it; only their numeric failures catch the fault."""
     from q3tts.verify.cases.encoder import encoder_results
+    from q3tts.verify.faults.catalogue import split_failures
 
-    with fault.inject(standalone):
-        results = encoder_results(wrapper, standalone, torch.float32, cases)
-    failed = [r for r in results if not r.passed]
+    crash = ""
+    try:
+        with fault.inject(standalone):
+            results = encoder_results(wrapper, standalone, torch.float32, cases)
+    except Exception as e:  # crashed, not caught
+        results, crash = [], f"{type(e).__name__}: {e}"
+    failed, crashed = split_failures(results, clean)
     stages = sorted({r.first_bad_layer for r in failed if r.first_bad_layer})
     accepted = (fault.layer,) if isinstance(fault.layer, str) else tuple(fault.layer or ())
     return EncoderFaultResult(
@@ -185,4 +193,6 @@ def run_encoder_fault(
         bool(stages) and all(s in accepted for s in stages),
         [r.case for r in failed],
         stages,
+        [r.case for r in crashed],
+        crash,
     )
