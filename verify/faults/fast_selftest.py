@@ -86,6 +86,23 @@ def run_fast_fault(
     )
 
 
+def _clean_engines(pairs, dtype, dtype_name, frames, options, engine_options) -> dict:
+    """{model type: clean engine} after the fast checks pass on it without a fault; raises
+    CleanRunError otherwise (a self-test needs a clean pass of the same checks)."""
+    from q3tts.verify.faults.catalogue import CleanRunError
+
+    engines = {}
+    for mt, (wrapper, st) in pairs.items():
+        engine = FastEngine(st.talker, st.code_predictor, options=options, **(engine_options or {}))
+        report = run_fast_parity(
+            wrapper, st, dtype, dtype_name, engine=engine, max_new_tokens=frames, modes=tuple(MODES)
+        )
+        if not report["passed"]:
+            raise CleanRunError(f"{mt} {dtype_name}: the clean fast checks fail {report['failing'][:5]}")
+        engines[mt] = engine
+    return engines
+
+
 def run_fast_self_test(
     report_dir: Path,
     dtype_names=("fp32",),
@@ -124,7 +141,9 @@ def run_fast_self_test(
                 mt: (load_upstream_wrapper(up, dtype), Qwen3TTS.from_pretrained(st, dtype=dtype))
                 for mt, (up, st) in dirs.items()
             }
-            shared: dict = {}  # model type -> clean engine, for the faults outside the graphs (run first)
+            # The same checks clean first, on clean engines (kept for the faults outside the graphs).
+            shared = _clean_engines(pairs, dtype, dn, frames, options, engine_options)
+            click.echo(f"  clean  {dn} " + ", ".join(f"{mt}: every fast check passes" for mt in shared))
             for fault in sorted(catalogue, key=lambda f: f.component not in OUTSIDE_GRAPHS):
                 wrapper, st = pairs[fault.model_type]
                 engine = None

@@ -180,7 +180,7 @@ def training_fault_rows(fault_names, say) -> list:
         standalone_speaker_embedding,
         write_training_fixture,
     )
-    from q3tts.verify.faults.catalogue import FaultResult
+    from q3tts.verify.faults.catalogue import CleanRunError, FaultResult
     from q3tts.verify.faults.training import TRAINING_FAULTS
 
     faults = [f for f in TRAINING_FAULTS if fault_names is None or f.name in fault_names]
@@ -195,10 +195,26 @@ def training_fault_rows(fault_names, say) -> list:
         tok = st.text_tokenizer
         record = greedy_generate_recorded(st, torch.tensor([tok.encode(tok.assistant_text("hello there"))]), spk)
         items = make_items(st, 0)
+
+        def checks():
+            parity = run_upstream_recipe_parity(up, st, items, wav, torch.float32)
+            return parity, run_consistency_check(st, "aligned", record=record, speaker_embedding=spk)
+
+        clean_parity, clean_consistency = checks()  # the same checks without a fault must pass first
+        if not (clean_parity.passed and clean_consistency.passed):
+            raise CleanRunError(
+                f"the clean training checks fail ({sorted(c.case for c in clean_parity.failing())}, aligned "
+                f"consistency {'passes' if clean_consistency.passed else 'fails'}): a self-test needs a clean pass"
+            )
+        say("  clean  fp32 training: upstream-recipe parity and aligned consistency pass")
         for fault in faults:
-            with fault.inject():
-                parity = run_upstream_recipe_parity(up, st, items, wav, torch.float32)
-                consistency = run_consistency_check(st, "aligned", record=record, speaker_embedding=spk)
+            try:
+                with fault.inject():
+                    parity, consistency = checks()
+            except Exception as e:  # crashed, not caught
+                rows.append((DTYPE_NAMES[torch.float32], _crashed_row(fault, e)))
+                say(f"  CRASHED  fp32 {fault.name:26} {fault.description}; the checks raised {type(e).__name__}: {e}")
+                continue
             failing = sorted(c.case for c in parity.failing())
             named = [c for c in fault.parity_cases if c in failing]
             cases = failing + ([] if consistency.passed else ["consistency.aligned"])
@@ -219,3 +235,9 @@ def training_fault_rows(fault_names, say) -> list:
                 f"consistency {'fails' if not consistency.passed else 'PASSES'}"
             )
     return rows
+
+
+def _crashed_row(fault, e: Exception):
+    from q3tts.verify.faults.catalogue import FaultResult
+
+    return FaultResult(fault.name, fault.description, False, False, None, [], [], crash=f"{type(e).__name__}: {e}")
