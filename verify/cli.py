@@ -614,8 +614,9 @@ def _write_self_test_report(report_dir: Path, dtype_names, rows, exact_origin: d
         + ").",
         "Where the error first grows past the tolerance, when other layers too, follows as 'over tolerance'.",
         "",
-        "| fault | planted bug | dtype | caught | failing components | failing cases | located at / sampler |",
-        "|---|---|---|---|---|---|---|",
+        "| fault | planted bug | dtype | caught | failing components | failing cases | failed by raising (not counted) "
+        "| located at / sampler |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for dn, r in rows:
         # Layer faults: the first bad layer; generation faults: the modes of the failing cases.
@@ -627,7 +628,7 @@ def _write_self_test_report(report_dir: Path, dtype_names, rows, exact_origin: d
             where += f" (over tolerance: {', '.join(r.over_tolerance_layers)})"
         md.append(
             f"| {r.fault} | {r.description} | {dn} | {_verdict_word(r).lower() if not r.ok else 'yes'} | {', '.join(r.failing_components)} | "
-            f"{len(r.failing_cases)} | {where} |"
+            f"{len(r.failing_cases)} | {len(r.crashed_cases) + bool(r.crash)} | {where} |"
         )
     (report_dir / "faults.md").write_text("\n".join(md) + "\n")
 
