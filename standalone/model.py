@@ -160,7 +160,10 @@ class Qwen3TTS(StreamingVoiceMethods, VoiceMethods, nn.Module):
         model's dtype (as upstream loads its codec with the same dtype argument)."""
         codec = getattr(self, "_codec", None)
         if codec is None:
-            codec = load_codec(self.checkpoint_dir, self.dtype, self.device)
+            # Loaded outside any inference mode the first call may run under: its weights stay
+            # ordinary tensors (fine-tuning, weight edits), as the talker's are.
+            with torch.inference_mode(False):
+                codec = load_codec(self.checkpoint_dir, self.dtype, self.device)
             # Not a registered submodule: the talker checkpoint's strict key accounting (and
             # state_dict) must not change once audio has been decoded.
             object.__setattr__(self, "_codec", codec)
@@ -186,7 +189,8 @@ class Qwen3TTS(StreamingVoiceMethods, VoiceMethods, nn.Module):
         first use in the model's dtype, like the decoder."""
         encoder = getattr(self, "_speech_encoder", None)
         if encoder is None:
-            encoder = load_speech_encoder(self.checkpoint_dir, self.dtype, self.device)
+            with torch.inference_mode(False):  # ordinary weights, as for the codec
+                encoder = load_speech_encoder(self.checkpoint_dir, self.dtype, self.device)
             object.__setattr__(self, "_speech_encoder", encoder)  # not a submodule, as the codec
         return encoder
 

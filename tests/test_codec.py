@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from q3tts.standalone import Qwen3TTS
 from q3tts.verify.compare import AUDIO_TOLERANCES, snr_db
 
 pytestmark = pytest.mark.reference  # drives upstream qwen-tts
@@ -83,3 +84,14 @@ def test_codes_with_wrong_group_count_are_rejected(load_pair):
     _, standalone = load_pair("base", torch.float32)
     with pytest.raises(ValueError, match=r"must be \[frames, 4\]"):
         standalone.decode_codes([torch.zeros(5, 3, dtype=torch.long)])
+
+
+def test_a_codec_first_loaded_under_inference_mode_has_ordinary_weights(checkpoints):
+    """The codec loads lazily, often inside an inference-mode caller; its weights must still be
+    ordinary tensors (editable, trainable), as the talker's are."""
+    model = Qwen3TTS.from_pretrained(checkpoints["base"][1], dtype=torch.float32)
+    with torch.inference_mode():
+        model.decode_codes([torch.zeros(2, 4, dtype=torch.long)])
+        model.encode_audio(np.zeros(4800, np.float32), sr=24000)
+    for module in (model.codec, model.speech_encoder):
+        assert not any(p.is_inference() for p in module.parameters())

@@ -39,10 +39,11 @@ UPSTREAM_CACHE: dict = {}
 UPSTREAM_CACHE: dict = {}
 
 
-def audio_codes(standalone, frames: int, seed: int) -> torch.Tensor:
-    """The random codes [frames, G] of an audio case (the streaming crossing case reuses them)."""
-    groups = standalone.config.talker.num_code_groups
-    vocab = standalone.codec.cfg.codebook_size
+def audio_codes(wrapper, frames: int, seed: int) -> torch.Tensor:
+    """The random codes [frames, G] of an audio case (the streaming crossing case reuses them),
+    shaped by upstream's configs (never the model under test's)."""
+    groups = wrapper.model.config.talker_config.num_code_groups
+    vocab = wrapper.model.speech_tokenizer.model.config.decoder_config.codebook_size
     return torch.randint(0, vocab, (frames, groups), generator=torch.Generator().manual_seed(seed + frames))
 
 

@@ -60,19 +60,26 @@ class CaseContext:
         ]
         return w._tokenize_texts([template(text)])[0]
 
+    @property
+    def upstream_talker(self):
+        """Upstream's talker config: where every case input comes from (never the model under test,
+        whose wrong config would otherwise pick its own inputs)."""
+        return self.wrapper.model.config.talker_config
+
     def speaker(self, role: str) -> str:
         """A speaker of the checkpoint by role: 'plain0', 'plain1' (no dialect), 'dialect'."""
-        t = self.standalone.config.talker
-        plain = sorted(s for s in t.spk_id if t.spk_is_dialect.get(s, False) is False)
-        dialect = sorted(s for s in t.spk_id if t.spk_is_dialect.get(s, False) is not False)
+        t = self.upstream_talker
+        spk_id, is_dialect = t.spk_id or {}, t.spk_is_dialect or {}
+        plain = sorted(s for s in spk_id if is_dialect.get(s, False) is False)
+        dialect = sorted(s for s in spk_id if is_dialect.get(s, False) is not False)
         if role == "dialect":
             return (dialect or plain)[0]
         return plain[int(role[-1]) % len(plain)]
 
     def ref_codes(self, frames: int) -> torch.Tensor:
-        cfg = self.standalone.config.talker
+        t = self.upstream_talker
         g = torch.Generator().manual_seed(self.seed + frames)
-        return torch.randint(0, cfg.code_predictor.vocab_size, (frames, cfg.num_code_groups), generator=g)
+        return torch.randint(0, t.code_predictor_config.vocab_size, (frames, t.num_code_groups), generator=g)
 
     def clone_prompt(self, icl: list[bool], ref_frames: list[int]) -> tuple[dict, dict]:
         """Voice-clone prompt dicts for (upstream, standalone): each side's own x-vector of the
@@ -260,7 +267,7 @@ CASES: tuple[Case, ...] = (
     Case(
         "batch.eos_override",
         ("custom_voice",),
-        lambda c: dict(_batch_custom(c), eos_token_id=c.standalone.config.talker.vocab_size - 1),
+        lambda c: dict(_batch_custom(c), eos_token_id=c.upstream_talker.vocab_size - 1),
         "eos_token_id moved to a suppressed id: suppression still follows the config's EOS",
     ),
     Case("batch.voice_design", ("voice_design",), _batch_design, "left-padded batch of 3"),

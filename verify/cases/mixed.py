@@ -92,7 +92,7 @@ def audio_rows(wrapper, standalone, seed: int) -> list[dict]:
 
     rows = []
     for frames in AUDIO_FRAMES:
-        codes = audio_codes(standalone, frames, seed)
+        codes = audio_codes(wrapper, frames, seed)
         ref, _ = upstream_audio(wrapper, codes, ("mixed", id(wrapper), frames, seed))
         (got,), _ = standalone.decode_codes([codes])
         max_abs, snr = audio_diff(ref, got)

@@ -84,11 +84,11 @@ class _Case:
     prefix: torch.Tensor | None = None  # ICL reference codes: decode context, never streamed
 
 
-def _ref_code(standalone) -> torch.Tensor:
-    """Given ICL reference codes [REF_FRAMES, G] in the checkpoint's codebook."""
-    t = standalone.config.talker
+def _ref_code(wrapper) -> torch.Tensor:
+    """Given ICL reference codes [REF_FRAMES, G] in the checkpoint's codebook (upstream's config)."""
+    t = wrapper.model.config.talker_config
     size = (REF_FRAMES, t.num_code_groups)
-    return torch.randint(0, t.code_predictor.vocab_size, size, generator=torch.Generator().manual_seed(0))
+    return torch.randint(0, t.code_predictor_config.vocab_size, size, generator=torch.Generator().manual_seed(0))
 
 
 def _icl_upstream(ref_code: torch.Tensor):
@@ -101,10 +101,12 @@ def _icl_upstream(ref_code: torch.Tensor):
     return kwargs
 
 
-def _speakers(standalone) -> list[str]:
-    """Two speakers of the checkpoint without a dialect (the fixture's alice and bob)."""
-    t = standalone.config.talker
-    plain = sorted(s for s in t.spk_id if t.spk_is_dialect.get(s, False) is False)
+def _speakers(wrapper) -> list[str]:
+    """Two speakers of the checkpoint without a dialect (the fixture's alice and bob), from
+    upstream's config, never the model under test's."""
+    t = wrapper.model.config.talker_config
+    spk_id, is_dialect = t.spk_id or {}, t.spk_is_dialect or {}
+    plain = sorted(s for s in spk_id if is_dialect.get(s, False) is False)
     return [plain[0], plain[1 % len(plain)]]
 
 
@@ -112,20 +114,20 @@ def _same(kwargs: dict) -> tuple[Callable, Callable]:
     return (lambda w: dict(kwargs)), (lambda: dict(kwargs))
 
 
-def _cases(model_type: str, standalone) -> list[_Case]:
+def _cases(model_type: str, wrapper) -> list[_Case]:
     """Every voice mode of the model type, each streamed at its own chunk size."""
     if model_type == "base":
         wav = (speech_like_waveform(3), 24000)
         xvec = dict(text="Clone me.", language="english", ref_audio=wav, x_vector_only_mode=True)
         icl = dict(text="Clone me.", language="english", ref_audio=wav, ref_text="Reference words.")
-        ref = _ref_code(standalone)
+        ref = _ref_code(wrapper)
         return [
             _Case("clone_xvector", "voice_clone", (3, 2), *_same(xvec)),
             _Case("clone_icl", "voice_clone", (8, 4), _icl_upstream(ref), lambda: dict(icl, ref_code=ref), prefix=ref),
         ]
     if model_type == "voice_design":
         return [_Case("voice_design", "voice_design", (1, 1), *_same(dict(text="Hello.", instruct="Calm and deep.")))]
-    a, b = _speakers(standalone)
+    a, b = _speakers(wrapper)
     batch = dict(text=["Hi there.", "A second, longer one!"], speaker=[a, b], language="auto")
     return [
         _Case("custom_voice", "custom_voice", (8, 4), *_same(dict(text="Hi there.", speaker=a, language="auto"))),
@@ -266,7 +268,7 @@ def run_streaming_parity(
     groups = standalone.config.talker.num_code_groups
     cache = {} if cache is None else cache
     results = []
-    for case in _cases(model_type, standalone):
+    for case in _cases(model_type, wrapper):
         key = (cache_key, dtype_name, "streaming", case.name, seed, max_new_tokens, sampled)
         ref_wavs, ref_codes, seconds_upstream = _upstream(wrapper, case, gen, seed, cache, key)
         st = _stream_api(standalone, case, gen, seed, len(ref_wavs), groups)
@@ -361,7 +363,7 @@ def streaming_results(wrapper, standalone, model_type: str, dtype, seed: int, fr
         cache=UPSTREAM_CACHE,
         cache_key=cache_key,
     )
-    codes = audio_codes(standalone, CROSSING_FRAMES, seed)
+    codes = audio_codes(wrapper, CROSSING_FRAMES, seed)
     ref, _ = upstream_audio(wrapper, codes, (cache_key, SHORT_NAME[dtype], "audio", CROSSING_FRAMES, seed))
     comps.append(crossing_comparison(standalone, codes, ref, dtype))
     batched = {c.case for c in comps if c.item > 0}

@@ -211,7 +211,7 @@ def audio_results(wrapper, standalone, dtype, seed, cache_key) -> list[CaseResul
     dname = DTYPE_NAMES[dtype]
     bound, min_snr = AUDIO_TOLERANCES[dtype]
     for frames in AUDIO_FRAMES:
-        codes = audio_codes(standalone, frames, seed)
+        codes = audio_codes(wrapper, frames, seed)
         ref, up_s = upstream_audio(wrapper, codes, (cache_key, dname, "audio", frames, seed))
         t0 = time.perf_counter()
         try:
