@@ -52,3 +52,15 @@ def test_verbose_lets_upstream_through(checkpoints, tmp_path):
     assert "pad_token_id" in r.stdout + r.stderr
     assert "upstream_output" not in json.loads((tmp_path / "r" / "parity.json").read_text())
     assert r.stdout.strip().splitlines()[-1].startswith("report: ")
+
+
+def test_the_verdict_line_names_a_failing_training_section():
+    """All cases passing and the training section failing: the verdict is FAIL and says why."""
+    from q3tts.verify.report.parity import build_report, verdict_line
+
+    runs = [{"cases": [{"case": "a", "passed": True}, {"case": "b", "passed": True}]}]
+    failing = build_report(runs, [0], 4, training={"passed": False, "checks": {}})
+    assert verdict_line(failing) == "verdict: FAIL (2/2 cases pass; training FAILS)"
+    passing = build_report(runs, [0], 4, training={"passed": True, "checks": {}})
+    assert verdict_line(passing) == "verdict: PASS (2/2 cases pass; training passes)"
+    assert verdict_line(build_report(runs, [0], 4)) == "verdict: PASS (2/2 cases pass)"

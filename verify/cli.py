@@ -335,7 +335,7 @@ def run(
     training: bool = False,
 ) -> bool:
     from q3tts.verify.report.console import Progress, UpstreamOutput, maybe_captured
-    from q3tts.verify.report.parity import build_report, render_markdown, write_report
+    from q3tts.verify.report.parity import build_report, render_markdown, verdict_line, write_report
     from q3tts.verify.report.training import training_dtypes, training_section
 
     progress = Progress(inline=not verbose)
@@ -379,8 +379,7 @@ def run(
             if s["lines"]:
                 click.echo(f"upstream output kept off the console: {s['lines']} lines ({len(s['distinct'])} distinct)")
         j, m = write_report(report, report_dir)
-        s = report["summary"]
-        click.echo(f"\nverdict: {report['verdict']} ({s['passed']}/{s['cases']} cases pass)")
+        click.echo("\n" + verdict_line(report))
         if report.get("knob_sensitivity", {}).get("blind"):
             click.echo(
                 f"warning: sampling knobs no generation case can see: {', '.join(report['knob_sensitivity']['blind'])}"

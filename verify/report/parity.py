@@ -134,6 +134,16 @@ def build_report(
     return report
 
 
+def verdict_line(report: dict[str, Any]) -> str:
+    """The console's verdict, naming every section that decides it (cases, and training when run):
+    a run whose cases all pass but whose training section fails must not read as all-pass."""
+    s = report["summary"]
+    parts = [f"{s['passed']}/{s['cases']} cases pass"]
+    if report.get("training") is not None:
+        parts.append(f"training {'passes' if report['training']['passed'] else 'FAILS'}")
+    return f"verdict: {report['verdict']} ({'; '.join(parts)})"
+
+
 def _num(x: float, fmt: str = ".2e") -> str:
     if x is None:
         return "-"
