@@ -136,3 +136,12 @@ def test_a_self_test_refuses_a_run_that_is_not_clean(load_models):
     wrapper, standalone = load_models(fault.model_type, torch.float32)
     with fault.inject(standalone), pytest.raises(CleanRunError, match="clean run fails"):
         clean_run(wrapper, standalone, torch.float32, [0], 12, f"faults-{fault.model_type}")
+
+
+def test_a_standalone_forward_that_raises_is_a_failed_case_not_a_crashed_run(load_models):
+    fault = dataclasses.replace(_by_name("text_projection_gelu"), name="projection_raises", make=_raises)
+    wrapper, standalone = load_models(fault.model_type, torch.float32)
+    clean = clean_run(wrapper, standalone, torch.float32, [0], 12, f"faults-{fault.model_type}")
+    r = run_fault(fault, wrapper, standalone, [0], 12, f"faults-{fault.model_type}", clean=clean)
+    assert r.crash == "" and "forward" in r.crashed_cases
+    assert r.outcome == "crashed" and not r.detected

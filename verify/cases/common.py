@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -54,3 +55,18 @@ def upstream_audio(wrapper, codes: torch.Tensor, key) -> tuple[np.ndarray, float
         (ref,), _ = wrapper.model.speech_tokenizer.decode([{"audio_codes": codes}])
         UPSTREAM_CACHE[key] = (ref, time.perf_counter() - t0)
     return UPSTREAM_CACHE[key]
+
+
+def raised_in_standalone(exc: BaseException) -> bool:
+    """Whether the exception came out of the model under test (a frame in q3tts.standalone), as
+    opposed to upstream or the verifier: the former is a failed case, the latter still stops the
+    run (the gate tells upstream breakage from our own crash by it)."""
+    import q3tts.standalone
+
+    root = str(Path(q3tts.standalone.__file__).resolve().parent)
+    tb = exc.__traceback__
+    while tb is not None:
+        if str(Path(tb.tb_frame.f_code.co_filename).resolve()).startswith(root):
+            return True
+        tb = tb.tb_next
+    return False
