@@ -456,3 +456,20 @@ def test_verify_parity_runs_the_streaming_cases_by_default(monkeypatch):
     for args, expected in (([], True), (["--no-streaming"], False), (["--no-generation"], False)):
         result = CliRunner().invoke(cli.main, args)
         assert result.exit_code == 0 and calls.pop() is expected, (args, result.output)
+
+
+def test_a_sampler_bug_that_breaks_the_codec_fails_cases_instead_of_the_run(load_models):
+    """The EOS suppression range off by one lets the first special id through as a code; the
+    codec cannot embed it and raises. The streaming cases must report that as failed cases with
+    the exception named, and return: a FAIL verdict, not exit 2 (issue 27)."""
+    from q3tts.verify.cases.streaming import streaming_results
+    from q3tts.verify.faults.catalogue import CATALOGUE
+
+    fault = next(f for f in CATALOGUE if f.name == "suppression_off_by_one")
+    wrapper, model = load_models(fault.model_type, torch.float32)
+    with fault.inject(model):
+        results = streaming_results(wrapper, model, fault.model_type, torch.float32, 0, 24, "stream-suppress")
+    failed = [r for r in results if not r.passed]
+    assert failed, "the planted sampler bug went unnoticed"
+    raised = [r for r in failed if r.error]
+    assert raised and all(r.error in r.note for r in raised), [(r.case, r.error) for r in failed]

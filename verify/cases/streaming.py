@@ -31,6 +31,7 @@ import torch
 
 from q3tts.standalone.dtypes import SHORT_NAME
 from q3tts.standalone.streaming import UPSTREAM_CHUNK_FRAMES, stream_decode
+from q3tts.verify.cases.common import raised_in_standalone
 from q3tts.verify.cases.forward import speech_like_waveform
 from q3tts.verify.compare import STREAMING_TOLERANCES, first_divergence, snr_db
 
@@ -202,6 +203,17 @@ def _stream_api(standalone, case: _Case, gen: dict, seed: int, items: int, group
     return _Streamed(audio, codes, first_audio, seconds, error)
 
 
+def _guarded_replay(codec, codes: torch.Tensor, chunk: tuple[int, int], prefix):
+    """_replay, with an exception from the standalone codec (e.g. a code outside its codebook,
+    which a sampler bug can emit) turned into an error string: a failed case, not a crashed run."""
+    try:
+        return (*_replay(codec, codes, chunk, prefix), "")
+    except Exception as e:
+        if not raised_in_standalone(e):
+            raise
+        return [], float("nan"), 0.0, f"{type(e).__name__}: {e}"
+
+
 def _replay(codec, codes: torch.Tensor, chunk: tuple[int, int], prefix) -> tuple[list[np.ndarray], float, float]:
     """(chunks, seconds to first audio, seconds) of the codes pushed one frame at a time."""
     t0, first, out = time.perf_counter(), float("nan"), []
@@ -276,13 +288,17 @@ def run_streaming_parity(
         for chunk in [case.chunk] + [s for s in sizes if s != case.chunk]:
             api = chunk == case.chunk
             for i, ref in enumerate(ref_wavs):
+                replay_error = ""
                 if api:
                     parts, first, seconds = st.audio[i], st.first_audio, st.seconds
                 else:
-                    parts, first, seconds = _replay(standalone.codec, st.codes[i], chunk, case.prefix)
+                    parts, first, seconds, replay_error = _guarded_replay(
+                        standalone.codec, st.codes[i], chunk, case.prefix
+                    )
                 m = audio_match(ref, parts, dtype, icl=case.prefix is not None)
-                notes = [n for n in (st.error, m.pop("note"), _chunk_note(m["frames"], chunk)) if n]
-                m["passed"] = m["passed"] and div is None and not st.error
+                error = st.error or replay_error
+                notes = [n for n in (error, m.pop("note"), _chunk_note(m["frames"], chunk)) if n]
+                m["passed"] = m["passed"] and div is None and not error
                 results.append(
                     StreamingComparison(
                         case=case.name,
@@ -298,7 +314,7 @@ def run_streaming_parity(
                         seconds_to_first_audio=first,
                         seconds_streamed=seconds,
                         note="; ".join(notes),
-                        error=st.error,
+                        error=error,
                         **m,
                     )
                 )
