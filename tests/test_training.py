@@ -3,6 +3,8 @@ consistency check of both recipes, the batch layout, and the training faults."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -215,3 +217,34 @@ def test_training_fault_is_caught(pair, record, fault):
     # and the fault is gone afterwards
     assert run_upstream_recipe_parity(up, st, items, WAV, torch.float32).passed
     assert RECIPES["aligned"].code_predictor_weight == 0.3
+
+
+def test_upstreams_batch_is_laid_out_independently_of_the_collate_under_test(pair):
+    """The verifier's transcription of dataset.py equals the standalone collate field for field on a
+    padded batch, and a planted collate bug (the EOS target dropped) fails the training parity:
+    the upstream side no longer shares the code it checks."""
+    from q3tts.standalone.training import collate as real_collate
+    from q3tts.verify.cases import training as training_cases
+    from q3tts.verify.cases.training_batch import dataset_batch
+
+    up, st = pair(torch.float32)
+    items = make_items(st, seed=1)
+    ours, theirs = real_collate(items, st.config), dataset_batch(items, up.config)
+    for f in dataclasses.fields(ours):
+        assert torch.equal(getattr(ours, f.name), getattr(theirs, f.name)), f.name
+
+    def collate_without_eos_target(items_, config):
+        batch = real_collate(items_, config)
+        for i, positions in enumerate(batch.frame_positions):
+            batch.codec_0_labels[i, int(positions[-1]) + 1] = -100
+        return batch
+
+    clean = run_upstream_recipe_parity(up, st, items, WAV, torch.float32)
+    assert clean.passed
+    original = training_cases.collate
+    training_cases.collate = collate_without_eos_target
+    try:
+        broken = run_upstream_recipe_parity(up, st, items, WAV, torch.float32)
+    finally:
+        training_cases.collate = original
+    assert not broken.passed and "train.talker_loss" in {c.case for c in broken.failing()}

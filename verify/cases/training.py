@@ -8,8 +8,9 @@ teacher-forcing consistency check of both recipes against the standalone's own d
    ``code_predictor.get_input_embeddings()``, ``talker.forward`` with labels,
    ``talker.forward_sub_talker_finetune``). Two generalisations, both no-ops at 16 groups: the
    residual-group loop runs over the model's G (the script hard-codes ``range(1, 16)``), and the
-   batch comes from ``q3tts.standalone.training.collate`` (dataset.py's layout with G columns,
-   dataset.py hard-codes 16). Accelerate's parts (loss / accumulation steps, clipping,
+   batch has G columns (dataset.py hard-codes 16). Upstream's batch is laid out by the verifier's
+   own transcription of dataset.py (cases/training_batch.py), the standalone's by its ``collate``:
+   a collate bug shows as a difference. Accelerate's parts (loss / accumulation steps, clipping,
    optimiser) act after the gradients and are not part of the comparison. Attention runs with
    SDPA on both sides (the script asks for flash-attention 2, which needs CUDA).
    Compared: total loss, talker loss, code-predictor loss, talker logits, code-predictor logits,
@@ -46,6 +47,7 @@ from q3tts.standalone.training import (
     training_text_ids,
 )
 from q3tts.verify.cases.forward import speech_like_waveform
+from q3tts.verify.cases.training_batch import dataset_batch
 from q3tts.verify.compare import DTYPE_NAMES, Comparison, Tolerance, compare
 
 SFT_COMMIT = "022e286b98fbec7e1e916cb940cdf532cd9f488e"  # QwenLM/Qwen3-TTS, "fix finetuning bug"
@@ -229,7 +231,8 @@ def run_upstream_recipe_parity(
 ) -> TrainingParityResult:
     """One step on each side from the same batch and reference audio; compare everything."""
     tol = TRAINING_TOLERANCES[dtype]
-    batch = collate(items, model.config)
+    batch = collate(items, model.config)  # the standalone's layout, under test
+    ref_batch = dataset_batch(items, up.config)  # upstream's layout, transcribed on this side
     up.train()
     model.train()
     try:
@@ -238,7 +241,7 @@ def run_upstream_recipe_parity(
         ref_spk = upstream_speaker_embedding(up, wav, len(items))
         got_spk = standalone_speaker_embedding(model, wav, len(items))
         with _autocast(dtype):
-            ref = upstream_reference_step(up, batch, ref_spk)
+            ref = upstream_reference_step(up, ref_batch, ref_spk)
         ref["loss"].backward()
         with _autocast(dtype):
             got = training_forward(model, batch, got_spk, recipe=recipe)
@@ -256,7 +259,7 @@ def run_upstream_recipe_parity(
     # Talker logits on the real positions only: a right-padded query row attends to the real keys
     # upstream, to the real keys and itself here (standalone/layers.py padding_mask). Those rows are
     # never scored and their keys are hidden from every real row, so loss and gradients do not see them.
-    real = batch.attention_mask[:, : ref["talker_logits"].shape[1]].bool()
+    real = ref_batch.attention_mask[:, : ref["talker_logits"].shape[1]].bool()
     if got.talker_logits.shape != ref["talker_logits"].shape:
         out.append(
             compare("train.talker_logits", ref["talker_logits"].detach(), got.talker_logits.detach(), dtype, tol)
