@@ -201,7 +201,7 @@ class Qwen3TTSConfig:
 
 # Upstream's config-class defaults (qwen_tts.core.models.configuration_qwen3_tts, qwen-tts 0.1.1)
 # for every field the runtime reads: a key absent from config.json resolves to these, as upstream's
-# classes resolve it. tests/test_upstream_written_config.py checks them against those classes.
+# classes resolve it. tests/test_upstream_config_reading.py checks them against those classes.
 UPSTREAM_DEFAULTS: dict[str, dict[str, Any]] = {
     "config": dict(
         im_start_token_id=151644,
@@ -268,10 +268,14 @@ def _with_defaults(d: Mapping[str, Any], where: str, defaults: Mapping[str, Any]
     return out
 
 
-def _transformer_from_upstream(t: Mapping[str, Any], where: str, defaults: Mapping[str, Any]) -> TransformerConfig:
+def _transformer_from_upstream(
+    t: Mapping[str, Any], where: str, defaults: Mapping[str, Any], null_kv_means_heads: bool = False
+) -> TransformerConfig:
+    """``null_kv_means_heads``: a null num_key_value_heads is the head count (the code predictor
+    class's backward-compatibility rule; the talker class has none)."""
     t = dict(t)
-    if "num_key_value_heads" in t and t["num_key_value_heads"] is None and where == "code_predictor_config":
-        t["num_key_value_heads"] = t.get("num_attention_heads", defaults["num_attention_heads"])  # upstream's BC rule
+    if null_kv_means_heads and "num_key_value_heads" in t and t["num_key_value_heads"] is None:
+        t["num_key_value_heads"] = t.get("num_attention_heads", defaults["num_attention_heads"])
     v = _with_defaults(t, where, {k: defaults[k] for k in _TRANSFORMER_KEYS})
     # The attention layers take getattr(config, "head_dim", hidden // heads): the code predictor's
     # class always sets head_dim (default 128), the talker's has no such argument.
@@ -312,7 +316,7 @@ def _talker_from_upstream(t: Mapping[str, Any]) -> TalkerConfig:
         mrope_section=tuple(rope_scaling["mrope_section"]),
         mrope_interleaved=bool(rope_scaling["interleaved"]),
         code_predictor=CodePredictorConfig(
-            transformer=_transformer_from_upstream(cp, "code_predictor_config", cp_defaults),
+            transformer=_transformer_from_upstream(cp, "code_predictor_config", cp_defaults, null_kv_means_heads=True),
             **_with_defaults(
                 cp, "code_predictor_config", {k: cp_defaults[k] for k in ("vocab_size", "num_code_groups")}
             ),

@@ -564,13 +564,13 @@ def _self_test_dtype(dn, dirs, catalogue, encoder_faults, exact_origin, clean_co
 
 
 def _verdict_word(r) -> str:
-    return "caught" if r.ok else ("CRASHED" if getattr(r, "outcome", "") == "crashed" else "MISSED")
+    return "caught" if r.ok else ("CRASHED" if r.outcome == "crashed" else "MISSED")
 
 
 def _crash_note(r) -> str:
-    if getattr(r, "crash", ""):
+    if r.crash:
         return f"; the run raised {r.crash}"
-    if getattr(r, "crashed_cases", None):
+    if r.crashed_cases:
         return f"; {len(r.crashed_cases)} case(s) failed by raising (not counted)"
     return ""
 
@@ -584,7 +584,7 @@ def _write_self_test_report(report_dir: Path, dtype_names, rows, exact_origin: d
     report_dir.mkdir(parents=True, exist_ok=True)
     (report_dir / "faults.json").write_text(
         json.dumps(
-            [{"dtype": dn, **r.__dict__, "ok": r.ok, "outcome": getattr(r, "outcome", None)} for dn, r in rows],
+            [{"dtype": dn, **r.__dict__, "ok": r.ok, "outcome": r.outcome} for dn, r in rows],
             indent=2,
         )
         + "\n"

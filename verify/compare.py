@@ -18,6 +18,7 @@ headroom over that.
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import asdict, dataclass
 from typing import Iterator, Sequence
 
@@ -290,3 +291,12 @@ def first_divergence(ref: list[torch.Tensor], got: list[torch.Tensor]) -> tuple[
     if len(ref) != len(got):
         return min(len(ref), len(got)), 0, -1
     return None
+
+
+def format_number(x: float | None, fmt: str = ".2e") -> str:
+    """A metric for a report cell: '-' when absent, 'inf' / '-inf' spelled out."""
+    if x is None:
+        return "-"
+    if isinstance(x, float) and math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    return format(x, fmt)

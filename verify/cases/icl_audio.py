@@ -34,7 +34,7 @@ import torch
 from q3tts.verify.cases.common import UPSTREAM_CACHE, CaseResult
 from q3tts.verify.cases.encoder import speech_clip
 from q3tts.verify.cases.generation import GREEDY, SAMPLING
-from q3tts.verify.compare import AUDIO_TOLERANCES, DTYPE_NAMES, audio_diff, compare, first_divergence
+from q3tts.verify.compare import AUDIO_TOLERANCES, DTYPE_NAMES, audio_diff, compare, first_divergence, format_number
 
 COMPONENT = "voice_clone_from_audio"
 TEXT = "Nice to meet you, how are you today?"
@@ -246,14 +246,10 @@ def icl_audio_cell(c: dict[str, Any]) -> str:
     if not c["passed"]:  # the note names what differs first (or the standalone's exception)
         return c["note"]
     return (
-        f"reference codes identical ({m['ref_codes']}), x-vector max abs {_sci(m['xvector_max_abs'])}, codes "
-        f"identical ({','.join(map(str, m['frames_upstream']))} frames), audio max abs {_sci(m['max_abs'])} "
-        f"(bound {_sci(m['bound'])})"
+        f"reference codes identical ({m['ref_codes']}), x-vector max abs {format_number(m['xvector_max_abs'])}, codes "
+        f"identical ({','.join(map(str, m['frames_upstream']))} frames), audio max abs {format_number(m['max_abs'])} "
+        f"(bound {format_number(m['bound'])})"
     )
-
-
-def _sci(x) -> str:
-    return "-" if x is None else format(x, ".2e")
 
 
 def render(rows: list[dict], title: str) -> str:

@@ -75,6 +75,7 @@ from pathlib import Path
 from typing import Any
 
 from q3tts.verify.cases.icl_audio import icl_audio_cell
+from q3tts.verify.compare import format_number
 from q3tts.verify.machine import describe, machine
 from q3tts.verify.report.training import render_training
 
@@ -144,25 +145,17 @@ def verdict_line(report: dict[str, Any]) -> str:
     return f"verdict: {report['verdict']} ({'; '.join(parts)})"
 
 
-def _num(x: float, fmt: str = ".2e") -> str:
-    if x is None:
-        return "-"
-    if isinstance(x, float) and math.isinf(x):
-        return "inf" if x > 0 else "-inf"
-    return format(x, fmt)
-
-
 def _metric_cell(c: dict[str, Any]) -> str:
     m = c["metrics"]
     if c["kind"] == "forward":
-        return f"max abs {_num(m['max_abs'])} (bound {_num(m['bound'])}), max rel {_num(m['max_rel'])}, cos {m['cosine']:.7f}"
+        return f"max abs {format_number(m['max_abs'])} (bound {format_number(m['bound'])}), max rel {format_number(m['max_rel'])}, cos {m['cosine']:.7f}"
     if c["kind"] == "audio":
-        return f"max abs {_num(m['max_abs'])} (bound {_num(m['bound'])}), SNR {_num(m['snr_db'], '.1f')} dB, RMS {m['rms']:.3f}"
+        return f"max abs {format_number(m['max_abs'])} (bound {format_number(m['bound'])}), SNR {format_number(m['snr_db'], '.1f')} dB, RMS {m['rms']:.3f}"
     if c["kind"] == "streaming":
         codes = "identical codes" if m["codes_identical"] else f"codes differ at {m['first_divergence']}"
         return (
             f"{m['via']} chunks {m['chunk_frames']}/{m['first_chunk_frames']}, {m['frames']} frames in {m['chunks']}: "
-            f"{codes}, max abs {_num(m['max_abs'])} (bound {_num(m['bound'])}), SNR {_num(m['snr_db'], '.1f')} dB"
+            f"{codes}, max abs {format_number(m['max_abs'])} (bound {format_number(m['bound'])}), SNR {format_number(m['snr_db'], '.1f')} dB"
         )
     if c["kind"] == "encoder":
         if m["codes_identical"]:
