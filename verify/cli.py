@@ -68,8 +68,8 @@ DTYPE_CHOICES = ("fp32", "bf16")
     "against",
     default=None,
     metavar="VERSION",
-    help="Build a fresh virtualenv with qwen-tts==VERSION, or DIST==VERSION for DIST qwen-tts or qwen-tts-hf "
-    "('latest' for the newest release), run the tiny parity there and write the report and gate.json. "
+    help="Build a fresh virtualenv with qwen-tts==VERSION, or DIST==VERSION for DIST qwen-tts, qwen-tts-hf or "
+    "qwen-tts-compat ('latest' for the newest release), run the tiny parity there and write the report and gate.json. "
     "Exit 0 pass, 1 parity-fail, 3 upstream-broken, 4 install-fail, 2 anything else.",
 )
 @click.option(

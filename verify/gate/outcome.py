@@ -110,6 +110,11 @@ def _failure(run: dict[str, Any], case: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def case_name(failure: dict[str, Any]) -> str:
+    """A failing case's name across runs: checkpoint/dtype/case."""
+    return f"{failure['checkpoint']}/{failure['dtype']}/{failure['case']}"
+
+
 def classify(report_dir: Path, install_error: str | None = None, child_rc: int | None = None) -> dict[str, Any]:
     """The outcome of one gate run from what its inner verify-parity left in ``report_dir``."""
     if install_error is not None:
@@ -132,6 +137,9 @@ def classify(report_dir: Path, install_error: str | None = None, child_rc: int |
     if failures:
         out["failures"] = failures[:MAX_LISTED_FAILURES]
         out["failures_total"] = len(failures)
+        # Every failing case by name, uncapped: the gate alarm compares the whole set with the
+        # expected one, and a case beyond the detailed list must not slip through.
+        out["failing"] = [case_name(f) for f in failures]
         out["detail"] = f"{s['failed']} of {s['cases']} cases fail"
     else:
         out["detail"] = f"{s['passed']}/{s['cases']} cases pass"

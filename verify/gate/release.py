@@ -4,19 +4,21 @@
     verify-parity --against-upstream latest                                  # the newest qwen-tts
     verify-parity --against-upstream qwen-tts-hf==0.1.1.post1 --transformers 5.24.0
     verify-parity --against-upstream qwen-tts-hf==latest                     # newest of that distribution
+    verify-parity --against-upstream qwen-tts-compat==0.1.1.post1 --transformers 5.24.0
 
-The axes are the distribution (qwen-tts, or qwen-tts-hf: the same ``qwen_tts`` package built for
-transformers 5), its version, and transformers. Without ``--transformers`` the distribution's own
-pin decides; with it the release is installed with ``--no-deps`` and its other requirements next
-to the requested transformers, the way projects escaping the pin install it.
+The axes are the distribution (qwen-tts, or one of the transformers-5 forks users install instead:
+qwen-tts-hf and qwen-tts-compat, both shipping the same ``qwen_tts`` import package), its version,
+and transformers. Without ``--transformers`` the distribution's own pin decides; with it the release
+is installed with ``--no-deps`` and its other requirements next to the requested transformers, the
+way projects escaping the pin install it.
 
 The gate creates a virtualenv, installs the release, the reference stack of
 requirements-reference.txt (minus qwen-tts and transformers) and this project (without
 dependencies), runs ``verify-parity`` on the embedded tiny fixtures inside it, and writes
-gate.json next to parity.json/parity.md in the report directory. The outcome (gate_outcome.py) is
+gate.json next to parity.json/parity.md in the report directory. The outcome (outcome.py) is
 one of pass / parity-fail / upstream-broken / install-fail (or error: the verifier itself crashed);
-the exit code tells them apart (EXIT_CODES), so a scheduled job can alert on parity (1) and only
-warn on upstream breakage (3) or an install failure (4).
+the exit code tells them apart (EXIT_CODES). The gate matrix judges a cell by comparing its outcome
+with the one recorded as expected (alarm.py), not by this code: some releases fail by design.
 
 ``--reuse-torch`` lets the new environment see this environment's packages through a .pth entry,
 so only what the release needs differently is installed (``base_site`` names another directory
@@ -45,9 +47,9 @@ from q3tts.verify.gate.outcome import EXIT_CODES, SPECS_ENV, classify, console_l
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 REFERENCE = PROJECT_ROOT / "requirements-reference.txt"
 SPECS = PROJECT_ROOT / "tests" / "golden" / "fixture_tensors.json"
-DISTRIBUTIONS = ("qwen-tts", "qwen-tts-hf")
+DISTRIBUTIONS = ("qwen-tts", "qwen-tts-hf", "qwen-tts-compat")
 # Names of the reference stack the gate leaves to the release under test (or does not need).
-_NOT_FROM_REFERENCE = ("qwen-tts", "qwen-tts-hf", "transformers", "pytest", "pytest-timeout", "hypothesis")
+_NOT_FROM_REFERENCE = (*DISTRIBUTIONS, "transformers", "pytest", "pytest-timeout", "hypothesis")
 
 
 class InstallError(RuntimeError):
@@ -149,7 +151,7 @@ def installed_versions(py: Path) -> dict[str, str | None]:
         "def v(n):\n"
         "    try: return m.version(n)\n"
         "    except m.PackageNotFoundError: return None\n"
-        "print(json.dumps({n: v(n) for n in ('qwen-tts', 'qwen-tts-hf', 'transformers', 'torch')}))"
+        f"print(json.dumps({{n: v(n) for n in {(*DISTRIBUTIONS, 'transformers', 'torch')!r}}}))"
     )
     r = subprocess.run([str(py), "-c", code], capture_output=True, text=True)
     return json.loads(r.stdout) if r.returncode == 0 else {}

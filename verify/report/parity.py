@@ -6,7 +6,8 @@ parity.json schema (schema_version 1):
       "schema_version": 1,
       "verdict": "PASS" | "FAIL",            # PASS only if every case of every run passed
       "created": ISO-8601 UTC time,
-      "versions": {"torch", "transformers", "qwen-tts", "qwen-tts-hf", "qwen3-tts-standalone", "python"},
+      "versions": {"torch", "transformers", "qwen-tts", "qwen-tts-hf", "qwen-tts-compat",
+                   "qwen3-tts-standalone", "python"},
       "machine": {"cpu", "family", "simulated", "cores"},
       "fixtures": {model type: {"written_from", "note"}} | null,   # how the tiny checkpoints were made
       "upstream_output": {"lines": int, "distinct": [{"text", "count"}]},  # kept off the console
@@ -97,7 +98,9 @@ def versions() -> dict[str, str | None]:
         "torch": torch.__version__,
         "transformers": v("transformers"),
         "qwen-tts": v("qwen-tts"),
-        "qwen-tts-hf": v("qwen-tts-hf"),  # the same qwen_tts package, built for transformers 5
+        # the same qwen_tts package, built for transformers 5 by two forks
+        "qwen-tts-hf": v("qwen-tts-hf"),
+        "qwen-tts-compat": v("qwen-tts-compat"),
         "qwen3-tts-standalone": v("qwen3-tts-standalone"),
         "python": platform.python_version(),
     }
@@ -181,7 +184,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         f"**{s['passed']} of {s['cases']} cases pass**" + (f", {s['failed']} fail." if s["failed"] else "."),
         f"torch {v['torch']}, transformers {v['transformers']}, qwen-tts {v['qwen-tts']}, "
-        + (f"qwen-tts-hf {v['qwen-tts-hf']}, " if v.get("qwen-tts-hf") else "")
+        + "".join(f"{fork} {v[fork]}, " for fork in ("qwen-tts-hf", "qwen-tts-compat") if v.get(fork))
         + f"qwen3-tts-standalone {v['qwen3-tts-standalone']}; seeds {report['seeds']}, {report['frames']} frames per "
         f"generation case; {report['created']}.",
         describe(report["machine"]) + "." if "machine" in report else "",
