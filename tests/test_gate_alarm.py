@@ -298,6 +298,17 @@ def test_accepting_a_deliberate_change_turns_the_alarm_green_and_touches_only_th
     assert list(after) == NAMES
 
 
+def test_accept_drops_the_record_of_a_cell_that_left_the_matrix(cells, tmp_path):
+    expected = tmp_path / "expected.json"
+    record = json.loads(EXPECTED.read_text())
+    record["cells"]["qwen-tts-9.9.9"] = {"outcome": "pass"}
+    expected.write_text(json.dumps(record))
+    assert "qwen-tts-9.9.9" in load_expected(expected)
+    r = CliRunner().invoke(main, ["--accept", str(cells), "--cell", "qwen-tts-0.1.1", "--expected", str(expected)])
+    assert r.exit_code == 0 and "qwen-tts-9.9.9: dropped: no longer a cell of the matrix" in r.output
+    assert list(load_expected(expected)) == NAMES
+
+
 def test_our_own_error_is_never_recorded_as_expected(cells, tmp_path):
     plant(cells, "qwen-tts-0.1.1", our_error_outcome(tmp_path / "inner"))
     expected = tmp_path / "expected.json"

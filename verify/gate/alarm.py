@@ -172,7 +172,9 @@ def accept(cells_dir: Path, cells: list[str], order: list[str], path: Path = EXP
     upstream, so neither may become what the gate tolerates. Nothing is written then.
     """
     records = json.loads(path.read_text())["cells"] if path.is_file() else {}
-    changed = []
+    # A record of a cell that left the matrix would hold nothing to account; it goes with it.
+    changed = [f"{cell}: dropped: no longer a cell of the matrix" for cell in records if cell not in order]
+    records = {cell: r for cell, r in records.items() if cell in order}
     for cell in cells:
         gate = read_gate(cells_dir, cell)
         if gate is None or gate["outcome"] == "error":

@@ -31,9 +31,11 @@ from q3tts.verify.gate.alarm import EXPECTED, Expectation, Verdict, accept, chec
 # (cell, --against-upstream, --transformers): every qwen-tts release on the index on its pin;
 # qwen-tts-hf on its lowest allowed transformers (>=5.15.1), a middle one and the newest; and
 # qwen-tts 0.1.1 with transformers 4.57.3 given explicitly (the --no-deps install path).
-# qwen-tts-compat, the other transformers-5 fork, on the lowest transformers it declares (>=5.6),
-# on 5.24.0 (where qwen-tts-hf breaks) and on the newest. Explicit pins, not "latest": a cell's
-# expected outcome must not move with an upstream release nobody chose.
+# qwen-tts-compat, the other transformers-5 fork, on 5.24.0 (where qwen-tts-hf breaks) and on the
+# newest: both break at load, the same way every run. Where it does load (5.6.0 to 5.20.0 measured)
+# its RoPE buffers are left uninitialised, so its outcome changes from run to run and no expected
+# record could hold it (docs/gate-matrix-notes.md). Explicit pins, not "latest": a cell's expected
+# outcome must not move with an upstream release nobody chose.
 CELLS = [
     ("qwen-tts-0.0.2", "qwen-tts==0.0.2", None),
     ("qwen-tts-0.0.3", "qwen-tts==0.0.3", None),
@@ -45,8 +47,6 @@ CELLS = [
     ("qwen-tts-hf-0.1.1.post1-tf5.20.0", "qwen-tts-hf==0.1.1.post1", "5.20.0"),
     ("qwen-tts-hf-0.1.1.post1-tf5.24.0", "qwen-tts-hf==0.1.1.post1", "5.24.0"),
     ("qwen-tts-0.1.1-tf4.57.3", "qwen-tts==0.1.1", "4.57.3"),
-    ("qwen-tts-compat-0.1.1.post1-tf5.6.0", "qwen-tts-compat==0.1.1.post1", "5.6.0"),
-    ("qwen-tts-compat-0.1.1.post1-tf5.9.0", "qwen-tts-compat==0.1.1.post1", "5.9.0"),
     ("qwen-tts-compat-0.1.1.post1-tf5.24.0", "qwen-tts-compat==0.1.1.post1", "5.24.0"),
     ("qwen-tts-compat-0.1.1.post1-tf5.25.0", "qwen-tts-compat==0.1.1.post1", "5.25.0"),
 ]
