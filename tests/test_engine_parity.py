@@ -1,5 +1,6 @@
 """verify-parity --engine qwentts.cpp: reports on each model type and quantisation, exits with an
-install hint without the binding, and catches every planted converter fault by name."""
+install hint without the binding, passes the clean Base fixture at every quantisation, and fails
+on every planted engine fault, an engine error and a missing stage dump (incomplete, not a pass)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ from q3tts.verify.engines.gguf import code_agreement  # noqa: E402
 
 pytestmark = pytest.mark.reference  # the engine fixtures are built from upstream's modules
 NO_BINDING = "qwentts.cpp binding not installed: pip install 'qwen3-tts-standalone[peers]'"
+QUANTS = ("F32", "F16", "BF16", "Q8_0")
+FRAMES = 6
 
 
 def test_code_agreement_separates_upstreams_frame_cap_from_an_eos_difference():
@@ -51,35 +54,163 @@ def test_engine_rejects_unknown_quant(tmp_path):
     assert r.exit_code != 0 and "--quant" in r.output
 
 
+# --- the Base engine fixture: every part runs (talker, code predictor, decoder, speaker encoder) ---
+
+
+@pytest.fixture(scope="module")
+def engine_base(tmp_path_factory):
+    """(upstream dir, standalone model, work dir) of the Base engine fixture, built once."""
+    pytest.importorskip("qwentts_cpp_cpu", reason=NO_BINDING)
+    import torch
+
+    from q3tts.convert import convert_checkpoint
+    from q3tts.standalone.model import Qwen3TTS
+    from q3tts.verify.engines.gguf import write_engine_checkpoint
+
+    root = tmp_path_factory.mktemp("engine-base")
+    up = write_engine_checkpoint(root / "up", "base", seed=10)
+    convert_checkpoint(up, root / "st")
+    return up, Qwen3TTS.from_pretrained(root / "st", dtype=torch.float32), root
+
+
+def _check(engine_base, gguf_dir, name: str):
+    from q3tts.verify.engines.parity import check_pair
+
+    up, model, _ = engine_base
+    return check_pair(model, up, gguf_dir, FRAMES, 2, name)
+
+
+@pytest.fixture(scope="module")
+def clean_run(engine_base):
+    """The clean conversion's report per quantisation, computed once each: every fault test starts
+    from the clean pass of the same case."""
+    from q3tts.standalone.gguf_conversion import convert_to_gguf
+
+    done: dict[str, dict] = {}
+
+    def get(quant: str) -> dict:
+        if quant not in done:
+            root = engine_base[2]
+            done[quant] = _check(
+                engine_base, convert_to_gguf(engine_base[0], root / f"clean-{quant}", quant=quant).dst, "clean"
+            )
+        return done[quant]
+
+    return get
+
+
+@pytest.mark.parametrize("quant", QUANTS)
+def test_clean_base_run_passes_every_check(clean_run, quant):
+    r = clean_run(quant)
+    assert r["verdict"] == "ok" and r["problems"] == [] and r["not_checked"] == [], r["problems"] + r["not_checked"]
+    tf = r["teacher_forced"]
+    assert tf["positions"] == FRAMES * 16  # the engine ran to its cap: 6 frames of 16 codes, all judged
+    assert r["stages"]["stages"]["spk-emb"]["ok"]  # the engine's speaker encoder ran on the reference audio
+    assert r["audio_from_engine_codes"]["length_engine"] == r["audio_from_engine_codes"]["length_ref"] > 0
+    if quant == "F32":
+        assert tf["disagreements"] == [] and tf["near_tie_bound"] < 1e-4
+        assert set(r["stages"]["stages"]) >= {"talker-hidden-prefill-l0", "talker-hidden-step1", "spk-emb"}
+
+
+@pytest.mark.parametrize("quant", QUANTS)
+@pytest.mark.parametrize("fault", ["cp_head_swap", "decoder_rest_scaled", "spk_enc_kernel_flipped"])
+def test_engine_fault_fails_the_run_and_the_audit_cannot_see_it(engine_base, clean_run, fault, quant):
+    from q3tts.verify.engines.gguf_faults import EXPECTED_NAMES, plant
+    from q3tts.verify.engines.parity import judge_fault
+
+    assert clean_run(quant)["ok"]
+    r = _check(engine_base, plant(fault, engine_base[0], engine_base[2] / f"{fault}-{quant}", quant=quant), fault)
+    row = judge_fault(r, fault)
+    assert row["audit_blind"], r["audit"]  # only running the engine shows it
+    assert r["verdict"] == "FAIL" and row["named"], (EXPECTED_NAMES[fault], r["problems"])
+
+
+def test_forced_engine_error_fails_the_run(engine_base, monkeypatch, tmp_path):
+    binding = pytest.importorskip("qwentts_cpp_cpu", reason=NO_BINDING)
+
+    def refuse(self, **kw):
+        raise binding.QwenTTSError("forced by the test")
+
+    monkeypatch.setattr(binding.QwenTTS, "synthesize", refuse)
+    args = [str(engine_base[0]), "--engine", "qwentts.cpp", "--quant", "F32", "--frames", "4"]
+    r = CliRunner().invoke(main, [*args, "--report-dir", str(tmp_path)])
+    assert r.exit_code == 1, r.output
+    assert "FAIL: engine error: synthesize: forced by the test" in r.output
+    assert "qwentts.cpp: FAIL" in r.output
+    doc = json.loads((tmp_path / "engine-parity.json").read_text())
+    assert doc["verdict"] == "FAIL" and doc["runs"][0]["engine_error"] == "synthesize: forced by the test"
+
+
+def test_truncated_gguf_is_an_engine_error_not_a_pass(engine_base, clean_run, tmp_path):
+    import os
+    import shutil
+
+    from q3tts.standalone.gguf_conversion import gguf_paths
+
+    clean_run("F32")
+    bad = shutil.copytree(engine_base[2] / "clean-F32", tmp_path / "truncated")
+    talker = gguf_paths(bad)[0]
+    os.truncate(talker, talker.stat().st_size // 2)
+    r = _check(engine_base, bad, "truncated")
+    assert r["verdict"] == "FAIL" and r["problems"][0].startswith("engine error: load:"), r["problems"]
+
+
+def test_missing_stage_dump_makes_the_verdict_incomplete(engine_base, clean_run, monkeypatch):
+    from q3tts.verify.engines import gguf
+    from q3tts.verify.engines.report import run_verdict
+
+    clean_run("F32")
+    real = gguf.run_qwentts
+
+    def without(*args, **kwargs):
+        out = real(*args, **kwargs)
+        for name in ("talker-hidden-prefill-l0", "spk-emb"):
+            out["dumps"].pop(name)
+        return out
+
+    monkeypatch.setattr(gguf, "run_qwentts", without)
+    r = _check(engine_base, engine_base[2] / "clean-F32", "no-dumps")
+    assert r["problems"] == [] and r["verdict"] == "INCOMPLETE" and not r["ok"]
+    assert any("spk-emb: not dumped by the engine" in m for m in r["not_checked"]), r["not_checked"]
+    assert run_verdict([r]) == "INCOMPLETE"
+
+
+def test_engine_self_test_starts_from_a_clean_pass_and_writes_its_report(engine_base, monkeypatch, tmp_path):
+    from q3tts.verify.engines import gguf_faults
+
+    # The full catalogue (7 faults, the engine ones at 4 quantisations) runs in the committed
+    # report; here one fault checks the CLI's wiring, the tests above check every engine fault.
+    monkeypatch.setattr(gguf_faults, "FAULTS", {"special_token": gguf_faults.FAULTS["special_token"]})
+    r = CliRunner().invoke(main, ["--self-test", "--engine", "qwentts.cpp", "--report-dir", str(tmp_path)])
+    report = json.loads((tmp_path / "engine-faults.json").read_text())
+    assert report["clean"] == {"F32": "-"}, report["clean"]
+    assert [(f["fault"], f["quant"], f["caught"], f["named"]) for f in report["faults"]] == [
+        ("special_token", "F32", True, True)
+    ]
+    assert r.exit_code == 0, r.output
+    assert report["machine"]["cpu"]  # lscpu's model name, with the ISA flags
+
+
 def test_verify_parity_engine_reports_on_each_model_type(tmp_path):
     pytest.importorskip("qwentts_cpp_cpu", reason=NO_BINDING)
     args = ["--engine", "qwentts.cpp", "--quant", "F32,Q8_0", "--frames", "6", "--report-dir", str(tmp_path)]
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output
-    rows = json.loads((tmp_path / "engine-parity.json").read_text())
+    doc = json.loads((tmp_path / "engine-parity.json").read_text())
+    assert doc["verdict"] == "PASS" and doc["machine"]["cpu"]
+    rows = doc["runs"]
     assert sorted((x["model_type"], x["quant"]) for x in rows) == sorted(
         (mt, q) for mt in ("base", "custom_voice", "voice_design") for q in ("F32", "Q8_0")
     )
     for x in rows:
         assert x["prompt_ids"]["identical"], x["prompt_ids"]
-        assert x["codes"]["compared_frames"] > 0
+        assert x["teacher_forced"]["positions"] > 0
         assert x["audio_from_engine_codes"]["samples"] > 0  # 16 groups and the released codec decode
-        assert x["teacher_forced"]["group0_frame0"]["available"]
         assert x["audit"]["ok"], x["audit"]
+        assert ("spk-emb" in x["stages"]["stages"]) == (x["model_type"] == "base")
         if x["quant"] == "F32":
             assert x["stages"]["first_bad"] is None, x["stages"]
             # residual codes are real argmaxes, not the engine's 0 at subtalker_top_k >= vocab
             assert x["codes"]["identical_frames"] > 0
     md = (tmp_path / "engine-parity.md").read_text()
-    assert "| engine-voice_design | voice_design | Q8_0 |" in md
-
-
-def test_engine_self_test_catches_and_names_every_converter_fault(tmp_path):
-    pytest.importorskip("qwentts_cpp_cpu", reason=NO_BINDING)
-    r = CliRunner().invoke(main, ["--self-test", "--engine", "qwentts.cpp", "--report-dir", str(tmp_path)])
-    report = json.loads((tmp_path / "engine-faults.json").read_text())
-    assert report["clean"] == [], report["clean"]
-    assert {f["fault"] for f in report["faults"]} == {"swap_qk", "rope_flag", "special_token", "codebook_unnormalised"}
-    for f in report["faults"]:
-        assert f["caught"] and f["named"], f
-    assert r.exit_code == 0, r.output
+    assert "| engine-voice_design | voice_design | Q8_0 |" in md and "## Bounds and headroom" in md

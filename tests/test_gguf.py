@@ -201,7 +201,7 @@ def test_clean_conversion_passes_audit_and_stages(converted, load_standalone, ch
         speaker="alice",
         threads=1,
     )
-    assert r["caught"] == [], r
+    assert r["caught"] == [] and r["not_checked"] == [], r
 
 
 @pytest.mark.parametrize(

@@ -261,19 +261,43 @@ def first_differing_layer(
 # quantisation. Log-mel distance (mean |log-mel difference|, natural log, 128 mels), measured on the
 # engine fixtures of all three model types: F32 0.0153-0.0159, F16 0.0191-0.0196, BF16 0.060-0.062,
 # Q8_0 0.093-0.094; the bounds are 1.5x (the amplitude ratio of the 3 dB SNR margin, rounded up).
+# Re-measured with the engine's codes teacher-forced (24 frames, all three types; the Base case
+# with its reference audio): log-mel worst F32 0.0170, F16 0.0211, BF16 0.0629, Q8_0 0.0951, so
+# the bounds keep 1.42-1.51x headroom; a decoder beyond codebook 0 scaled by 1.5 measures 0.217-0.221.
 ENGINE_AUDIO_SNR_DB_MIN = {"F32": 28.0, "F16": 26.0, "BF16": 16.0, "Q8_0": 12.0}
 ENGINE_LOG_MEL_MAX = {"F32": 0.025, "F16": 0.03, "BF16": 0.095, "Q8_0": 0.14}
 
-# Per-stage max abs of qwentts.cpp's prefill dumps against the standalone model, F32 files only
-# (quantised weights differ by design). Measured on the tiny fixtures: input embeddings 3e-7,
-# layer-0 hidden 1.3e-6, final hidden 1.1e-6, prefill logits 3.8e-6. A conversion bug shows as an
-# O(1e-2) or larger difference; the bounds leave ~100-1000x room for other CPUs' GGML kernels.
+# Per-stage max abs of qwentts.cpp's dumps against the standalone model, F32 files only
+# (quantised weights differ by design). Measured on the tiny fixtures: input embeddings 3e-7 to
+# 9.5e-7, layer-0 hidden 1.7e-6, final hidden 1.9e-6, prefill logits 3.8e-6, and the talker state
+# after the engine's frame 0 was fed back (talker-hidden-step1, the decode step on the engine's own
+# codes) 3.6e-7. A conversion bug shows as an O(1e-2) or larger difference; the bounds leave
+# ~100-1000x room for other CPUs' GGML kernels.
 ENGINE_STAGE_ATOL = {
     "talker-input-embed": 1e-4,
     "talker-hidden-prefill-l0": 1e-3,
     "talker-hidden-prefill-final": 1e-3,
     "talker-logits-prefill": 1e-2,
+    "talker-hidden-step1": 1e-3,
 }
+
+# The x-vector qwentts.cpp's speaker encoder extracts from the Base case's reference audio against
+# the standalone speaker encoder's (spk-emb), every quantisation: max |difference| / max |ours|.
+# Measured on two references: F32 3.9e-7, F16 4.7e-4, BF16 3.6e-3, Q8_0 4.7e-4 (the encoder's conv
+# kernels fall back to F16 in Q8_0 files: rows of 3 or 5 taps are not Q8_0 blocks). The bounds keep
+# 2.2x (BF16) to 4.3x (F16, Q8_0) headroom; a first conv kernel written time-reversed measures
+# 1.6e-2 to 1.7e-2 at every quantisation.
+ENGINE_SPK_EMB_REL_MAX = {"F32": 1e-4, "F16": 2e-3, "BF16": 8e-3, "Q8_0": 2e-3}
+
+# Teacher-forced code agreement below F32: the standalone model fed the engine's codes picks the
+# engine's code at this fraction of all positions, and at least at GROUP_MIN of the frames in
+# every code group. Measured (8 and 24 frames, three types): overall worst F16 0.997, BF16 0.984,
+# Q8_0 0.982; worst group 0.875 (one of 8 frames). Each disagreement measured was a near-tie under
+# the quantisation's own prefill logit distance (margins 0.001-0.29 against 0.009-0.28). Two code-
+# predictor heads swapped take their groups to 0.0-0.25. At F32 there is no floor: every
+# disagreement must be a proven near-tie (verify/engines/judge.py).
+ENGINE_TF_AGREEMENT_MIN = {"F16": 0.9, "BF16": 0.9, "Q8_0": 0.9}
+ENGINE_TF_GROUP_MIN = {"F16": 0.5, "BF16": 0.5, "Q8_0": 0.5}
 
 
 def first_divergence(ref: list[torch.Tensor], got: list[torch.Tensor]) -> tuple[int, int, int] | None:

@@ -1,26 +1,29 @@
 """Parity of qwentts.cpp (GGML, through its Python binding ``qwentts_cpp_cpu``) with the
 standalone model, which is itself bit-identical to upstream qwen-tts on the exact path.
 
-Both sides get the same text, speaker, language and greedy settings. The binding's dump
-directory gives its prompt ids and codes, so prompts are compared exactly, not assumed:
+Both sides get the same text, speaker, language, reference audio (Base) and greedy settings. The
+binding's dump directory gives the engine's prompt ids, stage tensors and codes, so nothing about
+the engine is assumed:
 
 - prompt ids identical or not (first differing position);
-- greedy code agreement: identical frames out of the shorter run, first divergence (frame, group);
-- audio from identical codes: qwentts.cpp's own decode of its codes against the standalone codec
-  decoding the same codes (max abs, SNR in dB, log-mel distance);
-- teacher-forced group-0 argmax at frame 0 (the binding dumps the prefill logits only; the code
-  predictor's and later frames' logits are not exposed);
-- on F32 files, the prefill stages qwentts.cpp dumps (input embeddings, layer-0 and final hidden,
-  logits), and for every file a static audit against the upstream checkpoint.
+- the engine's codes teacher-forced into the standalone model (verify/engines/forcing.py): its
+  pick at every (frame, group) on the engine's own history, so the code predictor and every frame
+  after the first are judged although the binding dumps logits of the prefill only;
+- the stages qwentts.cpp dumps: on F32 files the prefill (input embeddings, layer-0 and final
+  hidden, logits) and the talker state after its frame 0; at every quantisation the x-vector its
+  speaker encoder extracts from the Base case's reference audio;
+- audio: qwentts.cpp's own decode of its codes against the standalone codec decoding the same
+  codes (max abs, SNR in dB, log-mel distance);
+- free-running greedy code agreement (identical frames, first divergence), reported;
+- a static audit of the files against the upstream checkpoint.
 
-``classify`` splits the differences into bugs and what quantisation explains. The CLI driver is
-verify/engines/parity.py (``verify-parity --engine qwentts.cpp``); ``GGUFEngineUnavailable`` carries
-the install hint when the binding is absent.
+verify/engines/judge.py holds the rules (what fails, what is a near-tie, what is not checked).
+The CLI driver is verify/engines/parity.py (``verify-parity --engine qwentts.cpp``);
+``GGUFEngineUnavailable`` carries the install hint when the binding is absent.
 """
 
 from __future__ import annotations
 
-import contextlib
 import tempfile
 import time
 from pathlib import Path
@@ -29,12 +32,8 @@ from typing import Any
 import numpy as np
 import torch
 
-# Tolerances live in verify/compare.py's one table, with their measurements.
-from q3tts.verify.compare import ENGINE_AUDIO_SNR_DB_MIN as AUDIO_SNR_DB_MIN
-from q3tts.verify.compare import ENGINE_LOG_MEL_MAX as LOG_MEL_MAX
-from q3tts.verify.compare import ENGINE_STAGE_ATOL as STAGE_ATOL
-
 BINDING_MODULE = "qwentts_cpp_cpu"
+REF_AUDIO_RATE = 24000  # qwentts.cpp takes reference audio at 24 kHz only (ref_audio_24k)
 INSTALL_HINT = (
     "the qwentts.cpp engine needs its Python binding: pip install 'qwen3-tts-standalone[peers]' "
     "(the wheel realtimetts-qwen-native-cpu, import qwentts_cpp_cpu; CPU with AVX2)"
@@ -43,6 +42,19 @@ INSTALL_HINT = (
 
 class GGUFEngineUnavailable(RuntimeError):
     """The qwentts.cpp binding is not installed; the message says how to install it."""
+
+
+def reference_audio(seconds: float = 1.5, seed: int = 0) -> np.ndarray:
+    """The Base case's fixed 24 kHz reference: a voiced-like tone (a gliding 120-160 Hz fundamental
+    and eight harmonics, slowly amplitude-modulated) plus a little noise. Both sides embed it with
+    their own speaker encoder; generated, so the check needs no audio file."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * REF_AUDIO_RATE)) / REF_AUDIO_RATE
+    f0 = 140.0 + 20.0 * np.sin(2 * np.pi * 0.7 * t)
+    phase = 2 * np.pi * np.cumsum(f0) / REF_AUDIO_RATE
+    voiced = sum(np.sin(k * phase) / k for k in range(1, 9)) * (0.6 + 0.4 * np.sin(2 * np.pi * 3.0 * t))
+    wav = 0.25 * voiced + 0.02 * rng.standard_normal(t.size)
+    return (0.9 * wav / np.abs(wav).max()).astype(np.float32)
 
 
 def load_binding():
@@ -68,63 +80,111 @@ def run_qwentts(
     language: str = "english",
     speaker: str | None = None,
     instruct: str | None = None,
+    ref_audio: np.ndarray | None = None,
     max_new_tokens: int = 16,
     threads: int = 2,
     dump: bool = True,
     log: list | None = None,
 ) -> dict[str, Any]:
     """Greedy synthesis through the binding: prompt ids, codes [frames, G], audio, timings.
-    ``dump=False`` runs without the debug dumps (for timing; no prompt ids or codes then)."""
+    ``ref_audio`` (24 kHz mono) makes it an x-vector voice clone (Base): the engine runs its own
+    speaker encoder on it. ``dump=False`` runs without the debug dumps (for timing; no prompt ids
+    or codes then). An error of the engine (loading or synthesis) is returned as ``error``, with
+    whatever it dumped before it, so the caller can fail the run and say why."""
     binding = load_binding()
-    from q3tts.standalone.gguf_conversion import gguf_paths
-
-    talker, codec = gguf_paths(gguf_dir)
     want_dump = dump
     with tempfile.TemporaryDirectory(prefix="qwentts-dump-") as dump:
-        t0 = time.perf_counter()
-        tts = binding.QwenTTS(talker, codec, cpu_threads=threads)
-        load_s = time.perf_counter() - t0
-        if log is not None:  # the engine's own [Perf] lines, for the benchmark's split
-            tts.set_log_callback(lambda _level, message: log.append(message))
-        try:
-            t0 = time.perf_counter()
-            error = None
-            try:
-                audio, sr = tts.synthesize(
-                    text=text,
-                    lang=language,
-                    speaker=speaker,
-                    instruct=instruct,
-                    do_sample=False,
-                    subtalker_do_sample=False,
-                    repetition_penalty=1.0,
-                    max_new_tokens=max_new_tokens,
-                    dump_dir=dump if want_dump else None,
-                )
-            except binding.QwenTTSError as e:
-                # e.g. its codec hard-codes 16 codebooks: codes are still dumped, audio is not
-                audio, sr, error = np.zeros(0, np.float32), 0, str(e) or "synthesize failed"
-            synth_s = time.perf_counter() - t0
-        finally:
-            if log is not None:  # process-wide in the library: unset before the callback is freed
-                tts.set_log_callback(None)
-            tts.close()
+        out = _synthesize(
+            binding,
+            gguf_dir,
+            dict(text=text, lang=language, speaker=speaker, instruct=instruct, ref_audio_24k=ref_audio),
+            max_new_tokens,
+            threads,
+            dump if want_dump else None,
+            log,
+        )
         ids_path = Path(dump) / "prompt-ids.bin"
         ids = read_dump(ids_path).astype(np.int64).tolist() if ids_path.is_file() else []
         codes_path = Path(dump) / "codes-full.bin"
         codes = read_dump(codes_path).astype(np.int64) if codes_path.is_file() else np.zeros((0, 0), np.int64)
         dumps = {p.stem: read_dump(p) for p in Path(dump).glob("*.bin")}
     return {
+        **out,
         "dumps": dumps,
         "prefill_logits": dumps.get("talker-logits-prefill"),
         "prompt_ids": ids,
         "codes": codes,
+    }
+
+
+def _synthesize(binding, gguf_dir, request: dict, max_new_tokens: int, threads: int, dump_dir, log) -> dict:
+    """One engine load and greedy synthesize; a QwenTTSError at either step becomes ``error``."""
+    from q3tts.standalone.gguf_conversion import gguf_paths
+
+    talker, codec = gguf_paths(gguf_dir)
+    audio, sr, error, load_s, synth_s = np.zeros(0, np.float32), 0, None, 0.0, 0.0
+    t0 = time.perf_counter()
+    try:
+        tts = binding.QwenTTS(talker, codec, cpu_threads=threads)
+    except binding.QwenTTSError as e:
+        return {"audio": audio, "sample_rate": sr, "load_s": 0.0, "synth_s": 0.0, "error": f"load: {e}"}
+    load_s = time.perf_counter() - t0
+    if log is not None:  # the engine's own [Perf] lines, for the benchmark's split
+        tts.set_log_callback(lambda _level, message: log.append(message))
+    try:
+        t0 = time.perf_counter()
+        try:
+            audio, sr = tts.synthesize(
+                **request,
+                do_sample=False,
+                subtalker_do_sample=False,
+                repetition_penalty=1.0,
+                max_new_tokens=max_new_tokens,
+                dump_dir=dump_dir,
+            )
+        except binding.QwenTTSError as e:
+            # e.g. its codec hard-codes 16 codebooks: codes are still dumped, audio is not
+            error = f"synthesize: {e}" if str(e) else "synthesize failed"
+        synth_s = time.perf_counter() - t0
+    finally:
+        if log is not None:  # process-wide in the library: unset before the callback is freed
+            tts.set_log_callback(None)
+        tts.close()
+    return {
         "audio": np.asarray(audio, np.float32),
         "sample_rate": sr,
         "load_s": load_s,
         "synth_s": synth_s,
         "error": error,
     }
+
+
+def standalone_inputs(
+    model, *, text: str, instruct: str | None = None, ref_audio: np.ndarray | None = None
+) -> dict[str, Any]:
+    """The standalone side of a request: text ids (what qwentts.cpp dumps as prompt-ids),
+    instruction ids, and for ``ref_audio`` the x-vector prompt upstream's voice_clone builds with
+    x_vector_only_mode (the speaker encoder's embedding of the 24 kHz reference)."""
+    from q3tts.standalone.text import TextTokenizer
+
+    tok = TextTokenizer.from_dir(model.checkpoint_dir)
+    ids = tok.encode(tok.assistant_text(text))
+    out: dict[str, Any] = {
+        "ids": ids,
+        "instruct_ids": [torch.tensor([tok.encode(tok.instruct_text(instruct))])] if instruct else None,
+        "voice_clone_prompt": None,
+        "spk_embedding": None,
+    }
+    if ref_audio is not None:
+        spk = model.extract_speaker_embedding(np.asarray(ref_audio, np.float32), REF_AUDIO_RATE)
+        out["spk_embedding"] = spk
+        out["voice_clone_prompt"] = {
+            "ref_spk_embedding": [spk],
+            "x_vector_only_mode": [True],
+            "icl_mode": [False],
+            "ref_code": [None],
+        }
+    return out
 
 
 def run_standalone(
@@ -134,21 +194,19 @@ def run_standalone(
     language: str = "english",
     speaker: str | None = None,
     instruct: str | None = None,
+    ref_audio: np.ndarray | None = None,
     max_new_tokens: int = 16,
     non_streaming_mode: bool = True,
 ) -> dict[str, Any]:
     """The same request on the standalone model (greedy): prompt ids (text part) and codes.
     ``non_streaming_mode=True`` is upstream's default in generate_custom_voice / voice_design /
     voice_clone and the prompt layout qwentts.cpp builds (all text in the prefill)."""
-    from q3tts.standalone.text import TextTokenizer
-
-    tok = TextTokenizer.from_dir(model.checkpoint_dir)
-    ids = tok.encode(tok.assistant_text(text))
-    instruct_ids = [torch.tensor([tok.encode(tok.instruct_text(instruct))])] if instruct else None
+    inputs = standalone_inputs(model, text=text, instruct=instruct, ref_audio=ref_audio)
     t0 = time.perf_counter()
     codes, _ = model.generate(
-        input_ids=[torch.tensor([ids])],
-        instruct_ids=instruct_ids,
+        input_ids=[torch.tensor([inputs["ids"]])],
+        instruct_ids=inputs["instruct_ids"],
+        voice_clone_prompt=inputs["voice_clone_prompt"],
         languages=[language],
         speakers=[speaker],
         do_sample=False,
@@ -157,7 +215,11 @@ def run_standalone(
         max_new_tokens=max_new_tokens,
         non_streaming_mode=non_streaming_mode,
     )
-    return {"prompt_ids": ids, "codes": codes[0].cpu().numpy().astype(np.int64), "synth_s": time.perf_counter() - t0}
+    return {
+        "prompt_ids": inputs["ids"],
+        "codes": codes[0].cpu().numpy().astype(np.int64),
+        "synth_s": time.perf_counter() - t0,
+    }
 
 
 def first_difference(a, b) -> int | None:
@@ -228,14 +290,19 @@ def gguf_parity(
     language: str = "english",
     speaker: str | None = None,
     instruct: str | None = None,
+    ref_audio: np.ndarray | None = None,
     max_new_tokens: int = 16,
     threads: int = 2,
     model=None,
 ) -> dict[str, Any]:
     """The report ``verify-parity --engine qwentts.cpp`` prints for one GGUF pair: ``model_dir`` is
-    the upstream checkpoint (also audited against the GGUF files; None skips the audit),
-    ``gguf_dir`` its ``convert-ckpt --to gguf`` output. ``problems`` lists what would be a bug;
-    ``quantisation_notes`` what the quantisation explains."""
+    the upstream checkpoint (also audited against the GGUF files; None leaves the audit not
+    checked), ``gguf_dir`` its ``convert-ckpt --to gguf`` output, ``ref_audio`` the Base case's
+    24 kHz reference (both sides run their speaker encoder on it). ``problems`` lists the failures,
+    ``not_checked`` what could not be judged (either keeps ``ok`` false; verify/engines/judge.py
+    has the rules), ``notes`` near-ties and what quantisation explains."""
+    from q3tts.verify.engines import judge
+
     load_binding()
     if model is None:
         from q3tts.standalone.model import Qwen3TTS
@@ -244,84 +311,70 @@ def gguf_parity(
     import json
 
     quant = json.loads((Path(gguf_dir) / "manifest.json").read_text()).get("quant")
-    request = dict(text=text, language=language, speaker=speaker, instruct=instruct)
+    request = dict(text=text, language=language, speaker=speaker, instruct=instruct, ref_audio=ref_audio)
     eng = run_qwentts(gguf_dir, **request, max_new_tokens=max_new_tokens, threads=threads)
     ref = run_standalone(model, **request, max_new_tokens=max_new_tokens)
     prefill = standalone_prefill(model, **request)
-    diff = first_difference(ref["prompt_ids"], eng["prompt_ids"])
+    forced, forced_error = _forced(model, prefill["prompt"], eng["codes"], max_new_tokens)
+    prefill["talker-hidden-step1"] = None if forced is None else forced.hidden_step1
+    expected = judge.expected_stages(quant, ref_audio is not None, bool(len(eng["codes"])))
+    stages = judge.compare_stages(prefill, eng["dumps"], expected)
     report: dict[str, Any] = {
         "engine": "qwentts.cpp",
         "quant": quant,
         "model_type": model.config.tts_model_type,
-        "request": {k: v for k, v in request.items() if v is not None},
-        "prompt_ids": {
-            "identical": diff is None,
-            "first_difference": diff,
-            "ref_len": len(ref["prompt_ids"]),
-            "engine_len": len(eng["prompt_ids"]),
-        },
+        "request": {k: v for k, v in request.items() if v is not None and k != "ref_audio"},
+        "prompt_ids": _prompt_ids(stages),
         "codes": code_agreement(ref["codes"], eng["codes"], max_new_tokens),
-        "teacher_forced": {
-            "group0_frame0": prefill_argmax(
-                prefill["talker-logits-prefill"], eng["prefill_logits"], model.config.talker.code_predictor.vocab_size
-            ),
-            "later_frames_and_code_predictor": "not exposed by the binding (it dumps logits of the prefill only)",
-        },
-        "stages": compare_stages(prefill, eng["dumps"]) if quant == "F32" else None,
+        "teacher_forced": {"error": forced_error, "positions": 0}
+        if forced is None
+        else judge.teacher_forced(forced, eng["codes"], quant, judge.logit_distance(stages)),
+        "stages": stages,
         "audit": audit_gguf(model_dir, gguf_dir) if model_dir is not None else None,
+        "audio_from_engine_codes": _audio_section(model, eng),
         "timing": {"engine_s": eng["synth_s"], "standalone_s": ref["synth_s"]},
+        "tolerances": judge.tolerances(quant),
     }
+    if ref_audio is not None:
+        report["request"]["ref_audio"] = f"{len(ref_audio)} samples at {REF_AUDIO_RATE} Hz (x-vector only)"
     if eng["error"]:
         report["engine_error"] = eng["error"]
-    if eng["codes"].size and eng["audio"].size:
-        wavs, _ = model.decode_codes(torch.as_tensor(eng["codes"]))
-        report["audio_from_engine_codes"] = audio_metrics(np.asarray(wavs[0], np.float32), eng["audio"])
-    else:
-        note = eng["error"] or "engine produced no frames (EOS first)"
-        report["audio_from_engine_codes"] = {"samples": 0, "note": note}
-    report["tolerances"] = {
-        "audio_snr_db_min": AUDIO_SNR_DB_MIN.get(quant),
-        "log_mel_l1_max": LOG_MEL_MAX.get(quant),
-        "stage_atol": STAGE_ATOL if quant == "F32" else None,
-        "prompt_ids": "identical",
-    }
-    report["problems"], report["quantisation_notes"] = classify(report)
-    report["ok"] = not report["problems"]
+    report["problems"], report["notes"], report["not_checked"] = judge.classify(report)
+    report["ok"] = not report["problems"] and not report["not_checked"]
+    report["verdict"] = "FAIL" if report["problems"] else ("INCOMPLETE" if report["not_checked"] else "ok")
     return report
 
 
-def classify(report: dict[str, Any]) -> tuple[list[str], list[str]]:
-    """Split a report's differences into bugs (problems) and what quantisation explains."""
-    quant, problems, notes = report["quant"], [], []
-    p = report["prompt_ids"]
-    if not p["identical"]:
-        problems.append(
-            f"prompt ids differ at position {p['first_difference']} ({p['ref_len']} vs {p['engine_len']} ids): "
-            "tokenizer / special-token conversion"
-        )
-    if report.get("audit"):
-        problems += report["audit"]["problems"]
-    stages = report.get("stages")
-    if stages and stages["first_bad"]:
-        problems.append(f"stage {stages['first_bad']}: {stages['stages'][stages['first_bad']]}")
-    tf = report["teacher_forced"]["group0_frame0"]
-    if tf.get("available") and not tf.get("same_argmax"):
-        near_tie = tf.get("ref_top2_margin") is not None and tf["ref_top2_margin"] <= 2 * tf.get("max_abs", 0)
-        msg = f"frame-0 group-0 argmax differs (top-2 margin {tf.get('ref_top2_margin')}, logits max abs {tf.get('max_abs')})"
-        (notes if (quant != "F32" or near_tie) else problems).append(msg)
-    fd = report["codes"]["first_divergence"]
-    if fd is not None:
-        notes.append(
-            f"greedy codes diverge at frame {fd['frame']}, group {fd['group']} "
-            + ("(a near-tie at F32)" if quant == "F32" else f"(chained argmaxes under {quant} weights)")
-        )
-    a = report["audio_from_engine_codes"]
-    floor, mel_max = AUDIO_SNR_DB_MIN.get(quant), LOG_MEL_MAX.get(quant)
-    if a.get("snr_db") is not None and floor is not None and a["snr_db"] < floor:
-        problems.append(f"audio from identical codes: SNR {a['snr_db']:.1f} dB < {floor} dB (codec conversion)")
-    if a.get("log_mel_l1") is not None and mel_max is not None and a["log_mel_l1"] > mel_max:
-        problems.append(f"audio from identical codes: log-mel L1 {a['log_mel_l1']:.3f} > {mel_max} (codec conversion)")
-    return problems, notes
+def _forced(model, prompt, codes: np.ndarray, max_new_tokens: int):
+    """(the standalone teacher-forced on the engine's codes, None) or (None, why it cannot be)."""
+    from q3tts.verify.engines.forcing import check_code_range, forced_logits
+
+    if codes.size == 0:
+        return None, None
+    bad = check_code_range(model, codes)
+    if bad:
+        return None, bad
+    return forced_logits(model, prompt, codes, max_new_tokens), None
+
+
+def _prompt_ids(stages: dict[str, Any]) -> dict[str, Any]:
+    entry = stages["stages"]["prompt-ids"]
+    return {
+        "identical": entry["ok"],  # None: the engine dumped no prompt ids (not checked)
+        "first_difference": entry.get("first_difference"),
+        "ref_len": entry.get("ref_len"),
+        "engine_len": entry.get("engine_len"),
+    }
+
+
+def _audio_section(model, eng: dict[str, Any]) -> dict[str, Any]:
+    """The engine's audio against the standalone codec decoding the engine's own codes."""
+    if not eng["codes"].size:
+        return {"samples": 0, "length_engine": int(len(eng["audio"])), "note": "the engine produced no frames"}
+    if not eng["audio"].size:
+        return {"samples": 0, "length_engine": 0, "note": eng["error"] or "the engine returned no audio"}
+    wavs, _ = model.decode_codes(torch.as_tensor(eng["codes"]))
+    return audio_metrics(np.asarray(wavs[0], np.float32), eng["audio"])
 
 
 def write_engine_checkpoint(
@@ -393,55 +446,43 @@ def write_engine_checkpoint(
 # --------------------------------------------------------------------------------------------
 
 
-def _engine_prefill_dump(binding, gguf_dir, text, language, speaker, instruct, threads) -> dict:
-    """qwentts.cpp's own dumps (prompt ids, embeddings, prefill states) of a one-frame request."""
-    from q3tts.standalone.gguf_conversion import gguf_paths
-
-    talker, codec = gguf_paths(gguf_dir)
-    with tempfile.TemporaryDirectory(prefix="qwentts-dump-") as dump:
-        tts = binding.QwenTTS(talker, codec, cpu_threads=threads)
-        try:
-            with contextlib.suppress(binding.QwenTTSError):
-                tts.synthesize(
-                    text=text,
-                    lang=language,
-                    speaker=speaker,
-                    instruct=instruct,
-                    do_sample=False,
-                    subtalker_do_sample=False,
-                    repetition_penalty=1.0,
-                    max_new_tokens=1,
-                    dump_dir=dump,
-                )
-        finally:
-            tts.close()
-        eng = {p.stem: read_dump(p) for p in Path(dump).glob("*.bin")}
-    return eng
-
-
 def standalone_prefill(
-    model, *, text: str, language: str = "english", speaker: str | None = None, instruct: str | None = None
+    model,
+    *,
+    text: str,
+    language: str = "english",
+    speaker: str | None = None,
+    instruct: str | None = None,
+    ref_audio: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """The standalone model's side of the stages qwentts.cpp dumps for the same request: prompt
-    ids (text part), input embeddings, layer-0 and final prefill hidden states, prefill logits."""
+    ids (text part), the x-vector of ``ref_audio`` (spk-emb), input embeddings, layer-0 and final
+    prefill hidden states, prefill logits; and ``prompt``, the TalkerPrompt they come from."""
     from q3tts.standalone.prompt import build_talker_prompt
-    from q3tts.standalone.text import TextTokenizer
 
-    tok = TextTokenizer.from_dir(model.checkpoint_dir)
-    ids = tok.encode(tok.assistant_text(text))
-    instruct_ids = [torch.tensor([tok.encode(tok.instruct_text(instruct))])] if instruct else None
+    inputs = standalone_inputs(model, text=text, instruct=instruct, ref_audio=ref_audio)
     with torch.inference_mode():
         prompt = build_talker_prompt(
-            model, [torch.tensor([ids])], instruct_ids, None, None, [language], [speaker], non_streaming_mode=True
+            model,
+            [torch.tensor([inputs["ids"]])],
+            inputs["instruct_ids"],
+            None,
+            inputs["voice_clone_prompt"],
+            [language],
+            [speaker],
+            non_streaming_mode=True,
         )
         collect: list = []
         hidden, logits = model.talker(prompt.inputs_embeds, collect=collect)
     ref = {
-        "prompt-ids": ids,
+        "prompt": prompt,
+        "prompt-ids": inputs["ids"],
         "talker-input-embed": prompt.inputs_embeds[0],
         "talker-hidden-prefill-final": hidden[0],
         "talker-logits-prefill": logits[0, -1],
     }
+    if inputs["spk_embedding"] is not None:
+        ref["spk-emb"] = inputs["spk_embedding"]
     if collect:
         ref["talker-hidden-prefill-l0"] = collect[0][0] if isinstance(collect[0], torch.Tensor) else None
     return ref
@@ -466,36 +507,6 @@ def prefill_argmax(ref_logits, eng_logits, codebook_size: int) -> dict[str, Any]
     }
 
 
-def compare_stages(ref: dict[str, Any], eng: dict[str, np.ndarray]) -> dict[str, Any]:
-    """Prompt ids and the prefill stages qwentts.cpp dumps, against ``standalone_prefill``;
-    ``first_bad`` names the first stage beyond STAGE_ATOL (or ``prompt-ids``)."""
-    ids = ref["prompt-ids"]
-    eng_ids = eng.get("prompt-ids", np.zeros(0)).astype(np.int64).tolist()
-    out: dict[str, Any] = {"stages": {}, "first_bad": None}
-    out["stages"]["prompt-ids"] = {
-        "ok": eng_ids == ids,
-        "ref_len": len(ids),
-        "engine_len": len(eng_ids),
-        "first_difference": first_difference(ids, eng_ids),
-    }
-    if eng_ids != ids:
-        out["first_bad"] = "prompt-ids"
-    for name in STAGE_ATOL:
-        r, e = ref.get(name), eng.get(name)
-        if r is None or e is None:
-            out["stages"][name] = {"ok": None, "note": "not available"}
-            continue
-        r = r.float().cpu().numpy()
-        if r.shape != e.shape:
-            out["stages"][name] = {"ok": False, "note": f"shape {r.shape} vs engine {e.shape}"}
-        else:
-            d = float(np.abs(r - e).max())
-            out["stages"][name] = {"ok": d <= STAGE_ATOL[name], "max_abs": d, "atol": STAGE_ATOL[name]}
-        if out["stages"][name]["ok"] is False and out["first_bad"] is None:
-            out["first_bad"] = name
-    return out
-
-
 def stage_report(
     model,
     gguf_dir: str | Path,
@@ -504,13 +515,29 @@ def stage_report(
     language: str = "english",
     speaker: str | None = None,
     instruct: str | None = None,
+    ref_audio: np.ndarray | None = None,
     threads: int = 2,
 ) -> dict[str, Any]:
-    """compare_stages on a one-frame request (qwentts.cpp's prefill dumps)."""
-    binding = load_binding()
-    eng = _engine_prefill_dump(binding, gguf_dir, text, language, speaker, instruct, threads)
-    ref = standalone_prefill(model, text=text, language=language, speaker=speaker, instruct=instruct)
-    return compare_stages(ref, eng)
+    """judge.compare_stages on a one-frame request: qwentts.cpp's prefill dumps (and x-vector)
+    against the standalone model's, at F32 tolerances. The engine's synthesis error is ignored
+    here (the 4-group suite fixtures get codes and dumps but no audio from it); a stage it did not
+    dump is listed in ``not_checked``."""
+    from q3tts.verify.engines import judge
+
+    request = dict(text=text, language=language, speaker=speaker, instruct=instruct, ref_audio=ref_audio)
+    eng = run_qwentts(gguf_dir, **request, max_new_tokens=1, threads=threads)
+    ref = standalone_prefill(model, **request)
+    return judge.compare_stages(ref, eng["dumps"], judge.expected_stages("F32", ref_audio is not None, False))
+
+
+def _read_gguf(gguf, path: Path, problems: list[str]):
+    """A GGUFReader of ``path``, or None with the reason appended to ``problems`` (a truncated or
+    corrupt file is a finding of the audit, not a crash of the verifier)."""
+    try:
+        return gguf.GGUFReader(str(path))
+    except (OSError, ValueError) as e:
+        problems.append(f"file {path.name}: unreadable as GGUF ({type(e).__name__}: {e})")
+        return None
 
 
 def audit_gguf(upstream_dir: str | Path, gguf_dir: str | Path) -> dict[str, Any]:
@@ -539,7 +566,9 @@ def audit_gguf(upstream_dir: str | Path, gguf_dir: str | Path) -> dict[str, Any]
         v = f.parts[f.data[0]]
         return bytes(v).decode() if f.types[0] == gguf.GGUFValueType.STRING else v[0]
 
-    tr = gguf.GGUFReader(str(talker))
+    tr, cr = _read_gguf(gguf, talker, problems), _read_gguf(gguf, codec, problems)
+    if tr is None or cr is None:
+        return {"ok": False, "problems": problems}
     rs = cfg["talker_config"].get("rope_scaling") or {}
     if "mrope_section" in rs:
         got = field(tr, "qwen3-tts.talker.rope.mrope_interleaved")
@@ -556,7 +585,6 @@ def audit_gguf(upstream_dir: str | Path, gguf_dir: str | Path) -> dict[str, Any]
             problems.append(
                 f"tokenizer: {key}={i} holds {tokens[i] if i < len(tokens) else None!r}, expected {added.get(i)!r}"
             )
-    cr = gguf.GGUFReader(str(codec))
     tensors = {t.name: t for t in cr.tensors}
     with safe_open(str(upstream_dir / "speech_tokenizer" / "model.safetensors"), "pt") as f:
         for side in ("first", "rest"):
@@ -617,53 +645,3 @@ def write_released_id_tokenizer(dst: str | Path) -> None:
     tok_cfg["added_tokens_decoder"] = added
     (dst / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     (dst / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2, ensure_ascii=False), encoding="utf-8")
-
-
-def _fmt(x, spec=".3g"):
-    return "-" if x is None else format(x, spec)
-
-
-def render_markdown(reports: list[dict[str, Any]]) -> str:
-    """The table ``verify-parity --engine qwentts.cpp`` writes: one row per checkpoint and GGUF
-    quantisation, then each row's bugs (problems) and what quantisation explains (notes)."""
-    lines = [
-        "| checkpoint | model type | quant | prompt ids | identical frames | first divergence | frame-0 group-0 "
-        "argmax (teacher-forced) | audio SNR dB (floor) | max abs | log-mel L1 (max) | F32 stages | verdict |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in reports:
-        c, a, p = r["codes"], r.get("audio_from_engine_codes", {}), r["prompt_ids"]
-        fd, tf, t = c["first_divergence"], r["teacher_forced"]["group0_frame0"], r["tolerances"]
-        where = "none" if fd is None else f"frame {fd['frame']}, group {fd['group']}"
-        st = r.get("stages")
-        lines.append(
-            f"| {r.get('checkpoint', '-')} | {r['model_type']} | {r['quant']} | "
-            f"{'identical' if p['identical'] else 'DIFFER at ' + str(p['first_difference'])} ({p['engine_len']}) | "
-            f"{c['identical_frames']} of {c['compared_frames']} | "
-            f"{where} | "
-            f"{('same' if tf.get('same_argmax') else 'DIFFERS') if tf.get('available') else 'not dumped'} | "
-            f"{_fmt(a.get('snr_db'), '.1f')} ({t['audio_snr_db_min']}) | {_fmt(a.get('max_abs'))} | "
-            f"{_fmt(a.get('log_mel_l1'))} ({t['log_mel_l1_max']}) | "
-            f"{'-' if st is None else (st['first_bad'] or 'all within')} | "
-            f"{'ok' if r['ok'] else 'FAIL'} |"
-        )
-    lines.append("")
-    for r in reports:
-        tag = f"{r.get('checkpoint', r['model_type'])} {r['quant']}"
-        for msg in r["problems"]:
-            lines.append(f"- **bug** ({tag}): {msg}")
-        for msg in r["quantisation_notes"]:
-            lines.append(f"- quantisation ({tag}): {msg}")
-        if r.get("engine_error"):
-            lines.append(f"- engine error ({tag}): {r['engine_error']}")
-    capped = [r for r in reports if r["codes"].get("length_note")]
-    if capped:
-        lines.append(
-            f"- length ({len(capped)} of {len(reports)} runs): {capped[0]['codes']['length_note']} "
-            "(upstream's last group-0 id gets no residual codes); not counted as a divergence"
-        )
-    lines.append(
-        "\nTeacher-forced agreement beyond frame 0 and the code predictor's argmaxes: not exposed by the "
-        "binding (it dumps the prefill logits only)."
-    )
-    return "\n".join(lines) + "\n"

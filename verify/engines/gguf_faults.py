@@ -9,6 +9,16 @@ into the file, as a converter bug would:
 - ``special_token``: ``<|im_start|>`` moved off the id config.json names;
 - ``codebook_unnormalised``: the first decoder codebook written as embedding_sum, not divided by
   cluster_usage.
+
+The last three of those are what ``audit_gguf`` reads statically. The engine faults below are
+invisible to it (``ENGINE_FAULTS``: the self-test requires the audit to find nothing), so only
+running the engine can catch them; each sits in a part the prefill dumps never reach:
+
+- ``cp_head_swap``: the code predictor's heads of groups 4 and 5 exchanged (lm_head.3/.4);
+- ``decoder_rest_scaled``: the decoder's projection of codebooks 1..15 (vq_rest.output_proj)
+  scaled by 1.5, so everything the decoder adds beyond codebook 0 is 1.5x too loud;
+- ``spk_enc_kernel_flipped``: the speaker encoder's first conv kernel written time-reversed (a
+  convolution / correlation mix-up), run only in the Base case's x-vector extraction.
 """
 
 from __future__ import annotations
@@ -58,20 +68,48 @@ def _codebook_unnormalised(stage, **kw):
         return kw["array"]
 
 
+def _cp_head_swap(stage, **kw):
+    if stage == "tensor":
+        other = {"code_pred.lm_head.3.weight": "4", "code_pred.lm_head.4.weight": "3"}.get(kw["name"])
+        if other:
+            return kw["reader"].get(f"talker.code_predictor.lm_head.{other}.weight").float().numpy()
+        return kw["array"]
+
+
+def _decoder_rest_scaled(stage, **kw):
+    if stage == "tensor":
+        return kw["array"] * 1.5 if kw["name"] == "tok_dec.vq_rest.output_proj.weight" else kw["array"]
+
+
+def _spk_enc_kernel_flipped(stage, **kw):
+    if stage == "tensor":
+        # [out, in, kernel]: reversing the taps turns the convolution into its mirror image
+        return kw["array"][..., ::-1].copy() if kw["name"] == "spk_enc.conv0.weight" else kw["array"]
+
+
 FAULTS: dict[str, Callable] = {
     "swap_qk": _swap_qk,
     "rope_flag": _rope_flag,
     "special_token": _special_token,
     "codebook_unnormalised": _codebook_unnormalised,
+    "cp_head_swap": _cp_head_swap,
+    "decoder_rest_scaled": _decoder_rest_scaled,
+    "spk_enc_kernel_flipped": _spk_enc_kernel_flipped,
 }
 
+# Faults the static audit cannot see: only the engine's run (codes, audio, x-vector) shows them.
+ENGINE_FAULTS = ("cp_head_swap", "decoder_rest_scaled", "spk_enc_kernel_flipped")
 
-# What the engine check must name for each fault: the stage or tensor it lives in.
+
+# What the engine check must name for each fault: the stage, tensor or code group it lives in.
 EXPECTED_NAMES = {
     "swap_qk": "talker-hidden-prefill-l0",
     "rope_flag": "mrope_interleaved",
     "special_token": "im_start_token_id",
     "codebook_unnormalised": "tok_dec.vq_first.0.codebook",
+    "cp_head_swap": "code-predictor group 4 ",
+    "decoder_rest_scaled": "log-mel",
+    "spk_enc_kernel_flipped": "spk-emb",
 }
 
 
@@ -82,7 +120,8 @@ def plant(name: str, upstream_dir: str | Path, dst: str | Path, quant: str = "F3
 
 
 def detect(model, upstream_dir: str | Path, gguf_dir: str | Path, **request: Any) -> dict[str, Any]:
-    """Run the static audit and the stage comparison; ``caught`` lists what names the fault."""
+    """Run the static audit and the stage comparison; ``caught`` lists what names the fault,
+    ``not_checked`` the stages the engine did not dump."""
     from q3tts.verify.engines.gguf import audit_gguf, stage_report
 
     audit = audit_gguf(upstream_dir, gguf_dir)
@@ -90,4 +129,4 @@ def detect(model, upstream_dir: str | Path, gguf_dir: str | Path, **request: Any
     caught = list(audit["problems"])
     if stages["first_bad"]:
         caught.append(f"stage {stages['first_bad']} differs: {stages['stages'][stages['first_bad']]}")
-    return {"caught": caught, "audit": audit, "stages": stages}
+    return {"caught": caught, "audit": audit, "stages": stages, "not_checked": stages["not_checked"]}
