@@ -108,35 +108,54 @@ def pytest_runtest_logreport(report):
         _OUTCOMES[report.outcome] = _OUTCOMES.get(report.outcome, 0) + 1
 
 
+def _worker_findings(config) -> dict:
+    """What this process's blocker saw: every refused import and every reference module loaded."""
+    blocker = config._q3tts_blocker
+    return {"attempts": list(blocker.attempts), "loaded": _loaded_reference_modules()}
+
+
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: a worker is done, with its findings
+def pytest_testnodedown(node, error):
+    findings = getattr(node, "workeroutput", {}).get("q3tts_tier")
+    if findings is not None:
+        node.config._q3tts_worker_findings = [*getattr(node.config, "_q3tts_worker_findings", []), findings]
+
+
 def pytest_sessionfinish(session, exitstatus):
     config = session.config
-    blocker = getattr(config, "_q3tts_blocker", None)
-    if blocker is None:
+    if getattr(config, "_q3tts_blocker", None) is None:
         return
-    loaded = _loaded_reference_modules()
+    if hasattr(config, "workeroutput"):  # an xdist worker: the controller judges every worker's findings
+        config.workeroutput["q3tts_tier"] = _worker_findings(config)
+        return
+    runs = [_worker_findings(config), *getattr(config, "_q3tts_worker_findings", [])]
+    loaded = sorted({m for r in runs for m in r["loaded"]})
     if loaded:
         print(f"\nfast tier: the reference stack was loaded: {loaded}", file=sys.stderr)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
     report = os.environ.get(REPORT_ENV)
     if report:
-        attempts = list(blocker.attempts)
-        try:  # the blocker still refuses at the end of the session
-            import qwen_tts  # noqa: F401
+        _write_tier_report(Path(report), config._q3tts_blocker, [a for r in runs for a in r["attempts"]], loaded)
 
-            blocks = False
-        except ImportError as e:
-            blocks = "blocked in the fast test tier" in str(e)
-        Path(report).write_text(
-            json.dumps(
-                dict(
-                    blocker_installed=blocker in sys.meta_path,
-                    blocks_qwen_tts=blocks,
-                    blocked_attempts=attempts,
-                    loaded=loaded,
-                    **_OUTCOMES,
-                )
+
+def _write_tier_report(path: Path, blocker, attempts: list[str], loaded: list[str]) -> None:
+    try:  # the blocker still refuses at the end of the session
+        import qwen_tts  # noqa: F401
+
+        blocks = False
+    except ImportError as e:
+        blocks = "blocked in the fast test tier" in str(e)
+    path.write_text(
+        json.dumps(
+            dict(
+                blocker_installed=blocker in sys.meta_path,
+                blocks_qwen_tts=blocks,
+                blocked_attempts=attempts,
+                loaded=loaded,
+                **_OUTCOMES,
             )
         )
+    )
 
 
 # --------------------------------------------------------------------------------------------

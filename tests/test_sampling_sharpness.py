@@ -95,7 +95,16 @@ def test_every_knob_changes_codes_in_the_default_run(load_models):
     for mt in MODEL_TYPES:
         wrapper, standalone = load_models(mt, torch.float32)
         per_type.append(
-            knob_sensitivity(wrapper, standalone, mt, torch.float32, DEFAULT_SEEDS, DEFAULT_FRAMES, f"default-{mt}")
+            knob_sensitivity(
+                wrapper,
+                standalone,
+                mt,
+                torch.float32,
+                DEFAULT_SEEDS,
+                DEFAULT_FRAMES,
+                f"default-{mt}",
+                until_first_change=True,
+            )
         )
     rows = merge_sensitivity(per_type)
     knobs = {r["knob"] for r in rows}
@@ -128,22 +137,25 @@ PLANTED = {
 }
 
 
+def _default_generation(load_models, mt):
+    wrapper, standalone = load_models(mt, torch.float32)
+    return generation_results(wrapper, standalone, mt, torch.float32, DEFAULT_SEEDS, DEFAULT_FRAMES, f"default-{mt}")
+
+
+@pytest.fixture(scope="module")
+def clean_default_generation(load_models):
+    """The default generation cases without a fault, once for every planted bug below: they must pass."""
+    return {mt: _default_generation(load_models, mt) for mt in MODEL_TYPES}
+
+
 @pytest.mark.parametrize("name", list(PLANTED))
-def test_planted_sampler_bug_fails_the_default_generation_cases(load_models, name):
+def test_planted_sampler_bug_fails_the_default_generation_cases(load_models, clean_default_generation, name):
     fault = next(f for f in CATALOGUE if f.name == name)
     failing = []
     for mt in MODEL_TYPES:
-        wrapper, standalone = load_models(mt, torch.float32)
-        assert all(
-            r.passed
-            for r in generation_results(
-                wrapper, standalone, mt, torch.float32, DEFAULT_SEEDS, DEFAULT_FRAMES, f"default-{mt}"
-            )
-        )
-        with fault.inject(standalone):
-            results = generation_results(
-                wrapper, standalone, mt, torch.float32, DEFAULT_SEEDS, DEFAULT_FRAMES, f"default-{mt}"
-            )
+        assert all(r.passed for r in clean_default_generation[mt]), mt
+        with fault.inject(load_models(mt, torch.float32)[1]):
+            results = _default_generation(load_models, mt)
         failing += [r for r in results if not r.passed]
     assert failing, f"{name} ({fault.description}) passes every generation case"
     assert {r.component for r in failing} == {"generation"}

@@ -27,7 +27,7 @@ def test_a_fast_tier_subset_runs_under_the_blocker_and_loads_no_reference_module
     env = dict(os.environ, Q3TTS_TIER_REPORT=str(report))
     env.pop("Q3TTS_FAST_TIER", None)
     r = subprocess.run(
-        [sys.executable, "-m", "pytest", "--fast", "-q", "-p", "no:cacheprovider", *SUBSET],
+        [sys.executable, "-m", "pytest", "--fast", "-q", "-n", "0", "-p", "no:cacheprovider", *SUBSET],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -53,3 +53,56 @@ def test_this_session_has_not_loaded_the_reference_stack_under_fast(request):
     for name in ("qwen_tts", "transformers"):
         with pytest.raises(ImportError, match="blocked in the fast test tier"):
             importlib.import_module(name)
+
+
+PLANTED_CONFTEST = """
+import importlib.util
+
+_spec = importlib.util.spec_from_file_location("q3tts_tests_conftest", {path!r})
+_conftest = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_conftest)
+globals().update({{k: v for k, v in vars(_conftest).items() if k.startswith("pytest_")}})
+"""
+
+PLANTED_TESTS = """
+import sys, types
+
+
+def test_loads_a_reference_module_behind_the_blockers_back():
+    sys.modules["librosa"] = types.ModuleType("librosa")
+
+
+def test_tries_an_import_the_blocker_refuses():
+    try:
+        import qwen_tts  # noqa: F401
+    except ImportError:
+        pass
+
+
+def test_plain():
+    assert True
+"""
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_a_reference_module_loaded_in_a_worker_fails_the_fast_tier(tmp_path, workers):
+    """Planted: one test slips a reference module in, another tries an import the blocker refuses.
+    Whether the tests ran in this process or in xdist workers, the session fails and the report
+    names both (the controller gathers what each worker saw)."""
+    (tmp_path / "conftest.py").write_text(PLANTED_CONFTEST.format(path=str(Path(__file__).with_name("conftest.py"))))
+    (tmp_path / "test_planted.py").write_text(PLANTED_TESTS)
+    report = tmp_path / "tier.json"
+    env = dict(os.environ, Q3TTS_TIER_REPORT=str(report))
+    env.pop("Q3TTS_FAST_TIER", None)
+    r = subprocess.run(
+        [sys.executable, "-m", "pytest", "--fast", "-q", "-n", workers, "-p", "no:cacheprovider", "test_planted.py"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 1 and "3 passed" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "the reference stack was loaded: ['librosa']" in r.stderr, r.stderr[-3000:]
+    seen = json.loads(report.read_text())
+    assert seen["loaded"] == ["librosa"] and seen["blocked_attempts"] == ["qwen_tts"], seen
