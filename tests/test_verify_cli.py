@@ -7,6 +7,7 @@ import json
 import shutil
 
 import pytest
+import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
@@ -93,3 +94,69 @@ def test_codec_weights_are_accounted_for_too(checkpoints, tmp_path):
     ):
         convert_checkpoint(up, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def _short_run(src, report_dir, *extra):
+    return _run(src, "--dtype", "fp32", "--seeds", "0", "--no-sensitivity", "--report-dir", report_dir, *extra)
+
+
+@pytest.mark.reference
+def test_eos_suppression_off_by_one_is_a_fail_verdict_naming_cases_not_exit_2(checkpoints, tmp_path):
+    """The standalone samples a special id upstream can never draw; every later step on both sides
+    (upstream's codec fed those codes included) must end as failed cases, not a crashed run."""
+    from q3tts.verify.faults.catalogue import CATALOGUE
+
+    fault = next(f for f in CATALOGUE if f.name == "suppression_off_by_one")
+    with fault.inject(None):  # a module seam: q3tts.standalone.generation.suppress_mask_for
+        code, out = _short_run(checkpoints["voice_design"][0], tmp_path / "r", "--frames", "8")
+    assert code == 1, out
+    assert "verdict: FAIL" in out
+    report = json.loads((tmp_path / "r" / "parity.json").read_text())
+    failed = [c["case"] for c in report["runs"][0]["cases"] if not c["passed"]]
+    assert failed and all(c.startswith(("generation.", "streaming.")) for c in failed), failed
+    assert all(c in (tmp_path / "r" / "parity.md").read_text() for c in failed[:3])
+
+
+def _loss_mask_one_late(original):
+    def labels(labels, recipe):
+        import q3tts.standalone.training as training
+
+        out = original(labels, recipe).clone()
+        first = (out != training.IGNORE_INDEX).float().argmax(dim=1)  # each row's first scored position
+        out[torch.arange(out.shape[0]), first] = training.IGNORE_INDEX
+        return out
+
+    return labels
+
+
+def _one_frame_short(original):
+    def hidden(hidden, codec_mask, recipe):
+        mask = codec_mask.clone()
+        for row in mask:
+            row[row.nonzero().flatten()[-1]] = False  # the last frame dropped: shapes no longer match
+        return original(hidden, mask, recipe)
+
+    return hidden
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize(
+    "target, make, named",
+    [
+        ("talker_labels", _loss_mask_one_late, "train.talker_loss"),
+        ("code_predictor_hidden", _one_frame_short, "raised in the standalone: RuntimeError"),
+    ],
+)
+def test_a_training_bug_is_a_fail_verdict_naming_it_not_exit_2(checkpoints, tmp_path, monkeypatch, target, make, named):
+    """A loss mask one position late fails the training comparisons by their numbers; a frame
+    dropped from the code predictor's input makes the standalone's step raise, which fails the
+    section with the exception named. Either way: exit 1, verdict FAIL, the run's cases reported."""
+    import q3tts.standalone.training as training
+
+    monkeypatch.setattr(training, target, make(getattr(training, target)))
+    code, out = _short_run(checkpoints["base"][0], tmp_path / "r", "--frames", "2", "--training")
+    assert code == 1, out
+    assert "verdict: FAIL" in out and "training FAILS" in out, out
+    report = json.loads((tmp_path / "r" / "parity.json").read_text())
+    assert report["summary"]["failed"] == 0 and not report["training"]["passed"]
+    assert named in (tmp_path / "r" / "parity.md").read_text()

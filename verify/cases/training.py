@@ -28,6 +28,7 @@ teacher-forcing consistency check of both recipes against the standalone's own d
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -207,10 +208,11 @@ class TrainingParityResult:
     sft_commit: str
     comparisons: list[Comparison]
     missing_gradients: list[str] = field(default_factory=list)  # one side has a gradient, the other none
+    error: str | None = None  # the standalone's step raised: a failed parity, named, not a crashed run
 
     @property
     def passed(self) -> bool:
-        return not self.missing_gradients and all(c.passed for c in self.comparisons)
+        return self.error is None and not self.missing_gradients and all(c.passed for c in self.comparisons)
 
     def failing(self) -> list[Comparison]:
         return [c for c in self.comparisons if not c.passed]
@@ -223,6 +225,7 @@ class TrainingParityResult:
             "passed": self.passed,
             "missing_gradients": self.missing_gradients,
             "comparisons": [c.as_dict() for c in self.comparisons],
+            "error": self.error,
         }
 
 
@@ -231,27 +234,23 @@ def run_upstream_recipe_parity(
 ) -> TrainingParityResult:
     """One step on each side from the same batch and reference audio; compare everything."""
     tol = TRAINING_TOLERANCES[dtype]
-    batch = collate(items, model.config)  # the standalone's layout, under test
     ref_batch = dataset_batch(items, up.config)  # upstream's layout, transcribed on this side
     up.train()
-    model.train()
     try:
         up.zero_grad(set_to_none=True)
-        model.zero_grad(set_to_none=True)
         ref_spk = upstream_speaker_embedding(up, wav, len(items))
-        got_spk = standalone_speaker_embedding(model, wav, len(items))
         with _autocast(dtype):
             ref = upstream_reference_step(up, ref_batch, ref_spk)
         ref["loss"].backward()
-        with _autocast(dtype):
-            got = training_forward(model, batch, got_spk, recipe=recipe)
-        got.loss.backward()
-        ref_grads, got_grads = _grads(up), _grads(model)
+        ref_grads = _grads(up)
     finally:
         up.eval()
-        model.eval()
         up.zero_grad(set_to_none=True)
-        model.zero_grad(set_to_none=True)
+    try:
+        got, got_grads = _standalone_step(model, items, wav, dtype, recipe)
+    except Exception as e:  # a bug in the model under test: this parity fails, naming it
+        error = f"raised in the standalone: {type(e).__name__}: {e}"
+        return TrainingParityResult(DTYPE_NAMES[dtype], get_recipe(recipe).name, SFT_COMMIT, [], error=error)
 
     out: list[Comparison] = []
     for name in ("loss", "talker_loss", "code_predictor_loss", "code_predictor_logits"):
@@ -295,6 +294,22 @@ def run_upstream_recipe_parity(
     return TrainingParityResult(DTYPE_NAMES[dtype], get_recipe(recipe).name, SFT_COMMIT, out, missing)
 
 
+def _standalone_step(model: Qwen3TTS, items, wav: np.ndarray, dtype: torch.dtype, recipe: str):
+    """The standalone's side of one step: its collate (under test), forward and backward."""
+    batch = collate(items, model.config)
+    model.train()
+    try:
+        model.zero_grad(set_to_none=True)
+        got_spk = standalone_speaker_embedding(model, wav, len(items))
+        with _autocast(dtype):
+            got = training_forward(model, batch, got_spk, recipe=recipe)
+        got.loss.backward()
+        return got, _grads(model)
+    finally:
+        model.eval()
+        model.zero_grad(set_to_none=True)
+
+
 # --------------------------------------------------------------------------------------------
 # Consistency with generation
 @dataclass
@@ -312,11 +327,13 @@ class ConsistencyResult:
     codes: list[list[int]]
     # |training loss - the same cross-entropy over the decode loop's logits and the generated codes|
     loss_diffs: dict[str, float] = field(default_factory=dict)
+    error: str | None = None  # the standalone's training forward raised: inconsistent, and named
 
     @property
     def passed(self) -> bool:
         return (
-            self.talker_first_bad is None
+            self.error is None
+            and self.talker_first_bad is None
             and self.code_predictor_first_bad is None
             and all(d <= self.bound for d in self.loss_diffs.values())
         )
@@ -329,6 +346,8 @@ class ConsistencyResult:
                 f"{max(self.code_predictor_max_abs.values()):.2e}, bound {self.bound:.2e})"
             )
         parts = [f"{self.recipe}: NOT consistent with generation"]
+        if self.error:
+            return f"{parts[0]}: {self.error}"
         if self.talker_first_bad is not None:
             parts.append(
                 f"group 0 first differs at frame {self.talker_first_bad} (max |diff| {self.talker_max_abs:.3g}"
@@ -426,9 +445,13 @@ def run_consistency_check(
     t, groups = codes.shape
     if t == 0:
         raise ValueError("generation produced no frame; nothing to check")
-    batch = collate([TrainingItem(input_ids[0, :-5], codes)], model.config)
-    with torch.no_grad():
-        out = training_forward(model, batch, speaker_embedding[None], recipe=rec)
+    try:
+        batch = collate([TrainingItem(input_ids[0, :-5], codes)], model.config)
+        with torch.no_grad():
+            out = training_forward(model, batch, speaker_embedding[None], recipe=rec)
+    except Exception as e:  # a bug in the model under test: the check fails, naming it
+        error = f"raised in the standalone: {type(e).__name__}: {e}"
+        return ConsistencyResult(rec.name, t, groups, math.inf, 0, {}, None, math.nan, math.nan, [], [], {}, error)
     first = int(batch.frame_positions[0][0])
     logits = out.talker_logits[0]
     scale = max(float(x.abs().max()) for x in record.talker_logits)
