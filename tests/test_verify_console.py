@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+from click.testing import CliRunner
 
 # What upstream prints in a run: transformers' per-generate warning, qwen_tts' flash-attn banner,
 # the sox package's banner and the shell's complaint when sox probes for its binary.
@@ -64,3 +65,40 @@ def test_the_verdict_line_names_a_failing_training_section():
     passing = build_report(runs, [0], 4, training={"passed": True, "checks": {}})
     assert verdict_line(passing) == "verdict: PASS (2/2 cases pass; training passes)"
     assert verdict_line(build_report(runs, [0], 4)) == "verdict: PASS (2/2 cases pass)"
+
+
+@pytest.mark.parametrize("mode", ["fast", "mixed", "engine", "self_test"])
+@pytest.mark.parametrize("verbose", [False, True])
+def test_every_mode_keeps_upstream_off_the_console(mode, verbose, tmp_path, monkeypatch, capfd):
+    """The modes without their own accounting run captured as a whole: a stand-in for the mode
+    prints as upstream does (Python's stdout, and a native write to fd 2 as sox's probe makes) and
+    writes one line of ours; only ours reaches the console, upstream's are counted in
+    upstream-output.json. With --verbose everything goes through and nothing is counted. (Warnings
+    and logging go through the same capture; the default mode's test above sees them, here pytest
+    would swallow them first.)"""
+    import os
+
+    from q3tts.verify import cli
+    from q3tts.verify.report.console import echo
+
+    def stand_in(o):
+        print("Setting `pad_token_id` to `eos_token_id`:2150 for open-end generation.")
+        os.write(2, b"sh: 1: sox: not found\n")
+        echo("our line")
+        return True
+
+    monkeypatch.setitem(cli.MODES, mode, stand_in)
+    monkeypatch.setattr(cli, "pick_mode", lambda o: mode)
+    r = CliRunner().invoke(cli.main, ["--report-dir", str(tmp_path)] + (["--verbose"] if verbose else []))
+    native = capfd.readouterr()
+    assert r.exit_code == 0, r.output
+    console = r.output + native.out + native.err
+    assert "our line" in r.output
+    kept = tmp_path / "upstream-output.json"
+    if verbose:
+        assert "pad_token_id" in console and not kept.exists()
+        return
+    assert not [line for line in console.splitlines() if UPSTREAM_CHATTER.search(line)], console
+    assert "upstream output kept off the console: 2 lines" in r.output
+    texts = " ".join(d["text"] for d in json.loads(kept.read_text())["distinct"])
+    assert "pad_token_id" in texts and "sox: not found" in texts, texts

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
@@ -12,6 +13,7 @@ from pathlib import Path
 import click
 
 from q3tts.verify.checkpoints import checkpoint_pairs
+from q3tts.verify.report.console import echo
 
 DTYPE_CHOICES = ("fp32", "bf16")
 
@@ -142,7 +144,7 @@ def main(**options) -> None:
     mode = pick_mode(o)
     try:
         o.check()
-        ok = MODES[mode](o)
+        ok = run_mode(mode, o)
     except click.ClickException:
         raise
     except Exception as e:  # one line unless --debug
@@ -156,6 +158,32 @@ def main(**options) -> None:
         click.echo(f"verify-parity: error: {type(e).__name__}: {e}", err=True)
         sys.exit(2)
     sys.exit(0 if ok else 1)
+
+
+# Modes that run upstream without their own accounting of its output: the whole mode runs captured
+# (unless --verbose), our lines reach the console past the capture (console.echo, Progress), and
+# upstream's lines are counted into REPORT_DIR/upstream-output.json. The parity mode counts them per
+# case group into parity.json; the gate runs verify-parity in a child process.
+CAPTURED_MODES = ("mixed", "engine", "fast", "self_test")
+
+
+def run_mode(mode: str, o: Options) -> bool:
+    from q3tts.verify.report.console import UpstreamOutput
+
+    if mode not in CAPTURED_MODES or o.verbose:
+        return MODES[mode](o)
+    output = UpstreamOutput()
+    with output.captured():
+        ok = MODES[mode](o)
+    summary = output.summary()
+    if summary["lines"]:
+        path = Path(o.report_dir) / "upstream-output.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(summary, indent=2) + "\n")
+        echo(
+            f"upstream output kept off the console: {summary['lines']} lines ({len(summary['distinct'])} distinct): {path}"
+        )
+    return ok
 
 
 @dataclass(frozen=True)
@@ -480,10 +508,10 @@ def run_self_test(report_dir: Path, dtype_names=("fp32",), fault_names: list[str
         for dn in dtype_names:
             rows += _self_test_dtype(dn, dirs, catalogue, encoder_faults, exact_origin, clean_counts)
     if "fp32" in dtype_names:  # the training checks run in fp32 (as the encoder's do)
-        rows += training_fault_rows(fault_names, click.echo)
+        rows += training_fault_rows(fault_names, echo)
     _write_self_test_report(report_dir, dtype_names, rows, exact_origin, clean_counts)
     caught = sum(r.ok for _, r in rows)
-    click.echo(f"\nself-test: {caught}/{len(rows)} faults caught and located; report: {report_dir / 'faults.md'}")
+    echo(f"\nself-test: {caught}/{len(rows)} faults caught and located; report: {report_dir / 'faults.md'}")
     return caught == len(rows)
 
 
@@ -524,7 +552,7 @@ def _self_test_dtype(dn, dirs, catalogue, encoder_faults, exact_origin, clean_co
         for mt, (w, st) in pairs.items()
     }
     clean_counts.update({f"{dn} {mt}": len(names) for mt, names in clean.items()})
-    click.echo(f"  clean  {dn} " + ", ".join(f"{mt}: {len(n)}/{len(n)} cases pass" for mt, n in clean.items()))
+    echo(f"  clean  {dn} " + ", ".join(f"{mt}: {len(n)}/{len(n)} cases pass" for mt, n in clean.items()))
     rows = []
     for fault in catalogue:
         wrapper, standalone = pairs[fault.model_type]
@@ -541,7 +569,7 @@ def _self_test_dtype(dn, dirs, catalogue, encoder_faults, exact_origin, clean_co
         )
         rows.append((dn, r))
         where = ", ".join(r.reported_layers) or "-"
-        click.echo(
+        echo(
             f"  {_verdict_word(r)}  {dn} {fault.name:26} {fault.description}; "
             f"failing: {', '.join(r.failing_components) or 'nothing'} ({len(r.failing_cases)} cases); layer: {where}"
             + _crash_note(r)
@@ -555,7 +583,7 @@ def _self_test_dtype(dn, dirs, catalogue, encoder_faults, exact_origin, clean_co
         for fault in encoder_faults:
             r = _encoder_fault_row(fault, *pairs[fault.model_type], {c.case for c in enc_clean})
             rows.append((dn, r))
-            click.echo(
+            echo(
                 f"  {_verdict_word(r)}  {dn} {fault.name:26} {fault.description}; "
                 f"failing: {len(r.failing_cases)} encoder cases; stage: {', '.join(r.reported_layers) or '-'}"
                 + _crash_note(r)

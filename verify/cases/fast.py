@@ -449,13 +449,11 @@ def run_fast_cli(
     import json
     import tempfile
 
-    import click
-
     from q3tts.standalone import Qwen3TTS
     from q3tts.verify.cases.forward import load_upstream_wrapper
     from q3tts.verify.checkpoints import checkpoint_pairs
     from q3tts.verify.compare import DTYPES
-    from q3tts.verify.report.console import Progress
+    from q3tts.verify.report.console import Progress, echo
 
     reports = []
     with tempfile.TemporaryDirectory(prefix="verify-fast-") as work:
@@ -469,7 +467,7 @@ def run_fast_cli(
                     wrapper, st, dtype, dn, engine=engine, seed=seeds[0], max_new_tokens=frames, modes=tuple(MODES)
                 )
                 report.update(checkpoint=name, options=engine.options, engine_options=engine_options or {})
-                click.echo(f"== {name}\n" + format_fast_report(report))
+                echo(f"== {name}\n" + format_fast_report(report))
                 reports.append(report)
                 del wrapper, st, engine
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -482,5 +480,5 @@ def run_fast_cli(
     )
     (report_dir / "fast_parity.md").write_text(render_fast_markdown(reports, note))
     ok = all(r["passed"] for r in reports)
-    click.echo(f"\nfast path: {'PASS' if ok else 'FAIL'}; report: {report_dir / 'fast_parity.md'}")
+    echo(f"\nfast path: {'PASS' if ok else 'FAIL'}; report: {report_dir / 'fast_parity.md'}")
     return ok

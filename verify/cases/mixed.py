@@ -199,11 +199,9 @@ def render_markdown(report: dict) -> str:
 
 def run_mixed_cli(src, standalone_dir, seeds, frames, report_dir: Path, progress) -> bool:
     """Every mode on every checkpoint pair; writes mixed-precision.{json,md}. True on PASS."""
-    import click
-
     from q3tts.verify.cases.forward import load_upstream_wrapper
     from q3tts.verify.checkpoints import checkpoint_pairs
-    from q3tts.verify.report.console import UpstreamOutput, maybe_captured
+    from q3tts.verify.report.console import UpstreamOutput, echo, maybe_captured
 
     quiet = UpstreamOutput()
     runs = []
@@ -217,7 +215,7 @@ def run_mixed_cli(src, standalone_dir, seeds, frames, report_dir: Path, progress
                 with maybe_captured(quiet):
                     run = run_mode(name, up, st, wrapper, mode, seeds[0], frames)
                 s = run["summary"]
-                click.echo(
+                echo(
                     f"  {name} {mode:10} forward max rel {s['forward_max_rel']:.2e}, codes identical "
                     f"{s['generation_identical']}/{s['generation_cases']}, audio SNR {_fmt_snr(s['audio_min_snr_db'])} dB"
                 )
@@ -236,5 +234,5 @@ def run_mixed_cli(src, standalone_dir, seeds, frames, report_dir: Path, progress
     report_dir.mkdir(parents=True, exist_ok=True)
     (report_dir / "mixed-precision.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     (report_dir / "mixed-precision.md").write_text(render_markdown(report))
-    click.echo(f"\nmixed precision: {'PASS' if not failing else 'FAIL ' + str(failing)}; report: {report_dir}")
+    echo(f"\nmixed precision: {'PASS' if not failing else 'FAIL ' + str(failing)}; report: {report_dir}")
     return not failing

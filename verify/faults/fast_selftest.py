@@ -26,6 +26,7 @@ import torch
 from q3tts.standalone.fast import FastEngine
 from q3tts.verify.cases.fast import run_fast_parity
 from q3tts.verify.cases.generation import MODES
+from q3tts.verify.report.console import echo
 
 # Components the fast path does not replace: the same eager code runs in both modes, and the exact
 # self-test's forward cases of that component are what catch their faults.
@@ -143,7 +144,7 @@ def run_fast_self_test(
             }
             # The same checks clean first, on clean engines (kept for the faults outside the graphs).
             shared = _clean_engines(pairs, dtype, dn, frames, options, engine_options)
-            click.echo(f"  clean  {dn} " + ", ".join(f"{mt}: every fast check passes" for mt in shared))
+            echo(f"  clean  {dn} " + ", ".join(f"{mt}: every fast check passes" for mt in shared))
             for fault in sorted(catalogue, key=lambda f: f.component not in OUTSIDE_GRAPHS):
                 wrapper, st = pairs[fault.model_type]
                 engine = None
@@ -159,14 +160,14 @@ def run_fast_self_test(
                     fault, wrapper, st, dtype, dn, frames, options, engine=engine, engine_options=engine_options
                 )
                 rows.append(r)
-                click.echo(
+                echo(
                     f"  {'caught' if r.detected else 'MISSED'}  {dn} {fault.name:26} {fault.description}; "
                     f"failing: {', '.join(r.failing[:4]) or 'nothing'}{' ...' if len(r.failing) > 4 else ''}",
                     err=False,
                 )
     _write(report_dir, dtype_names, rows, skipped, frames, options, engine_options)
     caught = sum(r.detected for r in rows)
-    click.echo(f"\nfast self-test: {caught}/{len(rows)} faults caught; report: {report_dir / 'fast_faults.md'}")
+    echo(f"\nfast self-test: {caught}/{len(rows)} faults caught; report: {report_dir / 'fast_faults.md'}")
     return caught == len(rows)
 
 

@@ -20,6 +20,22 @@ from collections import Counter
 from contextlib import contextmanager
 from typing import Any
 
+# The stdout of every open capture, outermost first: our own console lines go to the first, which
+# is the terminal (or a test's runner) from before any capture.
+_REAL_STDOUT: list = []
+
+
+def console_stream():
+    """Where our own console lines go: the stdout from before any capture, else sys.stdout."""
+    return _REAL_STDOUT[0] if _REAL_STDOUT else sys.stdout
+
+
+def echo(text: str = "") -> None:
+    """One console line of ours, past any capture of upstream's output."""
+    stream = console_stream()
+    stream.write(f"{text}\n")
+    stream.flush()
+
 
 class _Sink(io.TextIOBase):
     """A text stream that feeds complete lines to an UpstreamOutput."""
@@ -67,10 +83,12 @@ class UpstreamOutput:
         for h in swapped:
             h.setStream(sink)
         sys.stdout = sys.stderr = sink
+        _REAL_STDOUT.append(real[0])
         fd2 = _redirect_fd2()
         try:
             yield self
         finally:
+            _REAL_STDOUT.pop()
             sys.stdout, sys.stderr = real
             for line in _restore_fd2(fd2):
                 self.add(line)
@@ -146,7 +164,7 @@ class Progress:
     """
 
     def __init__(self, inline: bool = True, stream=None):
-        self.stream = stream or sys.stdout
+        self.stream = stream or console_stream()
         self.inline = inline
         self.t0 = time.perf_counter()
         self.open_line = False
