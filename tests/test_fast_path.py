@@ -195,3 +195,26 @@ def test_compiled_prefill_parity_and_faults_through_it(load_models):
         engine_options={"compile_prefill": True},
     )
     assert any(c.startswith("fast.talker_prefill") for c in r.failing), r.failing
+
+
+def test_a_fault_that_only_raises_is_crashed_in_fast_mode_not_caught(engine_pair):
+    """The sampler replaced by one that raises: the stepwise and generation checks fail because the
+    standalone raised, which the fast self-test must report as a crash, never as a catch."""
+    import dataclasses
+
+    from q3tts.verify.faults.catalogue import CATALOGUE
+    from q3tts.verify.faults.fast_selftest import run_fast_fault
+
+    def raises(_original, _model):
+        def replacement(*args, **kwargs):
+            raise RuntimeError("planted crash")
+
+        return replacement
+
+    base = next(f for f in CATALOGUE if f.name == "temperature_after_filters")  # custom_voice, the sampler seam
+    fault = dataclasses.replace(base, name="sampler_raises", make=raises)
+    wrapper, standalone, engine = engine_pair
+    r = run_fast_fault(fault, wrapper, standalone, DTYPE, "fp32", frames=2, options=TEST_OPTIONS, engine=engine)
+    assert r.outcome == "crashed" and not r.detected, r
+    assert r.failing and set(r.failing) == set(r.crashed), r
+    assert all(c.startswith(("stepwise.", "generation.")) for c in r.crashed), r.crashed

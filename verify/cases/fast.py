@@ -259,6 +259,7 @@ class GenerationAgreement:
     frames_fast: list[int]
     seconds_upstream: float
     seconds_fast: float
+    error: str | None = None  # the standalone's generation raised (type: message): failed, not diverged
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -290,10 +291,11 @@ def generation_agreement(
     params = GenerateOptions.from_kwargs({**options, **common}).to_params()
     # Through the modules: the fault self-test patches generation.generate_codes and the prompt builder there.
     prompt = talker_prompt.build_talker_prompt(ctx.standalone, **prompt_kwargs)
+    error = None
     try:
         fast_codes, _ = generation.generate_codes(ctx.standalone, prompt, params, engine=engine)
-    except Exception:  # a broken standalone side is a failed case, not a crash (as verify/cases/suite.py)
-        fast_codes = []
+    except Exception as e:  # a broken standalone side is a failed case, not a crash (as verify/cases/suite.py)
+        fast_codes, error = [], f"{type(e).__name__}: {e}"
     t2 = time.perf_counter()
     same = total = 0
     for a, b in zip(up_codes, fast_codes):
@@ -312,6 +314,7 @@ def generation_agreement(
         [int(c.shape[0]) for c in fast_codes],
         t1 - t0,
         t2 - t1,
+        error,
     )
     step = run_stepwise(ctx.standalone, prompt, params, engine, seq, up_codes, case_name, mode, dtype_name, dtype, seed)
     return agreement, step
@@ -379,6 +382,13 @@ def run_fast_parity(
         "generation_judged": judged,
         "generation_unjudged_modes": list(unjudged),
         "failing": failing,
+        # failing checks whose standalone side raised: a self-test counts these as crashes, not catches
+        "raised": [f"stepwise.{s.case}.{s.mode}" for s in stepwise if s.error]
+        + [
+            f"generation.{g.case}.{g.mode}"
+            for g in generations
+            if g.error and f"generation.{g.case}.{g.mode}" in failing
+        ],
         "passed": not failing,
     }
 

@@ -77,6 +77,7 @@ class Stepwise:
     min_cosine: float = 1.0
     over_tolerance: list[str] = field(default_factory=list)  # first few "talker.step3" / "cp.frame2.group5"
     passed: bool = False
+    error: str | None = None  # the standalone's loop raised (type: message): failed, not diverged
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -155,7 +156,8 @@ def run_stepwise(standalone, prompt, params, engine, seq, up_codes, case, mode, 
     except _Exhausted as e:
         result.first_divergence = f"the loop ran past upstream's stop ({e})"
     except Exception as e:  # a broken standalone side is a failed case, not a crash (as verify/cases/suite.py)
-        result.first_divergence = f"error: {type(e).__name__}: {e}"
+        result.error = f"{type(e).__name__}: {e}"
+        result.first_divergence = f"error: {result.error}"
     result.decisions_identical = result.first_divergence is None
     result.passed = result.decisions_identical and not result.over_tolerance
     return result

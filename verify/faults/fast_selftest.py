@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import click
@@ -39,9 +39,15 @@ class FastFaultResult:
     description: str
     component: str
     dtype: str
-    detected: bool
+    detected: bool  # a fast check that passed clean failed by its numbers (not by the standalone raising)
     failing: list[str]  # the failing fast checks (forward cases, teacher-forced and generation cases)
     compile_seconds: float
+    crashed: list[str] = field(default_factory=list)  # failing checks whose standalone side raised
+    crash: str = ""  # the whole fast run raised under the fault (type: message)
+
+    @property
+    def outcome(self) -> str:
+        return "caught" if self.detected else "crashed" if self.crashed or self.crash else "missed"
 
 
 # Faults of these components live outside the compiled graphs (the decode loop, prompt building,
@@ -66,24 +72,34 @@ def run_fast_fault(
     if engine is not None and fault.component not in OUTSIDE_GRAPHS:
         raise ValueError(f"{fault.name}: a {fault.component} fault needs an engine compiled under the fault")
     own = engine is None
+    crash = ""
+    report = {"failing": [], "raised": []}
     with fault.inject(standalone):
-        if own:
-            engine = FastEngine(standalone.talker, standalone.code_predictor, options=options, **(engine_options or {}))
-        # Every sampler regime of the exact suite: some faults only show when the talker and the code
-        # predictor sample differently (split_do_sample) or on tied top-k scores (split_top_k).
-        report = run_fast_parity(
-            wrapper, standalone, dtype, dtype_name, engine=engine, max_new_tokens=frames, modes=tuple(MODES)
-        )
+        try:
+            if own:
+                engine = FastEngine(
+                    standalone.talker, standalone.code_predictor, options=options, **(engine_options or {})
+                )
+            # Every sampler regime of the exact suite: some faults only show when the talker and the code
+            # predictor sample differently (split_do_sample) or on tied top-k scores (split_top_k).
+            report = run_fast_parity(
+                wrapper, standalone, dtype, dtype_name, engine=engine, max_new_tokens=frames, modes=tuple(MODES)
+            )
+        except Exception as e:  # a fault that only makes the run raise is a crash, never a catch
+            crash = f"{type(e).__name__}: {e}"
     if own:
         torch._dynamo.reset()  # the next fault compiles a fresh engine; drop this one's graphs
+    raised = set(report["raised"])
     return FastFaultResult(
         fault.name,
         fault.description,
         fault.component,
         dtype_name,
-        not report["passed"],
+        any(name not in raised for name in report["failing"]),
         report["failing"],
-        engine.compile_seconds,
+        engine.compile_seconds if engine is not None else 0.0,
+        crashed=sorted(raised),
+        crash=crash,
     )
 
 
@@ -161,9 +177,8 @@ def run_fast_self_test(
                 )
                 rows.append(r)
                 echo(
-                    f"  {'caught' if r.detected else 'MISSED'}  {dn} {fault.name:26} {fault.description}; "
-                    f"failing: {', '.join(r.failing[:4]) or 'nothing'}{' ...' if len(r.failing) > 4 else ''}",
-                    err=False,
+                    f"  {r.outcome.upper() if not r.detected else r.outcome}  {dn} {fault.name:26} {fault.description}; "
+                    f"failing: {', '.join(r.failing[:4]) or 'nothing'}{' ...' if len(r.failing) > 4 else ''}"
                 )
     _write(report_dir, dtype_names, rows, skipped, frames, options, engine_options)
     caught = sum(r.detected for r in rows)
@@ -173,7 +188,8 @@ def run_fast_self_test(
 
 def _write(report_dir: Path, dtype_names, rows, skipped, frames, options, engine_options: dict | None = None) -> None:
     report_dir.mkdir(parents=True, exist_ok=True)
-    (report_dir / "fast_faults.json").write_text(json.dumps([asdict(r) for r in rows], indent=2) + "\n")
+    records = [asdict(r) | {"outcome": r.outcome} for r in rows]
+    (report_dir / "fast_faults.json").write_text(json.dumps(records, indent=2) + "\n")
     md = ["# Fault-injection self-test in fast mode", ""]
     for dn in dtype_names:
         these = [r for r in rows if r.dtype == dn]
@@ -212,6 +228,7 @@ def _write(report_dir: Path, dtype_names, rows, skipped, frames, options, engine
     for r in rows:
         shown = ", ".join(r.failing[:3]) + (f" (+{len(r.failing) - 3})" if len(r.failing) > 3 else "")
         md.append(
-            f"| {r.fault} | {r.description} | {r.component} | {r.dtype} | {'yes' if r.detected else 'NO'} | {shown} |"
+            f"| {r.fault} | {r.description} | {r.component} | {r.dtype} | {'yes' if r.detected else r.outcome.upper()} "
+            f"| {shown} |"
         )
     (report_dir / "fast_faults.md").write_text("\n".join(md) + "\n")
