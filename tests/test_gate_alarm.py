@@ -162,11 +162,14 @@ def test_a_passing_cell_that_now_fails_parity_is_red(cells, tmp_path):
 
 def test_an_expected_parity_fail_with_one_more_failing_case_is_red(cells, tmp_path):
     extra = "tiny-custom_voice/fp32/generation.plain.streaming.greedy"
-    plant(cells, "qwen-tts-0.1.0", parity_outcome(tmp_path / "inner", expected_failing("qwen-tts-0.1.0") | {extra}))
+    failing = expected_failing("qwen-tts-0.1.0")
+    assert failing and extra not in failing
+    plant(cells, "qwen-tts-0.1.0", parity_outcome(tmp_path / "inner", failing | {extra}))
     r = run_check(cells, "--cell", "qwen-tts-0.1.0")
     assert r.exit_code == 1
+    n = len(failing)
     assert red_lines(r.output) == [
-        f"qwen-tts-0.1.0: changed: parity-fail with 7 failing cases instead of 6; now failing: {extra}"
+        f"qwen-tts-0.1.0: changed: parity-fail with {n + 1} failing cases instead of {n}; now failing: {extra}"
     ]
 
 
@@ -177,8 +180,9 @@ def test_an_expected_parity_fail_with_one_case_fewer_is_red(cells, tmp_path):
     plant(cells, "qwen-tts-0.0.5", parity_outcome(tmp_path / "inner", failing - {fixed}))
     r = run_check(cells)
     assert r.exit_code == 1
+    n = len(failing)
     assert red_lines(r.output) == [
-        f"qwen-tts-0.0.5: changed: parity-fail with 8 failing cases instead of 9; no longer failing: {fixed}"
+        f"qwen-tts-0.0.5: changed: parity-fail with {n - 1} failing cases instead of {n}; no longer failing: {fixed}"
     ]
 
 
@@ -198,8 +202,8 @@ def test_a_parity_fail_that_becomes_upstream_broken_is_red(cells, tmp_path):
     r = run_check(cells)
     assert r.exit_code == 1
     assert red_lines(r.output) == [
-        "qwen-tts-0.0.2: changed: parity-fail (9 failing cases) -> upstream-broken "
-        "(load: AttributeError at qwen_tts/fake_loader.py:2)"
+        f"qwen-tts-0.0.2: changed: parity-fail ({len(expected_failing('qwen-tts-0.0.2'))} failing cases) -> "
+        "upstream-broken (load: AttributeError at qwen_tts/fake_loader.py:2)"
     ]
 
 
@@ -291,7 +295,8 @@ def test_accepting_a_deliberate_change_turns_the_alarm_green_and_touches_only_th
     shutil.copy(EXPECTED, expected)
     assert run_check(cells, expected=expected).exit_code == 1
     r = CliRunner().invoke(main, ["--accept", str(cells), "--cell", "qwen-tts-0.1.0", "--expected", str(expected)])
-    assert r.exit_code == 0 and "qwen-tts-0.1.0: parity-fail (6 failing cases) -> pass: pass" in r.output
+    n = len(expected_failing("qwen-tts-0.1.0"))
+    assert r.exit_code == 0 and f"qwen-tts-0.1.0: parity-fail ({n} failing cases) -> pass: pass" in r.output
     assert run_check(cells, expected=expected).exit_code == 0
     before, after = load_expected(EXPECTED), load_expected(expected)
     assert [c for c in NAMES if before[c] != after[c]] == ["qwen-tts-0.1.0"]

@@ -32,10 +32,10 @@ from q3tts.verify.gate.alarm import EXPECTED, Expectation, Verdict, accept, chec
 # qwen-tts-hf on its lowest allowed transformers (>=5.15.1), a middle one and the newest; and
 # qwen-tts 0.1.1 with transformers 4.57.3 given explicitly (the --no-deps install path).
 # qwen-tts-compat, the other transformers-5 fork, on 5.24.0 (where qwen-tts-hf breaks) and on the
-# newest: both break at load, the same way every run. Where it does load (5.6.0 to 5.20.0 measured)
-# its RoPE buffers are left uninitialised, so its outcome changes from run to run and no expected
-# record could hold it (docs/gate-matrix-notes.md). Explicit pins, not "latest": a cell's expected
-# outcome must not move with an upstream release nobody chose.
+# newest: both break at load, the same way every run. Where it does load (5.6.0 and 5.9.0 run,
+# 5.15.1 and 5.20.0 probed) its RoPE buffers are left uninitialised, so its outcome changes from run
+# to run and no expected record could hold it (docs/gate-matrix-notes.md). Explicit pins, not
+# "latest": a cell's expected outcome must not move with an upstream release nobody chose.
 CELLS = [
     ("qwen-tts-0.0.2", "qwen-tts==0.0.2", None),
     ("qwen-tts-0.0.3", "qwen-tts==0.0.3", None),
