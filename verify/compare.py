@@ -291,12 +291,14 @@ ENGINE_SPK_EMB_REL_MAX = {"F32": 1e-4, "F16": 2e-3, "BF16": 8e-3, "Q8_0": 2e-3}
 
 # Teacher-forced code agreement below F32: the standalone model fed the engine's codes picks the
 # engine's code at this fraction of all positions, and at least at GROUP_MIN of the frames in
-# every code group. Measured (8 and 24 frames, three types): overall worst F16 0.997, BF16 0.984,
-# Q8_0 0.982; worst group 0.875 (one of 8 frames). Each disagreement measured was a near-tie under
-# the quantisation's own prefill logit distance (margins 0.001-0.29 against 0.009-0.28). Two code-
-# predictor heads swapped take their groups to 0.0-0.25. At F32 there is no floor: every
+# every code group. Measured worst (engine fixtures, 8 and 24 frames, three types; and the 0.6B
+# Base at its released size, random weights, 16 frames): overall F16 0.992, BF16 0.984, Q8_0 0.922
+# (0.6B; the tiny fixtures 0.982); worst group F16 0.938, BF16 0.875, Q8_0 0.75 (0.6B group 4,
+# 12 of 16 frames). Floors: 0.9 overall at F16 and BF16, 0.8 at Q8_0 (headroom 0.08-0.12), 0.5
+# per group (headroom 0.25 or more). Two code-predictor heads swapped take their groups to 0.0-0.17
+# at every quantisation (and the overall agreement to 0.85-0.89). At F32 there is no floor: every
 # disagreement must be a proven near-tie (verify/engines/judge.py).
-ENGINE_TF_AGREEMENT_MIN = {"F16": 0.9, "BF16": 0.9, "Q8_0": 0.9}
+ENGINE_TF_AGREEMENT_MIN = {"F16": 0.9, "BF16": 0.9, "Q8_0": 0.8}
 ENGINE_TF_GROUP_MIN = {"F16": 0.5, "BF16": 0.5, "Q8_0": 0.5}
 
 

@@ -23,6 +23,9 @@ from typing import Any
 
 import click
 
+# Our lines pass the capture of upstream's output that verify-parity runs this mode under.
+from q3tts.verify.report.console import echo
+
 QUANTS = ("F32", "F16", "BF16", "Q8_0")
 MODEL_TYPES = ("base", "custom_voice", "voice_design")
 TEXT = "Hello world, this is a test."
@@ -60,7 +63,7 @@ def _checkpoints(src, work: Path) -> list[tuple[str, Path, Path]]:
 
     out = []
     if src is None:
-        click.echo("No SRC: engine fixtures (tiny talker, 16 code groups, released codec) of all three model types.")
+        echo("No SRC: engine fixtures (tiny talker, 16 code groups, released codec) of all three model types.")
         codec = None
         for i, mt in enumerate(MODEL_TYPES):
             up = write_engine_checkpoint(work / f"up-{mt}", mt, seed=10 + i, codec_dir=codec)
@@ -85,11 +88,11 @@ def echo_run(r: dict[str, Any]) -> None:
     """One line per run, then one per failure and per item not checked (an engine error is named)."""
     tf = r["teacher_forced"]
     codes = f"{tf['agreeing']}/{tf['positions']} codes agree teacher-forced" if tf.get("positions") else "no codes"
-    click.echo(f"  {r['checkpoint']} / {r['quant']}: {codes}, {r['verdict']}")
+    echo(f"  {r['checkpoint']} / {r['quant']}: {codes}, {r['verdict']}")
     for m in r["problems"]:
-        click.echo(f"    FAIL: {m}")
+        echo(f"    FAIL: {m}")
     for m in r["not_checked"]:
-        click.echo(f"    NOT CHECKED: {m}")
+        echo(f"    NOT CHECKED: {m}")
 
 
 def run_engine(src, gguf_dir, quant_value, frames, report_dir: Path, threads: int = 2) -> bool:
@@ -120,8 +123,8 @@ def run_engine(src, gguf_dir, quant_value, frames, report_dir: Path, threads: in
             del model
     write_engine_report(reports, report_dir, frames)
     verdict = run_verdict(reports)
-    click.echo(f"\nqwentts.cpp: {verdict} ({sum(r['ok'] for r in reports)}/{len(reports)} runs ok)")
-    click.echo(f"report: {report_dir / 'engine-parity.md'} and {report_dir / 'engine-parity.json'}")
+    echo(f"\nqwentts.cpp: {verdict} ({sum(r['ok'] for r in reports)}/{len(reports)} runs ok)")
+    echo(f"report: {report_dir / 'engine-parity.md'} and {report_dir / 'engine-parity.json'}")
     return verdict == "PASS"
 
 
@@ -218,18 +221,18 @@ def run_engine_self_test(report_dir: Path, frames: int = 6, threads: int = 2, fa
                 model, up, convert_to_gguf(up, work / f"clean-{q}", quant=q).dst, frames, threads, "clean"
             )
             shutil.rmtree(work / f"clean-{q}", ignore_errors=True)
-            click.echo(f"  {'ok    ' if clean[q]['ok'] else 'FAILED'}  clean {q}: {_problems_text(clean[q])}")
+            echo(f"  {'ok    ' if clean[q]['ok'] else 'FAILED'}  clean {q}: {_problems_text(clean[q])}")
         for fault in names:
             for q in fault_quants(fault):
                 r = check_pair(model, up, plant(fault, up, work / fault, quant=q), frames, threads, fault)
                 rows.append(judge_fault(r, fault))
                 shutil.rmtree(work / fault, ignore_errors=True)
                 mark = "caught" if rows[-1]["ok"] else "MISSED"
-                click.echo(f"  {mark}  {fault:22} {q:5} {'; '.join(r['problems']) or 'no problem found'}")
+                echo(f"  {mark}  {fault:22} {q:5} {'; '.join(r['problems']) or 'no problem found'}")
     write_fault_report(report_dir, {q: _problems_text(r) for q, r in clean.items()}, rows, frames)
     clean_ok = all(r["ok"] for r in clean.values())
     caught = sum(r["ok"] for r in rows)
-    click.echo(f"\nengine self-test: {caught}/{len(rows)} planted faults caught and named; clean ok: {clean_ok}")
+    echo(f"\nengine self-test: {caught}/{len(rows)} planted faults caught and named; clean ok: {clean_ok}")
     return clean_ok and caught == len(rows)
 
 

@@ -95,12 +95,6 @@ def headroom_table(reports: list[dict[str, Any]]) -> str:
     checks = [
         ("log-mel L1", lambda r: r["audio_from_engine_codes"].get("log_mel_l1"), "log_mel_l1_max", False),
         ("audio SNR dB", lambda r: r["audio_from_engine_codes"].get("snr_db"), "audio_snr_db_min", True),
-        (
-            "spk-emb rel max abs",
-            lambda r: (r["stages"]["stages"].get("spk-emb") or {}).get("rel_max_abs"),
-            "spk_emb_rel_max",
-            False,
-        ),
         ("teacher-forced agreement", lambda r: r["teacher_forced"].get("fraction"), "codes_agreement_min", True),
         (
             "worst group agreement",
@@ -113,8 +107,18 @@ def headroom_table(reports: list[dict[str, Any]]) -> str:
         rows = [r for r in reports if r["quant"] == quant and r["ok"]]
         for label, get, key, floor in checks:
             worst, bound = _worst(rows, get, lowest=floor), rows[0]["tolerances"][key] if rows else None
-            if worst is None or bound is None:
-                continue
-            room = f"{worst - bound:+.3g}" if floor else f"{bound / worst:.2f}x" if worst else "inf"
-            lines.append(f"| {quant} | {label} | {format_number(worst, '.3g')} | {bound} | {room} |")
+            if worst is not None and bound is not None:
+                lines.append(_headroom_row(quant, label, worst, bound, floor))
+        for name in dict.fromkeys(n for r in rows for n in r["stages"]["stages"] if n != "prompt-ids"):
+            entries = [r["stages"]["stages"].get(name) or {} for r in rows]
+            values = [e.get("max_abs", e.get("rel_max_abs")) for e in entries]
+            if any(v is not None for v in values):
+                metric = "rel max abs" if "rel_max_abs" in entries[0] else "max abs"
+                worst = max(v for v in values if v is not None)
+                lines.append(_headroom_row(quant, f"stage {name} ({metric})", worst, entries[0]["bound"], False))
     return "\n".join(lines) + "\n"
+
+
+def _headroom_row(quant: str, label: str, worst: float, bound: float, floor: bool) -> str:
+    room = f"{worst - bound:+.3g}" if floor else (f"{bound / worst:.3g}x" if worst else "inf")
+    return f"| {quant} | {label} | {format_number(worst, '.3g')} | {bound} | {room} |"
