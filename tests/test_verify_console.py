@@ -48,9 +48,10 @@ def test_default_console_is_quiet_and_shows_progress(checkpoints, tmp_path):
 
 @pytest.mark.reference
 def test_verbose_lets_upstream_through(checkpoints, tmp_path):
-    r = _verify(checkpoints["custom_voice"][0], tmp_path / "r", "--verbose")
+    # The forward cases alone: upstream's import banner (flash-attn) is enough to see it let through.
+    r = _verify(checkpoints["custom_voice"][0], tmp_path / "r", "--verbose", "--no-generation")
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "pad_token_id" in r.stdout + r.stderr
+    assert "flash-attn" in r.stdout + r.stderr
     assert "upstream_output" not in json.loads((tmp_path / "r" / "parity.json").read_text())
     assert r.stdout.strip().splitlines()[-1].startswith("report: ")
 

@@ -66,9 +66,12 @@ def run_fast_fault(
     options,
     engine: FastEngine | None = None,
     engine_options: dict | None = None,
+    case_names: tuple[str, ...] | None = None,
+    modes: tuple[str, ...] = tuple(MODES),
 ) -> FastFaultResult:
     """``engine``: a clean engine to reuse, only for faults in OUTSIDE_GRAPHS. ``engine_options``:
-    FastEngine keywords of the engines built here (e.g. compile_prefill)."""
+    FastEngine keywords of the engines built here (e.g. compile_prefill). ``case_names`` and
+    ``modes`` narrow the generation cases (the self-test runs them all; a test may aim at one)."""
     if engine is not None and fault.component not in OUTSIDE_GRAPHS:
         raise ValueError(f"{fault.name}: a {fault.component} fault needs an engine compiled under the fault")
     own = engine is None
@@ -83,7 +86,14 @@ def run_fast_fault(
             # Every sampler regime of the exact suite: some faults only show when the talker and the code
             # predictor sample differently (split_do_sample) or on tied top-k scores (split_top_k).
             report = run_fast_parity(
-                wrapper, standalone, dtype, dtype_name, engine=engine, max_new_tokens=frames, modes=tuple(MODES)
+                wrapper,
+                standalone,
+                dtype,
+                dtype_name,
+                engine=engine,
+                max_new_tokens=frames,
+                modes=modes,
+                case_names=case_names,
             )
         except Exception as e:  # a fault that only makes the run raise is a crash, never a catch
             crash = f"{type(e).__name__}: {e}"
