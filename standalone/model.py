@@ -314,6 +314,11 @@ def resolve_checkpoint_dir(path: str | os.PathLike, revision: str | None = None,
     text = str(path)
     if text.count("/") != 1 or text.startswith((".", "/", "~")) or text.endswith("/"):
         raise CheckpointError(f"{text}: no such directory (and not a hub repo id of the form owner/name)")
+    if p.is_symlink() or p.parent.is_dir():  # paths before hub ids: a mistyped local path is never fetched
+        raise CheckpointError(
+            f"{text}: no such directory ({p.parent}/ exists here, so this is read as a local path, not a hub "
+            "repo id; to fetch the hub repo of that name, run from a directory without one)"
+        )
     try:
         import huggingface_hub
         from huggingface_hub import snapshot_download

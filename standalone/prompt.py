@@ -231,6 +231,14 @@ def _text_body(model, i, ids, ref_ids, clone, prefix, specials, non_streaming_mo
     return icl_body(model, ids, ref_ids[i], ref_code.to(model.device), specials, non_streaming_mode)
 
 
+def strict_flag(name: str, value: Any) -> bool:
+    """A boolean option as a bool (numpy's too), never by truthiness: "no", "false" or 0.5 would
+    all read as True and silently switch the mode."""
+    if isinstance(value, bool) or type(value).__name__ == "bool_":
+        return bool(value)
+    raise PromptError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
+
+
 def build_talker_prompt(
     model,
     input_ids: Sequence[torch.Tensor],
@@ -241,6 +249,7 @@ def build_talker_prompt(
     speakers: Sequence[str | None] | None = None,
     non_streaming_mode: bool = False,
 ) -> TalkerPrompt:
+    non_streaming_mode = strict_flag("non_streaming_mode", non_streaming_mode)
     if not isinstance(input_ids, (list, tuple)):
         raise PromptError(
             f"input_ids must be a list of [1, L] tensors (one per batch item), got {type(input_ids).__name__}"

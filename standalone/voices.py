@@ -17,6 +17,7 @@ import torch
 
 from .audio import as_waveform, check_rate, read_audio_file, resample
 from .generation import voice_method_options
+from .prompt import strict_flag
 from .text import ASSISTANT, REFERENCE, TextTokenizer
 
 AudioLike = Union[str, "tuple[np.ndarray, int]"]
@@ -190,7 +191,8 @@ class VoiceMethods:
         audios = _as_list(ref_audio) if isinstance(ref_audio, list) else [ref_audio]
         n = len(audios)
         texts = _broadcast("ref_texts", _texts("ref_text", ref_text, optional=True), n)
-        xvec = _broadcast("x_vector_only_mode flags", _as_list(x_vector_only_mode), n)
+        flags = [strict_flag("x_vector_only_mode", x) for x in _as_list(x_vector_only_mode)]
+        xvec = _broadcast("x_vector_only_mode flags", flags, n)
         codes = _broadcast("ref_codes", _as_list(ref_code) if isinstance(ref_code, list) else [ref_code], n)
         loaded = [_load_audio(a) for a in audios]
         for i, (rtext, xonly) in enumerate(zip(texts, xvec)):

@@ -127,3 +127,47 @@ def test_manifest_lists_every_output_file_with_its_hash(checkpoints):
         assert info["sha256"] == sha256_file(st / name)
     assert manifest["upstream_version"] == upstream_version_installed()
     assert set(manifest["source_files"]) == {"model.safetensors", "config.json"}
+
+
+@pytest.mark.parametrize("kind", ["missing_child", "broken_symlink"])
+def test_a_mistyped_local_path_is_never_taken_for_a_hub_id(tmp_path, monkeypatch, kind):
+    """Issue 31: `ckpts/tiny-cv` (a typo of an existing folder's child) was reported as "cannot
+    reach huggingface.co", and online it would have tried a download. A string whose parent
+    exists here, or a dangling symlink, is a path: the error says so and the hub is never asked."""
+    import huggingface_hub
+
+    from q3tts.standalone.model import CheckpointError, resolve_checkpoint_dir
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ckpts").mkdir()
+    if kind == "broken_symlink":
+        (tmp_path / "ckpts" / "tiny-cv").symlink_to(tmp_path / "nowhere")
+    asked = []
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda *a, **k: asked.append(a))
+    with pytest.raises(CheckpointError, match=r"ckpts/tiny-cv: no such directory .*read as a local path"):
+        resolve_checkpoint_dir("ckpts/tiny-cv")
+    assert asked == []
+
+
+@pytest.mark.parametrize("value", ["no", "false", 0, 1, None, 0.5])
+def test_boolean_modes_are_strict(value):
+    """Issue 31: non_streaming_mode="no" and x_vector_only_mode="no" were read as True."""
+    from q3tts.standalone.prompt import PromptError, strict_flag
+
+    with pytest.raises(PromptError, match=r"non_streaming_mode must be True or False, got"):
+        strict_flag("non_streaming_mode", value)
+    assert strict_flag("x", True) is True and strict_flag("x", False) is False
+
+
+def test_generate_and_clone_refuse_a_string_for_a_boolean_mode(checkpoints):
+    import numpy as np
+    import torch
+
+    from q3tts.standalone import Qwen3TTS
+
+    model = Qwen3TTS.from_pretrained(checkpoints["base"][1])
+    with pytest.raises(ValueError, match="non_streaming_mode must be True or False, got 'no'"):
+        model.generate(input_ids=[torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8, 9]])], non_streaming_mode="no")
+    wav = (np.random.default_rng(0).standard_normal(24000) * 0.1).astype(np.float32)
+    with pytest.raises(ValueError, match="x_vector_only_mode must be True or False, got 'no'"):
+        model.create_voice_clone_prompt((wav, 24000), ref_text="hi", x_vector_only_mode="no")
