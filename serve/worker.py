@@ -1,0 +1,174 @@
+"""The one thread that runs the model, fed by a bounded queue.
+
+The model is not thread-safe (neither is upstream's), so every job (a synthesis, a stream, a
+voice registration, the warm-up) runs on this thread, one at a time. ``submit`` never blocks: a
+full queue is a 429 and a stopping server a 503. A job is cancelled by its request handler when
+the client goes away: a queued job is then skipped, a streaming job stops before its next talker
+step (``Job.check`` in the per-frame callback), and a whole-body job stops at its end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+import time
+from collections import Counter
+from typing import Any, Callable
+
+from .errors import ApiError
+
+
+class Cancelled(Exception):
+    """The job's client went away (or the server is shutting down)."""
+
+
+class Job:
+    """One unit of model work. ``fn(model, job)`` runs on the worker thread; it may ``emit``
+    items (stream chunks) and must call ``check`` between steps. The request handler awaits
+    ``result()`` or iterates ``items()`` on the event loop."""
+
+    def __init__(self, fn: Callable[[Any, Job], Any], loop: asyncio.AbstractEventLoop, label: str = "job"):
+        self.fn = fn
+        self.loop = loop
+        self.label = label
+        self.events: asyncio.Queue = asyncio.Queue()
+        self._cancel = threading.Event()
+        self.submitted = time.perf_counter()
+        self.started: float | None = None
+        self.finished: float | None = None
+        self.state = "queued"  # -> running -> done | cancelled | failed
+        self.frames = 0
+
+    # --- worker side ---------------------------------------------------------------------
+    def emit(self, item) -> None:
+        self.post(("item", item))
+
+    def check(self) -> None:
+        if self._cancel.is_set():
+            raise Cancelled
+
+    def post(self, event) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+        except RuntimeError:  # the event loop is closed: nobody is waiting any more
+            pass
+
+    # --- handler side --------------------------------------------------------------------
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    async def result(self):
+        while True:
+            kind, payload = await self.events.get()
+            if kind == "done":
+                return payload
+            if kind == "error":
+                raise payload
+
+    async def items(self):
+        while True:
+            kind, payload = await self.events.get()
+            if kind == "item":
+                yield payload
+            elif kind == "done":
+                return
+            else:
+                raise payload
+
+    @property
+    def queue_ms(self) -> float | None:
+        return None if self.started is None else (self.started - self.submitted) * 1000
+
+
+class Worker:
+    def __init__(self, model, max_queue: int):
+        self.model = model
+        self.max_queue = max_queue
+        self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.stats: Counter = Counter()
+        self.current: Job | None = None
+        self.accepting = True
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="q3tts-serve-worker", daemon=True)
+        self._thread.start()
+
+    def submit(self, job: Job) -> Job:
+        if not self.accepting:
+            raise ApiError(503, "the server is shutting down", None, "shutting_down", "server_error")
+        try:
+            self._queue.put_nowait(job)
+        except queue.Full:
+            self._count("rejected")
+            raise ApiError(
+                429,
+                f"the queue is full ({self.max_queue} requests waiting, --max-queue); retry later",
+                None,
+                "queue_full",
+                "rate_limit_error",
+            ) from None
+        self._count("accepted")
+        return job
+
+    @property
+    def waiting(self) -> int:
+        return self._queue.qsize()
+
+    def _count(self, key: str) -> None:
+        with self._lock:
+            self.stats[key] += 1
+
+    def _loop(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            self._run(job)
+
+    def _run(self, job: Job) -> None:
+        job.started = time.perf_counter()
+        if job.cancelled:  # the client left while the job waited: never start it
+            job.state = "cancelled"
+            job.finished = job.started
+            self._count("cancelled")
+            job.post(("error", Cancelled()))
+            return
+        job.state = "running"
+        self.current = job
+        try:
+            result = job.fn(self.model, job)
+        except Cancelled as e:
+            job.state, event = "cancelled", ("error", e)
+        except Exception as e:  # noqa: BLE001 - the handler turns it into a response
+            job.state, event = "failed", ("error", e)
+        else:
+            job.state, event = "done", ("done", result)
+        finally:
+            self.current = None
+        job.finished = time.perf_counter()
+        self._count(job.state)
+        job.post(event)
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Refuse new jobs, cancel the waiting ones and the running one, and join the thread."""
+        self.accepting = False
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                job.cancel()
+                self._run(job)  # marks it cancelled and wakes its handler
+        if self.current is not None:
+            self.current.cancel()
+        self._queue.put(None)
+        if self._thread is not None:
+            self._thread.join(timeout)
