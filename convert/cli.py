@@ -142,27 +142,30 @@ def _to_gguf(src_dir, dst, quant: str, force: bool, dry_run: bool, debug: bool) 
 def _check(directory: str, debug: bool) -> int:
     from pathlib import Path
 
-    from q3tts.standalone.checkpoint import CheckpointError, check_hashes, read_manifest
+    from q3tts.standalone.checkpoint import CheckpointError
     from q3tts.standalone.conversion import sha256_file
+    from q3tts.standalone.manifest import check_hashes, read_manifest
 
     path = Path(directory)
     try:
         if not path.is_dir():
             raise CheckpointError(f"{path}: not a directory")
-        problems = check_hashes(path, sha256_file)
+        problems, notes = check_hashes(path, sha256_file)
         n = len(read_manifest(path) or {})
     except (CheckpointError, OSError) as e:
         if debug:
             raise
         click.echo(f"convert-ckpt: error: {e}", err=True)
         return 1
-    for line in problems:
+    for line in notes + problems:
+        click.echo(f"convert-ckpt: {line}", err=True)
+    if problems:
+        unlisted = sum(line.startswith("unlisted:") for line in problems)
         click.echo(
-            f"convert-ckpt: damaged: {path / line}" if not line.startswith(str(path)) else f"convert-ckpt: {line}",
+            f"convert-ckpt: {len(problems) - unlisted} of {n} file(s) do not match the manifest, "
+            f"{unlisted} unlisted file(s) a loader would read: convert again",
             err=True,
         )
-    if problems:
-        click.echo(f"convert-ckpt: {len(problems)} of {n} file(s) do not match the manifest: convert again", err=True)
         return 1
     click.echo(f"ok: {n} file(s) match {path / 'manifest.json'}")
     return 0

@@ -16,20 +16,21 @@ import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO
 
 import torch
 
 from .dtypes import BY_SAFETENSORS
+from .errors import CheckpointError
+from .jsonfile import load_json_text
+from .manifest import check_sizes, listed_names
+
+__all__ = ["CheckpointError", "CheckpointReader", "check_sizes", "load_state_dict", "read_header", "read_tensor"]
 
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 _MAX_HEADER = 100 * 2**20
-
-
-class CheckpointError(ValueError):
-    """A checkpoint directory or file that cannot be used; the message names what is wrong."""
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
             raise CheckpointError(f"{path}: corrupt safetensors header (declared length {n}, file size {size})")
         raw = f.read(n)
     try:
-        header = json.loads(raw.decode("utf-8"))
+        header = load_json_text(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{path}: corrupt safetensors header ({e})") from e
     if not isinstance(header, dict):
@@ -112,11 +113,13 @@ def read_tensor(f: BinaryIO, info: TensorInfo) -> torch.Tensor:
 
 def _load_index(index: Path) -> dict[str, str]:
     try:
-        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map")
+        weight_map = load_json_text(index.read_text(encoding="utf-8")).get("weight_map")
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
         raise CheckpointError(f"{index}: malformed index ({e})") from e
     if not isinstance(weight_map, dict) or not weight_map:
         raise CheckpointError(f"{index}: no weight_map")
+    if not all(isinstance(v, str) for v in weight_map.values()):
+        raise CheckpointError(f"{index}: weight_map values must be file names (strings)")
     return weight_map
 
 
@@ -131,24 +134,33 @@ def _no_weights(directory: Path) -> CheckpointError:
 
 
 def has_weights(directory: Path) -> bool:
-    return (directory / WEIGHTS_NAME).is_file() or (directory / INDEX_NAME).is_file()
+    listed = listed_names(directory)
+    return _present(directory, WEIGHTS_NAME, listed) or _present(directory, INDEX_NAME, listed)
+
+
+def _present(directory: Path, name: str, listed: frozenset[str] | None) -> bool:
+    """A file of the directory as the loader sees it: present and, under a manifest, listed."""
+    return (listed is None or name in listed) and (directory / name).is_file()
 
 
 class CheckpointReader:
     """Every tensor of a checkpoint directory by name, from the headers; data read on demand.
 
-    A context manager: weight files are opened on first read and closed on exit.
+    Under a manifest (manifest.py) only the files it lists exist for the reader: an index or a
+    shard added afterwards is not read. A context manager: weight files are opened on first read
+    and closed on exit.
     """
 
     def __init__(self, directory: Path):
         self.directory = Path(directory)
         self.infos: dict[str, TensorInfo] = {}
         self.file_of: dict[str, str] = {}
+        self.listed = listed_names(self.directory)
         index = self.directory / INDEX_NAME
-        if index.is_file():
+        if _present(self.directory, INDEX_NAME, self.listed):
             weight_map = _load_index(index)
             self.files = sorted(set(weight_map.values()))
-        elif (self.directory / WEIGHTS_NAME).is_file():
+        elif _present(self.directory, WEIGHTS_NAME, self.listed):
             weight_map, self.files = None, [WEIGHTS_NAME]
         else:
             raise _no_weights(self.directory)
@@ -160,8 +172,12 @@ class CheckpointReader:
 
     def _add_file(self, file: str, index: Path) -> None:
         path = self.directory / file
+        if not isinstance(file, str) or "/" in file or "\\" in file or file in ("", ".", ".."):
+            raise CheckpointError(f"{index}: shard name {file!r} is not a file name in the directory")
         if not path.is_file():
             raise CheckpointError(f"{index}: shard {file} is missing")
+        if self.listed is not None and file not in self.listed:
+            raise CheckpointError(f"{index}: shard {file} is not in the manifest; convert the checkpoint again")
         infos, _ = read_header(path)
         for name, info in infos.items():
             if name in self.infos:
@@ -211,58 +227,3 @@ def load_state_dict(directory: Path, dtype: torch.dtype | None = None, device="c
                 t = t.to(dtype)
             out[name] = t.to(device)
     return out
-
-
-# --- damage detection against manifest.json ---------------------------------------------------
-
-MANIFEST_NAME = "manifest.json"
-
-
-def read_manifest(directory: Path) -> dict | None:
-    """The ``files`` table of ``directory/manifest.json`` (written by convert-ckpt), or None."""
-    path = Path(directory) / MANIFEST_NAME
-    if not path.is_file():
-        return None
-    try:
-        files = json.loads(path.read_text(encoding="utf-8"))["files"]
-        if not isinstance(files, dict):
-            raise TypeError("files is not an object")
-        return files
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{path}: damaged manifest ({e}); convert the checkpoint again") from e
-
-
-def check_sizes(directory: Path) -> None:
-    """Every file the manifest lists exists with its recorded size: cheap, done on every load.
-    Raises CheckpointError naming the first damaged file."""
-    directory = Path(directory)
-    files = read_manifest(directory)
-    for rel, entry in (files or {}).items():
-        path = directory / rel
-        want = entry.get("size")
-        got = path.stat().st_size if path.is_file() else None
-        if got != want:
-            state = "is missing" if got is None else f"has {got} bytes, the manifest says {want}"
-            raise CheckpointError(
-                f"{path} {state}: the checkpoint is damaged (an interrupted copy or download?); "
-                "convert it again or restore the file"
-            )
-
-
-def check_hashes(directory: Path, sha256: Callable[[Path], str]) -> list[str]:
-    """Every problem found by re-hashing each file against the manifest, one line each (empty
-    when everything matches). Files the manifest does not list are reported as notes."""
-    directory = Path(directory)
-    files = read_manifest(directory)
-    if files is None:
-        return [f"{directory / MANIFEST_NAME}: missing (only convert-ckpt output can be checked)"]
-    problems = []
-    for rel, entry in sorted(files.items()):
-        path = directory / rel
-        if not path.is_file():
-            problems.append(f"{rel}: missing")
-        elif path.stat().st_size != entry.get("size"):
-            problems.append(f"{rel}: {path.stat().st_size} bytes, the manifest says {entry.get('size')}")
-        elif sha256(path) != entry.get("sha256"):
-            problems.append(f"{rel}: sha256 differs from the manifest (same size: the content changed)")
-    return problems

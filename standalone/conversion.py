@@ -27,7 +27,6 @@ import torch
 
 from .checkpoint import (
     INDEX_NAME,
-    MANIFEST_NAME,
     WEIGHTS_NAME,
     CheckpointError,
     CheckpointReader,
@@ -38,6 +37,7 @@ from .codec import load_codec_config
 from .config import FORMAT_NAME, ConfigError, Qwen3TTSConfig
 from .dtypes import SAFETENSORS_CODE
 from .layout import Direction, Entry, codec_plan, plan
+from .manifest import MANIFEST_NAME, sha256_file
 from .output_dir import OWNER_FILE, OutputDir, OutputError
 from .precision import METADATA_KEY, Precision
 from .safetensors_writer import SafetensorsWriter, StreamError, plan_shards
@@ -276,14 +276,6 @@ def _producer(directory: Path) -> str | None:
 # --------------------------------------------------------------------------------------------
 # Writing
 # --------------------------------------------------------------------------------------------
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _nbytes(o: OutputTensor) -> int:

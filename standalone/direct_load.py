@@ -22,8 +22,9 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .checkpoint import CheckpointError, check_sizes
+from .checkpoint import CheckpointError
 from .config import FORMAT_NAME
+from .manifest import check_sizes
 
 CACHE_ENV = "Q3TTS_CACHE"
 _HASH_MEMO = "source-hashes.json"

@@ -19,8 +19,9 @@ from typing import Callable
 import numpy as np
 
 from . import gguf_layout as L
-from .checkpoint import MANIFEST_NAME, CheckpointError, CheckpointReader
+from .checkpoint import CheckpointError, CheckpointReader
 from .config import FORMAT_NAME
+from .manifest import MANIFEST_NAME
 from .output_dir import OutputDir, OutputError
 
 GGUF_CONVERTER_VERSION = "0.1.0"

@@ -103,14 +103,12 @@ def stored_precision(directory) -> Precision | None:
     metadata), or None for a plain checkpoint."""
     from pathlib import Path
 
-    from .checkpoint import INDEX_NAME, WEIGHTS_NAME, CheckpointError, CheckpointReader, read_header
+    from .checkpoint import CheckpointError, CheckpointReader, read_header
 
     directory = Path(directory)
-    files = CheckpointReader(directory).files if (directory / INDEX_NAME).is_file() else [WEIGHTS_NAME]
     names = set()
-    for file in files:
-        if (directory / file).is_file():
-            names.add(read_header(directory / file)[1].get(METADATA_KEY))
+    for file in CheckpointReader(directory).files:  # the files the loader reads (the manifest's)
+        names.add(read_header(directory / file)[1].get(METADATA_KEY))
     if len(names) > 1:
         raise CheckpointError(f"{directory}: weight files disagree on the precision mode ({sorted(map(str, names))})")
     name = names.pop() if names else None

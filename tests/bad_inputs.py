@@ -71,6 +71,18 @@ def _ids(m, text="Hi there."):
     return [torch.tensor([m.text_tokenizer.encode(m.text_tokenizer.assistant_text(text))])]
 
 
+def _load_edited(m, edit, name="manifest.json"):
+    """from_pretrained on a copy of m's checkpoint with one JSON file edited (tests/bad_inputs_edges.py)."""
+    from bad_inputs_edges import load_edited
+
+    return load_edited(m, edit, name)
+
+
+def _manifest_entry(rel, entry=None):
+    entry = {"sha256": "0" * 64, "size": 1} if entry is None else entry
+    return lambda manifest: manifest["files"].__setitem__(rel, entry)
+
+
 def _eos_of(m):
     """A group-0 code that greedy generation emits at frame 4: as the EOS id it ends the run early."""
     greedy = dict(languages=["auto"], do_sample=False, subtalker_dosample=False)
@@ -1145,6 +1157,38 @@ ROWS: tuple[Row, ...] = (
         lambda m: type(m).from_pretrained(m.checkpoint_dir, device="gpu0"),
         ValueError,
         r"device 'gpu0' is not a torch device",
+    ),
+    Row(
+        "from_pretrained",
+        "manifest entry leaving the directory ('../../etc/passwd')",
+        "base",
+        lambda m: _load_edited(m, _manifest_entry("../../etc/passwd")),
+        CheckpointError,
+        r"manifest.json: damaged manifest \(entry '\.\./\.\./etc/passwd' leaves the directory",
+    ),
+    Row(
+        "from_pretrained",
+        "manifest entry an absolute path ('/etc/passwd')",
+        "base",
+        lambda m: _load_edited(m, _manifest_entry("/etc/passwd")),
+        CheckpointError,
+        r"damaged manifest \(entry '/etc/passwd' is an absolute path; entries must stay inside the directory\)",
+    ),
+    Row(
+        "from_pretrained",
+        "manifest entry not an object",
+        "base",
+        lambda m: _load_edited(m, _manifest_entry("config.json", ["x"])),
+        CheckpointError,
+        r"damaged manifest \(entry 'config.json' is a list, expected an object with size and sha256\)",
+    ),
+    Row(
+        "from_pretrained",
+        "manifest entry with a size that is not an integer",
+        "base",
+        lambda m: _load_edited(m, _manifest_entry("config.json", {"size": "12", "sha256": "0" * 64})),
+        CheckpointError,
+        r"damaged manifest \(entry 'config.json': size '12' is not a non-negative integer\)",
     ),
     # --- streaming -------------------------------------------------------------------------------
     Row(

@@ -1,0 +1,24 @@
+"""Helpers of the bad-input rows for issue 31's edges (tests/bad_inputs.py holds the rows): a copy
+of a row's checkpoint with one file edited, loaded, then removed."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+
+def load_edited(m, edit, name: str = "manifest.json"):
+    """``type(m).from_pretrained`` on a copy of ``m``'s checkpoint whose JSON file ``name`` was
+    edited in place by ``edit(data)``."""
+    with tempfile.TemporaryDirectory(prefix="q3tts-bad-input-") as tmp:
+        directory = Path(tmp) / "ckpt"
+        shutil.copytree(m.checkpoint_dir, directory)
+        path = directory / name
+        data = json.loads(path.read_text(encoding="utf-8"))
+        edit(data)
+        path.write_text(json.dumps(data), encoding="utf-8")
+        if name != "manifest.json":  # an edited file no manifest vouches for
+            (directory / "manifest.json").unlink()
+        return type(m).from_pretrained(directory)
