@@ -47,12 +47,14 @@ def available_formats() -> tuple[str, ...]:
 
 def encode(wav: np.ndarray, sample_rate: int, fmt: str) -> bytes:
     """A whole float32 waveform as ``fmt`` bytes. wav is what `q3tts synthesize` writes
-    (soundfile's 16-bit PCM wav), byte for byte."""
+    (soundfile's 16-bit PCM wav), byte for byte; pcm and flac hold the same 16-bit samples."""
     if fmt == "pcm":
         return pcm16(wav)
     import soundfile as sf
 
     container, subtype = _SOUNDFILE[fmt]
+    if fmt != "wav":  # the wav's 16-bit samples (libsndfile's FLAC writer rounds floats another way)
+        wav = np.frombuffer(pcm16(wav), dtype="<i2")
     buf = io.BytesIO()
     sf.write(buf, wav, sample_rate, format=container, subtype=subtype)
     return buf.getvalue()

@@ -1,0 +1,149 @@
+"""`q3tts serve` with the real OpenAI client: the audio it returns is `q3tts synthesize`'s, byte
+for byte, whole and streamed; the other formats, the models list, health, and voice clones."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+from serve_helpers import MODEL_ID, served, synthesize  # tests/ on sys.path
+
+openai = pytest.importorskip("openai")
+
+TEXT = "Hello world."
+SEED = 3
+FRAMES = 30
+CLI_ARGS = ["--text", TEXT, "--language", "english", "--seed", SEED, "--max-new-tokens", FRAMES]
+EXTRA = {"seed": SEED, "max_new_tokens": FRAMES, "language": "english"}
+
+
+@pytest.fixture(scope="module")
+def cv(checkpoints):
+    with served(checkpoints["custom_voice"][1]) as (srv, app, model):
+        yield srv, app, model
+
+
+@pytest.fixture(scope="module")
+def client(cv):
+    with openai.OpenAI(base_url=cv[0].url + "/v1", api_key="unused", max_retries=0) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def synthesized(checkpoints, tmp_path_factory):
+    """`q3tts synthesize` for the same request: the wav file, and the streamed PCM on stdout."""
+    model = checkpoints["custom_voice"][1]
+    out = tmp_path_factory.mktemp("synth") / "offline.wav"
+    code, _, err = synthesize("--model", model, "--speaker", "alice", *CLI_ARGS, "--out", out)
+    assert code == 0, err
+    code, pcm, err = synthesize("--model", model, "--speaker", "alice", *CLI_ARGS, "--stream", "--out", "-")
+    assert code == 0, err
+    return out.read_bytes(), pcm
+
+
+def test_openai_speech_create_returns_the_synthesize_wav(client, synthesized):
+    got = client.audio.speech.create(
+        model=MODEL_ID, voice="alice", input=TEXT, response_format="wav", extra_body=EXTRA
+    ).content
+    assert got == synthesized[0]
+
+
+def test_openai_streaming_response_returns_the_synthesize_stream(client, synthesized):
+    """pcm: the bytes `synthesize --stream --out -` writes; wav: a header, then the same bytes."""
+    with client.audio.speech.with_streaming_response.create(
+        model=MODEL_ID, voice="alice", input=TEXT, response_format="pcm", stream_format="audio", extra_body=EXTRA
+    ) as r:
+        chunks = [c for c in r.iter_bytes() if c]
+    assert b"".join(chunks) == synthesized[1]
+    assert len(chunks) > 1  # it did stream
+    with client.audio.speech.with_streaming_response.create(
+        model=MODEL_ID, voice="alice", input=TEXT, response_format="wav", stream_format="audio", extra_body=EXTRA
+    ) as r:
+        body = r.read()
+    assert body[:4] == b"RIFF" and body[36:40] == b"data" and body[44:] == synthesized[1]
+    wav, sr = sf.read(io.BytesIO(body), dtype="int16")  # a reader takes the unknown-length header
+    assert sr == 24000 and wav.tobytes() == synthesized[1]
+
+
+def test_sse_events_carry_the_same_audio(cv, synthesized):
+    body = {
+        "model": MODEL_ID,
+        "voice": "alice",
+        "input": TEXT,
+        "response_format": "pcm",
+        "stream_format": "sse",
+        **EXTRA,
+    }
+    r = httpx.post(cv[0].url + "/v1/audio/speech", json=body, timeout=60)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    events = [json.loads(line[len("data: ") :]) for line in r.text.splitlines() if line.startswith("data: ")]
+    assert [e["type"] for e in events[-1:]] == ["speech.audio.done"]
+    audio = b"".join(base64.b64decode(e["audio"]) for e in events if e["type"] == "speech.audio.delta")
+    assert audio == synthesized[1]
+
+
+def test_other_formats_decode_to_the_same_audio(cv, client, synthesized):
+    ref, _ = sf.read(io.BytesIO(synthesized[0]), dtype="int16")
+    pcm = client.audio.speech.create(model=MODEL_ID, voice="alice", input=TEXT, response_format="pcm", extra_body=EXTRA)
+    assert pcm.content == ref.tobytes()
+    flac = client.audio.speech.create(
+        model=MODEL_ID, voice="alice", input=TEXT, response_format="flac", extra_body=EXTRA
+    )
+    assert np.array_equal(sf.read(io.BytesIO(flac.content), dtype="int16")[0], ref)  # lossless
+    available = cv[1].state.info.formats
+    for fmt in ("mp3", "opus"):  # lossy, where libsndfile encodes them: a decodable file of about the same length
+        if fmt not in available:
+            continue
+        data = client.audio.speech.create(
+            model=MODEL_ID, voice="alice", input=TEXT, response_format=fmt, extra_body=EXTRA
+        ).content
+        decoded, sr = sf.read(io.BytesIO(data))
+        assert sr == 24000 and abs(len(decoded) - len(ref)) <= 2400, fmt
+
+
+def test_models_health_and_request_ids(cv, client):
+    assert [m.id for m in client.models.list().data] == [MODEL_ID]
+    assert client.models.retrieve(MODEL_ID).id == MODEL_ID
+    health = httpx.get(cv[0].url + "/health").json()
+    assert health["status"] == "ok" and health["type"] == "custom_voice" and health["queue"]["max"] == 8
+    assert "wav" in health["formats"] and "aac" not in health["formats"]
+    r = httpx.get(cv[0].url + "/health", headers={"x-request-id": "abc-1"})
+    assert r.headers["x-request-id"] == "abc-1"
+
+
+def test_voice_clone_by_id_equals_synthesize_with_the_reference(checkpoints, tmp_path):
+    """Upload a reference and its transcript once; speech with its id is `synthesize
+    --ref-audio --ref-text`'s audio. The same upload gives the same id; {"id": ...} works too."""
+    rng = np.random.default_rng(0)
+    ref = (0.3 * np.sin(np.arange(16000) / 5) + rng.normal(0, 0.05, 16000)).astype(np.float32)
+    sf.write(tmp_path / "ref.wav", ref, 16000)
+    ref_text = "A reference sentence."
+    out = tmp_path / "clone.wav"
+    model_dir = checkpoints["base"][1]
+    code, _, err = synthesize(
+        "--model", model_dir, "--ref-audio", tmp_path / "ref.wav", "--ref-text", ref_text, *CLI_ARGS, "--out", out
+    )
+    assert code == 0, err
+    with served(model_dir) as (srv, _, _):
+        files = {"audio_sample": ("ref.wav", (tmp_path / "ref.wav").read_bytes(), "audio/wav")}
+        voice = httpx.post(srv.url + "/v1/voices", files=files, data={"text": ref_text, "name": "me"}, timeout=60)
+        assert voice.status_code == 200, voice.text
+        vid = voice.json()["id"]
+        assert voice.json()["mode"] == "icl" and voice.json()["name"] == "me"
+        again = httpx.post(srv.url + "/v1/audio/voices", files=files, data={"text": ref_text}, timeout=60)
+        assert again.json()["id"] == vid
+        with openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0) as c:
+            got = c.audio.speech.create(model=MODEL_ID, voice=vid, input=TEXT, response_format="wav", extra_body=EXTRA)
+            assert got.content == out.read_bytes()
+            by_object = c.audio.speech.create(
+                model=MODEL_ID, voice={"id": vid}, input=TEXT, response_format="wav", extra_body=EXTRA
+            )
+            assert by_object.content == out.read_bytes()
+        assert [v["id"] for v in httpx.get(srv.url + "/v1/voices").json()["data"]] == [vid]
+        assert httpx.delete(srv.url + f"/v1/voices/{vid}").status_code == 200
+        assert httpx.get(srv.url + "/v1/voices").json()["data"] == []
