@@ -60,6 +60,11 @@ async def create_voice(request: Request) -> Response:
 
 
 async def _form(request: Request, limits) -> tuple[bytes, str | None, str | None]:
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind != "multipart/form-data":
+        raise ApiError(
+            400, f"body: expected multipart/form-data, got {kind or 'no content type'!r}", "body", "invalid_form"
+        )
     try:
         form = await request.form(max_files=1, max_fields=8, max_part_size=limits.max_upload_bytes + 1)
     except Exception as e:  # noqa: BLE001 - starlette's parser errors: a malformed form
@@ -86,5 +91,5 @@ async def list_voices(request: Request) -> Response:
 async def delete_voice(request: Request) -> Response:
     vid = request.path_params["voice_id"]
     if not server(request).voices.remove(vid):
-        raise ApiError(404, f"voice {vid!r} is not registered", "voice_id", "unknown_voice")
+        raise ApiError(404, f"voice_id {vid!r} is not registered", "voice_id", "unknown_voice")
     return JSONResponse({"id": vid, "object": "audio.voice.deleted", "deleted": True})
