@@ -47,6 +47,7 @@ from torch import nn
 
 from .kv_cache import KVCache
 from .layers import DecoderLayer, rope_cos_sin
+from .quant import WeightOnlyLinear
 from .sampling import SamplingParams, sample_next_token
 from .talker import CodePredictor, DecoderStack, Talker
 
@@ -128,6 +129,12 @@ def _prompt_attention(q, k, v, mask, scale: float):
     return torch.matmul(probs, v).view(bsz, n_heads, seqlen, head_dim)
 
 
+def _fused(linear: nn.Module, x):
+    """x @ W.T of a fused projection in one matmul (the exact path's split_linear makes one per
+    block); a weight-only quantized linear (quant.py) through its packed kernel."""
+    return linear(x) if isinstance(linear, WeightOnlyLinear) else F.linear(x, linear.weight)
+
+
 def _layer_step(layer: DecoderLayer, x, cos, sin, attend):
     """One decoder layer over x [B, S, H]; ``attend(q, k, v)`` -> [B, H, S, D] is the attention
     (over a cache and the new positions, or over the prompt alone). Returns (x, k, v), k/v
@@ -135,7 +142,7 @@ def _layer_step(layer: DecoderLayer, x, cos, sin, attend):
     attn = layer.attn
     bsz, seqlen, _ = x.shape
     h = layer.attn_norm(x)
-    q, k, v = F.linear(h, attn.wqkv.weight).split((attn.q_size, attn.kv_size, attn.kv_size), dim=-1)
+    q, k, v = _fused(attn.wqkv, h).split((attn.q_size, attn.kv_size, attn.kv_size), dim=-1)
     q = attn.q_norm(q.view(bsz, seqlen, attn.n_heads, attn.head_dim))
     k = attn.k_norm(k.view(bsz, seqlen, attn.n_kv_heads, attn.head_dim))
     cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
@@ -144,7 +151,7 @@ def _layer_step(layer: DecoderLayer, x, cos, sin, attend):
     v = v.view(bsz, seqlen, attn.n_kv_heads, attn.head_dim).transpose(1, 2)
     out = attend(q, k, v)
     x = x + attn.wo(out.transpose(1, 2).reshape(bsz, seqlen, attn.q_size))
-    gate, up = F.linear(layer.mlp_norm(x), layer.mlp.w_gate_up.weight).chunk(2, dim=-1)
+    gate, up = _fused(layer.mlp.w_gate_up, layer.mlp_norm(x)).chunk(2, dim=-1)
     return x + layer.mlp.w_down(F.silu(gate) * up), k, v
 
 
@@ -240,8 +247,13 @@ class FastEngine:
         opts = self.options = dict(COMPILE_OPTIONS if options is None else options)
         wrap = (lambda m: torch.compile(m, dynamic=False, options=opts)) if compile else (lambda m: m)
         self._talker_step = wrap(DecodeGraph(talker.decoder, head=talker.codec_head))
-        # The prompt prefill: eager by default (see the module docstring for the measured trade).
-        self._talker_prefill = wrap(PrefillGraph(talker.decoder, talker.codec_head)) if compile_prefill else None
+        # The prompt prefill: eager by default (see the module docstring for the measured trade). A
+        # weight-only quantized talker (quant.py) has no weight for the exact path's Talker.step: its
+        # eager prefill is PrefillGraph uncompiled, through the quantized kernels.
+        prefill = PrefillGraph(talker.decoder, talker.codec_head)
+        quantized = any(isinstance(m, WeightOnlyLinear) for m in talker.decoder.modules())
+        self._talker_prefill = wrap(prefill) if compile_prefill else (prefill if quantized else None)
+        self._prefill_compiled = compile and compile_prefill
         # One module for the predictor's prefill and steps: two shapes, two graphs, shared weights.
         self._cp_graph = wrap(DecodeGraph(code_predictor.decoder, projection=code_predictor.input_projection))
         self._cp_rope: dict = {}
@@ -282,19 +294,21 @@ class FastEngine:
     # --- the talker's prompt prefill -------------------------------------------------------------
     @property
     def compiles_prefill(self) -> bool:
-        """Whether the prompt prefill runs through PrefillGraph (compiled unless ``compile=False``)
-        rather than the exact path's eager Talker.step, whose logits are upstream's bit for bit."""
+        """Whether the prompt prefill runs through PrefillGraph (compiled with ``compile_prefill``
+        unless ``compile=False``, eager for a quantized talker) rather than the exact path's eager
+        Talker.step, whose logits are upstream's bit for bit."""
         return self._talker_prefill is not None
 
     def talker_prefill(self, x, positions, mask, cache: KVCache):
         """Same contract as Talker.step over the whole prompt at start 0: x [B, L, H], M-RoPE
         positions [3, B, L], mask None (no padding) or bool [B, 1, L, L] (layers.padding_mask).
         Returns (hidden, logits) of every position and stores the prompt's keys/values. Eager
-        (the exact path's Talker.step) unless the engine was built with ``compile_prefill``."""
+        (the exact path's Talker.step) unless the engine was built with ``compile_prefill`` or the
+        talker is quantized (then PrefillGraph, eager)."""
         if self._talker_prefill is None:
             return self.talker.step(x, positions, mask, cache, 0)
         bsz, length = x.shape[:2]
-        if length < 2:  # dynamo specialises lengths 0 and 1; a prompt is never that short
+        if length < 2 and self._prefill_compiled:  # dynamo specialises lengths 0 and 1; a prompt is never that short
             raise ValueError(f"the fast prefill needs a prompt of at least 2 positions, got {length}")
         cos, sin = rope_cos_sin(self.talker.inv_freq, positions, x.dtype, self.talker.mrope_rows)
         if mask is None:  # one graph for padded and unpadded batches: always a [B, 1, L, L] mask

@@ -21,6 +21,7 @@ from .mel import log_mel_spectrogram
 from .network import network_parts
 from .precision import MODE_NAMES, Precision, cast_state, parse_mode, set_activation_dtype, stored_precision
 from .prompt import build_talker_prompt
+from .quant import QuantMode, QuantReport, check_quant_dtype, parse_quant, quantize_model
 from .speaker_encoder import SpeakerEncoder
 from .speech_encoder import SpeechEncoder, load_speech_encoder
 from .streaming import StreamingVoiceMethods
@@ -34,6 +35,8 @@ class Qwen3TTS(StreamingVoiceMethods, VoiceMethods, nn.Module):
         self.config = config
         self.checkpoint_dir: Path | None = None
         self.precision: Precision | None = None  # a mixed mode (precision.py), else None
+        self.quant: QuantMode | None = None  # weight-only quantization of the fast path (quant.py)
+        self.quant_report: QuantReport | None = None
         parts = network_parts(config)
         self.talker: Talker = parts["talker"]
         self.code_predictor: CodePredictor = parts["code_predictor"]
@@ -60,6 +63,7 @@ class Qwen3TTS(StreamingVoiceMethods, VoiceMethods, nn.Module):
         convert: bool = True,
         progress: bool | None = None,
         fast: bool = False,
+        quant: str | None = None,
     ) -> Qwen3TTS:
         """Load a checkpoint: a standalone directory (written by ``convert-ckpt``), an upstream
         qwen-tts directory, or a hub repo id of either kind. An upstream checkpoint is converted
@@ -74,8 +78,13 @@ class Qwen3TTS(StreamingVoiceMethods, VoiceMethods, nn.Module):
         in the checkpoint must be used and every parameter must be present; anything else is a
         CheckpointError naming the tensors.
         ``fast=True`` calls ``compile_fast()`` on the loaded model.
+        ``quant`` ("int8", "int4", "int4-g32", "int4-g64", "int4-g128"; default None) replaces the
+        talker's and code predictor's transformer linears with weight-only quantized ones (quant.py)
+        and implies ``fast=True``: a quantized model runs the fast path only. It needs a plain fp32 or
+        bf16 dtype (the activations' and the scales' dtype).
         """
         check_load_arguments(path, dtype, device)
+        quant_mode = parse_quant(quant)
         mode = parse_mode(dtype) if isinstance(dtype, str) else dtype
         directory = resolve_checkpoint_dir(path, revision)
         if checkpoint_format(directory) == "upstream":
@@ -97,6 +106,8 @@ class Qwen3TTS(StreamingVoiceMethods, VoiceMethods, nn.Module):
         if mode is None:
             mode = stored_precision(directory)  # a mixed checkpoint loads as mixed
         precision = mode if isinstance(mode, Precision) else None
+        if quant_mode is not None and mode is not None:  # before reading any weight
+            check_quant_dtype(quant_mode, mode)
         state = load_state_dict(directory, dtype=None if precision else mode, device=device)
         if precision is not None:
             state = cast_state(state, precision)
@@ -119,7 +130,10 @@ class Qwen3TTS(StreamingVoiceMethods, VoiceMethods, nn.Module):
             model.precision = precision
             set_activation_dtype(model, torch.float32)
         model.eval()
-        return model.compile_fast() if fast else model
+        if quant_mode is not None:
+            model.quant_report = quantize_model(model, quant_mode)
+            model.quant = quant_mode
+        return model.compile_fast() if fast or quant_mode is not None else model
 
     def compile_fast(self, warm_up=(), **engine_options) -> Qwen3TTS:
         """Switch generate() to the compiled fast path (standalone/fast.py), in the model's current

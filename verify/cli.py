@@ -120,7 +120,13 @@ DTYPE_CHOICES = ("fp32", "bf16")
     help="Check another runtime instead of the standalone model: qwentts.cpp through its binding "
     "(pip install 'qwen3-tts-standalone[peers]'), on SRC's convert-ckpt --to gguf output per --quant.",
 )
-@click.option("--quant", default=None, metavar="LIST", help="With --engine: GGUF types (default F32,F16,BF16,Q8_0).")
+@click.option(
+    "--quant",
+    default=None,
+    metavar="LIST",
+    help="With --engine: GGUF types (default F32,F16,BF16,Q8_0). With --fast: weight-only quantized fast modes "
+    "(int8, int4, int4-g32, int4-g64, int4-g128), each judged against upstream fp32 (fast_parity-QUANT.md).",
+)
 @click.option(
     "--gguf",
     "gguf_dir",
@@ -227,6 +233,32 @@ class Options:
             raise click.BadParameter("at least one seed", param_hint="--seeds")
         if self.compile_prefill and not self.fast:
             raise click.BadParameter("measures the fast path: use it with --fast", param_hint="--compile-prefill")
+        if self.fast and self.quant and not self.engine:
+            check_fast_quant(self.fast_quants, self.dtypes, self.self_test)
+
+    @property
+    def fast_quants(self) -> tuple[str | None, ...]:
+        """--fast: the weight-only modes to measure, (None,) for the plain fast path."""
+        return tuple(q.strip() for q in self.quant.split(",") if q.strip()) if self.quant else (None,)
+
+
+def check_fast_quant(quants, dtypes, self_test: bool) -> None:
+    """--fast --quant: known modes, fp32 activations (what their bounds are measured at), no self-test."""
+    from q3tts.standalone.quant import QUANT_NAMES
+
+    bad = [q for q in quants if q not in QUANT_NAMES]
+    if bad or not quants:
+        raise click.BadParameter(
+            f"{', '.join(map(repr, bad)) or 'empty'}: with --fast, one or more of {', '.join(QUANT_NAMES)}",
+            param_hint="--quant",
+        )
+    if any(d != "fp32" for d in dtypes):
+        raise click.BadParameter(
+            "the quantized fast modes are measured with fp32 activations only: omit --dtype or give fp32",
+            param_hint="--dtype",
+        )
+    if self_test:
+        raise click.BadParameter("the fast self-test runs the plain modes; omit --quant", param_hint="--quant")
 
 
 def pick_mode(o: Options) -> str:
@@ -256,16 +288,23 @@ def _mode_engine(o: Options) -> bool:
 
 
 def _mode_fast(o: Options) -> bool:
-    return run_fast(
-        o.src,
-        o.standalone_dir,
-        o.dtype_list,
-        o.seed_list,
-        o.frames,
-        Path(o.report_dir),
-        o.self_test,
-        o.fault_names,
-        o.compile_prefill,
+    quants = o.fast_quants
+    return all(
+        [
+            run_fast(
+                o.src,
+                o.standalone_dir,
+                ("fp32",) if quant else o.dtype_list,
+                o.seed_list,
+                o.frames,
+                Path(o.report_dir),
+                o.self_test,
+                o.fault_names,
+                o.compile_prefill,
+                quant,
+            )
+            for quant in quants
+        ]
     )
 
 
@@ -317,7 +356,16 @@ MODES = {
 
 
 def run_fast(
-    src, standalone_dir, dtype_names, seeds, frames, report_dir: Path, self_test, fault_names, compile_prefill=False
+    src,
+    standalone_dir,
+    dtype_names,
+    seeds,
+    frames,
+    report_dir: Path,
+    self_test,
+    fault_names,
+    compile_prefill=False,
+    quant=None,
 ) -> bool:
     engine_options = {"compile_prefill": True} if compile_prefill else None
     if self_test:
@@ -327,7 +375,9 @@ def run_fast(
         return run_fast_self_test(report_dir, dtype_names, names, engine_options=engine_options)
     from q3tts.verify.cases.fast import run_fast_cli
 
-    return run_fast_cli(src, standalone_dir, dtype_names, seeds, frames, report_dir, engine_options=engine_options)
+    return run_fast_cli(
+        src, standalone_dir, dtype_names, seeds, frames, report_dir, engine_options=engine_options, quant=quant
+    )
 
 
 def _run_engine(engine, src, gguf_dir, quant, frames, report_dir: Path, self_test: bool) -> bool:

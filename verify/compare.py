@@ -83,6 +83,59 @@ FAST_MIN_AGREEMENT: dict[torch.dtype, float] = {torch.float32: 0.99, torch.bfloa
 # sampled case measured, so a difference is a finding (and the only check that sees sampler faults);
 # bf16: one flipped near-tie legitimately changes every later frame, so agreement is reported only.
 FAST_GENERATION_IDENTICAL: dict[torch.dtype, bool] = {torch.float32: True, torch.bfloat16: False}
+
+
+# Weight-only quantized fast modes (standalone/quant.py: int8 per channel, int4 per group), fp32
+# activations, against the exact fp32 path (upstream in fp32, to which the exact path is bit-identical).
+# Quantization moves every linear's output by a fraction of a percent (int8) or a few percent (int4),
+# so the forward and stepwise bounds are wide and the teacher-forced floor lower; free-running codes
+# are reported, not judged (one flipped near-tie changes every later frame), while the stepwise
+# decisions, made on upstream's logits by the real loop, must still be identical. Bounds by bits
+# (every int4 group size gets the int4 bounds: 128, the default and the coarsest offered, is the one
+# measured): PLACEHOLDER (measured in this tree: reports/fast_parity-int8.md, -int4.md).
+FAST_QUANT_TOLERANCES: dict[int, Tolerance] = {
+    8: Tolerance(atol=0.0, rtol=5e-2, min_cosine=0.9995),
+    4: Tolerance(atol=0.0, rtol=5e-1, min_cosine=0.95),
+}
+FAST_QUANT_STEP_TOLERANCES: dict[int, Tolerance] = {
+    8: Tolerance(atol=0.0, rtol=1e-1, min_cosine=0.998),
+    4: Tolerance(atol=0.0, rtol=1.0, min_cosine=0.9),
+}
+FAST_QUANT_MIN_AGREEMENT: dict[int, float] = {8: 0.9, 4: 0.5}
+
+
+@dataclass(frozen=True)
+class FastBounds:
+    """Every bound one fast mode is judged by (verify/cases/fast.py, fast_stepwise.py)."""
+
+    forward: Tolerance
+    step: Tolerance
+    min_agreement: float
+    generation_identical: bool
+
+
+def fast_bounds(dtype: torch.dtype, quant=None) -> FastBounds:
+    """The bounds of the fast path in ``dtype``, weight-only quantized per ``quant`` (a name or
+    standalone.quant.QuantMode; None: the plain mode). Quantized modes are measured with fp32
+    activations only."""
+    from q3tts.standalone.quant import parse_quant
+
+    mode = parse_quant(quant)
+    if mode is None:
+        return FastBounds(
+            FAST_TOLERANCES[dtype],
+            FAST_STEP_TOLERANCES[dtype],
+            FAST_MIN_AGREEMENT[dtype],
+            FAST_GENERATION_IDENTICAL[dtype],
+        )
+    if dtype != torch.float32:
+        raise ValueError(f"quant {mode} is measured with fp32 activations only, not {DTYPE_NAMES.get(dtype, dtype)}")
+    bits = mode.bits
+    return FastBounds(
+        FAST_QUANT_TOLERANCES[bits], FAST_QUANT_STEP_TOLERANCES[bits], FAST_QUANT_MIN_AGREEMENT[bits], False
+    )
+
+
 # Sampler regimes calibrated on the last bit of upstream's first-draw logits (top_p_boundary puts the
 # talker's top_p exactly on a cumulative-mass boundary of them). Their free-running codes can equal
 # upstream's only where the first draw's logits are upstream's bits, i.e. when the prompt prefill is the

@@ -43,11 +43,12 @@ from q3tts.verify.cases.forward import ParityInputs, talker_probe_inputs
 from q3tts.verify.cases.generation import MODES, CaseContext, cases_for, mode_kwargs, split_sides
 from q3tts.verify.compare import (
     EXACT_FIRST_DRAW_MODES,
-    FAST_GENERATION_IDENTICAL,
-    FAST_MIN_AGREEMENT,
+    FAST_MIN_AGREEMENT,  # noqa: F401 (tests read the plain modes' floor from here)
     FAST_TOLERANCES,
     Comparison,
+    FastBounds,
     compare,
+    fast_bounds,
     first_divergence,
 )
 
@@ -69,9 +70,10 @@ PROMPT_KEYS = (
 # --- 1. forward cases ----------------------------------------------------------------------------
 @torch.inference_mode()
 def run_fast_forward_cases(
-    upstream, standalone, engine: FastEngine, dtype: torch.dtype, seed: int = 0
+    upstream, standalone, engine: FastEngine, dtype: torch.dtype, seed: int = 0, tol=None
 ) -> list[Comparison]:
-    tol = FAST_TOLERANCES[dtype]
+    """``tol``: the forward bound (default: the plain fast mode's in ``dtype``; compare.fast_bounds)."""
+    tol = tol or FAST_TOLERANCES[dtype]
     inp = ParityInputs.make(standalone, seed)
     up_t, st_t = upstream.talker, standalone.talker
     results: list[Comparison] = []
@@ -186,9 +188,12 @@ def teacher_forced_agreement(
     dtype_name: str,
     dtype: torch.dtype,
     max_new_tokens: int = 24,
+    bounds: FastBounds | None = None,
 ) -> Agreement:
     """Upstream's greedy codes fed to the fast path; the fast path's argmax compared at every
-    position (group 0 with the loop's constraints: repetition penalty, min_new_tokens, suppression)."""
+    position (group 0 with the loop's constraints: repetition penalty, min_new_tokens, suppression).
+    ``bounds``: compare.fast_bounds (default: the plain fast mode's in ``dtype``)."""
+    bounds = bounds or fast_bounds(dtype)
     up_kwargs, prompt_kwargs, options = _split(kwargs)
     greedy = dict(MODES["greedy"], max_new_tokens=max_new_tokens)
     up_codes, _ = ctx.wrapper.model.generate(**up_kwargs, **greedy)
@@ -241,7 +246,7 @@ def teacher_forced_agreement(
         cur = length + f
         positions = torch.full((3, 1, 1), float(cur))
         hidden, logits = engine.talker_step(step_x, positions, None, tcache, cur)
-    result = Agreement(case_name, dtype_name, targets0.shape[0], agree0, n_r, agree_r, first, FAST_MIN_AGREEMENT[dtype])
+    result = Agreement(case_name, dtype_name, targets0.shape[0], agree0, n_r, agree_r, first, bounds.min_agreement)
     result.passed = result.fraction >= result.min_agreement
     return result
 
@@ -275,9 +280,12 @@ def generation_agreement(
     dtype_name: str,
     dtype: torch.dtype,
     max_new_tokens: int = 24,
+    bounds: FastBounds | None = None,
 ) -> tuple[GenerationAgreement, Stepwise]:
     """Free-running generation of both sides from one seed, and the stepwise replay
-    (verify/cases/fast_stepwise.py) on the logits upstream produced in the same run."""
+    (verify/cases/fast_stepwise.py) on the logits upstream produced in the same run, judged by
+    ``bounds.step`` (default: the plain fast mode's in ``dtype``)."""
+    bounds = bounds or fast_bounds(dtype)
     up_kwargs, prompt_kwargs, options = _split(kwargs)
     # The mode's sampling values as the exact suite uses them (top_p_boundary is calibrated per case).
     sampling_kwargs, seed = mode_kwargs(mode, ctx, up_kwargs)
@@ -316,7 +324,9 @@ def generation_agreement(
         t2 - t1,
         error,
     )
-    step = run_stepwise(ctx.standalone, prompt, params, engine, seq, up_codes, case_name, mode, dtype_name, dtype, seed)
+    step = run_stepwise(
+        ctx.standalone, prompt, params, engine, seq, up_codes, case_name, mode, dtype_name, dtype, seed, bounds.step
+    )
     return agreement, step
 
 
@@ -338,12 +348,16 @@ def run_fast_parity(
     max_new_tokens: int = 24,
     modes=tuple(MODES),
     case_names: tuple[str, ...] | None = None,
+    quant: str | None = None,
 ) -> dict[str, Any]:
     """All three measurements for one loaded (upstream wrapper, standalone) pair. Generation is
-    judged only where FAST_GENERATION_IDENTICAL says codes must be identical (fp32)."""
+    judged only where FAST_GENERATION_IDENTICAL says codes must be identical (fp32, unquantized).
+    ``quant``: the standalone's weight-only quantization (standalone/quant.py), judged against
+    upstream in fp32 by its own bounds (compare.fast_bounds)."""
     engine = engine or FastEngine(standalone.talker, standalone.code_predictor)
+    bounds = fast_bounds(dtype, quant)
     t0 = time.perf_counter()
-    forward = run_fast_forward_cases(wrapper.model, standalone, engine, dtype, seed)
+    forward = run_fast_forward_cases(wrapper.model, standalone, engine, dtype, seed, bounds.forward)
     first_call = time.perf_counter() - t0
     ctx = CaseContext(wrapper, standalone, seed)
     agreements, generations, stepwise = [], [], []
@@ -353,13 +367,15 @@ def run_fast_parity(
         kwargs = case.build(ctx)
         if len(kwargs["input_ids"]) == 1:  # teacher forcing is per item: single-item cases only
             agreements.append(
-                teacher_forced_agreement(case.name, ctx, kwargs, engine, dtype_name, dtype, max_new_tokens)
+                teacher_forced_agreement(case.name, ctx, kwargs, engine, dtype_name, dtype, max_new_tokens, bounds)
             )
         for mode in modes:
-            gen, step = generation_agreement(case.name, ctx, kwargs, engine, mode, dtype_name, dtype, max_new_tokens)
+            gen, step = generation_agreement(
+                case.name, ctx, kwargs, engine, mode, dtype_name, dtype, max_new_tokens, bounds
+            )
             generations.append(gen)
             stepwise.append(step)
-    judged = FAST_GENERATION_IDENTICAL[dtype]
+    judged = bounds.generation_identical
     unjudged = generation_unjudged_modes(engine) if judged else ()
     failing = (
         [c.case for c in forward if not c.passed]
@@ -373,6 +389,7 @@ def run_fast_parity(
     )
     return {
         "dtype": dtype_name,
+        "quant": str(quant) if quant else None,
         "compile_seconds": engine.compile_seconds,
         "forward_seconds_incl_compile": first_call,
         "forward": [c.as_dict() for c in forward],
@@ -393,9 +410,15 @@ def run_fast_parity(
     }
 
 
+def mode_label(report: dict) -> str:
+    """'bf16', or 'fp32 activations, int8 weights (against upstream fp32)' for a quantized run."""
+    quant = report.get("quant")
+    return f"{report['dtype']} activations, {quant} weights (against upstream fp32)" if quant else report["dtype"]
+
+
 def format_fast_report(report: dict) -> str:
     lines = [
-        f"fast path vs upstream, {report['dtype']} (compile {report['compile_seconds']:.1f} s)",
+        f"fast path vs upstream, {mode_label(report)} (compile {report['compile_seconds']:.1f} s)",
         f"{'case':36} {'max_abs':>10} {'max_rel':>10} {'cosine':>10} {'bound':>10}  verdict",
     ]
     for c in report["forward"]:
@@ -438,9 +461,10 @@ def format_fast_report(report: dict) -> str:
 def render_fast_markdown(reports: list[dict], note: str = "") -> str:
     head = "# Fast path against upstream\n\n" + (note + "\n\n" if note else "")
     verdicts = [
-        f"- {r['checkpoint']} {r['dtype']}: {'PASS' if r['passed'] else 'FAIL ' + str(r['failing'])}" for r in reports
+        f"- {r['checkpoint']} {mode_label(r)}: {'PASS' if r['passed'] else 'FAIL ' + str(r['failing'])}"
+        for r in reports
     ]
-    body = "\n\n".join(f"## {r['checkpoint']} {r['dtype']}\n\n```\n{format_fast_report(r)}\n```" for r in reports)
+    body = "\n\n".join(f"## {r['checkpoint']} {mode_label(r)}\n\n```\n{format_fast_report(r)}\n```" for r in reports)
     return head + "\n".join(verdicts) + "\n\n" + body + "\n"
 
 
@@ -453,9 +477,12 @@ def run_fast_cli(
     report_dir: Path,
     options: dict | None = None,
     engine_options: dict | None = None,
+    quant: str | None = None,
 ) -> bool:
     """verify-parity --fast: the three fast-path measurements per checkpoint and dtype; writes
-    fast_parity.{json,md} to ``report_dir``. True when every judged check passes."""
+    fast_parity.{json,md} to ``report_dir`` (fast_parity-QUANT.{json,md} for a weight-only
+    quantized standalone, ``quant``, judged against upstream in fp32). True when every judged check
+    passes."""
     import json
     import tempfile
 
@@ -465,30 +492,45 @@ def run_fast_cli(
     from q3tts.verify.compare import DTYPES
     from q3tts.verify.report.console import Progress, echo
 
+    for dn in dtype_names:
+        fast_bounds(DTYPES[dn], quant)  # an unmeasured mode is refused before anything loads
     reports = []
     with tempfile.TemporaryDirectory(prefix="verify-fast-") as work:
         pairs, frames, _fixtures = checkpoint_pairs(src, standalone_dir, frames, Path(work), Progress(inline=False))
         for name, _source, up, st_dir in pairs:
             for dn in dtype_names:
                 dtype = DTYPES[dn]
-                wrapper, st = load_upstream_wrapper(up, dtype), Qwen3TTS.from_pretrained(st_dir, dtype=dtype)
+                wrapper = load_upstream_wrapper(up, dtype)
+                st = Qwen3TTS.from_pretrained(st_dir, dtype=dtype, quant=quant)
                 engine = FastEngine(st.talker, st.code_predictor, options=options, **(engine_options or {}))
                 report = run_fast_parity(
-                    wrapper, st, dtype, dn, engine=engine, seed=seeds[0], max_new_tokens=frames, modes=tuple(MODES)
+                    wrapper,
+                    st,
+                    dtype,
+                    dn,
+                    engine=engine,
+                    seed=seeds[0],
+                    max_new_tokens=frames,
+                    modes=tuple(MODES),
+                    quant=quant,
                 )
                 report.update(checkpoint=name, options=engine.options, engine_options=engine_options or {})
+                if st.quant_report is not None:
+                    report["quantized"] = asdict(st.quant_report)
                 echo(f"== {name}\n" + format_fast_report(report))
                 reports.append(report)
                 del wrapper, st, engine
     report_dir.mkdir(parents=True, exist_ok=True)
-    (report_dir / "fast_parity.json").write_text(json.dumps(reports, indent=2) + "\n")
+    stem = f"fast_parity-{quant}" if quant else "fast_parity"
+    (report_dir / f"{stem}.json").write_text(json.dumps(reports, indent=2) + "\n")
     note = (
-        f"verify-parity --fast, seed {seeds[0]}, {frames} frames per generation case, "
-        f"{torch.get_num_threads()} threads, inductor options {reports[0]['options'] if reports else options}"
+        f"verify-parity --fast{f' --quant {quant}' if quant else ''}, seed {seeds[0]}, {frames} frames per "
+        f"generation case, {torch.get_num_threads()} threads, inductor options "
+        f"{reports[0]['options'] if reports else options}"
         + (f", engine options {engine_options}" if engine_options else "")
         + "."
     )
-    (report_dir / "fast_parity.md").write_text(render_fast_markdown(reports, note))
+    (report_dir / f"{stem}.md").write_text(render_fast_markdown(reports, note))
     ok = all(r["passed"] for r in reports)
-    echo(f"\nfast path: {'PASS' if ok else 'FAIL'}; report: {report_dir / 'fast_parity.md'}")
+    echo(f"\nfast path: {'PASS' if ok else 'FAIL'}; report: {report_dir / f'{stem}.md'}")
     return ok

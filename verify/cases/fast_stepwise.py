@@ -87,9 +87,12 @@ class ReplayEngine:
     """Stands in for a FastEngine in generation.generate_codes: runs the engine's graphs on the
     loop's inputs, measures their logits against upstream's, returns upstream's to decide on."""
 
-    def __init__(self, engine, talker_ref, cp_ref, up_lengths: list[int], dtype: torch.dtype, result: Stepwise):
+    def __init__(
+        self, engine, talker_ref, cp_ref, up_lengths: list[int], dtype: torch.dtype, result: Stepwise, tol=None
+    ):
         self.engine, self.talker_ref, self.cp_ref = engine, talker_ref, cp_ref
         self.up_lengths, self.dtype, self.result = up_lengths, dtype, result
+        self.tol = tol or FAST_STEP_TOLERANCES[dtype]
         self.n_talker = self.n_frames = 0
 
     def talker_cache_len(self, needed: int) -> int:
@@ -130,7 +133,7 @@ class ReplayEngine:
     def _measure(self, name, ref, got):
         if ref.shape[0] == 0:
             return
-        c = compare(name, ref, got, self.dtype, FAST_STEP_TOLERANCES[self.dtype])
+        c = compare(name, ref, got, self.dtype, self.tol)
         r = self.result
         r.max_abs, r.max_rel, r.min_cosine = (
             max(r.max_abs, c.max_abs),
@@ -141,14 +144,17 @@ class ReplayEngine:
             r.over_tolerance.append(name)
 
 
-def run_stepwise(standalone, prompt, params, engine, seq, up_codes, case, mode, dtype_name, dtype, seed) -> Stepwise:
+def run_stepwise(
+    standalone, prompt, params, engine, seq, up_codes, case, mode, dtype_name, dtype, seed, tol=None
+) -> Stepwise:
     """The replay run; ``seq`` from ``upstream_logits`` over upstream's seeded generate(), whose
-    codes are ``up_codes``. Called through generation's module so that a patched seam is measured."""
+    codes are ``up_codes``; logits judged by ``tol`` (default FAST_STEP_TOLERANCES[dtype]). Called
+    through generation's module so that a patched seam is measured."""
     from q3tts.standalone import generation
 
     talker_ref, cp_ref = split_steps(seq, standalone.config.talker.num_code_groups)
     result = Stepwise(case, mode, dtype_name, False, None, 0, 0)
-    replay = ReplayEngine(engine, talker_ref, cp_ref, [int(c.shape[0]) for c in up_codes], dtype, result)
+    replay = ReplayEngine(engine, talker_ref, cp_ref, [int(c.shape[0]) for c in up_codes], dtype, result, tol)
     torch.manual_seed(seed)
     try:
         codes, _ = generation.generate_codes(standalone, prompt, params, engine=replay)

@@ -1,0 +1,204 @@
+"""Weight-only quantized fast modes (standalone/quant.py) on the tiny fixtures: the quantizers, the
+loader option, and the fidelity check of verify-parity --fast --quant (verify/cases/fast.py with
+compare.fast_bounds), which must pass clean and fail on a planted quantization bug.
+
+The fidelity tests run the engine's graphs uncompiled (FastEngine(compile=False): the same modules
+and kernels, seconds instead of a compile); one test compiles the int8 engine.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from q3tts.standalone import Qwen3TTS
+from q3tts.standalone.fast import FastEngine
+from q3tts.standalone.quant import (
+    QUANT_NAMES,
+    WeightOnlyLinear,
+    parse_quant,
+    quantize_int4,
+    quantize_int8,
+)
+from q3tts.verify.cases.fast import run_fast_parity
+from q3tts.verify.cli import main as verify_cli
+from q3tts.verify.compare import FAST_TOLERANCES, fast_bounds
+
+FP32 = torch.float32
+CASE = ("custom_voice.english",)
+
+
+def _weight(n: int, k: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, k, generator=torch.Generator().manual_seed(seed)) / k**0.5
+
+
+def test_int8_is_symmetric_per_channel_and_rounds_to_nearest():
+    w = _weight(48, 64)
+    codes, scales = quantize_int8(w, FP32)
+    assert codes.dtype == torch.int8 and scales.shape == (48,)
+    assert int(codes.abs().max(dim=1).values.min()) == 127  # each row's largest weight maps to +-127
+    err = (codes.float() * scales[:, None] - w).abs()
+    assert bool((err <= scales[:, None] / 2 + 1e-7).all())
+
+
+def test_int4_is_asymmetric_per_group_and_rounds_to_nearest():
+    w = _weight(32, 128)
+    codes, sz = quantize_int4(w, 32, FP32)
+    assert sz.shape == (4, 32, 2) and int(codes.min()) == 0 and int(codes.max()) == 15
+    scale, zero = sz[..., 0].T.repeat_interleave(32, 1), sz[..., 1].T.repeat_interleave(32, 1)
+    err = ((codes.float() - 8) * scale + zero - w).abs()
+    assert bool((err <= scale / 2 + 1e-6).all())
+
+
+@pytest.mark.parametrize("name", ["int8", "int4-g32", "int4-g64"])
+def test_packed_kernel_multiplies_by_the_quantized_weight(name):
+    """The linear's output is x @ W_q.T for the weight its codes and scales stand for (computed
+    here from quantize_*, not through the kernel)."""
+    mode = parse_quant(name)
+    w = _weight(64, 128, seed=1)
+    if mode.bits == 8:
+        codes, scales = quantize_int8(w, FP32)
+        wq = codes.float() * scales[:, None]
+    else:
+        codes, sz = quantize_int4(w, mode.group_size, FP32)
+        g = mode.group_size
+        wq = (codes.float() - 8) * sz[..., 0].T.repeat_interleave(g, 1) + sz[..., 1].T.repeat_interleave(g, 1)
+    linear = WeightOnlyLinear.from_weight(w, mode, FP32)
+    x = torch.randn(2, 3, 128)
+    torch.testing.assert_close(linear(x), x @ wq.T, rtol=1e-5, atol=1e-5)
+    assert linear(x.to(torch.bfloat16)).dtype == torch.bfloat16  # activations keep their dtype
+
+
+def test_quant_names():
+    assert parse_quant(None) is None and parse_quant("none") is None
+    assert (parse_quant("int4").bits, parse_quant("int4").group_size) == (4, 128)
+    assert parse_quant("int4-g32").group_size == 32 and parse_quant("int8").group_size is None
+    with pytest.raises(ValueError, match=r"quant 'int3' is not one of none, int8, int4"):
+        parse_quant("int3")
+
+
+def test_load_option_quantizes_the_transformer_linears_only(checkpoints):
+    st_dir = checkpoints["custom_voice"][1]
+    plain = Qwen3TTS.from_pretrained(st_dir, dtype=FP32)
+    model = Qwen3TTS.from_pretrained(st_dir, dtype=FP32, quant="int8")
+    assert str(model.quant) == "int8" and model.fast_engine() is not None  # quant implies the fast path
+    report = model.quant_report
+    assert len(report.quantized) == 4 * (len(model.talker.decoder.layers) + len(model.code_predictor.decoder.layers))
+    assert report.kept == [] and report.bytes_after < report.bytes_before / 3
+    quantized = {n for n, m in model.named_modules() if isinstance(m, WeightOnlyLinear)}
+    assert quantized == set(report.quantized)
+    # heads, norms, embeddings and projections: the plain model's tensors, untouched
+    plain_state = plain.state_dict()
+    for name, tensor in model.state_dict().items():
+        if not name.endswith((".packed", ".scales")):
+            assert torch.equal(tensor, plain_state[name]), name
+    assert plain.quant is None and not any(isinstance(m, WeightOnlyLinear) for m in plain.modules())
+    with pytest.raises(RuntimeError, match=r"weight-only quantized \(int8\): only the fast path"):
+        _ = model.talker.decoder.layers[0].attn.wqkv.weight  # what the exact path reads
+
+
+def test_int4_groups_fit_each_linear_or_keep_it(checkpoints):
+    """int4 asks for groups of 128; the tiny talker reads 32 or 64 inputs, so its linears are
+    quantized in the largest group that divides them (named); the tiny code predictor's linears that
+    read 16 inputs take no group of the CPU kernel (32 and more) and stay fp32, named."""
+    model = Qwen3TTS.from_pretrained(checkpoints["custom_voice"][1], dtype=FP32, quant="int4")
+    report = model.quant_report
+    n_cp = len(model.code_predictor.decoder.layers)
+    kept = {
+        f"code_predictor.decoder.layers.{i}.{p}" for i in range(n_cp) for p in ("attn.wqkv", "attn.wo", "mlp.w_gate_up")
+    }
+    assert set(report.kept) == kept
+    assert all(not isinstance(model.get_submodule(n), WeightOnlyLinear) for n in kept)
+    assert sum(n.startswith("talker.") for n in report.quantized) == 4 * len(model.talker.decoder.layers)
+    assert report.finer_groups["talker.decoder.layers.0.attn.wqkv"] == 32
+    assert report.finer_groups["talker.decoder.layers.0.mlp.w_down"] == 64
+    assert all(model.get_submodule(n).group_size == g for n, g in report.finer_groups.items())
+    assert set(report.finer_groups) == set(report.quantized)  # nothing here is 128 wide
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"quant": "int9"}, r"quant 'int9' is not one of"),
+        ({"quant": "int8", "dtype": "bf16-mixed"}, r"quant int8 needs the model in fp32 or bf16"),
+        ({"quant": "int8", "dtype": torch.float16}, r"quant int8 needs the model in fp32 or bf16"),
+    ],
+)
+def test_load_option_refuses_bad_input(checkpoints, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Qwen3TTS.from_pretrained(checkpoints["custom_voice"][1], **kwargs)
+
+
+def test_quant_bounds_are_for_fp32_activations_only():
+    assert fast_bounds(FP32).forward == FAST_TOLERANCES[FP32]  # the plain modes keep their bounds
+    assert not fast_bounds(FP32, "int8").generation_identical
+    with pytest.raises(ValueError, match=r"quant int8 is measured with fp32 activations only, not bf16"):
+        fast_bounds(torch.bfloat16, "int8")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--fast", "--quant", "int9"], "'int9': with --fast, one or more of int8"),
+        (["--fast", "--quant", "int8", "--dtype", "bf16"], "measured with fp32 activations only"),
+        (["--fast", "--quant", "int8", "--self-test"], "the fast self-test runs the plain modes"),
+    ],
+)
+def test_verify_cli_refuses_bad_quant(tmp_path, args, message):
+    result = CliRunner().invoke(verify_cli, [*args, "--report-dir", str(tmp_path / "r")])
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert not (tmp_path / "r").exists()
+
+
+# --- fidelity: the int8 check passes clean and catches a planted quantization bug -----------------
+@pytest.fixture(scope="module")
+def int8_pair(load_models, checkpoints):
+    wrapper, _plain = load_models("custom_voice", FP32)
+    return wrapper, Qwen3TTS.from_pretrained(checkpoints["custom_voice"][1], dtype=FP32, quant="int8")
+
+
+def _int8_report(wrapper, model, compile: bool = False):
+    engine = FastEngine(model.talker, model.code_predictor, compile=compile)
+    return run_fast_parity(
+        wrapper, model, FP32, "fp32", engine=engine, max_new_tokens=8, case_names=CASE, modes=("greedy",), quant="int8"
+    )
+
+
+def test_int8_check_passes_clean(int8_pair):
+    report = _int8_report(*int8_pair)
+    assert report["passed"], report["failing"]
+    assert report["quant"] == "int8" and not report["generation_judged"]
+    assert report["teacher_forced"] and report["stepwise"][0]["talker_steps"] > 0
+    # quantization is seen: not the fp32 fast path's last-bit distances
+    assert max(c["max_rel"] for c in report["forward"]) > 100 * FAST_TOLERANCES[FP32].rtol
+
+
+@pytest.mark.parametrize("layer, linear", [(0, "mlp.w_down"), (1, "attn.wqkv")])
+def test_int8_check_catches_wrong_scales_on_one_layer(int8_pair, layer, linear):
+    """One talker linear's per-channel scales applied to the wrong channels (rolled by one), as a
+    packing or transposition bug would: the clean model passes the same check (test above)."""
+    wrapper, model = int8_pair
+    owner, attr = linear.split(".")
+    module = getattr(getattr(model.talker.decoder.layers[layer], owner), attr)
+    clean = module.scales.clone()
+    module.scales.copy_(clean.roll(1))
+    try:
+        report = _int8_report(wrapper, model)
+    finally:
+        module.scales.copy_(clean)
+    assert not report["passed"] and not report["raised"]
+    assert any(name.startswith("fast.") for name in report["failing"]), report["failing"]
+
+
+@pytest.mark.slow_compile
+def test_int8_compiled_engine_passes(int8_pair):
+    report = _int8_report(*int8_pair, compile=True)
+    assert report["passed"], report["failing"]
+    torch._dynamo.reset()
+
+
+def test_every_quant_name_loads(checkpoints):
+    for name in QUANT_NAMES:
+        model = Qwen3TTS.from_pretrained(checkpoints["base"][1], dtype=torch.bfloat16, quant=name)
+        assert model.quant_report.quantized and model.quant_report.mode == name
