@@ -75,6 +75,15 @@ def main() -> None:
     is_flag=True,
     help="Compiled fast path: close to, not bit-identical with, upstream; compiles before generating (cached).",
 )
+@click.option(
+    "--quant",
+    default="none",
+    show_default=True,
+    metavar="MODE",
+    help="With --fast: weight-only quantized talker and code-predictor linears: int8 (per channel), int4 (groups "
+    "of 128), int4-g32, int4-g64, int4-g128; heads, norms, embeddings, codec stay in --dtype (keep: fp32). "
+    "Fidelity: reports/fast_parity-int8.md, -int4.md.",
+)
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def synthesize(
     model_dir,
@@ -96,6 +105,7 @@ def synthesize(
     first_chunk_frames,
     no_convert,
     fast,
+    quant,
     debug,
 ) -> None:
     """Synthesize TEXT into a wav file. The voice mode follows the checkpoint's type."""
@@ -115,7 +125,11 @@ def synthesize(
         out = Path(out_path)
         if not out.parent.is_dir():
             raise ValueError(f"{out.parent}: output directory does not exist")
-        model = Qwen3TTS.from_pretrained(model_dir, dtype=parse_mode(dtype), convert=not no_convert)
+        if quant != "none" and not fast:
+            raise click.UsageError("--quant runs on the fast path: add --fast")
+        model = Qwen3TTS.from_pretrained(
+            model_dir, dtype=parse_mode(dtype), convert=not no_convert, quant=None if quant == "none" else quant
+        )
         if fast:
             _compile_fast(model)
         if seed is not None:

@@ -81,7 +81,8 @@ class Qwen3TTS(StreamingVoiceMethods, VoiceMethods, nn.Module):
         ``quant`` ("int8", "int4", "int4-g32", "int4-g64", "int4-g128"; default None) replaces the
         talker's and code predictor's transformer linears with weight-only quantized ones (quant.py)
         and implies ``fast=True``: a quantized model runs the fast path only. It needs a plain fp32 or
-        bf16 dtype (the activations' and the scales' dtype).
+        bf16 dtype (the activations' and the scales' dtype); ``dtype=None`` means fp32 here, the
+        mode verify-parity --fast --quant measures.
         """
         check_load_arguments(path, dtype, device)
         quant_mode = parse_quant(quant)
@@ -103,6 +104,8 @@ class Qwen3TTS(StreamingVoiceMethods, VoiceMethods, nn.Module):
         check_sizes(directory)  # a truncated or missing file is named here, not deep in a reader
         with torch.device("meta"):
             model = cls(config)
+        if mode is None and quant_mode is not None:
+            mode = torch.float32  # a quantized model's activations: fp32 unless asked (what verify-parity measures)
         if mode is None:
             mode = stored_precision(directory)  # a mixed checkpoint loads as mixed
         precision = mode if isinstance(mode, Precision) else None

@@ -202,3 +202,49 @@ def test_every_quant_name_loads(checkpoints):
     for name in QUANT_NAMES:
         model = Qwen3TTS.from_pretrained(checkpoints["base"][1], dtype=torch.bfloat16, quant=name)
         assert model.quant_report.quantized and model.quant_report.mode == name
+
+
+# --- q3tts synthesize --fast --quant --------------------------------------------------------------
+def _synthesize(checkpoints, tmp_path, *args):
+    from q3tts.standalone.cli import main as q3tts_cli
+
+    model = checkpoints["custom_voice"][1]
+    out = tmp_path / "q.wav"
+    common = ["synthesize", "--model", str(model), "--text", "Hi.", "--speaker", "alice", "--out", str(out)]
+    return CliRunner().invoke(q3tts_cli, [*common, "--greedy", "--max-new-tokens", "4", *args]), out
+
+
+def test_synthesize_quant_loads_the_quantized_fast_path(checkpoints, tmp_path, monkeypatch):
+    """--fast --quant int8 loads a quantized model (the engine built uncompiled here) and writes audio."""
+    seen = []
+    compile_fast = Qwen3TTS.compile_fast
+
+    def uncompiled(self, warm_up=(), **options):
+        seen.append(self.quant)
+        return compile_fast(self, warm_up, **{**options, "compile": False})
+
+    monkeypatch.setattr(Qwen3TTS, "compile_fast", uncompiled)
+    result, out = _synthesize(checkpoints, tmp_path, "--fast", "--quant", "int8")
+    assert result.exit_code == 0, result.output
+    assert out.is_file() and seen and all(str(q) == "int8" for q in seen)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--quant", "int8"], "--quant runs on the fast path: add --fast"),
+        (["--fast", "--quant", "int9"], "quant 'int9' is not one of none, int8"),
+        (["--fast", "--quant", "int8", "--dtype", "bf16-mixed"], "quant int8 needs the model in fp32 or bf16"),
+    ],
+)
+def test_synthesize_quant_bad_input(checkpoints, tmp_path, args, message):
+    result, out = _synthesize(checkpoints, tmp_path, *args)
+    assert result.exit_code != 0 and message in result.output, result.output
+    assert not out.exists()
+
+
+def test_quant_activations_default_to_fp32_and_follow_a_plain_dtype(checkpoints):
+    st_dir = checkpoints["custom_voice"][1]
+    assert Qwen3TTS.from_pretrained(st_dir, quant="int8").talker.decoder.layers[0].attn.wo.scales.dtype == FP32
+    bf16 = Qwen3TTS.from_pretrained(st_dir, dtype="bf16", quant="int8")
+    assert bf16.dtype == torch.bfloat16 and bf16.talker.decoder.layers[0].attn.wo.scales.dtype == torch.bfloat16
