@@ -5,8 +5,10 @@ sees them, without librosa:
 - a file is read with soundfile as float32 (libsndfile's int -> float scaling); a multi-channel
   file is mixed down as ``librosa.load(mono=True)`` does it: the mean over the channel axis of
   the [channels, samples] array;
-- an array is mixed down over its *last* axis (a [samples, channels] layout; upstream does the
-  same, so a [channels, samples] array is silently read as ``channels`` samples);
+- an array is mixed down over its *last* axis (a [samples, channels] layout, as upstream does),
+  except a [channels, samples] array with at most MAX_CHANNELS channels and more samples than
+  that, which is recognised and mixed over its first axis (upstream reads [2, 48000] stereo as 2
+  samples of 48000 channels);
 - a rate other than the target is resampled as ``librosa.resample`` does by default
   ("soxr_hq"): python-soxr's HQ resampler on float32 mono, then zero-padded or truncated at the
   end to ``ceil(n * (target / sr))`` samples, computed in float64 exactly as librosa does.
@@ -20,12 +22,20 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 from typing import Any
 
 import numpy as np
 
 # librosa.resample's default res_type "soxr_hq" is python-soxr's "HQ".
 SOXR_QUALITY = "HQ"
+# Sample rates outside this range are refused before anything is allocated: resampling 1 s given
+# as sr=1 to 24 kHz would allocate gigabytes (a rate in kHz passed as Hz is the usual cause).
+MIN_RATE, MAX_RATE = 1000, 384000
+MAX_CHANNELS = 8  # a 2-D array with at most this many rows and more columns is [channels, samples]
+# The longest audio resampled in one piece, in seconds at the target rate (Q3TTS_MAX_AUDIO_SECONDS).
+MAX_AUDIO_SECONDS_ENV = "Q3TTS_MAX_AUDIO_SECONDS"
+DEFAULT_MAX_AUDIO_SECONDS = 3600.0
 
 
 class AudioReadError(ValueError):
@@ -43,6 +53,7 @@ def resample(wav: np.ndarray, sr: int, target_sr: int) -> np.ndarray:
         raise ValueError(f"resampling {sr} Hz -> {target_sr} Hz needs the 'soxr' package (pip install soxr)") from e
     ratio = float(target_sr) / sr
     n_out = int(math.ceil(wav.shape[-1] * ratio))
+    check_duration(n_out, target_sr, f"resampling {sr} Hz -> {target_sr} Hz")
     out = np.asarray(soxr.resample(wav, sr, target_sr, quality=SOXR_QUALITY), dtype=np.float32)
     if out.shape[-1] > n_out:
         out = out[:n_out]
@@ -57,6 +68,13 @@ def read_audio_file(path: str | os.PathLike) -> tuple[np.ndarray, int]:
         import soundfile as sf
     except ImportError as e:
         raise ValueError("reading audio files needs the 'soundfile' package; pass (waveform, sr) instead") from e
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        raise AudioReadError(f"{os.fspath(path)}: cannot read audio ({e.strerror or e})") from e
+    if not stat.S_ISREG(mode):  # a FIFO would block the read forever, a device read without end
+        kind = "a FIFO" if stat.S_ISFIFO(mode) else "a directory" if stat.S_ISDIR(mode) else "not a regular file"
+        raise AudioReadError(f"{os.fspath(path)}: cannot read audio from {kind}; give a regular audio file")
     try:
         data, sr = sf.read(os.fspath(path), dtype="float32", always_2d=False)
     except Exception as e:  # soundfile raises its own error types (and RuntimeError) for bad files
@@ -83,7 +101,43 @@ def check_rate(sr: Any, what: str) -> int:
         raise ValueError(f"{what}: sample rate must be a positive integer, got {sr!r}") from None
     if rate <= 0 or rate != sr:
         raise ValueError(f"{what}: sample rate must be a positive integer, got {sr!r}")
+    if not MIN_RATE <= rate <= MAX_RATE:
+        hint = f" (did you pass kHz? {rate} kHz is sr={rate * 1000})" if rate < MIN_RATE else ""
+        raise ValueError(f"{what}: sample rate {rate} Hz is outside {MIN_RATE}..{MAX_RATE} Hz{hint}")
     return rate
+
+
+def max_audio_seconds() -> float:
+    raw = os.environ.get(MAX_AUDIO_SECONDS_ENV)
+    try:
+        value = float(raw) if raw else DEFAULT_MAX_AUDIO_SECONDS
+    except ValueError:
+        raise ValueError(f"{MAX_AUDIO_SECONDS_ENV}={raw!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{MAX_AUDIO_SECONDS_ENV}={raw!r} must be a positive number of seconds")
+    return value
+
+
+def check_duration(n_samples: int, rate: int, what: str) -> None:
+    """Refuse, before allocating, audio longer than max_audio_seconds() (4 bytes a sample, and
+    the encoder's activations a multiple of it)."""
+    cap = max_audio_seconds()
+    if n_samples > cap * rate:
+        raise ValueError(
+            f"{what}: {n_samples / rate:.0f} s of audio ({n_samples * 4 / 1e9:.1f} GB as float32) is above the "
+            f"{cap:.0f} s cap; split it, or raise the cap with {MAX_AUDIO_SECONDS_ENV}"
+        )
+
+
+def to_mono(wav: np.ndarray) -> np.ndarray:
+    """[samples] as it is; [channels, samples] (at most MAX_CHANNELS rows, more columns than
+    that) mixed over the channels; anything else of more than one axis mixed over its last axis,
+    as upstream mixes [samples, channels]."""
+    if wav.ndim == 2 and wav.shape[0] <= MAX_CHANNELS < wav.shape[1]:
+        return np.mean(wav, axis=0)
+    if wav.ndim > 1:
+        return np.mean(wav, axis=-1)
+    return wav
 
 
 def check_waveform_dtype(wav: np.ndarray, what: str) -> None:
@@ -144,8 +198,7 @@ def normalize_inputs(audio: Any, sr: int | None, target_sr: int) -> list[np.ndar
         else:
             raise ValueError(f"{what}: unsupported input type {type(item).__name__} (path, array or (array, sr))")
         check_waveform_dtype(wav, what)
-        if wav.ndim > 1:
-            wav = np.mean(wav, axis=-1)  # [samples, channels] -> mono, as upstream
+        wav = to_mono(wav)  # [samples, channels] -> mono as upstream; [channels, samples] recognised
         if wav.ndim != 1:
             raise ValueError(f"{what}: expected a waveform, got a {wav.ndim}-d array")
         if wav.shape[0] == 0:

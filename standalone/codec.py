@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .jsonfile import load_json_text
 from .layers import Attention, RMSNorm, rope_cos_sin, rope_inv_freq, split_linear
 
 
@@ -333,7 +334,7 @@ class CodecDecoder(nn.Module):
 def load_codec_config(directory: Path) -> CodecConfig:
     path = directory / "config.json"
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        raw = load_json_text(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: cannot read the speech tokenizer config ({e})") from e
     return CodecConfig.from_upstream(raw)

@@ -10,6 +10,7 @@ files carry unused fields such as ``position_id_per_seconds``.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -21,6 +22,56 @@ MODEL_TYPES = ("base", "custom_voice", "voice_design")
 
 class ConfigError(ValueError):
     """A config.json that cannot describe a model; the message names the field."""
+
+
+# Sizes a module is built from, checked before anything is built: a config.json saying
+# num_hidden_layers=10**7 is refused at once with the key named, instead of growing memory for
+# minutes. The caps are far above every release (0.6B/1.7B: 28 layers, width 2048, 151936 tokens).
+SIZE_CAPS = {
+    "num_hidden_layers": 1024,
+    "hidden_size": 65536,
+    "intermediate_size": 262144,
+    "num_attention_heads": 1024,
+    "num_key_value_heads": 1024,
+    "head_dim": 4096,
+    "vocab_size": 1 << 22,
+    "text_vocab_size": 1 << 22,
+    "text_hidden_size": 65536,
+    "num_code_groups": 1024,
+    "mel_dim": 4096,
+    "enc_dim": 65536,
+    "enc_channels": 65536,
+    "enc_kernel_sizes": 1024,
+    "enc_dilations": 1024,
+    "enc_attention_channels": 65536,
+    "enc_res2net_scale": 1024,
+    "enc_se_channels": 65536,
+}
+POSITIVE_FINITE = ("rms_norm_eps", "rope_theta")
+
+
+def check_bounds(obj: Any) -> None:
+    """Every size field of a config dataclass a whole number in 1..SIZE_CAPS[name] and every float
+    in POSITIVE_FINITE finite and > 0 (a NaN rms_norm_eps would surface later as "probability
+    tensor contains inf/nan"); ConfigError names the key. Callers prefix where it came from."""
+    for f in dataclasses.fields(obj):
+        value, cap = getattr(obj, f.name), SIZE_CAPS.get(f.name)
+        for v in value if isinstance(value, tuple) and cap else (value,):
+            if cap is not None and (type(v) is not int or not 1 <= v <= cap):
+                raise ConfigError(
+                    f"{f.name} = {v!r} is not a whole number in 1..{cap} (a damaged or hand-edited config?)"
+                )
+        if f.name in POSITIVE_FINITE and (
+            isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0
+        ):
+            raise ConfigError(f"{f.name} = {value!r} must be a finite number > 0")
+
+
+def _bounded(obj: Any, where: str) -> None:
+    try:
+        check_bounds(obj)
+    except ConfigError as e:
+        raise ConfigError(f"{where}.{e}") from None
 
 
 def _require(d: Mapping[str, Any], key: str, where: str) -> Any:
@@ -45,6 +96,7 @@ class SpeakerEncoderConfig:
     sample_rate: int = 24000
 
     def __post_init__(self) -> None:
+        _bounded(self, "speaker_encoder_config")
         n = len(self.enc_channels)
         if len(self.enc_kernel_sizes) != n or len(self.enc_dilations) != n:
             raise ConfigError(
@@ -72,6 +124,7 @@ class TransformerConfig:
     max_position_embeddings: int
 
     def __post_init__(self) -> None:
+        check_bounds(self)  # the caller adds which stack (talker_config, code_predictor_config)
         if self.num_attention_heads % self.num_key_value_heads:
             raise ConfigError("num_attention_heads must be a multiple of num_key_value_heads")
         if self.head_dim % 2:
@@ -83,6 +136,9 @@ class CodePredictorConfig:
     transformer: TransformerConfig
     vocab_size: int
     num_code_groups: int
+
+    def __post_init__(self) -> None:
+        _bounded(self, "code_predictor_config")
 
 
 @dataclass(frozen=True)
@@ -108,6 +164,7 @@ class TalkerConfig:
     spk_is_dialect: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        _bounded(self, "talker_config")
         if sum(self.mrope_section) != self.transformer.head_dim // 2:
             raise ConfigError(
                 f"talker_config: rope_scaling.mrope_section {list(self.mrope_section)} must sum to head_dim/2 "
@@ -181,9 +238,12 @@ class Qwen3TTSConfig:
             talker = TalkerConfig(
                 **{
                     **t,
-                    "transformer": TransformerConfig(**t["transformer"]),
+                    "transformer": _transformer("config.json: talker.transformer", **t["transformer"]),
                     "code_predictor": CodePredictorConfig(
-                        **{**cp, "transformer": TransformerConfig(**cp["transformer"])}
+                        **{
+                            **cp,
+                            "transformer": _transformer("config.json: code_predictor.transformer", **cp["transformer"]),
+                        }
                     ),
                     "mrope_section": tuple(t["mrope_section"]),
                 }
@@ -284,7 +344,8 @@ def _transformer_from_upstream(
         if "head_dim" in t:
             raise ConfigError(f"{where}: field 'head_dim' is null")
         head_dim = v["hidden_size"] // v["num_attention_heads"]
-    return TransformerConfig(
+    return _transformer(
+        where,
         hidden_size=v["hidden_size"],
         intermediate_size=v["intermediate_size"],
         num_hidden_layers=v["num_hidden_layers"],
@@ -295,6 +356,14 @@ def _transformer_from_upstream(
         rope_theta=float(v["rope_theta"]),
         max_position_embeddings=int(v["max_position_embeddings"]),
     )
+
+
+def _transformer(where: str, **values: Any) -> TransformerConfig:
+    """A TransformerConfig whose ConfigError says which stack's key is wrong."""
+    try:
+        return TransformerConfig(**values)
+    except ConfigError as e:
+        raise ConfigError(f"{where}.{e}" if str(e).split(" ")[0] in values else f"{where}: {e}") from None
 
 
 def _talker_from_upstream(t: Mapping[str, Any]) -> TalkerConfig:

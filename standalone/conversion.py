@@ -36,6 +36,7 @@ from .checkpoint import (
 from .codec import load_codec_config
 from .config import FORMAT_NAME, ConfigError, Qwen3TTSConfig
 from .dtypes import SAFETENSORS_CODE
+from .jsonfile import load_json_text
 from .layout import Direction, Entry, codec_plan, plan
 from .manifest import MANIFEST_NAME, sha256_file
 from .output_dir import OWNER_FILE, OutputDir, OutputError
@@ -87,7 +88,7 @@ def _load_json(path: Path) -> dict:
     if not path.is_file():
         raise ConversionError(f"{path}: missing")
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        raw = load_json_text(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ConversionError(f"{path}: malformed JSON ({e})") from e
     if not isinstance(raw, dict):

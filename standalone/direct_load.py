@@ -24,6 +24,7 @@ from typing import Callable
 
 from .checkpoint import CheckpointError
 from .config import FORMAT_NAME
+from .jsonfile import load_json_text
 from .manifest import check_sizes
 
 CACHE_ENV = "Q3TTS_CACHE"
@@ -37,7 +38,7 @@ def checkpoint_format(directory: Path) -> str:
     if not path.is_file():
         raise CheckpointError(f"{directory}: no config.json; neither a standalone nor an upstream qwen-tts checkpoint")
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        raw = load_json_text(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: invalid JSON ({e})") from e
     if isinstance(raw, dict) and raw.get("format") == FORMAT_NAME:

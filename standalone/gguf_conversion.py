@@ -21,6 +21,7 @@ import numpy as np
 from . import gguf_layout as L
 from .checkpoint import CheckpointError, CheckpointReader
 from .config import FORMAT_NAME
+from .jsonfile import load_json_text
 from .manifest import MANIFEST_NAME
 from .output_dir import OutputDir, OutputError
 
@@ -77,7 +78,7 @@ def _load_json(path: Path) -> dict:
     if not path.is_file():
         raise GGUFConversionError(f"{path}: missing")
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        raw = load_json_text(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise GGUFConversionError(f"{path}: malformed JSON ({e})") from e
     if not isinstance(raw, dict):

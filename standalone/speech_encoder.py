@@ -35,6 +35,7 @@ from torch import nn
 
 from .audio import normalize_inputs
 from .codec import CausalConv
+from .jsonfile import load_json_text
 from .layers import Attention, rope_cos_sin, rope_inv_freq
 
 
@@ -344,7 +345,7 @@ class SpeechEncoder(nn.Module):
 def load_speech_encoder_config(directory: Path) -> SpeechEncoderConfig:
     path = directory / "config.json"
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        raw = load_json_text(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: cannot read the speech tokenizer config ({e})") from e
     if raw.get("model_type") != "qwen3_tts_tokenizer_12hz":
@@ -353,7 +354,7 @@ def load_speech_encoder_config(directory: Path) -> SpeechEncoderConfig:
     pre = directory / "preprocessor_config.json"
     if pre.is_file():
         try:
-            sample_rate = int(json.loads(pre.read_text(encoding="utf-8")).get("sampling_rate", 24000))
+            sample_rate = int(load_json_text(pre.read_text(encoding="utf-8")).get("sampling_rate", 24000))
         except (OSError, json.JSONDecodeError, TypeError, ValueError) as e:
             raise ValueError(f"{pre}: cannot read the sampling rate ({e})") from e
     try:

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .jsonfile import load_json_text
+
 QWEN2_PATTERN = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 MISTRAL_PATTERN = (
     r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+|[^\r\n\p{L}\p{N}]?"
@@ -83,7 +85,7 @@ class TextTokenizer:
         upstream_cfg = None
         for name in ("upstream_config.json",):
             if (d / name).is_file():
-                upstream_cfg = json.loads((d / name).read_text(encoding="utf-8"))
+                upstream_cfg = load_json_text((d / name).read_text(encoding="utf-8"))
         mistral = uses_mistral_regex(len(vocab), upstream_cfg)
 
         tok = Tokenizer(
@@ -112,7 +114,7 @@ class TextTokenizer:
         cfg_path = d / "tokenizer_config.json"
         added = {}
         if cfg_path.is_file():
-            added = json.loads(cfg_path.read_text(encoding="utf-8")).get("added_tokens_decoder", {}) or {}
+            added = load_json_text(cfg_path.read_text(encoding="utf-8")).get("added_tokens_decoder", {}) or {}
         for id_str, spec in sorted(added.items(), key=lambda kv: int(kv[0])):
             token = AddedToken(
                 spec["content"],

@@ -15,7 +15,7 @@ from typing import Any, Sequence, Union
 import numpy as np
 import torch
 
-from .audio import as_waveform, check_rate, read_audio_file, resample
+from .audio import as_waveform, check_rate, read_audio_file, resample, to_mono
 from .generation import voice_method_options
 from .prompt import strict_flag
 from .text import ASSISTANT, REFERENCE, TextTokenizer
@@ -309,14 +309,13 @@ def _load_audio(audio) -> tuple[np.ndarray, int]:
     """(float32 mono waveform, its sample rate), the way upstream's wrapper reads references."""
     if isinstance(audio, tuple) and len(audio) == 2:
         wav, sr = audio
-        wav = as_waveform(wav, "reference audio").astype(np.float32)
-        if wav.ndim > 1:
-            wav = np.mean(wav, axis=-1).astype(np.float32)
+        rate = check_rate(sr, "reference audio")  # before any copy: a rate in kHz is refused at once
+        wav = to_mono(as_waveform(wav, "reference audio")).astype(np.float32)
         if wav.ndim != 1 or wav.shape[0] == 0:
             raise ValueError(
                 f"reference audio must be a non-empty 1-D (or [samples, channels]) waveform, got shape {wav.shape}"
             )
-        return wav, check_rate(sr, "reference audio")
+        return wav, rate
     if isinstance(audio, (str, bytes)) or hasattr(audio, "__fspath__"):
         return read_audio_file(audio if not isinstance(audio, bytes) else audio.decode())
     if isinstance(audio, np.ndarray):

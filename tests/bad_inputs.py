@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from q3tts.standalone.checkpoint import CheckpointError
+from q3tts.standalone.config import ConfigError
 
 # Hypothesis examples per run of tests/test_fuzz_inputs.py: its properties times their max_examples
 # (a test checks this number against the file).
@@ -76,6 +77,12 @@ def _load_edited(m, edit, name="manifest.json"):
     from bad_inputs_edges import load_edited
 
     return load_edited(m, edit, name)
+
+
+def _with_fifo(call):
+    from bad_inputs_edges import with_fifo
+
+    return with_fifo(call)
 
 
 def _manifest_entry(rel, entry=None):
@@ -555,6 +562,42 @@ ROWS: tuple[Row, ...] = (
     ),
     Row(
         "create_voice_clone_prompt",
+        "sample rate in kHz (24)",
+        "base",
+        lambda m: m.create_voice_clone_prompt((_wav(5 * 24000), 24), x_vector_only_mode=True),
+        ValueError,
+        r"reference audio: sample rate 24 Hz is outside 1000\.\.384000 Hz \(did you pass kHz\? 24 kHz is sr=24000\)",
+    ),
+    Row(
+        "create_voice_clone_prompt",
+        "sample rate 1",
+        "base",
+        lambda m: m.create_voice_clone_prompt((_wav(), 1), x_vector_only_mode=True),
+        ValueError,
+        r"sample rate 1 Hz is outside 1000\.\.384000 Hz \(did you pass kHz\?",
+    ),
+    Row(
+        "create_voice_clone_prompt",
+        "channels-first stereo [2, T]",
+        "base",
+        lambda m: m.create_voice_clone_prompt((np.stack([_wav(), _wav()], 0), 24000), x_vector_only_mode=True),
+        None,
+        "recognised: mixed over the first axis (up to 8 channels, more samples than channels)",
+        Refuses(
+            r"'tuple' object does not support item assignment",
+            lambda up, m: up.create_voice_clone_prompt((np.stack([_wav(), _wav()], 0), 24000), x_vector_only_mode=True),
+        ),
+    ),
+    Row(
+        "create_voice_clone_prompt",
+        "a FIFO as the reference audio",
+        "base",
+        lambda m: _with_fifo(lambda p: m.create_voice_clone_prompt(p, x_vector_only_mode=True)),
+        ValueError,
+        r"ref.wav: cannot read audio from a FIFO; give a regular audio file",
+    ),
+    Row(
+        "create_voice_clone_prompt",
         "float sample rate",
         "base",
         lambda m: m.create_voice_clone_prompt((_wav(), 24000.5), x_vector_only_mode=True),
@@ -664,6 +707,39 @@ ROWS: tuple[Row, ...] = (
         lambda m: m.encode_audio((_wav(), -24000)),
         ValueError,
         r"audio: sample rate must be a positive integer, got -24000",
+    ),
+    Row(
+        "encode_audio",
+        "sample rate in kHz (24)",
+        "base",
+        lambda m: m.encode_audio((_wav(5 * 24000), 24)),
+        ValueError,
+        r"audio: sample rate 24 Hz is outside 1000\.\.384000 Hz \(did you pass kHz\? 24 kHz is sr=24000\)",
+    ),
+    Row(
+        "encode_audio",
+        "sample rate above 384 kHz",
+        "base",
+        lambda m: m.encode_audio((_wav(), 480_000_000)),
+        ValueError,
+        r"audio: sample rate 480000000 Hz is outside 1000\.\.384000 Hz$",
+    ),
+    Row(
+        "encode_audio",
+        "channels-first stereo [2, T]",
+        "base",
+        lambda m: m.encode_audio((np.stack([_wav(), _wav() * 0.5], 0), 24000)),
+        None,
+        "recognised: mixed over the first axis; the codes of the same audio given as [T, 2]",
+        _encode_up(np.stack([_wav(), _wav() * 0.5], 1)),
+    ),
+    Row(
+        "encode_audio",
+        "a FIFO",
+        "base",
+        lambda m: _with_fifo(m.encode_audio),
+        ValueError,
+        r"ref.wav: cannot read audio from a FIFO; give a regular audio file",
     ),
     Row(
         "encode_audio",
@@ -1189,6 +1265,34 @@ ROWS: tuple[Row, ...] = (
         lambda m: _load_edited(m, _manifest_entry("config.json", {"size": "12", "sha256": "0" * 64})),
         CheckpointError,
         r"damaged manifest \(entry 'config.json': size '12' is not a non-negative integer\)",
+    ),
+    Row(
+        "from_pretrained",
+        "config with num_hidden_layers 10**7",
+        "base",
+        lambda m: _load_edited(
+            m, lambda c: c["talker"]["transformer"].__setitem__("num_hidden_layers", 10**7), "config.json"
+        ),
+        ConfigError,
+        r"config.json: talker.transformer.num_hidden_layers = 10000000 is not a whole number in 1\.\.1024",
+    ),
+    Row(
+        "from_pretrained",
+        "config with a NaN rms_norm_eps",
+        "base",
+        lambda m: _load_edited(
+            m, lambda c: c["talker"]["transformer"].__setitem__("rms_norm_eps", float("nan")), "config.json"
+        ),
+        ConfigError,
+        r"config.json: talker.transformer.rms_norm_eps = nan must be a finite number > 0",
+    ),
+    Row(
+        "from_pretrained",
+        "config.json nested 100000 deep",
+        "base",
+        lambda m: _load_edited(m, lambda c: '{"x": ' + "[" * 100_000 + "]" * 100_000 + "}", "config.json"),
+        CheckpointError,
+        r"config.json: invalid JSON \(nested deeper than 64 levels: line 1 column 70",
     ),
     # --- streaming -------------------------------------------------------------------------------
     Row(

@@ -1,9 +1,10 @@
 """Helpers of the bad-input rows for issue 31's edges (tests/bad_inputs.py holds the rows): a copy
-of a row's checkpoint with one file edited, loaded, then removed."""
+of a row's checkpoint with one file edited, loaded, then removed; a FIFO in place of a file."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -17,8 +18,16 @@ def load_edited(m, edit, name: str = "manifest.json"):
         shutil.copytree(m.checkpoint_dir, directory)
         path = directory / name
         data = json.loads(path.read_text(encoding="utf-8"))
-        edit(data)
-        path.write_text(json.dumps(data), encoding="utf-8")
+        text = edit(data)  # a str: the file's new text as is; None: the edited data
+        path.write_text(text if isinstance(text, str) else json.dumps(data), encoding="utf-8")
         if name != "manifest.json":  # an edited file no manifest vouches for
             (directory / "manifest.json").unlink()
         return type(m).from_pretrained(directory)
+
+
+def with_fifo(call):
+    """``call(path)`` with ``path`` a FIFO nobody writes to (a read of it blocks forever)."""
+    with tempfile.TemporaryDirectory(prefix="q3tts-bad-input-") as tmp:
+        path = os.path.join(tmp, "ref.wav")
+        os.mkfifo(path)
+        return call(path)
