@@ -17,6 +17,9 @@ number is reported as the median over rounds and the minimum. The load average i
 and after every model.
 
     python -m q3tts.bench.generation --sizes tiny,0.6B --frames 16 --rounds 3 --out reports/
+
+Weight-only quantized fast modes (standalone/quant.py) are --fast-dtypes entries DTYPE+QUANT, held
+to their own floor (fast_mode_bytes), e.g. --fast-dtypes fp32,bf16,fp32+int8,fp32+int4.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ import torch
 
 from q3tts.standalone import Qwen3TTS, Qwen3TTSConfig
 from q3tts.standalone.layout import convert_tensors, plan
+from q3tts.standalone.quant import parse_quant, quantize_model
 from q3tts.verify.fixtures.released import released_config
 from q3tts.verify.fixtures.writer import randomize_, tiny_config
 from q3tts.verify.machine import cpu_model
@@ -194,10 +198,13 @@ def measure_read_bandwidth(nbytes: int = 2**30, repeats: int = 7, threads: int |
             }
 
 
-def bytes_read_per_frame(cfg: Qwen3TTSConfig, bytes_per_param: int) -> int:
+def bytes_read_per_frame(cfg: Qwen3TTSConfig, bytes_per_param: float, linear_bytes: float | None = None) -> int:
     """Weights one frame must stream: the talker's layers and codec head once, and per residual
     group the code predictor's layers, its input projection and one head (embedding rows are
-    negligible lookups)."""
+    negligible lookups). ``linear_bytes``: bytes per parameter of the transformer linears when they
+    differ (weight-only quantized, standalone/quant.py); the heads and projection keep
+    ``bytes_per_param``."""
+    linear_bytes = bytes_per_param if linear_bytes is None else linear_bytes
 
     def layer_params(tc):
         q = tc.num_attention_heads * tc.head_dim
@@ -208,14 +215,48 @@ def bytes_read_per_frame(cfg: Qwen3TTSConfig, bytes_per_param: int) -> int:
 
     t = cfg.talker
     cp = t.code_predictor
-    talker = layer_params(t.transformer) + t.vocab_size * t.transformer.hidden_size
+    talker = layer_params(t.transformer) * linear_bytes + t.vocab_size * t.transformer.hidden_size * bytes_per_param
     proj = (
         t.transformer.hidden_size * cp.transformer.hidden_size
         if cp.transformer.hidden_size != t.transformer.hidden_size
         else 0
     )
-    per_group = layer_params(cp.transformer) + proj + cp.vocab_size * cp.transformer.hidden_size
-    return (talker + (t.num_code_groups - 1) * per_group) * bytes_per_param
+    per_group = (
+        layer_params(cp.transformer) * linear_bytes
+        + (proj + cp.vocab_size * cp.transformer.hidden_size) * bytes_per_param
+    )
+    return int(talker + (t.num_code_groups - 1) * per_group)
+
+
+FAST_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def fast_mode_bytes(cfg: Qwen3TTSConfig, mode: str) -> int:
+    """bytes_read_per_frame of one --fast-dtypes entry: "fp32", "bf16" or "DTYPE+QUANT" (int8: a
+    byte per weight and a scale per output channel, counted as a byte; int4-gN: half a byte and a
+    scale and a zero per N weights, in DTYPE)."""
+    dname, _, quant = mode.partition("+")
+    act = FAST_DTYPES[dname].itemsize
+    qmode = parse_quant(quant or None)
+    if qmode is None:
+        return bytes_read_per_frame(cfg, act)
+    linear = 1.0 if qmode.bits == 8 else 0.5 + 2 * act / qmode.group_size
+    return bytes_read_per_frame(cfg, act, linear)
+
+
+def fast_model(st: Qwen3TTS, cfg: Qwen3TTSConfig, mode: str) -> Qwen3TTS:
+    """The standalone model of one --fast-dtypes entry (see fast_mode_bytes), over ``st``'s tensors
+    (standalone_view), weight-only quantized when the entry names a quant (standalone/quant.py);
+    not compiled yet."""
+    dname, _, quant = mode.partition("+")
+    if dname not in FAST_DTYPES:
+        raise ValueError(f"--fast-dtypes entry {mode!r}: the dtype is one of {', '.join(FAST_DTYPES)}")
+    model = standalone_view(st, cfg, FAST_DTYPES[dname])
+    qmode = parse_quant(quant or None)
+    if qmode is not None:
+        model.quant_report = quantize_model(model, qmode)
+        model.quant = qmode
+    return model
 
 
 # --------------------------------------------------------------------------------------------
@@ -370,14 +411,13 @@ def bench_model(
     engines = ({"upstream": up.generate} if up is not None else {}) | {"exact": st.generate}
     fast_models = {}
     for dname in fast_dtypes:
-        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dname]
-        fast_models[dname] = standalone_view(st, cfg, dtype).compile_fast(options=fast_options)
+        fast_models[dname] = fast_model(st, cfg, dname).compile_fast(options=fast_options)
         engines[f"fast {dname}"] = fast_models[dname].generate
     out = {
         "model": name,
         "load_before": load_before,
         "fast_options": fast_options or "default (standalone/fast.py COMPILE_OPTIONS)",
-        "bytes_read_per_frame": {d: bytes_read_per_frame(cfg, n) for d, n in (("fp32", 4), ("bf16", 2))},
+        "bytes_read_per_frame": {d: fast_mode_bytes(cfg, d) for d in ("fp32", "bf16", *fast_dtypes)},
         "runs": [],
     }
     for b in batches:
@@ -680,7 +720,7 @@ def compile_start(size: str, fast_dtypes: tuple[str, ...], options: dict | None)
             p.normal_(0.0, 0.02)
     base.eval()
     for dname in fast_dtypes:
-        model = standalone_view(base, cfg, {"fp32": torch.float32, "bf16": torch.bfloat16}[dname])
+        model = fast_model(base, cfg, dname)
         model.compile_fast(options=options)
         t0 = time.perf_counter()
         with torch.inference_mode():

@@ -248,3 +248,20 @@ def test_quant_activations_default_to_fp32_and_follow_a_plain_dtype(checkpoints)
     assert Qwen3TTS.from_pretrained(st_dir, quant="int8").talker.decoder.layers[0].attn.wo.scales.dtype == FP32
     bf16 = Qwen3TTS.from_pretrained(st_dir, dtype="bf16", quant="int8")
     assert bf16.dtype == torch.bfloat16 and bf16.talker.decoder.layers[0].attn.wo.scales.dtype == torch.bfloat16
+
+
+def test_benchmark_entries_for_the_quantized_modes(checkpoints):
+    """bench/generation.py --fast-dtypes fp32+int8,fp32+int4: each a quantized model over the
+    benchmark's tensors (the base model untouched), held to its own floor of bytes per frame."""
+    from q3tts.bench.generation import fast_mode_bytes, fast_model
+
+    st = Qwen3TTS.from_pretrained(checkpoints["custom_voice"][1], dtype=FP32)
+    cfg = st.config
+    sizes = {m: fast_mode_bytes(cfg, m) for m in ("fp32", "bf16", "fp32+int8", "bf16+int8", "fp32+int4")}
+    assert sizes["fp32+int4"] < sizes["fp32+int8"] < sizes["fp32"] and sizes["bf16+int8"] < sizes["bf16"]
+    assert sizes["bf16+int8"] < sizes["fp32+int8"]  # the heads are read in the activation dtype
+    model = fast_model(st, cfg, "fp32+int8")
+    assert str(model.quant) == "int8" and isinstance(model.talker.decoder.layers[0].attn.wqkv, WeightOnlyLinear)
+    assert not any(isinstance(m, WeightOnlyLinear) for m in st.modules())
+    with pytest.raises(ValueError, match=r"--fast-dtypes entry 'fp16\+int8': the dtype is one of fp32, bf16"):
+        fast_model(st, cfg, "fp16+int8")
