@@ -10,8 +10,10 @@ Used by convert-ckpt, the fine-tuning checkpoints and the direct-load cache. Gua
 - Permissions follow the umask, like any directory the user creates (mkdtemp alone gives 0700).
 - Signals: SIGTERM and SIGHUP are turned into ``Interrupted`` while writing (as SIGINT is into
   KeyboardInterrupt), so the partial directory is removed; CLIs exit with 128 + the signal.
-- Litter: the partial directory records its owner (pid, host, start time); a later run into the
-  same target removes partials whose owner is gone, and never those of a live process.
+- Litter: the partial directory records its owner (pid, host, start time) before anything else
+  and keeps the record until it is renamed into place, so a kill at any instant leaves a partial
+  with its owner record (or nothing); a later run into the same target removes partials whose
+  owner is gone (and any with content but no record), never those of a live process.
 """
 
 from __future__ import annotations
@@ -76,17 +78,25 @@ def _partial_owner_gone(partial: Path) -> bool:
         owner = json.loads((partial / OWNER_FILE).read_text(encoding="utf-8"))
         pid, host, started = int(owner["pid"]), str(owner["host"]), float(owner["started"])
     except (OSError, ValueError, KeyError, TypeError):
-        # No readable owner record: a writer between mkdtemp and its first write, or a crash in
-        # that instant. Only an old one is treated as abandoned.
-        try:
-            return time.time() - partial.stat().st_mtime > 3600
-        except OSError:
-            return False
+        return _ownerless_gone(partial)
     if host != socket.gethostname():
         return False
     if not _pid_alive(pid):
         return True
     return _process_start_time(pid) > started + 1.0
+
+
+def _ownerless_gone(partial: Path) -> bool:
+    """A partial directory without a readable owner record. Empty, it may be a writer between
+    mkdtemp and writing its record: only an hour-old one is abandoned. With content it is never a
+    live writer's (the record is written first and kept until the rename): a run killed while
+    removing it, or one of a version that dropped the record before committing."""
+    try:
+        if any(partial.iterdir()):
+            return True
+        return time.time() - partial.stat().st_mtime > 3600
+    except OSError:
+        return False
 
 
 def _process_start_time(pid: int) -> float:
@@ -207,8 +217,9 @@ class OutputDir:
 
     def commit(self) -> None:
         """Make ``dst`` the finished directory: fsync, rename (no clobbering unless forced),
-        fsync the parent."""
-        (self.path / OWNER_FILE).unlink()
+        fsync the parent. The owner record stays in the partial directory until the rename (a
+        kill before it leaves a partial a later run can attribute) and is removed from ``dst``
+        right after it."""
         _fsync_tree(self.path)
         old = None
         if self.force and self.dst.exists():
@@ -229,6 +240,7 @@ class OutputDir:
                 os.replace(old, self.dst)
             raise
         self.path = None
+        (self.dst / OWNER_FILE).unlink(missing_ok=True)  # not fsynced: a record that comes back is ignored
         _fsync_dir(self.dst.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
