@@ -129,7 +129,21 @@ def serve(model, host, port, model_name, dtype, fast, no_convert, debug, gracefu
     config = uvicorn.Config(
         app, host=host, port=port, access_log=False, log_level="info", timeout_graceful_shutdown=graceful_timeout
     )
+    _exit_cleanly_after_shutdown()
     uvicorn.Server(config).run()
+
+
+def _exit_cleanly_after_shutdown() -> None:
+    """uvicorn shuts down gracefully on SIGTERM/SIGINT, then raises the signal again against the
+    handlers it found: make that a clean exit (status 0, one line), not a kill or a traceback."""
+    import signal
+
+    def stopped(signum, _frame):
+        click.echo(f"q3tts serve: stopped ({signal.Signals(signum).name})", err=True)
+        raise SystemExit(0)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, stopped)
 
 
 def _load(model: str, dtype: str, no_convert: bool, fast: bool):

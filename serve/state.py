@@ -55,6 +55,10 @@ async def wait_for(request: Request, job: Job, awaitable):
     getter = asyncio.ensure_future(awaitable)
     try:
         done, _ = await asyncio.wait({watcher, getter}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:  # the handler itself is cancelled (the server's shutdown timed out)
+        getter.cancel()
+        job.cancel()
+        raise
     finally:
         watcher.cancel()
     if getter in done:

@@ -1,0 +1,185 @@
+"""`q3tts serve` under load and when clients leave: 50 streamed requests from 8 clients all come
+back once with their seed's audio; a client that leaves mid-stream stops the talker; a client that
+leaves while queued never starts; SIGTERM lets the request in flight finish and cancels the rest."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+from serve_helpers import MODEL_ID, count_talker_steps, served, worker_held  # tests/ on sys.path
+
+from q3tts.serve import loadtest
+
+STREAM = {"model": MODEL_ID, "voice": "alice", "input": "Hi there.", "response_format": "pcm", "stream_format": "audio"}
+# At temperature 0.1 the tiny model does not reach EOS for hundreds of frames (seed 0: none in 400),
+# so a request that stops early was stopped by the server.
+LONG = {**STREAM, "seed": 0, "temperature": 0.1}
+
+
+@pytest.fixture(scope="module")
+def cv(checkpoints):
+    with served(checkpoints["custom_voice"][1], max_queue=8) as s:
+        yield s
+
+
+def _idle(app, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while app.state.worker.current is not None or app.state.worker.waiting:
+        assert time.monotonic() < deadline, "the worker did not go idle"
+        time.sleep(0.01)
+
+
+def test_load_no_request_lost_or_duplicated(cv, tmp_path, caplog):
+    """50 requests, 8 concurrent clients: every request id echoed once, every response 200 with
+    the audio its seed gives alone, the worker ran exactly 50 jobs, the access log has 50 lines."""
+    srv, app, _ = cv
+    refs = {}
+    for seed in range(5):
+        with httpx.stream(
+            "POST", srv.url + "/v1/audio/speech", json=loadtest.speech_body(MODEL_ID, "alice", seed, 6)
+        ) as r:
+            refs[seed] = r.read()
+    before = app.state.worker.stats["done"]
+    with caplog.at_level(logging.INFO, logger="q3tts.serve.access"):
+        results, wall = loadtest.run_load(srv.url, MODEL_ID, "alice", requests=50, concurrency=8, max_new_tokens=6)
+    assert loadtest.check(results, 50) == []
+    assert len(results) == 50 and all(r.audio_bytes > 0 and r.ttfb_ms is not None for r in results)
+    import hashlib
+
+    assert all(r.audio_sha256 == hashlib.sha256(refs[r.seed]).hexdigest() for r in results)
+    assert app.state.worker.stats["done"] - before == 50
+    speech = _access_lines(caplog, 50, lambda line: line["request_id"].startswith("load-"))
+    assert sorted(line["request_id"] for line in speech) == sorted(f"load-{i:04d}" for i in range(50))
+    assert all(line["status"] == 200 and line["outcome"] == "done" and line["ttfb_ms"] is not None for line in speech)
+    text = loadtest.report(results, wall, [], {"model": "tiny"})
+    assert "no request lost or duplicated" in text and "| time to first audio byte |" in text
+
+
+def _access_lines(caplog, n: int, keep, timeout: float = 10) -> list[dict]:
+    """The access-log lines ``keep`` selects, once there are ``n`` (a line is written just after
+    its response's last byte, so the client can be a moment ahead of the log)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "q3tts.serve.access"]
+        lines = [line for line in lines if keep(line)]
+        if len(lines) >= n or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.01)
+
+
+def test_a_client_leaving_mid_stream_stops_the_talker(cv, monkeypatch):
+    """The client reads one chunk and closes the connection: the job is cancelled and the talker
+    takes no more steps, far short of the 1000 frames the request allowed."""
+    srv, app, model = cv
+    _idle(app)
+    steps = count_talker_steps(model, monkeypatch)
+    cancelled = app.state.worker.stats["cancelled"]
+    body = {**LONG, "max_new_tokens": 1000, "chunk_frames": 1, "first_chunk_frames": 1}
+    with httpx.Client(timeout=30) as client:
+        with client.stream("POST", srv.url + "/v1/audio/speech", json=body) as r:
+            assert r.status_code == 200
+            next(r.iter_raw())  # the first chunk: then leave
+    _idle(app)
+    n = len(steps)
+    time.sleep(0.2)
+    assert len(steps) == n, "the talker kept stepping after the client left"
+    assert app.state.worker.stats["cancelled"] == cancelled + 1
+    assert 1 <= n < 100, n
+
+
+def test_a_client_leaving_while_queued_never_starts(cv, monkeypatch):
+    srv, app, model = cv
+    _idle(app)
+    steps = count_talker_steps(model, monkeypatch)
+    cancelled = app.state.worker.stats["cancelled"]
+    with worker_held(app):
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(srv.url + "/v1/audio/speech", json={**STREAM, "stream_format": None}, timeout=0.5)
+        deadline = time.monotonic() + 10
+        while app.state.worker.waiting and time.monotonic() < deadline:  # still queued until released
+            time.sleep(0.01)
+            if app.state.worker.waiting == 1:
+                break
+    _idle(app)
+    assert steps == [] and app.state.worker.stats["cancelled"] == cancelled + 1
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_cli_server(model_dir, port: int, *extra) -> subprocess.Popen:
+    code = "import sys; from q3tts.standalone.cli import main; main(sys.argv[1:])"
+    args = [sys.executable, "-c", code, "serve", str(model_dir), "--port", str(port), "--model-name", MODEL_ID, *extra]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    deadline = time.monotonic() + 60
+    while True:
+        assert proc.poll() is None, proc.stderr.read().decode()
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "q3tts serve did not open its port"
+        time.sleep(0.1)
+
+
+def _read(url: str, body: dict, out: dict, key: str, started: threading.Event | None = None) -> None:
+    data = b""
+    try:
+        with httpx.stream("POST", url, json=body, timeout=60) as r:
+            for chunk in r.iter_raw():
+                data += chunk
+                if started is not None:
+                    started.set()
+        out[key] = (data, True)
+    except httpx.HTTPError:
+        out[key] = (data, False)  # the server ended the body early
+
+
+def test_sigterm_finishes_the_request_in_flight_and_cancels_the_rest(checkpoints):
+    """`q3tts serve` warms up before its port opens; on SIGTERM the streaming request in flight
+    completes (the same bytes as before), the one queued behind it is cancelled when the grace
+    period ends, and the process exits 0 with one access-log line per request."""
+    port = _free_port()
+    proc = _start_cli_server(checkpoints["custom_voice"][1], port, "--graceful-timeout", "1")
+    url = f"http://127.0.0.1:{port}/v1/audio/speech"
+    try:
+        short = {**STREAM, "seed": 2, "max_new_tokens": 12, "chunk_frames": 1, "first_chunk_frames": 1}
+        reference = httpx.post(url, json=short, timeout=60).content
+        out, started = {}, threading.Event()
+        first = threading.Thread(target=_read, args=(url, short, out, "short", started))
+        first.start()
+        assert started.wait(30)
+        long = {**LONG, "max_new_tokens": 2000}
+        second = threading.Thread(target=_read, args=(url, long, out, "long"))
+        second.start()
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        first.join(60)
+        second.join(60)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    err = proc.stderr.read().decode()
+    assert out["short"] == (reference, True)
+    assert out["long"][1] is False or len(out["long"][0]) < 2000 * 1920 * 2
+    assert err.index("warmed up in") < err.index("Uvicorn running")
+    log = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    speech = [line for line in log if line["path"] == "/v1/audio/speech"]
+    assert len(speech) == 3 and [line["outcome"] for line in speech[:2]] == ["done", "done"]
+    assert speech[2]["outcome"] in ("disconnected", "cancelled") and speech[2]["frames"] < 2000
