@@ -68,6 +68,10 @@ def test_fast_self_test_catches_fault_through_compiled_graphs(fault_name, load_m
     narrow = {} if fault.component == "generation" else dict(case_names=("custom_voice.english",), modes=("greedy",))
     r = run_fast_fault(fault, wrapper, standalone, DTYPE, "fp32", frames=8, options=TEST_OPTIONS, **narrow)
     assert r.detected, r
+    # every failing check carries its numbers (the tolerance table reads the weakest catch from them)
+    assert set(r.failing_metrics) == set(r.failing), (r.failing_metrics, r.failing)
+    forward = [m for c, m in r.failing_metrics.items() if c.startswith("fast.")]
+    assert all(m["over_bound"] > 1 for m in forward), forward
     if fault.component == "talker":
         assert any(c.startswith("fast.talker_step") for c in r.failing), r.failing
     if fault.component == "code_predictor":

@@ -44,6 +44,7 @@ class FastFaultResult:
     compile_seconds: float
     crashed: list[str] = field(default_factory=list)  # failing checks whose standalone side raised
     crash: str = ""  # the whole fast run raised under the fault (type: message)
+    failing_metrics: dict = field(default_factory=dict)  # failing check -> its numbers (fast_failing_metrics)
 
     @property
     def outcome(self) -> str:
@@ -110,7 +111,33 @@ def run_fast_fault(
         engine.compile_seconds if engine is not None else 0.0,
         crashed=sorted(raised),
         crash=crash,
+        failing_metrics=fast_failing_metrics(report),
     )
+
+
+def fast_failing_metrics(report: dict) -> dict[str, dict]:
+    """The numbers of every failing fast check of ``run_fast_parity``'s report: forward cases (max rel,
+    cosine, max abs over the bound), stepwise rows (max rel, min cosine, whether decisions held),
+    teacher-forced agreement, and the first divergence of a generation case."""
+    failing = set(report["failing"])
+    out: dict[str, dict] = {}
+    for c in report.get("forward", []):
+        if c["case"] in failing:
+            ratio = c["max_abs"] / c["bound"] if c["bound"] else float("inf")
+            out[c["case"]] = dict(max_rel=c["max_rel"], cosine=c["cosine"], over_bound=ratio)
+    for s in report.get("stepwise", []):
+        name = f"stepwise.{s['case']}.{s['mode']}"
+        if name in failing:
+            keys = ("max_rel", "min_cosine", "decisions_identical")
+            out[name] = {k: s[k] for k in keys if k in s}
+    for a in report.get("teacher_forced", []):
+        if f"teacher_forced.{a['case']}" in failing:
+            out[f"teacher_forced.{a['case']}"] = {k: a.get(k) for k in ("fraction", "min_agreement")}
+    for g in report.get("generation", []):
+        name = f"generation.{g['case']}.{g['mode']}"
+        if name in failing:
+            out[name] = dict(first_divergence=g.get("first_divergence"))
+    return out
 
 
 def _clean_engines(pairs, dtype, dtype_name, frames, options, engine_options) -> dict:
