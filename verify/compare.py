@@ -92,16 +92,23 @@ FAST_GENERATION_IDENTICAL: dict[torch.dtype, bool] = {torch.float32: True, torch
 # are reported, not judged (one flipped near-tie changes every later frame), while the stepwise
 # decisions, made on upstream's logits by the real loop, must still be identical. Bounds by bits
 # (every int4 group size gets the int4 bounds: 128, the default and the coarsest offered, is the one
-# measured): PLACEHOLDER (measured in this tree: reports/fast_parity-int8.md, -int4.md).
+# measured). Measured on the three tiny fixtures (reports/fast_parity-int8.md, -int4.md; 12 frames,
+# 39 forward cases, 27 teacher-forced cases, 217 case x sampler modes, ~2000 talker steps and ~5950
+# code-predictor groups each):
+# - int8: forward max rel 2.49e-2 (the small-RMS probe), cosine >= 0.99967; stepwise max rel 8.8e-2,
+#   cosine >= 0.99673 (clone.icl.non_streaming); teacher-forced >= 93.2% (custom_voice.dialect_auto);
+#   about the bf16 fast mode's numbers (1.9e-2 / 8.1e-2 / 95.2%). Bounds: forward rtol 5e-2 (2x) and
+#   1 - cosine 1e-3 (3x); stepwise rtol 0.15 (1.7x) and 1 - cosine 7e-3 (2.1x); agreement floor 0.85
+#   (three more flips in a 44-position case).
 FAST_QUANT_TOLERANCES: dict[int, Tolerance] = {
-    8: Tolerance(atol=0.0, rtol=5e-2, min_cosine=0.9995),
+    8: Tolerance(atol=0.0, rtol=5e-2, min_cosine=0.999),
     4: Tolerance(atol=0.0, rtol=5e-1, min_cosine=0.95),
 }
 FAST_QUANT_STEP_TOLERANCES: dict[int, Tolerance] = {
-    8: Tolerance(atol=0.0, rtol=1e-1, min_cosine=0.998),
+    8: Tolerance(atol=0.0, rtol=0.15, min_cosine=0.993),
     4: Tolerance(atol=0.0, rtol=1.0, min_cosine=0.9),
 }
-FAST_QUANT_MIN_AGREEMENT: dict[int, float] = {8: 0.9, 4: 0.5}
+FAST_QUANT_MIN_AGREEMENT: dict[int, float] = {8: 0.85, 4: 0.5}
 
 
 @dataclass(frozen=True)
