@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import platform
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -119,9 +120,25 @@ def percentiles(values: list[float]) -> dict[str, float]:
     return {f"p{q}": float(np.percentile(a, q)) for q in (50, 90, 95, 99)} | {"max": float(a.max())}
 
 
-def report(results: list[Result], wall: float, problems: list[str], setup: dict) -> str:
+def _rows(label: str, results: list[Result], wall: float) -> list[str]:
     lat = percentiles([r.ms for r in results])
     ttfb = percentiles([r.ttfb_ms for r in results if r.ttfb_ms is not None])
+    return [
+        f"| {label}: latency (sent to last byte) | {len(results) / wall:.1f} | "
+        + " | ".join(f"{v:.0f}" for v in lat.values())
+        + " |",
+        f"| {label}: time to first audio byte | | " + " | ".join(f"{v:.0f}" for v in ttfb.values()) + " |",
+    ]
+
+
+def report(passes: list[tuple[str, list[Result], float]], problems: list[str], setup: dict) -> str:
+    """The markdown report: the setup, the verdict of the checked pass, a latency table per pass."""
+    label, results, wall = passes[0]
+    verdict = (
+        "no request lost or duplicated, every seed one audio body"
+        if not problems
+        else "PROBLEMS: " + "; ".join(problems)
+    )
     lines = [
         "# `q3tts serve` load test",
         "",
@@ -132,18 +149,16 @@ def report(results: list[Result], wall: float, problems: list[str], setup: dict)
         "|---|---|",
         *(f"| {k} | {v} |" for k, v in setup.items()),
         "",
-        f"**{len(results)} requests, {sum(r.status == 200 for r in results)} HTTP 200, "
-        f"{'no request lost or duplicated, every seed one audio body' if not problems else 'PROBLEMS: ' + '; '.join(problems)}.**",
-        f"Wall time {wall:.2f} s: {len(results) / wall:.1f} requests/s.",
+        f"**{label}: {len(results)} requests, {sum(r.status == 200 for r in results)} HTTP 200, {verdict}.**",
+        f"Wall time {wall:.2f} s.",
         "",
-        "| ms | p50 | p90 | p95 | p99 | max |",
-        "|---|---|---|---|---|---|",
-        "| latency (request sent to last byte) | " + " | ".join(f"{v:.0f}" for v in lat.values()) + " |",
-        "| time to first audio byte | " + " | ".join(f"{v:.0f}" for v in ttfb.values()) + " |",
+        "| pass (ms) | requests/s | p50 | p90 | p95 | p99 | max |",
+        "|---|---|---|---|---|---|---|",
+        *(row for p in passes for row in _rows(*p)),
         "",
-        "Requests queue behind one worker (the model runs one request at a time), so latency grows",
-        "with the concurrency: it is queueing plus generation, and the time to first byte of a",
-        "request that waited includes its wait.",
+        "Requests queue behind one worker (the model runs one request at a time), so under",
+        "concurrency the latency and the time to first byte include the wait in the queue; the",
+        "single-client pass shows the time to first byte of an idle server.",
         "",
     ]
     return "\n".join(lines)
@@ -156,6 +171,7 @@ def main(argv=None) -> int:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=12)
     parser.add_argument("--max-queue", type=int, default=64)
+    parser.add_argument("--model-label", default=None, help="how the report names the model (default: --model)")
     parser.add_argument("--out", default=None, help="write the markdown report here (default: print it)")
     args = parser.parse_args(argv)
     import torch
@@ -174,14 +190,17 @@ def main(argv=None) -> int:
     voice = model.get_supported_speakers()[0] if model.config.tts_model_type == "custom_voice" else None
     with BackgroundServer(create_app(model, settings)) as srv:
         results, wall = run_load(srv.url, "load", voice, args.requests, args.concurrency, args.max_new_tokens)
-    problems = check(results, args.requests)
+        alone = run_load(srv.url, "load", voice, 10, 1, args.max_new_tokens)
+    problems = check(results, args.requests) + check(alone[0], 10)
+    passes = [(f"{args.concurrency} clients", results, wall), ("1 client, 10 requests", *alone)]
     setup = {
-        "model": f"{model.config.tts_model_type} {model.config.tts_model_size} ({args.model})",
+        "model": f"{model.config.tts_model_type} {model.config.tts_model_size} ({args.model_label or args.model})",
         "requests / concurrent clients": f"{args.requests} / {args.concurrency}",
         "per request": f"streamed pcm, max_new_tokens {args.max_new_tokens}, seeds 0..4 in turn",
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch thread, torch {torch.__version__}",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores (load average {os.getloadavg()[0]:.1f} at the start), "
+        f"{torch.get_num_threads()} torch thread, torch {torch.__version__}",
     }
-    text = report(results, wall, problems, setup)
+    text = report(passes, problems, setup)
     if args.out:
         from pathlib import Path
 

@@ -61,8 +61,8 @@ def test_load_no_request_lost_or_duplicated(cv, tmp_path, caplog):
     speech = _access_lines(caplog, 50, lambda line: line["request_id"].startswith("load-"))
     assert sorted(line["request_id"] for line in speech) == sorted(f"load-{i:04d}" for i in range(50))
     assert all(line["status"] == 200 and line["outcome"] == "done" and line["ttfb_ms"] is not None for line in speech)
-    text = loadtest.report(results, wall, [], {"model": "tiny"})
-    assert "no request lost or duplicated" in text and "| time to first audio byte |" in text
+    text = loadtest.report([("8 clients", results, wall)], [], {"model": "tiny"})
+    assert "no request lost or duplicated" in text and "| 8 clients: time to first audio byte |" in text
 
 
 def _access_lines(caplog, n: int, keep, timeout: float = 10) -> list[dict]:
