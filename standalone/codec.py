@@ -10,8 +10,10 @@ left context, exactly as upstream does (chunking changes the samples near chunk 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -275,7 +277,10 @@ class CodecDecoder(nn.Module):
             h = m(h)
         return h.clamp(min=-1, max=1)
 
-    def chunked(self, codes: torch.Tensor, chunk_size: int = 300, left_context: int = 25) -> torch.Tensor:
+    def chunked(
+        self, codes: torch.Tensor, chunk_size: int = 300, left_context: int = 25, on_chunk=None
+    ) -> torch.Tensor:
+        """``on_chunk(frames)`` is called after each chunk with the frames it decoded (progress)."""
         wavs = []
         start = 0
         while start < codes.shape[-1]:
@@ -283,6 +288,8 @@ class CodecDecoder(nn.Module):
             context = left_context if start - left_context > 0 else start
             wav = self(codes[..., start - context : end])
             wavs.append(wav[..., context * self.cfg.total_upsample :])
+            if on_chunk is not None:
+                on_chunk(end - start)
             start = end
         return torch.cat(wavs, dim=-1)
 
@@ -317,18 +324,56 @@ class CodecDecoder(nn.Module):
         return out
 
     @torch.inference_mode()
-    def decode(self, codes: Sequence[torch.Tensor]) -> list[np.ndarray]:
-        """Per item codes [T, G] -> float32 waveforms, as upstream's Qwen3TTSTokenizer.decode."""
+    def decode(
+        self, codes: Sequence[torch.Tensor], max_frames: int | None = None, progress: bool | None = None
+    ) -> list[np.ndarray]:
+        """Per item codes [T, G] -> float32 waveforms, as upstream's Qwen3TTSTokenizer.decode.
+        ``max_frames``: refuse items longer than this before decoding anything (None: no cap).
+        ``progress``: a bar over frames (None: when stderr is a terminal and the decode is long)."""
         device = self.codebook_sums.device
         items = self.check_codes(codes)
         if not items:
             raise ValueError("codes is empty: give at least one [frames, G] item")
-        if max(c.shape[0] for c in items) == 0:
+        longest = max(c.shape[0] for c in items)
+        self.check_frames(longest, max_frames)
+        if longest == 0:
             return [np.zeros(0, np.float32) for _ in items]
         padded = torch.nn.utils.rnn.pad_sequence(items, batch_first=True, padding_value=-1).to(device)
         lengths = (padded[..., 0] > -1).sum(1) * self.cfg.decode_upsample_rate
-        wav = self.chunked(torch.clamp(padded, min=0).transpose(1, 2)).squeeze(1)
+        with decode_progress(longest, progress) as bar:
+            wav = self.chunked(torch.clamp(padded, min=0).transpose(1, 2), on_chunk=bar).squeeze(1)
         return [w[:n].to(torch.float32).cpu().numpy() for w, n in zip(wav, lengths)]
+
+    def check_frames(self, frames: int, max_frames: int | None) -> None:
+        if max_frames is None:
+            return
+        if isinstance(max_frames, bool) or not isinstance(max_frames, int) or max_frames < 1:
+            raise ValueError(f"max_frames must be a positive integer or None, got {max_frames!r}")
+        if frames > max_frames:
+            seconds = frames * self.cfg.decode_upsample_rate / self.cfg.output_sample_rate
+            raise ValueError(
+                f"codes have {frames} frames ({seconds:.0f} s of audio), above max_frames={max_frames}; "
+                "decode them in parts or raise max_frames"
+            )
+
+
+# A decode of more frames than this shows a bar by default (when stderr is a terminal): at 12.5
+# frames a second, about 4 minutes of audio.
+PROGRESS_FRAMES = 3000
+
+
+@contextlib.contextmanager
+def decode_progress(frames: int, progress: bool | None):
+    """A callable taking decoded frames (a tqdm bar's update, or a no-op) for CodecDecoder.chunked."""
+    if progress is None:
+        progress = frames > PROGRESS_FRAMES and sys.stderr.isatty()
+    if not progress:
+        yield None
+        return
+    from tqdm.auto import tqdm
+
+    with tqdm(total=frames, unit="frame", desc="decode") as bar:
+        yield bar.update
 
 
 def load_codec_config(directory: Path) -> CodecConfig:

@@ -186,9 +186,13 @@ class Qwen3TTS(StreamingVoiceMethods, VoiceMethods, nn.Module):
             object.__setattr__(self, "_codec", codec)
         return codec
 
-    def decode_codes(self, codes) -> tuple[list[np.ndarray], int]:
+    def decode_codes(
+        self, codes, max_frames: int | None = None, progress: bool | None = None
+    ) -> tuple[list[np.ndarray], int]:
         """Codes ([frames, G] per item, or one such tensor) -> (float32 waveforms, sample rate),
-        like upstream's Qwen3TTSTokenizer.decode."""
+        like upstream's Qwen3TTSTokenizer.decode. ``max_frames`` refuses longer items before any
+        decoding (None: no cap; 100k frames take about half an hour on a CPU); ``progress`` shows a
+        bar over frames (None: when stderr is a terminal and there are over 3000 frames)."""
         if not isinstance(codes, (torch.Tensor, np.ndarray, list, tuple)):
             raise TypeError(f"codes must be a tensor, an array or a list of them, got {type(codes).__name__}")
         if isinstance(codes, (torch.Tensor, np.ndarray)) and codes.ndim == 2:
@@ -198,7 +202,7 @@ class Qwen3TTS(StreamingVoiceMethods, VoiceMethods, nn.Module):
                 f"codes must be [frames, G], [batch, frames, G] or a list of [frames, G]; got shape {tuple(codes.shape)}"
             )
         items = list(codes)
-        return self.codec.decode(items), self.codec.cfg.output_sample_rate
+        return self.codec.decode(items, max_frames, progress), self.codec.cfg.output_sample_rate
 
     @property
     def speech_encoder(self) -> SpeechEncoder:
@@ -302,9 +306,14 @@ def check_load_arguments(path, dtype, device) -> None:
             f"torch.bfloat16, or a mode name ({', '.join(MODE_NAMES)}), got {dtype!r}"
         )
     try:
-        torch.device(device)
+        kind = torch.device(device).type
     except (RuntimeError, TypeError) as e:
         raise ValueError(f"device {device!r} is not a torch device ({e})") from None
+    if kind == "meta":
+        raise ValueError(
+            "device 'meta' holds shapes, not weights: a model loaded there cannot run; load on 'cpu' or 'cuda' "
+            "(for shapes only, build Qwen3TTS(config) under `with torch.device('meta'):`)"
+        )
 
 
 def min_speaker_samples(cfg, n_fft: int = 1024, hop: int = 256) -> int:
