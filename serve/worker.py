@@ -1,10 +1,10 @@
 """The one thread that runs the model, fed by a bounded queue.
 
 The model is not thread-safe (neither is upstream's), so every job (a synthesis, a stream, a
-voice registration, the warm-up) runs on this thread, one at a time. ``submit`` never blocks: a
-full queue is a 429 and a stopping server a 503. A job is cancelled by its request handler when
-the client goes away: a queued job is then skipped, a streaming job stops before its next talker
-step (``Job.check`` in the per-frame callback), and a whole-body job stops at its end.
+voice registration) runs on this thread, one at a time. ``submit`` never blocks: a full queue is
+a 429 and a stopping server a 503. A job is cancelled by its request handler when the client goes
+away: a queued job is then skipped, a running one stops before its next talker step (``Job.check``
+once per frame, from a hook on the decode loop), whole-body and streamed alike.
 """
 
 from __future__ import annotations
@@ -95,10 +95,28 @@ class Worker:
         self.stats: Counter = Counter()
         self.current: Job | None = None
         self.accepting = True
+        self._hook = None
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="q3tts-serve-worker", daemon=True)
+        self._hook = self._install_frame_check()
         self._thread.start()
+
+    def _install_frame_check(self):
+        """Check the running job for cancellation once per generated frame, on every path (exact
+        and compiled, whole-body and streamed): the decode loop embeds each frame's group-0 code
+        through ``talker.codec_embedding``, an eager module call in both, so a forward pre-hook
+        there runs before every talker step. Returns the hook's handle (None without that module)."""
+        module = getattr(getattr(self.model, "talker", None), "codec_embedding", None)
+        if module is None:
+            return None
+
+        def check(_module, _inputs):
+            job = self.current
+            if job is not None and threading.current_thread() is self._thread:
+                job.check()
+
+        return module.register_forward_pre_hook(check)
 
     def submit(self, job: Job) -> Job:
         if not self.accepting:
@@ -172,3 +190,6 @@ class Worker:
         self._queue.put(None)
         if self._thread is not None:
             self._thread.join(timeout)
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None

@@ -97,6 +97,25 @@ def test_a_client_leaving_mid_stream_stops_the_talker(cv, monkeypatch):
     assert 1 <= n < 100, n
 
 
+def test_a_client_leaving_a_whole_body_request_stops_the_talker(cv, monkeypatch):
+    """No streaming: the client gives up waiting for the whole body (a read timeout closes the
+    connection) and the talker stops within a frame, not at the 1000 frames allowed."""
+    srv, app, model = cv
+    _idle(app)
+    steps = count_talker_steps(model, monkeypatch)
+    cancelled = app.state.worker.stats["cancelled"]
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(
+            srv.url + "/v1/audio/speech", json={**LONG, "stream_format": None, "max_new_tokens": 1000}, timeout=0.3
+        )
+    _idle(app)
+    n = len(steps)
+    time.sleep(0.2)
+    assert len(steps) == n, "the talker kept stepping after the client left"
+    assert app.state.worker.stats["cancelled"] == cancelled + 1
+    assert 1 <= n < 500, n
+
+
 def test_a_client_leaving_while_queued_never_starts(cv, monkeypatch):
     srv, app, model = cv
     _idle(app)
