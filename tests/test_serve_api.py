@@ -148,3 +148,20 @@ def test_voice_clone_by_id_equals_synthesize_with_the_reference(checkpoints, tmp
         assert [v["id"] for v in httpx.get(srv.url + "/v1/voices").json()["data"]] == [vid]
         assert httpx.delete(srv.url + f"/v1/voices/{vid}").status_code == 200
         assert httpx.get(srv.url + "/v1/voices").json()["data"] == []
+
+
+def test_voice_design_takes_instructions_and_equals_synthesize(checkpoints, tmp_path):
+    model_dir = checkpoints["voice_design"][1]
+    instruct = "A calm, low voice."
+    out = tmp_path / "design.wav"
+    code, _, err = synthesize("--model", model_dir, "--instruct", instruct, *CLI_ARGS, "--out", out)
+    assert code == 0, err
+    with served(model_dir) as (srv, _, _):
+        with openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0) as c:
+            got = c.audio.speech.create(
+                model=MODEL_ID, voice="any", input=TEXT, instructions=instruct, response_format="wav", extra_body=EXTRA
+            )
+            assert got.content == out.read_bytes()
+            with pytest.raises(openai.BadRequestError) as e:
+                c.audio.speech.create(model=MODEL_ID, voice="any", input=TEXT)
+            assert e.value.param == "instructions"
