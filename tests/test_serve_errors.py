@@ -140,6 +140,7 @@ def test_a_full_queue_is_a_429_and_the_queued_request_still_completes(cv):
         deadline = time.monotonic() + 10
         while app.state.worker.waiting < 1 and time.monotonic() < deadline:
             time.sleep(0.01)
+        assert app.state.worker.waiting == 1, "the first request never reached the queue"
         refused = _post(srv.url + "/v1/audio/speech", GOOD)
         error = _assert_error(refused, 429, None)
         assert error["code"] == "queue_full" and "--max-queue" in error["message"]
