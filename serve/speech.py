@@ -43,6 +43,7 @@ async def speech(request: Request) -> Response:
         first = await wait_for(request, job, job.events.get())
     except ClientGone:
         _log_job(request, job, status=499)
+        log_fields(request, outcome="disconnected")  # the job is cancelled: skipped, or stopped at its next frame
         return Response(status_code=499)
     except Exception as e:  # noqa: BLE001 - the job's error as a response
         raise job_error(e) from e
