@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from q3tts.standalone.precision import parse_mode
+from q3tts.standalone.interrupts import exit_on_interrupt
 
 DTYPE_CHOICES = ("keep", "bf16", "fp16", "fp32", "bf16-mixed", "fp16-mixed")
 
@@ -55,12 +55,13 @@ DTYPE_CHOICES = ("keep", "bf16", "fp16", "fp32", "bf16-mixed", "fp16-mixed")
     "--progress/--no-progress", default=None, help="Progress bar over bytes (default: when stderr is a terminal)."
 )
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
+@exit_on_interrupt("convert-ckpt", "nothing was written to DST")
 def main(src, dst, dtype, shard_size, force, dry_run, to, quant, check, progress, debug) -> None:
     """Convert the checkpoint SRC (a directory or a hub repo id) into DST."""
     from q3tts.standalone.checkpoint import CheckpointError
     from q3tts.standalone.conversion import ConversionError, convert_checkpoint
     from q3tts.standalone.model import resolve_checkpoint_dir
-    from q3tts.standalone.output_dir import Interrupted
+    from q3tts.standalone.precision import parse_mode
     from q3tts.standalone.safetensors_writer import parse_size
 
     if check:
@@ -90,12 +91,6 @@ def main(src, dst, dtype, shard_size, force, dry_run, to, quant, check, progress
             raise
         click.echo(f"convert-ckpt: error: {e}", err=True)
         sys.exit(1)
-    except KeyboardInterrupt:
-        click.echo("convert-ckpt: interrupted (SIGINT); nothing was written to DST", err=True)
-        sys.exit(130)
-    except Interrupted as e:
-        click.echo(f"convert-ckpt: interrupted ({e.name}); nothing was written to DST", err=True)
-        sys.exit(e.exit_code)
     if dry_run:
         for line in s.plan:
             click.echo(line)

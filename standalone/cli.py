@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from .cli_common import POSITIVE_INT, SEED, InputFileError, OneLineErrors, exit_code_for, no_convert_option
+from .interrupts import exit_on_interrupt, write_replacing
 
 
 @click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
@@ -85,6 +86,7 @@ def main() -> None:
     "Fidelity: reports/fast_parity-int8.md, -int4.md.",
 )
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
+@exit_on_interrupt("q3tts")
 def synthesize(
     model_dir,
     text,
@@ -157,9 +159,7 @@ def synthesize(
         else:
             wavs, sr = result
             n_samples = len(wavs[0])
-            tmp = out.with_name(f".{out.name}.partial.wav")
-            sf.write(str(tmp), wavs[0], sr)
-            tmp.replace(out)  # never a half-written wav at --out
+            write_replacing(out, lambda tmp: sf.write(str(tmp), wavs[0], sr, format="WAV"))  # never half a wav
     except (ValueError, TypeError, OSError) as e:
         if debug:
             raise
@@ -263,6 +263,7 @@ def _check_mode_options(kind: str, **given) -> None:
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
 @no_convert_option
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
+@exit_on_interrupt("q3tts")
 def encode(inputs, model_dir, out_dir, dtype, progress, no_convert, debug) -> None:
     """Encode audio files into speech-tokenizer codes: OUT/<name>.npy, int64 [frames, groups].
 
@@ -287,9 +288,7 @@ def encode(inputs, model_dir, out_dir, dtype, progress, no_convert, debug) -> No
         for path in tqdm(inputs, desc="encode", unit="file", disable=not show):
             codes = model.encode_audio(path)[0].numpy()
             target = out / f"{Path(path).stem}.npy"
-            tmp = target.with_name(f".{target.name}.partial.npy")
-            np.save(tmp, codes)
-            tmp.replace(target)  # never a half-written .npy
+            write_replacing(target, lambda tmp, c=codes: np.save(tmp, c))  # never a half-written .npy
     except (ValueError, TypeError, OSError) as e:
         if debug:
             raise

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from .cli_common import POSITIVE_INT, SEED, InputFileError, exit_code_for, no_convert_option
+from .interrupts import exit_on_interrupt
 
 
 class DataError(InputFileError):
@@ -118,6 +119,7 @@ def read_train_jsonl(path: Path, groups: int, sample_rate: int) -> list[dict]:
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
 @no_convert_option
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
+@exit_on_interrupt("q3tts", "no partial checkpoint was left")
 def finetune(
     model_dir,
     train_jsonl,
@@ -297,6 +299,7 @@ PREPARE_BATCH = 32
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
 @no_convert_option
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
+@exit_on_interrupt("q3tts", "nothing was written to --out")
 def prepare_data(raw_jsonl, model_dir, out_path, batch_size, progress, no_convert, debug) -> None:
     """Add `audio_codes` to upstream's fine-tuning JSONL (audio, text, ref_audio[, language]),
     encoded by the standalone speech-tokenizer encoder, as upstream's prepare_data.py does."""
