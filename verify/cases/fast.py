@@ -270,22 +270,26 @@ class GenerationAgreement:
         return asdict(self)
 
 
+@dataclass
+class FreeRun:
+    """Both sides' free-running codes of one case and mode, and what the stepwise replay needs."""
+
+    agreement: GenerationAgreement
+    upstream_codes: list
+    standalone_codes: list
+    upstream_logits: Any  # upstream_logits' record of the logits upstream produced in the run
+    prompt: Any
+    params: Any
+    seed: int
+
+
 @torch.inference_mode()
-def generation_agreement(
-    case_name: str,
-    ctx: CaseContext,
-    kwargs: dict,
-    engine: FastEngine,
-    mode: str,
-    dtype_name: str,
-    dtype: torch.dtype,
+def free_running(
+    case_name: str, ctx: CaseContext, kwargs: dict, engine: FastEngine | None, mode: str, dtype_name: str,
     max_new_tokens: int = 24,
-    bounds: FastBounds | None = None,
-) -> tuple[GenerationAgreement, Stepwise]:
-    """Free-running generation of both sides from one seed, and the stepwise replay
-    (verify/cases/fast_stepwise.py) on the logits upstream produced in the same run, judged by
-    ``bounds.step`` (default: the plain fast mode's in ``dtype``)."""
-    bounds = bounds or fast_bounds(dtype)
+) -> FreeRun:  # fmt: skip
+    """Free-running generation of both sides from one seed (the standalone through ``engine``, or its
+    exact path when None), compared frame by frame."""
     up_kwargs, prompt_kwargs, options = _split(kwargs)
     # The mode's sampling values as the exact suite uses them (top_p_boundary is calibrated per case).
     sampling_kwargs, seed = mode_kwargs(mode, ctx, up_kwargs)
@@ -324,10 +328,31 @@ def generation_agreement(
         t2 - t1,
         error,
     )
-    step = run_stepwise(
-        ctx.standalone, prompt, params, engine, seq, up_codes, case_name, mode, dtype_name, dtype, seed, bounds.step
-    )
-    return agreement, step
+    return FreeRun(agreement, up_codes, fast_codes, seq, prompt, params, seed)
+
+
+def generation_agreement(
+    case_name: str,
+    ctx: CaseContext,
+    kwargs: dict,
+    engine: FastEngine,
+    mode: str,
+    dtype_name: str,
+    dtype: torch.dtype,
+    max_new_tokens: int = 24,
+    bounds: FastBounds | None = None,
+) -> tuple[GenerationAgreement, Stepwise]:
+    """Free-running generation of both sides from one seed, and the stepwise replay
+    (verify/cases/fast_stepwise.py) on the logits upstream produced in the same run, judged by
+    ``bounds.step`` (default: the plain fast mode's in ``dtype``)."""
+    bounds = bounds or fast_bounds(dtype)
+    run = free_running(case_name, ctx, kwargs, engine, mode, dtype_name, max_new_tokens)
+    with torch.inference_mode():
+        step = run_stepwise(
+            ctx.standalone, run.prompt, run.params, engine, run.upstream_logits, run.upstream_codes,
+            case_name, mode, dtype_name, dtype, run.seed, bounds.step,
+        )  # fmt: skip
+    return run.agreement, step
 
 
 # --- the whole report ----------------------------------------------------------------------------
