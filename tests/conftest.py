@@ -164,6 +164,17 @@ def _write_tier_report(path: Path, blocker, attempts: list[str], loaded: list[st
 
 
 @pytest.fixture(scope="session")
+def warm_compile_cache() -> Path:
+    """An inductor cache kept between test runs (Q3TTS_TEST_COMPILE_CACHE, else under ~/.cache), for
+    the tests that compile in a child process: from a warm environment they load the tiny graphs
+    instead of compiling them again (about 30 s a process on 2 cores). The graphs depend only on the
+    fixtures' shapes, so a stale entry is a miss, never a wrong answer (tests/test_fast_cache.py)."""
+    path = Path(os.environ.get("Q3TTS_TEST_COMPILE_CACHE") or Path.home() / ".cache" / "q3tts-tests" / "inductor")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="session")
 def tensor_specs():
     return load_tensor_specs(GOLDEN_DIR / "fixture_tensors.json")
 

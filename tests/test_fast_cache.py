@@ -89,10 +89,15 @@ def second_checkpoint(tmp_path_factory, tensor_specs):
     return root / "standalone"
 
 
-def test_second_process_hits_the_cache_and_uses_its_own_weights(checkpoints, second_checkpoint, tmp_path):
+def test_second_process_hits_the_cache_and_uses_its_own_weights(
+    checkpoints, second_checkpoint, tmp_path, warm_compile_cache
+):
     from q3tts.verify.compare import FAST_TOLERANCES, compare
 
-    cache = tmp_path / "inductor"
+    # The cache persists between test runs: on a cold one the first start compiles and writes it, on a
+    # warm one it loads too. Either way the second start (other weights, same shapes) must load every
+    # graph and still compute with its own weights.
+    cache = warm_compile_cache
     first = _run(checkpoints["custom_voice"][1], cache, tmp_path / "first.pt")
     second = _run(second_checkpoint, cache, tmp_path / "second.pt")
     print(
@@ -103,7 +108,8 @@ def test_second_process_hits_the_cache_and_uses_its_own_weights(checkpoints, sec
             }
         )
     )
-    assert first["stats"].get("fxgraph_cache_miss", 0) >= 3, first["stats"]  # a cold cache compiled every graph
+    stats = first["stats"]
+    assert stats.get("fxgraph_cache_miss", 0) + stats.get("fxgraph_cache_hit", 0) >= 3, stats  # every graph
     # Every graph of the second start came from the cache: the weights check below is about hits.
     assert second["stats"].get("fxgraph_cache_hit", 0) >= 3, second["stats"]
     assert second["stats"].get("fxgraph_cache_miss", 0) == 0, second["stats"]

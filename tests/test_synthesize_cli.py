@@ -84,11 +84,15 @@ def test_synthesize_clone_and_design_modes(checkpoints, tmp_path):
 
 
 @pytest.mark.slow_compile
-def test_synthesize_fast_compiles_before_generating_and_matches_exact(checkpoints, tmp_path, monkeypatch):
+def test_synthesize_fast_compiles_before_generating_and_matches_exact(
+    checkpoints, tmp_path, monkeypatch, warm_compile_cache
+):
     """--fast says it compiles, compiles before the first frame (into the cache named by
-    Q3TTS_COMPILE_CACHE), and in fp32 writes the exact path's greedy audio (the fast path's fp32
-    codes equal upstream's in every measured case; the audio decoder is the same eager code)."""
-    monkeypatch.setenv("Q3TTS_COMPILE_CACHE", str(tmp_path / "cache"))
+    Q3TTS_COMPILE_CACHE; the tests' cache kept between runs), and in fp32 writes the exact path's
+    greedy audio (the fast path's fp32 codes equal upstream's in every measured case; the audio
+    decoder is the same eager code)."""
+    cache = warm_compile_cache / "synthesize"
+    monkeypatch.setenv("Q3TTS_COMPILE_CACHE", str(cache))
     common = ["--model", checkpoints["custom_voice"][1], "--text", "Hello fast.", "--speaker", "alice"]
     common += ["--greedy", "--max-new-tokens", "16"]
     exact, quick = tmp_path / "exact.wav", tmp_path / "fast.wav"
@@ -96,10 +100,10 @@ def test_synthesize_fast_compiles_before_generating_and_matches_exact(checkpoint
     assert r.returncode == 0, r.stderr
     r = _synthesize(*common, "--fast", "--out", quick)
     assert r.returncode == 0, r.stderr
-    assert f"compiling the fast path (graphs cached in {tmp_path / 'cache'})" in r.stderr
+    assert f"compiling the fast path (graphs cached in {cache})" in r.stderr
     assert "fast path ready after" in r.stderr
     assert "No CUDA runtime" not in r.stderr  # torch's cpp_extension warning on CPU machines, silenced
-    assert any((tmp_path / "cache").iterdir())
+    assert any(cache.iterdir())
     want, _ = sf.read(str(exact), dtype="float32")
     got, _ = sf.read(str(quick), dtype="float32")
     assert got.shape == want.shape and len(got) > 0
