@@ -148,14 +148,24 @@ def verdict_line(report: dict[str, Any]) -> str:
     return f"verdict: {report['verdict']} ({'; '.join(parts)})"
 
 
-def _metric_cell(c: dict[str, Any]) -> str:
+def metric_cell(c: dict[str, Any]) -> str:
     m = c["metrics"]
     if c["kind"] == "forward":
         return f"max abs {format_number(m['max_abs'])} (bound {format_number(m['bound'])}), max rel {format_number(m['max_rel'])}, cos {m['cosine']:.7f}"
     if c["kind"] == "audio":
+        if m.get("samples_standalone", 0) != m.get("samples_upstream", 0):  # the note says what differs
+            return (
+                f"lengths differ: standalone {m['samples_standalone']} vs upstream {m['samples_upstream']} samples "
+                "(no sample-wise comparison)"
+            )
         return f"max abs {format_number(m['max_abs'])} (bound {format_number(m['bound'])}), SNR {format_number(m['snr_db'], '.1f')} dB, RMS {m['rms']:.3f}"
     if c["kind"] == "streaming":
         codes = "identical codes" if m["codes_identical"] else f"codes differ at {m['first_divergence']}"
+        if m.get("samples_upstream", 0) - m.get("leading_samples_skipped", 0) != m.get("samples_streamed", 0):
+            return (
+                f"{m['via']} chunks {m['chunk_frames']}/{m['first_chunk_frames']}: {codes}; lengths differ: streamed "
+                f"{m['samples_streamed']} vs upstream {m['samples_upstream']} samples (no sample-wise comparison)"
+            )
         return (
             f"{m['via']} chunks {m['chunk_frames']}/{m['first_chunk_frames']}, {m['frames']} frames in {m['chunks']}: "
             f"{codes}, max abs {format_number(m['max_abs'])} (bound {format_number(m['bound'])}), SNR {format_number(m['snr_db'], '.1f')} dB"
@@ -206,7 +216,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             if c.get("first_diff_layer") and c["first_diff_layer"] != c["first_bad_layer"]:
                 where = f"{c['first_diff_layer']} (over tolerance from {c['first_bad_layer']})"
             lines.append(
-                f"| {r['checkpoint']} | {c['dtype']} | {c['case']} | {where} | {_metric_cell(c)}"
+                f"| {r['checkpoint']} | {c['dtype']} | {c['case']} | {where} | {metric_cell(c)}"
                 + (f" ({c['note']})" if c["note"] else "")
                 + " |"
             )
@@ -230,7 +240,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             "|---|---|---|",
         ]
         for c in r["cases"]:
-            lines.append(f"| {c['case']} | {'PASS' if c['passed'] else 'FAIL'} | {_metric_cell(c)} |")
+            lines.append(f"| {c['case']} | {'PASS' if c['passed'] else 'FAIL'} | {metric_cell(c)} |")
     return "\n".join(lines) + "\n"
 
 
