@@ -18,6 +18,7 @@ import platform
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -164,6 +165,17 @@ def report(passes: list[tuple[str, list[Result], float]], problems: list[str], s
     return "\n".join(lines)
 
 
+def cpu_model_name() -> str:
+    """lscpu's model name (from /proc/cpuinfo), for the report's machine line."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="a converted or upstream checkpoint directory, or a hub id")
@@ -197,13 +209,11 @@ def main(argv=None) -> int:
         "model": f"{model.config.tts_model_type} {model.config.tts_model_size} ({args.model_label or args.model})",
         "requests / concurrent clients": f"{args.requests} / {args.concurrency}",
         "per request": f"streamed pcm, max_new_tokens {args.max_new_tokens}, seeds 0..4 in turn",
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores (load average {os.getloadavg()[0]:.1f} at the start), "
+        "machine": f"{cpu_model_name()}, {os.cpu_count()} cores (load average {os.getloadavg()[0]:.1f} at the start), "
         f"{torch.get_num_threads()} torch thread, torch {torch.__version__}",
     }
     text = report(passes, problems, setup)
     if args.out:
-        from pathlib import Path
-
         Path(args.out).write_text(text, encoding="utf-8")
     print(text)
     return 1 if problems else 0
