@@ -76,6 +76,14 @@ def read_audio_file(path: str | os.PathLike) -> tuple[np.ndarray, int]:
         kind = "a FIFO" if stat.S_ISFIFO(mode) else "a directory" if stat.S_ISDIR(mode) else "not a regular file"
         raise AudioReadError(f"{os.fspath(path)}: cannot read audio from {kind}; give a regular audio file")
     try:
+        info = sf.info(os.fspath(path))
+    except Exception as e:  # soundfile raises its own error types (and RuntimeError) for bad files
+        raise AudioReadError(f"{os.fspath(path)}: cannot read audio ({type(e).__name__}: {e})") from e
+    try:  # before reading it whole
+        check_duration(info.frames, max(int(info.samplerate), 1), os.fspath(path))
+    except ValueError as e:
+        raise AudioReadError(str(e)) from None
+    try:
         data, sr = sf.read(os.fspath(path), dtype="float32", always_2d=False)
     except Exception as e:  # soundfile raises its own error types (and RuntimeError) for bad files
         raise AudioReadError(f"{os.fspath(path)}: cannot read audio ({type(e).__name__}: {e})") from e
@@ -125,7 +133,7 @@ def check_duration(n_samples: int, rate: int, what: str) -> None:
     if n_samples > cap * rate:
         raise ValueError(
             f"{what}: {n_samples / rate:.0f} s of audio ({n_samples * 4 / 1e9:.1f} GB as float32) is above the "
-            f"{cap:.0f} s cap; split it, or raise the cap with {MAX_AUDIO_SECONDS_ENV}"
+            f"{cap:g} s cap; split it, or raise the cap with {MAX_AUDIO_SECONDS_ENV}"
         )
 
 
@@ -204,5 +212,6 @@ def normalize_inputs(audio: Any, sr: int | None, target_sr: int) -> list[np.ndar
         if wav.shape[0] == 0:
             raise ValueError(f"{what}: waveform is empty")
         check_finite(wav, what)
+        check_duration(wav.shape[0], rate, what)
         out.append(resample(wav.astype(np.float32), rate, target_sr))
     return out

@@ -85,6 +85,18 @@ def _with_fifo(call):
     return with_fifo(call)
 
 
+def _with_env(name, value, call):
+    from bad_inputs_edges import with_env
+
+    return with_env(name, value, call)
+
+
+def _with_wav_file(call):
+    from bad_inputs_edges import with_wav_file
+
+    return with_wav_file(call, _wav())
+
+
 def _manifest_entry(rel, entry=None):
     entry = {"sha256": "0" * 64, "size": 1} if entry is None else entry
     return lambda manifest: manifest["files"].__setitem__(rel, entry)
@@ -748,6 +760,22 @@ ROWS: tuple[Row, ...] = (
         lambda m: m.encode_audio((_wav(), 480_000_000)),
         ValueError,
         r"audio: sample rate 480000000 Hz is outside 1000\.\.384000 Hz$",
+    ),
+    Row(
+        "encode_audio",
+        "audio longer than the Q3TTS_MAX_AUDIO_SECONDS cap (0.5 s)",
+        "base",
+        lambda m: _with_env("Q3TTS_MAX_AUDIO_SECONDS", "0.5", lambda: m.encode_audio((_wav(), 24000))),
+        ValueError,
+        r"audio: 1 s of audio \(0\.0 GB as float32\) is above the 0\.5 s cap; split it, or raise the cap with Q3TTS_MAX_AUDIO_SECONDS",
+    ),
+    Row(
+        "encode_audio",
+        "a file longer than the cap",
+        "base",
+        lambda m: _with_env("Q3TTS_MAX_AUDIO_SECONDS", "0.5", lambda: _with_wav_file(m.encode_audio)),
+        ValueError,
+        r"ref.wav: 1 s of audio .* is above the 0\.5 s cap",
     ),
     Row(
         "encode_audio",

@@ -31,3 +31,26 @@ def with_fifo(call):
         path = os.path.join(tmp, "ref.wav")
         os.mkfifo(path)
         return call(path)
+
+
+def with_env(name: str, value: str, call):
+    """``call()`` with the environment variable ``name`` set to ``value``, restored after."""
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        return call()
+    finally:
+        if old is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = old
+
+
+def with_wav_file(call, wav, sr: int = 24000):
+    """``call(path)`` with ``wav`` written to a temporary ref.wav."""
+    import soundfile as sf
+
+    with tempfile.TemporaryDirectory(prefix="q3tts-bad-input-") as tmp:
+        path = os.path.join(tmp, "ref.wav")
+        sf.write(path, wav, sr)
+        return call(path)
