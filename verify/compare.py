@@ -100,13 +100,21 @@ FAST_GENERATION_IDENTICAL: dict[torch.dtype, bool] = {torch.float32: True, torch
 #   about the bf16 fast mode's numbers (1.9e-2 / 8.1e-2 / 95.2%). Bounds: forward rtol 5e-2 (2x) and
 #   1 - cosine 1e-3 (3x); stepwise rtol 0.15 (1.7x) and 1 - cosine 7e-3 (2.1x); agreement floor 0.85
 #   (three more flips in a 44-position case).
+# - int4 (asked groups of 128; the tiny talker's linears are 32 or 64 wide, so they run in groups of
+#   32/64, and the tiny code predictor keeps all but its down projections fp32: quant.int4_group):
+#   forward max rel 0.44, cosine >= 0.944 (the small-RMS probe; the generation cases' forwards
+#   <= 0.17, >= 0.977); stepwise max rel 0.58, cosine >= 0.887 (hot_penalty, a random model's hot
+#   distribution); teacher-forced >= 66.7% (eos.second_draw); free-running codes identical in 39 of
+#   217. Bounds: forward rtol 1.0 (2.3x) and 1 - cosine 0.15 (2.7x); stepwise rtol 1.2 (2.1x) and
+#   1 - cosine 0.25 (2.2x); agreement floor 0.5. At these widths the cosine floors do the judging
+#   (tests/test_fast_quant.py plants what they still catch).
 FAST_QUANT_TOLERANCES: dict[int, Tolerance] = {
     8: Tolerance(atol=0.0, rtol=5e-2, min_cosine=0.999),
-    4: Tolerance(atol=0.0, rtol=5e-1, min_cosine=0.95),
+    4: Tolerance(atol=0.0, rtol=1.0, min_cosine=0.85),
 }
 FAST_QUANT_STEP_TOLERANCES: dict[int, Tolerance] = {
     8: Tolerance(atol=0.0, rtol=0.15, min_cosine=0.993),
-    4: Tolerance(atol=0.0, rtol=1.0, min_cosine=0.9),
+    4: Tolerance(atol=0.0, rtol=1.2, min_cosine=0.75),
 }
 FAST_QUANT_MIN_AGREEMENT: dict[int, float] = {8: 0.85, 4: 0.5}
 
