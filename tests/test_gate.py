@@ -40,6 +40,8 @@ def test_gate_on_the_pinned_release(tmp_path):
             "0",
             "--frames",
             "2",  # the gate's wiring and outcome; the gate matrix runs every case at 8 frames
+            "--no-streaming",  # passed to the inner run (so is --no-sensitivity): the default run's own tests cover both
+            "--no-sensitivity",
             "--report-dir",
             str(report),
         ],
@@ -54,6 +56,10 @@ def test_gate_on_the_pinned_release(tmp_path):
     parity = json.loads((report / "parity.json").read_text())
     assert parity["verdict"] == "PASS" and parity["versions"]["qwen-tts"] == "0.1.1"
     assert (report / "parity.md").read_text().startswith("# Parity: PASS")
+    # the narrowing flags reached the inner run
+    kinds = {c["kind"] for run in parity["runs"] for c in run["cases"]}
+    assert "streaming" not in kinds and "forward" in kinds and "generation" in kinds, kinds
+    assert not any(run.get("knob_sensitivity") for run in parity["runs"]) and not parity.get("knob_sensitivity")
 
 
 # --------------------------------------------------------------------------------------------

@@ -317,6 +317,9 @@ def _mode_gate(o: Options) -> bool:
     from q3tts.verify.gate.release import run_gate
 
     passthrough = [*dtypes_args(o.dtypes), "--seeds", o.seeds] + (["--frames", str(o.frames)] if o.frames else [])
+    # Narrowing the inner run is the user's choice (the gate matrix runs it whole).
+    passthrough += ["--no-streaming"] if o.no_streaming else []
+    passthrough += ["--no-sensitivity"] if o.sensitivity is False else []
     sys.exit(
         run_gate(
             o.against,
