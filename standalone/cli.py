@@ -3,6 +3,7 @@ as subcommands when their packages are installed."""
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from pathlib import Path
@@ -13,7 +14,34 @@ from .cli_common import POSITIVE_INT, SEED, InputFileError, OneLineErrors, exit_
 from .interrupts import exit_on_interrupt, write_replacing
 
 
-@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
+class PluginGroup(OneLineErrors):
+    """`q3tts convert` / `q3tts verify` / `q3tts serve` come from the other packages through entry
+    points (group q3tts.commands), so the runtime never imports them (the data flow is one way).
+    They load when named (or listed by --help): `q3tts synthesize` imports none of them, and so
+    installs its signal handling before anything heavy is imported."""
+
+    def list_commands(self, ctx) -> list[str]:
+        return sorted({*super().list_commands(ctx), *_plugins()})
+
+    def get_command(self, ctx, name):
+        command = super().get_command(ctx, name)
+        if command is None and name in _plugins():
+            try:
+                command = _plugins()[name].load()
+            except ImportError:  # a package that is not installed offers no command
+                return None
+            self.add_command(command, name=name)
+        return command
+
+
+@functools.lru_cache(maxsize=1)
+def _plugins() -> dict:
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep for ep in entry_points(group="q3tts.commands")}
+
+
+@click.group(cls=PluginGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Qwen3-TTS without transformers."""
 
@@ -297,21 +325,8 @@ def encode(inputs, model_dir, out_dir, dtype, progress, no_convert, debug) -> No
     click.echo(f"wrote {len(inputs)} code file(s) to {out}")
 
 
-def _attach_plugins() -> None:
-    """`q3tts convert` / `q3tts verify` come from the other packages through entry points, so the
-    runtime never imports them (the data flow is one way)."""
-    from importlib.metadata import entry_points
-
-    for ep in entry_points(group="q3tts.commands"):
-        try:
-            main.add_command(ep.load(), name=ep.name)
-        except ImportError:  # a package that is not installed offers no command
-            continue
-
-
 from .finetune_cli import finetune as _finetune  # noqa: E402 - after main exists: the commands attach to it
 from .finetune_cli import prepare_data as _prepare_data  # noqa: E402
 
 main.add_command(_finetune)
 main.add_command(_prepare_data)
-_attach_plugins()

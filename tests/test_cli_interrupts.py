@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -153,3 +154,50 @@ def test_every_writing_command_is_wrapped():
             f"{name}: not wrapped by exit_on_interrupt"
         )
     assert getattr(convert_cli.callback, "__wrapped__", None)
+
+
+def _handler_installed(pid: int, sig: int) -> bool:
+    """Whether process ``pid`` catches ``sig`` (its SigCgt mask in /proc)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    mask = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), 16)
+    return bool(mask & (1 << (sig - 1)))
+
+
+@pytest.mark.parametrize("command", ["convert-ckpt", "q3tts"])
+def test_a_signal_while_the_command_still_imports_is_one_line(upstream, tmp_path, command):
+    """The first seconds of a process go to importing torch: a SIGTERM then is one line too, as
+    soon as the command runs (the packages import nothing heavy before it)."""
+    import subprocess
+    import sys
+    import time
+
+    script = Path(sys.executable).parent / command
+    args = [str(upstream), str(tmp_path / "out")]
+    if command == "q3tts":
+        args = ["synthesize", "--model", str(upstream), "--text", "Hi.", "--out", str(tmp_path / "x.wav")]
+    env = {**os.environ, "Q3TTS_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.Popen([str(script), *args], stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 30
+    while not _handler_installed(proc.pid, signal.SIGTERM) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    prog = "convert-ckpt" if command == "convert-ckpt" else "q3tts"
+    note = "nothing was written to DST" if command == "convert-ckpt" else "nothing was left half-written"
+    assert proc.returncode == 143, err
+    assert [line for line in err.splitlines() if line.strip()] == [f"{prog}: interrupted (SIGTERM); {note}"], err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "x.wav").exists()
+
+
+def test_the_entry_points_import_nothing_heavy_before_the_command_runs():
+    """So the handler is in place for the seconds torch takes to import (issue 31: a signal in
+    convert-ckpt's first seconds exited without the message)."""
+    import subprocess
+    import sys
+
+    code = "import sys, q3tts.convert.cli, q3tts.standalone.cli; print(sorted({'torch', 'numpy'} & set(sys.modules)))"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == "[]", r.stdout
