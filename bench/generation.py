@@ -254,8 +254,7 @@ def fast_model(st: Qwen3TTS, cfg: Qwen3TTSConfig, mode: str) -> Qwen3TTS:
     model = standalone_view(st, cfg, FAST_DTYPES[dname])
     qmode = parse_quant(quant or None)
     if qmode is not None:
-        model.quant_report = quantize_model(model, qmode)
-        model.quant = qmode
+        quantize_model(model, qmode)
     return model
 
 

@@ -21,7 +21,7 @@ from .mel import log_mel_spectrogram
 from .network import network_parts
 from .precision import MODE_NAMES, Precision, cast_state, parse_mode, set_activation_dtype, stored_precision
 from .prompt import build_talker_prompt
-from .quant import QuantMode, QuantReport, check_quant_dtype, parse_quant, quantize_model
+from .quant import QuantMode, QuantReport, parse_quant, quant_activation_dtype, quantize_model
 from .speaker_encoder import SpeakerEncoder
 from .speech_encoder import SpeechEncoder, load_speech_encoder
 from .streaming import StreamingVoiceMethods
@@ -104,13 +104,11 @@ class Qwen3TTS(StreamingVoiceMethods, VoiceMethods, nn.Module):
         check_sizes(directory)  # a truncated or missing file is named here, not deep in a reader
         with torch.device("meta"):
             model = cls(config)
-        if mode is None and quant_mode is not None:
-            mode = torch.float32  # a quantized model's activations: fp32 unless asked (what verify-parity measures)
+        if quant_mode is not None:  # before reading any weight
+            mode = quant_activation_dtype(quant_mode, mode)
         if mode is None:
             mode = stored_precision(directory)  # a mixed checkpoint loads as mixed
         precision = mode if isinstance(mode, Precision) else None
-        if quant_mode is not None and mode is not None:  # before reading any weight
-            check_quant_dtype(quant_mode, mode)
         state = load_state_dict(directory, dtype=None if precision else mode, device=device)
         if precision is not None:
             state = cast_state(state, precision)
@@ -134,8 +132,7 @@ class Qwen3TTS(StreamingVoiceMethods, VoiceMethods, nn.Module):
             set_activation_dtype(model, torch.float32)
         model.eval()
         if quant_mode is not None:
-            model.quant_report = quantize_model(model, quant_mode)
-            model.quant = quant_mode
+            quantize_model(model, quant_mode)
         return model.compile_fast() if fast or quant_mode is not None else model
 
     def compile_fast(self, warm_up=(), **engine_options) -> Qwen3TTS:

@@ -172,9 +172,18 @@ def check_quant_dtype(mode: QuantMode, dtype) -> None:
         )
 
 
+def quant_activation_dtype(mode: QuantMode, dtype):
+    """The dtype a quantized model loads in: ``dtype`` (checked), fp32 when None (the mode
+    verify-parity --fast --quant measures)."""
+    dtype = torch.float32 if dtype is None else dtype
+    check_quant_dtype(mode, dtype)
+    return dtype
+
+
 def quantize_model(model, mode: QuantMode) -> QuantReport:
     """Replace the talker's and the code predictor's transformer linears of ``model`` (a Qwen3TTS in
-    a plain dtype) in place; returns what was quantized and what was kept."""
+    a plain dtype) in place and record ``mode`` and what was quantized and what was kept
+    (``model.quant``, ``model.quant_report``, also returned)."""
     check_quant_dtype(mode, model.precision or model.dtype)
     dtype = model.dtype
     report = QuantReport(mode.name)
@@ -197,4 +206,5 @@ def quantize_model(model, mode: QuantMode) -> QuantReport:
                 report.bytes_after += sum(t.numel() * t.element_size() for t in (q.packed, q.scales))
                 setattr(owner, attr, q)
                 report.quantized.append(name)
+    model.quant, model.quant_report = mode, report
     return report
