@@ -82,3 +82,25 @@ def test_the_bounds_sit_above_the_measured_worst():
     for mode, (max_rel, min_cos) in MIXED_FORWARD_BOUNDS.items():
         measured_rel, measured_cos = MEASURED[mode][:2]
         assert measured_rel < max_rel and measured_cos > min_cos, mode
+
+
+def test_the_mixed_self_test_asks_each_mode_only_what_its_noise_lets_it_see():
+    """A fault is due in a mode when its own size (the fp32 mode's distance) is over twice the mode's
+    clean distance from fp32; a fault of size 0 is invisible to the forward cases."""
+    from q3tts.verify.faults.mixed import mark_expected
+
+    def mode(name, noise, faults):
+        return {
+            "mode": name,
+            "clean": {"tiny-base": {"max_rel": noise}},
+            "faults": {n: {"max_rel": v} for n, v in faults},
+        }
+
+    modes = [
+        mode("fp32", 0.0, [("big", 0.5), ("small", 0.016), ("unseen", 0.0)]),
+        mode("bf16", 0.018, [("big", 0.5), ("small", 0.02), ("unseen", 0.018)]),
+        mode("fp16", 0.002, [("big", 0.5), ("small", 0.017), ("unseen", 0.002)]),
+    ]
+    mark_expected(modes)
+    due = {m["mode"]: sorted(n for n, f in m["faults"].items() if f["expected"]) for m in modes}
+    assert due == {"fp32": ["big", "small"], "bf16": ["big"], "fp16": ["big", "small"]}
