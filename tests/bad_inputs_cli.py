@@ -229,6 +229,20 @@ CLI_ROWS: tuple[CliRow, ...] = (
     CliRow("synthesize", "--fast with a value", SYN + ("--fast=yes",), 2, r"Option '--fast' does not take a value"),
     CliRow(
         "synthesize",
+        "--quant without --fast",
+        SYN + ("--quant", "int8"),
+        2,
+        r"--quant runs on the fast path: add --fast",
+    ),
+    CliRow(
+        "synthesize",
+        "--quant unknown",
+        SYN + ("--fast", "--quant", "int3"),
+        2,
+        r"quant 'int3' is not one of none, int8, int4",
+    ),
+    CliRow(
+        "synthesize",
         "--chunk-frames 0",
         SYN + ("--stream", "--chunk-frames", "0"),
         2,
