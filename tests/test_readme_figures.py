@@ -23,12 +23,22 @@ def test_a_figure_edited_by_hand_or_a_changed_report_is_caught(tmp_path):
     assert edited != text and stale_blocks(edited, reports) == ["parity-verdict"]
     copy = tmp_path / "reports"
     copy.mkdir()
-    for name in ("parity.json", "faults.json"):
+    (copy / "gguf-engine-parity").mkdir()
+    for name in (
+        "parity.json",
+        "faults.json",
+        "fast_faults.json",
+        "streaming-faults.json",
+        "mixed-faults.json",
+        "gguf-engine-parity/engine-faults.json",
+    ):
         (copy / name).write_text((reports / name).read_text())
     (copy / "faults.json").write_text(
         (copy / "faults.json").read_text().replace('"outcome": "caught"', '"outcome": "missed"', 1)
     )
-    assert stale_blocks(text, copy) == ["self-test-counts"]
+    # the first fault marked missed: the counts change, and so does the tolerance table (its weakest
+    # fp32 catch was that fault)
+    assert stale_blocks(text, copy) == ["self-test-counts", "tolerance-table"]
     start = text.index("<!-- figures:knob-table -->")
     end = text.index("<!-- /figures:knob-table -->") + len("<!-- /figures:knob-table -->")
     assert stale_blocks(text[:start] + text[end:], reports) == ["knob-table (missing)"]

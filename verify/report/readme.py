@@ -56,13 +56,41 @@ def _knob_table(reports: Path) -> list[str]:
 
 
 def _self_test_counts(reports: Path) -> list[str]:
+    """Per self-test: faults caught by a divergence (a fault that only raised is not counted)."""
     rows = _json(reports, "faults.json")
     parts = []
     for dn in dict.fromkeys(r["dtype"] for r in rows):
         these = [r for r in rows if r["dtype"] == dn]
         caught = sum(r["outcome"] == "caught" for r in these)
         parts.append(f"{dn} {caught}/{len(these)}")
-    return [f"Exact self-test (`reports/faults.json`): {', '.join(parts)} caught by divergence."]
+    lines = [f"- exact (`reports/faults.json`): {', '.join(parts)} caught by divergence;"]
+    fast = _json(reports, "fast_faults.json")
+    told_apart = all("outcome" in r for r in fast)  # older records count a crash as a catch
+    parts = []
+    for dn in dict.fromkeys(r["dtype"] for r in fast):
+        these = [r for r in fast if r["dtype"] == dn]
+        caught = sum((r["outcome"] == "caught") if told_apart else r["detected"] for r in these)
+        parts.append(f"{dn} {caught}/{len(these)}")
+    how = "caught by divergence" if told_apart else "caught (a record from before crashes were told apart from catches)"
+    lines.append(f"- fast (`reports/fast_faults.json`): {', '.join(parts)} {how};")
+    stream = _json(reports, "streaming-faults.json")["runs"]
+    due = [f for r in stream for f in r["faults"].values() if f["expected"]]
+    lines.append(
+        f"- streaming (`reports/streaming-faults.json`): {sum(f['caught'] for f in due)}/{len(due)} "
+        "(fault, checkpoint, dtype) runs that must catch caught;"
+    )
+    engine = _json(reports, "gguf-engine-parity/engine-faults.json")["faults"]
+    lines.append(
+        f"- engine, qwentts.cpp (`reports/gguf-engine-parity/engine-faults.json`): "
+        f"{sum(f['caught'] for f in engine)}/{len(engine)} (fault, quantisation) runs caught."
+    )
+    return lines
+
+
+def _tolerance_table(reports: Path) -> list[str]:
+    from q3tts.verify.report.bounds import table_lines
+
+    return table_lines(reports)
 
 
 BLOCKS: dict[str, Callable[[Path], list[str]]] = {
@@ -70,6 +98,7 @@ BLOCKS: dict[str, Callable[[Path], list[str]]] = {
     "streaming-worst": _streaming_worst,
     "knob-table": _knob_table,
     "self-test-counts": _self_test_counts,
+    "tolerance-table": _tolerance_table,
 }
 
 
