@@ -244,8 +244,8 @@ def _snake_without_exp(_forward, _model):
 
 
 def _chunk_context_24(real, _model):
-    def chunked(self, codes, chunk_size=300, left_context=25):
-        return real(self, codes, chunk_size, left_context - 1)
+    def chunked(self, codes, chunk_size=300, left_context=25, **kw):  # kw: the progress hook
+        return real(self, codes, chunk_size, left_context - 1, **kw)
 
     return chunked
 
