@@ -26,8 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import torch
-
 # name -> (planted bug, the dtypes whose bounds must catch it, patch(streaming module) -> None)
 StreamingFault = tuple[str, tuple[str, ...], Callable]
 
@@ -60,18 +58,21 @@ FAULTS: dict[str, StreamingFault] = {
 }
 
 
+PATCHED = ("tail_context_frames", "UPSTREAM_CHUNK_FRAMES")  # the module names the faults replace
+
+
 @contextlib.contextmanager
 def planted(name: str):
     """The streaming module with fault ``name`` applied, restored afterwards."""
     import q3tts.standalone.streaming as streaming
 
-    saved = dict(streaming.__dict__)
+    saved = {key: getattr(streaming, key) for key in PATCHED}
     try:
         FAULTS[name][2](streaming)
         yield
     finally:
-        for key in ("tail_context_frames", "UPSTREAM_CHUNK_FRAMES"):
-            setattr(streaming, key, saved[key])
+        for key, value in saved.items():
+            setattr(streaming, key, value)
 
 
 def case_kind(case: str) -> str:
@@ -211,7 +212,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=24)
     parser.add_argument("--dtypes", default="fp32,bf16")
     args = parser.parse_args(argv)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     report = run_self_test(tuple(args.dtypes.split(",")), args.frames)
     args.report_dir.mkdir(parents=True, exist_ok=True)
     (args.report_dir / "streaming-faults.json").write_text(json.dumps(report, indent=2) + "\n")
