@@ -32,6 +32,7 @@ class AccessLog:
             return await self.app(scope, receive, send)
         start = time.perf_counter()
         rid = _request_id(scope)
+        request_log(scope)["request_id"] = rid  # for the handler (its job carries it)
         seen = {"status": None, "bytes": 0, "first": None}
 
         async def send_logged(message):

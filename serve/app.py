@@ -94,7 +94,8 @@ async def get_model(request: Request) -> JSONResponse:
 
 
 async def health(request: Request) -> JSONResponse:
-    """Liveness and load: the queue, the running job, and what the worker has done."""
+    """Liveness and load: the queue, the running job, what the worker has done (jobs by outcome,
+    talker steps in all and after a cancel), and the last job finished and the last cancelled."""
     state = server(request)
     worker = state.worker
     return JSONResponse(
@@ -103,8 +104,16 @@ async def health(request: Request) -> JSONResponse:
             "model": state.settings.model_id,
             "type": state.info.kind,
             "formats": list(state.info.formats),
-            "queue": {"waiting": worker.waiting, "max": worker.max_queue, "busy": worker.current is not None},
+            "queue": {
+                "waiting": worker.waiting,
+                "waiting_cancelled": worker.waiting_cancelled,
+                "max": worker.max_queue,
+                "busy": worker.current is not None,
+            },
             "jobs": dict(worker.stats),
+            "talker_steps_counted": worker.counts_steps,
+            "last_job": worker.last_job,
+            "last_cancelled": worker.last_cancelled,
             "voices": len(state.voices.list()),
         }
     )

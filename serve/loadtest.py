@@ -1,6 +1,8 @@
 """A bounded load test on loopback: N speech requests from C concurrent clients, each streamed
 (time to first audio byte) with its own request id, then latency percentiles and a check that
-every request came back exactly once with the audio its seed makes.
+every request came back exactly once with the audio its seed makes; then the clients that leave
+(serve/disconnects.py: mid-stream, a whole-body request, while queued), each measured by the
+server's own counters.
 
     python -m q3tts.serve.loadtest --model DIR [--requests 50 --concurrency 8 --max-new-tokens 12]
         [--out reports/serve.md]
@@ -12,27 +14,16 @@ and talks to it with httpx over a real socket. The tests run it on a tiny checkp
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import platform
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-
-@dataclass
-class Result:
-    request_id: str
-    seed: int
-    status: int
-    echoed_id: str | None
-    audio_sha256: str
-    audio_bytes: int
-    ttfb_ms: float | None
-    ms: float
+from . import disconnects
+from .loadclient import Result, one_request
 
 
 def speech_body(model_id: str, voice: str | None, seed: int, max_new_tokens: int) -> dict:
@@ -47,29 +38,6 @@ def speech_body(model_id: str, voice: str | None, seed: int, max_new_tokens: int
     if voice is not None:
         body["voice"] = voice
     return body
-
-
-def one_request(client, url: str, body: dict, request_id: str) -> Result:
-    start = time.perf_counter()
-    first = None
-    digest, size = hashlib.sha256(), 0
-    with client.stream("POST", url + "/v1/audio/speech", json=body, headers={"x-request-id": request_id}) as r:
-        for chunk in r.iter_bytes():
-            if chunk and first is None:
-                first = time.perf_counter()
-            digest.update(chunk)
-            size += len(chunk)
-    end = time.perf_counter()
-    return Result(
-        request_id,
-        body["seed"],
-        r.status_code,
-        r.headers.get("x-request-id"),
-        digest.hexdigest(),
-        size,
-        None if first is None else (first - start) * 1000,
-        (end - start) * 1000,
-    )
 
 
 def run_load(
@@ -132,8 +100,11 @@ def _rows(label: str, results: list[Result], wall: float) -> list[str]:
     ]
 
 
-def report(passes: list[tuple[str, list[Result], float]], problems: list[str], setup: dict) -> str:
-    """The markdown report: the setup, the verdict of the checked pass, a latency table per pass."""
+def report(
+    passes: list[tuple[str, list[Result], float]], problems: list[str], setup: dict, more: list[str] = ()
+) -> str:
+    """The markdown report: the setup, the verdict of the checked pass, a latency table per pass,
+    then ``more`` lines (the disconnect scenarios)."""
     label, results, wall = passes[0]
     verdict = (
         "no request lost or duplicated, every seed one audio body"
@@ -161,6 +132,7 @@ def report(passes: list[tuple[str, list[Result], float]], problems: list[str], s
         "concurrency the latency and the time to first byte include the wait in the queue; the",
         "single-client pass shows the time to first byte of an idle server.",
         "",
+        *more,
     ]
     return "\n".join(lines)
 
@@ -196,6 +168,7 @@ def main(argv=None) -> int:
     from .synth import warm_up
 
     torch.set_num_threads(1)
+    setup_load = f"load average {os.getloadavg()[0]:.1f} at the start"
     model = Qwen3TTS.from_pretrained(args.model)
     warm_up(model)
     settings = Settings(model_id="load", limits=Limits(max_queue=args.max_queue))
@@ -203,16 +176,21 @@ def main(argv=None) -> int:
     with BackgroundServer(create_app(model, settings)) as srv:
         results, wall = run_load(srv.url, "load", voice, args.requests, args.concurrency, args.max_new_tokens)
         alone = run_load(srv.url, "load", voice, 10, 1, args.max_new_tokens)
+        runs = disconnects.run_scenarios(
+            srv.url, "load", voice, lambda seed: speech_body("load", voice, seed, args.max_new_tokens)
+        )
     problems = check(results, args.requests) + check(alone[0], 10)
+    left = disconnects.check_disconnects(runs, {r.seed: r.audio_sha256 for r in results})
     passes = [(f"{args.concurrency} clients", results, wall), ("1 client, 10 requests", *alone)]
     setup = {
         "model": f"{model.config.tts_model_type} {model.config.tts_model_size} ({args.model_label or args.model})",
         "requests / concurrent clients": f"{args.requests} / {args.concurrency}",
         "per request": f"streamed pcm, max_new_tokens {args.max_new_tokens}, seeds 0..4 in turn",
-        "machine": f"{cpu_model_name()}, {os.cpu_count()} cores (load average {os.getloadavg()[0]:.1f} at the start), "
+        "machine": f"{cpu_model_name()}, {os.cpu_count()} cores ({setup_load}), "
         f"{torch.get_num_threads()} torch thread, torch {torch.__version__}",
     }
-    text = report(passes, problems, setup)
+    text = report(passes, problems, setup, disconnects.report_section(runs, left))
+    problems += left
     if args.out:
         Path(args.out).write_text(text, encoding="utf-8")
     print(text)

@@ -33,7 +33,8 @@ async def speech(request: Request) -> Response:
     )
     loop = asyncio.get_running_loop()
     make = synth.whole if req.stream_format is None else synth.stream
-    job = state.worker.submit(Job(make(req, state.voices), loop, "speech"))
+    rid = request_log(request.scope).get("request_id")
+    job = state.worker.submit(Job(make(req, state.voices), loop, "speech", request_id=rid))
     try:
         if req.stream_format is None:
             wav = await wait_for(request, job, job.result())

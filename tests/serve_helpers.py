@@ -37,13 +37,14 @@ def synthesize(*args) -> tuple[int, bytes, str]:
     return result.exit_code, result.stdout_bytes, result.stderr
 
 
-def count_talker_steps(model, monkeypatch) -> list:
-    """A list that grows by one at every talker step (prefill included) of ``model``."""
+def count_talker_steps(model, monkeypatch, tag=None) -> list:
+    """A list that grows by one at every talker step (prefill included) of ``model``: ``tag()``
+    if given (e.g. the running job's request id), else 1."""
     steps: list = []
     real = model.talker.step
 
     def counting(*a, **k):
-        steps.append(1)
+        steps.append(1 if tag is None else tag())
         return real(*a, **k)
 
     monkeypatch.setattr(model.talker, "step", counting)

@@ -18,7 +18,8 @@ import httpx
 import pytest
 from serve_helpers import MODEL_ID, count_talker_steps, served, worker_held  # tests/ on sys.path
 
-from q3tts.serve import loadtest
+from q3tts.serve import disconnects, loadtest
+from q3tts.serve.loadclient import one_request
 
 STREAM = {"model": MODEL_ID, "voice": "alice", "input": "Hi there.", "response_format": "pcm", "stream_format": "audio"}
 # At temperature 0.1 the tiny model does not reach EOS for hundreds of frames (seed 0: none in 400),
@@ -77,61 +78,91 @@ def _access_lines(caplog, n: int, keep, timeout: float = 10) -> list[dict]:
         time.sleep(0.01)
 
 
+def _next_body(seed: int) -> dict:
+    return loadtest.speech_body(MODEL_ID, "alice", seed, 6)
+
+
+def _expected(url: str, seed: int) -> dict[int, str]:
+    """seed -> sha256 of the audio the next request must get (asked before any client leaves)."""
+    with httpx.Client(timeout=60) as client:
+        return {seed: one_request(client, url, _next_body(seed), f"ref-{seed}").audio_sha256}
+
+
+def _job_steps(app, model, monkeypatch) -> list:
+    """Every Talker.step from now on, as the request id of the job it ran for (counted apart
+    from the server's own counter, which the tests check against it)."""
+
+    def running():
+        job = app.state.worker.current
+        return None if job is None else job.request_id
+
+    return count_talker_steps(model, monkeypatch, tag=running)
+
+
+def _assert_stopped(d: disconnects.Disconnect, steps: list, expected: dict) -> None:
+    """The figures reports/serve.md shows: the server's count of talker steps is the true count
+    (every Talker.step, counted independently), the job stopped far short of the 200 steps it
+    was allowed, at most one step ran after the server saw the client leave, no step ran once
+    the worker was free, and the next request got its seed's audio."""
+    n = steps.count(d.request_id)
+    time.sleep(0.2)
+    assert steps.count(d.request_id) == n, "the talker kept stepping after the worker reported the job over"
+    assert d.steps == n, (d.steps, n)
+    assert disconnects.check_disconnects([d], expected) == []
+    assert d.ran and 1 <= d.steps < d.allowed == disconnects.ALLOWED_STEPS and d.steps_after_cancel <= 1, d
+
+
+def _left(caplog, request_id: str) -> bool:
+    """The access log has the request as a 499 whose client left (disconnected)."""
+    lines = _access_lines(caplog, 1, lambda line: line["request_id"] == request_id)
+    return [(line["status"], line["outcome"]) for line in lines] == [(499, "disconnected")]
+
+
 def test_a_client_leaving_mid_stream_stops_the_talker(cv, monkeypatch):
-    """The client reads one chunk and closes the connection: the job is cancelled and the talker
-    takes no more steps, far short of the 1000 frames the request allowed."""
+    """The client reads the first chunk and closes the connection: the job is cancelled and the
+    talker takes at most one more step, far short of the 200 the request allowed."""
     srv, app, model = cv
     _idle(app)
-    steps = count_talker_steps(model, monkeypatch)
+    expected = _expected(srv.url, 1)
+    steps = _job_steps(app, model, monkeypatch)
     cancelled = app.state.worker.stats["cancelled"]
-    body = {**LONG, "max_new_tokens": 1000, "chunk_frames": 1, "first_chunk_frames": 1}
-    with httpx.Client(timeout=30) as client:
-        with client.stream("POST", srv.url + "/v1/audio/speech", json=body) as r:
-            assert r.status_code == 200
-            next(r.iter_raw())  # the first chunk: then leave
-    _idle(app)
-    n = len(steps)
-    time.sleep(0.2)
-    assert len(steps) == n, "the talker kept stepping after the client left"
-    assert app.state.worker.stats["cancelled"] == cancelled + 1
-    assert 1 <= n < 100, n
+    body = disconnects.leaving_body(MODEL_ID, "alice")
+    d = disconnects.leave_mid_stream(srv.url, body, _next_body(1), request_id="mid")
+    assert app.state.worker.stats["cancelled"] == cancelled + 1 and d.request_id == "mid"
+    _assert_stopped(d, steps, expected)
 
 
-def test_a_client_leaving_a_whole_body_request_stops_the_talker(cv, monkeypatch):
-    """No streaming: the client gives up waiting for the whole body (a read timeout closes the
-    connection) and the talker stops within a frame, not at the 1000 frames allowed."""
+def test_a_client_leaving_a_whole_body_request_stops_the_talker(cv, monkeypatch, caplog):
+    """No streaming: the client closes the connection 50 ms into the generation, before any byte
+    of the body, and the talker stops within a step, not at the 200 steps allowed."""
     srv, app, model = cv
     _idle(app)
-    steps = count_talker_steps(model, monkeypatch)
+    expected = _expected(srv.url, 2)
+    steps = _job_steps(app, model, monkeypatch)
     cancelled = app.state.worker.stats["cancelled"]
-    with pytest.raises(httpx.ReadTimeout):
-        httpx.post(
-            srv.url + "/v1/audio/speech", json={**LONG, "stream_format": None, "max_new_tokens": 1000}, timeout=0.3
-        )
-    _idle(app)
-    n = len(steps)
-    time.sleep(0.2)
-    assert len(steps) == n, "the talker kept stepping after the client left"
-    assert app.state.worker.stats["cancelled"] == cancelled + 1
-    assert 1 <= n < 500, n
+    body = disconnects.leaving_body(MODEL_ID, "alice")
+    with caplog.at_level(logging.INFO, logger="q3tts.serve.access"):
+        d = disconnects.leave_whole_body(srv.url, body, _next_body(2), request_id="whole")
+    assert app.state.worker.stats["cancelled"] == cancelled + 1 and d.request_id == "whole"
+    assert _left(caplog, "whole")
+    _assert_stopped(d, steps, expected)
 
 
 def test_a_client_leaving_while_queued_never_starts(cv, monkeypatch, caplog):
-    """The worker is busy; a client gives up while its request waits (read timeout). The handler
-    logs 499 and cancels the job; once the worker is free it skips the job: no talker step."""
+    """The worker is busy; a client gives up while its request waits. The handler cancels the
+    job; once the worker is free it skips the job: no talker step, and the next request is served."""
     srv, app, model = cv
     _idle(app)
-    steps = count_talker_steps(model, monkeypatch)
+    expected = _expected(srv.url, 3)
+    steps = _job_steps(app, model, monkeypatch)
     cancelled = app.state.worker.stats["cancelled"]
-    with caplog.at_level(logging.INFO, logger="q3tts.serve.access"), worker_held(app):
-        with pytest.raises(httpx.ReadTimeout):
-            body = {**STREAM, "stream_format": None}
-            httpx.post(srv.url + "/v1/audio/speech", json=body, headers={"x-request-id": "gone"}, timeout=0.5)
-        gone = _access_lines(caplog, 1, lambda line: line["request_id"] == "gone")
-        assert [line["status"] for line in gone] == [499]  # the handler saw the client leave
-        assert app.state.worker.waiting == 1  # and the job is still queued behind the held worker
-    _idle(app)
-    assert steps == [] and app.state.worker.stats["cancelled"] == cancelled + 1
+    body = disconnects.leaving_body(MODEL_ID, "alice")
+    with caplog.at_level(logging.INFO, logger="q3tts.serve.access"):
+        d = disconnects.leave_while_queued(srv.url, body, _next_body(3), worker_held(app), request_id="gone")
+    assert app.state.worker.stats["cancelled"] == cancelled + 1 and d.request_id == "gone"
+    assert _left(caplog, "gone")
+    assert not d.ran and d.steps == 0 and steps.count("gone") == 0 and d.steps_ahead == 0
+    assert disconnects.check_disconnects([d], expected) == []
 
 
 def _free_port() -> int:
