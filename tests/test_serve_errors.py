@@ -144,7 +144,12 @@ def test_a_full_queue_is_a_429_and_the_queued_request_still_completes(cv):
         refused = _post(srv.url + "/v1/audio/speech", GOOD)
         error = _assert_error(refused, 429, None)
         assert error["code"] == "queue_full" and "--max-queue" in error["message"]
-        assert httpx.get(srv.url + "/health").json()["queue"] == {"waiting": 1, "waiting_cancelled": 0, "max": 1, "busy": True}
+        assert httpx.get(srv.url + "/health").json()["queue"] == {
+            "waiting": 1,
+            "waiting_cancelled": 0,
+            "max": 1,
+            "busy": True,
+        }
     waiting.join(30)
     assert done["r"].status_code == 200 and done["r"].content == _post(srv.url + "/v1/audio/speech", GOOD).content
 
