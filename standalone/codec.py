@@ -388,7 +388,8 @@ def load_codec_config(directory: Path) -> CodecConfig:
 def load_codec(checkpoint_dir: Path | None, dtype: torch.dtype, device) -> CodecDecoder:
     """The decoder of ``checkpoint_dir/speech_tokenizer`` (standalone layout, written by
     convert-ckpt). Strict: every decoder tensor present and used; encoder tensors are skipped."""
-    from .checkpoint import CheckpointError, load_state_dict
+    from .checkpoint import CheckpointError, CheckpointReader, load_state_dict
+    from .config_shapes import check_codec_shapes, shapes_of
 
     if checkpoint_dir is None:
         raise CheckpointError("this model was not loaded from a checkpoint directory, so it has no speech tokenizer")
@@ -396,6 +397,8 @@ def load_codec(checkpoint_dir: Path | None, dtype: torch.dtype, device) -> Codec
     if not (directory / "config.json").is_file():
         raise CheckpointError(f"{directory}: missing; the checkpoint has no speech tokenizer to decode codes with")
     cfg = load_codec_config(directory)
+    with CheckpointReader(directory) as reader:  # headers only: the config's sizes before any module
+        check_codec_shapes(cfg, shapes_of(reader.infos), "standalone", str(directory / "config.json"))
     state = {
         k[len("decoder.") :]: v
         for k, v in load_state_dict(directory, dtype=dtype, device=device).items()

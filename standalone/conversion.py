@@ -35,6 +35,7 @@ from .checkpoint import (
 )
 from .codec import load_codec_config
 from .config import FORMAT_NAME, ConfigError, Qwen3TTSConfig
+from .config_shapes import check_codec_shapes, check_model_shapes, shapes_of
 from .dtypes import SAFETENSORS_CODE
 from .jsonfile import load_json_text
 from .layout import Direction, Entry, codec_plan, plan
@@ -230,7 +231,19 @@ def model_job(src: Path, config: Qwen3TTSConfig, direction: Direction, dtype) ->
         else "a standalone checkpoint with this config"
     )
     source = open_reader(src)
+    check_source_shapes(check_model_shapes, config, source, direction, src / "config.json")
     return PartJob("", source, plan_outputs(source, plan(config), direction, dtype, what))
+
+
+def check_source_shapes(check, config, source: CheckpointReader, direction: Direction, where: Path) -> None:
+    """The config's sizes against the source's own tensor shapes (headers only), before any
+    module of the plan is built (config_shapes.py); the source is closed on a mismatch."""
+    layout = "upstream" if direction is Direction.TO_STANDALONE else "standalone"
+    try:
+        check(config, shapes_of(source.infos), layout, str(where))
+    except ConfigError as e:
+        source.__exit__(None, None, None)
+        raise ConversionError(str(e)) from e
 
 
 def speech_tokenizer_job(src: Path, direction: Direction, dtype) -> PartJob | None:
@@ -255,6 +268,7 @@ def speech_tokenizer_job(src: Path, direction: Direction, dtype) -> PartJob | No
             encoder_cfg = load_speech_encoder_config(directory)
         except (ValueError, KeyError, TypeError) as e:
             raise ConversionError(f"{directory / 'config.json'}: {e}") from e
+    check_source_shapes(check_codec_shapes, cfg, source, direction, directory / "config.json")
     outputs = plan_outputs(
         source, codec_plan(cfg, encoder_cfg), direction, dtype, "the 12 Hz speech tokenizer", CODEC_DIR
     )

@@ -12,9 +12,10 @@ import torch
 from torch import nn
 
 from .audio import as_waveform, check_finite, check_rate
-from .checkpoint import CheckpointError, check_sizes, load_state_dict
+from .checkpoint import CheckpointError, CheckpointReader, check_sizes, load_state_dict
 from .codec import CodecDecoder, load_codec
 from .config import ConfigError, Qwen3TTSConfig
+from .config_shapes import check_model_shapes, shapes_of
 from .direct_load import checkpoint_format, converted_checkpoint
 from .generation import GenerateOptions, generate_codes
 from .mel import log_mel_spectrogram
@@ -95,13 +96,7 @@ class Qwen3TTS(StreamingVoiceMethods, VoiceMethods, nn.Module):
                     f"--no-convert); convert it first: convert-ckpt {directory} OUT_DIR"
                 )
             directory = converted_checkpoint(directory, progress=progress)
-        config_path = directory / "config.json"
-        try:
-            raw = json.loads(config_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{config_path}: invalid JSON ({e})") from e
-        config = Qwen3TTSConfig.from_dict(raw)
-        check_sizes(directory)  # a truncated or missing file is named here, not deep in a reader
+        config = read_checked_config(directory)
         with torch.device("meta"):
             model = cls(config)
         if quant_mode is not None:  # before reading any weight
@@ -283,6 +278,23 @@ class Qwen3TTS(StreamingVoiceMethods, VoiceMethods, nn.Module):
             )
         mels = log_mel_spectrogram(wav[None].to(self.device), sr=sample_rate).transpose(1, 2)
         return self.speaker_encoder(mels.to(self.dtype))[0]
+
+
+def read_checked_config(directory: Path) -> Qwen3TTSConfig:
+    """The config of a standalone directory, checked before any module is built: every listed
+    file present at its size (a truncated file is named here, not deep in a reader), and the
+    config's sizes against the weights' own shapes, from the safetensors headers alone
+    (config_shapes.py)."""
+    config_path = directory / "config.json"
+    try:
+        raw = json.loads(config_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{config_path}: invalid JSON ({e})") from e
+    config = Qwen3TTSConfig.from_dict(raw)
+    check_sizes(directory)
+    with CheckpointReader(directory) as reader:
+        check_model_shapes(config, shapes_of(reader.infos), "standalone", str(config_path))
+    return config
 
 
 def check_load_arguments(path, dtype, device) -> None:
