@@ -166,3 +166,24 @@ def test_voice_design_takes_instructions_and_equals_synthesize(checkpoints, tmp_
             with pytest.raises(openai.BadRequestError) as e:
                 c.audio.speech.create(model=MODEL_ID, voice="any", input=TEXT)
             assert e.value.param == "instructions"
+
+
+def test_sampling_fields_take_effect_under_upstreams_names(client, checkpoints, tmp_path):
+    """Upstream's sampling keywords as extra fields reach the model: do_sample/subtalker_dosample
+    false is `q3tts synthesize --greedy`, byte for byte; so is sampling with top_k and
+    subtalker_top_k 1 (the argmax by another road); the default sampling, same seed, is not."""
+    out = tmp_path / "greedy.wav"
+    model = checkpoints["custom_voice"][1]
+    code, _, err = synthesize("--model", model, "--speaker", "alice", *CLI_ARGS, "--greedy", "--out", out)
+    assert code == 0, err
+    greedy = out.read_bytes()
+
+    def speech(**fields) -> bytes:
+        body = {**EXTRA, **fields}
+        return client.audio.speech.create(
+            model=MODEL_ID, voice="alice", input=TEXT, response_format="wav", extra_body=body
+        ).content
+
+    assert speech(do_sample=False, subtalker_dosample=False) == greedy
+    assert speech(top_k=1, subtalker_top_k=1) == greedy
+    assert speech() != greedy
