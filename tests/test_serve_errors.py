@@ -181,3 +181,28 @@ def test_bad_uploads_name_the_field(checkpoints):
         ok = httpx.post(url, files={"audio_sample": ("a.wav", wav_bytes(1))}, timeout=60)
         assert ok.status_code == 200 and ok.json()["mode"] == "x_vector_only"
         _assert_error(_post(speech, {**GOOD, "voice": ok.json()["id"], "instructions": "calm"}), 400, "instructions")
+
+
+def test_a_stopping_worker_cancels_the_waiting_and_refuses_new_jobs_with_503():
+    """Shutdown: the job still waiting is cancelled (its handler answers 503 'cancelled'), never
+    run, and a job submitted afterwards is refused at once with a 503, not queued."""
+    import asyncio
+
+    from q3tts.serve.errors import ApiError
+    from q3tts.serve.state import job_error
+    from q3tts.serve.worker import Cancelled, Job, Worker
+
+    loop = asyncio.new_event_loop()
+    try:
+        ran = []
+        worker = Worker(model=None, max_queue=2)  # not started: the job stays queued
+        waiting = worker.submit(Job(lambda model, job: ran.append(1), loop, "waiting"))
+        worker.stop(timeout=1)
+        assert waiting.state == "cancelled" and not waiting.ran and ran == []
+        event = loop.run_until_complete(waiting.events.get())
+        assert event[0] == "error" and isinstance(event[1], Cancelled) and job_error(event[1]).status == 503
+        with pytest.raises(ApiError) as refused:
+            worker.submit(Job(lambda model, job: ran.append(1), loop, "late"))
+        assert refused.value.status == 503 and refused.value.code == "shutting_down"
+    finally:
+        loop.close()
