@@ -60,15 +60,21 @@ class Disconnect:
     steps_ahead: int | None = None  # queued scenario: talker steps of the request ahead
 
 
-def health(url: str) -> dict:
-    return httpx.get(url + "/health", timeout=10).json()
+def health(url: str, client: httpx.Client | None = None) -> dict:
+    if client is None:
+        return httpx.get(url + "/health", timeout=10).json()
+    return client.get(url + "/health").json()
 
 
-def wait_health(url: str, ready, timeout: float = 60.0) -> dict:
-    """Poll GET /health (every 2 ms) until ``ready(health)``; returns that health."""
+def wait_health(url: str, ready, timeout: float = 60.0, client: httpx.Client | None = None) -> dict:
+    """Poll GET /health (every 2 ms, on one kept-alive connection: ``client``, else a new one)
+    until ``ready(health)``; returns that health."""
+    if client is None:
+        with httpx.Client(timeout=10) as own:
+            return wait_health(url, ready, timeout, own)
     deadline = time.monotonic() + timeout
     while True:
-        h = health(url)
+        h = health(url, client)
         if ready(h):
             return h
         if time.monotonic() > deadline:
@@ -103,10 +109,11 @@ def read_first_body_bytes(sock: socket.socket) -> bytes:
     return buf
 
 
-def _after_close(url: str, request_id: str, closed: float) -> tuple[dict, float]:
+def _after_close(url: str, request_id: str, closed: float, client: httpx.Client) -> tuple[dict, float]:
     """Wait for the worker to be done with ``request_id`` (cancelled, or run to its end if the
-    server failed to stop it): (the worker's record of it, ms since the close)."""
-    h = wait_health(url, lambda h: (h.get("last_job") or {}).get("request_id") == request_id)
+    server failed to stop it): (the worker's record of it, ms since the close). ``client`` is
+    made (and connected) before the close, so its setup is not timed."""
+    h = wait_health(url, lambda h: (h.get("last_job") or {}).get("request_id") == request_id, client=client)
     return h["last_job"], (time.perf_counter() - closed) * 1000
 
 
@@ -134,12 +141,13 @@ def _next(url: str, next_body: dict, request_id: str) -> Result:
 def leave_mid_stream(url: str, body: dict, next_body: dict, request_id: str = "leave-stream") -> Disconnect:
     """The client reads the stream's first bytes, then closes the connection."""
     sock = open_request(url, body, request_id)
-    try:
-        read_first_body_bytes(sock)
-    finally:
-        sock.close()
-    closed = time.perf_counter()
-    summary, close_ms = _after_close(url, request_id, closed)
+    with httpx.Client(timeout=10) as poll:
+        try:
+            health(url, poll)  # connect the poller now, not after the close
+            read_first_body_bytes(sock)
+        finally:
+            sock.close()
+        summary, close_ms = _after_close(url, request_id, time.perf_counter(), poll)
     return _result("mid-stream (after the first chunk)", body, summary, close_ms, _next(url, next_body, request_id))
 
 
@@ -149,13 +157,13 @@ def leave_whole_body(
     """A whole-body request (no streaming): the client waits until the worker runs it, ``after``
     seconds more, then closes the connection without reading anything."""
     sock = open_request(url, {**body, "stream_format": None}, request_id)
-    try:
-        wait_health(url, lambda h: h["queue"]["busy"])
-        time.sleep(after)
-    finally:
-        sock.close()
-    closed = time.perf_counter()
-    summary, close_ms = _after_close(url, request_id, closed)
+    with httpx.Client(timeout=10) as poll:
+        try:
+            wait_health(url, lambda h: h["queue"]["busy"], client=poll)
+            time.sleep(after)
+        finally:
+            sock.close()
+        summary, close_ms = _after_close(url, request_id, time.perf_counter(), poll)
     scenario = f"whole body ({after * 1000:.0f} ms into generation)"
     return _result(scenario, body, summary, close_ms, _next(url, next_body, request_id))
 
@@ -185,7 +193,8 @@ def leave_while_queued(url: str, body: dict, next_body: dict, hold, request_id: 
         finally:
             sock.close()
         wait_health(url, lambda h: h["queue"]["waiting_cancelled"] >= 1)  # the handler saw it leave
-    summary, _ = _after_close(url, request_id, time.perf_counter())
+    with httpx.Client(timeout=10) as poll:
+        summary, _ = _after_close(url, request_id, time.perf_counter(), poll)
     after = health(url)["jobs"].get("talker_steps")
     ahead = None if before is None or after is None else after - before - (summary["steps"] or 0)
     result = _next(url, next_body, request_id)
@@ -242,10 +251,15 @@ def report_section(runs: list[Disconnect], problems: list[str]) -> list[str]:
     return [
         "## Clients that leave",
         "",
-        "Each request would run its max_new_tokens in talker steps (a long, EOS-free request); the",
-        "client leaves, and the server's own counters (GET /health: the worker counts talker forward",
-        "passes per job, and records the last cancelled one) say how far it got. The suite runs the",
-        "same scenarios (serve/disconnects.py) and asserts the same figures, never the times.",
+        "Each request would run its max_new_tokens in talker steps (a long, EOS-free request: the",
+        "prompt's prefill and one step per frame); the client leaves, and the server's own counters",
+        "(GET /health: the worker counts talker forward passes per job and records each job's end)",
+        "say how far it got. The client's time runs from its close to /health showing the job over,",
+        "polled every 2 ms: it adds the server noticing the closed connection, and here the client,",
+        "the event loop and the worker share one process and its interpreter lock, so it is an upper",
+        "bound. A job whose client left while it waited is skipped when the worker reaches it. The",
+        "suite runs the same scenarios (serve/disconnects.py) and asserts the same step counts,",
+        "never the times.",
         "",
         "| the client leaves | talker steps run | after the server saw it leave | "
         "cancel to worker free (server, ms) | close to worker free (client, ms) | next request |",

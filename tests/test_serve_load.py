@@ -110,6 +110,9 @@ def _assert_stopped(d: disconnects.Disconnect, steps: list, expected: dict) -> N
     assert d.steps == n, (d.steps, n)
     assert disconnects.check_disconnects([d], expected) == []
     assert d.ran and 1 <= d.steps < d.allowed == disconnects.ALLOWED_STEPS and d.steps_after_cancel <= 1, d
+    row = f"| {d.scenario} | {d.steps} of {d.allowed} | {d.steps_after_cancel} | {d.cancel_to_free_ms:.1f} |"
+    text = "\n".join(disconnects.report_section([d], []))
+    assert row in text and "work stopped every time, the next request served" in text
 
 
 def _left(caplog, request_id: str) -> bool:
