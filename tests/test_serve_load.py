@@ -237,3 +237,15 @@ def test_sigterm_finishes_the_request_in_flight_and_cancels_the_rest(checkpoints
     speech = [line for line in log if line["path"] == "/v1/audio/speech"]
     assert len(speech) == 3 and [line["outcome"] for line in speech[:2]] == ["done", "done"]
     assert speech[2]["outcome"] in ("disconnected", "cancelled") and speech[2]["frames"] < 2000
+
+
+def test_background_server_connections_send_without_nagle_delay(cv):
+    """The load test's server (BackgroundServer) binds its own socket; its connections must have
+    TCP_NODELAY as `q3tts serve`'s have (asyncio sets it only on IPPROTO_TCP sockets). Without it
+    each reply on a kept-alive connection waited ~40 ms for the client's delayed ACK, and the
+    report's latencies measured that, not the server."""
+    srv = cv[0]
+    with httpx.Client(timeout=10) as client:
+        assert client.get(srv.url + "/health").status_code == 200  # the connection stays open
+        sockets = [c.transport.get_extra_info("socket") for c in srv.server.server_state.connections]
+        assert sockets and all(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) for s in sockets)
