@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from .work_memory import check_work, resample_bytes
+
 # librosa.resample's default res_type "soxr_hq" is python-soxr's "HQ".
 SOXR_QUALITY = "HQ"
 # Sample rates outside this range are refused before anything is allocated: resampling 1 s given
@@ -54,6 +56,7 @@ def resample(wav: np.ndarray, sr: int, target_sr: int) -> np.ndarray:
     ratio = float(target_sr) / sr
     n_out = int(math.ceil(wav.shape[-1] * ratio))
     check_duration(n_out, target_sr, f"resampling {sr} Hz -> {target_sr} Hz")
+    check_work(resample_bytes(wav.shape[-1], sr, target_sr), f"resampling {sr} Hz -> {target_sr} Hz")
     out = np.asarray(soxr.resample(wav, sr, target_sr, quality=SOXR_QUALITY), dtype=np.float32)
     if out.shape[-1] > n_out:
         out = out[:n_out]

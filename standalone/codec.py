@@ -25,6 +25,7 @@ from torch import nn
 
 from .jsonfile import load_json_text
 from .layers import Attention, RMSNorm, rope_cos_sin, rope_inv_freq, split_linear
+from .work_memory import check_work, decode_bytes
 
 
 @dataclass(frozen=True)
@@ -325,12 +326,19 @@ class CodecDecoder(nn.Module):
 
     @torch.inference_mode()
     def decode(
-        self, codes: Sequence[torch.Tensor], max_frames: int | None = None, progress: bool | None = None
+        self,
+        codes: Sequence[torch.Tensor],
+        max_frames: int | None = None,
+        progress: bool | None = None,
+        max_work_bytes: int | str | None = None,
     ) -> list[np.ndarray]:
         """Per item codes [T, G] -> float32 waveforms, as upstream's Qwen3TTSTokenizer.decode.
         ``max_frames``: refuse items longer than this before decoding anything (None: no cap).
-        ``progress``: a bar over frames (None: when stderr is a terminal and the decode is long)."""
+        ``progress``: a bar over frames (None: when stderr is a terminal and the decode is long).
+        ``max_work_bytes``: refuse, from the shapes alone, a decode whose estimated memory is above
+        this cap (work_memory.py; default Q3TTS_MAX_WORK_BYTES, else half the RAM)."""
         device = self.codebook_sums.device
+        self.check_work(codes, max_work_bytes)
         items = self.check_codes(codes)
         if not items:
             raise ValueError("codes is empty: give at least one [frames, G] item")
@@ -343,6 +351,17 @@ class CodecDecoder(nn.Module):
         with decode_progress(longest, progress) as bar:
             wav = self.chunked(torch.clamp(padded, min=0).transpose(1, 2), on_chunk=bar).squeeze(1)
         return [w[:n].to(torch.float32).cpu().numpy() for w, n in zip(wav, lengths)]
+
+    def check_work(self, codes: Sequence, max_work_bytes: int | str | None) -> None:
+        """The decode's estimated memory from the items' shapes (no copy of them), against the cap;
+        an item of the wrong shape is left to check_codes."""
+        lengths = [
+            c.shape[0] if len(getattr(c, "shape", ())) == 2 else len(c) if isinstance(c, (list, tuple)) else 0
+            for c in codes
+        ]
+        frames = max(lengths, default=0)
+        what = f"decoding {len(lengths)} item(s) of up to {frames} frames"
+        check_work(decode_bytes(self.cfg, len(lengths), frames), what, max_work_bytes)
 
     def check_frames(self, frames: int, max_frames: int | None) -> None:
         if max_frames is None:

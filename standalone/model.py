@@ -28,6 +28,7 @@ from .speech_encoder import SpeechEncoder, load_speech_encoder
 from .streaming import StreamingVoiceMethods
 from .talker import CodePredictor, Talker
 from .voices import VoiceMethods
+from .work_memory import check_work, speaker_bytes
 
 
 class Qwen3TTS(StreamingVoiceMethods, VoiceMethods, nn.Module):
@@ -179,12 +180,14 @@ class Qwen3TTS(StreamingVoiceMethods, VoiceMethods, nn.Module):
         return codec
 
     def decode_codes(
-        self, codes, max_frames: int | None = None, progress: bool | None = None
+        self, codes, max_frames: int | None = None, progress: bool | None = None, max_work_bytes=None
     ) -> tuple[list[np.ndarray], int]:
         """Codes ([frames, G] per item, or one such tensor) -> (float32 waveforms, sample rate),
         like upstream's Qwen3TTSTokenizer.decode. ``max_frames`` refuses longer items before any
         decoding (None: no cap; 100k frames take about half an hour on a CPU); ``progress`` shows a
-        bar over frames (None: when stderr is a terminal and there are over 3000 frames)."""
+        bar over frames (None: when stderr is a terminal and there are over 3000 frames).
+        ``max_work_bytes`` (bytes or "8G") refuses a decode whose estimated memory is above it
+        before anything is allocated (None: Q3TTS_MAX_WORK_BYTES, else half the RAM)."""
         if not isinstance(codes, (torch.Tensor, np.ndarray, list, tuple)):
             raise TypeError(f"codes must be a tensor, an array or a list of them, got {type(codes).__name__}")
         if isinstance(codes, (torch.Tensor, np.ndarray)) and codes.ndim == 2:
@@ -194,7 +197,7 @@ class Qwen3TTS(StreamingVoiceMethods, VoiceMethods, nn.Module):
                 f"codes must be [frames, G], [batch, frames, G] or a list of [frames, G]; got shape {tuple(codes.shape)}"
             )
         items = list(codes)
-        return self.codec.decode(items, max_frames, progress), self.codec.cfg.output_sample_rate
+        return self.codec.decode(items, max_frames, progress, max_work_bytes), self.codec.cfg.output_sample_rate
 
     @property
     def speech_encoder(self) -> SpeechEncoder:
@@ -207,13 +210,14 @@ class Qwen3TTS(StreamingVoiceMethods, VoiceMethods, nn.Module):
             object.__setattr__(self, "_speech_encoder", encoder)  # not a submodule, as the codec
         return encoder
 
-    def encode_audio(self, audio, sr: int | None = None) -> list[torch.Tensor]:
+    def encode_audio(self, audio, sr: int | None = None, max_work_bytes=None) -> list[torch.Tensor]:
         """Audio -> int64 codes [frames, G] per item, as upstream's ``Qwen3TTSTokenizer.encode``.
 
         ``audio``: a path, an ``(array, sr)`` pair, an array with ``sr=``, or a list of these,
         encoded as one right-padded batch (then the last frame of a shorter item can differ from
-        encoding it alone, exactly as upstream). Any sample rate; resampled as upstream does."""
-        return self.speech_encoder.encode(audio, sr)
+        encoding it alone, exactly as upstream). Any sample rate; resampled as upstream does.
+        ``max_work_bytes`` caps the estimated memory of the encoding, as in decode_codes."""
+        return self.speech_encoder.encode(audio, sr, max_work_bytes)
 
     @torch.inference_mode()
     def generate(
@@ -270,6 +274,7 @@ class Qwen3TTS(StreamingVoiceMethods, VoiceMethods, nn.Module):
                 f"extract_speaker_embedding: waveform too short ({wav.numel()} samples); the speaker "
                 f"encoder needs at least {shortest} samples ({shortest / sample_rate * 1000:.0f} ms)"
             )
+        check_work(speaker_bytes(self.config.speaker_encoder, wav.numel()), "extract_speaker_embedding")
         peak = float(wav.abs().max())
         if peak > 1.0:
             warnings.warn(

@@ -37,6 +37,7 @@ from .audio import normalize_inputs
 from .codec import CausalConv
 from .jsonfile import load_json_text
 from .layers import Attention, rope_cos_sin, rope_inv_freq
+from .work_memory import check_work, encode_bytes
 
 
 @dataclass(frozen=True)
@@ -317,18 +318,27 @@ class SpeechEncoder(nn.Module):
         return out
 
     @torch.inference_mode()
-    def encode(self, audio, sr: int | None = None) -> list[torch.Tensor]:
+    def encode(self, audio, sr: int | None = None, max_work_bytes: int | str | None = None) -> list[torch.Tensor]:
         """Codes [frames, G] (int64, CPU) per item, as upstream's ``Qwen3TTSTokenizer.encode``.
 
         ``audio``: a path, an array with ``sr``, an ``(array, sr)`` pair, or a list of these (one
-        right-padded batch)."""
+        right-padded batch). ``max_work_bytes``: the cap of the estimated memory (work_memory.py)."""
         wavs = normalize_inputs(audio, sr, self.cfg.sample_rate)
-        return self.encode_waveforms(wavs)
+        return self.encode_waveforms(wavs, max_work_bytes=max_work_bytes)
 
     @torch.inference_mode()
-    def encode_waveforms(self, wavs: list[np.ndarray], hook=None) -> list[torch.Tensor]:
-        """float32 mono waveforms already at the encoder's rate -> codes [frames, G] per item."""
+    def encode_waveforms(
+        self, wavs: list[np.ndarray], hook=None, max_work_bytes: int | str | None = None
+    ) -> list[torch.Tensor]:
+        """float32 mono waveforms already at the encoder's rate -> codes [frames, G] per item;
+        refused before the batch is made when its estimated memory is above the cap."""
         lengths = [int(w.shape[0]) for w in wavs]
+        seconds = max(lengths) / self.cfg.sample_rate
+        check_work(
+            encode_bytes(self.cfg, len(wavs), max(lengths)),
+            f"encoding {len(wavs)} item(s) of up to {seconds:.0f} s",
+            max_work_bytes,
+        )
         batch = torch.zeros(len(wavs), 1, max(lengths), dtype=torch.float32)
         for i, w in enumerate(wavs):
             batch[i, 0, : lengths[i]] = torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32))

@@ -1,0 +1,107 @@
+"""The work-memory estimates (standalone/work_memory.py) against the real peak resident memory.
+
+Each measurement runs in a fresh process on the tiny base fixture: the model is loaded and the
+work run once on a small input (so lazy loads and library initialisation are not counted), the
+input is made, the kernel's peak-RSS mark is reset (/proc/self/clear_refs 5), then the work runs
+and the peak above the RSS just before it is compared with the estimate.
+
+    python -m q3tts.bench.work_memory [--out reports/work-memory.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+SIZES = {
+    "resample": (60, 240, 600),  # seconds at 44.1 kHz -> 24 kHz
+    "encode": (20, 80, 160),  # seconds at 24 kHz
+    "speaker": (20, 80, 160),  # seconds at 24 kHz
+    "decode": (2000, 8000, 20000),  # frames
+}
+
+
+def _status(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(key)
+
+
+def _work(model, op: str, size: int):
+    """(input made now, the work as a callable, its estimate in bytes)."""
+    import numpy as np
+    import torch
+
+    from q3tts.standalone.audio import resample
+    from q3tts.standalone.work_memory import decode_bytes, encode_bytes, resample_bytes, speaker_bytes
+
+    rng = np.random.default_rng(0)
+    if op == "decode":
+        codes = torch.as_tensor(rng.integers(0, 16, (size, model.config.talker.num_code_groups)))
+        return lambda: model.decode_codes(codes), decode_bytes(model.codec.cfg, 1, size)
+    rate = 44100 if op == "resample" else 24000
+    wav = (0.1 * rng.standard_normal(size * rate)).astype(np.float32)
+    if op == "resample":
+        return lambda: resample(wav, rate, 24000), resample_bytes(wav.size, rate, 24000)
+    if op == "encode":
+        return lambda: model.encode_audio((wav, rate)), encode_bytes(model.speech_encoder.cfg, 1, wav.size)
+    return lambda: model.extract_speaker_embedding(wav, rate), speaker_bytes(model.config.speaker_encoder, wav.size)
+
+
+def child(checkpoint: str, op: str, size: int) -> None:
+    import gc
+
+    import torch
+
+    from q3tts.standalone import Qwen3TTS
+
+    torch.set_num_threads(1)
+    model = Qwen3TTS.from_pretrained(checkpoint)
+    _work(model, op, 2)[0]()  # warm: lazy loads, library initialisation
+    work, estimate = _work(model, op, size)
+    gc.collect()
+    Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS mark
+    base = _status("VmRSS")
+    work()
+    peak = _status("VmHWM") - base
+    print(json.dumps(dict(op=op, size=size, estimate=estimate, peak=peak, ratio=estimate / peak)))
+
+
+def fixture() -> Path:
+    from q3tts.convert import convert_checkpoint
+    from q3tts.verify.fixtures.writer import SUITE_SEEDS, load_tensor_specs, write_upstream_checkpoint
+
+    root = Path(tempfile.mkdtemp(prefix="q3tts-work-memory-"))
+    specs = load_tensor_specs(Path(__file__).resolve().parents[1] / "tests" / "golden" / "fixture_tensors.json")
+    up = write_upstream_checkpoint(root / "up", "base", seed=SUITE_SEEDS["base"], tensor_specs=specs)
+    convert_checkpoint(up, root / "st")
+    return root / "st"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        return child(args.child[0], args.child[1], int(args.child[2]))
+    checkpoint, rows = fixture(), []
+    for op, sizes in SIZES.items():
+        for size in sizes:
+            cmd = [sys.executable, "-m", "q3tts.bench.work_memory", "--child", str(checkpoint), op, str(size)]
+            rows.append(json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout))
+            r = rows[-1]
+            print(
+                f"{op:9s} {size:6d}: estimate {r['estimate'] / 2**20:9.1f} MiB, peak {r['peak'] / 2**20:9.1f} MiB, ratio {r['ratio']:.2f}"
+            )
+    if args.out:
+        args.out.write_text(json.dumps(rows, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
