@@ -104,6 +104,7 @@ async def health(request: Request) -> JSONResponse:
             "model": state.settings.model_id,
             "type": state.info.kind,
             "formats": list(state.info.formats),
+            "speakers": list(state.info.speakers),
             "queue": {
                 "waiting": worker.waiting,
                 "waiting_cancelled": worker.waiting_cancelled,

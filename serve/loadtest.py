@@ -7,15 +7,22 @@ server's own counters.
     python -m q3tts.serve.loadtest --model DIR [--requests 50 --concurrency 8 --max-new-tokens 12]
         [--out reports/serve.md]
 
-It serves DIR in this process (a background uvicorn on 127.0.0.1, the same app as `q3tts serve`)
-and talks to it with httpx over a real socket. The tests run it on a tiny checkpoint.
+It starts `q3tts serve DIR` in its own process on 127.0.0.1 (so the clients, in this process, do
+not share its interpreter lock) and talks to it with httpx over real sockets; the server's own
+figures come from its GET /health. The suite runs the same functions against a server on a
+thread (serve_helpers.served) on a tiny checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import os
 import platform
+import signal
+import socket
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -148,6 +155,49 @@ def cpu_model_name() -> str:
     return platform.machine()
 
 
+def start_server(args, port: int, log) -> subprocess.Popen:
+    """`q3tts serve` in its own process (its own interpreter: the clients here do not share its
+    lock), with ``args.threads`` torch threads, on 127.0.0.1:``port``; returns once it answers
+    /health (it opens its port only after loading and warming up). Its stderr goes to ``log``."""
+    import httpx
+
+    code = "import sys; from q3tts.standalone.cli import main; main(sys.argv[1:])"
+    argv = [sys.executable, "-c", code, "serve", args.model, "--port", str(port), "--model-name", "load"]
+    argv += ["--max-queue", str(args.max_queue), "--max-new-tokens", "2048", *(["--fast"] if args.fast else [])]
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log, env=env)
+    deadline = time.monotonic() + args.start_timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"q3tts serve exited with status {proc.returncode} before opening its port")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"q3tts serve did not open its port in {args.start_timeout} s")
+        time.sleep(0.2)
+
+
+def measure(url: str, args) -> tuple[dict, list, list, tuple[list[str], list[str]]]:
+    """Against a running server: the concurrent pass, the single-client pass, the clients that
+    leave. Returns (its /health, the passes, the disconnect runs, (the load's problems, the
+    disconnects' problems))."""
+    health = disconnects.health(url)
+    voice = health["speakers"][0] if health["type"] == "custom_voice" else None
+    results, wall = run_load(url, "load", voice, args.requests, args.concurrency, args.max_new_tokens)
+    alone = run_load(url, "load", voice, 10, 1, args.max_new_tokens)
+    runs = disconnects.run_scenarios(
+        url, "load", voice, lambda seed: speech_body("load", voice, seed, args.max_new_tokens)
+    )
+    problems = check(results, args.requests) + check(alone[0], 10)
+    left = disconnects.check_disconnects(runs, {r.seed: r.audio_sha256 for r in results})
+    passes = [(f"{args.concurrency} clients", results, wall), ("1 client, 10 requests", *alone)]
+    return health, passes, runs, (problems, left)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="a converted or upstream checkpoint directory, or a hub id")
@@ -155,46 +205,38 @@ def main(argv=None) -> int:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=12)
     parser.add_argument("--max-queue", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=1, help="the server's torch threads (OMP_NUM_THREADS)")
+    parser.add_argument("--fast", action="store_true", help="serve with --fast")
+    parser.add_argument("--start-timeout", type=float, default=900.0, help="seconds the server may take to start")
     parser.add_argument("--model-label", default=None, help="how the report names the model (default: --model)")
     parser.add_argument("--out", default=None, help="write the markdown report here (default: print it)")
     args = parser.parse_args(argv)
-    import torch
+    import tempfile
 
-    from q3tts.standalone.model import Qwen3TTS
-
-    from .app import create_app
-    from .background import BackgroundServer
-    from .settings import Limits, Settings
-    from .synth import warm_up
-
-    torch.set_num_threads(1)
-    setup_load = f"load average {os.getloadavg()[0]:.1f} at the start"
-    model = Qwen3TTS.from_pretrained(args.model)
-    warm_up(model)
-    settings = Settings(model_id="load", limits=Limits(max_queue=args.max_queue))
-    voice = model.get_supported_speakers()[0] if model.config.tts_model_type == "custom_voice" else None
-    with BackgroundServer(create_app(model, settings)) as srv:
-        results, wall = run_load(srv.url, "load", voice, args.requests, args.concurrency, args.max_new_tokens)
-        alone = run_load(srv.url, "load", voice, 10, 1, args.max_new_tokens)
-        runs = disconnects.run_scenarios(
-            srv.url, "load", voice, lambda seed: speech_body("load", voice, seed, args.max_new_tokens)
-        )
-    problems = check(results, args.requests) + check(alone[0], 10)
-    left = disconnects.check_disconnects(runs, {r.seed: r.audio_sha256 for r in results})
-    passes = [(f"{args.concurrency} clients", results, wall), ("1 client, 10 requests", *alone)]
+    load = f"load average {os.getloadavg()[0]:.1f} at the start"
+    with tempfile.TemporaryFile() as log, socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()
+        proc = start_server(args, port, log)
+        try:
+            health, passes, runs, problems = measure(f"http://127.0.0.1:{port}", args)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(60)
     setup = {
-        "model": f"{model.config.tts_model_type} {model.config.tts_model_size} ({args.model_label or args.model})",
+        "model": f"{health['type']} ({args.model_label or args.model})",
+        "server": f"`q3tts serve{' --fast' if args.fast else ''}` in its own process, {args.threads} torch thread{'s' * (args.threads != 1)}",
         "requests / concurrent clients": f"{args.requests} / {args.concurrency}",
         "per request": f"streamed pcm, max_new_tokens {args.max_new_tokens}, seeds 0..4 in turn",
-        "machine": f"{cpu_model_name()}, {os.cpu_count()} cores ({setup_load}), "
-        f"{torch.get_num_threads()} torch thread, torch {torch.__version__}",
+        "machine": f"{cpu_model_name()}, {os.cpu_count()} cores ({load}), Python {platform.python_version()}, "
+        f"torch {importlib.metadata.version('torch')}",
     }
-    text = report(passes, problems, setup, disconnects.report_section(runs, left))
-    problems += left
+    text = report(passes, problems[0], setup, disconnects.report_section(runs, problems[1]))
     if args.out:
         Path(args.out).write_text(text, encoding="utf-8")
     print(text)
-    return 1 if problems else 0
+    return 1 if problems[0] or problems[1] else 0
 
 
 if __name__ == "__main__":
