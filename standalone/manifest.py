@@ -109,6 +109,26 @@ def check_sizes(directory: Path) -> None:
             )
 
 
+def verify_hashes(directory: Path, sha256: Callable[[Path], str] = sha256_file) -> None:
+    """Every file the manifest lists present, at its size and with its sha256 (from_pretrained's
+    ``verify="sha256"``); CheckpointError naming the first file that is not. Unlisted files are
+    not read by the loader and not hashed here (``convert-ckpt --check`` reports them)."""
+    directory = Path(directory)
+    files = read_manifest(directory)
+    if files is None:
+        raise CheckpointError(
+            f"{directory}: verify='sha256' needs {MANIFEST_NAME} (convert-ckpt's record of every file's hash), "
+            "and there is none"
+        )
+    check_sizes(directory)
+    for rel, entry in sorted(files.items()):
+        if sha256(directory / rel) != entry["sha256"]:
+            raise CheckpointError(
+                f"{directory / rel}: sha256 differs from the manifest (same size: the content changed; a flipped "
+                "bit or an edit); convert the checkpoint again or restore the file"
+            )
+
+
 def unlisted_files(directory: Path, files: dict) -> tuple[list[str], list[str]]:
     """Files in ``directory`` the manifest does not list: (those a loader would read, the rest)."""
     read, other = [], []
