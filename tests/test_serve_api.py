@@ -113,6 +113,8 @@ def test_models_health_and_request_ids(cv, client):
     health = httpx.get(cv[0].url + "/health").json()
     assert health["status"] == "ok" and health["type"] == "custom_voice" and health["queue"]["max"] == 8
     assert "wav" in health["formats"] and "aac" not in health["formats"]
+    assert "alice" in health["speakers"] and health["talker_steps_counted"] is True  # the exact path
+    assert {"waiting", "waiting_cancelled", "max", "busy"} == set(health["queue"]) and "last_job" in health
     r = httpx.get(cv[0].url + "/health", headers={"x-request-id": "abc-1"})
     assert r.headers["x-request-id"] == "abc-1"
 
