@@ -33,6 +33,12 @@ from q3tts.verify.fixtures.writer import MODEL_TYPES, SUITE_SEEDS, load_tensor_s
 # One thread: on the tiny fixtures a second one only adds fork/join cost (and on a shared 2-core
 # machine it can make a run 30x slower). The goldens are recorded with one thread too.
 torch.set_num_threads(1)
+# The same for every process a test starts (verify-parity, synthesize, serve, a gate cell): each
+# worker is one core's worth, and a child on torch's default of one thread per core spins OpenMP
+# barriers against the other worker. Measured on 2 cores beside one busy worker: the console
+# test's verify-parity took 160 s with two threads and 12 s with one. A value the caller set wins.
+for _threads_var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_threads_var, "1")
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
 REFERENCE_STACK = ("transformers", "qwen_tts", "torchaudio", "librosa")

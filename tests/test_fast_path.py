@@ -53,8 +53,9 @@ def test_fast_parity_within_measured_tolerances(engine_pair):
     assert report["passed"], report["failing"]
 
 
-@pytest.mark.parametrize("fault_name", ["swapped_qk", "cp_rope_theta", "top_k_plus_one"])
-def test_fast_self_test_catches_fault_through_compiled_graphs(fault_name, load_models):
+# the sampler fault first: it runs on engine_pair's graphs, which the weight faults' dynamo reset drops
+@pytest.mark.parametrize("fault_name", ["top_k_plus_one", "swapped_qk", "cp_rope_theta"])
+def test_fast_self_test_catches_fault_through_compiled_graphs(fault_name, engine_pair):
     """A weight fault in the talker (frozen into the graph), a code-predictor RoPE fault (cos/sin
     cached by the engine) and a sampler fault (invisible to the forward cases) each fail the fast
     checks; the clean model passes them (test above)."""
@@ -62,10 +63,15 @@ def test_fast_self_test_catches_fault_through_compiled_graphs(fault_name, load_m
     from q3tts.verify.faults.fast_selftest import run_fast_fault
 
     fault = next(f for f in CATALOGUE if f.name == fault_name)
-    wrapper, standalone = load_models(fault.model_type, DTYPE)
+    wrapper, standalone, clean_engine = engine_pair
+    assert fault.model_type == "custom_voice"  # the model engine_pair compiled
     # Weight and RoPE faults show in the forward cases, which always run: one greedy case is enough
-    # for them; the sampler fault gets every case and regime, as in the self-test.
-    narrow = {} if fault.component == "generation" else dict(case_names=("custom_voice.english",), modes=("greedy",))
+    # for them, on an engine compiled under the fault. The sampler fault lives outside the graphs,
+    # so the clean engine serves it (as in the self-test), with every case and regime.
+    if fault.component == "generation":
+        narrow = dict(engine=clean_engine)
+    else:
+        narrow = dict(case_names=("custom_voice.english",), modes=("greedy",))
     r = run_fast_fault(fault, wrapper, standalone, DTYPE, "fp32", frames=8, options=TEST_OPTIONS, **narrow)
     assert r.detected, r
     # every failing check carries its numbers (the tolerance table reads the weakest catch from them)
@@ -203,6 +209,8 @@ def test_compiled_prefill_parity_and_faults_through_it(load_models):
         frames=8,
         options=TEST_OPTIONS,
         engine_options={"compile_prefill": True},
+        case_names=("custom_voice.english",),  # the prefill's forward cases run whatever the cases
+        modes=("greedy",),
     )
     assert any(c.startswith("fast.talker_prefill") for c in r.failing), r.failing
 
