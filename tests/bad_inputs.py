@@ -23,6 +23,7 @@ import torch
 
 from q3tts.standalone.checkpoint import CheckpointError
 from q3tts.standalone.config import ConfigError
+from q3tts.standalone.work_memory import WorkTooLarge
 
 # Hypothesis examples per run of tests/test_fuzz_inputs.py: its properties times their max_examples
 # (a test checks this number against the file).
@@ -72,11 +73,29 @@ def _ids(m, text="Hi there."):
     return [torch.tensor([m.text_tokenizer.encode(m.text_tokenizer.assistant_text(text))])]
 
 
-def _load_edited(m, edit, name="manifest.json"):
-    """from_pretrained on a copy of m's checkpoint with one JSON file edited (tests/bad_inputs_edges.py)."""
+def _load_edited(m, edit, name="manifest.json", then=None):
+    """from_pretrained on a copy of m's checkpoint with one JSON file edited (tests/bad_inputs_edges.py);
+    then(model), if given, runs on it while the copy exists."""
     from bad_inputs_edges import load_edited
 
-    return load_edited(m, edit, name)
+    return load_edited(m, edit, name, then)
+
+
+def _load_changed(m, change, **kwargs):
+    """from_pretrained(**kwargs) on a copy of m's checkpoint changed by change(directory)."""
+    from bad_inputs_edges import load_changed
+
+    return load_changed(m, change, **kwargs)
+
+
+def _flip_byte(rel):
+    from bad_inputs_edges import flip_byte
+
+    return flip_byte(rel)
+
+
+def _codec_layers(c):
+    c["decoder_config"]["num_hidden_layers"] = 10**7
 
 
 def _with_fifo(call):
@@ -318,6 +337,48 @@ ROWS: tuple[Row, ...] = (
         "upstream's padding: decoded as code 0 and cut, as upstream",
         lambda up, m: _up_decode(up, _padded(m)),
     ),
+    Row(
+        "decode_codes",
+        "10**7 frames (estimated memory above the default cap, half the RAM)",
+        "base",
+        lambda m: m.decode_codes(torch.zeros(1, 4, dtype=torch.long).expand(10**7, 4)),
+        WorkTooLarge,
+        r"decoding 1 item\(s\) of up to 10000000 frames: needs about 215\.7 GiB of memory \(estimated before starting\), "
+        r"above the [0-9.]+ GiB cap; split the input, or raise the cap: Q3TTS_MAX_WORK_BYTES=216G \(or max_work_bytes=",
+    ),
+    Row(
+        "decode_codes",
+        "max_work_bytes='1M' below the estimate",
+        "base",
+        lambda m: m.decode_codes(_codes(m, 2000), max_work_bytes="1M"),
+        WorkTooLarge,
+        r"decoding 1 item\(s\) of up to 2000 frames: needs about [0-9.]+ MiB .* above the 1\.0 MiB cap",
+    ),
+    Row(
+        "decode_codes",
+        "max_work_bytes not a size",
+        "base",
+        lambda m: m.decode_codes(_codes(m), max_work_bytes="huge"),
+        ValueError,
+        r"max_work_bytes='huge' is not a size in bytes \(examples: 4000000000, 512M, 8G\)",
+    ),
+    Row(
+        "decode_codes",
+        "Q3TTS_MAX_WORK_BYTES not a size",
+        "base",
+        lambda m: _with_env("Q3TTS_MAX_WORK_BYTES", "lots", lambda: m.decode_codes(_codes(m))),
+        ValueError,
+        r"Q3TTS_MAX_WORK_BYTES='lots' is not a size in bytes",
+    ),
+    Row(
+        "decode_codes",
+        "speech_tokenizer config with decoder num_hidden_layers 10**7 over 1-layer weights",
+        "base",
+        lambda m: _load_edited(m, _codec_layers, "speech_tokenizer/config.json", lambda x: x.decode_codes(_codes(m))),
+        ConfigError,
+        r"speech_tokenizer/config\.json: decoder_config\.num_hidden_layers = 10000000, but the weights hold 1 of "
+        r"decoder\.transformer\.layers\.N\.\* \(the config implies 10000000\); config\.json and the weights disagree",
+    ),
     # --- sampling arguments -----------------------------------------------------------------------
     Row(
         "generate_custom_voice",
@@ -551,6 +612,17 @@ ROWS: tuple[Row, ...] = (
     # --- audio ------------------------------------------------------------------------------------
     Row(
         "extract_speaker_embedding",
+        "120 s with Q3TTS_MAX_WORK_BYTES=64M (estimated memory above the cap)",
+        "base",
+        lambda m: _with_env(
+            "Q3TTS_MAX_WORK_BYTES", "64M", lambda: m.extract_speaker_embedding(_wav(24000 * 120), 24000)
+        ),
+        WorkTooLarge,
+        r"extract_speaker_embedding: needs about [0-9.]+ MiB of memory \(estimated before starting\), above the 64\.0 MiB "
+        r"cap; split the input, or raise the cap: Q3TTS_MAX_WORK_BYTES=1G",
+    ),
+    Row(
+        "extract_speaker_embedding",
         "NaN samples",
         "base",
         lambda m: m.extract_speaker_embedding(np.full(24000, np.nan, np.float32), 24000),
@@ -768,6 +840,33 @@ ROWS: tuple[Row, ...] = (
         lambda m: _with_env("Q3TTS_MAX_AUDIO_SECONDS", "0.5", lambda: m.encode_audio((_wav(), 24000))),
         ValueError,
         r"audio: 1 s of audio \(0\.0 GB as float32\) is above the 0\.5 s cap; split it, or raise the cap with Q3TTS_MAX_AUDIO_SECONDS",
+    ),
+    Row(
+        "encode_audio",
+        "60 s with Q3TTS_MAX_WORK_BYTES=100M (estimated memory above the cap)",
+        "base",
+        lambda m: _with_env("Q3TTS_MAX_WORK_BYTES", "100M", lambda: m.encode_audio((_wav(24000 * 60), 24000))),
+        WorkTooLarge,
+        r"encoding 1 item\(s\) of up to 60 s: needs about [0-9.]+ MiB of memory \(estimated before starting\), above "
+        r"the 100\.0 MiB cap; split the input, or raise the cap: Q3TTS_MAX_WORK_BYTES=1G",
+    ),
+    Row(
+        "encode_audio",
+        "max_work_bytes=1024",
+        "base",
+        lambda m: m.encode_audio((_wav(), 24000), max_work_bytes=1024),
+        WorkTooLarge,
+        r"encoding 1 item\(s\) of up to 1 s: needs about [0-9.]+ MiB .* above the 1\.0 KiB cap",
+    ),
+    Row(
+        "encode_audio",
+        "60 s at 44.1 kHz with Q3TTS_MAX_WORK_BYTES=40M (resampling above the cap)",
+        "base",
+        lambda m: _with_env(
+            "Q3TTS_MAX_WORK_BYTES", "40M", lambda: m.encode_audio((np.zeros(44100 * 60, np.float32), 44100))
+        ),
+        WorkTooLarge,
+        r"resampling 44100 Hz -> 24000 Hz: needs about 45\.7 MiB of memory .* above the 40\.0 MiB cap",
     ),
     Row(
         "encode_audio",
@@ -1354,6 +1453,62 @@ ROWS: tuple[Row, ...] = (
         lambda m: _load_edited(m, lambda c: '{"x": ' + "[" * 100_000 + "]" * 100_000 + "}", "config.json"),
         CheckpointError,
         r"config.json: invalid JSON \(nested deeper than 64 levels: line 1 column 70",
+    ),
+    Row(
+        "from_pretrained",
+        "config with num_hidden_layers 1000 over 2-layer weights",
+        "base",
+        lambda m: _load_edited(
+            m, lambda c: c["talker"]["transformer"].__setitem__("num_hidden_layers", 1000), "config.json"
+        ),
+        ConfigError,
+        r"config.json: talker\.transformer\.num_hidden_layers = 1000, but the weights hold 2 of talker\.decoder\.layers\.N\.\* "
+        r"\(the config implies 1000\); config\.json and the weights disagree \(a config of another model, or edited weights\?\)",
+    ),
+    Row(
+        "from_pretrained",
+        "config vocab_size not the codec embedding's rows",
+        "base",
+        lambda m: _load_edited(m, lambda c: c["talker"].__setitem__("vocab_size", 2000), "config.json"),
+        ConfigError,
+        r"config.json: talker\.vocab_size = 2000, but tensor talker\.codec_embedding\.weight has shape \[1040, 32\]: "
+        r"dimension 0 is 1040, the config implies 2000",
+    ),
+    Row(
+        "from_pretrained",
+        "config num_attention_heads not the attention's width",
+        "base",
+        lambda m: _load_edited(
+            m, lambda c: c["talker"]["transformer"].__setitem__("num_attention_heads", 8), "config.json"
+        ),
+        ConfigError,
+        r"num_attention_heads = 8, but tensor talker\.decoder\.layers\.0\.attn\.wo\.weight has shape \[32, 32\]: "
+        r"dimension 1 is 32, the config implies 64 = num_attention_heads 8 x head_dim 8",
+    ),
+    Row(
+        "from_pretrained",
+        "verify='sha256' with a flipped byte in model.safetensors",
+        "base",
+        lambda m: _load_changed(m, _flip_byte("model.safetensors"), verify="sha256"),
+        CheckpointError,
+        r"model\.safetensors: sha256 differs from the manifest \(same size: the content changed; a flipped bit or an edit\); "
+        r"convert the checkpoint again or restore the file$",
+    ),
+    Row(
+        "from_pretrained",
+        "verify='sha256' without a manifest",
+        "base",
+        lambda m: _load_changed(m, lambda d: (d / "manifest.json").unlink(), verify="sha256"),
+        CheckpointError,
+        r"ckpt: verify='sha256' needs manifest\.json \(convert-ckpt's record of every file's hash\), and there is none",
+    ),
+    Row(
+        "from_pretrained",
+        "verify='md5'",
+        "base",
+        lambda m: type(m).from_pretrained(m.checkpoint_dir, verify="md5"),
+        ValueError,
+        r"verify must be None, 'size' or 'sha256', got 'md5'",
     ),
     # --- streaming -------------------------------------------------------------------------------
     Row(

@@ -10,9 +10,10 @@ import tempfile
 from pathlib import Path
 
 
-def load_edited(m, edit, name: str = "manifest.json"):
+def load_edited(m, edit, name: str = "manifest.json", then=None):
     """``type(m).from_pretrained`` on a copy of ``m``'s checkpoint whose JSON file ``name`` was
-    edited in place by ``edit(data)``."""
+    edited in place by ``edit(data)``; ``then(model)``, if given, runs while the copy exists (a
+    lazily loaded part reads it) and is returned."""
     with tempfile.TemporaryDirectory(prefix="q3tts-bad-input-") as tmp:
         directory = Path(tmp) / "ckpt"
         shutil.copytree(m.checkpoint_dir, directory)
@@ -22,7 +23,30 @@ def load_edited(m, edit, name: str = "manifest.json"):
         path.write_text(text if isinstance(text, str) else json.dumps(data), encoding="utf-8")
         if name != "manifest.json":  # an edited file no manifest vouches for
             (directory / "manifest.json").unlink()
-        return type(m).from_pretrained(directory)
+        model = type(m).from_pretrained(directory)
+        return model if then is None else then(model)
+
+
+def load_changed(m, change, **kwargs):
+    """``type(m).from_pretrained(copy, **kwargs)`` on a copy of ``m``'s checkpoint changed in
+    place by ``change(directory)``."""
+    with tempfile.TemporaryDirectory(prefix="q3tts-bad-input-") as tmp:
+        directory = Path(tmp) / "ckpt"
+        shutil.copytree(m.checkpoint_dir, directory)
+        change(directory)
+        return type(m).from_pretrained(directory, **kwargs)
+
+
+def flip_byte(rel: str):
+    """A change for load_changed: one byte of ``rel`` flipped, in the middle of its data."""
+
+    def change(directory: Path) -> None:
+        path = directory / rel
+        data = bytearray(path.read_bytes())
+        data[len(data) - 5] ^= 0x01  # a byte of the last tensor's data: the size and the header stay
+        path.write_bytes(bytes(data))
+
+    return change
 
 
 def with_fifo(call):

@@ -272,6 +272,10 @@ BAD_INPUTS = {
         _config(lambda c: c["talker_config"].pop("text_vocab_size")),
         r"missing required field 'text_vocab_size'",
     ),
+    "config-contradicts-weights": (  # config_shapes.py: before any module is built
+        _config(lambda c: c["talker_config"].__setitem__("num_hidden_layers", 1000)),
+        r"talker_config\.num_hidden_layers = 1000, but the weights hold 2 of talker\.model\.layers\.N\.\*",
+    ),
     "truncated-file": (_truncate, r"truncated"),
     "corrupt-header": (_corrupt_header, r"corrupt safetensors header"),
     "impossible-header-length": (_huge_header, r"corrupt safetensors header"),
