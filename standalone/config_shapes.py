@@ -225,12 +225,64 @@ def codec_expects(cfg, layout: str) -> list[Expect]:
     ]
 
 
+_ENCODER_NAMES = {
+    "standalone": dict(
+        layers="encoder.transformer.layers.",
+        norm="encoder.transformer.layers.0.attn_norm.weight",
+        fc1="encoder.transformer.layers.0.fc1.weight",
+        first_conv="encoder.conv_stack.layers.0.conv.weight",
+    ),
+    "upstream": dict(
+        layers="encoder.encoder_transformer.layers.",
+        norm="encoder.encoder_transformer.layers.0.input_layernorm.weight",
+        fc1="encoder.encoder_transformer.layers.0.mlp.fc1.weight",
+        first_conv="encoder.encoder.layers.0.conv.weight",
+    ),
+}
+
+
+def encoder_expects(cfg, layout: str) -> list[Expect]:
+    """The speech-tokenizer encoder's sizes (``encoder_config``; a SpeechEncoderConfig)."""
+    n, k = _ENCODER_NAMES[layout], "encoder_config."
+    out = [
+        Expect(k + "num_hidden_layers", cfg.num_hidden_layers, n["layers"], None, cfg.num_hidden_layers),
+        Expect(k + "hidden_size", cfg.hidden_size, n["norm"], 0, cfg.hidden_size),
+        Expect(k + "intermediate_size", cfg.intermediate_size, n["fc1"], 0, cfg.intermediate_size),
+        Expect(k + "num_filters", cfg.num_filters, n["first_conv"], 0, cfg.num_filters),
+    ]
+    if layout == "standalone":  # codebook_sums [quantizers, size, codebook_dim]
+        books = "encoder.codebook_sums"
+        return out + [
+            Expect(k + "num_quantizers", cfg.num_quantizers, books, 0, cfg.num_quantizers),
+            Expect(k + "codebook_size", cfg.codebook_size, books, 1, cfg.codebook_size),
+            Expect(k + "codebook_dim", cfg.codebook_dim, books, 2, cfg.codebook_dim),
+        ]
+    acoustic, semantic = (f"encoder.quantizer.{w}_residual_vector_quantizer.layers." for w in ("acoustic", "semantic"))
+    acoustic_count = cfg.num_quantizers - cfg.num_semantic_quantizers
+    return out + [
+        Expect(
+            k + "num_quantizers",
+            cfg.num_quantizers,
+            acoustic,
+            None,
+            acoustic_count,
+            "num_quantizers - num_semantic_quantizers",
+        ),
+        Expect(k + "codebook_size", cfg.codebook_size, semantic + "0.codebook.embed_sum", 0, cfg.codebook_size),
+        Expect(k + "codebook_dim", cfg.codebook_dim, semantic + "0.codebook.embed_sum", 1, cfg.codebook_dim),
+    ]
+
+
 def check_model_shapes(config: Qwen3TTSConfig, shapes: Shapes, layout: str, where: str) -> None:
     check_expects(model_expects(config, layout), shapes, where)
 
 
 def check_codec_shapes(cfg, shapes: Shapes, layout: str, where: str) -> None:
     check_expects(codec_expects(cfg, layout), shapes, where)
+
+
+def check_encoder_shapes(cfg, shapes: Shapes, layout: str, where: str) -> None:
+    check_expects(encoder_expects(cfg, layout), shapes, where)
 
 
 def shapes_of(infos: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:

@@ -35,7 +35,7 @@ from .checkpoint import (
 )
 from .codec import load_codec_config
 from .config import FORMAT_NAME, ConfigError, Qwen3TTSConfig
-from .config_shapes import check_codec_shapes, check_model_shapes, shapes_of
+from .config_shapes import check_codec_shapes, check_encoder_shapes, check_model_shapes, shapes_of
 from .dtypes import SAFETENSORS_CODE
 from .jsonfile import load_json_text
 from .layout import Direction, Entry, codec_plan, plan
@@ -269,6 +269,8 @@ def speech_tokenizer_job(src: Path, direction: Direction, dtype) -> PartJob | No
         except (ValueError, KeyError, TypeError) as e:
             raise ConversionError(f"{directory / 'config.json'}: {e}") from e
     check_source_shapes(check_codec_shapes, cfg, source, direction, directory / "config.json")
+    if encoder_cfg is not None:
+        check_source_shapes(check_encoder_shapes, encoder_cfg, source, direction, directory / "config.json")
     outputs = plan_outputs(
         source, codec_plan(cfg, encoder_cfg), direction, dtype, "the 12 Hz speech tokenizer", CODEC_DIR
     )

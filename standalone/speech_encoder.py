@@ -376,7 +376,8 @@ def load_speech_encoder_config(directory: Path) -> SpeechEncoderConfig:
 def load_speech_encoder(checkpoint_dir: Path | None, dtype: torch.dtype | None, device) -> SpeechEncoder:
     """The encoder of ``checkpoint_dir/speech_tokenizer``, strict: every ``encoder.*`` tensor of
     the file is used and every module tensor is present with the shape the config implies."""
-    from .checkpoint import CheckpointError, load_state_dict
+    from .checkpoint import CheckpointError, CheckpointReader, load_state_dict
+    from .config_shapes import check_encoder_shapes, shapes_of
 
     if checkpoint_dir is None:
         raise CheckpointError("this model was not loaded from a checkpoint directory, so it has no speech tokenizer")
@@ -384,6 +385,8 @@ def load_speech_encoder(checkpoint_dir: Path | None, dtype: torch.dtype | None, 
     if not (directory / "config.json").is_file():
         raise CheckpointError(f"{directory}: missing; the checkpoint has no speech tokenizer to encode audio with")
     cfg = load_speech_encoder_config(directory)
+    with CheckpointReader(directory) as reader:  # headers only: the config's sizes before any module
+        check_encoder_shapes(cfg, shapes_of(reader.infos), "standalone", str(directory / "config.json"))
     state = {
         k[len("encoder.") :]: v
         for k, v in load_state_dict(directory, dtype=dtype, device=device).items()

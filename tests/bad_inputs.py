@@ -98,6 +98,10 @@ def _codec_layers(c):
     c["decoder_config"]["num_hidden_layers"] = 10**7
 
 
+def _encoder_layers(c):
+    c["encoder_config"]["num_hidden_layers"] = 10**7
+
+
 def _with_fifo(call):
     from bad_inputs_edges import with_fifo
 
@@ -849,6 +853,17 @@ ROWS: tuple[Row, ...] = (
         WorkTooLarge,
         r"encoding 1 item\(s\) of up to 60 s: needs about [0-9.]+ MiB of memory \(estimated before starting\), above "
         r"the 100\.0 MiB cap; split the input, or raise the cap: Q3TTS_MAX_WORK_BYTES=1G",
+    ),
+    Row(
+        "encode_audio",
+        "speech_tokenizer config with encoder num_hidden_layers 10**7 over 1-layer weights",
+        "base",
+        lambda m: _load_edited(
+            m, _encoder_layers, "speech_tokenizer/config.json", lambda x: x.encode_audio((_wav(), 24000))
+        ),
+        ConfigError,
+        r"speech_tokenizer/config\.json: encoder_config\.num_hidden_layers = 10000000, but the weights hold 1 of "
+        r"encoder\.transformer\.layers\.N\.\* \(the config implies 10000000\)",
     ),
     Row(
         "encode_audio",

@@ -1,6 +1,6 @@
 """Config sizes are checked against the weights' own shapes (safetensors headers only) before any
 module is built, in the loader (a converted directory, an upstream one loaded directly, the codec
-on first decode) and in convert-ckpt: one ConfigError naming the key, its value and the tensor.
+on first decode, the speech encoder on first encode) and in convert-ckpt: one ConfigError naming the key, its value and the tensor.
 
 Every case builds nothing: the module builders and the weight reader are replaced by ones that
 fail the test, so without the check each case fails (a meta model or plan built, weights read, or
@@ -20,11 +20,19 @@ import q3tts.standalone.checkpoint as checkpoint_module
 import q3tts.standalone.codec as codec_module
 import q3tts.standalone.conversion as conversion_module
 import q3tts.standalone.model as model_module
+import q3tts.standalone.speech_encoder as encoder_module
 from q3tts.convert import ConversionError, convert_checkpoint
 from q3tts.standalone import Qwen3TTS
 from q3tts.standalone.checkpoint import CheckpointError, CheckpointReader
 from q3tts.standalone.config import ConfigError
-from q3tts.standalone.config_shapes import check_expects, codec_expects, count_indices, model_expects, shapes_of
+from q3tts.standalone.config_shapes import (
+    check_expects,
+    codec_expects,
+    count_indices,
+    encoder_expects,
+    model_expects,
+    shapes_of,
+)
 
 
 def _edit(src, tmp_path, path, value, name="config.json"):
@@ -122,6 +130,26 @@ def test_codec_config_with_ten_million_layers_fails_at_once(checkpoints, tmp_pat
     assert time.perf_counter() - t0 < 0.5
 
 
+def test_encoder_config_with_ten_million_layers_fails_at_once(checkpoints, tmp_path, monkeypatch):
+    """encoder_config has no size caps either: encode_audio would build a 10**7-layer meta encoder."""
+    directory = _edit(
+        checkpoints["base"][1], tmp_path, ["encoder_config", "num_hidden_layers"], 10**7, "speech_tokenizer/config.json"
+    )
+    model = Qwen3TTS.from_pretrained(directory)
+    monkeypatch.setattr(encoder_module.SpeechEncoder, "__init__", lambda *a: pytest.fail("encoder built"))
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"speech_tokenizer/config\.json: encoder_config\.num_hidden_layers = 10000000, but the weights hold 1 of encoder\.transformer\.layers\.N\.\*"):  # fmt: skip
+        model.encode_audio((np.zeros(24000, np.float32), 24000))
+    assert time.perf_counter() - t0 < 0.5
+
+
+def test_convert_refuses_an_encoder_config_its_weights_contradict(checkpoints, tmp_path, monkeypatch):
+    monkeypatch.setattr(conversion_module, "codec_plan", lambda *a: pytest.fail("codec plan built"))
+    src = _edit(checkpoints["base"][0], tmp_path, ["encoder_config", "num_filters"], 64, "speech_tokenizer/config.json")
+    with pytest.raises(ConversionError, match=r"encoder_config\.num_filters = 64, but tensor encoder\.encoder\.layers\.0\.conv\.weight has shape \[8, 1, 7\]"):  # fmt: skip
+        convert_checkpoint(src, tmp_path / "out")
+
+
 def test_convert_refuses_a_codec_config_its_weights_contradict(checkpoints, tmp_path, monkeypatch):
     monkeypatch.setattr(conversion_module, "codec_plan", lambda *a: pytest.fail("codec plan built"))
     src = _edit(
@@ -141,13 +169,16 @@ def test_every_expectation_holds_on_the_clean_fixtures_and_sees_its_tensor(check
     there, in both layouts, model and codec, and all hold."""
     from q3tts.standalone.codec import load_codec_config
     from q3tts.standalone.conversion import Direction, read_model_config
+    from q3tts.standalone.speech_encoder import load_speech_encoder_config
 
     up, st = checkpoints[model_type]
     for layout, directory in (("upstream", up), ("standalone", st)):
         direction = Direction.TO_STANDALONE if layout == "upstream" else Direction.TO_UPSTREAM
+        tokenizer = directory / "speech_tokenizer"
         parts = [
             (directory, model_expects(read_model_config(directory, direction), layout)),
-            (directory / "speech_tokenizer", codec_expects(load_codec_config(directory / "speech_tokenizer"), layout)),
+            (tokenizer, codec_expects(load_codec_config(tokenizer), layout)),
+            (tokenizer, encoder_expects(load_speech_encoder_config(tokenizer), layout)),
         ]
         for where, expects in parts:
             with CheckpointReader(where) as reader:
