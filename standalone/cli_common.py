@@ -53,11 +53,13 @@ no_convert_option = click.option(
 
 def exit_code_for(error: BaseException) -> int:
     """2 for a usage error (a bad option value or combination: ValueError/TypeError), 1 when an
-    input cannot be used (a file, a checkpoint: OSError, CheckpointError, ConfigError)."""
+    input cannot be used (a file, a checkpoint: OSError, CheckpointError, ConfigError; or work
+    whose estimated memory is above the cap: WorkTooLarge)."""
     from .audio import AudioReadError
     from .checkpoint import CheckpointError
     from .config import ConfigError
+    from .work_memory import WorkTooLarge
 
-    if isinstance(error, (OSError, CheckpointError, ConfigError, AudioReadError, InputFileError)):
+    if isinstance(error, (OSError, CheckpointError, ConfigError, AudioReadError, InputFileError, WorkTooLarge)):
         return 1
     return 2

@@ -152,3 +152,24 @@ def test_bad_keyword_is_named():
         work_cap(1.5)
     with pytest.raises(ValueError, match=r"max_work_bytes='huge' is not a size in bytes"):
         work_cap("huge")
+
+
+def test_cli_refusal_is_one_line_and_exit_1(checkpoints, tmp_path):
+    """A refused estimate is an input that cannot be used with this cap (exit 1), not a usage error;
+    nothing is written."""
+    from click.testing import CliRunner
+
+    from q3tts.standalone.cli import main
+
+    out = tmp_path / "out.wav"
+    args = ["synthesize", "--model", str(checkpoints["custom_voice"][1]), "--text", "Hi.", "--speaker", "alice"]
+    args += ["--out", str(out), "--max-new-tokens", "3"]
+    result = CliRunner().invoke(main, args, env={MAX_WORK_BYTES_ENV: "1K"})
+    assert result.exit_code == 1, (result.exit_code, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and re.fullmatch(
+        r"q3tts: error: decoding 1 item\(s\) of up to \d+ frames: needs about [0-9.]+ MiB of memory \(estimated before "
+        r"starting\), above the 1\.0 KiB cap; " + HOW,
+        lines[0],
+    ), result.stderr
+    assert not out.exists() and list(tmp_path.iterdir()) == []
