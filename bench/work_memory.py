@@ -5,7 +5,7 @@ work run once on a small input (so lazy loads and library initialisation are not
 input is made, the kernel's peak-RSS mark is reset (/proc/self/clear_refs 5), then the work runs
 and the peak above the RSS just before it is compared with the estimate.
 
-    python -m q3tts.bench.work_memory [--out reports/work-memory.json]
+    python -m q3tts.bench.work_memory [--released] [--out reports/work-memory.json]
 """
 
 from __future__ import annotations
@@ -53,6 +53,31 @@ def _work(model, op: str, size: int):
     return lambda: model.extract_speaker_embedding(wav, rate), speaker_bytes(model.config.speaker_encoder, wav.size)
 
 
+class ReleasedCodec:
+    """The released speech tokenizer's decoder (its published config) with random weights, where
+    one 300-frame chunk's activations, not the samples, dominate a decode's memory."""
+
+    def __init__(self):
+        import torch
+
+        from q3tts.standalone.codec import CodecConfig, CodecDecoder
+        from q3tts.verify.fixtures.released import released_speech_tokenizer_config
+
+        self.cfg = CodecConfig.from_upstream(released_speech_tokenizer_config())
+        self.decoder = CodecDecoder(self.cfg).eval()
+        with torch.no_grad():
+            for p in self.decoder.parameters():
+                p.normal_(0, 0.02)
+
+    def work(self, size: int):
+        import torch
+
+        from q3tts.standalone.work_memory import decode_bytes
+
+        codes = [torch.randint(0, self.cfg.codebook_size, (size, self.cfg.num_quantizers))]
+        return lambda: self.decoder.decode(codes), decode_bytes(self.cfg, 1, size)
+
+
 def child(checkpoint: str, op: str, size: int) -> None:
     import gc
 
@@ -61,9 +86,14 @@ def child(checkpoint: str, op: str, size: int) -> None:
     from q3tts.standalone import Qwen3TTS
 
     torch.set_num_threads(1)
-    model = Qwen3TTS.from_pretrained(checkpoint)
-    _work(model, op, 2)[0]()  # warm: lazy loads, library initialisation
-    work, estimate = _work(model, op, size)
+    if op == "decode-released":
+        codec = ReleasedCodec()
+        codec.work(3)[0]()  # warm
+        work, estimate = codec.work(size)
+    else:
+        model = Qwen3TTS.from_pretrained(checkpoint)
+        _work(model, op, 2)[0]()  # warm: lazy loads, library initialisation
+        work, estimate = _work(model, op, size)
     gc.collect()
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS mark
     base = _status("VmRSS")
@@ -86,12 +116,15 @@ def fixture() -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path)
+    parser.add_argument(
+        "--released", action="store_true", help="also decode 300 frames with the released codec (about 2 minutes)"
+    )
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return child(args.child[0], args.child[1], int(args.child[2]))
     checkpoint, rows = fixture(), []
-    for op, sizes in SIZES.items():
+    for op, sizes in {**SIZES, **({"decode-released": (300,)} if args.released else {})}.items():
         for size in sizes:
             cmd = [sys.executable, "-m", "q3tts.bench.work_memory", "--child", str(checkpoint), op, str(size)]
             rows.append(json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout))
@@ -100,7 +133,23 @@ def main() -> None:
                 f"{op:9s} {size:6d}: estimate {r['estimate'] / 2**20:9.1f} MiB, peak {r['peak'] / 2**20:9.1f} MiB, ratio {r['ratio']:.2f}"
             )
     if args.out:
-        args.out.write_text(json.dumps(rows, indent=2) + "\n")
+        args.out.write_text(json.dumps(dict(machine=machine(), threads=1, rows=rows), indent=2) + "\n")
+
+
+def machine() -> str:
+    """The CPU model (lscpu's model name) and the physical memory."""
+    import os
+
+    name = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if "model name" in line
+        ),
+        "unknown CPU",
+    )
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{name}, {os.cpu_count()} cores, {ram:.0f} GiB"
 
 
 if __name__ == "__main__":

@@ -12,17 +12,19 @@ a K/M/G/T suffix: "8G"), else DEFAULT_FRACTION of physical memory.
 
 The estimates count the live activations at each stage's widest (and the inputs' and outputs'
 copies), plus constants for the allocator's and the libraries' working buffers; they were
-calibrated against the real peak
-resident memory of the work on the tiny fixtures (``python -m q3tts.bench.work_memory``; peak RSS
-above the RSS before the call, VmHWM reset first), estimate / measured:
+calibrated against the real peak resident memory of the work on the tiny fixtures and the
+released codec (``python -m q3tts.bench.work_memory --released``, reports/work-memory.json; one
+thread; peak RSS above the RSS just before the call, VmHWM reset first; over runs), estimate /
+measured:
 
 - resample 44.1 -> 24 kHz, 60 / 240 / 600 s: 4.39 / 1.98 / 1.54 (the constant dominates short ones)
-- encode_audio, 20 / 80 / 160 s: 1.21 / 1.05 / 1.24
-- extract_speaker_embedding, 20 / 80 / 160 s: 3.00 / 1.71 / 1.53
-- decode_codes, 2000 / 8000 / 20000 frames: 1.45 / 1.29 / 1.26 (the 2000-frame peak varied from 167
-  to 223 MiB over three runs: 1.09 at its highest)
-- decode_codes at the released codec's size (random weights, 300 frames, where one 300-frame
-  chunk's activations dominate): estimate 1.98 GiB, peak 1.56 GiB, 1.27
+- encode_audio, 20 / 80 / 160 s: 1.21 / 1.05-1.06 / 1.24-1.25
+- extract_speaker_embedding, 20 / 80 / 160 s: 3.00-3.15 / 1.71-1.75 / 1.53
+- decode_codes, 2000 / 8000 / 20000 frames: 1.29-1.45 / 1.29-1.35 / 1.26-1.37 (the 2000-frame
+  peak varied from 167 to 223 MiB over five runs: 1.09 at its highest)
+- decode_codes with the released codec (its published config, random weights, 300 frames, where
+  one 300-frame chunk's activations dominate): estimate 1.95 GiB, peak 1.48-1.56 GiB over three
+  runs: 1.25-1.32
 
 No estimate was below the measured peak; the estimates are within 1.05-1.6x of it once the
 input is past the constants, so a refused request would have needed at least about the
