@@ -82,7 +82,7 @@ def run_qwentts(
     instruct: str | None = None,
     ref_audio: np.ndarray | None = None,
     max_new_tokens: int = 16,
-    threads: int = 2,
+    threads: int | None = None,
     dump: bool = True,
     log: list | None = None,
 ) -> dict[str, Any]:
@@ -117,8 +117,12 @@ def run_qwentts(
     }
 
 
-def _synthesize(binding, gguf_dir, request: dict, max_new_tokens: int, threads: int, dump_dir, log) -> dict:
-    """One engine load and greedy synthesize; a QwenTTSError at either step becomes ``error``."""
+def _synthesize(binding, gguf_dir, request: dict, max_new_tokens: int, threads: int | None, dump_dir, log) -> dict:
+    """One engine load and greedy synthesize; a QwenTTSError at either step becomes ``error``.
+    ``threads`` None: torch's own thread count (OMP_NUM_THREADS, torch.set_num_threads), so the
+    engine never runs more threads than the process beside it was given (on 2 cores beside a busy
+    test worker, 2 engine threads spin against it)."""
+    threads = threads or torch.get_num_threads()
     from q3tts.standalone.gguf_conversion import gguf_paths
 
     talker, codec = gguf_paths(gguf_dir)
@@ -292,7 +296,7 @@ def gguf_parity(
     instruct: str | None = None,
     ref_audio: np.ndarray | None = None,
     max_new_tokens: int = 16,
-    threads: int = 2,
+    threads: int | None = None,
     model=None,
 ) -> dict[str, Any]:
     """The report ``verify-parity --engine qwentts.cpp`` prints for one GGUF pair: ``model_dir`` is
@@ -516,7 +520,7 @@ def stage_report(
     speaker: str | None = None,
     instruct: str | None = None,
     ref_audio: np.ndarray | None = None,
-    threads: int = 2,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """judge.compare_stages on a one-frame request: qwentts.cpp's prefill dumps (and x-vector)
     against the standalone model's, at F32 tolerances. The engine's synthesis error is ignored

@@ -95,7 +95,7 @@ def echo_run(r: dict[str, Any]) -> None:
         echo(f"    NOT CHECKED: {m}")
 
 
-def run_engine(src, gguf_dir, quant_value, frames, report_dir: Path, threads: int = 2) -> bool:
+def run_engine(src, gguf_dir, quant_value, frames, report_dir: Path, threads: int | None = None) -> bool:
     """Every checkpoint x quantisation: convert, run both sides, report. True only on PASS (no
     failure and nothing unchecked)."""
     import torch
@@ -195,7 +195,9 @@ def judge_fault(r: dict[str, Any], fault: str) -> dict[str, Any]:
     return row
 
 
-def run_engine_self_test(report_dir: Path, frames: int = 6, threads: int = 2, faults: list[str] | None = None) -> bool:
+def run_engine_self_test(
+    report_dir: Path, frames: int = 6, threads: int | None = None, faults: list[str] | None = None
+) -> bool:
     """Plant each fault in the GGUF of the Base engine fixture (its x-vector case runs every part:
     talker, code predictor, codec decoder and speaker encoder) and run the engine check on it. The
     clean conversions of the same quantisations must pass the same check first."""
