@@ -8,7 +8,7 @@ anything is allocated: one WorkTooLarge (a ValueError) saying the estimate, the 
 raise it.
 
 The cap: ``max_work_bytes=`` where an API takes it, else ``Q3TTS_MAX_WORK_BYTES`` (bytes, or with
-a K/M/G/T suffix: "8G"), else DEFAULT_FRACTION of physical memory.
+a K/M/G/T suffix: "8G"), else DEFAULT_FRACTION of physical memory (or of the container's cgroup memory limit when lower).
 
 The estimates count the live activations at each stage's widest (and the inputs' and outputs'
 copies), plus constants for the allocator's and the libraries' working buffers; they were
@@ -49,11 +49,23 @@ class WorkTooLarge(ValueError):
     """The estimated memory of a piece of work is above the cap; nothing was allocated."""
 
 
-def physical_memory() -> int | None:
+CGROUP_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
+
+
+def physical_memory(cgroup_limits=CGROUP_LIMITS) -> int | None:
+    """The machine's memory, or the container's limit (cgroup v2 or v1) when that is lower."""
     try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
-        return None
+        ram = None
+    for path in cgroup_limits:
+        try:
+            text = open(path, encoding="ascii").read().strip()
+        except OSError:
+            continue
+        if text.isdigit() and (ram is None or int(text) < ram):
+            ram = int(text)
+    return ram
 
 
 def parse_bytes(text: str, what: str = MAX_WORK_BYTES_ENV) -> int:

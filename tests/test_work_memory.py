@@ -173,3 +173,12 @@ def test_cli_refusal_is_one_line_and_exit_1(checkpoints, tmp_path):
         lines[0],
     ), result.stderr
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_default_cap_follows_a_container_limit(tmp_path):
+    limit = tmp_path / "memory.max"
+    limit.write_text("1073741824\n")
+    assert physical_memory((str(limit),)) == 1 << 30
+    limit.write_text("max\n")  # cgroup v2 without a limit
+    assert physical_memory((str(limit),)) == physical_memory(())
+    assert physical_memory((str(tmp_path / "absent"),)) == physical_memory(()) > 1 << 30
