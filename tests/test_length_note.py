@@ -144,3 +144,23 @@ def test_the_audio_case_of_a_0_1_0_cell_carries_the_note(load_standalone, monkey
     )
     assert f"known cause in qwen-tts 0.1.0: the {zeros} frame(s) whose group-0 code is 0 were dropped" in case.note
     assert "inf" not in metric_cell({"kind": "audio", "metrics": case.metrics})
+
+
+def test_a_streamed_length_mismatch_is_named_like_the_audio_cases_and_its_cell_has_no_inf(monkeypatch):
+    """A stream against upstream 0.1.0's cut (the 0.1.0 gate cell's streaming rows read "max abs inf,
+    SNR -inf dB" before): the note names the streamed and upstream lengths, the frames and the cause;
+    the report cell says the lengths differ, with no inf."""
+    import torch
+
+    import q3tts.verify.cases.streaming as streaming
+
+    monkeypatch.setattr(streaming, "upstream_release", lambda: "0.1.0")
+    ours = _decode(8)
+    codes = torch.from_numpy(_codes(8, [5]))
+    m = streaming.audio_match(ours[: 7 * PER], [ours[: 4 * PER], ours[4 * PER :]], torch.float32, False, codes=codes)
+    assert not m["passed"]
+    assert m["note"].startswith("length differs: streamed 15360 samples (8 frames), upstream 13440 samples (7 frames)")
+    assert "the 1 frame(s) whose group-0 code is 0 were dropped" in m["note"]
+    metrics = {**m, "via": "replay", "chunk_frames": 4, "first_chunk_frames": 4, "codes_identical": True}
+    cell = metric_cell({"kind": "streaming", "metrics": metrics})
+    assert "inf" not in cell and "lengths differ: streamed 15360 vs upstream 13440 samples" in cell

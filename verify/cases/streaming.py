@@ -39,6 +39,7 @@ from q3tts.standalone.streaming import UPSTREAM_CHUNK_FRAMES, stream_decode
 from q3tts.verify.cases.common import raised_in_standalone
 from q3tts.verify.cases.forward import speech_like_waveform
 from q3tts.verify.compare import STREAMING_TOLERANCES, first_divergence, snr_db
+from q3tts.verify.gate.length import length_note, upstream_release
 
 CHUNK_SIZES: tuple[tuple[int, int], ...] = ((8, 4), (3, 2), (1, 1))  # (chunk, first chunk) in frames
 REF_FRAMES = 5
@@ -228,8 +229,10 @@ def _replay(codec, codes: torch.Tensor, chunk: tuple[int, int], prefix) -> tuple
     return out, first, time.perf_counter() - t0
 
 
-def audio_match(ref: np.ndarray, parts: list[np.ndarray], dtype, icl: bool) -> dict[str, Any]:
-    """Compare streamed chunks with upstream's waveform under the streaming bound of ``dtype``."""
+def audio_match(ref: np.ndarray, parts: list[np.ndarray], dtype, icl: bool, codes=None) -> dict[str, Any]:
+    """Compare streamed chunks with upstream's waveform under the streaming bound of ``dtype``.
+    A length difference is named by gate/length.py's line (sides, frames, the first differing
+    frame, the release's known cause; ``codes``: the [frames, G] codes both sides decoded)."""
     bound, min_snr = STREAMING_TOLERANCES[dtype]
     got = np.concatenate(parts) if parts else np.zeros(0, np.float32)
     skipped, note = 0, ""
@@ -242,7 +245,8 @@ def audio_match(ref: np.ndarray, parts: list[np.ndarray], dtype, icl: bool) -> d
         max_abs, snr = float(np.abs(ref.astype(np.float64) - got).max()), snr_db(ref, got)
     else:
         max_abs, snr = (0.0, float("inf")) if same_len else (float("inf"), float("-inf"))
-        note = note if same_len else f"length differs: upstream {len(ref)} vs streamed {len(got)} samples"
+        if not same_len:
+            note = length_note(got, ref, SAMPLES_PER_FRAME, bound, codes, upstream_release(), ours="streamed")
     passed = same_len and skipped <= 1 and max_abs <= bound and snr >= min_snr
     return dict(
         frames=len(got) // SAMPLES_PER_FRAME,
@@ -300,7 +304,7 @@ def run_streaming_parity(
                     parts, first, seconds, replay_error = _guarded_replay(
                         standalone.codec, st.codes[i], chunk, case.prefix
                     )
-                m = audio_match(ref, parts, dtype, icl=case.prefix is not None)
+                m = audio_match(ref, parts, dtype, icl=case.prefix is not None, codes=st.codes[i])
                 error = st.error or replay_error
                 notes = [n for n in (error, m.pop("note"), _chunk_note(m["frames"], chunk)) if n]
                 m["passed"] = m["passed"] and div is None and not error
@@ -329,7 +333,7 @@ def run_streaming_parity(
 def crossing_comparison(standalone, codes: torch.Tensor, ref: np.ndarray, dtype, chunk=CROSSING_CHUNK):
     """Codes [T, G] with T > 300 streamed one frame at a time against upstream's decode ``ref``."""
     parts, first, seconds = _replay(standalone.codec, codes, chunk, None)
-    m = audio_match(np.asarray(ref, dtype=np.float32), parts, dtype, icl=False)
+    m = audio_match(np.asarray(ref, dtype=np.float32), parts, dtype, icl=False, codes=codes)
     spans = (UPSTREAM_CHUNK_FRAMES - chunk[1]) % chunk[0] != 0  # some chunk straddles frame 300
     note = "; ".join(n for n in (m.pop("note"), "a chunk spans frame 300" if spans else "") if n)
     return StreamingComparison(
@@ -478,6 +482,8 @@ def _case_result(c: StreamingComparison, batched: bool, owns_upstream_time: bool
             "codes_identical",
             "max_abs",
             "snr_db",
+            "samples_upstream",
+            "samples_streamed",
         )
     }
     metrics.update(

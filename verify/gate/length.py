@@ -75,18 +75,19 @@ def length_note(
     bound: float = 0.0,
     codes=None,
     release: str | None = None,
+    ours: str = "standalone",
 ) -> str:
     """One line on a length difference (see the module docstring). ``codes``: the [frames, G]
     codes both sides decoded, to count the frames whose group-0 code is 0; ``release``: the
-    upstream release under test."""
+    upstream release under test; ``ours``: what the line calls our side ("streamed" for a stream)."""
     n_st, n_up = len(standalone), len(upstream)
     missing = abs(n_st - n_up)
-    shorter = "upstream" if n_up < n_st else "standalone"
+    shorter = "upstream" if n_up < n_st else ours
     first = first_differing_frame(standalone, upstream, per_frame, bound)
     agree = min(n_st, n_up) // per_frame
     prefix = f"the first {agree} agree within {bound:.1e}" if first == agree else "they differ before the cut"
     line = (
-        f"length differs: standalone {n_st} samples ({_frames(n_st, per_frame)} frames), upstream {n_up} samples "
+        f"length differs: {ours} {n_st} samples ({_frames(n_st, per_frame)} frames), upstream {n_up} samples "
         f"({_frames(n_up, per_frame)} frames): {shorter} is {_frames(missing, per_frame)} frame(s) shorter; "
         f"first differing frame {first} ({prefix})"
     )
