@@ -89,8 +89,9 @@ class Qwen3TTS(StreamingVoiceMethods, VoiceMethods, nn.Module):
         mode verify-parity --fast --quant measures.
         ``verify``: None or "size" (default: every file the manifest lists is present at its
         size) or "sha256" (every listed file hashed and compared with the manifest before any
-        weight is read: a flipped bit is named; about 1.1-1.3 GB/s on an AMD EPYC with SHA-NI,
-        so ~2 s more per 2.4 GB checkpoint; needs a manifest, i.e. convert-ckpt output).
+        weight is read: a flipped bit is named; needs a manifest, i.e. convert-ckpt output). Its
+        cost, sha256 of a 100 MiB file on an AMD EPYC (SHA-NI; reports/work-memory.json): 1.2
+        GB/s read from disk, 1.3-1.4 GB/s from the page cache, so about 2 s more per 2.4 GB.
         """
         check_load_arguments(path, dtype, device, verify)
         quant_mode = parse_quant(quant)
