@@ -310,11 +310,11 @@ def encode(inputs, model_dir, out_dir, dtype, progress, no_convert, debug) -> No
             if stem in stems:
                 raise ValueError(f"{path} and {stems[stem]} would both write {stem}.npy")
             stems[stem] = path
-        out.mkdir(parents=True, exist_ok=True)
         model = Qwen3TTS.from_pretrained(model_dir, dtype=parse_dtype(dtype), convert=not no_convert)
         show = sys.stderr.isatty() if progress is None else progress
         for path in tqdm(inputs, desc="encode", unit="file", disable=not show):
             codes = model.encode_audio(path)[0].numpy()
+            out.mkdir(parents=True, exist_ok=True)  # only once there is a file to write: a refusal leaves nothing
             target = out / f"{Path(path).stem}.npy"
             write_replacing(target, lambda tmp, c=codes: np.save(tmp, c))  # never a half-written .npy
     except (ValueError, TypeError, OSError) as e:

@@ -182,3 +182,21 @@ def test_default_cap_follows_a_container_limit(tmp_path):
     limit.write_text("max\n")  # cgroup v2 without a limit
     assert physical_memory((str(limit),)) == physical_memory(())
     assert physical_memory((str(tmp_path / "absent"),)) == physical_memory(()) > 1 << 30
+
+
+def test_cli_encode_refusal_creates_no_output_directory(checkpoints, tmp_path):
+    """`q3tts encode` refused by the estimate leaves no --out directory behind (it made an empty one)."""
+    import numpy as np
+    import soundfile as sf
+    from click.testing import CliRunner
+
+    from q3tts.standalone.cli import main
+
+    wav = tmp_path / "a.wav"
+    sf.write(wav, np.zeros(24000, np.float32), 24000)
+    out = tmp_path / "codes"
+    args = ["encode", str(wav), "--model", str(checkpoints["base"][1]), "--out", str(out)]
+    result = CliRunner().invoke(main, args, env={MAX_WORK_BYTES_ENV: "1K"})
+    assert result.exit_code == 1 and "above the 1.0 KiB cap" in result.stderr, (result.exit_code, result.stderr)
+    assert not out.exists()
+    assert CliRunner().invoke(main, args).exit_code == 0 and (out / "a.npy").exists()
