@@ -62,7 +62,15 @@ def _self_test_counts(reports: Path) -> list[str]:
     for dn in dict.fromkeys(r["dtype"] for r in rows):
         these = [r for r in rows if r["dtype"] == dn]
         caught = sum(r["outcome"] == "caught" for r in these)
-        parts.append(f"{dn} {caught}/{len(these)}")
+        # the encoder's and training's self-tests run inside the exact one (verify/faults/encoder.py, training.py)
+        groups = {
+            g: [r for r in these if r["fault"].startswith(f"{p}_")]
+            for g, p in (("encoder", "encoder"), ("training", "train"))
+        }
+        inner = ", ".join(
+            f"{g} {sum(r['outcome'] == 'caught' for r in rs)}/{len(rs)}" for g, rs in groups.items() if rs
+        )
+        parts.append(f"{dn} {caught}/{len(these)}" + (f" (of which {inner})" if inner else ""))
     lines = [f"- exact (`reports/faults.json`): {', '.join(parts)} caught by divergence;"]
     fast = _json(reports, "fast_faults.json")
     told_apart = all("outcome" in r for r in fast)  # older records count a crash as a catch
