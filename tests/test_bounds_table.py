@@ -70,12 +70,12 @@ def test_a_fault_that_only_raised_is_not_a_catch(tmp_path):
         "dtype": "bf16",
         "detected": True,
         "outcome": "caught",
-        "failing_metrics": {"stepwise.batch.custom_voice.greedy": {"max_rel": 0.087, "min_cosine": 0.99751}},
+        "failing_metrics": {"stepwise.batch.custom_voice.split_do_sample": {"max_rel": 0.087, "min_cosine": 0.99046}},
     }
-    (tmp_path / "fast_faults-bf16.json").write_text(json.dumps([record]))
-    step_cos = fast_rows()[2].measured(tmp_path)
+    (tmp_path / "fast_faults.json").write_text(json.dumps([record]))
+    step_cos = fast_rows("bf16")[2].measured(tmp_path)
     assert step_cos["fault"] == "padded_position" and step_cos["fault_outside"], step_cos
-    assert fast_rows()[1].measured(tmp_path)["fault"] == "none recorded"  # 0.087 is inside the max-rel bound
+    assert fast_rows("bf16")[1].measured(tmp_path)["fault"] == "none recorded"  # 0.087 is inside the max-rel bound
     record.update(detected=False, outcome="crashed")
-    (tmp_path / "fast_faults-bf16.json").write_text(json.dumps([record]))
-    assert fast_rows()[2].measured(tmp_path)["fault"] == "none recorded"
+    (tmp_path / "fast_faults.json").write_text(json.dumps([record]))
+    assert fast_rows("bf16")[2].measured(tmp_path)["fault"] == "none recorded"

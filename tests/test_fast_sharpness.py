@@ -47,8 +47,10 @@ def _fault(name):
     [
         # a filter bug: decisions on upstream's own logits change (the logits do not)
         ("custom_voice.english", "split_top_k", "top_k_plus_one"),
-        # a loop bug: decode positions after left padding; the compiled step's logits move
-        ("batch.custom_voice", "greedy", "padded_position"),
+        # a loop bug: decode positions after left padding; the compiled step's logits move (in the
+        # sampled regime: on the greedy history of 8 frames they move by 1 - cos 2.5e-3, inside bf16's
+        # bound, which the 24-frame clean run sets; with split_do_sample by 2.6e-2, verify/compare.py)
+        ("batch.custom_voice", "split_do_sample", "padded_position"),
     ],
 )
 def test_stepwise_passes_clean_and_fails_on_fault(fast_pair, case_name, mode, fault_name):

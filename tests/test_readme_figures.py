@@ -29,6 +29,8 @@ def test_a_figure_edited_by_hand_or_a_changed_report_is_caught(tmp_path):
         "parity.json",
         "faults.json",
         "fast_faults.json",
+        "fast_parity.json",
+        "fast_parity-bf16.json",
         "streaming-faults.json",
         "mixed-faults.json",
         "gguf-engine-parity/engine-faults.json",

@@ -64,17 +64,18 @@ FAST_TOLERANCES: dict[torch.dtype, Tolerance] = {
 # step. Measured (12 frames, every sampler mode): fp32 on all three fixtures (217 cases x modes) max rel
 # 1.5e-6, cosine 1.0000000; bf16 on custom_voice (14) max rel 3.8e-2, cosine >= 0.99951. Bounds: fp32 as
 # FAST_TOLERANCES (6.6x).
-# The bf16 run on all three fixtures (217 cases x modes, 1965 talker steps, 5895 code-predictor groups;
-# reports/fast_parity-bf16.md) has its worst case at voice_design.streaming, hot_penalty (the
-# penalised, hot distribution of a random model): max rel 8.1e-2 and cosine 0.99838 (the next worst:
-# 6.0e-2, 0.99864), so the headroom is only 1.2x. It cannot be wider: faults sit just outside. Bounds
-# at 2x (0.16 / 0.9967) were tried and let padded_position pass the greedy batch case
-# (tests/test_fast_sharpness.py: fault max rel 8.7e-2, cosine 0.99751, 8 frames); 0.998 sits between
-# that fault's 1 - cosine (2.5e-3) and the clean worst (1.6e-3). The bf16 fast self-test was run at the
-# 2x bounds (26/26 caught); these tighter bounds can only fail more checks, and the clean runs are inside them.
+# bf16 grows with the history: at the default 24 frames (verify-parity --fast --dtype bf16 on all three
+# fixtures, 217 cases x modes; reports/fast_parity-bf16.md) the worst case is plain.non_streaming,
+# split_do_sample on the base fixture: max rel 5.6e-2 and cosine 0.99777 (1 - cos 2.23e-3; the worst max rel,
+# 8.1e-2, is voice_design.streaming, hot_penalty). The earlier bound (0.998, set at 12 frames where the
+# worst was 1.6e-3) failed that clean default run. The bound sits between the 24-frame clean worst and
+# the weakest planted bug the bf16 fast self-test catches by this metric (reports/fast_faults.json:
+# rope_theta, 1 - cos 9.5e-3; padded_position 2.8e-2): 1 - cos 4e-3, 1.8x over the clean worst and 2.4x
+# under that bug. max rel stays 0.1 (clean worst 8.1e-2, weakest caught bug 0.14). The README's tolerance
+# table renders both margins from the reports (verify/report/bounds.py).
 FAST_STEP_TOLERANCES: dict[torch.dtype, Tolerance] = {
     torch.float32: FAST_TOLERANCES[torch.float32],
-    torch.bfloat16: Tolerance(atol=0.0, rtol=1e-1, min_cosine=0.998),
+    torch.bfloat16: Tolerance(atol=0.0, rtol=1e-1, min_cosine=0.996),
 }
 # Teacher-forced argmax agreement of the fast path (fraction of positions of one case). Measured:
 # fp32 100% in every case; bf16 94.3% in the worst case (one or two near-ties of a random model).

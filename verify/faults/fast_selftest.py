@@ -26,6 +26,7 @@ import torch
 from q3tts.standalone.fast import FastEngine
 from q3tts.verify.cases.fast import run_fast_parity
 from q3tts.verify.cases.generation import MODES
+from q3tts.verify.machine import describe, machine
 from q3tts.verify.report.console import echo
 
 # Components the fast path does not replace: the same eager code runs in both modes, and the exact
@@ -242,6 +243,8 @@ def _write(report_dir: Path, dtype_names, rows, skipped, frames, options, engine
         f"codes, the compiled graphs' logits at every step within FAST_STEP_TOLERANCES; judged in every dtype), and "
         f"(where the dtype requires identical codes) free-running generation, {frames} frames, seed 0. Faults outside "
         f"the compiled graphs (component generation: loop, prompt, sampler) share one engine compiled on the clean model.",
+        "",
+        f"{describe(machine())}.",
         "",
     ]
     if engine_options:

@@ -157,9 +157,14 @@ def _fast_report(dtype: str) -> str:
     return "fast_parity.json" if dtype == "fp32" else f"fast_parity-{dtype}.json"
 
 
+def _fast_runs(reports: Path, dtype: str) -> list[dict]:
+    """The runs of ``dtype`` in its report (the default ``--fast`` run holds fp32 and bf16 both)."""
+    return [r for r in _load(reports, _fast_report(dtype)) if r.get("dtype", dtype) == dtype]
+
+
 def _fast_forward_clean(dtype: str) -> Measure:
     def measure(reports: Path) -> float:
-        rows = [c for r in _load(reports, _fast_report(dtype)) for c in r["forward"]]
+        rows = [c for r in _fast_runs(reports, dtype) for c in r["forward"]]
         return max(c["max_abs"] / c["bound"] for c in rows)
 
     return measure
@@ -172,17 +177,17 @@ def _step_distance(key: str) -> Callable[[dict], float]:
 
 def _fast_step_clean(dtype: str, key: str) -> Measure:
     value = _step_distance(key)
-    return lambda reports: max(value(s) for r in _load(reports, _fast_report(dtype)) for s in r["stepwise"])
+    return lambda reports: max(value(s) for r in _fast_runs(reports, dtype) for s in r["stepwise"])
 
 
 def _fast_faults(dtype: str, prefix: str, value: Callable[[dict], float], bound: float) -> FaultMeasure:
     """Each caught fault's largest distance over its failing checks named ``prefix``*, counting only
     checks this bound failed (a stepwise row can fail by its decisions, or by its other metric, alone).
-    From the fast self-test of that dtype with its numbers (fast_faults-DTYPE.json)."""
+    From the fast self-test of that dtype with its numbers (its rows of fast_faults.json)."""
 
     def measure(reports: Path) -> tuple[str, float]:
         sizes = {}
-        for f in _load(reports, f"fast_faults-{dtype}.json"):
+        for f in _load(reports, "fast_faults.json"):
             values = [
                 value(m)
                 for case, m in f.get("failing_metrics", {}).items()
@@ -230,20 +235,21 @@ def _mixed_rows() -> list[BoundRow]:
     ]  # fmt: skip
 
 
-def fast_rows() -> list[BoundRow]:
-    """The bf16 fast path's bounds, for when fast_faults-bf16.json (a fast self-test with its numbers)
-    exists: ``verify-parity --fast --self-test --dtype bf16`` into a directory, its fast_faults.json copied
-    to reports/fast_faults-bf16.json. Not in ROWS until then."""
-    step = FAST_STEP_TOLERANCES[torch.bfloat16]
-    src = "fast_parity-bf16.json, fast_faults-bf16.json"
+def fast_rows(dtype: str) -> list[BoundRow]:
+    """The fast path's bounds in ``dtype``: the clean worst from fast_parity[-bf16].json (a default
+    ``verify-parity --fast [--dtype bf16]``), the weakest catch from fast_faults.json (``verify-parity
+    --fast --self-test`` of each dtype, which records every failing check's numbers)."""
+    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
+    step = FAST_STEP_TOLERANCES[torch_dtype]
+    src = f"{_fast_report(dtype)}, fast_faults.json"
     return [
-        BoundRow("fast forward", "bf16", "max abs / bound", 1.0, True, _fast_forward_clean("bf16"),
-                 _fast_faults("bf16", "fast.", _step_distance("over_bound"), 1.0), src),
-        BoundRow("fast stepwise logits", "bf16", "max rel", step.rtol, True, _fast_step_clean("bf16", "max_rel"),
-                 _fast_faults("bf16", "stepwise.", _step_distance("max_rel"), step.rtol), src),
-        BoundRow("fast stepwise logits", "bf16", "1 - cosine", 1 - step.min_cosine, True,
-                 _fast_step_clean("bf16", "min_cosine"),
-                 _fast_faults("bf16", "stepwise.", _step_distance("min_cosine"), 1 - step.min_cosine), src),
+        BoundRow("fast forward", dtype, "max abs / bound", 1.0, True, _fast_forward_clean(dtype),
+                 _fast_faults(dtype, "fast.", _step_distance("over_bound"), 1.0), src),
+        BoundRow("fast stepwise logits", dtype, "max rel", step.rtol, True, _fast_step_clean(dtype, "max_rel"),
+                 _fast_faults(dtype, "stepwise.", _step_distance("max_rel"), step.rtol), src),
+        BoundRow("fast stepwise logits", dtype, "1 - cosine", 1 - step.min_cosine, True,
+                 _fast_step_clean(dtype, "min_cosine"),
+                 _fast_faults(dtype, "stepwise.", _step_distance("min_cosine"), 1 - step.min_cosine), src),
     ]  # fmt: skip
 
 
@@ -278,6 +284,8 @@ def _rows() -> list[BoundRow]:
                  _streaming_clean("bf16", "crossing", "snr_db"),
                  _streaming_faults("bf16", "crossing", "snr_db", ("half_context", "no_context")), sf),
         *_mixed_rows(),
+        *fast_rows("fp32"),
+        *fast_rows("bf16"),
     ]  # fmt: skip
 
 
