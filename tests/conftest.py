@@ -91,8 +91,25 @@ def pytest_configure(config):
 REFERENCE_FIXTURES = ("load_models", "load_pair")
 
 
+# The modules whose tests take longest (`pytest --durations`, reports/suite-time.md), longest first.
+# They run first: with work stealing the run then ends on short tests, not on one worker finishing a
+# long one while the other waits. A stale list costs minutes at worst, never a result.
+LONG_MODULES = (
+    "test_fast_path.py", "test_engine_parity.py", "test_fast_cache.py", "test_sampling_sharpness.py",
+    "test_fast_sharpness.py", "test_synthesize_cli.py", "test_faults.py", "test_tiers.py", "test_gate.py",
+    "test_fast_quant.py", "test_verify_console.py", "test_streaming.py", "test_verify_cli.py",
+    "test_fast_warmup.py", "test_finetune_interrupt.py", "test_icl_audio_verify.py",
+)  # fmt: skip
+
+
+def _longest_first(items) -> None:
+    rank = {name: i for i, name in enumerate(LONG_MODULES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: module order kept
+
+
 @pytest.hookimpl(trylast=True)  # after `-m` has deselected what it will
 def pytest_collection_modifyitems(config, items):
+    _longest_first(items)
     for item in items:
         if any(f in getattr(item, "fixturenames", ()) for f in REFERENCE_FIXTURES):
             item.add_marker(pytest.mark.reference)

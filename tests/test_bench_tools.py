@@ -82,7 +82,7 @@ def test_peak_rss_sees_a_peak_between_samples(monkeypatch):
     monkeypatch.setattr(PeakRSS, "interval", 3600.0)
     size = 256 * 2**20
     with PeakRSS() as rss:
-        block = bytearray(size)  # zero-filled: every page touched
+        block = b"\x01" * size  # written, so every page is touched (calloc'd zeros may stay unmapped)
         del block
     assert rss.method == "kernel high-water mark (VmHWM)"
     assert rss.growth >= 0.9 * size, rss.growth

@@ -354,6 +354,11 @@ def workflow_problems(text: str) -> list[str]:
         problems.append(f"matrix cells {cells} are not gate.matrix.CELLS {NAMES}")
     flags = {opt for p in main.params for opt in p.opts}
     for module, rest in re.findall(r"python -m ([\w.]+)([^\n|&;]*)", text):
+        if module == "pip":
+            # pip is the installer the workflow bootstraps; asking for its spec here would disable setuptools'
+            # distutils shim in this process (_distutils_hack's spec_for_pip), after which torch.compile's
+            # import of setuptools fails in every later test on this worker
+            continue
         try:
             found = importlib.util.find_spec(module) is not None
         except ModuleNotFoundError:

@@ -152,11 +152,13 @@ def clean_default_generation(load_models):
 def test_planted_sampler_bug_fails_the_default_generation_cases(load_models, clean_default_generation, name):
     fault = next(f for f in CATALOGUE if f.name == name)
     failing = []
-    for mt in MODEL_TYPES:
+    for mt in MODEL_TYPES:  # until a model type's cases catch it, naming the knob (the default run has all three)
         assert all(r.passed for r in clean_default_generation[mt]), mt
         with fault.inject(load_models(mt, torch.float32)[1]):
             results = _default_generation(load_models, mt)
         failing += [r for r in results if not r.passed]
+        if any(PLANTED[name](r) for r in failing):
+            break
     assert failing, f"{name} ({fault.description}) passes every generation case"
     assert {r.component for r in failing} == {"generation"}
     named = [r.case for r in failing if PLANTED[name](r)]
