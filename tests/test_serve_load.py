@@ -53,13 +53,15 @@ def test_load_no_request_lost_or_duplicated(cv, tmp_path, caplog):
     before = app.state.worker.stats["done"]
     with caplog.at_level(logging.INFO, logger="q3tts.serve.access"):
         results, wall = loadtest.run_load(srv.url, MODEL_ID, "alice", requests=50, concurrency=8, max_new_tokens=6)
+        # inside the level: the last line is written just after the client's last byte, and a line
+        # logged once the level is restored is dropped (seen once under load: load-0049 missing)
+        speech = _access_lines(caplog, 50, lambda line: line["request_id"].startswith("load-"))
     assert loadtest.check(results, 50) == []
     assert len(results) == 50 and all(r.audio_bytes > 0 and r.ttfb_ms is not None for r in results)
     import hashlib
 
     assert all(r.audio_sha256 == hashlib.sha256(refs[r.seed]).hexdigest() for r in results)
     assert app.state.worker.stats["done"] - before == 50
-    speech = _access_lines(caplog, 50, lambda line: line["request_id"].startswith("load-"))
     assert sorted(line["request_id"] for line in speech) == sorted(f"load-{i:04d}" for i in range(50))
     assert all(line["status"] == 200 and line["outcome"] == "done" and line["ttfb_ms"] is not None for line in speech)
     text = loadtest.report([("8 clients", results, wall)], [], {"model": "tiny"})
