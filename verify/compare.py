@@ -71,7 +71,7 @@ FAST_TOLERANCES: dict[torch.dtype, Tolerance] = {
 # worst was 1.6e-3) failed that clean default run. The bound sits between the 24-frame clean worst and
 # the weakest planted bug the bf16 fast self-test catches by this metric (reports/fast_faults.json:
 # rope_theta, 1 - cos 9.5e-3; padded_position 2.8e-2): 1 - cos 4e-3, 1.8x over the clean worst and 2.4x
-# under that bug. max rel stays 0.1 (clean worst 8.1e-2, weakest caught bug 0.14). The README's tolerance
+# under that bug. max rel stays 0.1 (clean worst 8.1e-2, weakest caught bug rope_theta 0.165). The README's tolerance
 # table renders both margins from the reports (verify/report/bounds.py).
 FAST_STEP_TOLERANCES: dict[torch.dtype, Tolerance] = {
     torch.float32: FAST_TOLERANCES[torch.float32],
