@@ -50,6 +50,7 @@ from .layers import DecoderLayer, rope_cos_sin
 from .quant import WeightOnlyLinear
 from .sampling import SamplingParams, sample_next_token
 from .talker import CodePredictor, DecoderStack, Talker
+from .vec_isa_memo import remember_vec_isa_checks
 
 CACHE_ENV = "Q3TTS_COMPILE_CACHE"
 
@@ -76,6 +77,7 @@ def use_compile_cache(cache_dir: str | os.PathLike | None = None) -> Path:
 
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path)
         clear_caches()
+    remember_vec_isa_checks(path)
     return path
 
 
