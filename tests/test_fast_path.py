@@ -232,7 +232,11 @@ def test_a_fault_that_only_raises_is_crashed_in_fast_mode_not_caught(engine_pair
     base = next(f for f in CATALOGUE if f.name == "temperature_after_filters")  # custom_voice, the sampler seam
     fault = dataclasses.replace(base, name="sampler_raises", make=raises)
     wrapper, standalone, engine = engine_pair
-    r = run_fast_fault(fault, wrapper, standalone, DTYPE, "fp32", frames=2, options=TEST_OPTIONS, engine=engine)
+    # One case and one sampled mode reach both checks that call the sampler (stepwise, generation).
+    r = run_fast_fault(
+        fault, wrapper, standalone, DTYPE, "fp32", frames=2, options=TEST_OPTIONS, engine=engine,
+        case_names=("custom_voice.english",), modes=("sampled",),
+    )  # fmt: skip
     assert r.outcome == "crashed" and not r.detected, r
     assert r.failing and set(r.failing) == set(r.crashed), r
     assert all(c.startswith(("stepwise.", "generation.")) for c in r.crashed), r.crashed

@@ -18,7 +18,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SUBSET = ["tests/test_goldens.py", "tests/test_isolation.py", "tests/test_loading_errors.py"]
+# Reference and fast tests side by side; the goldens' every-weight sweep (7 s, checked in the main
+# run) is left out: the subset proves the blocker, not the goldens.
+SUBSET = [
+    "tests/test_goldens.py", "tests/test_isolation.py", "tests/test_loading_errors.py",
+    "--deselect", "tests/test_goldens.py::test_every_weight_matters_to_the_forward_and_audio_goldens",
+]  # fmt: skip
 
 
 @pytest.mark.reference

@@ -151,15 +151,28 @@ def generation_case_name(case: Case, mode: str, seed: int) -> str:
     return f"generation.{case.name}.{mode}" + (f".seed{seed}" if mode != "greedy" else "")
 
 
-def upstream_generation(wrapper, standalone, case: Case, mode: str, seed: int, frames: int, dname: str, cache_key: str):
-    """(upstream codes, seconds, standalone kwargs, sampling kwargs, RNG seed) of one plan;
-    upstream's part (and a calibrated mode's parameters, which come from upstream) cached."""
+def plan_inputs(wrapper, standalone, case: Case, mode: str, seed: int, frames: int, dname: str, cache_key: str):
+    """(cache key, upstream kwargs, standalone kwargs, sampling kwargs, RNG seed) of one plan,
+    without running upstream's generate: a cached run's parameters when there is one, else the
+    mode's (a calibrated mode asks upstream)."""
     ctx = CaseContext(wrapper, standalone, seed=seed)
     up_kwargs, st_kwargs = split_sides(case.build(ctx))
     key = (cache_key, dname, case.name, mode, seed, frames)
-    if key not in UPSTREAM_CACHE:
+    if key in UPSTREAM_CACHE:
+        sampling, rng_seed = UPSTREAM_CACHE[key][2:]
+    else:
         sampling, rng_seed = mode_kwargs(mode, ctx, up_kwargs)
         sampling["max_new_tokens"] = frames + 1
+    return key, up_kwargs, st_kwargs, dict(sampling), rng_seed
+
+
+def upstream_generation(wrapper, standalone, case: Case, mode: str, seed: int, frames: int, dname: str, cache_key: str):
+    """(upstream codes, seconds, standalone kwargs, sampling kwargs, RNG seed) of one plan;
+    upstream's part (and a calibrated mode's parameters, which come from upstream) cached."""
+    key, up_kwargs, st_kwargs, sampling, rng_seed = plan_inputs(
+        wrapper, standalone, case, mode, seed, frames, dname, cache_key
+    )
+    if key not in UPSTREAM_CACHE:
         torch.manual_seed(rng_seed)
         t0 = time.perf_counter()
         codes, _ = wrapper.model.generate(**up_kwargs, **sampling)

@@ -29,8 +29,8 @@ from q3tts.verify.cases.generation import CASES
 from q3tts.verify.cases.suite import (
     generation_case_name,
     generation_plans,
+    plan_inputs,
     run_standalone_generation,
-    upstream_generation,
 )
 from q3tts.verify.compare import DTYPE_NAMES, first_divergence
 from q3tts.verify.faults.catalogue import (
@@ -208,7 +208,8 @@ def knob_sensitivity(
     dname = DTYPE_NAMES[dtype]
     plans = []
     for case, mode, seed in sensitivity_plans(model_type, seeds):
-        _, _, st_kwargs, sampling, rng_seed = upstream_generation(
+        # Only the plan's inputs: the knobs move the standalone's codes against its own unperturbed run.
+        _, _, st_kwargs, sampling, rng_seed = plan_inputs(
             wrapper, standalone, case, mode, seed, frames, dname, cache_key
         )
         codes, error = run_standalone_generation(standalone, st_kwargs, sampling, rng_seed)
