@@ -53,6 +53,56 @@ def test_fast_parity_within_measured_tolerances(engine_pair):
     assert report["passed"], report["failing"]
 
 
+# The tests on engine_pair's graphs come before the weight faults, whose dynamo reset drops them.
+def test_fast_path_leaves_exact_path_and_weights_alone(engine_pair, load_models):
+    """Running the engine writes only its caches: the exact path's generation is unchanged."""
+    wrapper, standalone, engine = engine_pair
+    before = {k: v.clone() for k, v in standalone.state_dict().items()}
+    run_fast_forward_cases(wrapper.model, standalone, engine, DTYPE)
+    assert all(torch.equal(before[k], v) for k, v in standalone.state_dict().items())
+    assert getattr(standalone, "_fast", None) is None
+
+
+def test_teacher_forced_frame_matches_exact_predictor_closely(engine_pair):
+    """The compiled frame against the standalone's own eager teacher-forced logits."""
+    _, standalone, engine = engine_pair
+    cfg = standalone.config.talker
+    g = torch.Generator().manual_seed(3)
+    codes = torch.randint(0, cfg.code_predictor.vocab_size, (2, cfg.num_code_groups), generator=g)
+    hidden = torch.randn(2, cfg.transformer.hidden_size, generator=g)
+    with torch.inference_mode():
+        ref = standalone.code_predictor.teacher_forced_logits(hidden, codes, standalone.talker.codec_embedding)
+        got = teacher_forced_frame(standalone, engine, hidden, codes)
+    torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_a_fault_that_only_raises_is_crashed_in_fast_mode_not_caught(engine_pair):
+    """The sampler replaced by one that raises: the stepwise and generation checks fail because the
+    standalone raised, which the fast self-test must report as a crash, never as a catch."""
+    import dataclasses
+
+    from q3tts.verify.faults.catalogue import CATALOGUE
+    from q3tts.verify.faults.fast_selftest import run_fast_fault
+
+    def raises(_original, _model):
+        def replacement(*args, **kwargs):
+            raise RuntimeError("planted crash")
+
+        return replacement
+
+    base = next(f for f in CATALOGUE if f.name == "temperature_after_filters")  # custom_voice, the sampler seam
+    fault = dataclasses.replace(base, name="sampler_raises", make=raises)
+    wrapper, standalone, engine = engine_pair
+    # One case and one sampled mode reach both checks that call the sampler (stepwise, generation).
+    r = run_fast_fault(
+        fault, wrapper, standalone, DTYPE, "fp32", frames=2, options=TEST_OPTIONS, engine=engine,
+        case_names=("custom_voice.english",), modes=("sampled",),
+    )  # fmt: skip
+    assert r.outcome == "crashed" and not r.detected, r
+    assert r.failing and set(r.failing) == set(r.crashed), r
+    assert all(c.startswith(("stepwise.", "generation.")) for c in r.crashed), r.crashed
+
+
 # the sampler fault first: it runs on engine_pair's graphs, which the weight faults' dynamo reset drops
 @pytest.mark.parametrize("fault_name", ["top_k_plus_one", "swapped_qk", "cp_rope_theta"])
 def test_fast_self_test_catches_fault_through_compiled_graphs(fault_name, engine_pair):
@@ -113,15 +163,6 @@ def test_fast_path_caches_grow_like_the_exact_path(checkpoints, monkeypatch):
     assert torch.equal(exact[0], big[0])
 
 
-def test_fast_path_leaves_exact_path_and_weights_alone(engine_pair, load_models):
-    """Running the engine writes only its caches: the exact path's generation is unchanged."""
-    wrapper, standalone, engine = engine_pair
-    before = {k: v.clone() for k, v in standalone.state_dict().items()}
-    run_fast_forward_cases(wrapper.model, standalone, engine, DTYPE)
-    assert all(torch.equal(before[k], v) for k, v in standalone.state_dict().items())
-    assert getattr(standalone, "_fast", None) is None
-
-
 def test_fault_in_weights_is_caught_in_fast_mode(checkpoints, load_models):
     """A corrupted code-predictor layer must fail the fast forward cases: the engine compiled on
     the faulty model (freezing bakes weights in at compile time) may not hide it."""
@@ -149,19 +190,6 @@ def test_compile_fast_switches_generate_and_checks_dtype(checkpoints):
     model.to(torch.bfloat16)
     with pytest.raises(RuntimeError, match="compile_fast"):
         model.generate(input_ids=ids, languages=["auto"], max_new_tokens=2)
-
-
-def test_teacher_forced_frame_matches_exact_predictor_closely(engine_pair):
-    """The compiled frame against the standalone's own eager teacher-forced logits."""
-    _, standalone, engine = engine_pair
-    cfg = standalone.config.talker
-    g = torch.Generator().manual_seed(3)
-    codes = torch.randint(0, cfg.code_predictor.vocab_size, (2, cfg.num_code_groups), generator=g)
-    hidden = torch.randn(2, cfg.transformer.hidden_size, generator=g)
-    with torch.inference_mode():
-        ref = standalone.code_predictor.teacher_forced_logits(hidden, codes, standalone.talker.codec_embedding)
-        got = teacher_forced_frame(standalone, engine, hidden, codes)
-    torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
 
 
 def test_compiled_prefill_parity_and_faults_through_it(load_models):
@@ -213,30 +241,3 @@ def test_compiled_prefill_parity_and_faults_through_it(load_models):
         modes=("greedy",),
     )
     assert any(c.startswith("fast.talker_prefill") for c in r.failing), r.failing
-
-
-def test_a_fault_that_only_raises_is_crashed_in_fast_mode_not_caught(engine_pair):
-    """The sampler replaced by one that raises: the stepwise and generation checks fail because the
-    standalone raised, which the fast self-test must report as a crash, never as a catch."""
-    import dataclasses
-
-    from q3tts.verify.faults.catalogue import CATALOGUE
-    from q3tts.verify.faults.fast_selftest import run_fast_fault
-
-    def raises(_original, _model):
-        def replacement(*args, **kwargs):
-            raise RuntimeError("planted crash")
-
-        return replacement
-
-    base = next(f for f in CATALOGUE if f.name == "temperature_after_filters")  # custom_voice, the sampler seam
-    fault = dataclasses.replace(base, name="sampler_raises", make=raises)
-    wrapper, standalone, engine = engine_pair
-    # One case and one sampled mode reach both checks that call the sampler (stepwise, generation).
-    r = run_fast_fault(
-        fault, wrapper, standalone, DTYPE, "fp32", frames=2, options=TEST_OPTIONS, engine=engine,
-        case_names=("custom_voice.english",), modes=("sampled",),
-    )  # fmt: skip
-    assert r.outcome == "crashed" and not r.detected, r
-    assert r.failing and set(r.failing) == set(r.crashed), r
-    assert all(c.startswith(("stepwise.", "generation.")) for c in r.crashed), r.crashed
