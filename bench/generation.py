@@ -416,7 +416,10 @@ def bench_model(
         "model": name,
         "load_before": load_before,
         "fast_options": fast_options or "default (standalone/fast.py COMPILE_OPTIONS)",
-        "bytes_read_per_frame": {d: fast_mode_bytes(cfg, d) for d in ("fp32", "bf16", *fast_dtypes)},
+        "bytes_read_per_frame": {
+            **{d: fast_mode_bytes(cfg, d) for d in ("fp32", "bf16", *fast_dtypes)},
+            "q8_0": bytes_read_per_frame(cfg, Q8_0_BYTES),
+        },
         "runs": [],
     }
     for b in batches:
@@ -521,11 +524,19 @@ def environment() -> dict:
     }
 
 
+# GGUF Q8_0 stores every matrix (heads and embeddings too) in blocks of 32 int8 codes and one f16
+# scale: 34 bytes per 32 weights (the 0.6B/1.7B files convert-ckpt --to gguf writes; norms stay f32).
+Q8_0_BYTES = 34 / 32
+
+
 def floor_dtype(engine: str) -> str:
-    """Which per-dtype floor an engine is held to: its weight bytes (F16/BF16 GGUF: 2 bytes)."""
+    """Which per-dtype floor an engine is held to: its weight bytes (F16/BF16 GGUF: 2 bytes, Q8_0:
+    Q8_0_BYTES)."""
     if engine.startswith("fast"):
         return engine.split()[1]
     if engine.startswith("qwentts.cpp"):
+        if engine.endswith("Q8_0"):
+            return "q8_0"
         return "bf16" if engine.endswith(("F16", "BF16")) else "fp32"
     return "fp32"
 

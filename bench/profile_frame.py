@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from q3tts.bench.generation import build_pair, load_average, prompt_kwargs, standalone_view
+from q3tts.bench.generation import FAST_DTYPES, build_pair, fast_model, load_average, prompt_kwargs
 from q3tts.standalone import fast as fast_mod
 from q3tts.standalone import generation as gen_mod
 from q3tts.verify.fixtures.released import released_config
@@ -107,15 +107,15 @@ def weight_bytes_per_frame(model) -> dict[str, int]:
     """Weight bytes each streaming part reads per frame: the talker graph once, the predictor graph
     and one head per residual group."""
 
-    def nbytes(params):
-        return sum(p.numel() * p.element_size() for p in params)
+    def nbytes(*modules):  # parameters and buffers: a quantized linear holds its weight as buffers
+        tensors = [t for m in modules if m is not None for t in (*m.parameters(), *m.buffers())]
+        return sum(t.numel() * t.element_size() for t in tensors)
 
     talker, cp = model.talker, model.code_predictor
     steps = cp.cfg.num_code_groups - 1
-    projection = [] if cp.input_projection is None else list(cp.input_projection.parameters())
     return {
-        TALKER: nbytes([*talker.decoder.parameters(), *talker.codec_head.parameters()]),
-        CP: steps * nbytes([*cp.decoder.parameters(), *projection]),
+        TALKER: nbytes(talker.decoder, talker.codec_head),
+        CP: steps * nbytes(cp.decoder, cp.input_projection),
         HEADS: steps * cp.heads[0].numel() * cp.heads.element_size(),
     }
 
@@ -139,10 +139,7 @@ def trivial_graph_call_us(width: int, iters: int = 2000) -> float:
 def profile(size: str, fast_dtypes: list[str], frames: int, rounds: int, count_ops: bool) -> dict:
     config = tiny_config("custom_voice") if size == "tiny" else released_config(size, "custom_voice")
     up, st, cfg = build_pair(config)
-    fast = {
-        f"fast {d}": standalone_view(st, cfg, {"fp32": torch.float32, "bf16": torch.bfloat16}[d]).compile_fast()
-        for d in fast_dtypes
-    }
+    fast = {f"fast {d}": fast_model(st, cfg, d).compile_fast() for d in fast_dtypes}
     kwargs = prompt_kwargs(cfg, 1)
     engines = {"upstream": up.generate, "exact": st.generate, **{k: m.generate for k, m in fast.items()}}
     load_before = load_average()
@@ -234,7 +231,7 @@ def write_markdown(p: dict, path: Path) -> None:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", default="tiny", choices=["tiny", "0.6B", "1.7B"])
-    ap.add_argument("--fast-dtypes", default="fp32")
+    ap.add_argument("--fast-dtypes", default="fp32", help="fp32, bf16 or DTYPE+QUANT, e.g. bf16,bf16+int8")
     ap.add_argument("--no-ops", action="store_true", help="skip the torch.profiler op count")
     ap.add_argument("--frames", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=5)
@@ -244,8 +241,9 @@ def main(argv=None) -> None:
     if args.frames < 2 or args.rounds < 1:
         raise SystemExit("--frames must be >= 2 and --rounds >= 1")
     dtypes = [d for d in args.fast_dtypes.split(",") if d]
-    if not set(dtypes) <= {"fp32", "bf16"}:
-        raise SystemExit(f"--fast-dtypes: fp32 and/or bf16, got {args.fast_dtypes!r}")
+    bad = [d for d in dtypes if d.partition("+")[0] not in FAST_DTYPES]
+    if bad:
+        raise SystemExit(f"--fast-dtypes: fp32, bf16 or DTYPE+QUANT (e.g. bf16+int4), got {bad}")
     torch.set_num_threads(args.threads)
     result = profile(args.size, dtypes, args.frames, args.rounds, not args.no_ops)
     out = Path(args.out)

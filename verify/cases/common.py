@@ -33,9 +33,6 @@ class CaseResult:
         return asdict(self)
 
 
-UPSTREAM_CACHE: dict = {}
-
-
 # Upstream's outputs by (model, case, mode, seed, frames) or another key naming the inputs.
 UPSTREAM_CACHE: dict = {}
 
