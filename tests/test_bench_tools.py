@@ -59,6 +59,8 @@ def test_timers_count_only_while_active():
         ("generation", ["--rss-interval", "0"], "--rss-interval"),
         ("profile_frame", ["--fast-dtypes", "fp16"], "--fast-dtypes"),
         ("profile_frame", ["--frames", "1"], "--frames"),
+        ("profile_frame", ["--fast-dtypes", "fp16+int8"], "--fast-dtypes"),
+        ("linear_m1", ["--repeats", "0"], "--repeats"),
     ],
 )
 def test_bad_arguments_name_the_argument(module, argv, name, capsys):
