@@ -40,6 +40,7 @@ from pathlib import Path
 import torch
 
 from q3tts.standalone import Qwen3TTS, Qwen3TTSConfig
+from q3tts.standalone.fast import compile_cache_dir
 from q3tts.standalone.layout import convert_tensors, plan
 from q3tts.standalone.quant import parse_quant, quantize_model
 from q3tts.verify.fixtures.released import released_config
@@ -720,7 +721,7 @@ def compile_start(size: str, fast_dtypes: tuple[str, ...], options: dict | None)
     whatever the inductor cache directory holds: run twice to get a first and a second start."""
     config = tiny_config("custom_voice") if size == "tiny" else released_config(size, "custom_voice")
     cfg = Qwen3TTSConfig.from_upstream(config)
-    cache_dir = os.environ.get("TORCHINDUCTOR_CACHE_DIR", f"/tmp/torchinductor_{os.environ.get('USER', 'root')}")
+    cache_dir = str(compile_cache_dir())  # where the fast engines cache their graphs (standalone/fast.py)
     out = {"size": size, "cache_dir": cache_dir, "cache_existed": Path(cache_dir).exists(), "load": load_average()}
     with torch.device("meta"):
         base = Qwen3TTS(cfg)
@@ -838,7 +839,7 @@ def run_benchmark(args) -> None:
     bw["measurements"] = [{"bytes_per_s": first["bytes_per_s"], "load": first["load"]}]
     if args.reference_bandwidth_gbs:
         bw["reference_bytes_per_s"] = args.reference_bandwidth_gbs * 1e9
-    cache_dir = os.environ.get("TORCHINDUCTOR_CACHE_DIR", f"/tmp/torchinductor_{os.environ.get('USER', 'root')}")
+    cache_dir = str(compile_cache_dir())  # where the fast engines cache their graphs (standalone/fast.py)
     results = {
         "environment": environment(),
         "bandwidth": bw,
