@@ -77,7 +77,7 @@ def use_compile_cache(cache_dir: str | os.PathLike | None = None) -> Path:
 
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path)
         clear_caches()
-    remember_vec_isa_checks(path)
+    remember_vec_isa_checks()
     return path
 
 

@@ -11,6 +11,9 @@ The answer depends only on the kernel's source, the compiler flags, the compiler
 CPU, so a passed check is remembered as an empty marker file whose name hashes all of them;
 a later process with the same key skips the subprocess. Only passes are remembered: a failed
 or interrupted check runs again next time, so a transient failure never pins a slower ISA.
+The markers live in one directory per user ($Q3TTS_VEC_ISA_MEMO, else
+$XDG_CACHE_HOME/q3tts/vec-isa), not in a compile cache: a new compile cache directory (a test's,
+a deployment's) still skips the probe.
 """
 
 from __future__ import annotations
@@ -20,7 +23,15 @@ import os
 import platform
 from pathlib import Path
 
-MEMO_DIR = "q3tts-vec-isa"
+MEMO_ENV = "Q3TTS_VEC_ISA_MEMO"
+
+
+def memo_dir() -> Path:
+    """Where passed checks are remembered: $Q3TTS_VEC_ISA_MEMO, else $XDG_CACHE_HOME/q3tts/vec-isa."""
+    if os.environ.get(MEMO_ENV):
+        return Path(os.environ[MEMO_ENV]).expanduser().absolute()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return (Path(base) / "q3tts" / "vec-isa").absolute()
 
 
 def cpu_flags() -> str:
@@ -47,17 +58,21 @@ def _memo_check_build(original, memo_dir: Path, fingerprint):
             return True
         passed = original(self, code)
         if passed:
-            memo_dir.mkdir(parents=True, exist_ok=True)
-            marker.touch()
+            try:
+                memo_dir.mkdir(parents=True, exist_ok=True)
+                marker.touch()
+            except OSError:
+                pass  # a read-only cache only costs the next process the check
         return passed
 
     check_build.q3tts_memo_dir = memo_dir
     return check_build
 
 
-def remember_vec_isa_checks(cache_dir: str | os.PathLike) -> None:
-    """Make inductor's ISA checks consult markers under ``cache_dir`` (process-wide; the last
-    directory given wins). Does nothing on a torch without the probe this was written against."""
+def remember_vec_isa_checks(directory: str | os.PathLike | None = None) -> None:
+    """Make inductor's ISA checks consult markers in ``directory`` (default memo_dir();
+    process-wide, the last directory given wins). Does nothing on a torch without the probe this
+    was written against."""
     try:
         from torch._inductor import cpu_vec_isa
     except ImportError:
@@ -68,6 +83,6 @@ def remember_vec_isa_checks(cache_dir: str | os.PathLike) -> None:
     if current is None or fingerprint is None:
         return
     original = getattr(current, "q3tts_original", current)
-    memo = _memo_check_build(original, Path(cache_dir) / MEMO_DIR, fingerprint)
+    memo = _memo_check_build(original, Path(directory) if directory is not None else memo_dir(), fingerprint)
     memo.q3tts_original = original
     vec_isa.check_build = memo

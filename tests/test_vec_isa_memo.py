@@ -74,4 +74,22 @@ def test_installing_twice_wraps_inductors_check_once(tmp_path, monkeypatch):
     remember_vec_isa_checks(tmp_path / "b")
     installed = cpu_vec_isa.VecISA.check_build
     assert installed.q3tts_original is original
-    assert installed.q3tts_memo_dir == tmp_path / "b" / "q3tts-vec-isa"
+    assert installed.q3tts_memo_dir == tmp_path / "b"
+
+
+def test_the_markers_live_outside_any_compile_cache(tmp_path, monkeypatch):
+    from q3tts.standalone.vec_isa_memo import memo_dir
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    monkeypatch.delenv("Q3TTS_VEC_ISA_MEMO", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert memo_dir() == tmp_path / "xdg" / "q3tts" / "vec-isa"
+    monkeypatch.setenv("Q3TTS_VEC_ISA_MEMO", str(tmp_path / "memo"))
+    assert memo_dir() == tmp_path / "memo"
+
+
+def test_an_unwritable_memo_still_answers(tmp_path, avx2):
+    blocker = tmp_path / "file"
+    blocker.write_text("")  # a file where the memo directory should be: mkdir fails
+    real = CountingCheck(True)
+    assert _memo_check_build(real, blocker / "memo", _fingerprint)(avx2, "kernel A")
