@@ -1,4 +1,4 @@
-"""Inductor's CPU vector-ISA probe, remembered beside the compile cache.
+"""Inductor's CPU vector-ISA probe, remembered on disk between processes.
 
 Before the first C++ kernel of a process, inductor (torch 2.9) checks every vector ISA the CPU
 advertises: it builds a tiny kernel per ISA (the binary is cached on disk) and then loads it in a
