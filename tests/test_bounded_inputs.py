@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 
 import numpy as np
 import pytest
@@ -28,17 +27,20 @@ def _sine(seconds: float, sr: int) -> np.ndarray:
     [(24000, 1, r"did you pass kHz\? 1 kHz is sr=1000"), (5 * 24000, 24, r"did you pass kHz\? 24 kHz is sr=24000")],
     ids=["sr=1", "sr=24"],
 )
-def test_a_sample_rate_in_khz_fails_in_under_a_second(load_standalone, n, sr, hint):
+def test_a_sample_rate_in_khz_fails_before_resampling(load_standalone, monkeypatch, n, sr, hint):
+    """Resampling 1 s at sr=1 to 24 kHz is a 24000x upsample: the refusal must come first (the
+    resampler is forbidden here, which no clock under load can make flaky)."""
+    from q3tts.standalone import audio as audio_module
+
     m = load_standalone("base")
     wav = _sine(n / 24000, 24000)
+    monkeypatch.setattr(audio_module, "resample", lambda *a, **k: pytest.fail("resampled before the rate check"))
     for call in (
         lambda: m.create_voice_clone_prompt((wav, sr), x_vector_only_mode=True),
         lambda: m.encode_audio((wav, sr)),
     ):
-        t0 = time.perf_counter()
         with pytest.raises(ValueError, match=rf"sample rate {sr} Hz is outside 1000\.\.384000 Hz \({hint}\)"):
             call()
-        assert time.perf_counter() - t0 < 1.0
 
 
 def test_a_sample_rate_above_the_range_is_refused():
@@ -77,13 +79,11 @@ def _edit_config(directory, edit) -> None:
 
 def test_a_huge_layer_count_fails_fast_with_the_key_named(standalone_copy, upstream_copy, tmp_path):
     _edit_config(standalone_copy, lambda c: c["talker"]["transformer"].__setitem__("num_hidden_layers", 10**7))
-    t0 = time.perf_counter()
     with pytest.raises(ConfigError, match=r"talker.transformer.num_hidden_layers = 10000000 is not a whole number"):
         Qwen3TTS.from_pretrained(standalone_copy)
     _edit_config(upstream_copy, lambda c: c["talker_config"].__setitem__("num_hidden_layers", 10**7))
     with pytest.raises(ConversionError, match=r"talker_config.num_hidden_layers = 10000000 is not a whole number"):
         convert_checkpoint(upstream_copy, tmp_path / "out")
-    assert time.perf_counter() - t0 < 5.0
     assert not (tmp_path / "out").exists()
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import time
 
 import numpy as np
 import pytest
@@ -82,10 +81,8 @@ LOADED = [  # (standalone config.json path, value, the message's key and tensor)
 @pytest.mark.parametrize("path, value, message", LOADED, ids=[".".join(p) for p, _, _ in LOADED])
 def test_loader_refuses_a_config_its_weights_contradict(checkpoints, tmp_path, nothing_built, path, value, message):
     directory = _edit(checkpoints["base"][1], tmp_path, path, value)
-    t0 = time.perf_counter()
     with pytest.raises(ConfigError, match=message) as info:
         Qwen3TTS.from_pretrained(directory)
-    assert time.perf_counter() - t0 < 0.5
     assert str(info.value).startswith(f"{directory / 'config.json'}: ")
     assert "config.json and the weights disagree (a config of another model, or edited weights?)" in str(info.value)
 
@@ -101,10 +98,8 @@ CONVERTED = [  # (upstream config.json path, value, message)
 @pytest.mark.parametrize("path, value, message", CONVERTED, ids=[".".join(p) for p, _, _ in CONVERTED])
 def test_convert_refuses_a_config_its_weights_contradict(checkpoints, tmp_path, nothing_built, path, value, message):
     src = _edit(checkpoints["base"][0], tmp_path, path, value)
-    t0 = time.perf_counter()
     with pytest.raises(ConversionError, match=message):
         convert_checkpoint(src, tmp_path / "out")
-    assert time.perf_counter() - t0 < 0.5
     assert not (tmp_path / "out").exists()
 
 
@@ -124,10 +119,8 @@ def test_codec_config_with_ten_million_layers_fails_at_once(checkpoints, tmp_pat
     )
     model = Qwen3TTS.from_pretrained(directory)
     monkeypatch.setattr(codec_module.CodecDecoder, "__init__", lambda *a: pytest.fail("codec built"))
-    t0 = time.perf_counter()
     with pytest.raises(ConfigError, match=r"speech_tokenizer/config\.json: decoder_config\.num_hidden_layers = 10000000, but the weights hold 1 of decoder\.transformer\.layers\.N\.\*"):  # fmt: skip
         model.decode_codes(np.zeros((3, 4), dtype=np.int64))
-    assert time.perf_counter() - t0 < 0.5
 
 
 def test_encoder_config_with_ten_million_layers_fails_at_once(checkpoints, tmp_path, monkeypatch):
@@ -137,10 +130,8 @@ def test_encoder_config_with_ten_million_layers_fails_at_once(checkpoints, tmp_p
     )
     model = Qwen3TTS.from_pretrained(directory)
     monkeypatch.setattr(encoder_module.SpeechEncoder, "__init__", lambda *a: pytest.fail("encoder built"))
-    t0 = time.perf_counter()
     with pytest.raises(ConfigError, match=r"speech_tokenizer/config\.json: encoder_config\.num_hidden_layers = 10000000, but the weights hold 1 of encoder\.transformer\.layers\.N\.\*"):  # fmt: skip
         model.encode_audio((np.zeros(24000, np.float32), 24000))
-    assert time.perf_counter() - t0 < 0.5
 
 
 def test_convert_refuses_an_encoder_config_its_weights_contradict(checkpoints, tmp_path, monkeypatch):
