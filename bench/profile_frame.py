@@ -37,7 +37,7 @@ from q3tts.standalone import generation as gen_mod
 from q3tts.verify.fixtures.released import released_config
 from q3tts.verify.fixtures.writer import tiny_config
 
-TALKER, CP, HEADS = "graph: talker step", "graph: code predictor (prefill + steps)", "eager: code-predictor heads"
+TALKER, CP = "graph: talker step", "graph: code predictor (prefill + steps, with embeddings and heads)"
 
 
 class Timers:
@@ -68,9 +68,6 @@ def instrument(model, timers: Timers) -> None:
     eng = model._fast
     eng._talker_step = timers.wrap(TALKER, eng._talker_step)
     eng._cp_graph = timers.wrap(CP, eng._cp_graph)
-    cp = model.code_predictor
-    cp.logits = timers.wrap(HEADS, cp.logits)
-    cp.embed = timers.wrap("eager: code-predictor embeddings", cp.embed)
     eng._cp_inputs = timers.wrap("RoPE / mask inputs", eng._cp_inputs)
 
 
@@ -105,7 +102,7 @@ def ops_per_frame(fn, kwargs, frames: int) -> float:
 
 def weight_bytes_per_frame(model) -> dict[str, int]:
     """Weight bytes each streaming part reads per frame: the talker graph once, the predictor graph
-    and one head per residual group."""
+    once per residual group with that group's head (its embedding is a row lookup)."""
 
     def nbytes(*modules):  # parameters and buffers: a quantized linear holds its weight as buffers
         tensors = [t for m in modules if m is not None for t in (*m.parameters(), *m.buffers())]
@@ -115,8 +112,7 @@ def weight_bytes_per_frame(model) -> dict[str, int]:
     steps = cp.cfg.num_code_groups - 1
     return {
         TALKER: nbytes(talker.decoder, talker.codec_head),
-        CP: steps * nbytes(cp.decoder, cp.input_projection),
-        HEADS: steps * cp.heads[0].numel() * cp.heads.element_size(),
+        CP: steps * (nbytes(cp.decoder, cp.input_projection) + cp.heads[0].numel() * cp.heads.element_size()),
     }
 
 

@@ -131,10 +131,43 @@ def _prompt_attention(q, k, v, mask, scale: float):
     return torch.matmul(probs, v).view(bsz, n_heads, seqlen, head_dim)
 
 
-def _fused(linear: nn.Module, x):
-    """x @ W.T of a fused projection in one matmul (the exact path's split_linear makes one per
-    block); a weight-only quantized linear (quant.py) through its packed kernel."""
-    return linear(x) if isinstance(linear, WeightOnlyLinear) else F.linear(x, linear.weight)
+# A linear over at most this many rows (batch x positions) runs as a reduction inductor generates
+# (_gemv) instead of the GEMM call torch dispatches (MKL / oneDNN, or the packed int8 kernel). At one
+# row those kernels are compute-bound per core on CPUs without AMX; inductor's vectorised loop
+# streams the weight at about twice the rate. Measured by bench/linear_m1.py (reports/linear-m1,
+# the code predictor's 0.6B linear stack, 2 threads, AMD EPYC): bf16 6.7 ms per pass at one row
+# against 17.5 ms through the GEMM, 11.3 ms at two rows, 15.9 ms at four; int8 5.1 against 7.9 ms.
+GEMV_MAX_ROWS = 2
+
+
+def _gemv(x, weight, scales=None, bias=None):
+    """x [.., K] @ weight[N, K].T as one fp32-accumulated reduction over K (int8 codes times their
+    per-output-channel ``scales``), returned in x's dtype."""
+    out = (x.float().unsqueeze(-2) * weight.float()).sum(-1)
+    if scales is not None:
+        out = out * scales.float()
+    if bias is not None:
+        out = out + bias.float()
+    return out.to(x.dtype)
+
+
+def _matmul(x, weight, bias=None):
+    """x @ weight.T (+ bias): a reduction over at most GEMV_MAX_ROWS rows, else torch's GEMM."""
+    if x.numel() // x.shape[-1] <= GEMV_MAX_ROWS:
+        return _gemv(x, weight, bias=bias)
+    return F.linear(x, weight, bias)
+
+
+def _linear(linear: nn.Module, x):
+    """One of the exact path's linears: a fused projection in one matmul (the exact path's
+    split_linear makes one per block), or a weight-only quantized one (quant.py), int8 as a
+    reduction over few rows like the plain weights and int4 through its packed kernel (the
+    fastest at any row count)."""
+    if isinstance(linear, WeightOnlyLinear):
+        if linear.mode.bits == 8 and x.numel() // x.shape[-1] <= GEMV_MAX_ROWS:
+            return _gemv(x, linear.packed, linear.scales)
+        return linear(x)
+    return _matmul(x, linear.weight, linear.bias)
 
 
 def _layer_step(layer: DecoderLayer, x, cos, sin, attend):
@@ -144,7 +177,7 @@ def _layer_step(layer: DecoderLayer, x, cos, sin, attend):
     attn = layer.attn
     bsz, seqlen, _ = x.shape
     h = layer.attn_norm(x)
-    q, k, v = _fused(attn.wqkv, h).split((attn.q_size, attn.kv_size, attn.kv_size), dim=-1)
+    q, k, v = _linear(attn.wqkv, h).split((attn.q_size, attn.kv_size, attn.kv_size), dim=-1)
     q = attn.q_norm(q.view(bsz, seqlen, attn.n_heads, attn.head_dim))
     k = attn.k_norm(k.view(bsz, seqlen, attn.n_kv_heads, attn.head_dim))
     cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
@@ -152,9 +185,9 @@ def _layer_step(layer: DecoderLayer, x, cos, sin, attend):
     k = _rotate(k.transpose(1, 2), cos, sin)
     v = v.view(bsz, seqlen, attn.n_kv_heads, attn.head_dim).transpose(1, 2)
     out = attend(q, k, v)
-    x = x + attn.wo(out.transpose(1, 2).reshape(bsz, seqlen, attn.q_size))
-    gate, up = _fused(layer.mlp.w_gate_up, layer.mlp_norm(x)).chunk(2, dim=-1)
-    return x + layer.mlp.w_down(F.silu(gate) * up), k, v
+    x = x + _linear(attn.wo, out.transpose(1, 2).reshape(bsz, seqlen, attn.q_size))
+    gate, up = _linear(layer.mlp.w_gate_up, layer.mlp_norm(x)).chunk(2, dim=-1)
+    return x + _linear(layer.mlp.w_down, F.silu(gate) * up), k, v
 
 
 class DecodeGraph(nn.Module):
@@ -171,7 +204,7 @@ class DecodeGraph(nn.Module):
 
     def forward(self, x, cos, sin, k_all, v_all, cache_mask):
         if self.projection is not None:
-            x = self.projection(x)
+            x = _linear(self.projection, x)
         window = cache_mask.shape[-1]
         ks, vs = [], []
         for i, layer in enumerate(self.decoder.layers):
@@ -185,7 +218,29 @@ class DecodeGraph(nn.Module):
             ks.append(k)
             vs.append(v)
         h = self.decoder.norm(x)
-        return h, (self.head(h) if self.head is not None else None), torch.stack(ks), torch.stack(vs)
+        return h, (_linear(self.head, h) if self.head is not None else None), torch.stack(ks), torch.stack(vs)
+
+
+class PredictorGraph(nn.Module):
+    """The code predictor's prefill and steps with its per-group embedding and head inside the
+    graph. ``x`` is the prefill's [talker hidden, e0] [B, 2, H_talker], or in a step the previous
+    group's ids [B, 1]; ``group`` (0-d int64, 1-based) selects the head, and the embedding of
+    group - 1, by index rather than by a Python int, so one graph serves every step (the stacked
+    tables are the module's own parameters, frozen like the weights). Returns (logits of the last
+    position [B, V], new keys, new values) as DecodeGraph's caches."""
+
+    def __init__(self, code_predictor: CodePredictor):
+        super().__init__()
+        self.layers = DecodeGraph(code_predictor.decoder, projection=code_predictor.input_projection)
+        self.embeddings, self.heads = code_predictor.codec_embeddings, code_predictor.heads
+
+    def forward(self, x, group, cos, sin, k_all, v_all, cache_mask):
+        vocab = self.heads.shape[1]
+        if not x.is_floating_point():  # the ids of group - 1, rows of the stacked embeddings
+            x = F.embedding(x + (group - 2) * vocab, self.embeddings.flatten(0, 1))
+        h, _, k_new, v_new = self.layers(x, cos, sin, k_all, v_all, cache_mask)
+        rows = (group - 1) * vocab + torch.arange(vocab, device=h.device)
+        return _matmul(h[:, -1], self.heads.flatten(0, 1).index_select(0, rows)), k_new, v_new
 
 
 class PrefillGraph(nn.Module):
@@ -208,7 +263,7 @@ class PrefillGraph(nn.Module):
             ks.append(k)
             vs.append(v)
         h = self.decoder.norm(x)
-        return h, self.head(h), torch.stack(ks), torch.stack(vs)
+        return h, _linear(self.head, h), torch.stack(ks), torch.stack(vs)
 
 
 def store_new(cache: KVCache, start: int, k_new, v_new) -> None:
@@ -257,7 +312,7 @@ class FastEngine:
         self._talker_prefill = wrap(prefill) if compile_prefill else (prefill if quantized else None)
         self._prefill_compiled = compile and compile_prefill
         # One module for the predictor's prefill and steps: two shapes, two graphs, shared weights.
-        self._cp_graph = wrap(DecodeGraph(code_predictor.decoder, projection=code_predictor.input_projection))
+        self._cp_graph = wrap(PredictorGraph(code_predictor))
         self._cp_rope: dict = {}
         self.compile_seconds = 0.0
         self._warm: set = set()
@@ -361,34 +416,32 @@ class FastEngine:
         return torch.stack(logits, dim=1)
 
     def _frame(self, past_hidden, e0, cache: KVCache, pick):
-        cp = self.cp
-        bsz = past_hidden.shape[0]
-        x = torch.cat((past_hidden, e0), dim=1)
-        cos, sin, mask = self._cp_inputs(0, 2, x.dtype, x.device, cache.max_len)
-        h, _, k_new, v_new = self._timed(("cp_prefill", bsz), self._cp_graph, x, cos, sin, cache.k, cache.v, mask)
-        store_new(cache, 0, k_new, v_new)
-        logits = [cp.logits(h, 1)[:, -1]]
-        tokens = [pick(logits[-1], 1)]
-        for group in range(2, cp.cfg.num_code_groups):
-            x = cp.embed(group - 1, tokens[-1][:, None])
-            cos, sin, mask = self._cp_inputs(group, 1, x.dtype, x.device, cache.max_len)
-            h, _, k_new, v_new = self._timed(("cp_step", bsz), self._cp_graph, x, cos, sin, cache.k, cache.v, mask)
-            store_new(cache, group, k_new, v_new)
-            logits.append(cp.logits(h, group)[:, -1])
-            tokens.append(pick(logits[-1], group))
+        bsz, dtype, device = past_hidden.shape[0], past_hidden.dtype, past_hidden.device
+        x = torch.cat((past_hidden, e0), dim=1)  # then, in each step, the previous group's ids
+        logits, tokens = [], []
+        for group in range(1, self.cp.cfg.num_code_groups):
+            start, length = (0, 2) if group == 1 else (group, 1)
+            cos, sin, mask, index = self._cp_inputs(group, start, length, dtype, device, cache.max_len)
+            key = ("cp_prefill" if group == 1 else "cp_step", bsz)
+            out, k_new, v_new = self._timed(key, self._cp_graph, x, index, cos, sin, cache.k, cache.v, mask)
+            store_new(cache, start, k_new, v_new)
+            logits.append(out)
+            tokens.append(pick(out, group))
+            x = tokens[-1][:, None]
         return torch.stack(tokens, dim=1), logits
 
-    def _cp_inputs(self, start: int, length: int, dtype, device, cache_len: int):
-        """cos/sin of positions start..start+length-1 and the mask of the cached positions they
-        see (those before ``start``, over the whole 16-position cache: one shape for every step),
-        cached: every frame revisits the same positions."""
-        key = (start, length, dtype, device, cache_len)
+    def _cp_inputs(self, group: int, start: int, length: int, dtype, device, cache_len: int):
+        """cos/sin of positions start..start+length-1, the mask of the cached positions they see
+        (those before ``start``, over the whole 16-position cache: one shape for every step) and
+        ``group`` as a tensor, cached: every frame revisits the same positions."""
+        key = (group, start, length, dtype, device, cache_len)
         hit = self._cp_rope.get(key)
         if hit is None:
             pos = torch.arange(start, start + length, device=device)
             cos, sin = rope_cos_sin(self.cp.inv_freq, pos[None], dtype)
             mask = (torch.arange(cache_len, device=device) < start).expand(1, 1, length, cache_len)
-            hit = self._cp_rope[key] = (cos, sin, mask)
+            index = torch.tensor(group, device=device)
+            hit = self._cp_rope[key] = (cos, sin, mask, index)
         return hit
 
     def _timed(self, key, fn, *args):
