@@ -9,8 +9,14 @@ the talker's prompt prefill and the two per-frame workloads run through torch.co
   cache through a window whose length grows in blocks of ``window_block`` positions. The window
   length is a dynamic dimension, so one graph serves every length;
 - the code predictor's frame: one graph for the 2-position prefill and one for a single step
-  (layers + final norm; the per-group head and embedding are a lookup and one small matmul, left
-  eager so that one graph serves all 14 steps).
+  (the previous group's embedding, layers, final norm and this group's head; the group is a tensor
+  index into the stacked embeddings and heads, so one graph serves all 14 steps). Sampling stays
+  outside the graphs, in the decode loop's one sampling function.
+
+Linears over one or two rows (the decode steps at batch 1 or 2) run as reductions inductor
+generates rather than through torch's GEMM (``_gemv``, ``GEMV_MAX_ROWS``): on CPUs without AMX
+the GEMM kernels are compute-bound at one row and stream the weights at half the rate
+(bench/linear_m1.py, reports/linear-m1).
 
 Weights stay the modules' own parameters (no copy in the model); inductor's ``freezing`` treats
 them as constants. The graphs never write the KV caches: they return the new keys/values and the
@@ -134,9 +140,10 @@ def _prompt_attention(q, k, v, mask, scale: float):
 # A linear over at most this many rows (batch x positions) runs as a reduction inductor generates
 # (_gemv) instead of the GEMM call torch dispatches (MKL / oneDNN, or the packed int8 kernel). At one
 # row those kernels are compute-bound per core on CPUs without AMX; inductor's vectorised loop
-# streams the weight at about twice the rate. Measured by bench/linear_m1.py (reports/linear-m1,
-# the code predictor's 0.6B linear stack, 2 threads, AMD EPYC): bf16 6.7 ms per pass at one row
-# against 17.5 ms through the GEMM, 11.3 ms at two rows, 15.9 ms at four; int8 5.1 against 7.9 ms.
+# streams the weight at about twice the rate. Measured by bench/linear_m1.py (reports/linear-m1:
+# the 0.6B code predictor's linear stack, 2 threads, AMD EPYC), ms per pass, reduction vs GEMM:
+# bf16 8.0 vs 15.1 at one row, 10.5 vs 15.4 at two, 16.4 vs 14.4 at four (hence 2); fp32 11.6 vs
+# 31.3; int8 codes 3.5 vs 7.4.
 GEMV_MAX_ROWS = 2
 
 
