@@ -8,7 +8,7 @@ gate_up 6144x1024, down 1024x3072; read 15 times per frame) as one chain of line
   plain mm kernels on frozen weights);
 - weight-only int8 and int4 (standalone/quant.py WeightOnlyLinear, bf16 activations), eager and
   compiled with the fast path's options;
-- as the fast path runs them (standalone/fast.py ``_linear``): up to GEMV_MAX_ROWS rows a reduction
+- as the fast path runs them (standalone/fast.py ``decode_linear``): up to GEMV_MAX_ROWS rows a reduction
   inductor generates, at 1, 2 and 4 rows (the batch sizes where the choice between the reduction
   and the GEMM is made), against the GEMM at the same rows.
 
@@ -38,14 +38,14 @@ LAYERS = 5
 
 
 class FastPathLinear(nn.Module):
-    """A linear called the way the fast path's graphs call it (fast._linear)."""
+    """A linear called the way the fast path's graphs call it (fast.decode_linear)."""
 
     def __init__(self, inner: nn.Module):
         super().__init__()
         self.inner, self.in_features = inner, inner.in_features
 
     def forward(self, x):
-        return fast._linear(self.inner, x)
+        return fast.decode_linear(self.inner, x)
 
 
 class Chain(nn.Module):

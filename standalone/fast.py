@@ -14,7 +14,7 @@ the talker's prompt prefill and the two per-frame workloads run through torch.co
   outside the graphs, in the decode loop's one sampling function.
 
 Linears over one or two rows (the decode steps at batch 1 or 2) run as reductions inductor
-generates rather than through torch's GEMM (``_gemv``, ``GEMV_MAX_ROWS``): on CPUs without AMX
+generates rather than through torch's GEMM (``gemv``, ``GEMV_MAX_ROWS``): on CPUs without AMX
 the GEMM kernels are compute-bound at one row and stream the weights at half the rate
 (bench/linear_m1.py, reports/linear-m1).
 
@@ -138,7 +138,7 @@ def _prompt_attention(q, k, v, mask, scale: float):
 
 
 # A linear over at most this many rows (batch x positions) runs as a reduction inductor generates
-# (_gemv) instead of the GEMM call torch dispatches (MKL / oneDNN, or the packed int8 kernel). At one
+# (gemv) instead of the GEMM call torch dispatches (MKL / oneDNN, or the packed int8 kernel). At one
 # row those kernels are compute-bound per core on CPUs without AMX; inductor's vectorised loop
 # streams the weight at about twice the rate. Measured by bench/linear_m1.py (reports/linear-m1:
 # the 0.6B code predictor's linear stack, 2 threads, AMD EPYC), ms per pass, reduction vs GEMM:
@@ -147,7 +147,7 @@ def _prompt_attention(q, k, v, mask, scale: float):
 GEMV_MAX_ROWS = 2
 
 
-def _gemv(x, weight, scales=None, bias=None):
+def gemv(x, weight, scales=None, bias=None):
     """x [.., K] @ weight[N, K].T as one fp32-accumulated reduction over K (int8 codes times their
     per-output-channel ``scales``), returned in x's dtype."""
     out = (x.float().unsqueeze(-2) * weight.float()).sum(-1)
@@ -161,18 +161,18 @@ def _gemv(x, weight, scales=None, bias=None):
 def _matmul(x, weight, bias=None):
     """x @ weight.T (+ bias): a reduction over at most GEMV_MAX_ROWS rows, else torch's GEMM."""
     if x.numel() // x.shape[-1] <= GEMV_MAX_ROWS:
-        return _gemv(x, weight, bias=bias)
+        return gemv(x, weight, bias=bias)
     return F.linear(x, weight, bias)
 
 
-def _linear(linear: nn.Module, x):
+def decode_linear(linear: nn.Module, x):
     """One of the exact path's linears: a fused projection in one matmul (the exact path's
     split_linear makes one per block), or a weight-only quantized one (quant.py), int8 as a
     reduction over few rows like the plain weights and int4 through its packed kernel (the
     fastest at any row count)."""
     if isinstance(linear, WeightOnlyLinear):
         if linear.mode.bits == 8 and x.numel() // x.shape[-1] <= GEMV_MAX_ROWS:
-            return _gemv(x, linear.packed, linear.scales)
+            return gemv(x, linear.packed, linear.scales)
         return linear(x)
     return _matmul(x, linear.weight, linear.bias)
 
@@ -184,7 +184,7 @@ def _layer_step(layer: DecoderLayer, x, cos, sin, attend):
     attn = layer.attn
     bsz, seqlen, _ = x.shape
     h = layer.attn_norm(x)
-    q, k, v = _linear(attn.wqkv, h).split((attn.q_size, attn.kv_size, attn.kv_size), dim=-1)
+    q, k, v = decode_linear(attn.wqkv, h).split((attn.q_size, attn.kv_size, attn.kv_size), dim=-1)
     q = attn.q_norm(q.view(bsz, seqlen, attn.n_heads, attn.head_dim))
     k = attn.k_norm(k.view(bsz, seqlen, attn.n_kv_heads, attn.head_dim))
     cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
@@ -192,9 +192,9 @@ def _layer_step(layer: DecoderLayer, x, cos, sin, attend):
     k = _rotate(k.transpose(1, 2), cos, sin)
     v = v.view(bsz, seqlen, attn.n_kv_heads, attn.head_dim).transpose(1, 2)
     out = attend(q, k, v)
-    x = x + _linear(attn.wo, out.transpose(1, 2).reshape(bsz, seqlen, attn.q_size))
-    gate, up = _linear(layer.mlp.w_gate_up, layer.mlp_norm(x)).chunk(2, dim=-1)
-    return x + _linear(layer.mlp.w_down, F.silu(gate) * up), k, v
+    x = x + decode_linear(attn.wo, out.transpose(1, 2).reshape(bsz, seqlen, attn.q_size))
+    gate, up = decode_linear(layer.mlp.w_gate_up, layer.mlp_norm(x)).chunk(2, dim=-1)
+    return x + decode_linear(layer.mlp.w_down, F.silu(gate) * up), k, v
 
 
 class DecodeGraph(nn.Module):
@@ -211,7 +211,7 @@ class DecodeGraph(nn.Module):
 
     def forward(self, x, cos, sin, k_all, v_all, cache_mask):
         if self.projection is not None:
-            x = _linear(self.projection, x)
+            x = decode_linear(self.projection, x)
         window = cache_mask.shape[-1]
         ks, vs = [], []
         for i, layer in enumerate(self.decoder.layers):
@@ -225,7 +225,7 @@ class DecodeGraph(nn.Module):
             ks.append(k)
             vs.append(v)
         h = self.decoder.norm(x)
-        return h, (_linear(self.head, h) if self.head is not None else None), torch.stack(ks), torch.stack(vs)
+        return h, (decode_linear(self.head, h) if self.head is not None else None), torch.stack(ks), torch.stack(vs)
 
 
 class PredictorGraph(nn.Module):
@@ -270,7 +270,7 @@ class PrefillGraph(nn.Module):
             ks.append(k)
             vs.append(v)
         h = self.decoder.norm(x)
-        return h, _linear(self.head, h), torch.stack(ks), torch.stack(vs)
+        return h, decode_linear(self.head, h), torch.stack(ks), torch.stack(vs)
 
 
 def store_new(cache: KVCache, start: int, k_new, v_new) -> None:

@@ -25,7 +25,7 @@ def test_profile_parts_add_up_to_the_floor_bytes(size):
     """The profile's per-part weight bytes (read off the modules) and the benchmark's floor bytes
     (computed from the config) are two independent counts of what one frame streams."""
     from q3tts.bench.generation import bytes_read_per_frame
-    from q3tts.bench.profile_frame import weight_bytes_per_frame
+    from q3tts.bench.profile_frame import CP, weight_bytes_per_frame
 
     model, cfg = _meta_model(size)
     parts = weight_bytes_per_frame(model)
@@ -39,7 +39,9 @@ def test_profile_parts_add_up_to_the_floor_bytes(size):
     )
     assert norms > 0
     assert sum(parts.values()) == bytes_read_per_frame(cfg, 4) + 4 * norms
-    assert parts["eager: code-predictor heads"] == (groups - 1) * model.code_predictor.heads[0].numel() * 4
+    # the predictor graph reads its decoder (and input projection) and one head per residual group
+    per_step = sum(p.numel() for m in cp_modules for p in m.parameters()) + cp.heads[0].numel()
+    assert parts[CP] == (groups - 1) * per_step * 4
 
 
 def test_timers_count_only_while_active():

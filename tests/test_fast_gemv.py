@@ -14,13 +14,13 @@ from q3tts.standalone.quant import WeightOnlyLinear, parse_quant
 
 def _counted(monkeypatch) -> list[int]:
     calls: list[int] = []
-    gemv = fast._gemv
+    real = fast.gemv
 
     def counting(x, *args, **kwargs):
         calls.append(x.numel() // x.shape[-1])
-        return gemv(x, *args, **kwargs)
+        return real(x, *args, **kwargs)
 
-    monkeypatch.setattr(fast, "_gemv", counting)
+    monkeypatch.setattr(fast, "gemv", counting)
     return calls
 
 
@@ -36,7 +36,7 @@ def test_rows_up_to_the_limit_are_a_reduction_equal_to_the_gemm(monkeypatch, dty
             lin.bias.copy_(torch.randn(48, generator=g))
     for rows in range(1, fast.GEMV_MAX_ROWS + 2):
         x = torch.randn(rows, 1, 64, generator=g).to(dtype)
-        got = fast._linear(lin, x)
+        got = fast.decode_linear(lin, x)
         ref = (x.double() @ lin.weight.double().T + (lin.bias.double() if bias else 0)).to(dtype)
         assert got.dtype == dtype and got.shape == (rows, 1, 48)
         tol = dict(atol=1e-4, rtol=1e-5) if dtype == torch.float32 else dict(atol=0.07, rtol=0.01)
@@ -47,10 +47,10 @@ def test_rows_up_to_the_limit_are_a_reduction_equal_to_the_gemm(monkeypatch, dty
 def test_a_wrong_reduction_is_not_hidden_by_the_tolerance(monkeypatch):
     """The comparison above can fail: a reduction that drops the last input column is caught."""
     lin = nn.Linear(64, 48, bias=False)
-    monkeypatch.setattr(fast, "_gemv", lambda x, w, scales=None, bias=None: (x[..., :-1] @ w[:, :-1].T))
+    monkeypatch.setattr(fast, "gemv", lambda x, w, scales=None, bias=None: x[..., :-1] @ w[:, :-1].T)
     x = torch.randn(1, 64)
     with pytest.raises(AssertionError):
-        torch.testing.assert_close(fast._linear(lin, x), x @ lin.weight.T, atol=1e-4, rtol=1e-5)
+        torch.testing.assert_close(fast.decode_linear(lin, x), x @ lin.weight.T, atol=1e-4, rtol=1e-5)
 
 
 def test_int8_codes_run_through_the_reduction_and_int4_keeps_its_kernel(monkeypatch):
@@ -60,6 +60,6 @@ def test_int8_codes_run_through_the_reduction_and_int4_keeps_its_kernel(monkeypa
     int8 = WeightOnlyLinear.from_weight(w, parse_quant("int8"), torch.bfloat16)
     int4 = WeightOnlyLinear.from_weight(w, parse_quant("int4-g32"), torch.bfloat16)
     x = torch.randn(1, 128, generator=g).to(torch.bfloat16)
-    torch.testing.assert_close(fast._linear(int8, x), int8(x), atol=0.05, rtol=0.01)
+    torch.testing.assert_close(fast.decode_linear(int8, x), int8(x), atol=0.05, rtol=0.01)
     assert calls == [1]
-    assert torch.equal(fast._linear(int4, x), int4(x)) and calls == [1]
+    assert torch.equal(fast.decode_linear(int4, x), int4(x)) and calls == [1]
