@@ -62,6 +62,7 @@ def test_timers_count_only_while_active():
         ("profile_frame", ["--fast-dtypes", "fp16"], "--fast-dtypes"),
         ("profile_frame", ["--frames", "1"], "--frames"),
         ("profile_frame", ["--fast-dtypes", "fp16+int8"], "--fast-dtypes"),
+        ("profile_frame", ["--fast-dtypes", "bf16+int3"], "int4-g128"),  # a misspelt quant, before any model
         ("linear_m1", ["--repeats", "0"], "--repeats"),
     ],
 )
