@@ -158,9 +158,14 @@ def gemv(x, weight, scales=None, bias=None):
     return out.to(x.dtype)
 
 
+def _few_rows(x) -> bool:
+    """Whether x [.., K] has at most GEMV_MAX_ROWS rows (decided when the graph is traced)."""
+    return x.numel() // x.shape[-1] <= GEMV_MAX_ROWS
+
+
 def _matmul(x, weight, bias=None):
     """x @ weight.T (+ bias): a reduction over at most GEMV_MAX_ROWS rows, else torch's GEMM."""
-    if x.numel() // x.shape[-1] <= GEMV_MAX_ROWS:
+    if _few_rows(x):
         return gemv(x, weight, bias=bias)
     return F.linear(x, weight, bias)
 
@@ -171,7 +176,7 @@ def decode_linear(linear: nn.Module, x):
     reduction over few rows like the plain weights and int4 through its packed kernel (the
     fastest at any row count)."""
     if isinstance(linear, WeightOnlyLinear):
-        if linear.mode.bits == 8 and x.numel() // x.shape[-1] <= GEMV_MAX_ROWS:
+        if linear.mode.bits == 8 and _few_rows(x):
             return gemv(x, linear.packed, linear.scales)
         return linear(x)
     return _matmul(x, linear.weight, linear.bias)

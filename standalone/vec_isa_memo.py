@@ -18,6 +18,7 @@ a deployment's) still skips the probe.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import platform
@@ -34,8 +35,10 @@ def memo_dir() -> Path:
     return (Path(base) / "q3tts" / "vec-isa").absolute()
 
 
+@functools.cache
 def cpu_flags() -> str:
-    """The CPU's model and feature flags as the kernel reports them (first processor)."""
+    """The CPU's model and feature flags as the kernel reports them (first processor); read once
+    per process (inductor checks three to five ISAs at a start, each asking)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
