@@ -18,8 +18,9 @@ generates rather than through torch's GEMM (``gemv``, ``GEMV_MAX_ROWS``): on CPU
 the GEMM kernels are compute-bound at one row and stream the weights at half the rate
 (bench/linear_m1.py, reports/linear-m1).
 
-Weights stay the modules' own parameters (no copy in the model); inductor's ``freezing`` treats
-them as constants. The graphs never write the KV caches: they return the new keys/values and the
+Weights stay the modules' own parameters (no copy in the model), read by the graphs as inputs:
+no inductor ``freezing`` (see COMPILE_OPTIONS), so a weight changed after compiling is the weight
+the next call runs, and one traced graph serves every model of the same config. The graphs never write the KV caches: they return the new keys/values and the
 engine stores them (an in-place write into a view of a graph input made inductor copy the whole
 cache per layer). bench/step.py and reports/step-bench.md hold the profile behind these
 choices: on torch 2.9.1 the compiled 0.6B steps stream fp32 weights at ~25 GB/s (eager ~21).
@@ -87,11 +88,14 @@ def use_compile_cache(cache_dir: str | os.PathLike | None = None) -> Path:
     return path
 
 
-# Inductor options of the fast path, from bench/step.py at 0.6B on torch 2.9.1 (2 threads):
-# freezing (weights as constants) gives the code-predictor step 12.4 ms against eager 14.3 ms;
-# max-autotune only autotunes the attention bmm there (not the M=1 linears) and costs minutes of
-# compile, so it is off.
-COMPILE_OPTIONS = {"freezing": True}
+# Inductor options of the fast path: inductor's defaults. max-autotune only autotunes the attention
+# bmm (not the M=1 linears) and costs minutes of compile (bench/step.py). ``freezing`` (weights as
+# constants) was the default until the one-row linears became reductions (gemv): measured at 0.6B
+# on an AMD EPYC, 2 threads, 32 frames, second start (reports/fast-compile-cache.md), it decodes no
+# faster (bf16 158-166 against 162 ms/frame without; int4 94-101 against 83-95) or slower (int8
+# 198-209 against 139-160: it folds the dequantised weights into 16-bit constants), and it costs the
+# second start 36-47 s against 11 s: torch 2.9.1 bypasses the AOTAutograd cache for frozen graphs.
+COMPILE_OPTIONS: dict = {}
 
 
 def _attention(q, k_new, v_new, k_cache, v_cache, cache_mask, scale: float):

@@ -1,10 +1,9 @@
 """The fast path's on-disk compile cache: a second process start reuses the compiled graphs, and a
 cache hit never serves another checkpoint's weights.
 
-inductor's ``freezing`` treats the weights as constants. torch 2.9.1's FX graph cache keys a frozen
-graph on the constants' shapes and dtypes only (not their values) and, on a hit, takes the
-constants from the process's own frozen graph. If that ever changed (values baked into the cached
-code), a second process loading a *different* checkpoint of the same shapes would silently run the
+The fast path's graphs read the weights as inputs, and torch 2.9.1's FX and AOTAutograd caches
+key a graph on the inputs' shapes and dtypes only (not their values). If that ever changed (values
+baked into the cached code, as inductor's ``freezing`` can do with small constants), a second process loading a *different* checkpoint of the same shapes would silently run the
 first one's weights. So: two processes share one cache directory and load two checkpoints with
 different weights; the second must hit the cache for every graph (else the check proves nothing)
 and still match its own exact path, not the first model.

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from q3tts.standalone import Qwen3TTS
-from q3tts.standalone.fast import FastEngine
+from q3tts.standalone.fast import COMPILE_OPTIONS, FastEngine
 from q3tts.verify.cases.fast import (
     FAST_MIN_AGREEMENT,
     run_fast_forward_cases,
@@ -21,7 +21,7 @@ from q3tts.verify.cases.fast import (
 
 pytestmark = pytest.mark.slow_compile  # torch.compile: tens of seconds per engine
 
-TEST_OPTIONS = {"freezing": True}
+TEST_OPTIONS = dict(COMPILE_OPTIONS)
 DTYPE = torch.float32
 
 
@@ -165,7 +165,7 @@ def test_fast_path_caches_grow_like_the_exact_path(checkpoints, monkeypatch):
 
 def test_fault_in_weights_is_caught_in_fast_mode(checkpoints, load_models):
     """A corrupted code-predictor layer must fail the fast forward cases: the engine compiled on
-    the faulty model (freezing bakes weights in at compile time) may not hide it."""
+    the faulty model may not hide it."""
     wrapper, _ = load_models("custom_voice", DTYPE)
     faulty = Qwen3TTS.from_pretrained(checkpoints["custom_voice"][1], dtype=DTYPE)
     with torch.no_grad():

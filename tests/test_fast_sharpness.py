@@ -4,7 +4,7 @@ near-tie legitimately changes every later frame) and the forward cases' toleranc
 
 One compiled engine per dtype (module fixture) serves every fault that leaves the weights alone
 (sampler and loop faults); a fault in the model is compiled into its own engine, as the self-test
-does (inductor's freezing bakes weights and attributes in at compile time).
+does (a fault in a module attribute is a Python constant traced into the graph).
 """
 
 from __future__ import annotations

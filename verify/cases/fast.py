@@ -18,9 +18,9 @@ so instead of identity this module measures three distances:
    sampled); reported as identical, or the first divergence and the fraction of identical frames.
    Reported, not judged: once one code differs, later frames legitimately differ.
 
-Every engine is built by the caller on the model it measures. Inductor's freezing bakes the
-weights in at compile time, so an engine must be compiled after any change to the weights (the
-fault self-test depends on this).
+Every engine is built by the caller on the model it measures: module attributes (eps, rope
+theta, head counts) are traced into the graphs as constants, so a fault in one needs its own
+engine (the fault self-test builds one per fault); the weights are graph inputs.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The fault self-test in fast mode: every catalogue fault on the generation side is planted in the
-standalone model, a fast engine is compiled on the faulty model (inductor's freezing bakes weights
-and module attributes in at compile time, so it must be built under the fault), and the fast-path
+standalone model, a fast engine is compiled on the faulty model (module attributes are traced into the
+graphs as constants, so it must be built under the fault), and the fast-path
 checks of verify/cases/fast.py must fail.
 
 A fast path that hides a real bug is worse than a slow one: this proves the fast checks see every
