@@ -242,7 +242,7 @@ class PredictorGraph(nn.Module):
     graph. ``x`` is the prefill's [talker hidden, e0] [B, 2, H_talker], or in a step the previous
     group's ids [B, 1]; ``group`` (0-d int64, 1-based) selects the head, and the embedding of
     group - 1, by index rather than by a Python int, so one graph serves every step (the stacked
-    tables are the module's own parameters, frozen like the weights). Returns (logits of the last
+    tables are the module's own parameters, read as graph inputs like the weights). Returns (logits of the last
     position [B, V], new keys, new values) as DecodeGraph's caches."""
 
     def __init__(self, code_predictor: CodePredictor):
