@@ -753,9 +753,10 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--fast-dtypes", default="fp32,bf16")
     ap.add_argument(
         "--fast-options",
-        choices=["default", "freezing-only"],
+        choices=["default", "freezing"],
         default="default",
-        help="inductor options of the fast engines: default = standalone/fast.py COMPILE_OPTIONS",
+        help="inductor options of the fast engines: default = standalone/fast.py COMPILE_OPTIONS; freezing = "
+        "inductor's freezing on (the default until 7 Dec 2026, reports/fast-compile-cache.md)",
     )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument(

@@ -106,7 +106,7 @@ def test_a_fault_that_only_raises_is_crashed_in_fast_mode_not_caught(engine_pair
 # the sampler fault first: it runs on engine_pair's graphs, which the weight faults' dynamo reset drops
 @pytest.mark.parametrize("fault_name", ["top_k_plus_one", "swapped_qk", "cp_rope_theta"])
 def test_fast_self_test_catches_fault_through_compiled_graphs(fault_name, engine_pair):
-    """A weight fault in the talker (frozen into the graph), a code-predictor RoPE fault (cos/sin
+    """A weight fault in the talker (a graph input), a code-predictor RoPE fault (cos/sin
     cached by the engine) and a sampler fault (invisible to the forward cases) each fail the fast
     checks; the clean model passes them (test above)."""
     from q3tts.verify.faults.catalogue import CATALOGUE

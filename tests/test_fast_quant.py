@@ -142,7 +142,6 @@ def test_quant_bounds_are_for_fp32_activations_only():
     [
         (["--fast", "--quant", "int9"], "'int9': with --fast, one or more of int8"),
         (["--fast", "--quant", "int8", "--dtype", "bf16"], "measured with fp32 activations only"),
-        (["--fast", "--quant", "int8", "--self-test"], "the fast self-test runs the plain modes"),
     ],
 )
 def test_verify_cli_refuses_bad_quant(tmp_path, args, message):
@@ -305,3 +304,46 @@ def test_benchmark_entries_for_the_quantized_modes(checkpoints):
     assert not any(isinstance(m, WeightOnlyLinear) for m in st.modules())
     with pytest.raises(ValueError, match=r"--fast-dtypes entry 'fp16\+int8': the dtype is one of fp32, bf16"):
         fast_model(st, cfg, "fp16+int8")
+
+
+# --- the fast self-test in a quantized mode: faults planted under the quantizer -------------------
+@pytest.mark.parametrize("fault_name", ["swapped_qk", "top_k_plus_one"])
+def test_quant_self_test_plants_the_fault_under_the_quantizer(load_models, fault_name):
+    """A talker weight fault is planted in the plain model and reaches the int8 graphs through a
+    quantized copy (the int8 forward cases fail); a sampler fault runs on the clean quantized model's
+    shared engine. The plain model is left plain and unfaulted. The clean pass of the same checks is
+    test_int8_check_passes_clean."""
+    from q3tts.verify.faults.catalogue import CATALOGUE
+    from q3tts.verify.faults.fast_selftest import quantized_copy, run_fast_fault
+
+    wrapper, plain = load_models("custom_voice", FP32)
+    before = {k: v.clone() for k, v in plain.state_dict().items()}
+    fault = next(f for f in CATALOGUE if f.name == fault_name)
+    kwargs = dict(engine_options={"compile": False}, case_names=CASE, quant="int8")
+    if fault.component == "generation":
+        model = quantized_copy(plain, "int8")
+        engine = FastEngine(model.talker, model.code_predictor, compile=False)
+        r = run_fast_fault(fault, wrapper, model, FP32, "fp32", 8, None, engine=engine, modes=("split_top_k",), **kwargs)
+    else:
+        r = run_fast_fault(fault, wrapper, plain, FP32, "fp32", 8, None, modes=("greedy",), **kwargs)
+        assert any(c.startswith("fast.talker_step") for c in r.failing), r.failing
+    assert r.detected and r.quant == "int8", r
+    assert plain.quant is None and all(torch.equal(before[k], v) for k, v in plain.state_dict().items())
+
+
+def test_verify_cli_passes_the_quant_to_the_fast_self_test(tmp_path, monkeypatch):
+    """verify-parity --fast --self-test --quant int8 runs the fast self-test in that mode (the run
+    itself is the committed reports/fast_faults-int8.md; the seam is tested above)."""
+    import q3tts.verify.faults.fast_selftest as fast_selftest
+
+    seen = {}
+
+    def record(report_dir, dtype_names, names, engine_options=None, quant=None):
+        seen.update(dtypes=tuple(dtype_names), names=names, quant=quant)
+        return False  # a missed fault: the command must fail
+
+    monkeypatch.setattr(fast_selftest, "run_fast_self_test", record)
+    args = ["--fast", "--self-test", "--quant", "int8", "--faults", "top_k_plus_one", "--report-dir", str(tmp_path)]
+    result = CliRunner().invoke(verify_cli, args)
+    assert seen == {"dtypes": ("fp32",), "names": ["top_k_plus_one"], "quant": "int8"}, seen
+    assert result.exit_code == 1, result.output

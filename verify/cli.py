@@ -234,7 +234,7 @@ class Options:
         if self.compile_prefill and not self.fast:
             raise click.BadParameter("measures the fast path: use it with --fast", param_hint="--compile-prefill")
         if self.fast and self.quant and not self.engine:
-            check_fast_quant(self.fast_quants, self.dtypes, self.self_test)
+            check_fast_quant(self.fast_quants, self.dtypes)
 
     @property
     def fast_quants(self) -> tuple[str | None, ...]:
@@ -242,8 +242,9 @@ class Options:
         return tuple(q.strip() for q in self.quant.split(",") if q.strip()) if self.quant else (None,)
 
 
-def check_fast_quant(quants, dtypes, self_test: bool) -> None:
-    """--fast --quant: known modes, fp32 activations (what their bounds are measured at), no self-test."""
+def check_fast_quant(quants, dtypes) -> None:
+    """--fast --quant: known modes, fp32 activations (what their bounds are measured at); with
+    --self-test too (the faults planted under the quantizer, fast_selftest.py)."""
     from q3tts.standalone.quant import QUANT_NAMES
 
     bad = [q for q in quants if q not in QUANT_NAMES]
@@ -257,8 +258,6 @@ def check_fast_quant(quants, dtypes, self_test: bool) -> None:
             "the quantized fast modes are measured with fp32 activations only: omit --dtype or give fp32",
             param_hint="--dtype",
         )
-    if self_test:
-        raise click.BadParameter("the fast self-test runs the plain modes; omit --quant", param_hint="--quant")
 
 
 def pick_mode(o: Options) -> str:
@@ -375,7 +374,7 @@ def run_fast(
         from q3tts.verify.faults.fast_selftest import run_fast_self_test
 
         names = [n.strip() for n in fault_names.split(",") if n.strip()] if fault_names else None
-        return run_fast_self_test(report_dir, dtype_names, names, engine_options=engine_options)
+        return run_fast_self_test(report_dir, dtype_names, names, engine_options=engine_options, quant=quant)
     from q3tts.verify.cases.fast import run_fast_cli
 
     return run_fast_cli(

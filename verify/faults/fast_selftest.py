@@ -11,10 +11,18 @@ mel-hop fault moves the x-vector too little to change 12 frames of tiny-model co
 encoder's own forward case sees it); likewise the speech-tokenizer encoder faults.
 
     verify-parity --fast --self-test [--dtype fp32] [--faults NAMES]
+    verify-parity --fast --self-test --quant int8|int4 [--faults NAMES]
+
+With ``--quant`` the faults are planted in the plain fp32 model and a weight-only quantized copy of
+the faulty model is made (standalone/quant.py), so a weight fault is one the quantizer sees, as a
+bug in a checkpoint or a loader would be; the checks are judged with that mode's bounds
+(compare.fast_bounds). Faults outside the graphs are planted in the clean quantized model its
+shared engine runs.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -24,6 +32,7 @@ import click
 import torch
 
 from q3tts.standalone.fast import FastEngine
+from q3tts.standalone.quant import parse_quant, quantize_model
 from q3tts.verify.cases.fast import run_fast_parity
 from q3tts.verify.cases.generation import MODES
 from q3tts.verify.machine import describe, machine
@@ -46,6 +55,7 @@ class FastFaultResult:
     crashed: list[str] = field(default_factory=list)  # failing checks whose standalone side raised
     crash: str = ""  # the whole fast run raised under the fault (type: message)
     failing_metrics: dict = field(default_factory=dict)  # failing check -> its numbers (fast_failing_metrics)
+    quant: str | None = None  # the weight-only mode checked (None: the plain dtype)
 
     @property
     def outcome(self) -> str:
@@ -56,6 +66,14 @@ class FastFaultResult:
 # the sampler): an engine compiled on the clean model computes exactly what one compiled under the
 # fault would, so one engine per model serves all of them (saves a compile per fault).
 OUTSIDE_GRAPHS = ("generation",)
+
+
+def quantized_copy(model, quant: str):
+    """A weight-only quantized copy of the plain ``model``: made under a planted fault, the faulty
+    weights and attributes are what get quantized and compiled. The original stays plain."""
+    out = copy.deepcopy(model)
+    quantize_model(out, parse_quant(quant))
+    return out
 
 
 def run_fast_fault(
@@ -70,10 +88,13 @@ def run_fast_fault(
     engine_options: dict | None = None,
     case_names: tuple[str, ...] | None = None,
     modes: tuple[str, ...] = tuple(MODES),
+    quant: str | None = None,
 ) -> FastFaultResult:
     """``engine``: a clean engine to reuse, only for faults in OUTSIDE_GRAPHS. ``engine_options``:
     FastEngine keywords of the engines built here (e.g. compile_prefill). ``case_names`` and
-    ``modes`` narrow the generation cases (the self-test runs them all; a test may aim at one)."""
+    ``modes`` narrow the generation cases (the self-test runs them all; a test may aim at one).
+    ``quant``: judge that weight-only mode; a plain ``standalone`` is quantized under the fault
+    (quantized_copy), an already quantized one (the shared engine's model) is used as it is."""
     if engine is not None and fault.component not in OUTSIDE_GRAPHS:
         raise ValueError(f"{fault.name}: a {fault.component} fault needs an engine compiled under the fault")
     own = engine is None
@@ -81,21 +102,21 @@ def run_fast_fault(
     report = {"failing": [], "raised": []}
     with fault.inject(standalone):
         try:
+            model = quantized_copy(standalone, quant) if quant and standalone.quant is None else standalone
             if own:
-                engine = FastEngine(
-                    standalone.talker, standalone.code_predictor, options=options, **(engine_options or {})
-                )
+                engine = FastEngine(model.talker, model.code_predictor, options=options, **(engine_options or {}))
             # Every sampler regime of the exact suite: some faults only show when the talker and the code
             # predictor sample differently (split_do_sample) or on tied top-k scores (split_top_k).
             report = run_fast_parity(
                 wrapper,
-                standalone,
+                model,
                 dtype,
                 dtype_name,
                 engine=engine,
                 max_new_tokens=frames,
                 modes=modes,
                 case_names=case_names,
+                quant=quant,
             )
         except Exception as e:  # a fault that only makes the run raise is a crash, never a catch
             crash = f"{type(e).__name__}: {e}"
@@ -113,6 +134,7 @@ def run_fast_fault(
         crashed=sorted(raised),
         crash=crash,
         failing_metrics=fast_failing_metrics(report),
+        quant=quant,
     )
 
 
@@ -141,19 +163,21 @@ def fast_failing_metrics(report: dict) -> dict[str, dict]:
     return out
 
 
-def _clean_engines(pairs, dtype, dtype_name, frames, options, engine_options) -> dict:
+def _clean_engines(pairs, dtype, dtype_name, frames, options, engine_options, quant=None) -> dict:
     """{model type: clean engine} after the fast checks pass on it without a fault; raises
-    CleanRunError otherwise (a self-test needs a clean pass of the same checks)."""
+    CleanRunError otherwise (a self-test needs a clean pass of the same checks). ``pairs`` holds
+    the models the engines run (quantized ones for a ``quant`` self-test)."""
     from q3tts.verify.faults.catalogue import CleanRunError
 
     engines = {}
     for mt, (wrapper, st) in pairs.items():
         engine = FastEngine(st.talker, st.code_predictor, options=options, **(engine_options or {}))
         report = run_fast_parity(
-            wrapper, st, dtype, dtype_name, engine=engine, max_new_tokens=frames, modes=tuple(MODES)
+            wrapper, st, dtype, dtype_name, engine=engine, max_new_tokens=frames, modes=tuple(MODES), quant=quant
         )
         if not report["passed"]:
-            raise CleanRunError(f"{mt} {dtype_name}: the clean fast checks fail {report['failing'][:5]}")
+            label = f"{dtype_name}{f' {quant}' if quant else ''}"
+            raise CleanRunError(f"{mt} {label}: the clean fast checks fail {report['failing'][:5]}")
         engines[mt] = engine
     return engines
 
@@ -165,14 +189,16 @@ def run_fast_self_test(
     options: dict | None = None,
     frames: int = 12,
     engine_options: dict | None = None,
+    quant: str | None = None,
 ) -> bool:
+    """Every fault of the catalogue on the fast path's side, in each dtype (fp32 only with ``quant``);
+    writes fast_faults.{json,md} (fast_faults-QUANT.* with ``quant``). True when all are caught."""
     from q3tts.convert import convert_checkpoint
-    from q3tts.standalone import Qwen3TTS
-    from q3tts.verify.cases.forward import load_upstream_wrapper
-    from q3tts.verify.compare import DTYPES
     from q3tts.verify.faults.catalogue import CATALOGUE
     from q3tts.verify.fixtures.writer import MODEL_TYPES, write_upstream_checkpoint
 
+    if quant and tuple(dtype_names) != ("fp32",):
+        raise click.BadParameter("the quantized fast modes are checked with fp32 activations only", param_hint="--dtype")
     catalogue = [f for f in CATALOGUE if f.component not in OFF_FAST_PATH]
     if fault_names:
         unknown = sorted(set(fault_names) - {f.name for f in CATALOGUE})
@@ -190,50 +216,76 @@ def run_fast_self_test(
                 convert_checkpoint(up, work / f"st-{mt}")
                 dirs[mt] = (up, work / f"st-{mt}")
         for dn in dtype_names:
-            dtype = DTYPES[dn]
-            torch._dynamo.reset()
-            pairs = {
-                mt: (load_upstream_wrapper(up, dtype), Qwen3TTS.from_pretrained(st, dtype=dtype))
-                for mt, (up, st) in dirs.items()
-            }
-            # The same checks clean first, on clean engines (kept for the faults outside the graphs).
-            shared = _clean_engines(pairs, dtype, dn, frames, options, engine_options)
-            echo(f"  clean  {dn} " + ", ".join(f"{mt}: every fast check passes" for mt in shared))
-            for fault in sorted(catalogue, key=lambda f: f.component not in OUTSIDE_GRAPHS):
-                wrapper, st = pairs[fault.model_type]
-                engine = None
-                if fault.component in OUTSIDE_GRAPHS:
-                    engine = shared.get(fault.model_type) or FastEngine(
-                        st.talker, st.code_predictor, options=options, **(engine_options or {})
-                    )
-                    shared[fault.model_type] = engine
-                elif shared:
-                    shared.clear()
-                    torch._dynamo.reset()
-                r = run_fast_fault(
-                    fault, wrapper, st, dtype, dn, frames, options, engine=engine, engine_options=engine_options
-                )
-                rows.append(r)
-                echo(
-                    f"  {r.outcome.upper() if not r.detected else r.outcome}  {dn} {fault.name:26} {fault.description}; "
-                    f"failing: {', '.join(r.failing[:4]) or 'nothing'}{' ...' if len(r.failing) > 4 else ''}"
-                )
-    _write(report_dir, dtype_names, rows, skipped, frames, options, engine_options)
+            rows += _self_test_dtype(dirs, catalogue, dn, frames, options, engine_options, quant)
+    _write(report_dir, dtype_names, rows, skipped, frames, options, engine_options, quant)
     caught = sum(r.detected for r in rows)
-    echo(f"\nfast self-test: {caught}/{len(rows)} faults caught; report: {report_dir / 'fast_faults.md'}")
+    stem = f"fast_faults-{quant}" if quant else "fast_faults"
+    echo(f"\nfast self-test: {caught}/{len(rows)} faults caught; report: {report_dir / f'{stem}.md'}")
     return caught == len(rows)
 
 
-def _write(report_dir: Path, dtype_names, rows, skipped, frames, options, engine_options: dict | None = None) -> None:
+def _self_test_dtype(dirs, catalogue, dn, frames, options, engine_options, quant) -> list[FastFaultResult]:
+    """The clean pass, then every fault, in one dtype: {model type: (upstream dir, standalone dir)}."""
+    from q3tts.standalone import Qwen3TTS
+    from q3tts.verify.cases.forward import load_upstream_wrapper
+    from q3tts.verify.compare import DTYPES
+
+    dtype = DTYPES[dn]
+    torch._dynamo.reset()
+    pairs = {
+        mt: (load_upstream_wrapper(up, dtype), Qwen3TTS.from_pretrained(st, dtype=dtype)) for mt, (up, st) in dirs.items()
+    }
+    # The models the clean engines run: the plain ones, or quantized copies (faults outside the graphs go there).
+    clean = {mt: (w, quantized_copy(st, quant) if quant else st) for mt, (w, st) in pairs.items()}
+    # The same checks clean first, on clean engines (kept for the faults outside the graphs).
+    shared = _clean_engines(clean, dtype, dn, frames, options, engine_options, quant)
+    label = f"{dn}{f' {quant}' if quant else ''}"
+    echo(f"  clean  {label} " + ", ".join(f"{mt}: every fast check passes" for mt in shared))
+    rows = []
+    for fault in sorted(catalogue, key=lambda f: f.component not in OUTSIDE_GRAPHS):
+        wrapper, st = pairs[fault.model_type]
+        engine = None
+        if fault.component in OUTSIDE_GRAPHS:
+            st = clean[fault.model_type][1]
+            engine = shared.get(fault.model_type) or FastEngine(
+                st.talker, st.code_predictor, options=options, **(engine_options or {})
+            )
+            shared[fault.model_type] = engine
+        elif shared:
+            shared.clear()
+            torch._dynamo.reset()
+        r = run_fast_fault(
+            fault, wrapper, st, dtype, dn, frames, options, engine=engine, engine_options=engine_options, quant=quant
+        )
+        rows.append(r)
+        echo(
+            f"  {r.outcome.upper() if not r.detected else r.outcome}  {label} {fault.name:26} {fault.description}; "
+            f"failing: {', '.join(r.failing[:4]) or 'nothing'}{' ...' if len(r.failing) > 4 else ''}"
+        )
+    return rows
+
+
+def _write(
+    report_dir: Path, dtype_names, rows, skipped, frames, options, engine_options: dict | None = None, quant=None
+) -> None:
     report_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"fast_faults-{quant}" if quant else "fast_faults"
     records = [asdict(r) | {"outcome": r.outcome} for r in rows]
-    (report_dir / "fast_faults.json").write_text(json.dumps(records, indent=2) + "\n")
-    md = ["# Fault-injection self-test in fast mode", ""]
+    (report_dir / f"{stem}.json").write_text(json.dumps(records, indent=2) + "\n")
+    md = ["# Fault-injection self-test in fast mode" + (f", weight-only {quant}" if quant else ""), ""]
     for dn in dtype_names:
         these = [r for r in rows if r.dtype == dn]
+        label = f"{dn} activations, {quant} weights" if quant else dn
         md.append(
-            f"**{dn}: {sum(r.detected for r in these)} of {len(these)} planted faults caught by the fast checks.**  "
+            f"**{label}: {sum(r.detected for r in these)} of {len(these)} planted faults caught by the fast checks.**  "
         )
+    if quant:
+        md += [
+            "",
+            f"Each fault is planted in the plain fp32 model and a weight-only {quant} copy of the faulty model is "
+            f"compiled (standalone/quant.py), so weight faults pass through the quantizer; the checks use the "
+            f"{quant} bounds (compare.fast_bounds) against upstream in fp32.",
+        ]
     md += [
         "",
         f"Each fault is planted (verify/faults/catalogue.py), a fast engine is compiled on the faulty model (inductor options "
@@ -271,4 +323,4 @@ def _write(report_dir: Path, dtype_names, rows, skipped, frames, options, engine
             f"| {r.fault} | {r.description} | {r.component} | {r.dtype} | {'yes' if r.detected else r.outcome.upper()} "
             f"| {shown} |"
         )
-    (report_dir / "fast_faults.md").write_text("\n".join(md) + "\n")
+    (report_dir / f"{stem}.md").write_text("\n".join(md) + "\n")
