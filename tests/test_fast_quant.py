@@ -323,7 +323,9 @@ def test_quant_self_test_plants_the_fault_under_the_quantizer(load_models, fault
     if fault.component == "generation":
         model = quantized_copy(plain, "int8")
         engine = FastEngine(model.talker, model.code_predictor, compile=False)
-        r = run_fast_fault(fault, wrapper, model, FP32, "fp32", 8, None, engine=engine, modes=("split_top_k",), **kwargs)
+        r = run_fast_fault(
+            fault, wrapper, model, FP32, "fp32", 8, None, engine=engine, modes=("split_top_k",), **kwargs
+        )
     else:
         r = run_fast_fault(fault, wrapper, plain, FP32, "fp32", 8, None, modes=("greedy",), **kwargs)
         assert any(c.startswith("fast.talker_step") for c in r.failing), r.failing

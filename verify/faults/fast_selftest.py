@@ -198,7 +198,9 @@ def run_fast_self_test(
     from q3tts.verify.fixtures.writer import MODEL_TYPES, write_upstream_checkpoint
 
     if quant and tuple(dtype_names) != ("fp32",):
-        raise click.BadParameter("the quantized fast modes are checked with fp32 activations only", param_hint="--dtype")
+        raise click.BadParameter(
+            "the quantized fast modes are checked with fp32 activations only", param_hint="--dtype"
+        )
     catalogue = [f for f in CATALOGUE if f.component not in OFF_FAST_PATH]
     if fault_names:
         unknown = sorted(set(fault_names) - {f.name for f in CATALOGUE})
@@ -233,7 +235,8 @@ def _self_test_dtype(dirs, catalogue, dn, frames, options, engine_options, quant
     dtype = DTYPES[dn]
     torch._dynamo.reset()
     pairs = {
-        mt: (load_upstream_wrapper(up, dtype), Qwen3TTS.from_pretrained(st, dtype=dtype)) for mt, (up, st) in dirs.items()
+        mt: (load_upstream_wrapper(up, dtype), Qwen3TTS.from_pretrained(st, dtype=dtype))
+        for mt, (up, st) in dirs.items()
     }
     # The models the clean engines run: the plain ones, or quantized copies (faults outside the graphs go there).
     clean = {mt: (w, quantized_copy(st, quant) if quant else st) for mt, (w, st) in pairs.items()}
