@@ -306,28 +306,92 @@ def test_benchmark_entries_for_the_quantized_modes(checkpoints):
         fast_model(st, cfg, "fp16+int8")
 
 
-# --- the fast self-test in a quantized mode: faults planted under the quantizer -------------------
-@pytest.mark.parametrize("fault_name", ["swapped_qk", "top_k_plus_one"])
-def test_quant_self_test_plants_the_fault_under_the_quantizer(load_models, fault_name):
-    """A talker weight fault is planted in the plain model and reaches the int8 graphs through a
-    quantized copy (the int8 forward cases fail); a sampler fault runs on the clean quantized model's
-    shared engine. The plain model is left plain and unfaulted. The clean pass of the same checks is
-    test_int8_check_passes_clean."""
+# --- the sharp reference: upstream on the dequantized weights (verify/cases/dequantized.py) -------
+@pytest.fixture(scope="module")
+def dequantized_refs(load_models, checkpoints):
+    """{quant: (upstream on the int8/int4 copy's dequantized weights, that quantized copy)}."""
+    from q3tts.verify.cases.dequantized import load_dequantized_reference
+    from q3tts.verify.faults.fast_selftest import quantized_copy
+
+    _wrapper, plain = load_models("custom_voice", FP32)
+    out = {}
+    for quant in ("int8", "int4"):
+        model = quantized_copy(plain, quant)
+        out[quant] = (load_dequantized_reference(checkpoints["custom_voice"][0], model), model)
+    return out
+
+
+def _sharp_report(ref, model, quant, case=CASE, mode="greedy"):
+    engine = FastEngine(model.talker, model.code_predictor, compile=False)
+    return run_fast_parity(
+        ref, model, FP32, "fp32", engine=engine, max_new_tokens=8, case_names=case, modes=(mode,), quant=quant,
+        dequantized_reference=True,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("quant", ["int8", "int4"])
+def test_dequantized_reference_passes_the_plain_fp32_bounds(dequantized_refs, quant):
+    """Against upstream on its own dequantized weights a quantized mode is as close as the plain
+    fp32 fast path (kernel rounding only), and its codes are judged and identical."""
+    report = _sharp_report(*dequantized_refs[quant], quant)
+    assert report["passed"] and report["generation_judged"], report["failing"]
+    assert report["reference"] == "upstream, dequantized weights"
+    assert max(c["max_rel"] for c in report["forward"]) < FAST_TOLERANCES[FP32].rtol
+    assert all(g["identical"] for g in report["generation"])
+
+
+def test_dequantized_reference_refuses_names_upstream_lacks(dequantized_refs, checkpoints, monkeypatch):
+    from q3tts.verify.cases import dequantized
+
+    _ref, model = dequantized_refs["int8"]
+    real = dequantized.dequantized_state
+    monkeypatch.setattr(dequantized, "dequantized_state", lambda m: {**real(m), "talker.no_such.weight": torch.ones(1)})
+    with pytest.raises(KeyError, match=r"talker.no_such.weight"):
+        dequantized.load_dequantized_reference(checkpoints["custom_voice"][0], model)
+
+
+def test_sharp_check_catches_what_int4_bounds_hide(load_models, dequantized_refs):
+    """The prefill's positions off by one after left padding: within int4's own (fidelity) bounds
+    against upstream's weights, caught against upstream on the dequantized weights."""
     from q3tts.verify.faults.catalogue import CATALOGUE
-    from q3tts.verify.faults.fast_selftest import quantized_copy, run_fast_fault
+    from q3tts.verify.faults.fast_selftest import quantized_copy
 
     wrapper, plain = load_models("custom_voice", FP32)
+    ref, _model = dequantized_refs["int4"]
+    fault = next(f for f in CATALOGUE if f.name == "padded_position")
+    case = ("batch.custom_voice",)
+    with fault.inject(plain):
+        faulty = quantized_copy(plain, "int4")
+        engine = FastEngine(faulty.talker, faulty.code_predictor, compile=False)
+        wide = run_fast_parity(
+            wrapper, faulty, FP32, "fp32", engine=engine, max_new_tokens=8, case_names=case, modes=("sampled",),
+            quant="int4",
+        )  # fmt: skip
+        sharp = _sharp_report(ref, faulty, "int4", case=case, mode="sampled")
+    assert wide["passed"], wide["failing"]
+    assert not sharp["passed"] and sharp["failing"], sharp
+
+
+# --- the fast self-test in a quantized mode: faults planted under the quantizer -------------------
+@pytest.mark.parametrize("fault_name", ["swapped_qk", "top_k_plus_one"])
+def test_quant_self_test_plants_the_fault_under_the_quantizer(load_models, dequantized_refs, fault_name):
+    """A talker weight fault is planted in the plain model and reaches the int8 graphs through a
+    quantized copy (the forward cases fail against upstream on the clean copy's dequantized
+    weights); a sampler fault runs on the clean quantized model's shared engine. The plain model is
+    left plain and unfaulted. The clean pass of the same checks is the test above."""
+    from q3tts.verify.faults.catalogue import CATALOGUE
+    from q3tts.verify.faults.fast_selftest import run_fast_fault
+
+    _wrapper, plain = load_models("custom_voice", FP32)
+    ref, clean = dequantized_refs["int8"]
     before = {k: v.clone() for k, v in plain.state_dict().items()}
     fault = next(f for f in CATALOGUE if f.name == fault_name)
     kwargs = dict(engine_options={"compile": False}, case_names=CASE, quant="int8")
     if fault.component == "generation":
-        model = quantized_copy(plain, "int8")
-        engine = FastEngine(model.talker, model.code_predictor, compile=False)
-        r = run_fast_fault(
-            fault, wrapper, model, FP32, "fp32", 8, None, engine=engine, modes=("split_top_k",), **kwargs
-        )
+        engine = FastEngine(clean.talker, clean.code_predictor, compile=False)
+        r = run_fast_fault(fault, ref, clean, FP32, "fp32", 8, None, engine=engine, modes=("split_top_k",), **kwargs)
     else:
-        r = run_fast_fault(fault, wrapper, plain, FP32, "fp32", 8, None, modes=("greedy",), **kwargs)
+        r = run_fast_fault(fault, ref, plain, FP32, "fp32", 8, None, modes=("greedy",), **kwargs)
         assert any(c.startswith("fast.talker_step") for c in r.failing), r.failing
     assert r.detected and r.quant == "int8", r
     assert plain.quant is None and all(torch.equal(before[k], v) for k, v in plain.state_dict().items())

@@ -125,7 +125,8 @@ DTYPE_CHOICES = ("fp32", "bf16")
     default=None,
     metavar="LIST",
     help="With --engine: GGUF types (default F32,F16,BF16,Q8_0). With --fast: weight-only quantized fast modes "
-    "(int8, int4, int4-g32, int4-g64, int4-g128), each judged against upstream fp32 (fast_parity-QUANT.md).",
+    "(int8, int4, int4-g32, int4-g64, int4-g128), each judged against upstream fp32 by the mode's bounds and against "
+    "upstream on its dequantized weights by the plain ones (fast_parity-QUANT.md); with --self-test, its faults.",
 )
 @click.option(
     "--gguf",

@@ -374,13 +374,17 @@ def run_fast_parity(
     modes=tuple(MODES),
     case_names: tuple[str, ...] | None = None,
     quant: str | None = None,
+    dequantized_reference: bool = False,
 ) -> dict[str, Any]:
     """All three measurements for one loaded (upstream wrapper, standalone) pair. Generation is
     judged only where FAST_GENERATION_IDENTICAL says codes must be identical (fp32, unquantized).
     ``quant``: the standalone's weight-only quantization (standalone/quant.py), judged against
-    upstream in fp32 by its own bounds (compare.fast_bounds)."""
+    upstream in fp32 by its own bounds (compare.fast_bounds); with ``dequantized_reference`` the
+    wrapper holds the standalone's dequantized weights (dequantized.py) and the plain bounds apply."""
+    if dequantized_reference and not quant:
+        raise ValueError("dequantized_reference needs the standalone's quant mode")
     engine = engine or FastEngine(standalone.talker, standalone.code_predictor)
-    bounds = fast_bounds(dtype, quant)
+    bounds = fast_bounds(dtype, None if dequantized_reference else quant)
     t0 = time.perf_counter()
     forward = run_fast_forward_cases(wrapper.model, standalone, engine, dtype, seed, bounds.forward)
     first_call = time.perf_counter() - t0
@@ -415,6 +419,7 @@ def run_fast_parity(
     return {
         "dtype": dtype_name,
         "quant": str(quant) if quant else None,
+        "reference": "upstream, dequantized weights" if dequantized_reference else "upstream",
         "compile_seconds": engine.compile_seconds,
         "forward_seconds_incl_compile": first_call,
         "forward": [c.as_dict() for c in forward],
@@ -436,9 +441,13 @@ def run_fast_parity(
 
 
 def mode_label(report: dict) -> str:
-    """'bf16', or 'fp32 activations, int8 weights (against upstream fp32)' for a quantized run."""
+    """'bf16', or 'fp32 activations, int8 weights (against upstream fp32)' for a quantized run
+    ('... (against upstream fp32 on the dequantized weights)' for the sharp one)."""
     quant = report.get("quant")
-    return f"{report['dtype']} activations, {quant} weights (against upstream fp32)" if quant else report["dtype"]
+    if not quant:
+        return report["dtype"]
+    sharp = report.get("reference") == "upstream, dequantized weights"
+    return f"{report['dtype']} activations, {quant} weights (against upstream fp32{' on the dequantized weights' if sharp else ''})"
 
 
 def format_fast_report(report: dict) -> str:
@@ -512,6 +521,7 @@ def run_fast_cli(
     import tempfile
 
     from q3tts.standalone import Qwen3TTS
+    from q3tts.verify.cases.dequantized import load_dequantized_reference
     from q3tts.verify.cases.forward import load_upstream_wrapper
     from q3tts.verify.checkpoints import checkpoint_pairs
     from q3tts.verify.compare import DTYPES
@@ -525,26 +535,24 @@ def run_fast_cli(
         for name, _source, up, st_dir in pairs:
             for dn in dtype_names:
                 dtype = DTYPES[dn]
-                wrapper = load_upstream_wrapper(up, dtype)
                 st = Qwen3TTS.from_pretrained(st_dir, dtype=dtype, quant=quant)
                 engine = FastEngine(st.talker, st.code_predictor, options=options, **(engine_options or {}))
-                report = run_fast_parity(
-                    wrapper,
-                    st,
-                    dtype,
-                    dn,
-                    engine=engine,
-                    seed=seeds[0],
-                    max_new_tokens=frames,
-                    modes=tuple(MODES),
-                    quant=quant,
-                )
-                report.update(checkpoint=name, options=engine.options, engine_options=engine_options or {})
-                if st.quant_report is not None:
-                    report["quantized"] = asdict(st.quant_report)
-                echo(f"== {name}\n" + format_fast_report(report))
-                reports.append(report)
-                del wrapper, st, engine
+                # A quantized mode twice: its fidelity (upstream's own weights, the mode's bounds), then
+                # its integrity (upstream on the dequantized weights, the plain bounds: dequantized.py).
+                references = [(load_upstream_wrapper(up, dtype), False)]
+                if quant:
+                    references.append((load_dequantized_reference(up, st), True))
+                for wrapper, sharp in references:
+                    report = run_fast_parity(
+                        wrapper, st, dtype, dn, engine=engine, seed=seeds[0], max_new_tokens=frames,
+                        modes=tuple(MODES), quant=quant, dequantized_reference=sharp,
+                    )  # fmt: skip
+                    report.update(checkpoint=name, options=engine.options, engine_options=engine_options or {})
+                    if st.quant_report is not None:
+                        report["quantized"] = asdict(st.quant_report)
+                    echo(f"== {name}\n" + format_fast_report(report))
+                    reports.append(report)
+                del references, wrapper, st, engine
     report_dir.mkdir(parents=True, exist_ok=True)
     stem = f"fast_parity-{quant}" if quant else "fast_parity"
     (report_dir / f"{stem}.json").write_text(json.dumps(reports, indent=2) + "\n")

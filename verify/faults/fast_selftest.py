@@ -15,9 +15,10 @@ encoder's own forward case sees it); likewise the speech-tokenizer encoder fault
 
 With ``--quant`` the faults are planted in the plain fp32 model and a weight-only quantized copy of
 the faulty model is made (standalone/quant.py), so a weight fault is one the quantizer sees, as a
-bug in a checkpoint or a loader would be; the checks are judged with that mode's bounds
-(compare.fast_bounds). Faults outside the graphs are planted in the clean quantized model its
-shared engine runs.
+bug in a checkpoint or a loader would be. The checks are the sharp ones: against upstream on the
+clean model's dequantized weights, with the plain fp32 bounds and codes judged (dequantized.py);
+the mode's own wide bounds (its fidelity) measured int4 missing two of the first eight faults.
+Faults outside the graphs are planted in the clean quantized model its shared engine runs.
 """
 
 from __future__ import annotations
@@ -93,8 +94,9 @@ def run_fast_fault(
     """``engine``: a clean engine to reuse, only for faults in OUTSIDE_GRAPHS. ``engine_options``:
     FastEngine keywords of the engines built here (e.g. compile_prefill). ``case_names`` and
     ``modes`` narrow the generation cases (the self-test runs them all; a test may aim at one).
-    ``quant``: judge that weight-only mode; a plain ``standalone`` is quantized under the fault
-    (quantized_copy), an already quantized one (the shared engine's model) is used as it is."""
+    ``quant``: judge that weight-only mode, ``wrapper`` being upstream on the clean quantized
+    model's dequantized weights (dequantized.load_dequantized_reference); a plain ``standalone`` is
+    quantized under the fault (quantized_copy), a quantized one (the shared engine's) used as it is."""
     if engine is not None and fault.component not in OUTSIDE_GRAPHS:
         raise ValueError(f"{fault.name}: a {fault.component} fault needs an engine compiled under the fault")
     own = engine is None
@@ -117,6 +119,7 @@ def run_fast_fault(
                 modes=modes,
                 case_names=case_names,
                 quant=quant,
+                dequantized_reference=bool(quant),
             )
         except Exception as e:  # a fault that only makes the run raise is a crash, never a catch
             crash = f"{type(e).__name__}: {e}"
@@ -173,8 +176,9 @@ def _clean_engines(pairs, dtype, dtype_name, frames, options, engine_options, qu
     for mt, (wrapper, st) in pairs.items():
         engine = FastEngine(st.talker, st.code_predictor, options=options, **(engine_options or {}))
         report = run_fast_parity(
-            wrapper, st, dtype, dtype_name, engine=engine, max_new_tokens=frames, modes=tuple(MODES), quant=quant
-        )
+            wrapper, st, dtype, dtype_name, engine=engine, max_new_tokens=frames, modes=tuple(MODES), quant=quant,
+            dequantized_reference=bool(quant),
+        )  # fmt: skip
         if not report["passed"]:
             label = f"{dtype_name}{f' {quant}' if quant else ''}"
             raise CleanRunError(f"{mt} {label}: the clean fast checks fail {report['failing'][:5]}")
@@ -229,6 +233,7 @@ def run_fast_self_test(
 def _self_test_dtype(dirs, catalogue, dn, frames, options, engine_options, quant) -> list[FastFaultResult]:
     """The clean pass, then every fault, in one dtype: {model type: (upstream dir, standalone dir)}."""
     from q3tts.standalone import Qwen3TTS
+    from q3tts.verify.cases.dequantized import load_dequantized_reference
     from q3tts.verify.cases.forward import load_upstream_wrapper
     from q3tts.verify.compare import DTYPES
 
@@ -238,8 +243,12 @@ def _self_test_dtype(dirs, catalogue, dn, frames, options, engine_options, quant
         mt: (load_upstream_wrapper(up, dtype), Qwen3TTS.from_pretrained(st, dtype=dtype))
         for mt, (up, st) in dirs.items()
     }
-    # The models the clean engines run: the plain ones, or quantized copies (faults outside the graphs go there).
+    # The models the clean engines run: the plain ones, or quantized copies (faults outside the graphs
+    # go there) judged against upstream on their dequantized weights, the reference of every fault.
     clean = {mt: (w, quantized_copy(st, quant) if quant else st) for mt, (w, st) in pairs.items()}
+    if quant:
+        clean = {mt: (load_dequantized_reference(dirs[mt][0], q), q) for mt, (_w, q) in clean.items()}
+        pairs = {mt: (clean[mt][0], st) for mt, (_w, st) in pairs.items()}
     # The same checks clean first, on clean engines (kept for the faults outside the graphs).
     shared = _clean_engines(clean, dtype, dn, frames, options, engine_options, quant)
     label = f"{dn}{f' {quant}' if quant else ''}"
@@ -286,8 +295,9 @@ def _write(
         md += [
             "",
             f"Each fault is planted in the plain fp32 model and a weight-only {quant} copy of the faulty model is "
-            f"compiled (standalone/quant.py), so weight faults pass through the quantizer; the checks use the "
-            f"{quant} bounds (compare.fast_bounds) against upstream in fp32.",
+            f"compiled (standalone/quant.py), so weight faults pass through the quantizer. The checks are judged "
+            f"against upstream in fp32 on the clean quantized model's dequantized weights (verify/cases/dequantized.py) "
+            f"with the plain fp32 bounds, generated codes included.",
         ]
     md += [
         "",
