@@ -194,15 +194,17 @@ def test_engine_self_test_starts_from_a_clean_pass_and_writes_its_report(engine_
 
 
 def test_verify_parity_engine_reports_on_each_model_type(tmp_path):
+    """Each model type through the CLI at F32 (the other quantisations run on the Base fixture above;
+    running Q8_0 here too doubled the test's 46 s for what those tests already show)."""
     pytest.importorskip("qwentts_cpp_cpu", reason=NO_BINDING)
-    args = ["--engine", "qwentts.cpp", "--quant", "F32,Q8_0", "--frames", "6", "--report-dir", str(tmp_path)]
+    args = ["--engine", "qwentts.cpp", "--quant", "F32", "--frames", "6", "--report-dir", str(tmp_path)]
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output
     doc = json.loads((tmp_path / "engine-parity.json").read_text())
     assert doc["verdict"] == "PASS" and doc["machine"]["cpu"]
     rows = doc["runs"]
     assert sorted((x["model_type"], x["quant"]) for x in rows) == sorted(
-        (mt, q) for mt in ("base", "custom_voice", "voice_design") for q in ("F32", "Q8_0")
+        (mt, "F32") for mt in ("base", "custom_voice", "voice_design")
     )
     for x in rows:
         assert x["prompt_ids"]["identical"], x["prompt_ids"]
@@ -210,9 +212,8 @@ def test_verify_parity_engine_reports_on_each_model_type(tmp_path):
         assert x["audio_from_engine_codes"]["samples"] > 0  # 16 groups and the released codec decode
         assert x["audit"]["ok"], x["audit"]
         assert ("spk-emb" in x["stages"]["stages"]) == (x["model_type"] == "base")
-        if x["quant"] == "F32":
-            assert x["stages"]["first_bad"] is None, x["stages"]
-            # residual codes are real argmaxes, not the engine's 0 at subtalker_top_k >= vocab
-            assert x["codes"]["identical_frames"] > 0
+        assert x["stages"]["first_bad"] is None, x["stages"]
+        # residual codes are real argmaxes, not the engine's 0 at subtalker_top_k >= vocab
+        assert x["codes"]["identical_frames"] > 0
     md = (tmp_path / "engine-parity.md").read_text()
-    assert "| engine-voice_design | voice_design | Q8_0 |" in md and "## Bounds and headroom" in md
+    assert "| engine-voice_design | voice_design | F32 |" in md and "## Bounds and headroom" in md
