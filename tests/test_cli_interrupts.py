@@ -34,6 +34,10 @@ def signals_fail_the_test_when_unhandled():
         raise Unhandled(signal.Signals(signum).name)
 
     previous = {s: signal.signal(s, fail) for s in (signal.SIGTERM, signal.SIGHUP)}
+    # SIGINT as a CLI started from a terminal has it (KeyboardInterrupt). A suite started in the
+    # background (`cmd &`) inherits SIGINT ignored and Python installs no handler: the SIGINT cases
+    # then exited 0 in such a fast-tier run (test_durable_output.py sets SIG_DFL in its children).
+    previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
     yield
     for s, h in previous.items():
         signal.signal(s, h)
