@@ -3,9 +3,9 @@ looks for the lost bandwidth. The 0.6B predictor's 5 layers (wqkv 4096x1024, wo 
 gate_up 6144x1024, down 1024x3072; read 15 times per frame) as one chain of linears, run:
 
 - eager: F.linear in fp32 and bf16 (MKL / oneDNN as torch dispatches them);
-- compiled with the fast path's inductor options (standalone/fast.py COMPILE_OPTIONS: freezing,
-  which prepacks each weight for oneDNN), and with freezing but ``cpp.weight_prepack`` off (the
-  plain mm kernels on frozen weights);
+- compiled with the fast path's inductor options (standalone/fast.py COMPILE_OPTIONS: inductor's
+  defaults since 7 Dec 2026; freezing before, which prepacks each weight for oneDNN), and with
+  freezing and ``cpp.weight_prepack`` off (the plain mm kernels on frozen weights);
 - weight-only int8 and int4 (standalone/quant.py WeightOnlyLinear, bf16 activations), eager and
   compiled with the fast path's options;
 - as the fast path runs them (standalone/fast.py ``decode_linear``): up to GEMV_MAX_ROWS rows a reduction
@@ -86,14 +86,14 @@ VARIANTS = {  # name -> (activation dtype, quant, inductor options or None for e
     "compiled fp32, no weight prepack": (
         torch.float32,
         None,
-        {**COMPILE_OPTIONS, "cpp.weight_prepack": False},
+        {"freezing": True, "cpp.weight_prepack": False},
         1,
         False,
     ),
     "compiled bf16, no weight prepack": (
         torch.bfloat16,
         None,
-        {**COMPILE_OPTIONS, "cpp.weight_prepack": False},
+        {"freezing": True, "cpp.weight_prepack": False},
         1,
         False,
     ),

@@ -1,7 +1,7 @@
 """The compiled fast path (standalone/fast.py) against upstream, on the tiny fixtures.
 
 One dtype (fp32) and few model types keep the compile cost small. The engines compile with the
-fast path's own inductor options (freezing); verify-parity --fast measures every model type and
+fast path's own inductor options (COMPILE_OPTIONS); verify-parity --fast measures every model type and
 dtype the same way.
 """
 
