@@ -20,8 +20,9 @@ the GEMM kernels are compute-bound at one row and stream the weights at half the
 
 Weights stay the modules' own parameters (no copy in the model), read by the graphs as inputs:
 no inductor ``freezing`` (see COMPILE_OPTIONS), so a weight changed after compiling is the weight
-the next call runs, and one traced graph serves every model of the same config. The graphs never write the KV caches: they return the new keys/values and the
-engine stores them (an in-place write into a view of a graph input made inductor copy the whole
+the next call runs, and a cached graph is right for any checkpoint of the same config
+(tests/test_fast_cache.py). The graphs never write the KV caches: they return the new keys/values
+and the engine stores them (an in-place write into a view of a graph input made inductor copy the whole
 cache per layer). bench/step.py and reports/step-bench.md hold the profile behind these
 choices: on torch 2.9.1 the compiled 0.6B steps stream fp32 weights at ~25 GB/s (eager ~21).
 
@@ -242,8 +243,8 @@ class PredictorGraph(nn.Module):
     graph. ``x`` is the prefill's [talker hidden, e0] [B, 2, H_talker], or in a step the previous
     group's ids [B, 1]; ``group`` (0-d int64, 1-based) selects the head, and the embedding of
     group - 1, by index rather than by a Python int, so one graph serves every step (the stacked
-    tables are the module's own parameters, read as graph inputs like the weights). Returns (logits of the last
-    position [B, V], new keys, new values) as DecodeGraph's caches."""
+    tables are the module's own parameters, read as graph inputs like the weights). Returns
+    (logits of the last position [B, V], new keys, new values) as DecodeGraph's caches."""
 
     def __init__(self, code_predictor: CodePredictor):
         super().__init__()
