@@ -22,8 +22,8 @@ Weights stay the modules' own parameters (no copy in the model), read by the gra
 no inductor ``freezing`` (see COMPILE_OPTIONS), so a weight changed after compiling is the weight
 the next call runs, and a cached graph is right for any checkpoint of the same config
 (tests/test_fast_cache.py). The graphs never write the KV caches: they return the new keys/values
-and the engine stores them (an in-place write into a view of a graph input made inductor copy the whole
-cache per layer). bench/step.py and reports/step-bench.md hold the profile behind these
+and the engine stores them (an in-place write into a view of a graph input made inductor copy the
+whole cache per layer). bench/step.py and reports/step-bench.md hold the profile behind these
 choices: on torch 2.9.1 the compiled 0.6B steps stream fp32 weights at ~25 GB/s (eager ~21).
 
 The prompt prefill runs eagerly by default (talker.step, exactly as the exact path). A compiled

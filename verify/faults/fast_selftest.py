@@ -239,16 +239,16 @@ def _self_test_dtype(dirs, catalogue, dn, frames, options, engine_options, quant
 
     dtype = DTYPES[dn]
     torch._dynamo.reset()
-    pairs = {
-        mt: (load_upstream_wrapper(up, dtype), Qwen3TTS.from_pretrained(st, dtype=dtype))
-        for mt, (up, st) in dirs.items()
-    }
-    # The models the clean engines run: the plain ones, or quantized copies (faults outside the graphs
-    # go there) judged against upstream on their dequantized weights, the reference of every fault.
-    clean = {mt: (w, quantized_copy(st, quant) if quant else st) for mt, (w, st) in pairs.items()}
-    if quant:
-        clean = {mt: (load_dequantized_reference(dirs[mt][0], q), q) for mt, (_w, q) in clean.items()}
-        pairs = {mt: (clean[mt][0], st) for mt, (_w, st) in pairs.items()}
+    plain = {mt: Qwen3TTS.from_pretrained(st, dtype=dtype) for mt, (_up, st) in dirs.items()}
+    if quant:  # quantized copies run the clean engines (faults outside the graphs go there); upstream
+        # on their dequantized weights is the reference of every fault (one upstream load per type)
+        models = {mt: quantized_copy(st, quant) for mt, st in plain.items()}
+        refs = {mt: load_dequantized_reference(dirs[mt][0], models[mt]) for mt in plain}
+    else:
+        models = plain
+        refs = {mt: load_upstream_wrapper(dirs[mt][0], dtype) for mt in plain}
+    clean = {mt: (refs[mt], models[mt]) for mt in plain}  # what the clean engines run
+    pairs = {mt: (refs[mt], plain[mt]) for mt in plain}  # where faults inside the graphs are planted
     # The same checks clean first, on clean engines (kept for the faults outside the graphs).
     shared = _clean_engines(clean, dtype, dn, frames, options, engine_options, quant)
     label = f"{dn}{f' {quant}' if quant else ''}"
