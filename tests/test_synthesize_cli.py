@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -9,8 +10,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from click.testing import CliRunner
 
-BLOCKED = """
+from q3tts.standalone.cli import main
+
+_BLOCK = """
 import sys
 class _Block:
     def find_spec(self, name, path=None, target=None):
@@ -18,14 +22,44 @@ class _Block:
             raise ImportError('blocked for this test: ' + name)
 sys.meta_path.insert(0, _Block())
 from q3tts.standalone.cli import main
-main(sys.argv[1:])
 """
+BLOCKED = _BLOCK + "main(sys.argv[1:])\n"
+# Several `q3tts synthesize` runs, one after the other, in one such process (a process start costs
+# seconds: torch's import): the exit code of each on stdout, as JSON; stderr is theirs.
+BLOCKED_RUNS = (
+    _BLOCK
+    + """
+import json
+codes = []
+for argv in json.loads(sys.argv[1]):
+    try:
+        main(argv)
+    except SystemExit as e:
+        codes.append(e.code)
+    else:
+        codes.append('returned')
+print(json.dumps(codes))
+"""
+)
 
 
 def _synthesize(*args):
     return subprocess.run(
         [sys.executable, "-c", BLOCKED, "synthesize", *map(str, args)], capture_output=True, text=True
     )
+
+
+def _synthesize_runs(*runs) -> tuple[list, str]:
+    """Each of ``runs`` (synthesize's arguments) in turn in one blocked process: (exit codes, stderr)."""
+    argv = [["synthesize", *map(str, args)] for args in runs]
+    r = subprocess.run([sys.executable, "-c", BLOCKED_RUNS, json.dumps(argv)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.splitlines()[-1]), r.stderr
+
+
+def _synthesize_here(*args):
+    """`q3tts synthesize ARGS` in this process (click's runner): its result (exit_code, stderr)."""
+    return CliRunner().invoke(main, ["synthesize", *map(str, args)])
 
 
 @pytest.mark.reference
@@ -74,12 +108,27 @@ def test_synthesize_clone_and_design_modes(checkpoints, tmp_path):
         ("base", ["--ref-audio", ref]),
         ("base", ["--ref-audio", ref, "--ref-text", "Reference words.", "--ref-codes", codes]),
     ]
-    for i, (kind, extra) in enumerate(runs):
-        out = tmp_path / f"o{i}.wav"
-        r = _synthesize(
-            "--model", checkpoints[kind][1], "--text", "Hi.", "--out", out, "--greedy", "--max-new-tokens", "12", *extra
+    outs = [tmp_path / f"o{i}.wav" for i in range(len(runs))]
+    exits, err = _synthesize_runs(
+        *(
+            [
+                "--model",
+                checkpoints[kind][1],
+                "--text",
+                "Hi.",
+                "--out",
+                out,
+                "--greedy",
+                "--max-new-tokens",
+                "12",
+                *extra,
+            ]
+            for (kind, extra), out in zip(runs, outs)
         )
-        assert r.returncode == 0, r.stderr
+    )
+    assert exits == [0] * len(runs), (exits, err)
+    assert "blocked" not in err
+    for out in outs:
         assert sf.info(str(out)).samplerate == 24000
 
 
@@ -96,13 +145,12 @@ def test_synthesize_fast_compiles_before_generating_and_matches_exact(
     common = ["--model", checkpoints["custom_voice"][1], "--text", "Hello fast.", "--speaker", "alice"]
     common += ["--greedy", "--max-new-tokens", "16"]
     exact, quick = tmp_path / "exact.wav", tmp_path / "fast.wav"
-    r = _synthesize(*common, "--out", exact)
-    assert r.returncode == 0, r.stderr
-    r = _synthesize(*common, "--fast", "--out", quick)
-    assert r.returncode == 0, r.stderr
-    assert f"compiling the fast path (graphs cached in {cache})" in r.stderr
-    assert "fast path ready after" in r.stderr
-    assert "No CUDA runtime" not in r.stderr  # torch's cpp_extension warning on CPU machines, silenced
+    # Both in one process, the exact run first (its stderr is empty: the lines below are the fast run's)
+    exits, err = _synthesize_runs([*common, "--out", exact], [*common, "--fast", "--out", quick])
+    assert exits == [0, 0], (exits, err)
+    assert f"compiling the fast path (graphs cached in {cache})" in err
+    assert "fast path ready after" in err
+    assert "No CUDA runtime" not in err  # torch's cpp_extension warning on CPU machines, silenced
     assert any(cache.iterdir())
     want, _ = sf.read(str(exact), dtype="float32")
     got, _ = sf.read(str(quick), dtype="float32")
@@ -110,23 +158,33 @@ def test_synthesize_fast_compiles_before_generating_and_matches_exact(
     np.testing.assert_allclose(got, want, atol=2 / 32768, rtol=0)
 
 
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["--speaker", "nobody"], "unsupported speakers"),
-        ([], "--speaker is required"),
-        (["--speaker", "alice", "--language", "klingon"], "unsupported languages"),
-    ],
-)
+BAD_INPUT = [
+    (["--speaker", "nobody"], "unsupported speakers"),
+    ([], "--speaker is required"),
+    (["--speaker", "alice", "--language", "klingon"], "unsupported languages"),
+]
+
+
+@pytest.mark.parametrize("args, message", BAD_INPUT)
 def test_synthesize_bad_input(checkpoints, tmp_path, args, message):
+    """In this process (click's runner): the usage error's one line and exit 2, no output file."""
     out = tmp_path / "x.wav"
+    r = _synthesize_here("--model", checkpoints["custom_voice"][1], "--text", "Hi.", "--out", out, *args)
+    assert r.exit_code == 2 and message in r.stderr and "Traceback" not in r.stderr, (r.stderr, r.exception)
+    assert len(r.stderr.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_synthesize_bad_input_in_a_process_is_one_line_and_exit_2(checkpoints, tmp_path):
+    """The first of them in a real process: its exit status is 2, and its stderr holds that one
+    line and nothing else (no warning from an import, no traceback)."""
+    (args, message), out = BAD_INPUT[0], tmp_path / "x.wav"
     r = _synthesize("--model", checkpoints["custom_voice"][1], "--text", "Hi.", "--out", out, *args)
     assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr  # usage errors
     assert len(r.stderr.strip().splitlines()) == 1 and not out.exists()
 
 
 def test_synthesize_refuses_an_upstream_directory_with_no_convert(checkpoints, tmp_path):
-    r = _synthesize(
+    r = _synthesize_here(
         "--model",
         checkpoints["custom_voice"][0],
         "--text",
@@ -137,4 +195,4 @@ def test_synthesize_refuses_an_upstream_directory_with_no_convert(checkpoints, t
         tmp_path / "x.wav",
         "--no-convert",
     )
-    assert r.returncode == 1 and "convert it first" in r.stderr
+    assert r.exit_code == 1 and "convert it first" in r.stderr, (r.stderr, r.exception)
