@@ -156,8 +156,11 @@ def _modes(root: Path) -> dict[str, int]:
 def test_output_permissions_follow_the_umask(small_src, tmp_path, umask, dir_mode, file_mode):
     os.chmod(small_src / "generation_config.json", 0o444)  # a read-only source (hub cache) must not leak its mode
     dst = tmp_path / "out"
-    code = f"import os; os.umask({umask}); from q3tts.convert import convert_checkpoint; convert_checkpoint({str(small_src)!r}, {str(dst)!r})"
-    subprocess.run([sys.executable, "-c", code], check=True)
+    previous = os.umask(umask)  # the umask is read at each write (output_dir.current_umask): set it here, for this call
+    try:
+        convert_checkpoint(small_src, dst)
+    finally:
+        os.umask(previous)
     modes = _modes(dst)
     assert modes.pop("out") == dir_mode
     assert modes and all(m == (dir_mode if (tmp_path / p).is_dir() else file_mode) for p, m in modes.items()), modes
