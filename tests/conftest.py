@@ -24,21 +24,30 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import pytest
-import torch
 
-from q3tts.convert import convert_checkpoint
-from q3tts.standalone import Qwen3TTS
-from q3tts.verify.fixtures.writer import MODEL_TYPES, SUITE_SEEDS, load_tensor_specs, write_upstream_checkpoint
+# torch and the package are imported where they are used (the fixtures below), not here: the
+# xdist controller, which runs no test, then never imports torch (seconds of every run's start),
+# and neither does a pytest a test starts on planted tests with these hooks (tests/test_tiers.py).
 
-# One thread: on the tiny fixtures a second one only adds fork/join cost (and on a shared 2-core
-# machine it can make a run 30x slower). The goldens are recorded with one thread too.
-torch.set_num_threads(1)
-# The same for every process a test starts (verify-parity, synthesize, serve, a gate cell): each
+# One thread for every process a test starts (verify-parity, synthesize, serve, a gate cell): each
 # worker is one core's worth, and a child on torch's default of one thread per core spins OpenMP
 # barriers against the other worker. Measured on 2 cores beside one busy worker: the console
 # test's verify-parity took 160 s with two threads and 12 s with one. A value the caller set wins.
+# Set before this process imports torch, it is this process's thread count too (see
+# _one_torch_thread for a caller's other value).
 for _threads_var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_threads_var, "1")
+
+
+def _one_torch_thread() -> None:
+    """One thread in this process: on the tiny fixtures a second one only adds fork/join cost (and
+    on a shared 2-core machine it can make a run 30x slower). The goldens are recorded with one
+    thread too. Called once the test modules are imported (they import torch), before any test,
+    and where the fixtures first import it."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(1)
+
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
 REFERENCE_STACK = ("transformers", "qwen_tts", "torchaudio", "librosa")
@@ -109,6 +118,7 @@ def _longest_first(items) -> None:
 
 @pytest.hookimpl(trylast=True)  # after `-m` has deselected what it will
 def pytest_collection_modifyitems(config, items):
+    _one_torch_thread()
     _longest_first(items)
     for item in items:
         if any(f in getattr(item, "fixturenames", ()) for f in REFERENCE_FIXTURES):
@@ -199,6 +209,8 @@ def warm_compile_cache() -> Path:
 
 @pytest.fixture(scope="session")
 def tensor_specs():
+    from q3tts.verify.fixtures.writer import load_tensor_specs
+
     return load_tensor_specs(GOLDEN_DIR / "fixture_tensors.json")
 
 
@@ -207,6 +219,10 @@ def checkpoints(request, tmp_path_factory, tensor_specs):
     """{model_type: (upstream_dir, standalone_dir)} for every model type. Where upstream is
     installed its own classes write the upstream directories (save_pretrained); the fast tier
     writes them from the recorded specs and files, the same bytes (tests/test_goldens.py)."""
+    from q3tts.convert import convert_checkpoint
+    from q3tts.verify.fixtures.writer import MODEL_TYPES, SUITE_SEEDS, write_upstream_checkpoint
+
+    _one_torch_thread()  # in case no test module imported torch before (a run of torch-free modules)
     by_upstream = not _fast(request.config) and importlib.util.find_spec("qwen_tts") is not None
     specs = None if by_upstream else tensor_specs
     root = tmp_path_factory.mktemp("ckpt")
@@ -225,6 +241,9 @@ _standalone: dict = {}
 @pytest.fixture(scope="session")
 def load_standalone(checkpoints):
     """load_standalone(model_type, dtype) -> standalone Qwen3TTS, loaded once per session."""
+    import torch
+
+    from q3tts.standalone import Qwen3TTS
 
     def load(model_type: str, dtype: torch.dtype = torch.float32):
         key = (model_type, dtype)
@@ -244,7 +263,7 @@ def load_models(checkpoints, load_standalone):
     loaded once per session."""
     from q3tts.verify.cases.forward import load_upstream_wrapper
 
-    def load(model_type: str, dtype: torch.dtype):
+    def load(model_type: str, dtype):
         key = (model_type, dtype)
         if key not in _loaded:
             up_dir, _ = checkpoints[model_type]
@@ -258,7 +277,7 @@ def load_models(checkpoints, load_standalone):
 def load_pair(load_models):
     """load_pair(model_type, dtype) -> (upstream Qwen3TTSForConditionalGeneration, standalone)."""
 
-    def load(model_type: str, dtype: torch.dtype):
+    def load(model_type: str, dtype):
         wrapper, standalone = load_models(model_type, dtype)
         return wrapper.model, standalone
 

@@ -99,8 +99,11 @@ def test_a_reference_module_loaded_in_a_worker_fails_the_fast_tier(tmp_path, wor
     report = tmp_path / "tier.json"
     env = dict(os.environ, Q3TTS_TIER_REPORT=str(report))
     env.pop("Q3TTS_FAST_TIER", None)
+    # The planted tests need neither hypothesis's nor anyio's plugin: without them each of the (up to
+    # three) pytest processes starts in a fraction of a second instead of seconds.
+    plugins_off = ["-p", "no:cacheprovider", "-p", "no:hypothesispytest", "-p", "no:anyio"]
     r = subprocess.run(
-        [sys.executable, "-m", "pytest", "--fast", "-q", "-n", workers, "-p", "no:cacheprovider", "test_planted.py"],
+        [sys.executable, "-m", "pytest", "--fast", "-q", "-n", workers, *plugins_off, "test_planted.py"],
         cwd=tmp_path,
         env=env,
         capture_output=True,
