@@ -4,15 +4,17 @@ cache hit never serves another checkpoint's weights.
 The fast path's graphs read the weights as inputs, and torch 2.9.1's FX and AOTAutograd caches
 key a graph on the inputs' shapes and dtypes only (not their values). If that ever changed (values
 baked into the cached code, as inductor's ``freezing`` can do with small constants), a second process loading a *different* checkpoint of the same shapes would silently run the
-first one's weights. So: two processes share one cache directory and load two checkpoints with
-different weights; the second must hit the cache for every graph (else the check proves nothing)
-and still match its own exact path, not the first model.
+first one's weights. So: a process loads the suite's checkpoint and compiles into a cache directory
+(kept between runs), and a second process loads a checkpoint with different weights from that
+cache; the second must hit the cache for every graph (else the check proves nothing) and still
+match its own exact path, not the first model.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -88,34 +90,57 @@ def second_checkpoint(tmp_path_factory, tensor_specs):
     return root / "standalone"
 
 
+def _hits_every_graph(stats: dict) -> bool:
+    return stats.get("fxgraph_cache_hit", 0) >= 3 and stats.get("fxgraph_cache_miss", 0) == 0
+
+
 def test_second_process_hits_the_cache_and_uses_its_own_weights(
     checkpoints, second_checkpoint, tmp_path, warm_compile_cache
 ):
+    """The cache kept between test runs (warm_compile_cache) is only ever written by a process that
+    loads the suite's checkpoint (``first`` below). The process under test loads the other weights
+    from a copy of it, so its own misses never land there: every hit it reports is a graph the
+    other weights compiled. From a warm environment the copy holds every graph and that one process
+    start is the test; on a cold (or stale) cache the first process compiles them into the cache,
+    and the second start is made again."""
+    from q3tts.standalone import Qwen3TTS
+    from q3tts.standalone.fast import FastEngine
     from q3tts.verify.compare import FAST_TOLERANCES, compare
 
-    # The cache persists between test runs: on a cold one the first start compiles and writes it, on a
-    # warm one it loads too. Either way the second start (other weights, same shapes) must load every
-    # graph and still compute with its own weights.
-    cache = warm_compile_cache
-    first = _run(checkpoints["custom_voice"][1], cache, tmp_path / "first.pt")
-    second = _run(second_checkpoint, cache, tmp_path / "second.pt")
+    first_checkpoint = checkpoints["custom_voice"][1]
+
+    def second_start(name: str) -> dict:
+        cache = tmp_path / name
+        shutil.copytree(warm_compile_cache, cache)
+        return _run(second_checkpoint, cache, tmp_path / f"{name}.pt")
+
+    second, first = second_start("second"), None
+    if not _hits_every_graph(second["stats"]):
+        first = _run(first_checkpoint, warm_compile_cache, tmp_path / "first.pt")
+        stats = first["stats"]
+        assert stats.get("fxgraph_cache_miss", 0) + stats.get("fxgraph_cache_hit", 0) >= 3, stats  # every graph
+        second = second_start("second-again")
     print(
         json.dumps(
             {
-                "first": [first["stats"], first["compile_seconds"]],
+                "first": first and [first["stats"], first["compile_seconds"]],
                 "second": [second["stats"], second["compile_seconds"]],
             }
         )
     )
-    stats = first["stats"]
-    assert stats.get("fxgraph_cache_miss", 0) + stats.get("fxgraph_cache_hit", 0) >= 3, stats  # every graph
     # Every graph of the second start came from the cache: the weights check below is about hits.
     assert second["stats"].get("fxgraph_cache_hit", 0) >= 3, second["stats"]
     assert second["stats"].get("fxgraph_cache_miss", 0) == 0, second["stats"]
+    # The first model's exact logits (the exact path compiles nothing: computed here).
+    model = Qwen3TTS.from_pretrained(first_checkpoint, dtype=torch.float32)
+    first_exact = _fast_and_exact_logits(model, FastEngine(model.talker, model.code_predictor, 8, compile=False))
     tol = FAST_TOLERANCES[torch.float32]
     for part in ("prefill", "talker", "frame"):
-        a, b = first["logits"], second["logits"]
-        assert compare(f"{part} first", a[f"{part}_exact"], a[f"{part}_fast"], torch.float32, tol).passed
+        a, b = first_exact, second["logits"]
+        if first is not None:
+            assert compare(
+                f"{part} first", first["logits"][f"{part}_exact"], first["logits"][f"{part}_fast"], torch.float32, tol
+            ).passed
         own = compare(f"{part} second", b[f"{part}_exact"], b[f"{part}_fast"], torch.float32, tol)
         assert own.passed, own
         # The two checkpoints really differ here, so matching the first model would have failed above.
