@@ -64,6 +64,8 @@ def test_timers_count_only_while_active():
         ("profile_frame", ["--fast-dtypes", "fp16+int8"], "--fast-dtypes"),
         ("profile_frame", ["--fast-dtypes", "bf16+int3"], "int4-g128"),  # a misspelt quant, before any model
         ("linear_m1", ["--repeats", "0"], "--repeats"),
+        ("attention", ["--iters", "0"], "--iters"),
+        ("attention", ["--modes", "bf16,fp16"], "--modes"),
     ],
 )
 def test_bad_arguments_name_the_argument(module, argv, name, capsys):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from q3tts.standalone import fast
@@ -63,3 +64,25 @@ def test_int8_codes_run_through_the_reduction_and_int4_keeps_its_kernel(monkeypa
     torch.testing.assert_close(fast.decode_linear(int8, x), int8(x), atol=0.05, rtol=0.01)
     assert calls == [1]
     assert torch.equal(fast.decode_linear(int4, x), int4(x)) and calls == [1]
+
+
+@pytest.mark.parametrize("seqlen", [1, 2])
+def test_decode_attention_reductions_equal_sdpa_over_cache_and_new_positions(seqlen):
+    """fast._attention (scores and weighted sum as reductions, fast._scores/_mix) against SDPA in
+    fp64 over the same keys: the masked cache positions and, causally, the new ones. A swapped
+    key/value pair is far outside the tolerance (the check can fail)."""
+    g = torch.Generator().manual_seed(0)
+    bsz, heads, kv, dim, window = 2, 4, 2, 16, 7
+    q = torch.randn(bsz, heads, seqlen, dim, generator=g)
+    k_new, v_new = (torch.randn(bsz, kv, seqlen, dim, generator=g) for _ in range(2))
+    k_cache, v_cache = (torch.randn(bsz, kv, window, dim, generator=g) for _ in range(2))
+    cache_mask = torch.rand(bsz, 1, seqlen, window, generator=g) > 0.3
+    keys = torch.cat((k_cache, k_new), 2).repeat_interleave(heads // kv, 1).double()
+    values = torch.cat((v_cache, v_new), 2).repeat_interleave(heads // kv, 1).double()
+    causal = torch.ones(seqlen, seqlen, dtype=torch.bool).tril().expand(bsz, 1, seqlen, seqlen)
+    mask = torch.cat((cache_mask, causal), -1)
+    ref = F.scaled_dot_product_attention(q.double(), keys, values, attn_mask=mask, scale=dim**-0.5)
+    got = fast._attention(q, k_new, v_new, k_cache, v_cache, cache_mask, dim**-0.5)
+    assert (got.double() - ref).abs().max() < 1e-5
+    swapped = fast._attention(q, v_new, k_new, v_cache, k_cache, cache_mask, dim**-0.5)
+    assert (swapped.double() - ref).abs().max() > 1e-2
