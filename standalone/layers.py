@@ -130,6 +130,12 @@ class Embedding(nn.Embedding):
 
     out_dtype: torch.dtype | None = None
 
+    def reset_parameters(self) -> None:
+        # A table built on the meta device (from_pretrained, before the weights are assigned) has no
+        # values to draw, and drawing them there imports torch._dynamo (about a second of every start).
+        if self.weight.device.type != "meta":
+            super().reset_parameters()
+
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         out = super().forward(ids)
         return out if self.out_dtype is None else out.to(self.out_dtype)
