@@ -51,6 +51,7 @@ from q3tts.verify.compare import (
     fast_bounds,
     first_divergence,
 )
+from q3tts.verify.machine import cpu_model
 
 PROMPT_KEYS = (
     "input_ids",
@@ -558,7 +559,7 @@ def run_fast_cli(
     (report_dir / f"{stem}.json").write_text(json.dumps(reports, indent=2) + "\n")
     note = (
         f"verify-parity --fast{f' --quant {quant}' if quant else ''}, seed {seeds[0]}, {frames} frames per "
-        f"generation case, {torch.get_num_threads()} threads, inductor options "
+        f"generation case, {torch.get_num_threads()} threads on {cpu_model()}, inductor options "
         f"{reports[0]['options'] if reports else options}"
         + (f", engine options {engine_options}" if engine_options else "")
         + "."
