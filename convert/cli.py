@@ -40,10 +40,11 @@ DTYPE_CHOICES = ("keep", "bf16", "fp16", "fp32", "bf16-mixed", "fp16-mixed")
 )
 @click.option(
     "--quant",
-    type=click.Choice(["F32", "F16", "BF16", "Q8_0"], case_sensitive=False),
+    type=click.Choice(["F32", "F16", "BF16", "Q8_0", "Q4_K_M"], case_sensitive=False),
     default="F32",
     show_default=True,
-    help="With --to gguf: storage type (qwentts.cpp's policy keeps norms, codebooks, ... F32).",
+    help="With --to gguf: storage type (qwentts.cpp's policy keeps norms, codebooks, ... F32). Q4_K_M is "
+    "qwentts.cpp's 4-bit variant (Q4_K, embeddings Q6_K), encoded by the ggml of its binding ([peers] extra).",
 )
 @click.option(
     "--check",

@@ -21,6 +21,7 @@ import numpy as np
 from . import gguf_layout as L
 from .checkpoint import CheckpointError, CheckpointReader
 from .config import FORMAT_NAME
+from .ggml_quantize import GGML_TYPES, GGMLUnavailable, quantize_rows, require_ggml
 from .jsonfile import load_json_text
 from .manifest import MANIFEST_NAME
 from .output_dir import OutputDir, OutputError
@@ -216,6 +217,8 @@ def _encode(gguf, name: str, arr: np.ndarray, quant: str):
     if kind == "F16":
         return arr.astype(np.float16), None, kind
     qtype = gguf.GGMLQuantizationType[kind]
+    if kind in GGML_TYPES:  # K-quants: gguf's package has no encoder, ggml's own does it
+        return quantize_rows(arr, kind), qtype, kind
     return gguf.quants.quantize(arr, qtype), qtype, kind
 
 
@@ -282,6 +285,11 @@ def convert_to_gguf(
     quant = quant.upper()
     if quant not in L.QUANTS:
         raise GGUFConversionError(f"--quant {quant}: expected one of {', '.join(L.QUANTS)}")
+    if quant in L.K_VARIANTS:  # before anything is written: the encoder is the peer's ggml
+        try:
+            require_ggml()
+        except GGMLUnavailable as e:
+            raise GGUFConversionError(f"--quant {quant}: {e}") from e
     src, dst = Path(src), Path(dst)
     if not src.is_dir():
         raise GGUFConversionError(f"{src}: not a directory")

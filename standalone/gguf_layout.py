@@ -31,7 +31,7 @@ CODEC_ARCH = "qwen3-tts-tokenizer"
 TALKER_FILE = "qwen-talker-{quant}.gguf"
 CODEC_FILE = "qwen-tokenizer-12hz-{quant}.gguf"
 
-QUANTS = ("F32", "F16", "BF16", "Q8_0")
+QUANTS = ("F32", "F16", "BF16", "Q8_0", "Q4_K_M")
 
 # EuclideanCodebook.epsilon upstream: the decode table is embedding_sum / clamp(usage, eps).
 RVQ_EPS = 1e-5
@@ -215,19 +215,30 @@ KEEP_F32_SUBSTRINGS = (
     "spk_enc.fc.weight",
 )
 Q8_0_BLOCK = 32
+# Block widths of the quantized storage types (weights per block along a row).
+BLOCK_WEIGHTS = {"Q8_0": Q8_0_BLOCK, "Q4_K": 256, "Q6_K": 256}
+# Q4_K_M as quantize.cpp's variant table has it: Q4_K, embeddings (get_rows lookups) Q6_K. Its
+# "important tensor" bump to Q6_K matches HF names (v_proj.weight, down_proj.weight) that no
+# qwen3-tts GGUF name contains, so it never applies to these files and is not modelled.
+K_VARIANTS = {"Q4_K_M": ("Q4_K", "Q6_K")}
+EMBED_SUBSTRINGS = ("token_embd", "embed_tokens.weight", "audio_embeddings.weight", ".codec_embd", ".text_embd")
 
 
 def storage_type(name: str, shape: tuple[int, ...], quant: str) -> str:
-    """The GGUF storage type of tensor ``name`` under ``--quant quant``: F32, F16, BF16 or Q8_0.
-    A Q8_0 tensor whose rows (the last dimension) are not a multiple of the block falls back to
-    F16, as quantize.cpp does for conv kernels."""
+    """The GGUF storage type of tensor ``name`` under ``--quant quant``: F32, F16, BF16, Q8_0, or for
+    Q4_K_M Q4_K (embeddings Q6_K). A block-quantized tensor whose rows (the last dimension) are not
+    a multiple of its block falls back to F16, as quantize.cpp does for conv kernels."""
     if quant not in QUANTS:
         raise ValueError(f"--quant {quant!r}: expected one of {', '.join(QUANTS)}")
     if quant == "F32" or len(shape) < 2 or any(s in name for s in KEEP_F32_SUBSTRINGS):
         return "F32"
-    if quant == "Q8_0" and shape[-1] % Q8_0_BLOCK:
+    kind = quant
+    if quant in K_VARIANTS:
+        base, embed = K_VARIANTS[quant]
+        kind = embed if any(s in name for s in EMBED_SUBSTRINGS) else base
+    if kind in BLOCK_WEIGHTS and shape[-1] % BLOCK_WEIGHTS[kind]:
         return "F16"
-    return quant
+    return kind
 
 
 # --------------------------------------------------------------------------------------------

@@ -124,7 +124,9 @@ DTYPE_CHOICES = ("fp32", "bf16")
     "--quant",
     default=None,
     metavar="LIST",
-    help="With --engine: GGUF types (default F32,F16,BF16,Q8_0). With --fast: weight-only quantized fast modes "
+    help="With --engine: GGUF types (default F32,F16,BF16,Q8_0; also Q4_K_M). With --engine and --fast: our "
+    "quantized fast modes, each against qwentts.cpp at the same bit width (bitwidth-agreement.md; --dtype picks "
+    "the activations, default bf16). With --fast: weight-only quantized fast modes "
     "(int8, int4, int4-g32, int4-g64, int4-g128), each judged against upstream fp32 by the mode's bounds and against "
     "upstream on its dequantized weights by the plain ones (fast_parity-QUANT.md); with --self-test, its faults.",
 )
@@ -284,6 +286,12 @@ def _mode_mixed(o: Options) -> bool:
 
 
 def _mode_engine(o: Options) -> bool:
+    if o.fast:  # our quantized fast modes against the peer at the same bit width
+        from q3tts.verify.engines.bitwidth import run_bitwidth
+
+        if o.self_test or o.gguf_dir:
+            raise click.BadParameter("--engine with --fast compares converted pairs: no --self-test or --gguf")
+        return run_bitwidth(o.src, o.quant, o.dtypes or None, o.frames, Path(o.report_dir))
     return _run_engine(o.engine, o.src, o.gguf_dir, o.quant, o.frames, Path(o.report_dir), o.self_test)
 
 
