@@ -420,6 +420,7 @@ def bench_model(
         "bytes_read_per_frame": {
             **{d: fast_mode_bytes(cfg, d) for d in ("fp32", "bf16", *fast_dtypes)},
             "q8_0": bytes_read_per_frame(cfg, Q8_0_BYTES),
+            "q4_k_m": bytes_read_per_frame(cfg, Q4_K_BYTES),
         },
         "runs": [],
     }
@@ -528,16 +529,21 @@ def environment() -> dict:
 # GGUF Q8_0 stores every matrix (heads and embeddings too) in blocks of 32 int8 codes and one f16
 # scale: 34 bytes per 32 weights (the 0.6B/1.7B files convert-ckpt --to gguf writes; norms stay f32).
 Q8_0_BYTES = 34 / 32
+# GGUF Q4_K_M (convert-ckpt --to gguf --quant Q4_K_M): Q4_K, 144 bytes per 256 weights, for every matrix
+# a frame streams (its embeddings are Q6_K, but a frame reads only rows of them).
+Q4_K_BYTES = 144 / 256
 
 
 def floor_dtype(engine: str) -> str:
     """Which per-dtype floor an engine is held to: its weight bytes (F16/BF16 GGUF: 2 bytes, Q8_0:
-    Q8_0_BYTES)."""
+    Q8_0_BYTES, Q4_K_M: Q4_K_BYTES)."""
     if engine.startswith("fast"):
         return engine.split()[1]
     if engine.startswith("qwentts.cpp"):
         if engine.endswith("Q8_0"):
             return "q8_0"
+        if engine.endswith("Q4_K_M"):
+            return "q4_k_m"
         return "bf16" if engine.endswith(("F16", "BF16")) else "fp32"
     return "fp32"
 

@@ -121,11 +121,12 @@ def test_peak_rss_sees_a_peak_between_samples():
 def test_each_engine_is_held_to_the_floor_of_its_own_weight_bytes():
     """A GGUF Q8_0 engine streams 34 bytes per 32 weights (heads and embeddings too), not fp32's 4:
     its floor once used fp32's bytes, and the report showed it 'reaching' 130% of the floor."""
-    from q3tts.bench.generation import Q8_0_BYTES, bytes_read_per_frame, floor_dtype
+    from q3tts.bench.generation import Q4_K_BYTES, Q8_0_BYTES, bytes_read_per_frame, floor_dtype
 
     _, cfg = _meta_model("0.6B")
-    assert [floor_dtype(e) for e in ("exact", "fast bf16+int4", "qwentts.cpp F16", "qwentts.cpp Q8_0")] == [
-        "fp32", "bf16+int4", "bf16", "q8_0",
-    ]  # fmt: skip
+    engines = ("exact", "fast bf16+int4", "qwentts.cpp F16", "qwentts.cpp Q8_0", "qwentts.cpp Q4_K_M")
+    assert [floor_dtype(e) for e in engines] == ["fp32", "bf16+int4", "bf16", "q8_0", "q4_k_m"]
     q8 = bytes_read_per_frame(cfg, Q8_0_BYTES)
     assert bytes_read_per_frame(cfg, 2) / 2 < q8 < bytes_read_per_frame(cfg, 2)
+    q4 = bytes_read_per_frame(cfg, Q4_K_BYTES)
+    assert bytes_read_per_frame(cfg, 0.5) < q4 < q8 / 1.8

@@ -124,9 +124,9 @@ DTYPE_CHOICES = ("fp32", "bf16")
     "--quant",
     default=None,
     metavar="LIST",
-    help="With --engine: GGUF types (default F32,F16,BF16,Q8_0; also Q4_K_M). With --engine and --fast: our "
-    "quantized fast modes, each against qwentts.cpp at the same bit width (bitwidth-agreement.md; --dtype picks "
-    "the activations, default bf16). With --fast: weight-only quantized fast modes "
+    help="With --engine: GGUF types (default F32,F16,BF16,Q8_0). With --engine and --fast: our "
+    "quantized fast modes, each against qwentts.cpp at the same bit width (int8: Q8_0, int4: Q4_K_M; "
+    "bitwidth-agreement.md; --dtype picks the activations, default bf16). With --fast: weight-only quantized fast modes "
     "(int8, int4, int4-g32, int4-g64, int4-g128), each judged against upstream fp32 by the mode's bounds and against "
     "upstream on its dequantized weights by the plain ones (fast_parity-QUANT.md); with --self-test, its faults.",
 )
