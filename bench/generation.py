@@ -416,7 +416,7 @@ def bench_model(
     out = {
         "model": name,
         "load_before": load_before,
-        "fast_options": fast_options or "default (standalone/fast.py COMPILE_OPTIONS; int8 modes INT8_COMPILE_OPTIONS)",
+        "fast_options": fast_options or "default (standalone/fast.py COMPILE_OPTIONS)",
         "bytes_read_per_frame": {
             **{d: fast_mode_bytes(cfg, d) for d in ("fp32", "bf16", *fast_dtypes)},
             "q8_0": bytes_read_per_frame(cfg, Q8_0_BYTES),

@@ -98,21 +98,6 @@ def use_compile_cache(cache_dir: str | os.PathLike | None = None) -> Path:
 # second start 36-47 s against 11 s: torch 2.9.1 bypasses the AOTAutograd cache for frozen graphs.
 COMPILE_OPTIONS: dict = {}
 
-# The int8 mode's own options, used when a model's linears are int8 (options=None). Inductor inlines a
-# linear's input (the RMSNorm, or silu(gate) * up) into the one-row reduction over the weight, so each
-# of the N output rows recomputes it over all K inputs; realizing those inputs once makes the int8 loop
-# load codes and fp32 activations only. Measured at 0.6B on an AMD EPYC, 2 threads, 32 frames, decode
-# loop (reports/int8-realize): bf16+int8 99.4 -> 68.6 ms/frame. Not for bf16 weights (76.8 -> 100.9
-# with the same option) nor int4 (44.0 -> 43.8, its kernel is an extern call).
-INT8_COMPILE_OPTIONS: dict = {"realize_reads_threshold": 0}
-
-
-def default_options(talker: nn.Module, code_predictor: nn.Module) -> dict:
-    """The inductor options of an engine built without ``options``: INT8_COMPILE_OPTIONS when the
-    transformer linears are int8, else COMPILE_OPTIONS."""
-    bits = {m.mode.bits for part in (talker, code_predictor) for m in part.modules() if isinstance(m, WeightOnlyLinear)}
-    return dict(INT8_COMPILE_OPTIONS if bits == {8} else COMPILE_OPTIONS)
-
 
 def _attention(q, k_new, v_new, k_cache, v_cache, cache_mask, scale: float):
     """q [B, H, S, D] over the cached positions k/v_cache [B, KV, W, D] (cache_mask [B|1, 1, S, W]
@@ -349,7 +334,7 @@ class FastEngine:
         # instead when the limit is reached).
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         self.window_block = window_block
-        opts = self.options = default_options(talker, code_predictor) if options is None else dict(options)
+        opts = self.options = dict(COMPILE_OPTIONS if options is None else options)
         wrap = (lambda m: torch.compile(m, dynamic=False, options=opts)) if compile else (lambda m: m)
         self._talker_step = wrap(DecodeGraph(talker.decoder, head=talker.codec_head))
         # The prompt prefill: eager by default (see the module docstring for the measured trade). A

@@ -98,20 +98,6 @@ def test_load_option_quantizes_the_transformer_linears_only(checkpoints):
         _ = model.talker.decoder.layers[0].attn.wqkv.weight  # what the exact path reads
 
 
-def test_int8_engines_compile_with_the_int8_options(checkpoints):
-    """An int8 model's engine realizes each linear's input (INT8_COMPILE_OPTIONS); plain and int4
-    models keep COMPILE_OPTIONS; options given explicitly win."""
-    from q3tts.standalone.fast import COMPILE_OPTIONS, INT8_COMPILE_OPTIONS
-
-    st_dir = checkpoints["custom_voice"][1]
-    assert INT8_COMPILE_OPTIONS != COMPILE_OPTIONS
-    assert Qwen3TTS.from_pretrained(st_dir, dtype=FP32, quant="int8").fast_engine().options == INT8_COMPILE_OPTIONS
-    assert Qwen3TTS.from_pretrained(st_dir, dtype=FP32, quant="int4").fast_engine().options == COMPILE_OPTIONS
-    assert Qwen3TTS.from_pretrained(st_dir, dtype=FP32, fast=True).fast_engine().options == COMPILE_OPTIONS
-    model = Qwen3TTS.from_pretrained(st_dir, dtype=FP32, quant="int8")
-    assert model.compile_fast(options={"freezing": False}).fast_engine().options == {"freezing": False}
-
-
 def test_int4_groups_fit_each_linear_or_keep_it(checkpoints):
     """int4 asks for groups of 128; the tiny talker reads 32 or 64 inputs, so its linears are
     quantized in the largest group that divides them (named); the tiny code predictor's linears that
