@@ -86,3 +86,26 @@ def test_decode_attention_reductions_equal_sdpa_over_cache_and_new_positions(seq
     assert (got.double() - ref).abs().max() < 1e-5
     swapped = fast._attention(q, v_new, k_new, v_cache, k_cache, cache_mask, dim**-0.5)
     assert (swapped.double() - ref).abs().max() > 1e-2
+
+
+def test_int8_inputs_are_materialized_once_in_the_compiled_graph():
+    """An int8 linear's input reaches the reduction through materialize_fp32 (an fp32 copy inductor
+    cannot inline, so the RMSNorm before it is not recomputed per output row); a bf16 linear's does
+    not. Checked on the traced graph, with the int8 result equal to the dequantized product."""
+    from q3tts.standalone.quant import quantize_int8
+
+    torch.manual_seed(0)
+    weight = torch.randn(48, 32)
+    codes, scales = quantize_int8(weight, torch.float32)
+    x = torch.randn(1, 32)
+    out = fast.gemv(x, codes, scales)
+    assert torch.allclose(out, x @ (codes.float() * scales[:, None]).T, rtol=1e-5, atol=1e-5)
+    copy = fast.materialize_fp32(x)
+    assert copy.dtype == torch.float32 and torch.equal(copy, x) and copy.data_ptr() != x.data_ptr()
+
+    def ops(fn, *args) -> list[str]:
+        gm = torch.fx.experimental.proxy_tensor.make_fx(fn)(*args)
+        return [str(n.target) for n in gm.graph.nodes if n.op == "call_function"]
+
+    assert any("materialize_fp32" in op for op in ops(lambda a: fast.gemv(a, codes, scales), x))
+    assert not any("materialize_fp32" in op for op in ops(lambda a: fast.gemv(a, weight), x))
