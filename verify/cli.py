@@ -291,7 +291,7 @@ def _mode_engine(o: Options) -> bool:
 
         if o.self_test or o.gguf_dir:
             raise click.BadParameter("--engine with --fast compares converted pairs: no --self-test or --gguf")
-        return run_bitwidth(o.src, o.quant, o.dtypes or None, o.frames, Path(o.report_dir))
+        return run_bitwidth(o.src, o.quant, o.dtypes or None, o.frames, Path(o.report_dir), seeds=o.seed_list)
     return _run_engine(o.engine, o.src, o.gguf_dir, o.quant, o.frames, Path(o.report_dir), o.self_test)
 
 

@@ -74,44 +74,96 @@ def judge_row(ours: dict[str, Any], peer: dict[str, Any]) -> tuple[str, list[str
     return "ok", []
 
 
+TEXTS = (
+    "Hello world, this is a test.",
+    "The quick brown fox jumps over the lazy dog near the river bank.",
+    "Please call me back tomorrow morning, after nine o'clock.",
+)
+
+
+def requests_for(exact, seeds) -> list[dict[str, Any]]:
+    """One request per seed: the engine check's request (seed 0), then other texts and, for a Base
+    model, other reference audio, so the agreement is counted over more positions."""
+    from q3tts.verify.engines.gguf import reference_audio
+    from q3tts.verify.engines.parity import request_for
+
+    out = []
+    for seed in seeds:
+        r = dict(request_for(exact), text=TEXTS[seed % len(TEXTS)])
+        if r["ref_audio"] is not None:
+            r["ref_audio"] = reference_audio(seed=seed)
+        out.append(r)
+    return out
+
+
+def combined(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The agreement of several requests as one: counts summed, per group too."""
+    judged = [p for p in parts if p.get("positions")]
+    if len(judged) < len(parts):
+        return next(p for p in parts if not p.get("positions"))
+    n, ok = sum(p["positions"] for p in judged), sum(p["agreeing"] for p in judged)
+    counts = [sum(c) for c in zip(*(p["group_positions"] for p in judged))]
+    agree = [sum(f * c for f, c in fc) for fc in zip(*(zip(p["per_group"], p["group_positions"]) for p in judged))]
+    per_group = [a / c if c else None for a, c in zip(agree, counts)]
+    worst = min((g for g, c in enumerate(counts) if c), key=lambda g: per_group[g])
+    return {
+        "positions": n,
+        "agreeing": ok,
+        "fraction": ok / n,
+        "per_group": per_group,
+        "group_positions": counts,
+        "worst_group": {"group": worst, "fraction": per_group[worst], "frames": counts[worst]},
+        "requests": len(judged),
+    }
+
+
 def compare_mode(up: Path, st: Path, exact, dtype: str, quant: str, frames: int, threads, work: Path, **opts) -> dict:
-    """One row: our fast ``dtype``+``quant`` and qwentts.cpp at PEER_QUANT[quant], same request."""
+    """One row: our fast ``dtype``+``quant`` and qwentts.cpp at PEER_QUANT[quant], on the same
+    requests (``opts["seeds"]``, default (0,)), agreement summed over them."""
     import torch
 
     from q3tts.standalone.gguf_conversion import convert_to_gguf
     from q3tts.standalone.model import Qwen3TTS
     from q3tts.verify.engines.gguf import run_qwentts, run_standalone, standalone_prefill
-    from q3tts.verify.engines.parity import request_for
 
-    request = request_for(exact)
-    prompt = standalone_prefill(exact, **request)["prompt"]
     peer_quant = PEER_QUANT[quant]
     gguf_dir = convert_to_gguf(up, work / f"gguf-{peer_quant}", quant=peer_quant, force=True).dst
-    eng = run_qwentts(gguf_dir, **request, max_new_tokens=frames, threads=threads)
-    peer = agreement(exact, prompt, eng["codes"], frames, f"qwentts.cpp {peer_quant}")
-    if eng.get("error"):
-        peer = {"positions": 0, "error": f"qwentts.cpp {peer_quant}: {eng['error']}"}
     model = Qwen3TTS.from_pretrained(st, dtype=getattr(torch, ACTIVATIONS[dtype]), quant=quant)
     if opts.get("engine_options"):
         model.compile_fast(**opts["engine_options"])
     if opts.get("plant"):
         opts["plant"](model)
-    ran = run_standalone(model, **request, max_new_tokens=frames)
-    ours = agreement(exact, prompt, ran["codes"], frames, f"fast {dtype}+{quant}")
-    verdict, problems = judge_row(ours, peer)
+    ours, peer, frames_ours, frames_peer = [], [], [], []
+    for request in requests_for(exact, opts.get("seeds") or (0,)):
+        prompt = standalone_prefill(exact, **request)["prompt"]
+        eng = run_qwentts(gguf_dir, **request, max_new_tokens=frames, threads=threads)
+        label = f"qwentts.cpp {peer_quant}"
+        peer.append(
+            {"positions": 0, "error": f"{label}: {eng['error']}"}
+            if eng.get("error")
+            else agreement(exact, prompt, eng["codes"], frames, label)
+        )
+        ran = run_standalone(model, **request, max_new_tokens=frames)
+        ours.append(agreement(exact, prompt, ran["codes"], frames, f"fast {dtype}+{quant}"))
+        frames_ours.append(int(ran["codes"].shape[0]))
+        frames_peer.append(int(eng["codes"].shape[0]))
+    ours_all, peer_all = combined(ours), combined(peer)
+    verdict, problems = judge_row(ours_all, peer_all)
     return {
         "ours": f"fast {dtype}+{quant}",
         "peer": f"qwentts.cpp {peer_quant}",
-        "ours_agreement": ours,
-        "peer_agreement": peer,
-        "frames_ours": int(ran["codes"].shape[0]),
-        "frames_peer": int(eng["codes"].shape[0]),
+        "ours_agreement": ours_all,
+        "peer_agreement": peer_all,
+        "per_request": {"ours": ours, "peer": peer},
+        "frames_ours": frames_ours,
+        "frames_peer": frames_peer,
         "verdict": verdict,
         "problems": problems,
     }
 
 
 def run_bitwidth(src, quant: str | None, dtypes, frames: int | None, report_dir: Path, threads=None, **opts) -> bool:
+    # opts: seeds (one request each), engine_options, plant (tests)
     """Every (dtype, mode) against the peer on SRC (default: the Base engine fixture). True only
     when every row is ok. Reports: REPORT_DIR/bitwidth-agreement.{md,json}."""
     import torch
@@ -145,7 +197,7 @@ def run_bitwidth(src, quant: str | None, dtypes, frames: int | None, report_dir:
             for p in row["problems"]:
                 echo(f"    {'FAIL' if row['verdict'] == 'FAIL' else 'NOT CHECKED'}: {p}")
     verdict = overall(rows)
-    write_report(rows, report_dir, frames, verdict)
+    write_report(rows, report_dir, frames, verdict, len(opts.get("seeds") or (0,)))
     echo(f"\nbit-width agreement: {verdict}; report: {report_dir / 'bitwidth-agreement.md'}")
     return verdict == "PASS"
 
@@ -165,7 +217,7 @@ def _cell(a: dict[str, Any]) -> str:
     return f"{a['agreeing']}/{a['positions']} ({a['fraction']:.3f}; worst group {w['group']} {w['fraction']:.2f})"
 
 
-def write_report(rows: list[dict], report_dir: Path, frames: int, verdict: str) -> None:
+def write_report(rows: list[dict], report_dir: Path, frames: int, verdict: str, n_requests: int = 1) -> None:
     from q3tts.verify.machine import describe, machine
 
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -177,8 +229,9 @@ def write_report(rows: list[dict], report_dir: Path, frames: int, verdict: str) 
         "",
         f"**Verdict: {verdict}**. {describe(where)}.",
         "",
-        f"`verify-parity --engine qwentts.cpp --fast --quant ...`: one request (a Base checkpoint clones a fixed "
-        f"reference, x-vector only), greedy, at most {frames} frames per side. Each side's free-running codes are "
+        f"`verify-parity --engine qwentts.cpp --fast --quant ...`: {n_requests} request(s), one per seed (other "
+        f"texts, and for a Base checkpoint other references, cloned x-vector only), greedy, at most {frames} frames "
+        "per request and side; agreement summed over the requests. Each side's free-running codes are "
         "teacher-forced into the exact fp32 model (bit-identical to upstream): a code agrees where it is that "
         "model's greedy pick on the side's own history. A row passes when ours agree at least as often as the "
         "peer's. The peer's GGUF is written by convert-ckpt --to gguf from the same upstream checkpoint.",
