@@ -175,8 +175,8 @@ def materialize_fp32(x: torch.Tensor) -> torch.Tensor:
     reduction that reads it: inlined, each of a linear's N output rows recomputed its input over all
     K columns. Measured on an RMSNorm followed by a one-row 6144 x 1024 linear (AMD EPYC, 2 threads):
     205.5 -> 111.2 µs with bf16 weights, 211.0 -> 124.1 µs with int8 codes. In whole 0.6B frames it
-    pays for int8 only (decode loop, each in a fresh process: bf16+int8 99.4 -> 53.3 ms/frame, bf16
-    76.8 -> 88.4), so gemv materializes the input of int8 linears only (reports/int8-materialize)."""
+    was shown to pay for int8 only (decode loop, fresh processes: bf16+int8 99.4 -> 53.3 ms/frame; bf16
+    88.4 with it against 76.8-87.3 without), so gemv materializes int8 inputs only (reports/int8-materialize)."""
     return x.to(torch.float32, copy=True)
 
 
