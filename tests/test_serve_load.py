@@ -22,7 +22,7 @@ from q3tts.serve import disconnects, loadtest
 from q3tts.serve.loadclient import one_request
 
 STREAM = {"model": MODEL_ID, "voice": "alice", "input": "Hi there.", "response_format": "pcm", "stream_format": "audio"}
-# At temperature 0.1 the tiny model does not reach EOS for hundreds of frames (seed 0: none in 400),
+# At temperature 0.1 the tiny model does not reach EOS for hundreds of frames (seed 0: at frame 522),
 # so a request that stops early was stopped by the server.
 LONG = {**STREAM, "seed": 0, "temperature": 0.1}
 
@@ -211,7 +211,10 @@ def test_sigterm_finishes_the_request_in_flight_and_cancels_the_rest(checkpoints
     completes (the same bytes as before), the one queued behind it is cancelled when the grace
     period ends, and the process exits 0 with one access-log line per request."""
     port = _free_port()
-    proc = _start_cli_server(checkpoints["custom_voice"][1], port, "--graceful-timeout", "1")
+    # The grace must end before the queued request can end by itself: LONG (seed 0) reaches EOS at frame
+    # 522, 1.29 s at one thread on an AMD EPYC; with 1 s it once finished "done" there. The request in
+    # flight (12 frames) needs tens of milliseconds.
+    proc = _start_cli_server(checkpoints["custom_voice"][1], port, "--graceful-timeout", "0.5")
     url = f"http://127.0.0.1:{port}/v1/audio/speech"
     try:
         short = {**STREAM, "seed": 2, "max_new_tokens": 12, "chunk_frames": 1, "first_chunk_frames": 1}
