@@ -163,9 +163,9 @@ def compare_mode(up: Path, st: Path, exact, dtype: str, quant: str, frames: int,
 
 
 def run_bitwidth(src, quant: str | None, dtypes, frames: int | None, report_dir: Path, threads=None, **opts) -> bool:
-    # opts: seeds (one request each), engine_options, plant (tests)
     """Every (dtype, mode) against the peer on SRC (default: the Base engine fixture). True only
-    when every row is ok. Reports: REPORT_DIR/bitwidth-agreement.{md,json}."""
+    when every row is ok. Reports: REPORT_DIR/bitwidth-agreement.{md,json}. ``opts``: ``seeds``
+    (one request each), and for tests ``engine_options`` and ``plant`` (see compare_mode)."""
     import torch
 
     from q3tts.convert import convert_checkpoint
