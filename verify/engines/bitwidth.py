@@ -49,14 +49,12 @@ def parse_modes(quant: str | None, dtypes: tuple[str, ...] | None) -> list[tuple
 def agreement(exact, prompt, codes, frames: int, label: str) -> dict[str, Any]:
     """``codes`` [F, G] teacher-forced into ``exact``: agreeing / positions, per group."""
     from q3tts.verify.engines import judge
-    from q3tts.verify.engines.forcing import check_code_range, forced_logits
+    from q3tts.verify.engines.forcing import force_codes
 
-    if codes.size == 0:
-        return {"positions": 0, "error": f"{label}: no codes"}
-    bad = check_code_range(exact, codes)
-    if bad:
-        return {"positions": 0, "error": f"{label}: {bad}"}
-    tf = judge.teacher_forced(forced_logits(exact, prompt, codes, frames), codes, "bit-width", None)
+    forced, error = force_codes(exact, prompt, codes, frames)
+    if forced is None:
+        return {"positions": 0, "error": f"{label}: {error or 'no codes'}"}
+    tf = judge.teacher_forced(forced, codes, "bit-width", None)
     return {k: tf[k] for k in ("positions", "agreeing", "fraction", "per_group", "group_positions", "worst_group")}
 
 

@@ -98,6 +98,17 @@ def forced_logits(model, prompt, codes: np.ndarray, max_new_tokens: int) -> Forc
     return ForcedLogits(torch.stack(group0), residual_t, tcfg.codec_eos_token_id, step1)
 
 
+def force_codes(model, prompt, codes: np.ndarray, max_new_tokens: int) -> tuple[ForcedLogits | None, str | None]:
+    """(forced_logits of ``codes``, None), or (None, why they cannot be forced: a code out of range),
+    or (None, None) when there are no codes."""
+    if codes.size == 0:
+        return None, None
+    bad = check_code_range(model, codes)
+    if bad:
+        return None, bad
+    return forced_logits(model, prompt, codes, max_new_tokens), None
+
+
 @dataclass
 class Position:
     """One judged position: the engine's code, the standalone's pick on the same history, and the

@@ -306,6 +306,7 @@ def gguf_parity(
     ``not_checked`` what could not be judged (either keeps ``ok`` false; verify/engines/judge.py
     has the rules), ``notes`` near-ties and what quantisation explains."""
     from q3tts.verify.engines import judge
+    from q3tts.verify.engines.forcing import force_codes
 
     load_binding()
     if model is None:
@@ -319,7 +320,7 @@ def gguf_parity(
     eng = run_qwentts(gguf_dir, **request, max_new_tokens=max_new_tokens, threads=threads)
     ref = run_standalone(model, **request, max_new_tokens=max_new_tokens)
     prefill = standalone_prefill(model, **request)
-    forced, forced_error = _forced(model, prefill["prompt"], eng["codes"], max_new_tokens)
+    forced, forced_error = force_codes(model, prefill["prompt"], eng["codes"], max_new_tokens)
     prefill["talker-hidden-step1"] = None if forced is None else forced.hidden_step1
     expected = judge.expected_stages(quant, ref_audio is not None, bool(len(eng["codes"])))
     stages = judge.compare_stages(prefill, eng["dumps"], expected)
@@ -347,18 +348,6 @@ def gguf_parity(
     report["ok"] = not report["problems"] and not report["not_checked"]
     report["verdict"] = "FAIL" if report["problems"] else ("INCOMPLETE" if report["not_checked"] else "ok")
     return report
-
-
-def _forced(model, prompt, codes: np.ndarray, max_new_tokens: int):
-    """(the standalone teacher-forced on the engine's codes, None) or (None, why it cannot be)."""
-    from q3tts.verify.engines.forcing import check_code_range, forced_logits
-
-    if codes.size == 0:
-        return None, None
-    bad = check_code_range(model, codes)
-    if bad:
-        return None, bad
-    return forced_logits(model, prompt, codes, max_new_tokens), None
 
 
 def _prompt_ids(stages: dict[str, Any]) -> dict[str, Any]:
