@@ -257,7 +257,7 @@ def test_bitwidth_int8_is_judged_against_q8_0_and_a_noisier_int8_fails(engine_ba
 
 
 def test_bitwidth_judge_rules():
-    from q3tts.verify.engines.bitwidth import combined, judge_row, overall, parse_modes
+    from q3tts.verify.engines.bitwidth import combined, judge_row, overall, parse_modes, peer_quant
 
     a = {"positions": 100, "agreeing": 95, "fraction": 0.95}
     b = {"positions": 100, "agreeing": 96, "fraction": 0.96}
@@ -268,6 +268,7 @@ def test_bitwidth_judge_rules():
     assert overall([]) == "INCOMPLETE" and overall([{"verdict": "ok"}]) == "PASS"
     assert overall([{"verdict": "ok"}, {"verdict": "INCOMPLETE"}]) == "INCOMPLETE"
     assert parse_modes("int8,int4", None) == [("bf16", "int8"), ("bf16", "int4")]
+    assert [peer_quant(m) for m in ("int8", "int4", "int4-g32")] == ["Q8_0", "Q4_K_M", "Q4_K_M"]
     a3 = {"positions": 10, "agreeing": 9, "fraction": 0.9, "per_group": [1.0, 0.5], "group_positions": [5, 5]}
     both = combined([a3, {**a3, "agreeing": 7, "fraction": 0.7, "per_group": [0.6, 0.8]}])
     assert (both["positions"], both["agreeing"], both["per_group"], both["requests"]) == (20, 16, [0.8, 0.65], 2)

@@ -5,7 +5,7 @@ One checkpoint, one request (the engine check's: for a Base model the fixed refe
 x-vector clone, so both speaker encoders run), greedy, ``frames`` frames. Each side runs in its
 own mode from the same upstream checkpoint: our fast path loaded with ``quant=`` (bf16 activations
 by default, the mode the benchmark times) and qwentts.cpp on the GGUF the converter writes at the
-paired type (int8 -> Q8_0, int4 -> Q4_K_M; ``PEER_QUANT``). Both sides' free-running codes are then
+paired type (int8 -> Q8_0, int4 -> Q4_K_M; ``PEER_BY_BITS``). Both sides' free-running codes are then
 teacher-forced into the exact fp32 model (bit-identical to upstream), and a code agrees where it
 is the exact model's greedy pick on that side's own history (verify/engines/forcing.py, the
 measure the engine check already applies to qwentts.cpp).
@@ -25,25 +25,34 @@ import click
 
 from q3tts.verify.report.console import echo
 
-# Our weight-only mode -> qwentts.cpp's GGUF variant of the same bit width.
-PEER_QUANT = {"int8": "Q8_0", "int4": "Q4_K_M", "int4-g32": "Q4_K_M", "int4-g64": "Q4_K_M", "int4-g128": "Q4_K_M"}
+# qwentts.cpp's GGUF variant at each bit width of our weight-only modes (standalone/quant.py).
+PEER_BY_BITS = {8: "Q8_0", 4: "Q4_K_M"}
 ACTIVATIONS = {"bf16": "bfloat16", "fp32": "float32"}
 
 
 def parse_modes(quant: str | None, dtypes: tuple[str, ...] | None) -> list[tuple[str, str]]:
     """(activation dtype, weight mode) pairs from --quant and --dtypes (default bf16)."""
+    from q3tts.standalone.quant import QUANT_NAMES
+
     modes = [q.strip() for q in (quant or "").split(",") if q.strip()]
-    bad = [q for q in modes if q not in PEER_QUANT]
+    bad = [q for q in modes if q not in QUANT_NAMES]
     if bad or not modes:
         raise click.BadParameter(
-            f"{bad or 'nothing'}: with --engine and --fast, --quant lists our modes ({', '.join(PEER_QUANT)})",
+            f"{bad or 'nothing'}: with --engine and --fast, --quant lists our modes ({', '.join(QUANT_NAMES)})",
             param_hint="--quant",
         )
     acts = list(dtypes or ("bf16",))
     wrong = [d for d in acts if d not in ACTIVATIONS]
     if wrong:
-        raise click.BadParameter(f"{wrong}: the quantized modes run in {', '.join(ACTIVATIONS)}", param_hint="--dtypes")
+        raise click.BadParameter(f"{wrong}: the quantized modes run in {', '.join(ACTIVATIONS)}", param_hint="--dtype")
     return [(d, q) for d in acts for q in modes]
+
+
+def peer_quant(mode: str) -> str:
+    """The qwentts.cpp GGUF type our weight-only ``mode`` is judged against (same bit width)."""
+    from q3tts.standalone.quant import parse_quant
+
+    return PEER_BY_BITS[parse_quant(mode).bits]
 
 
 def agreement(exact, prompt, codes, frames: int, label: str) -> dict[str, Any]:
@@ -116,7 +125,7 @@ def combined(parts: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def compare_mode(up: Path, st: Path, exact, dtype: str, quant: str, frames: int, threads, work: Path, **opts) -> dict:
-    """One row: our fast ``dtype``+``quant`` and qwentts.cpp at PEER_QUANT[quant], on the same
+    """One row: our fast ``dtype``+``quant`` and qwentts.cpp at peer_quant(quant), on the same
     requests (``opts["seeds"]``, default (0,)), agreement summed over them."""
     import torch
 
@@ -124,8 +133,8 @@ def compare_mode(up: Path, st: Path, exact, dtype: str, quant: str, frames: int,
     from q3tts.standalone.model import Qwen3TTS
     from q3tts.verify.engines.gguf import run_qwentts, run_standalone, standalone_prefill
 
-    peer_quant = PEER_QUANT[quant]
-    gguf_dir = convert_to_gguf(up, work / f"gguf-{peer_quant}", quant=peer_quant, force=True).dst
+    peer_type = peer_quant(quant)
+    gguf_dir = convert_to_gguf(up, work / f"gguf-{peer_type}", quant=peer_type, force=True).dst
     model = Qwen3TTS.from_pretrained(st, dtype=getattr(torch, ACTIVATIONS[dtype]), quant=quant)
     if opts.get("engine_options"):
         model.compile_fast(**opts["engine_options"])
@@ -135,7 +144,7 @@ def compare_mode(up: Path, st: Path, exact, dtype: str, quant: str, frames: int,
     for request in requests_for(exact, opts.get("seeds") or (0,)):
         prompt = standalone_prefill(exact, **request)["prompt"]
         eng = run_qwentts(gguf_dir, **request, max_new_tokens=frames, threads=threads)
-        label = f"qwentts.cpp {peer_quant}"
+        label = f"qwentts.cpp {peer_type}"
         peer.append(
             {"positions": 0, "error": f"{label}: {eng['error']}"}
             if eng.get("error")
@@ -149,7 +158,7 @@ def compare_mode(up: Path, st: Path, exact, dtype: str, quant: str, frames: int,
     verdict, problems = judge_row(ours_all, peer_all)
     return {
         "ours": f"fast {dtype}+{quant}",
-        "peer": f"qwentts.cpp {peer_quant}",
+        "peer": f"qwentts.cpp {peer_type}",
         "ours_agreement": ours_all,
         "peer_agreement": peer_all,
         "per_request": {"ours": ours, "peer": peer},
