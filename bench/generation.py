@@ -234,14 +234,14 @@ FAST_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 def fast_mode_bytes(cfg: Qwen3TTSConfig, mode: str) -> int:
     """bytes_read_per_frame of one --fast-dtypes entry: "fp32", "bf16" or "DTYPE+QUANT" (int8: a
-    byte per weight and a scale per output channel, counted as a byte; int4-gN: half a byte and a
-    scale and a zero per N weights, in DTYPE)."""
+    byte per weight and an fp32 scale per 32; int4-gN: half a byte and a scale and a zero per N
+    weights, in DTYPE)."""
     dname, _, quant = mode.partition("+")
     act = FAST_DTYPES[dname].itemsize
     qmode = parse_quant(quant or None)
     if qmode is None:
         return bytes_read_per_frame(cfg, act)
-    linear = 1.0 if qmode.bits == 8 else 0.5 + 2 * act / qmode.group_size
+    linear = 1.0 + 4 / qmode.group_size if qmode.bits == 8 else 0.5 + 2 * act / qmode.group_size
     return bytes_read_per_frame(cfg, act, linear)
 
 

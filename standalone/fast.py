@@ -186,13 +186,19 @@ def _materialize_fp32_shape(x: torch.Tensor) -> torch.Tensor:
 
 
 def gemv(x, weight, scales=None, bias=None):
-    """x [.., K] @ weight[N, K].T as one fp32-accumulated reduction over K (int8 codes times their
-    per-output-channel ``scales``), returned in x's dtype. For int8 codes x is materialized in fp32
-    first (materialize_fp32), so the loop streams the codes against a ready input."""
-    xf = materialize_fp32(x) if scales is not None else x.float()
-    out = (xf.unsqueeze(-2) * weight.float()).sum(-1)
-    if scales is not None:
-        out = out * scales.float()
+    """x [.., K] @ weight[N, K].T as one fp32-accumulated reduction over K, returned in x's dtype.
+    With ``scales`` [N, G] the weight is int8 codes and each group of K / G inputs is scaled by its
+    own (quant.quantize_int8): the scale multiplies each code inside the one reduction (measured on a
+    one-row 6144 x 1024 linear, AMD EPYC, 2 threads: 129 µs against 201 µs summing each group
+    first, and 150 µs with bf16 scales; reports/int8-groups). For int8 codes x is materialized in
+    fp32 first (materialize_fp32), so the loop streams the codes against a ready input."""
+    if scales is None:
+        out = (x.float().unsqueeze(-2) * weight.float()).sum(-1)
+    else:
+        n, k = weight.shape
+        groups = scales.shape[-1]
+        xg = materialize_fp32(x).unflatten(-1, (1, groups, k // groups))  # [.., 1, G, K/G]
+        out = (xg * weight.view(n, groups, k // groups).float() * scales.float()[..., None]).sum((-1, -2))
     if bias is not None:
         out = out + bias.float()
     return out.to(x.dtype)

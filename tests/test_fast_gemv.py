@@ -92,14 +92,18 @@ def test_int8_inputs_are_materialized_once_in_the_compiled_graph():
     """An int8 linear's input reaches the reduction through materialize_fp32 (an fp32 copy inductor
     cannot inline, so the RMSNorm before it is not recomputed per output row); a bf16 linear's does
     not. Checked on the traced graph, with the int8 result equal to the dequantized product."""
-    from q3tts.standalone.quant import quantize_int8
+    from q3tts.standalone.quant import dequantize_int8, quantize_int8
 
     torch.manual_seed(0)
-    weight = torch.randn(48, 32)
-    codes, scales = quantize_int8(weight, torch.float32)
-    x = torch.randn(1, 32)
+    weight = torch.randn(48, 64)
+    codes, scales = quantize_int8(weight)
+    x = torch.randn(1, 64)
     out = fast.gemv(x, codes, scales)
-    assert torch.allclose(out, x @ (codes.float() * scales[:, None]).T, rtol=1e-5, atol=1e-5)
+    assert torch.allclose(out, x @ dequantize_int8(codes, scales).T, rtol=1e-5, atol=1e-5)
+    # each group's own scale: the two groups' scales swapped give another product
+    assert not torch.allclose(fast.gemv(x, codes, scales.flip(-1)), out, rtol=1e-3, atol=1e-3)
+    two = torch.randn(2, 1, 64)  # the batch-2 decode step's rows
+    assert torch.allclose(fast.gemv(two, codes, scales), two @ dequantize_int8(codes, scales).T, rtol=1e-5, atol=1e-5)
     copy = fast.materialize_fp32(x)
     assert copy.dtype == torch.float32 and torch.equal(copy, x) and copy.data_ptr() != x.data_ptr()
 

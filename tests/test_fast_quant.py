@@ -19,6 +19,8 @@ from q3tts.standalone.quant import (
     WeightOnlyLinear,
     parse_quant,
     quantize_int4,
+    dequantize_int8,
+    int8_group,
     quantize_int8,
 )
 from q3tts.verify.cases.fast import run_fast_parity
@@ -33,13 +35,20 @@ def _weight(n: int, k: int, seed: int = 0) -> torch.Tensor:
     return torch.randn(n, k, generator=torch.Generator().manual_seed(seed)) / k**0.5
 
 
-def test_int8_is_symmetric_per_channel_and_rounds_to_nearest():
-    w = _weight(48, 64)
-    codes, scales = quantize_int8(w, FP32)
-    assert codes.dtype == torch.int8 and scales.shape == (48,)
-    assert int(codes.abs().max(dim=1).values.min()) == 127  # each row's largest weight maps to +-127
-    err = (codes.float() * scales[:, None] - w).abs()
-    assert bool((err <= scales[:, None] / 2 + 1e-7).all())
+def test_int8_is_symmetric_per_group_of_32_and_rounds_to_nearest():
+    w = _weight(48, 96)
+    codes, scales = quantize_int8(w)
+    assert codes.dtype == torch.int8 and scales.shape == (48, 3) and scales.dtype == FP32
+    grouped = codes.view(48, 3, 32)
+    assert int(grouped.abs().amax(dim=-1).min()) == 127  # each group's largest weight maps to +-127
+    scale = scales.repeat_interleave(32, dim=1)
+    err = (codes.float() * scale - w).abs()
+    assert bool((err <= scale / 2 + 1e-7).all())
+    torch.testing.assert_close(dequantize_int8(codes, scales), codes.float() * scale, rtol=0, atol=0)
+    # against one scale per row, groups of 32 halve the weight error (Q8_0's granularity)
+    per_row_codes, per_row = quantize_int8(w, group_size=96)
+    assert per_row.shape == (48, 1)
+    assert float(err.pow(2).mean()) < 0.7 * float((dequantize_int8(per_row_codes, per_row) - w).pow(2).mean())
 
 
 def test_int4_is_asymmetric_per_group_and_rounds_to_nearest():
@@ -58,8 +67,8 @@ def test_packed_kernel_multiplies_by_the_quantized_weight(name):
     mode = parse_quant(name)
     w = _weight(64, 128, seed=1)
     if mode.bits == 8:
-        codes, scales = quantize_int8(w, FP32)
-        wq = codes.float() * scales[:, None]
+        codes, scales = quantize_int8(w)
+        wq = codes.float() * scales.repeat_interleave(32, dim=1)
     else:
         codes, sz = quantize_int4(w, mode.group_size, FP32)
         g = mode.group_size
@@ -70,10 +79,14 @@ def test_packed_kernel_multiplies_by_the_quantized_weight(name):
     assert linear(x.to(torch.bfloat16)).dtype == torch.bfloat16  # activations keep their dtype
 
 
+def test_int8_group_is_32_or_the_largest_divisor_that_fits():
+    assert int8_group(1024) == 32 and int8_group(3072) == 32 and int8_group(16) == 16 and int8_group(40) == 8
+
+
 def test_quant_names():
     assert parse_quant(None) is None and parse_quant("none") is None
     assert (parse_quant("int4").bits, parse_quant("int4").group_size) == (4, 128)
-    assert parse_quant("int4-g32").group_size == 32 and parse_quant("int8").group_size is None
+    assert parse_quant("int4-g32").group_size == 32 and parse_quant("int8").group_size == 32
     with pytest.raises(ValueError, match=r"quant 'int3' is not one of none, int8, int4"):
         parse_quant("int3")
 
@@ -86,6 +99,9 @@ def test_load_option_quantizes_the_transformer_linears_only(checkpoints):
     report = model.quant_report
     assert len(report.quantized) == 4 * (len(model.talker.decoder.layers) + len(model.code_predictor.decoder.layers))
     assert report.kept == [] and report.bytes_after < report.bytes_before / 3
+    # linears reading fewer than 32 inputs (the tiny code predictor's 16) take the finer group
+    assert report.finer_groups and set(report.finer_groups.values()) == {16}
+    assert all(model.get_submodule(n).scales.shape[1] == model.get_submodule(n).in_features // g for n, g in report.finer_groups.items())
     quantized = {n for n, m in model.named_modules() if isinstance(m, WeightOnlyLinear)}
     assert quantized == set(report.quantized)
     # heads, norms, embeddings and projections: the plain model's tensors, untouched
@@ -284,9 +300,14 @@ def test_synthesize_quant_bad_input(checkpoints, tmp_path, args, message):
 
 def test_quant_activations_default_to_fp32_and_follow_a_plain_dtype(checkpoints):
     st_dir = checkpoints["custom_voice"][1]
-    assert Qwen3TTS.from_pretrained(st_dir, quant="int8").talker.decoder.layers[0].attn.wo.scales.dtype == FP32
-    bf16 = Qwen3TTS.from_pretrained(st_dir, dtype="bf16", quant="int8")
+    assert Qwen3TTS.from_pretrained(st_dir, quant="int4").talker.decoder.layers[0].attn.wo.scales.dtype == FP32
+    bf16 = Qwen3TTS.from_pretrained(st_dir, dtype="bf16", quant="int4")
     assert bf16.dtype == torch.bfloat16 and bf16.talker.decoder.layers[0].attn.wo.scales.dtype == torch.bfloat16
+    # int8's group scales stay fp32 whatever the activations (quant.quantize_int8)
+    bf16_int8 = Qwen3TTS.from_pretrained(st_dir, dtype="bf16", quant="int8")
+    wo = bf16_int8.talker.decoder.layers[0].attn.wo
+    assert bf16_int8.dtype == torch.bfloat16 and wo.scales.dtype == FP32
+    assert wo(torch.ones(2, 3, wo.in_features, dtype=torch.bfloat16)).dtype == torch.bfloat16
 
 
 def test_benchmark_entries_for_the_quantized_modes(checkpoints):
