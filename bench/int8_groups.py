@@ -1,0 +1,124 @@
+"""int8 weight scales per output channel or per group of 32 inputs, at one row: the measurement
+behind quant.quantize_int8's groups and fast.gemv's way of applying them (issue 28).
+
+An RMSNorm and one one-row linear (bf16 activations, int8 codes, the input materialized as the fast
+path does), compiled with the fast path's inductor options, in five forms:
+
+- ``per-channel``: one scale per output row, applied after the reduction (the int8 mode before);
+- ``group-inside``: a scale per group of 32 inputs multiplied into each code inside the one
+  reduction (fast.gemv), with fp32 or bf16 scales;
+- ``group-sums``: each group's dot product summed first, then scaled and summed (two reductions).
+
+Each row: the best of ``--rounds`` means over ``--repeats`` calls, and the weight's mean squared
+quantization error on the N(0, 0.02) matrix the linear multiplies by.
+
+    python -m q3tts.bench.int8_groups --out reports/int8-groups
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from q3tts.standalone.fast import COMPILE_OPTIONS, materialize_fp32
+from q3tts.verify.machine import cpu_model
+
+SHAPES = ((6144, 1024), (1024, 3072))  # the 0.6B fused gate/up and down projections (out, in)
+GROUP = 32
+
+
+def _quantize(w: torch.Tensor, group: int, scale_dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    n, k = w.shape
+    wg = w.view(n, k // group, group)
+    scales = (wg.abs().amax(-1) / 127).to(scale_dtype)
+    codes = torch.round(wg / scales.float()[..., None]).clamp(-127, 127).to(torch.int8)
+    return codes.view(n, k), scales
+
+
+def _forms(n: int, k: int, norm_weight):
+    """name -> (function of x, weight mse)."""
+    w = torch.randn(n, k, generator=torch.Generator().manual_seed(0)) * 0.02
+
+    def norm(x):
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-6)).to(x.dtype) * norm_weight
+
+    def mse(codes, scales):
+        g = k // scales.shape[1]
+        return float(((codes.view(n, -1, g).float() * scales.float()[..., None]).view(n, k) - w).pow(2).mean())
+
+    codes_c, scales_c = _quantize(w, k, torch.float32)
+    forms = {
+        "per-channel": (lambda x: ((materialize_fp32(norm(x)).unsqueeze(-2) * codes_c.float()).sum(-1)
+                                   * scales_c[:, 0]).to(x.dtype), mse(codes_c, scales_c)),
+    }
+    for sdt, tag in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
+        codes, scales = _quantize(w, GROUP, sdt)
+        cg = codes.view(n, k // GROUP, GROUP)
+
+        def inside(x, cg=cg, scales=scales):
+            xg = materialize_fp32(norm(x)).unflatten(-1, (1, k // GROUP, GROUP))
+            return (xg * cg.float() * scales.float()[..., None]).sum((-1, -2)).to(x.dtype)
+
+        def sums(x, cg=cg, scales=scales):
+            xg = materialize_fp32(norm(x)).unflatten(-1, (1, k // GROUP, GROUP))
+            return ((xg * cg.float()).sum(-1) * scales.float()).sum(-1).to(x.dtype)
+
+        forms[f"group-inside, {tag} scales"] = (inside, mse(codes, scales))
+        forms[f"group-sums, {tag} scales"] = (sums, mse(codes, scales))
+    return forms
+
+
+def _time(fn, x, repeats: int, rounds: int) -> float:
+    best = float("inf")
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            fn(x)
+        best = min(best, (time.perf_counter() - t0) / repeats)
+    return best * 1e6
+
+
+@torch.inference_mode()
+def run(repeats: int, rounds: int) -> list[dict]:
+    rows = []
+    for n, k in SHAPES:
+        x = torch.randn(1, k, dtype=torch.bfloat16)
+        norm_weight = torch.rand(k, dtype=torch.bfloat16)
+        for name, (fn, err) in _forms(n, k, norm_weight).items():
+            compiled = torch.compile(fn, options=dict(COMPILE_OPTIONS))
+            compiled(x)
+            rows.append({"shape": f"{n}x{k}", "form": name, "us": _time(compiled, x, repeats, rounds), "weight_mse": err})
+            print(rows[-1], flush=True)
+    return rows
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--repeats", type=int, default=200)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--out", type=Path, default=Path("reports/int8-groups"))
+    args = ap.parse_args(argv)
+    rows = run(args.repeats, args.rounds)
+    args.out.mkdir(parents=True, exist_ok=True)
+    machine = f"{cpu_model()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    (args.out / "int8-groups.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
+    lines = [
+        "# int8 scales per channel or per group of 32, one-row linear after an RMSNorm",
+        "",
+        f"`python -m q3tts.bench.int8_groups --repeats {args.repeats} --rounds {args.rounds}`; {machine}; bf16 "
+        "activations, input materialized in fp32 (fast.materialize_fp32), best of the rounds' means.",
+        "",
+        "| weight (out x in) | form | µs per call | weight mean squared error |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {r['shape']} | {r['form']} | {r['us']:.1f} | {r['weight_mse']:.3g} |" for r in rows]
+    (args.out / "int8-groups.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
