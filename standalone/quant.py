@@ -11,7 +11,7 @@ layout of the kernels that multiply by them:
   fp32 and multiplied by F.linear. One scale per output channel, through torch's packed
   ``aten._weight_int8pack_mm``, was this mode until measured against Q8_0: it carried twice Q8_0's
   weight error (mean squared 2.5e-8 against 1.14e-8 on an N(0, 0.02) matrix) and fell 0.3 points
-  short of its agreement with upstream (reports/bitwidth-0.6B/reading.md), for 2-6% less time per
+  short of its agreement with upstream (reports/bitwidth-0.6B/reading.md), for 8-13% less time per
   one-row linear (reports/int8-groups/reading.md);
 - int4: ``aten._weight_int4pack_mm_for_cpu`` on ``aten._convert_weight_to_int4pack_for_cpu``'s
   layout (asymmetric per group of ``group_size`` input channels: w = (q - 8) * scale + zero,
