@@ -53,8 +53,12 @@ def _forms(n: int, k: int, norm_weight):
 
     codes_c, scales_c = _quantize(w, k, torch.float32)
     forms = {
-        "per-channel": (lambda x: ((materialize_fp32(norm(x)).unsqueeze(-2) * codes_c.float()).sum(-1)
-                                   * scales_c[:, 0]).to(x.dtype), mse(codes_c, scales_c)),
+        "per-channel": (
+            lambda x: ((materialize_fp32(norm(x)).unsqueeze(-2) * codes_c.float()).sum(-1) * scales_c[:, 0]).to(
+                x.dtype
+            ),
+            mse(codes_c, scales_c),
+        ),
     }
     for sdt, tag in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
         codes, scales = _quantize(w, GROUP, sdt)
@@ -92,7 +96,9 @@ def run(repeats: int, rounds: int) -> list[dict]:
         for name, (fn, err) in _forms(n, k, norm_weight).items():
             compiled = torch.compile(fn, options=dict(COMPILE_OPTIONS))
             compiled(x)
-            rows.append({"shape": f"{n}x{k}", "form": name, "us": _time(compiled, x, repeats, rounds), "weight_mse": err})
+            rows.append(
+                {"shape": f"{n}x{k}", "form": name, "us": _time(compiled, x, repeats, rounds), "weight_mse": err}
+            )
             print(rows[-1], flush=True)
     return rows
 

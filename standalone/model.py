@@ -82,7 +82,8 @@ class Qwen3TTS(StreamingVoiceMethods, VoiceMethods, nn.Module):
         in the checkpoint must be used and every parameter must be present; anything else is a
         CheckpointError naming the tensors.
         ``fast=True`` calls ``compile_fast()`` on the loaded model.
-        ``quant`` ("int8", "int4", "int4-g32", "int4-g64", "int4-g128"; default None) replaces the
+        ``quant`` ("int8", "int8-g32", "int8-g64", "int8-g128", "int4", "int4-g32", "int4-g64",
+        "int4-g128"; default None) replaces the
         talker's and code predictor's transformer linears with weight-only quantized ones (quant.py)
         and implies ``fast=True``: a quantized model runs the fast path only. It needs a plain fp32 or
         bf16 dtype (the activations' and the scales' dtype); ``dtype=None`` means fp32 here, the

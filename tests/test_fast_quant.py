@@ -17,10 +17,10 @@ from q3tts.standalone.fast import FastEngine
 from q3tts.standalone.quant import (
     QUANT_NAMES,
     WeightOnlyLinear,
-    parse_quant,
-    quantize_int4,
     dequantize_int8,
     int8_group,
+    parse_quant,
+    quantize_int4,
     quantize_int8,
 )
 from q3tts.verify.cases.fast import run_fast_parity
@@ -37,7 +37,7 @@ def _weight(n: int, k: int, seed: int = 0) -> torch.Tensor:
 
 def test_int8_is_symmetric_per_group_of_32_and_rounds_to_nearest():
     w = _weight(48, 96)
-    codes, scales = quantize_int8(w)
+    codes, scales = quantize_int8(w, group_size=32)
     assert codes.dtype == torch.int8 and scales.shape == (48, 3) and scales.dtype == FP32
     grouped = codes.view(48, 3, 32)
     assert int(grouped.abs().amax(dim=-1).min()) == 127  # each group's largest weight maps to +-127
@@ -45,7 +45,7 @@ def test_int8_is_symmetric_per_group_of_32_and_rounds_to_nearest():
     err = (codes.float() * scale - w).abs()
     assert bool((err <= scale / 2 + 1e-7).all())
     torch.testing.assert_close(dequantize_int8(codes, scales), codes.float() * scale, rtol=0, atol=0)
-    # against one scale per row, groups of 32 halve the weight error (Q8_0's granularity)
+    # against one scale per row, groups of 32 (Q8_0's) halve the weight error
     per_row_codes, per_row = quantize_int8(w, group_size=96)
     assert per_row.shape == (48, 1)
     assert float(err.pow(2).mean()) < 0.7 * float((dequantize_int8(per_row_codes, per_row) - w).pow(2).mean())
@@ -60,15 +60,15 @@ def test_int4_is_asymmetric_per_group_and_rounds_to_nearest():
     assert bool((err <= scale / 2 + 1e-6).all())
 
 
-@pytest.mark.parametrize("name", ["int8", "int4-g32", "int4-g64"])
+@pytest.mark.parametrize("name", ["int8", "int8-g32", "int8-g128", "int4-g32", "int4-g64"])
 def test_packed_kernel_multiplies_by_the_quantized_weight(name):
     """The linear's output is x @ W_q.T for the weight its codes and scales stand for (computed
     here from quantize_*, not through the kernel)."""
     mode = parse_quant(name)
     w = _weight(64, 128, seed=1)
     if mode.bits == 8:
-        codes, scales = quantize_int8(w)
-        wq = codes.float() * scales.repeat_interleave(32, dim=1)
+        codes, scales = quantize_int8(w, mode.group_size)
+        wq = codes.float() * scales.repeat_interleave(mode.group_size, dim=1)
     else:
         codes, sz = quantize_int4(w, mode.group_size, FP32)
         g = mode.group_size
@@ -80,13 +80,15 @@ def test_packed_kernel_multiplies_by_the_quantized_weight(name):
 
 
 def test_int8_group_is_32_or_the_largest_divisor_that_fits():
-    assert int8_group(1024) == 32 and int8_group(3072) == 32 and int8_group(16) == 16 and int8_group(40) == 8
+    assert int8_group(1024) == 64 and int8_group(3072, 128) == 128 and int8_group(16) == 16 and int8_group(40) == 8
+    assert int8_group(96, 64) == 32 and int8_group(1024, 32) == 32
 
 
 def test_quant_names():
     assert parse_quant(None) is None and parse_quant("none") is None
     assert (parse_quant("int4").bits, parse_quant("int4").group_size) == (4, 128)
-    assert parse_quant("int4-g32").group_size == 32 and parse_quant("int8").group_size == 32
+    assert parse_quant("int4-g32").group_size == 32 and parse_quant("int8").group_size == 64
+    assert (parse_quant("int8-g32").bits, parse_quant("int8-g32").group_size) == (8, 32)
     with pytest.raises(ValueError, match=r"quant 'int3' is not one of none, int8, int4"):
         parse_quant("int3")
 
@@ -99,9 +101,13 @@ def test_load_option_quantizes_the_transformer_linears_only(checkpoints):
     report = model.quant_report
     assert len(report.quantized) == 4 * (len(model.talker.decoder.layers) + len(model.code_predictor.decoder.layers))
     assert report.kept == [] and report.bytes_after < report.bytes_before / 3
-    # linears reading fewer than 32 inputs (the tiny code predictor's 16) take the finer group
-    assert report.finer_groups and set(report.finer_groups.values()) == {16}
-    assert all(model.get_submodule(n).scales.shape[1] == model.get_submodule(n).in_features // g for n, g in report.finer_groups.items())
+    # linears reading fewer than 64 inputs (the tiny talker's 32, the code predictor's 16) take a finer group
+    assert set(report.finer_groups.values()) == {16, 32}
+    for name in report.quantized:
+        linear = model.get_submodule(name)
+        group = report.finer_groups.get(name, 64)
+        assert linear.group_size == group == min(64, linear.in_features)
+        assert linear.scales.shape == (linear.out_features, linear.in_features // group)
     quantized = {n for n, m in model.named_modules() if isinstance(m, WeightOnlyLinear)}
     assert quantized == set(report.quantized)
     # heads, norms, embeddings and projections: the plain model's tensors, untouched

@@ -127,7 +127,7 @@ DTYPE_CHOICES = ("fp32", "bf16")
     help="With --engine: GGUF types (default F32,F16,BF16,Q8_0). With --engine and --fast: our "
     "quantized fast modes, each against qwentts.cpp at the same bit width (int8: Q8_0, int4: Q4_K_M; "
     "bitwidth-agreement.md; --dtype picks the activations, default bf16). With --fast: weight-only quantized fast modes "
-    "(int8, int4, int4-g32, int4-g64, int4-g128), each judged against upstream fp32 by the mode's bounds and against "
+    "(int8, int8-g32, int8-g64, int8-g128, int4, int4-g32, int4-g64, int4-g128), each judged against upstream fp32 by the mode's bounds and against "
     "upstream on its dequantized weights by the plain ones (fast_parity-QUANT.md); with --self-test, its faults.",
 )
 @click.option(
