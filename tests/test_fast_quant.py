@@ -197,8 +197,8 @@ def test_int8_check_passes_clean(int8_pair):
 
 @pytest.mark.parametrize("layer, linear", [(0, "mlp.w_down"), (1, "attn.wqkv")])
 def test_int8_check_catches_wrong_scales_on_one_layer(int8_pair, layer, linear):
-    """One talker linear's per-channel scales applied to the wrong channels (rolled by one), as a
-    packing or transposition bug would: the clean model passes the same check (test above)."""
+    """One talker linear's group scales applied to the wrong rows (rolled by one), as a packing or
+    transposition bug would: the clean model passes the same check (test above)."""
     wrapper, model = int8_pair
     owner, attr = linear.split(".")
     module = getattr(getattr(model.talker.decoder.layers[layer], owner), attr)
