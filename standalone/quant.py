@@ -9,7 +9,8 @@ layout of the kernels that multiply by them:
 - int8: symmetric per group of input channels (64 by default; "int8-g32" is qwentts.cpp's Q8_0
   block), codes -127..127 and one fp32 scale per group. Over one or two rows (the decode steps)
   fast.gemv applies the group scales inside its reduction; over more (a prompt prefill) the weight
-  is dequantized to fp32 and multiplied by F.linear. One scale per output channel, through torch's
+  is dequantized to the activations' dtype and multiplied by F.linear (in fp32 this made the 0.6B
+  bf16 model's first frame 632 ms against 175 for plain bf16: reports/benchmark-0.6B-int8-groups). One scale per output channel, through torch's
   packed ``aten._weight_int8pack_mm``, was this mode until measured against Q8_0: twice Q8_0's
   weight error (mean squared 2.5e-8 against 1.14e-8 on an N(0, 0.02) matrix) and 0.3 points short
   of its agreement with upstream. Measured at 0.6B (reports/int8-groups/reading.md; agreement over
@@ -160,8 +161,9 @@ class WeightOnlyLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
-        if self.mode.bits == 8:  # many rows (fast.gemv takes one or two): an fp32 GEMM on the exact weight
-            out = F.linear(x.reshape(-1, self.in_features).float(), dequantize_int8(self.packed, self.scales))
+        if self.mode.bits == 8:  # many rows (fast.gemv takes one or two): a GEMM on the dequantized weight
+            x2 = x.reshape(-1, self.in_features)
+            out = F.linear(x2, dequantize_int8(self.packed, self.scales).to(x2.dtype))
         else:
             x2 = x.reshape(-1, self.in_features).to(self.scales.dtype)
             out = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.packed, self.group_size, self.scales)
