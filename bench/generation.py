@@ -233,9 +233,9 @@ FAST_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def fast_mode_bytes(cfg: Qwen3TTSConfig, mode: str) -> int:
-    """bytes_read_per_frame of one --fast-dtypes entry: "fp32", "bf16" or "DTYPE+QUANT" (int8: a
-    byte per weight and an fp32 scale per 32; int4-gN: half a byte and a scale and a zero per N
-    weights, in DTYPE)."""
+    """bytes_read_per_frame of one --fast-dtypes entry: "fp32", "bf16" or "DTYPE+QUANT" (int8-gN: a
+    byte per weight and an fp32 scale per N weights; int4-gN: half a byte and a scale and a zero per
+    N weights, in DTYPE)."""
     dname, _, quant = mode.partition("+")
     act = FAST_DTYPES[dname].itemsize
     qmode = parse_quant(quant or None)

@@ -191,8 +191,8 @@ def gemv(x, weight, scales=None, bias=None):
     own (quant.quantize_int8): the scale multiplies each code inside the one reduction (measured on a
     one-row 6144 x 1024 linear after an RMSNorm, AMD EPYC, 2 threads: 130 µs against 205 µs summing
     each group first, 154 µs with bf16 scales, 120 µs with one scale per row; bench/int8_groups.py,
-    reports/int8-groups). For int8 codes x is materialized in
-    fp32 first (materialize_fp32), so the loop streams the codes against a ready input."""
+    reports/int8-groups). For int8 codes x is materialized in fp32 first (materialize_fp32), so the
+    loop streams the codes against a ready input."""
     if scales is None:
         out = (x.float().unsqueeze(-2) * weight.float()).sum(-1)
     else:

@@ -83,11 +83,10 @@ class Qwen3TTS(StreamingVoiceMethods, VoiceMethods, nn.Module):
         CheckpointError naming the tensors.
         ``fast=True`` calls ``compile_fast()`` on the loaded model.
         ``quant`` ("int8", "int8-g32", "int8-g64", "int8-g128", "int4", "int4-g32", "int4-g64",
-        "int4-g128"; default None) replaces the
-        talker's and code predictor's transformer linears with weight-only quantized ones (quant.py)
-        and implies ``fast=True``: a quantized model runs the fast path only. It needs a plain fp32 or
-        bf16 dtype (the activations' and the scales' dtype); ``dtype=None`` means fp32 here, the
-        mode verify-parity --fast --quant measures.
+        "int4-g128"; default None) replaces the talker's and code predictor's transformer linears
+        with weight-only quantized ones (quant.py) and implies ``fast=True``: a quantized model runs
+        the fast path only. It needs a plain fp32 or bf16 dtype (the activations' dtype, and int4's
+        scales'); ``dtype=None`` means fp32 here, the mode verify-parity --fast --quant measures.
         ``verify``: None or "size" (default: every file the manifest lists is present at its
         size) or "sha256" (every listed file hashed and compared with the manifest before any
         weight is read: a flipped bit is named; needs a manifest, i.e. convert-ckpt output). Its

@@ -1,16 +1,16 @@
 """Weight-only quantization of the fast path: int8 and int4, one scale per group of inputs.
 
 ``from_pretrained(..., quant="int8")`` (or "int8-g32", "int8-g64", "int8-g128", "int4", "int4-g32",
-"int4-g64", "int4-g128") replaces
-the transformer linears of the talker and the code predictor (per layer: fused qkv, output, fused
-gate/up, down projection) with ``WeightOnlyLinear`` modules that hold the quantized weight in the
-layout of the kernels that multiply by them:
+"int4-g64", "int4-g128") replaces the transformer linears of the talker and the code predictor (per
+layer: fused qkv, output, fused gate/up, down projection) with ``WeightOnlyLinear`` modules that
+hold the quantized weight in the layout of the kernels that multiply by them:
 
 - int8: symmetric per group of input channels (64 by default; "int8-g32" is qwentts.cpp's Q8_0
   block), codes -127..127 and one fp32 scale per group. Over one or two rows (the decode steps)
   fast.gemv applies the group scales inside its reduction; over more (a prompt prefill) the weight
-  is dequantized to the activations' dtype and multiplied by F.linear (in fp32 this made the 0.6B
-  bf16 model's first frame 632 ms against 175 for plain bf16: reports/benchmark-0.6B-int8-groups). One scale per output channel, through torch's
+  is dequantized to the activations' dtype and multiplied by F.linear (dequantized to fp32 whatever
+  the activations, the 0.6B bf16 model's first frame took 632 ms against 175 for plain bf16:
+  reports/benchmark-0.6B-int8-groups/fp32-prefill). One scale per output channel, through torch's
   packed ``aten._weight_int8pack_mm``, was this mode until measured against Q8_0: twice Q8_0's
   weight error (mean squared 2.5e-8 against 1.14e-8 on an N(0, 0.02) matrix) and 0.3 points short
   of its agreement with upstream. Measured at 0.6B (reports/int8-groups/reading.md; agreement over
@@ -29,8 +29,7 @@ bf16). int4's scales are stored in it (its kernel takes them so), int8's in fp32
 half the bytes, made the 0.6B decode loop 155 ms/frame against 59.8 (groups of 32; the conversion
 breaks the loop's vectorization). Codes are rounded against the scale as stored. Everything else
 keeps the model's dtype: the logits heads (near-ties decide greedy codes), the norms, the
-embeddings, the text and code-predictor input projections,
-the codec and the speaker encoder. A linear the int4 kernel cannot take in any group (K not a
+embeddings, the text and code-predictor input projections, the codec and the speaker encoder. A linear the int4 kernel cannot take in any group (K not a
 multiple of 32, or N of 16, as in the tiny test fixture's 16-wide code predictor) stays in the
 model's dtype and is named in ``QuantReport.kept``.
 
@@ -132,8 +131,9 @@ def int4_group(out_features: int, in_features: int, group_size: int) -> int | No
 
 
 class WeightOnlyLinear(nn.Module):
-    """y = x @ dequant(W).T through torch's packed CPU kernels (no bias: the layers quantized have
-    none). ``packed``: int8 codes [N, K] (int8) or the int4 kernel's uint8 layout; ``scales``: fp32
+    """y = x @ dequant(W).T (no bias: the layers quantized have none): int4 through torch's packed
+    CPU kernel, int8 here over the dequantized weight (the fast path's few-row steps multiply the
+    codes in fast.gemv instead). ``packed``: int8 codes [N, K] (int8) or the int4 kernel's uint8 layout; ``scales``: fp32
     [N, K / group] (int8) or scales and zeros [K / group, N, 2] in the activation dtype (int4)."""
 
     def __init__(
