@@ -100,10 +100,11 @@ def int8_group(in_features: int, group_size: int = DEFAULT_INT8_GROUP) -> int:
     return math.gcd(in_features, group_size)
 
 
-def dequantize_int8(codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """codes int8 [N, K] and group scales [N, K / g] -> the fp32 weight [N, K] they stand for."""
+def dequantize_int8(codes: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """codes int8 [N, K] and group scales [N, K / g] -> the weight [N, K] they stand for, computed in
+    fp32 and rounded once to ``dtype``."""
     n, k = codes.shape
-    return (codes.float().view(n, scales.shape[1], -1) * scales.float()[..., None]).view(n, k)
+    return (codes.float().view(n, scales.shape[1], -1) * scales.float()[..., None]).view(n, k).to(dtype)
 
 
 def quantize_int4(weight: torch.Tensor, group_size: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -163,7 +164,7 @@ class WeightOnlyLinear(nn.Module):
         lead = x.shape[:-1]
         if self.mode.bits == 8:  # many rows (fast.gemv takes one or two): a GEMM on the dequantized weight
             x2 = x.reshape(-1, self.in_features)
-            out = F.linear(x2, dequantize_int8(self.packed, self.scales).to(x2.dtype))
+            out = F.linear(x2, dequantize_int8(self.packed, self.scales, x2.dtype))
         else:
             x2 = x.reshape(-1, self.in_features).to(self.scales.dtype)
             out = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.packed, self.group_size, self.scales)
