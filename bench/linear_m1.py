@@ -7,7 +7,9 @@ gate_up 6144x1024, down 1024x3072; read 15 times per frame) as one chain of line
   defaults since 7 Dec 2026; freezing before, which prepacks each weight for oneDNN), and with
   freezing and ``cpp.weight_prepack`` off (the plain mm kernels on frozen weights);
 - weight-only int8 and int4 (standalone/quant.py WeightOnlyLinear, bf16 activations), eager and
-  compiled with the fast path's options;
+  compiled with the fast path's options (int8's module multiplies through torch's packed kernel in
+  reports/linear-m1; since int8 took group scales it dequantizes and runs a GEMM, its many-row path,
+  and the "fast path int8" row is the one-row reduction the decode steps run);
 - as the fast path runs them (standalone/fast.py ``decode_linear``): up to GEMV_MAX_ROWS rows a reduction
   inductor generates, at 1, 2 and 4 rows (the batch sizes where the choice between the reduction
   and the GEMM is made), against the GEMM at the same rows.
