@@ -61,9 +61,9 @@ def test_int4_is_asymmetric_per_group_and_rounds_to_nearest():
 
 
 @pytest.mark.parametrize("name", ["int8", "int8-g32", "int8-g128", "int4-g32", "int4-g64"])
-def test_packed_kernel_multiplies_by_the_quantized_weight(name):
+def test_quantized_linear_multiplies_by_the_quantized_weight(name):
     """The linear's output is x @ W_q.T for the weight its codes and scales stand for (computed
-    here from quantize_*, not through the kernel)."""
+    here from quantize_*, not through the module's kernel)."""
     mode = parse_quant(name)
     w = _weight(64, 128, seed=1)
     if mode.bits == 8:
@@ -81,7 +81,7 @@ def test_packed_kernel_multiplies_by_the_quantized_weight(name):
     torch.testing.assert_close(linear(xb).float(), xb.float() @ wq.T, rtol=2e-2, atol=2e-2)
 
 
-def test_int8_group_is_32_or_the_largest_divisor_that_fits():
+def test_int8_group_is_the_one_asked_or_its_largest_divisor_that_fits():
     assert int8_group(1024) == 64 and int8_group(3072, 128) == 128 and int8_group(16) == 16 and int8_group(40) == 8
     assert int8_group(96, 64) == 32 and int8_group(1024, 32) == 32
 
