@@ -5,8 +5,8 @@ An RMSNorm and one one-row linear (bf16 activations, int8 codes, the input mater
 path does), compiled with the fast path's inductor options, in five forms:
 
 - ``per-channel``: one scale per output row, applied after the reduction (the int8 mode before);
-- ``group-inside``: a scale per group of 32 inputs multiplied into each code inside the one
-  reduction (fast.gemv), with fp32 or bf16 scales;
+- ``group-inside``: fast.gemv itself, a scale per group of 32 inputs multiplied into each code
+  inside the one reduction, with fp32 or bf16 scales;
 - ``group-sums``: each group's dot product summed first, then scaled and summed (two reductions).
 
 Each row: the best of ``--rounds`` means over ``--repeats`` calls, and the weight's mean squared
@@ -24,19 +24,20 @@ from pathlib import Path
 
 import torch
 
-from q3tts.standalone.fast import COMPILE_OPTIONS, materialize_fp32
+from q3tts.standalone.fast import COMPILE_OPTIONS, gemv, materialize_fp32
+from q3tts.standalone.quant import dequantize_int8, quantize_int8
 from q3tts.verify.machine import cpu_model
 
 SHAPES = ((6144, 1024), (1024, 3072))  # the 0.6B fused gate/up and down projections (out, in)
 GROUP = 32
 
 
-def _quantize(w: torch.Tensor, group: int, scale_dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def _bf16_scaled(w: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """quant.quantize_int8 with the scales stored in bf16 (the codes rounded against them)."""
     n, k = w.shape
-    wg = w.view(n, k // group, group)
-    scales = (wg.abs().amax(-1) / 127).to(scale_dtype)
-    codes = torch.round(wg / scales.float()[..., None]).clamp(-127, 127).to(torch.int8)
-    return codes.view(n, k), scales
+    scales = quantize_int8(w, group)[1].to(torch.bfloat16)
+    codes = torch.round(w.view(n, k // group, group) / scales.float()[..., None]).clamp(-127, 127)
+    return codes.to(torch.int8).view(n, k), scales
 
 
 def _forms(n: int, k: int, norm_weight):
@@ -48,10 +49,9 @@ def _forms(n: int, k: int, norm_weight):
         return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-6)).to(x.dtype) * norm_weight
 
     def mse(codes, scales):
-        g = k // scales.shape[1]
-        return float(((codes.view(n, -1, g).float() * scales.float()[..., None]).view(n, k) - w).pow(2).mean())
+        return float((dequantize_int8(codes, scales) - w).pow(2).mean())
 
-    codes_c, scales_c = _quantize(w, k, torch.float32)
+    codes_c, scales_c = quantize_int8(w, k)
     forms = {
         "per-channel": (
             lambda x: ((materialize_fp32(norm(x)).unsqueeze(-2) * codes_c.float()).sum(-1) * scales_c[:, 0]).to(
@@ -60,13 +60,11 @@ def _forms(n: int, k: int, norm_weight):
             mse(codes_c, scales_c),
         ),
     }
-    for sdt, tag in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
-        codes, scales = _quantize(w, GROUP, sdt)
+    for tag, (codes, scales) in (("fp32", quantize_int8(w, GROUP)), ("bf16", _bf16_scaled(w, GROUP))):
         cg = codes.view(n, k // GROUP, GROUP)
 
-        def inside(x, cg=cg, scales=scales):
-            xg = materialize_fp32(norm(x)).unflatten(-1, (1, k // GROUP, GROUP))
-            return (xg * cg.float() * scales.float()[..., None]).sum((-1, -2)).to(x.dtype)
+        def inside(x, codes=codes, scales=scales):  # the fast path's own one-row reduction
+            return gemv(norm(x), codes, scales)
 
         def sums(x, cg=cg, scales=scales):
             xg = materialize_fp32(norm(x)).unflatten(-1, (1, k // GROUP, GROUP))
@@ -94,7 +92,7 @@ def run(repeats: int, rounds: int) -> list[dict]:
         x = torch.randn(1, k, dtype=torch.bfloat16)
         norm_weight = torch.rand(k, dtype=torch.bfloat16)
         for name, (fn, err) in _forms(n, k, norm_weight).items():
-            compiled = torch.compile(fn, options=dict(COMPILE_OPTIONS))
+            compiled = torch.compile(fn, dynamic=False, options=dict(COMPILE_OPTIONS))  # as the fast path compiles
             compiled(x)
             rows.append(
                 {"shape": f"{n}x{k}", "form": name, "us": _time(compiled, x, repeats, rounds), "weight_mse": err}

@@ -189,8 +189,8 @@ def gemv(x, weight, scales=None, bias=None):
     """x [.., K] @ weight[N, K].T as one fp32-accumulated reduction over K, returned in x's dtype.
     With ``scales`` [N, G] the weight is int8 codes and each group of K / G inputs is scaled by its
     own (quant.quantize_int8): the scale multiplies each code inside the one reduction (measured on a
-    one-row 6144 x 1024 linear after an RMSNorm, AMD EPYC, 2 threads: 130 µs against 205 µs summing
-    each group first, 154 µs with bf16 scales, 120 µs with one scale per row; bench/int8_groups.py,
+    one-row 6144 x 1024 linear after an RMSNorm, AMD EPYC, 2 threads: 135 µs against 213 µs summing
+    each group first, 161 µs with bf16 scales, 127 µs with one scale per row; bench/int8_groups.py,
     reports/int8-groups). For int8 codes x is materialized in fp32 first (materialize_fp32), so the
     loop streams the codes against a ready input."""
     if scales is None:
