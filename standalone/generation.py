@@ -119,6 +119,9 @@ def _check_int(name: str, value, minimum: int) -> None:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
 
 
+FP32_MAX = float(torch.finfo(torch.float32).max)
+
+
 def _check_number(name: str, value) -> float | None:
     if value is None:
         return None
@@ -126,6 +129,12 @@ def _check_number(name: str, value) -> float | None:
         raise TypeError(f"{name} must be a number, got {value!r}")
     if value != value or value in (float("inf"), float("-inf")):
         raise ValueError(f"{name} must be finite, got {value!r}")
+    # The sampler divides fp32 scores by these: a double beyond fp32's range (3.4028235677973366e38
+    # rounds to inf) turned -inf scores into NaN and crashed torch.multinomial.
+    if abs(value) > FP32_MAX:
+        raise ValueError(
+            f"{name} must be finite in float32, the dtype sampling runs in (at most {FP32_MAX:g}), got {value!r}"
+        )
     return float(value)
 
 

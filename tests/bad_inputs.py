@@ -459,6 +459,14 @@ ROWS: tuple[Row, ...] = (
     ),
     Row(
         "generate_custom_voice",
+        "temperature finite as a double, inf in fp32 (hypothesis found it: the sampler's -inf / inf = NaN)",
+        "custom_voice",
+        lambda m: _cv(m, temperature=3.4028235677973366e38, top_k=50),
+        ValueError,
+        r"temperature must be finite in float32, the dtype sampling runs in .*got 3.4028235677973366e\+38",
+    ),
+    Row(
+        "generate_custom_voice",
         "max_new_tokens 0",
         "custom_voice",
         lambda m: _cv(m, max_new_tokens=0),
