@@ -51,7 +51,7 @@ from torch import nn
 INT8_GROUP_SIZES = (32, 64, 128)  # 32: qwentts.cpp's Q8_0 block
 DEFAULT_INT8_GROUP = 64
 INT4_GROUP_SIZES = (32, 64, 128)
-DEFAULT_INT4_GROUP = 128
+DEFAULT_INT4_GROUP = 32
 QUANT_NAMES = (
     ("int8", "int4") + tuple(f"int8-g{g}" for g in INT8_GROUP_SIZES) + tuple(f"int4-g{g}" for g in INT4_GROUP_SIZES)
 )
@@ -107,15 +107,59 @@ def dequantize_int8(codes: torch.Tensor, scales: torch.Tensor, dtype: torch.dtyp
     return (codes.float().view(n, scales.shape[1], -1) * scales.float()[..., None]).view(n, k).to(dtype)
 
 
+# The int4 fit (quantize_int4): candidate scales (max - min) / (15 + d) for these d, each refined by
+# FIT_REFITS least-squares refits of scale and zero to its own codes; each group keeps the best. On a
+# N(0, 0.02) 2048 x 1024 matrix, mean squared error at groups of 32: min-max 2.45e-6, refits alone
+# 2.11e-6, this fit 1.93e-6; ggml's Q4_K 2.04e-6 (reports/bitwidth-0.6B/reading.md).
+FIT_STRETCH = (-1.0, -0.5, 0.0, 0.5, 1.0, 2.0)
+FIT_REFITS = 4
+
+
+def _int4_codes(w, scale, zero):
+    """Codes 0..15 of w [.., g] under w ~ q * scale + zero (scale, zero [..])."""
+    return torch.round((w - zero[..., None]) / scale[..., None]).clamp(0, 15)
+
+
+def _int4_refit(w, scale, zero):
+    """The least-squares scale and zero for the codes w rounds to now (a group whose codes are all
+    equal keeps its pair)."""
+    q = _int4_codes(w, scale, zero)
+    q_mean, w_mean = q.mean(-1), w.mean(-1)
+    dq = q - q_mean[..., None]
+    var = (dq * dq).sum(-1)
+    fitted = (dq * (w - w_mean[..., None])).sum(-1) / var.clamp(min=1e-30)
+    ok = (var > 0) & (fitted > 0)
+    scale = torch.where(ok, fitted, scale)
+    return scale, torch.where(ok, w_mean - scale * q_mean, zero)
+
+
+def fit_int4(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, zero) [.., G] per group of w [.., G, g] fp32, w ~ q * scale + zero with q in 0..15:
+    the best of FIT_STRETCH's candidate scales after FIT_REFITS refits each (squared error)."""
+    low, high = w.amin(dim=-1), w.amax(dim=-1)
+    best_err = torch.full_like(low, float("inf"))
+    best_scale, best_zero = ((high - low) / 15).clamp(min=1e-12), low
+    for stretch in FIT_STRETCH:
+        scale, zero = ((high - low) / (15 + stretch)).clamp(min=1e-12), low
+        for _ in range(FIT_REFITS):
+            scale, zero = _int4_refit(w, scale, zero)
+        err = (_int4_codes(w, scale, zero) * scale[..., None] + zero[..., None] - w).pow(2).sum(-1)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best_scale, best_zero = torch.where(better, scale, best_scale), torch.where(better, zero, best_zero)
+    return best_scale, best_zero
+
+
 def quantize_int4(weight: torch.Tensor, group_size: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """weight [N, K] -> (codes int32 [N, K] in 0..15, scales_and_zeros [K / group, N, 2] in ``dtype``):
     asymmetric per group of ``group_size`` input channels, w ~ (q - 8) * scale + zero, the layout
-    aten._weight_int4pack_mm_for_cpu reads."""
+    aten._weight_int4pack_mm_for_cpu reads. Scale and offset are fitted (fit_int4), then stored in
+    ``dtype`` and the codes rounded against the stored pair."""
     n, k = weight.shape
     w = weight.detach().float().reshape(n, k // group_size, group_size)
-    low, high = w.amin(dim=-1), w.amax(dim=-1)
-    scales = ((high - low) / 15).clamp(min=1e-12).to(dtype)
-    zeros = (low + 8 * scales.float()).to(dtype)
+    scale, offset = fit_int4(w)  # w ~ q * scale + offset, q in 0..15
+    scales = scale.to(dtype)
+    zeros = (offset + 8 * scales.float()).to(dtype)
     codes = torch.round((w - zeros.float()[..., None]) / scales.float()[..., None]) + 8
     codes = codes.clamp(0, 15).to(torch.int32).reshape(n, k)
     return codes, torch.stack((scales, zeros), dim=-1).transpose(0, 1).contiguous()
