@@ -18,8 +18,10 @@ hold the quantized weight in the layout of the kernels that multiply by them:
   at 59.8 ms/frame, 64 0.959 at 56.5, 128 0.953 at 54.4. The fp32 scales are bytes the decode loop
   streams (4 per group), hence the default of 64;
 - int4: ``aten._weight_int4pack_mm_for_cpu`` on ``aten._convert_weight_to_int4pack_for_cpu``'s
-  layout (asymmetric per group of ``group_size`` input channels: w = (q - 8) * scale + zero,
-  q in 0..15; the kernel takes groups of 32, 64, 128 or 256, K divisible by the group and N by 16;
+  layout (asymmetric per group of ``group_size`` input channels, 32 by default, qwentts.cpp's Q4_K
+  sub-block: w = (q - 8) * scale + zero, q in 0..15, scale and zero fitted per group by fit_int4;
+  groups of 32 decode as fast as groups of 128 through this kernel, reports/int4-fit; the kernel
+  takes groups of 32, 64, 128 or 256, K divisible by the group and N by 16;
   a linear whose K the asked group does not divide is quantized in the largest smaller group that
   does, named in ``QuantReport.finer_groups``).
 
