@@ -18,6 +18,7 @@ from q3tts.standalone.quant import (
     QUANT_NAMES,
     WeightOnlyLinear,
     dequantize_int8,
+    fit_int4,
     int8_group,
     parse_quant,
     quantize_int4,
@@ -77,6 +78,14 @@ def test_int4_fit_beats_min_max_and_q4_k():
     step = (high - low) / 15
     min_max = float((torch.round((wg - low) / step) * step + low - wg).pow(2).mean())
     assert fitted < 2.04e-6 < min_max, (fitted, min_max)
+
+
+def test_int4_fit_in_row_chunks_is_the_whole_matrix_fit():
+    """quantize_int4 fits rows in cache-sized chunks; each group's pair depends on its group alone."""
+    w = (torch.randn(96, 256, generator=torch.Generator().manual_seed(2)) * 0.02).view(96, 8, 32)
+    whole = fit_int4(w)
+    chunked = [fit_int4(c) for c in w.split(7)]
+    assert all(torch.equal(a, torch.cat([c[i] for c in chunked])) for i, a in enumerate(whole))
 
 
 @pytest.mark.parametrize("name", ["int8", "int8-g32", "int8-g128", "int4-g32", "int4-g64"])
