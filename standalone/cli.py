@@ -110,7 +110,7 @@ def main() -> None:
     show_default=True,
     metavar="MODE",
     help="With --fast: weight-only quantized talker and code-predictor linears: int8 (groups of 64), "
-    "int8-g32, int8-g64, int8-g128, int4 (groups of 128), int4-g32, int4-g64, int4-g128; heads, norms, "
+    "int8-g32, int8-g64, int8-g128, int4 (groups of 32, fitted), int4-g32, int4-g64, int4-g128; heads, norms, "
     "embeddings, codec stay in --dtype (keep: fp32). Fidelity: reports/fast_parity-int8.md, -int4.md.",
 )
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
