@@ -8,10 +8,12 @@ the talker's prompt prefill and the two per-frame workloads run through torch.co
 - the talker's one-token step (layers + final norm + codec head), attending over a static KV
   cache through a window whose length grows in blocks of ``window_block`` positions. The window
   length is a dynamic dimension, so one graph serves every length;
-- the code predictor's frame: one graph for the 2-position prefill and one for a single step
-  (the previous group's embedding, layers, final norm and this group's head; the group is a tensor
-  index into the stacked embeddings and heads, so one graph serves all 14 steps). Sampling stays
-  outside the graphs, in the decode loop's one sampling function.
+- the code predictor's whole frame (PredictorFrameGraph): the 2-position prefill and the 14 single
+  steps unrolled into one graph, each step's head, code pick and embedding inside it. The pick is
+  an opaque op (frame_pick.pick_code) that runs the decode loop's one sampling function eagerly,
+  so the sampling numbers and the RNG draws are the exact path's. One graph call per frame
+  instead of 15 saved about 4 ms of a 0.6B bf16+int8 frame (dynamo's guard checks, ~100 µs per
+  call, and the cache stores between calls).
 
 Linears over one or two rows (the decode steps at batch 1 or 2) run as reductions inductor
 generates rather than through torch's GEMM (``gemv``, ``GEMV_MAX_ROWS``): on CPUs without AMX
@@ -53,10 +55,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .frame_pick import pick_code, pick_knobs
 from .kv_cache import KVCache
 from .layers import DecoderLayer, rope_cos_sin
 from .quant import WeightOnlyLinear
-from .sampling import SamplingParams, sample_next_token
+from .sampling import SamplingParams
 from .talker import CodePredictor, DecoderStack, Talker
 from .vec_isa_memo import remember_vec_isa_checks
 
@@ -121,6 +124,22 @@ def _attention(q, k_new, v_new, k_cache, v_cache, cache_mask, scale: float):
     p_old, p_new = probs.view(bsz, n_kv, rep * seqlen, -1).split((old.shape[-1], seqlen), dim=-1)
     out = _mix(p_old, v_cache) + _mix(p_new, v_new)
     return out.to(v_new.dtype).view(bsz, n_heads, seqlen, head_dim)
+
+
+def _attention_over_all(q, k, v, scale: float):
+    """q [B, H, S, D] over keys/values k/v [B, KV, W, D] whose last S positions are q's own
+    (causal among them, every earlier position seen): the code predictor's frame, whose 16
+    positions stay inside one graph. Grouped-query and fp32 as _attention."""
+    bsz, n_heads, seqlen, head_dim = q.shape
+    n_kv, width = k.shape[1], k.shape[2]
+    rep = n_heads // n_kv
+    qg = q.reshape(bsz, n_kv, rep * seqlen, head_dim)
+    scores = _scores(qg, k) * scale  # [B, KV, rep*S, W]
+    if seqlen > 1:
+        seen = torch.arange(width, device=q.device) <= torch.arange(width - seqlen, width, device=q.device)[:, None]
+        scores = scores.view(bsz, n_kv, rep, seqlen, width).masked_fill(~seen, float("-inf")).flatten(2, 3)
+    probs = torch.softmax(scores, dim=-1)
+    return _mix(probs, v).to(v.dtype).view(bsz, n_heads, seqlen, head_dim)
 
 
 # A decode step's attention is a handful of query rows (heads per kv head x new positions) over a
@@ -250,20 +269,17 @@ def _layer_step(layer: DecoderLayer, x, cos, sin, attend):
 
 
 class DecodeGraph(nn.Module):
-    """What one compiled graph runs: [input projection] -> decoder layers -> final norm -> [head].
+    """What one compiled graph runs: decoder layers -> final norm -> [head].
     Holds the exact path's modules (shared parameters, nothing copied). Reads the caches k/v_all
     [L, B, KV, >=W, D] over the first W = cache_mask.shape[-1] positions and returns the new
     keys/values [L, B, KV, S, D] for the caller to store (store_new)."""
 
-    def __init__(self, decoder: DecoderStack, head: nn.Module | None = None, projection: nn.Module | None = None):
+    def __init__(self, decoder: DecoderStack, head: nn.Module | None = None):
         super().__init__()
         self.decoder = decoder
         self.head = head
-        self.projection = projection
 
     def forward(self, x, cos, sin, k_all, v_all, cache_mask):
-        if self.projection is not None:
-            x = decode_linear(self.projection, x)
         window = cache_mask.shape[-1]
         ks, vs = [], []
         for i, layer in enumerate(self.decoder.layers):
@@ -280,26 +296,58 @@ class DecodeGraph(nn.Module):
         return h, (decode_linear(self.head, h) if self.head is not None else None), torch.stack(ks), torch.stack(vs)
 
 
-class PredictorGraph(nn.Module):
-    """The code predictor's prefill and steps with its per-group embedding and head inside the
-    graph. ``x`` is the prefill's [talker hidden, e0] [B, 2, H_talker], or in a step the previous
-    group's ids [B, 1]; ``group`` (0-d int64, 1-based) selects the head, and the embedding of
-    group - 1, by index rather than by a Python int, so one graph serves every step (the stacked
-    tables are the module's own parameters, read as graph inputs like the weights). Returns
-    (logits of the last position [B, V], new keys, new values) as DecodeGraph's caches."""
+class PredictorFrameGraph(nn.Module):
+    """The code predictor's whole frame as one graph: the 2-position prefill over ``prefix`` [B, 2, H]
+    = [talker hidden, e0] and the single steps of groups 2..G-1, unrolled, each with its group's head, the pick of
+    its code (frame_pick.pick_code: the decode loop's sampling function, or the forced code) and
+    that code's embedding feeding the next step. The frame's keys/values live inside the graph
+    (16 positions, appended per step), so no cache is read or stored between calls.
+
+    Returns (codes [B, G-1] int64, logits [B, G-1, V] of groups 1..G-1). ``cos``/``sin`` [1, G, D]
+    are the frame's positions 0..G-1 (FastEngine._frame_rope); ``knobs`` (frame_pick.pick_knobs)
+    and ``forced`` [B, G-1] choose how codes are picked, as data, so one graph serves sampling,
+    greedy decoding and teacher forcing."""
 
     def __init__(self, code_predictor: CodePredictor):
         super().__init__()
-        self.layers = DecodeGraph(code_predictor.decoder, projection=code_predictor.input_projection)
+        self.decoder = code_predictor.decoder
+        self.projection = code_predictor.input_projection
         self.embeddings, self.heads = code_predictor.codec_embeddings, code_predictor.heads
 
-    def forward(self, x, group, cos, sin, k_all, v_all, cache_mask):
-        vocab = self.heads.shape[1]
-        if not x.is_floating_point():  # the ids of group - 1, rows of the stacked embeddings
-            x = F.embedding(x + (group - 2) * vocab, self.embeddings.flatten(0, 1))
-        h, _, k_new, v_new = self.layers(x, cos, sin, k_all, v_all, cache_mask)
-        rows = (group - 1) * vocab + torch.arange(vocab, device=h.device)
-        return _matmul(h[:, -1], self.heads.flatten(0, 1).index_select(0, rows)), k_new, v_new
+    def forward(self, prefix, cos, sin, knobs, forced):
+        x = prefix
+        keys: list = [None] * len(self.decoder.layers)
+        values: list = [None] * len(self.decoder.layers)
+        codes, logits = [], []
+        start = 0
+        for group in range(1, self.heads.shape[0] + 1):
+            if self.projection is not None:
+                x = decode_linear(self.projection, x)
+            end = start + x.shape[1]
+            h = self._new_positions(x, cos[:, start:end], sin[:, start:end], keys, values)
+            logits.append(_matmul(h[:, -1], self.heads[group - 1]))
+            codes.append(pick_code(logits[-1], knobs, forced, group))
+            if group < self.heads.shape[0]:  # the last group's code feeds no step
+                x = F.embedding(codes[-1][:, None], self.embeddings[group - 1])
+            start = end
+        return torch.stack(codes, dim=1), torch.stack(logits, dim=1)
+
+    def _new_positions(self, x, cos, sin, keys: list, values: list):
+        """The decoder over the new positions x [B, S, H] (S = 2 at the prefill, else 1), each layer
+        attending over its earlier positions' keys[i]/values[i] [B, KV, start, D] (None at the
+        prefill) and its own; the new keys/values are appended to the lists. Returns the final
+        norm's output."""
+        for i, layer in enumerate(self.decoder.layers):
+            scale = layer.attn.head_dim**-0.5
+
+            def attend(q, k, v, i=i, scale=scale):
+                if keys[i] is not None:
+                    k, v = torch.cat((keys[i], k), dim=2), torch.cat((values[i], v), dim=2)
+                keys[i], values[i] = k, v
+                return _attention_over_all(q, k, v, scale)
+
+            x, _, _ = _layer_step(layer, x, cos, sin, attend)
+        return self.decoder.norm(x)
 
 
 class PrefillGraph(nn.Module):
@@ -355,7 +403,7 @@ class FastEngine:
     ):
         self.talker, self.cp = talker, code_predictor
         self.cache_dir = use_compile_cache(cache_dir) if compile else None
-        # Every engine adds graphs (per batch size, prefill/step) to the same forward code object;
+        # Every engine adds graphs (one per batch size) to the same forward code object;
         # past dynamo's default limit of 8 it would silently run the rest eagerly (_timed raises
         # instead when the limit is reached).
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
@@ -370,9 +418,10 @@ class FastEngine:
         quantized = any(isinstance(m, WeightOnlyLinear) for m in talker.decoder.modules())
         self._talker_prefill = wrap(prefill) if compile_prefill else (prefill if quantized else None)
         self._prefill_compiled = compile and compile_prefill
-        # One module for the predictor's prefill and steps: two shapes, two graphs, shared weights.
-        self._cp_graph = wrap(PredictorGraph(code_predictor))
+        # The code predictor's whole frame, sampling included: one graph per batch size.
+        self._cp_graph = wrap(PredictorFrameGraph(code_predictor))
         self._cp_rope: dict = {}
+        self._unforced: dict = {}
         self.compile_seconds = 0.0
         self._warm: set = set()
 
@@ -388,7 +437,7 @@ class FastEngine:
         if not sizes or any(not isinstance(b, int) or isinstance(b, bool) or b < 1 for b in sizes):
             raise ValueError(f"batch_sizes must be a tuple of positive integers, got {batch_sizes!r}")
         t0 = time.perf_counter()
-        tcfg, ccfg = self.talker.cfg, self.cp.cfg
+        tcfg = self.talker.cfg
         param = next(self.talker.parameters())
         dtype, device = param.dtype, param.device
         for bsz in sizes:
@@ -402,9 +451,7 @@ class FastEngine:
             # (eager unless compile_prefill: then nothing to compile, and the call costs milliseconds)
             positions = torch.full((3, bsz, 1), float(start), device=device)
             self.talker_step(hidden, positions, None, cache, start)
-            ccache = self.cp.decoder.new_cache(ccfg.transformer, bsz, tcfg.num_code_groups, dtype, device)
-            zeros = torch.zeros(bsz, dtype=torch.long, device=device)
-            self._frame(hidden, hidden, ccache, lambda _logits, _group, z=zeros: z)
+            self._frame(hidden, hidden, pick_knobs(None), self._no_codes(bsz, device))  # teacher-forced: no draw
         return time.perf_counter() - t0
 
     # --- the talker's prompt prefill -------------------------------------------------------------
@@ -464,44 +511,45 @@ class FastEngine:
     # --- the code predictor's frame -------------------------------------------------------------
     def generate_frame(self, past_hidden, e0, cache: KVCache, params: SamplingParams):
         """Same contract and the same sampling calls (hence RNG draws) as
-        CodePredictor.generate_frame: residual codes [B, G-1]."""
-        tokens, _ = self._frame(past_hidden, e0, cache, lambda logits, group: sample_next_token(logits, None, params))
-        return tokens
+        CodePredictor.generate_frame: residual codes [B, G-1]. ``cache`` is not used: the frame's
+        keys/values live inside its graph (PredictorFrameGraph)."""
+        codes, _ = self._frame(past_hidden, e0, pick_knobs(params), self._no_codes(past_hidden.shape[0], e0.device))
+        return codes
 
     def frame_logits(self, past_hidden, e0, codes: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Teacher-forced: the logits [B, G-1, V] of groups 1..G-1 when groups 1..G-2 are fed
-        ``codes`` [B, G-1] instead of the sampled ones (the same graphs as generate_frame)."""
-        _, logits = self._frame(past_hidden, e0, cache, lambda _logits, group: codes[:, group - 1])
-        return torch.stack(logits, dim=1)
+        ``codes`` [B, G-1] instead of the sampled ones (the same graph as generate_frame; nothing
+        is drawn). ``cache`` is not used, as in generate_frame."""
+        _, logits = self._frame(past_hidden, e0, pick_knobs(None), codes.to(torch.long).contiguous())
+        return logits
 
-    def _frame(self, past_hidden, e0, cache: KVCache, pick):
+    def _frame(self, past_hidden, e0, knobs, forced):
         bsz, dtype, device = past_hidden.shape[0], past_hidden.dtype, past_hidden.device
-        x = torch.cat((past_hidden, e0), dim=1)  # then, in each step, the previous group's ids
-        logits, tokens = [], []
-        for group in range(1, self.cp.cfg.num_code_groups):
-            start, length = (0, 2) if group == 1 else (group, 1)
-            cos, sin, mask, index = self._cp_inputs(group, start, length, dtype, device, cache.max_len)
-            key = ("cp_prefill" if group == 1 else "cp_step", bsz)
-            out, k_new, v_new = self._timed(key, self._cp_graph, x, index, cos, sin, cache.k, cache.v, mask)
-            store_new(cache, start, k_new, v_new)
-            logits.append(out)
-            tokens.append(pick(out, group))
-            x = tokens[-1][:, None]
-        return torch.stack(tokens, dim=1), logits
+        cos, sin = self._frame_rope(dtype, device)
+        # Joined here, not in the graph: the loop's past hidden is a view of the talker's output, whose
+        # strides (guarded by dynamo even where a dimension is 1) would make a graph per prompt length.
+        prefix = torch.cat((past_hidden, e0), dim=1)
+        return self._timed(("cp_frame", bsz), self._cp_graph, prefix, cos, sin, knobs, forced)
 
-    def _cp_inputs(self, group: int, start: int, length: int, dtype, device, cache_len: int):
-        """cos/sin of positions start..start+length-1, the mask of the cached positions they see
-        (those before ``start``, over the whole 16-position cache: one shape for every step) and
-        ``group`` as a tensor, cached: every frame revisits the same positions."""
-        key = (group, start, length, dtype, device, cache_len)
-        hit = self._cp_rope.get(key)
-        if hit is None:
-            pos = torch.arange(start, start + length, device=device)
-            cos, sin = rope_cos_sin(self.cp.inv_freq, pos[None], dtype)
-            mask = (torch.arange(cache_len, device=device) < start).expand(1, 1, length, cache_len)
-            index = torch.tensor(group, device=device)
-            hit = self._cp_rope[key] = (cos, sin, mask, index)
-        return hit
+    def _no_codes(self, bsz: int, device) -> torch.Tensor:
+        """The ``forced`` input of a sampled frame: zeros [B, G-1] the pick never reads."""
+        key = (bsz, device)
+        if key not in self._unforced:
+            self._unforced[key] = torch.zeros(bsz, self.cp.cfg.num_code_groups - 1, dtype=torch.long, device=device)
+        return self._unforced[key]
+
+    def _frame_rope(self, dtype, device):
+        """cos/sin [1, G, D] of the frame's positions 0..G-1, cached. Each is evaluated in the shape
+        the exact path uses for it (the prefill's two positions, then one per step), because
+        vectorised and scalar-tail cos/sin differ in the last bit (layers.rope_cos_sin)."""
+        key = (dtype, device)
+        if key not in self._cp_rope:
+            spans = [(0, 2)] + [(g, 1) for g in range(2, self.cp.cfg.num_code_groups)]
+            parts = [
+                rope_cos_sin(self.cp.inv_freq, torch.arange(a, a + n, device=device)[None], dtype) for a, n in spans
+            ]
+            self._cp_rope[key] = tuple(torch.cat(t, dim=1) for t in zip(*parts))
+        return self._cp_rope[key]
 
     def _timed(self, key, fn, *args):
         if key in self._warm:
@@ -516,7 +564,7 @@ class FastEngine:
             raise RuntimeError(
                 f"torch.compile's recompile limit ({torch._dynamo.config.recompile_limit} graphs per "
                 "function) is reached: this process has compiled too many fast engines or batch sizes "
-                "(up to 3 graphs each per function). Reuse engines, or raise torch._dynamo.config.recompile_limit."
+                "(one graph per batch size each per function). Reuse engines, or raise torch._dynamo.config.recompile_limit."
             ) from e
         self.compile_seconds += time.perf_counter() - t0
         self._warm.add(key)

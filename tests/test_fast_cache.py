@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
-pytestmark = pytest.mark.slow_compile  # two processes, each compiling (or loading) three graphs
+pytestmark = pytest.mark.slow_compile  # two processes, each compiling (or loading) two graphs
 
 
 def _fast_and_exact_logits(model, engine) -> dict[str, torch.Tensor]:
@@ -91,7 +91,7 @@ def second_checkpoint(tmp_path_factory, tensor_specs):
 
 
 def _hits_every_graph(stats: dict) -> bool:
-    return stats.get("fxgraph_cache_hit", 0) >= 3 and stats.get("fxgraph_cache_miss", 0) == 0
+    return stats.get("fxgraph_cache_hit", 0) >= 2 and stats.get("fxgraph_cache_miss", 0) == 0
 
 
 def test_second_process_hits_the_cache_and_uses_its_own_weights(
@@ -118,7 +118,7 @@ def test_second_process_hits_the_cache_and_uses_its_own_weights(
     if not _hits_every_graph(second["stats"]):
         first = _run(first_checkpoint, warm_compile_cache, tmp_path / "first.pt")
         stats = first["stats"]
-        assert stats.get("fxgraph_cache_miss", 0) + stats.get("fxgraph_cache_hit", 0) >= 3, stats  # every graph
+        assert stats.get("fxgraph_cache_miss", 0) + stats.get("fxgraph_cache_hit", 0) >= 2, stats  # every graph
         second = second_start("second-again")
     print(
         json.dumps(
@@ -129,7 +129,7 @@ def test_second_process_hits_the_cache_and_uses_its_own_weights(
         )
     )
     # Every graph of the second start came from the cache: the weights check below is about hits.
-    assert second["stats"].get("fxgraph_cache_hit", 0) >= 3, second["stats"]
+    assert second["stats"].get("fxgraph_cache_hit", 0) >= 2, second["stats"]
     assert second["stats"].get("fxgraph_cache_miss", 0) == 0, second["stats"]
     # The first model's exact logits (the exact path compiles nothing: computed here).
     model = Qwen3TTS.from_pretrained(first_checkpoint, dtype=torch.float32)

@@ -15,7 +15,7 @@ from torch._dynamo.utils import counters
 
 from q3tts.standalone import Qwen3TTS, fast, generation
 
-pytestmark = pytest.mark.slow_compile  # torch.compile of three tiny graphs per engine
+pytestmark = pytest.mark.slow_compile  # torch.compile of two tiny graphs per engine
 
 WINDOW_BLOCK = 8
 
@@ -47,8 +47,8 @@ def _warmed_up_model(checkpoints):
     model = Qwen3TTS.from_pretrained(checkpoints["custom_voice"][1], dtype=torch.float32)
     before = counters["stats"]["unique_graphs"]
     model.compile_fast(warm_up=(1,), window_block=WINDOW_BLOCK)
-    # talker step, predictor prefill, predictor step: all compiled by the warm-up
-    assert counters["stats"]["unique_graphs"] - before == 3 and len(model._fast._warm) == 3
+    # the talker step and the code predictor's frame: both compiled by the warm-up
+    assert counters["stats"]["unique_graphs"] - before == 2 and len(model._fast._warm) == 2
     return model
 
 
@@ -60,6 +60,11 @@ def test_nothing_compiles_after_warm_up(checkpoints, monkeypatch):
     with torch._dynamo.config.patch(error_on_recompile=True):
         codes = _long_generation(model)
         chunks = _stream(model)
+        # other sampling knobs than the stream's: they reach the frame graph as data, not as constants
+        model.generate(
+            input_ids=[torch.arange(1, 12)[None]], languages=["auto"], temperature=1.3, top_k=5,
+            subtalker_temperature=0.5, subtalker_top_k=3, subtalker_top_p=0.7, max_new_tokens=4,
+        )  # fmt: skip
     assert codes.shape[0] == 29 and chunks
     assert counters["stats"]["unique_graphs"] == graphs
     assert engine.compile_seconds == compile_s  # no graph key was first seen after the warm-up
@@ -83,27 +88,28 @@ def test_warm_up_checks_batch_sizes(checkpoints):
 
 def test_recompile_limit_fails_loudly_instead_of_running_eagerly(checkpoints):
     """Every engine adds its graphs to the same forward(); past dynamo's recompile limit a new
-    graph would silently run eagerly. With a limit of one graph per function, the warm-up's second
-    DecodeGraph (the predictor's prefill, after the talker step) must raise the clear error. (FastEngine raises the
-    limit to 64 when it is built, so the patch comes after.)"""
+    graph would silently run eagerly. With a limit of one graph per function, a warm-up for two
+    batch sizes must raise the clear error at the second batch size's talker step. (FastEngine raises
+    the limit to 64 when it is built, so the patch comes after.)"""
     torch._dynamo.reset()
     model = Qwen3TTS.from_pretrained(checkpoints["custom_voice"][1], dtype=torch.float32)
     engine = fast.FastEngine(model.talker, model.code_predictor, window_block=WINDOW_BLOCK)
     with torch._dynamo.config.patch(recompile_limit=1):
         with pytest.raises(RuntimeError, match=r"recompile limit \(1 graphs per function\)"):
-            engine.warm_up((1,))
+            engine.warm_up((1, 2))
+    assert engine._warm == {("talker", 1), ("cp_frame", 1)}  # batch 1 compiled: the limit was reached at 2
     torch._dynamo.reset()
 
 
 def test_compiled_prefill_is_one_graph_for_every_prompt_length(checkpoints, monkeypatch):
-    """compile_prefill=True: the warm-up compiles the prompt prefill as a fourth graph, and a
+    """compile_prefill=True: the warm-up compiles the prompt prefill as a third graph, and a
     generation at another prompt length (and growing caches) compiles nothing more."""
     monkeypatch.setattr(generation, "INITIAL_FRAMES", 3)
     torch._dynamo.reset()
     model = Qwen3TTS.from_pretrained(checkpoints["custom_voice"][1], dtype=torch.float32)
     before = counters["stats"]["unique_graphs"]
     model.compile_fast(warm_up=(1,), window_block=WINDOW_BLOCK, compile_prefill=True)
-    assert counters["stats"]["unique_graphs"] - before == 4 and ("talker_prefill", 1) in model._fast._warm
+    assert counters["stats"]["unique_graphs"] - before == 3 and ("talker_prefill", 1) in model._fast._warm
     graphs = counters["stats"]["unique_graphs"]
     with torch._dynamo.config.patch(error_on_recompile=True):
         codes = _long_generation(model)
