@@ -58,6 +58,7 @@ from torch import nn
 from .frame_pick import pick_code, pick_knobs
 from .kv_cache import KVCache
 from .layers import DecoderLayer, rope_cos_sin
+from .precompiled import PrecompiledGraph
 from .quant import WeightOnlyLinear
 from .sampling import SamplingParams
 from .talker import CodePredictor, DecoderStack, Talker
@@ -204,16 +205,18 @@ def _materialize_fp32_shape(x: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(x, dtype=torch.float32)
 
 
-def gemv(x, weight, scales=None, bias=None):
+def gemv(x, weight, scales=None, bias=None, materialize: bool = False):
     """x [.., K] @ weight[N, K].T as one fp32-accumulated reduction over K, returned in x's dtype.
     With ``scales`` [N, G] the weight is int8 codes and each group of K / G inputs is scaled by its
     own (quant.quantize_int8): the scale multiplies each code inside the one reduction (measured on a
     one-row 6144 x 1024 linear after an RMSNorm, AMD EPYC, 2 threads: 135 µs against 213 µs summing
     each group first, 161 µs with bf16 scales, 127 µs with one scale per row; bench/int8_groups.py,
     reports/int8-groups). For int8 codes x is materialized in fp32 first (materialize_fp32), so the
-    loop streams the codes against a ready input."""
+    loop streams the codes against a ready input; other weights' inputs too with ``materialize``
+    (the code predictor's frame graph, PredictorFrameGraph)."""
     if scales is None:
-        out = (x.float().unsqueeze(-2) * weight.float()).sum(-1)
+        xf = materialize_fp32(x) if materialize else x.float()
+        out = (xf.unsqueeze(-2) * weight.float()).sum(-1)
     else:
         n, k = weight.shape
         groups = scales.shape[-1]
@@ -229,33 +232,33 @@ def _few_rows(x) -> bool:
     return x.numel() // x.shape[-1] <= GEMV_MAX_ROWS
 
 
-def _matmul(x, weight, bias=None):
+def _matmul(x, weight, bias=None, materialize: bool = False):
     """x @ weight.T (+ bias): a reduction over at most GEMV_MAX_ROWS rows, else torch's GEMM."""
     if _few_rows(x):
-        return gemv(x, weight, bias=bias)
+        return gemv(x, weight, bias=bias, materialize=materialize)
     return F.linear(x, weight, bias)
 
 
-def decode_linear(linear: nn.Module, x):
+def decode_linear(linear: nn.Module, x, materialize: bool = False):
     """One of the exact path's linears: a fused projection in one matmul (the exact path's
     split_linear makes one per block), or a weight-only quantized one (quant.py), int8 as a
     reduction over few rows like the plain weights and int4 through its packed kernel (the
-    fastest at any row count)."""
+    fastest at any row count). ``materialize``: see gemv."""
     if isinstance(linear, WeightOnlyLinear):
         if linear.mode.bits == 8 and _few_rows(x):
             return gemv(x, linear.packed, linear.scales)
         return linear(x)
-    return _matmul(x, linear.weight, linear.bias)
+    return _matmul(x, linear.weight, linear.bias, materialize)
 
 
-def _layer_step(layer: DecoderLayer, x, cos, sin, attend):
+def _layer_step(layer: DecoderLayer, x, cos, sin, attend, materialize: bool = False):
     """One decoder layer over x [B, S, H]; ``attend(q, k, v)`` -> [B, H, S, D] is the attention
     (over a cache and the new positions, or over the prompt alone). Returns (x, k, v), k/v
-    [B, KV, S, D] being what the caller must store at the S positions."""
+    [B, KV, S, D] being what the caller must store at the S positions. ``materialize``: see gemv."""
     attn = layer.attn
     bsz, seqlen, _ = x.shape
     h = layer.attn_norm(x)
-    q, k, v = decode_linear(attn.wqkv, h).split((attn.q_size, attn.kv_size, attn.kv_size), dim=-1)
+    q, k, v = decode_linear(attn.wqkv, h, materialize).split((attn.q_size, attn.kv_size, attn.kv_size), dim=-1)
     q = attn.q_norm(q.view(bsz, seqlen, attn.n_heads, attn.head_dim))
     k = attn.k_norm(k.view(bsz, seqlen, attn.n_kv_heads, attn.head_dim))
     cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
@@ -263,9 +266,9 @@ def _layer_step(layer: DecoderLayer, x, cos, sin, attend):
     k = _rotate(k.transpose(1, 2), cos, sin)
     v = v.view(bsz, seqlen, attn.n_kv_heads, attn.head_dim).transpose(1, 2)
     out = attend(q, k, v)
-    x = x + decode_linear(attn.wo, out.transpose(1, 2).reshape(bsz, seqlen, attn.q_size))
-    gate, up = decode_linear(layer.mlp.w_gate_up, layer.mlp_norm(x)).chunk(2, dim=-1)
-    return x + decode_linear(layer.mlp.w_down, F.silu(gate) * up), k, v
+    x = x + decode_linear(attn.wo, out.transpose(1, 2).reshape(bsz, seqlen, attn.q_size), materialize)
+    gate, up = decode_linear(layer.mlp.w_gate_up, layer.mlp_norm(x), materialize).chunk(2, dim=-1)
+    return x + decode_linear(layer.mlp.w_down, F.silu(gate) * up, materialize), k, v
 
 
 class DecodeGraph(nn.Module):
@@ -306,7 +309,11 @@ class PredictorFrameGraph(nn.Module):
     Returns (codes [B, G-1] int64, logits [B, G-1, V] of groups 1..G-1). ``cos``/``sin`` [1, G, D]
     are the frame's positions 0..G-1 (FastEngine._frame_rope); ``knobs`` (frame_pick.pick_knobs)
     and ``forced`` [B, G-1] choose how codes are picked, as data, so one graph serves sampling,
-    greedy decoding and teacher forcing."""
+    greedy decoding and teacher forcing.
+
+    Every linear's input is materialized (gemv's ``materialize``): unrolled, inductor otherwise
+    recomputed 16-bit inputs inside each reduction, and bf16 frames slowed from 76.7-88.8 to
+    99.6-116.9 ms (0.6B, reports/frame-graph/reading.md)."""
 
     def __init__(self, code_predictor: CodePredictor):
         super().__init__()
@@ -322,10 +329,10 @@ class PredictorFrameGraph(nn.Module):
         start = 0
         for group in range(1, self.heads.shape[0] + 1):
             if self.projection is not None:
-                x = decode_linear(self.projection, x)
+                x = decode_linear(self.projection, x, materialize=True)
             end = start + x.shape[1]
             h = self._new_positions(x, cos[:, start:end], sin[:, start:end], keys, values)
-            logits.append(_matmul(h[:, -1], self.heads[group - 1]))
+            logits.append(_matmul(h[:, -1], self.heads[group - 1], materialize=True))
             codes.append(pick_code(logits[-1], knobs, forced, group))
             if group < self.heads.shape[0]:  # the last group's code feeds no step
                 x = F.embedding(codes[-1][:, None], self.embeddings[group - 1])
@@ -346,7 +353,7 @@ class PredictorFrameGraph(nn.Module):
                 keys[i], values[i] = k, v
                 return _attention_over_all(q, k, v, scale)
 
-            x, _, _ = _layer_step(layer, x, cos, sin, attend)
+            x, _, _ = _layer_step(layer, x, cos, sin, attend, materialize=True)
         return self.decoder.norm(x)
 
 
@@ -400,6 +407,7 @@ class FastEngine:
         compile: bool = True,
         cache_dir: str | os.PathLike | None = None,
         compile_prefill: bool = False,
+        precompile: bool = True,
     ):
         self.talker, self.cp = talker, code_predictor
         self.cache_dir = use_compile_cache(cache_dir) if compile else None
@@ -409,7 +417,14 @@ class FastEngine:
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         self.window_block = window_block
         opts = self.options = dict(COMPILE_OPTIONS if options is None else options)
-        wrap = (lambda m: torch.compile(m, dynamic=False, options=opts)) if compile else (lambda m: m)
+        # Each graph saved whole after its first compile (precompiled.py: a later start skips dynamo's
+        # trace, 7.1 -> 0.7 s for the 0.6B code-predictor frame); precompile=False is plain torch.compile.
+        if compile and precompile:
+            wrap = lambda m: PrecompiledGraph(m, opts, self.cache_dir)  # noqa: E731
+        elif compile:
+            wrap = lambda m: torch.compile(m, dynamic=False, options=opts)  # noqa: E731
+        else:
+            wrap = lambda m: m  # noqa: E731
         self._talker_step = wrap(DecodeGraph(talker.decoder, head=talker.codec_head))
         # The prompt prefill: eager by default (see the module docstring for the measured trade). A
         # weight-only quantized talker (quant.py) has no weight for the exact path's Talker.step: its

@@ -1,0 +1,270 @@
+"""Compiled graphs saved whole, so a later process start skips dynamo's trace.
+
+torch.compile's on-disk caches keep inductor's generated code, but every process start still runs
+dynamo over the Python of each graph: at 0.6B that trace was 5.9 s of an 8.7 s second start with
+one graph per code-predictor step, and 11.5 s of 14.9 s with the code predictor's frame as one
+graph (cProfile and dynamo's compile_times, AMD EPYC, 2 threads). torch 2.9's
+``torch._dynamo.aot_compile`` captures one full graph with its guards and rewritten bytecode as a
+serializable function; loaded in a new process it needs neither the trace nor the Python it was
+traced from (measured: the 0.6B bf16+int8 code-predictor frame loaded in 0.7 s against 7.1 s
+through torch.compile's warm cache, the same codes and the same logits bit for bit).
+
+``PrecompiledGraph`` wraps one graph module: on the first call with inputs of a new kind it loads
+the saved function whose key matches, else compiles one and saves it (atomically). Weights are not
+in the saved function: it reads them from the module it is called with, so a saved graph runs the
+loading process's own checkpoint, as torch.compile's cached graphs do (tests/test_precompiled.py).
+
+What the key covers, because a loaded function only checks its inputs' shapes, dtypes and strides
+(its guards on globals and on module identity cannot be saved and are dropped): torch, Python and
+the CPU's vector ISA; the module's structure (classes, plain attributes such as an epsilon or a
+config, parameter shapes and dtypes); and the code the trace reads as it is at the time of the
+call, i.e. every function, class and constant of the q3tts.standalone modules, so a function
+rebound by a planted fault (verify/faults) or an edited source gets its own graph, never a stale one.
+
+Where the API is missing (another torch) or a graph cannot be captured whole, the module falls
+back to torch.compile, with a warning, and a saved function that no longer loads is compiled again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import sys
+import tempfile
+import types
+import warnings
+from dataclasses import is_dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+RUNTIME = "q3tts.standalone"
+# Bumped when what a saved file holds changes shape.
+FORMAT = 1
+
+
+def _aot_api():
+    """torch's full-graph AOT compile and its serialized function, or None on a torch without them."""
+    try:
+        from torch._dynamo.aot_compile import AOTCompiledFunction, aot_compile_fullgraph
+        from torch._dynamo.hooks import Hooks
+    except ImportError:
+        return None
+    return aot_compile_fullgraph, AOTCompiledFunction, Hooks
+
+
+def _code_digest(code: types.CodeType, h) -> None:
+    h.update(code.co_code)
+    h.update(repr(code.co_names).encode())
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            _code_digest(const, h)
+        else:
+            h.update(repr(const).encode())
+
+
+def _describe(value, h, depth: int = 0) -> None:
+    """Fold what tracing could read from ``value`` into h: a function's code, a class's members,
+    a plain value's repr; anything else by its type's name only."""
+    if isinstance(value, types.FunctionType):
+        h.update(f"fn {value.__module__}.{value.__qualname__}".encode())
+        _code_digest(value.__code__, h)
+    elif isinstance(value, type):
+        h.update(f"class {value.__module__}.{value.__qualname__}".encode())
+        if depth == 0 and value.__module__.startswith(RUNTIME):
+            for name, member in sorted(vars(value).items()):
+                h.update(name.encode())
+                _describe(member, h, depth + 1)
+    elif isinstance(value, (staticmethod, classmethod)):
+        _describe(value.__func__, h, depth)
+    elif isinstance(value, (int, float, str, bool, bytes, type(None), tuple, frozenset)) or is_dataclass(value):
+        h.update(repr(value).encode())
+    else:
+        h.update(type(value).__qualname__.encode())
+
+
+def runtime_digest() -> str:
+    """The q3tts.standalone modules' functions, classes and constants as they are now."""
+    h = hashlib.sha256()
+    for name in sorted(sys.modules):
+        mod = sys.modules[name]
+        if mod is None or not (name == RUNTIME or name.startswith(RUNTIME + ".")):
+            continue
+        h.update(name.encode())
+        for attr, value in sorted(vars(mod).items()):
+            if not attr.startswith("__"):
+                h.update(attr.encode())
+                _describe(value, h)
+    return h.hexdigest()
+
+
+def module_digest(module: nn.Module) -> str:
+    """The module tree's classes, plain attributes (dataclass configs included) and the shapes
+    and dtypes of its parameters and buffers: what the trace bakes into the graph."""
+    h = hashlib.sha256()
+    for name, sub in module.named_modules():
+        h.update(f"{name}:{type(sub).__module__}.{type(sub).__qualname__}".encode())
+        for attr, value in sorted(vars(sub).items()):
+            if not attr.startswith("_") and attr != "training":
+                h.update(attr.encode())
+                _describe(value, h)
+        for pname, t in list(sub._parameters.items()) + list(sub._buffers.items()):
+            h.update(f"{pname}:{None if t is None else (tuple(t.shape), t.dtype, t.stride())}".encode())
+    return h.hexdigest()
+
+
+def input_spec(args) -> str:
+    """The inputs as the guards see them: tensors by dtype, device, shape (dimensions marked
+    dynamic as '*'), strides and grad; other values by repr."""
+    parts = []
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            dyn = getattr(a, "_dynamo_dynamic_indices", set())
+            shape = tuple("*" if i in dyn else s for i, s in enumerate(a.shape))
+            stride = tuple("*" if dyn else s for s in a.stride())
+            parts.append(f"T({a.dtype},{a.device},{shape},{stride},{a.requires_grad})")
+        else:
+            parts.append(repr(a))
+    return ";".join(parts)
+
+
+def _vec_isa() -> str:
+    try:
+        from torch._inductor.cpu_vec_isa import pick_vec_isa
+
+        return str(pick_vec_isa())
+    except Exception:  # an ISA probe that fails must not stop the engine: torch.compile will see it too
+        return "unknown"
+
+
+def _accepts(fn, module, args) -> bool:
+    """fn's guards on these inputs, with the inputs' dynamic-dimension marks (mark_dynamic) hidden.
+    A deserialized function (torch 2.9.1) guards that its inputs carry no marks at all, however
+    they were marked when it was traced; which dimensions are dynamic is part of the file's key
+    (input_spec), so the marks have nothing left to tell it."""
+    marks = [(a, a.__dict__.pop("_dynamo_dynamic_indices")) for a in args if "_dynamo_dynamic_indices" in getattr(a, "__dict__", {})]
+    try:
+        return fn.guard_check(module, *args)
+    finally:
+        for a, m in marks:
+            a._dynamo_dynamic_indices = m
+
+
+class _Inductor(torch._TorchCompileInductorWrapper):
+    """torch.compile's inductor backend, handed dynamo's fake inputs as torch.compile does.
+    aot_compile_fullgraph hands it the real tensors: AOTAutograd then fakes them anew with every
+    dimension symbolic, and specialised the window marked dynamic to the length it was traced at
+    without a guard saying so (the next window length failed an assert inside the graph)."""
+
+    def __call__(self, gm, example_inputs):
+        from torch._guards import TracingContext
+        from torch._subclasses.fake_tensor import FakeTensor
+
+        fakes = [node.meta["example_value"] for node in gm.graph.find_nodes(op="placeholder")]
+        modes = {id(t.fake_mode): t.fake_mode for t in fakes if isinstance(t, FakeTensor)}
+        if len(modes) == 1:
+            TracingContext.get().fake_mode = next(iter(modes.values()))
+        return super().__call__(gm, fakes)
+
+
+class PrecompiledGraph:
+    """``module`` compiled once per kind of input and saved under ``cache_dir``/precompiled (see
+    the module docstring). Called like the module."""
+
+    def __init__(self, module: nn.Module, options: dict, cache_dir: Path):
+        self.module = module
+        self.options = dict(options)
+        self.dir = Path(cache_dir) / "precompiled"
+        self._loaded: list = []  # AOTCompiledFunction, tried in order by their guards
+        self._fallback = None
+        self.loads = self.compiles = 0  # for tests and reports: how each kind of input was served
+
+    def __call__(self, *args):
+        for fn in self._loaded:
+            if _accepts(fn, self.module, args):
+                return fn.fn(self.module, *args)
+        if self._fallback is not None:
+            return self._fallback(*args)
+        api = _aot_api()
+        if api is None:
+            return self._fall_back("this torch has no torch._dynamo.aot_compile", args)
+        fn = self._load(api, args) or self._compile(api, args)
+        if fn is None:
+            return self._fall_back("the graph could not be captured whole", args)
+        self._loaded.append(fn)
+        return fn.fn(self.module, *args)
+
+    def key(self, args) -> str:
+        h = hashlib.sha256()
+        for part in (
+            f"format {FORMAT}",
+            torch.__version__,
+            sys.version,
+            platform.machine(),
+            _vec_isa(),
+            f"{type(self.module).__module__}.{type(self.module).__qualname__}",
+            module_digest(self.module),
+            runtime_digest(),
+            repr(sorted(self.options.items())),
+            input_spec(args),
+            f"grad {torch.is_grad_enabled()} inference {torch.is_inference_mode_enabled()}",
+        ):
+            h.update(part.encode() + b"\0")
+        return h.hexdigest()[:32]
+
+    def _path(self, args) -> Path:
+        return self.dir / f"{type(self.module).__name__}-{self.key(args)}.aot"
+
+    def _load(self, api, args):
+        path = self._path(args)
+        if not path.is_file():
+            return None
+        try:
+            fn = api[1].deserialize(path.read_bytes())
+            if _accepts(fn, self.module, args):
+                self.loads += 1
+                return fn
+            from torch._dynamo.aot_compile import bind_locals
+
+            why = fn._artifacts.guard_manager.check_verbose(bind_locals(fn._artifacts.signature, self.module, *args))
+            warnings.warn(f"{path} does not accept these inputs ({why}); compiling again", stacklevel=3)
+        except Exception as e:  # a torn or foreign file: the graph can always be compiled again
+            warnings.warn(f"{path} did not load ({type(e).__name__}: {e}); compiling again", stacklevel=3)
+        return None
+
+    def _compile(self, api, args):
+        aot_compile_fullgraph, serialized, hooks = api
+        backend = _Inductor("default", self.options, False)
+        try:
+            # As torch.compile(dynamic=False): dimensions are static unless marked dynamic. Without it
+            # dynamo's automatic dynamic shapes (and its profile of earlier processes, kept in the
+            # cache directory) made other dimensions symbolic and specialised the marked window.
+            with torch._dynamo.config.patch(automatic_dynamic_shapes=False, assume_static_by_default=True):
+                fn = aot_compile_fullgraph(self.module.forward, (args, {}), hooks(), backend)
+            data = serialized.serialize(fn)
+        except Exception as e:  # graph breaks, unsupported guards: torch.compile still works
+            warnings.warn(f"{type(self.module).__name__}: {type(e).__name__}: {e}", stacklevel=3)
+            return None
+        self.compiles += 1
+        self._save(self._path(args), data)
+        return fn
+
+    @staticmethod
+    def _save(path: Path, data: bytes) -> None:
+        """Written to a temporary file and renamed: a reader never sees half a function."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def _fall_back(self, why: str, args):
+        warnings.warn(f"{type(self.module).__name__}: {why}; using torch.compile", stacklevel=3)
+        self._fallback = torch.compile(self.module, dynamic=False, options=self.options)
+        return self._fallback(*args)
