@@ -27,14 +27,17 @@ back to torch.compile, with a warning, and a saved function that no longer loads
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import importlib
 import os
 import platform
+import pkgutil
 import sys
 import tempfile
 import types
 import warnings
-from dataclasses import is_dataclass
+from dataclasses import fields, is_dataclass
 from pathlib import Path
 
 import torch
@@ -43,6 +46,8 @@ from torch import nn
 RUNTIME = "q3tts.standalone"
 # Bumped when what a saved file holds changes shape.
 FORMAT = 1
+# How deep _describe follows containers and dataclasses (configs nest three deep).
+_DEPTH = 5
 
 
 def _aot_api():
@@ -75,18 +80,40 @@ def _describe(value, h, depth: int = 0) -> None:
         h.update(f"class {value.__module__}.{value.__qualname__}".encode())
         if depth == 0 and value.__module__.startswith(RUNTIME):
             for name, member in sorted(vars(value).items()):
+                if name.startswith("__") and not isinstance(member, types.FunctionType):
+                    continue  # bookkeeping such as __slotnames__, which pickling adds to a class
                 h.update(name.encode())
                 _describe(member, h, depth + 1)
     elif isinstance(value, (staticmethod, classmethod)):
         _describe(value.__func__, h, depth)
-    elif isinstance(value, (int, float, str, bool, bytes, type(None), tuple, frozenset)) or is_dataclass(value):
+    elif isinstance(value, (set, frozenset)):  # repr order follows string hashing, which differs per process
+        h.update(repr(sorted(repr(v) for v in value)).encode())
+    elif is_dataclass(value) and depth < _DEPTH:  # field by field: a field may hold a function (its repr has an address)
+        h.update(type(value).__qualname__.encode())
+        for f in fields(value):
+            h.update(f.name.encode())
+            _describe(getattr(value, f.name), h, depth + 1)
+    elif isinstance(value, dict) and depth < _DEPTH:
+        for k, v in sorted(value.items(), key=lambda kv: repr(kv[0])):
+            h.update(repr(k).encode())
+            _describe(v, h, depth + 1)
+    elif isinstance(value, (list, tuple)) and depth < _DEPTH:
+        h.update(type(value).__name__.encode())
+        for v in value:
+            _describe(v, h, depth + 1)
+    elif isinstance(value, (int, float, str, bool, bytes, type(None), torch.dtype, torch.device)):
         h.update(repr(value).encode())
     else:
         h.update(type(value).__qualname__.encode())
 
 
 def runtime_digest() -> str:
-    """The q3tts.standalone modules' functions, classes and constants as they are now."""
+    """The q3tts.standalone modules' functions, classes and constants as they are now. Every module
+    of the package is imported first (about 30 ms), so the digest does not depend on which of them
+    a process happened to import (one imported during a trace moved the key of the graph it saved)."""
+    package = importlib.import_module(RUNTIME)
+    for info in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"{RUNTIME}.{info.name}")
     h = hashlib.sha256()
     for name in sorted(sys.modules):
         mod = sys.modules[name]
@@ -152,6 +179,28 @@ def _accepts(fn, module, args) -> bool:
             a._dynamo_dynamic_indices = m
 
 
+@contextlib.contextmanager
+def _constants_copied_outside_fake_mode():
+    """torch 2.9.1 deep-copies each compiled graph (its constants included) into the precompile
+    context; for the int4 graphs that copy ran while a fake-tensor mode was still active, the copy of
+    a real constant failed ("set the storage of a tensor on device meta") and nothing could be
+    saved. The copy is made with fake modes set aside."""
+    from torch._dynamo.precompile_context import PrecompileContext
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    record = PrecompileContext.__dict__["record_artifact"]
+
+    def outside_fake_mode(cls, *args, **kwargs):
+        with unset_fake_temporarily():
+            return record.__func__(cls, *args, **kwargs)
+
+    PrecompileContext.record_artifact = classmethod(outside_fake_mode)
+    try:
+        yield
+    finally:
+        PrecompileContext.record_artifact = record
+
+
 class _Inductor(torch._TorchCompileInductorWrapper):
     """torch.compile's inductor backend, handed dynamo's fake inputs as torch.compile does.
     aot_compile_fullgraph hands it the real tensors: AOTAutograd then fakes them anew with every
@@ -190,7 +239,8 @@ class PrecompiledGraph:
         api = _aot_api()
         if api is None:
             return self._fall_back("this torch has no torch._dynamo.aot_compile", args)
-        fn = self._load(api, args) or self._compile(api, args)
+        path = self.dir / f"{type(self.module).__name__}-{self.key(args)}.aot"
+        fn = self._load(api, args, path) or self._compile(api, args, path)
         if fn is None:
             return self._fall_back("the graph could not be captured whole", args)
         self._loaded.append(fn)
@@ -214,11 +264,7 @@ class PrecompiledGraph:
             h.update(part.encode() + b"\0")
         return h.hexdigest()[:32]
 
-    def _path(self, args) -> Path:
-        return self.dir / f"{type(self.module).__name__}-{self.key(args)}.aot"
-
-    def _load(self, api, args):
-        path = self._path(args)
+    def _load(self, api, args, path: Path):
         if not path.is_file():
             return None
         try:
@@ -234,21 +280,24 @@ class PrecompiledGraph:
             warnings.warn(f"{path} did not load ({type(e).__name__}: {e}); compiling again", stacklevel=3)
         return None
 
-    def _compile(self, api, args):
+    def _compile(self, api, args, path: Path):
         aot_compile_fullgraph, serialized, hooks = api
         backend = _Inductor("default", self.options, False)
         try:
             # As torch.compile(dynamic=False): dimensions are static unless marked dynamic. Without it
             # dynamo's automatic dynamic shapes (and its profile of earlier processes, kept in the
             # cache directory) made other dimensions symbolic and specialised the marked window.
-            with torch._dynamo.config.patch(automatic_dynamic_shapes=False, assume_static_by_default=True):
+            with (
+                torch._dynamo.config.patch(automatic_dynamic_shapes=False, assume_static_by_default=True),
+                _constants_copied_outside_fake_mode(),
+            ):
                 fn = aot_compile_fullgraph(self.module.forward, (args, {}), hooks(), backend)
             data = serialized.serialize(fn)
         except Exception as e:  # graph breaks, unsupported guards: torch.compile still works
             warnings.warn(f"{type(self.module).__name__}: {type(e).__name__}: {e}", stacklevel=3)
             return None
         self.compiles += 1
-        self._save(self._path(args), data)
+        self._save(path, data)
         return fn
 
     @staticmethod

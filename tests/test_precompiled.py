@@ -121,3 +121,21 @@ def test_without_the_api_it_falls_back_to_torch_compile(tmp_path, monkeypatch):
         warnings.simplefilter("error")
         with torch.inference_mode():
             graph(x, n)  # warned once
+
+
+def test_runtime_digest_is_the_same_in_every_process():
+    """String hashing differs per process (PYTHONHASHSEED): a set's repr order, a function's address
+    in a repr, or a module one process imported and another did not must not move the key (each
+    of these once made a second start compile again)."""
+    import os
+    import subprocess
+    import sys
+
+    code = "from q3tts.standalone.precompiled import runtime_digest; print(runtime_digest())"
+    digests = {
+        subprocess.run(
+            [sys.executable, "-c", code], env={**os.environ, "PYTHONHASHSEED": seed}, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        for seed in ("1", "2")
+    }
+    assert len(digests) == 1 and runtime_digest() in digests
