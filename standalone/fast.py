@@ -11,9 +11,9 @@ the talker's prompt prefill and the two per-frame workloads run through torch.co
 - the code predictor's whole frame (PredictorFrameGraph): the 2-position prefill and the 14 single
   steps unrolled into one graph, each step's head, code pick and embedding inside it. The pick is
   an opaque op (frame_pick.pick_code) that runs the decode loop's one sampling function eagerly,
-  so the sampling numbers and the RNG draws are the exact path's. One graph call per frame
-  instead of 15 saved about 4 ms of a 0.6B bf16+int8 frame (dynamo's guard checks, ~100 µs per
-  call, and the cache stores between calls).
+  so the sampling numbers and the RNG draws are the exact path's. Per frame the engine makes two
+  graph calls (talker step, code-predictor frame), not 16: the work outside them fell from
+  5.3-6.7 ms (6.2-9.1%) to 0.8-1.5 ms (1.3-2.4%) of a 0.6B frame (reports/frame-graph).
 
 Linears over one or two rows (the decode steps at batch 1 or 2) run as reductions inductor
 generates rather than through torch's GEMM (``gemv``, ``GEMV_MAX_ROWS``): on CPUs without AMX
@@ -39,10 +39,13 @@ Numbers differ from upstream in the last bits (other GEMM blocking, fused qkv an
 softmax over a masked window instead of SDPA): verify/cases/fast.py measures by how much.
 
 Compiled graphs are cached on disk (``compile_cache_dir``: Q3TTS_COMPILE_CACHE, else
-TORCHINDUCTOR_CACHE_DIR, else ~/.cache/q3tts/torchinductor), so a second process start skips the
-code generation. The cache is keyed on the graph and the weights' shapes, never their values: a
-hit runs the loading process's own weights (tests/test_fast_cache.py loads another checkpoint
-into a warm cache). ``FastEngine.warm_up`` compiles every graph before the first request.
+TORCHINDUCTOR_CACHE_DIR, else ~/.cache/q3tts/torchinductor): each graph is saved whole after its
+first compile (precompiled.py), so a later process start loads it without running dynamo over the
+Python again (0.6B second start 7.5-8.5 s -> 1.0-2.3 s per engine, reports/precompiled);
+``precompile=False`` is plain torch.compile, whose start still re-traces. Both are keyed on the
+graph and the weights' shapes, never their values: a hit runs the loading process's own weights
+(tests/test_fast_cache.py loads another checkpoint into a warm cache). ``FastEngine.warm_up``
+compiles every graph before the first request.
 """
 
 from __future__ import annotations
@@ -411,7 +414,7 @@ class FastEngine:
     ):
         self.talker, self.cp = talker, code_predictor
         self.cache_dir = use_compile_cache(cache_dir) if compile else None
-        # Every engine adds graphs (one per batch size) to the same forward code object;
+        # With precompile=False every engine adds graphs (one per batch size) to the same forward code object;
         # past dynamo's default limit of 8 it would silently run the rest eagerly (_timed raises
         # instead when the limit is reached).
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
