@@ -76,6 +76,17 @@ def _describe(value, h, depth: int = 0) -> None:
     if isinstance(value, types.FunctionType):
         h.update(f"fn {value.__module__}.{value.__qualname__}".encode())
         _code_digest(value.__code__, h)
+        if depth < _DEPTH:  # what a closure or a default argument binds is part of what it computes
+            for cell in value.__closure__ or ():
+                try:
+                    bound = cell.cell_contents
+                except ValueError:  # a cell not filled yet
+                    bound = None
+                _describe(None if bound is value else bound, h, depth + 1)
+            _describe(value.__defaults__, h, depth + 1)
+    elif callable(value) and hasattr(value, "__wrapped__") and depth < _DEPTH:  # functools.wraps, lru_cache
+        h.update(type(value).__qualname__.encode())
+        _describe(value.__wrapped__, h, depth + 1)
     elif isinstance(value, type):
         h.update(f"class {value.__module__}.{value.__qualname__}".encode())
         if depth == 0 and value.__module__.startswith(RUNTIME):
