@@ -199,7 +199,8 @@ def materialize_fp32(x: torch.Tensor) -> torch.Tensor:
     K columns. Measured on an RMSNorm followed by a one-row 6144 x 1024 linear (AMD EPYC, 2 threads):
     205.5 -> 111.2 µs with bf16 weights, 211.0 -> 124.1 µs with int8 codes. In whole 0.6B frames it
     was shown to pay for int8 only (decode loop, fresh processes: bf16+int8 99.4 -> 53.3 ms/frame; bf16
-    88.4 with it against 76.8-87.3 without), so gemv materializes int8 inputs only (reports/int8-materialize)."""
+    88.4 with it against 76.8-87.3 without), so gemv materializes int8 inputs, and every input only in the code
+    predictor's unrolled frame graph, where bf16 slowed without it (PredictorFrameGraph; reports/int8-materialize)."""
     return x.to(torch.float32, copy=True)
 
 
