@@ -41,7 +41,7 @@ softmax over a masked window instead of SDPA): verify/cases/fast.py measures by 
 Compiled graphs are cached on disk (``compile_cache_dir``: Q3TTS_COMPILE_CACHE, else
 TORCHINDUCTOR_CACHE_DIR, else ~/.cache/q3tts/torchinductor): each graph is saved whole after its
 first compile (precompiled.py), so a later process start loads it without running dynamo over the
-Python again (0.6B second start 7.5-8.5 s -> 1.0-2.3 s per engine, reports/precompiled);
+Python again (0.6B second start 7.5-8.5 s -> 0.8-2.2 s per engine, reports/precompiled);
 ``precompile=False`` is plain torch.compile, whose start still re-traces. Both are keyed on the
 graph and the weights' shapes, never their values: a hit runs the loading process's own weights
 (tests/test_fast_cache.py loads another checkpoint into a warm cache). ``FastEngine.warm_up``
