@@ -182,7 +182,9 @@ def profile(size: str, fast_dtypes: list[str], frames: int, rounds: int, count_o
         for name, fn in engines.items():
             ms[name].append(run_ms_per_frame(fn, kwargs, frames))
         for name, model in fast.items():  # more runs with the timers on (their ms/frame shows their cost)
-            instrumented[name].append((timed_parts(model, kwargs, frames, timers), timed_parts(model, kwargs, 1, timers)))
+            instrumented[name].append(
+                (timed_parts(model, kwargs, frames, timers), timed_parts(model, kwargs, 1, timers))
+            )
     splits = {}
     for name, runs in instrumented.items():  # the parts of the median instrumented run, per frame
         (total, seconds, calls), _ = sorted(runs, key=lambda r: r[0][0])[len(runs) // 2]

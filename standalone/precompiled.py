@@ -31,8 +31,8 @@ import contextlib
 import hashlib
 import importlib
 import os
-import platform
 import pkgutil
+import platform
 import sys
 import tempfile
 import types
@@ -99,7 +99,8 @@ def _describe(value, h, depth: int = 0) -> None:
         _describe(value.__func__, h, depth)
     elif isinstance(value, (set, frozenset)):  # repr order follows string hashing, which differs per process
         h.update(repr(sorted(repr(v) for v in value)).encode())
-    elif is_dataclass(value) and depth < _DEPTH:  # field by field: a field may hold a function (its repr has an address)
+    elif is_dataclass(value) and depth < _DEPTH:
+        # field by field: a field may hold a function, whose repr has an address
         h.update(type(value).__qualname__.encode())
         for f in fields(value):
             h.update(f.name.encode())
@@ -182,7 +183,11 @@ def _accepts(fn, module, args) -> bool:
     A deserialized function (torch 2.9.1) guards that its inputs carry no marks at all, however
     they were marked when it was traced; which dimensions are dynamic is part of the file's key
     (input_spec), so the marks have nothing left to tell it."""
-    marks = [(a, a.__dict__.pop("_dynamo_dynamic_indices")) for a in args if "_dynamo_dynamic_indices" in getattr(a, "__dict__", {})]
+    marks = [
+        (a, a.__dict__.pop("_dynamo_dynamic_indices"))
+        for a in args
+        if "_dynamo_dynamic_indices" in getattr(a, "__dict__", {})
+    ]
     try:
         return fn.guard_check(module, *args)
     finally:

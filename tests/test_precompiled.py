@@ -134,7 +134,11 @@ def test_runtime_digest_is_the_same_in_every_process():
     code = "from q3tts.standalone.precompiled import runtime_digest; print(runtime_digest())"
     digests = {
         subprocess.run(
-            [sys.executable, "-c", code], env={**os.environ, "PYTHONHASHSEED": seed}, capture_output=True, text=True, check=True
+            [sys.executable, "-c", code],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.strip()
         for seed in ("1", "2")
     }
