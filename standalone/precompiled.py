@@ -156,14 +156,16 @@ def module_digest(module: nn.Module) -> str:
 
 def input_spec(args) -> str:
     """The inputs as the guards see them: tensors by dtype, device, shape (dimensions marked
-    dynamic as '*'), strides and grad; other values by repr."""
+    dynamic as '*'), strides, grad and whether they are inference tensors (their dispatch keys
+    differ: one sampling-knob tensor made inside inference mode and one outside shared a key and
+    made each other's graph compile again); other values by repr."""
     parts = []
     for a in args:
         if isinstance(a, torch.Tensor):
             dyn = getattr(a, "_dynamo_dynamic_indices", set())
             shape = tuple("*" if i in dyn else s for i, s in enumerate(a.shape))
             stride = tuple("*" if dyn else s for s in a.stride())
-            parts.append(f"T({a.dtype},{a.device},{shape},{stride},{a.requires_grad})")
+            parts.append(f"T({a.dtype},{a.device},{shape},{stride},{a.requires_grad},{a.is_inference()})")
         else:
             parts.append(repr(a))
     return ";".join(parts)

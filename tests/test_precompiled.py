@@ -143,3 +143,25 @@ def test_runtime_digest_is_the_same_in_every_process():
         for seed in ("1", "2")
     }
     assert len(digests) == 1 and runtime_digest() in digests
+
+
+def test_an_inference_tensor_is_another_kind_of_input(tmp_path):
+    """The same values made inside and outside inference mode carry other dispatch keys, which the
+    loaded graph's guards check: two keys, two saved graphs, each loaded again without a compile."""
+    module = Scaled().eval()
+    x, n = _inputs()
+    with torch.inference_mode():
+        xi = x.clone()
+    assert input_spec((x, n)) != input_spec((xi, n))
+    graph = PrecompiledGraph(module, {}, tmp_path)
+    with torch.no_grad():
+        for _ in range(2):
+            graph(x, n)
+            graph(xi, n)
+    assert (graph.compiles, graph.loads) == (2, 0)
+    again = PrecompiledGraph(module, {}, tmp_path)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "does not accept these inputs; compiling again"
+        again(xi, n)
+        again(x, n)
+    assert (again.compiles, again.loads) == (0, 2)
