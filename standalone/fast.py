@@ -554,7 +554,8 @@ class FastEngine:
         """The ``forced`` input of a sampled frame: zeros [B, G-1] the pick never reads."""
         key = (bsz, device)
         if key not in self._unforced:
-            self._unforced[key] = torch.zeros(bsz, self.cp.cfg.num_code_groups - 1, dtype=torch.long, device=device)
+            with torch.inference_mode():  # one kind of input wherever first made (see frame_pick.pick_knobs)
+                self._unforced[key] = torch.zeros(bsz, self.cp.cfg.num_code_groups - 1, dtype=torch.long, device=device)
         return self._unforced[key]
 
     def _frame_rope(self, dtype, device):
@@ -567,7 +568,8 @@ class FastEngine:
             parts = [
                 rope_cos_sin(self.cp.inv_freq, torch.arange(a, a + n, device=device)[None], dtype) for a, n in spans
             ]
-            self._cp_rope[key] = tuple(torch.cat(t, dim=1) for t in zip(*parts))
+            with torch.inference_mode():  # as _no_codes
+                self._cp_rope[key] = tuple(torch.cat(t, dim=1) for t in zip(*parts))
         return self._cp_rope[key]
 
     def _timed(self, key, fn, *args):

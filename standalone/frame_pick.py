@@ -34,9 +34,12 @@ def _knob(value) -> float:
 
 
 @functools.lru_cache(maxsize=256)
+@torch.inference_mode()
 def pick_knobs(params: SamplingParams | None) -> torch.Tensor:
     """The knobs of ``params`` (None: teacher-forced) as a float64 tensor [7]: mode, top_k,
-    top_p, temperature, repetition_penalty, min_new_tokens, eos_token_id (NaN for None)."""
+    top_p, temperature, repetition_penalty, min_new_tokens, eos_token_id (NaN for None). Always an inference
+    tensor, wherever it is first made: the cached tensor is a compiled graph's input, and a saved graph
+    (precompiled.py) tells inference tensors from others."""
     if params is None:
         return torch.tensor([FORCED] + [math.nan] * 6, dtype=torch.float64)
     top_k = None if params.top_k is None else min(params.top_k, _TOP_K_CAP)
