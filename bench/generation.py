@@ -402,17 +402,21 @@ def bench_model(
     fast_options: dict | None,
     gguf: dict[str, Path] | None = None,
     upstream: bool = True,
+    exact: bool = True,
 ) -> dict:
     load_before = load_average()
     up, st, cfg = build_pair(config)
     if not upstream:  # frees upstream's own tensors; those the standalone side shares stay
         up = None
         gc.collect()
-    engines = ({"upstream": up.generate} if up is not None else {}) | {"exact": st.generate}
+    engines = ({"upstream": up.generate} if up is not None else {}) | ({"exact": st.generate} if exact else {})
     fast_models = {}
     for dname in fast_dtypes:
         fast_models[dname] = fast_model(st, cfg, dname).compile_fast(options=fast_options)
         engines[f"fast {dname}"] = fast_models[dname].generate
+    if not exact:  # frees the fp32 tensors no engine shares (a fast fp32 engine keeps its own references)
+        st = None
+        gc.collect()
     out = {
         "model": name,
         "load_before": load_before,
@@ -509,7 +513,9 @@ def _summarise_run(run: dict, codes: dict) -> None:
             _codes_agreement(codes["upstream"], codes[side]) if side in codes and "upstream" in codes else None
         )
     run["exact_codes_identical"] = (
-        all(torch.equal(a, c) for a, c in zip(codes["upstream"], codes["exact"])) if "upstream" in codes else None
+        all(torch.equal(a, c) for a, c in zip(codes["upstream"], codes["exact"]))
+        if "upstream" in codes and "exact" in codes
+        else None
     )
     run["peak_rss_mb"] = PeakRSS.current() / 2**20
     run["process_max_rss_mb"] = PeakRSS.process_peak_so_far() / 2**20
@@ -664,7 +670,7 @@ def _run_notes(results: dict) -> list[str]:
                         f"- {m['model']} {side}: decode loop alone (its [Perf] TalkerDecode + CodePredictor) "
                         f"{statistics.median(i['ar_ms_per_frame_rounds']):.1f} ms/frame; {i['frames']} frames per run"
                     )
-            same = {True: "yes", False: "NO", None: "not compared (no upstream in this run)"}[
+            same = {True: "yes", False: "NO", None: "not compared (upstream or exact not in this run)"}[
                 r["exact_codes_identical"]
             ]
             lines.append(
@@ -791,6 +797,12 @@ def _parser() -> argparse.ArgumentParser:
         help="leave the upstream engine out (memory: e.g. a qwentts.cpp run at 1.7B with the exact path as anchor)",
     )
     ap.add_argument(
+        "--no-exact",
+        action="store_true",
+        help="leave the exact engine out and free its fp32 tensors once the fast engines are built (memory: 1.7B "
+        "with qwentts.cpp F32, whose binding holds about 2.3x its GGUF in RSS while loaded)",
+    )
+    ap.add_argument(
         "--label",
         default="",
         help="appended to each model's name in the report, to tell apart runs merged with --merge",
@@ -879,6 +891,7 @@ def run_benchmark(args) -> None:
                 options,
                 gguf=gguf,
                 upstream=not args.no_upstream,
+                exact=not args.no_exact,
             )
         )
         again = _bandwidth(args.threads)

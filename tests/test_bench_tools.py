@@ -130,3 +130,37 @@ def test_each_engine_is_held_to_the_floor_of_its_own_weight_bytes():
     assert bytes_read_per_frame(cfg, 2) / 2 < q8 < bytes_read_per_frame(cfg, 2)
     q4 = bytes_read_per_frame(cfg, Q4_K_BYTES)
     assert bytes_read_per_frame(cfg, 0.5) < q4 < q8 / 1.8
+
+
+@pytest.mark.parametrize("exact", [True, False])
+def test_without_the_exact_engine_its_fp32_tensors_are_freed(monkeypatch, exact):
+    """--no-exact (1.7B beside qwentts.cpp F32 would not fit in 24 GiB otherwise): no exact row, the
+    fp32 model no fast engine shares is gone before the timed runs (with the exact engine, the
+    control, it is alive). No fast engine here: a compile would cost the suite seconds for nothing
+    this checks (fast bf16 is a cast copy, fast fp32 keeps its own references to the tensors)."""
+    import gc
+    import weakref
+
+    from q3tts.bench import generation
+    from q3tts.verify.fixtures.writer import tiny_config
+
+    fp32_weight, alive_at_warm_up = [], []
+    real_build_pair, real_warm_up = generation.build_pair, generation._warm_up
+
+    def watched_build_pair(config, seed=0):
+        up, st, cfg = real_build_pair(config, seed)
+        fp32_weight.append(weakref.ref(st.talker.codec_head.weight))
+        return up, st, cfg
+
+    def watched_warm_up(*args):
+        gc.collect()
+        alive_at_warm_up.append(fp32_weight[0]() is not None)
+        return real_warm_up(*args)
+
+    monkeypatch.setattr(generation, "build_pair", watched_build_pair)
+    monkeypatch.setattr(generation, "_warm_up", watched_warm_up)
+    config = tiny_config("custom_voice")
+    out = generation.bench_model("tiny", config, 2, [1], 1, (), None, upstream=False, exact=exact)
+    assert list(out["runs"][0]["engines"]) == ["exact"] * exact
+    assert out["runs"][0]["exact_codes_identical"] is None
+    assert alive_at_warm_up == [exact]
