@@ -8,8 +8,8 @@ hold the quantized weight in the layout of the kernels that multiply by them:
 - int8: symmetric per group of input channels (64 by default; "int8-g32" is qwentts.cpp's Q8_0
   block), codes -127..127 and one fp32 scale per group. Over one or two rows (the decode steps)
   fast.gemv applies the group scales inside its reduction; over more (a prompt prefill) the weight
-  is dequantized to the activations' dtype and multiplied by F.linear (dequantized to fp32 whatever
-  the activations, the 0.6B bf16 model's first frame took 632 ms against 175 for plain bf16:
+  is dequantized to the activations' dtype, a chunk at a time into a per-thread buffer reused from
+  layer to layer, and multiplied by F.linear (dequantized to fp32 whatever the activations, the 0.6B bf16 model's first frame took 632 ms against 175 for plain bf16:
   reports/benchmark-0.6B-int8-groups/fp32-prefill). One scale per output channel, through torch's
   packed ``aten._weight_int8pack_mm``, was this mode until measured against Q8_0: twice Q8_0's
   weight error (mean squared 2.5e-8 against 1.14e-8 on an N(0, 0.02) matrix) and 0.3 points short
@@ -44,6 +44,7 @@ against the exact fp32 path (verify/cases/fast.py; reports/fast_parity-int8.md, 
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass, field
 
 import torch
@@ -102,11 +103,55 @@ def int8_group(in_features: int, group_size: int = DEFAULT_INT8_GROUP) -> int:
     return math.gcd(in_features, group_size)
 
 
-def dequantize_int8(codes: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def dequantize_int8(
+    codes: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype = torch.float32, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """codes int8 [N, K] and group scales [N, K / g] -> the weight [N, K] they stand for, computed in
-    fp32 and rounded once to ``dtype``."""
+    fp32 and rounded once to ``dtype``; written into ``out`` ([N, K] of ``dtype``) when given.
+
+    Eagerly it runs over DEQUANT_CHUNK_ELEMENTS at a time through one reused fp32 buffer: the same
+    bits as the one expression (a product of an exact int8 and an fp32 scale, then one rounding), but
+    no weight-sized fp32 temporaries whose fresh pages the kernel faults in (see _DequantScratch)."""
     n, k = codes.shape
-    return (codes.float().view(n, scales.shape[1], -1) * scales.float()[..., None]).view(n, k).to(dtype)
+    groups = scales.shape[1]
+    if torch.compiler.is_compiling():  # traced (compile_prefill): inductor fuses the expression into one pass
+        return (codes.float().view(n, groups, -1) * scales.float()[..., None]).view(n, k).to(dtype)
+    out = torch.empty(n, k, dtype=dtype, device=codes.device) if out is None else out
+    scales = scales.float()
+    rows = max(1, DEQUANT_CHUNK_ELEMENTS // k)
+    chunk = torch.empty(min(rows, n), groups, k // groups, dtype=torch.float32, device=codes.device)
+    for start in range(0, n, rows):
+        part = chunk[: min(rows, n - start)]
+        torch.mul(
+            codes[start : start + rows].view(-1, groups, k // groups), scales[start : start + rows, :, None], out=part
+        )
+        out[start : start + rows].copy_(part.view(-1, k))
+    return out
+
+
+# Rows of an int8 weight dequantized at a time by dequantize_int8 (4 MB of fp32, in cache).
+DEQUANT_CHUNK_ELEMENTS = 2**20
+
+
+class _DequantScratch(threading.local):
+    """One weight-sized buffer per thread and dtype that WeightOnlyLinear dequantizes into before a
+    GEMM over many rows, reused from layer to layer: a fresh [N, K] tensor per linear faulted in its
+    pages every time (bench/int8_dequant.py, reports/int8-dequant: the 1.7B talker's int8 weights in
+    bf16, 2 threads, AMD EPYC). Per thread, so concurrent requests on one model never share it. It
+    holds the largest int8 linear a thread has run (a 1.7B talker's fused gate/up: 50 MB in bf16)."""
+
+    def __init__(self):
+        self.buffers: dict[torch.dtype, torch.Tensor] = {}
+
+    def weight(self, n: int, k: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        buf = self.buffers.get(dtype)
+        if buf is None or buf.numel() < n * k or buf.device != device:
+            with torch.inference_mode(False):  # a normal tensor: writable in and out of inference mode
+                buf = self.buffers[dtype] = torch.empty(n * k, dtype=dtype, device=device)
+        return buf[: n * k].view(n, k)
+
+
+_DEQUANT_SCRATCH = _DequantScratch()
 
 
 # The int4 fit (quantize_int4): candidate scales (max - min) / (15 + d) for these d, each refined by
@@ -216,11 +261,19 @@ class WeightOnlyLinear(nn.Module):
         lead = x.shape[:-1]
         if self.mode.bits == 8:  # many rows (fast.gemv takes one or two): a GEMM on the dequantized weight
             x2 = x.reshape(-1, self.in_features)
-            out = F.linear(x2, dequantize_int8(self.packed, self.scales, x2.dtype))
+            out = F.linear(x2, self._dequantized_for(x2))
         else:
             x2 = x.reshape(-1, self.in_features).to(self.scales.dtype)
             out = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.packed, self.group_size, self.scales)
         return out.to(x.dtype).reshape(*lead, self.out_features)
+
+    def _dequantized_for(self, x: torch.Tensor) -> torch.Tensor:
+        """The int8 weight in x's dtype for one GEMM: eagerly in this thread's scratch buffer (valid
+        until the thread's next int8 GEMM), traced as a fresh tensor."""
+        if torch.compiler.is_compiling():
+            return dequantize_int8(self.packed, self.scales, x.dtype)
+        scratch = _DEQUANT_SCRATCH.weight(self.out_features, self.in_features, x.dtype, x.device)
+        return dequantize_int8(self.packed, self.scales, x.dtype, out=scratch)
 
     def dequantized(self) -> torch.Tensor:
         """The weight [N, K] the kernels multiply by: fp32 for int8, the scales' dtype for int4 (for

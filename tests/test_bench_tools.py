@@ -66,6 +66,8 @@ def test_timers_count_only_while_active():
         ("linear_m1", ["--repeats", "0"], "--repeats"),
         ("attention", ["--iters", "0"], "--iters"),
         ("attention", ["--modes", "bf16,fp16"], "--modes"),
+        ("int8_dequant", ["--rows", "2"], "--rows"),
+        ("int8_dequant", ["--size", "3B"], "--size"),
     ],
 )
 def test_bad_arguments_name_the_argument(module, argv, name, capsys):

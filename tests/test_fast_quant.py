@@ -109,6 +109,44 @@ def test_quantized_linear_multiplies_by_the_quantized_weight(name):
     torch.testing.assert_close(linear(xb).float(), xb.float() @ wq.T, rtol=2e-2, atol=2e-2)
 
 
+@pytest.mark.parametrize("dtype", [FP32, torch.bfloat16])
+def test_int8_dequantized_in_chunks_is_the_one_expression_bit_for_bit(monkeypatch, dtype):
+    """dequantize_int8 runs a chunk of rows at a time (no weight-sized fp32 temporaries): the same bits
+    as the one expression, on a last chunk shorter than the others and into a given buffer."""
+    from q3tts.standalone import quant
+
+    monkeypatch.setattr(quant, "DEQUANT_CHUNK_ELEMENTS", 7 * 128)  # 7 rows a chunk, 50 rows: 8 chunks
+    codes, scales = quantize_int8(_weight(50, 128, seed=3), 32)
+    whole = (codes.float().view(50, 4, 32) * scales[..., None]).view(50, 128).to(dtype)
+    assert torch.equal(dequantize_int8(codes, scales, dtype), whole)
+    out = torch.full((50, 128), float("nan"), dtype=dtype)
+    assert dequantize_int8(codes, scales, dtype, out=out) is out and torch.equal(out, whole)
+
+
+def test_int8_gemm_reuses_one_buffer_per_thread(monkeypatch):
+    """Many rows: the int8 weight is dequantized into this thread's buffer, reused from linear to
+    linear (a fresh tensor each time faulted in its pages), another thread's own; the outputs are
+    those of F.linear over the dequantized weight, in and out of inference mode."""
+    import threading
+
+    from q3tts.standalone import quant
+
+    monkeypatch.setattr(quant, "_DEQUANT_SCRATCH", quant._DequantScratch())
+    big, small = (WeightOnlyLinear.from_weight(_weight(n, 128, seed=n), parse_quant("int8"), FP32) for n in (96, 64))
+    x = torch.randn(5, 128)
+    with torch.inference_mode():
+        assert torch.equal(big(x), x @ big.dequantized().T)
+    buffer = quant._DEQUANT_SCRATCH.buffers[FP32]
+    assert torch.equal(small(x), x @ small.dequantized().T)  # outside inference mode, into the same buffer
+    assert quant._DEQUANT_SCRATCH.buffers[FP32] is buffer and buffer.numel() == 96 * 128
+    seen = []
+    worker = threading.Thread(target=lambda: seen.append((small(x), quant._DEQUANT_SCRATCH.buffers[FP32])))
+    worker.start()
+    worker.join()
+    assert torch.equal(seen[0][0], x @ small.dequantized().T)
+    assert seen[0][1].data_ptr() != buffer.data_ptr()  # the other thread's own buffer
+
+
 def test_int8_group_is_the_one_asked_or_its_largest_divisor_that_fits():
     assert int8_group(1024) == 64 and int8_group(3072, 128) == 128 and int8_group(16) == 16 and int8_group(40) == 8
     assert int8_group(96, 64) == 32 and int8_group(1024, 32) == 32
