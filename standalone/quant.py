@@ -9,7 +9,8 @@ hold the quantized weight in the layout of the kernels that multiply by them:
   block), codes -127..127 and one fp32 scale per group. Over one or two rows (the decode steps)
   fast.gemv applies the group scales inside its reduction; over more (a prompt prefill) the weight
   is dequantized to the activations' dtype, a chunk at a time into a per-thread buffer reused from
-  layer to layer, and multiplied by F.linear (dequantized to fp32 whatever the activations, the 0.6B bf16 model's first frame took 632 ms against 175 for plain bf16:
+  layer to layer, and multiplied by F.linear (dequantized to fp32 whatever the activations, the
+  0.6B bf16 model's first frame took 632 ms against 175 for plain bf16:
   reports/benchmark-0.6B-int8-groups/fp32-prefill). One scale per output channel, through torch's
   packed ``aten._weight_int8pack_mm``, was this mode until measured against Q8_0: twice Q8_0's
   weight error (mean squared 2.5e-8 against 1.14e-8 on an N(0, 0.02) matrix) and 0.3 points short
@@ -269,8 +270,9 @@ class WeightOnlyLinear(nn.Module):
 
     def _dequantized_for(self, x: torch.Tensor) -> torch.Tensor:
         """The int8 weight in x's dtype for one GEMM: eagerly in this thread's scratch buffer (valid
-        until the thread's next int8 GEMM), traced as a fresh tensor."""
-        if torch.compiler.is_compiling():
+        until the thread's next int8 GEMM), traced, or when autograd will keep it for x's gradient, as a
+        fresh tensor."""
+        if torch.compiler.is_compiling() or (torch.is_grad_enabled() and x.requires_grad):
             return dequantize_int8(self.packed, self.scales, x.dtype)
         scratch = _DEQUANT_SCRATCH.weight(self.out_features, self.in_features, x.dtype, x.device)
         return dequantize_int8(self.packed, self.scales, x.dtype, out=scratch)

@@ -147,6 +147,17 @@ def test_int8_gemm_reuses_one_buffer_per_thread(monkeypatch):
     assert seen[0][1].data_ptr() != buffer.data_ptr()  # the other thread's own buffer
 
 
+def test_int8_gemm_keeps_its_own_weight_when_autograd_needs_it():
+    """A gradient through an int8 linear over many rows is x's through the weight it used, even when
+    another int8 linear runs before the backward (the shared buffer would have been overwritten)."""
+    first, second = (WeightOnlyLinear.from_weight(_weight(64, 128, seed=s), parse_quant("int8"), FP32) for s in (4, 5))
+    x = torch.randn(5, 128, requires_grad=True)
+    y = first(x)
+    second(torch.randn(5, 128))
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, first.dequantized().sum(0).expand(5, 128), rtol=1e-6, atol=1e-6)
+
+
 def test_int8_group_is_the_one_asked_or_its_largest_divisor_that_fits():
     assert int8_group(1024) == 64 and int8_group(3072, 128) == 128 and int8_group(16) == 16 and int8_group(40) == 8
     assert int8_group(96, 64) == 32 and int8_group(1024, 32) == 32
