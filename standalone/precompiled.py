@@ -23,6 +23,10 @@ rebound by a planted fault (verify/faults) or an edited source gets its own grap
 
 Where the API is missing (another torch) or a graph cannot be captured whole, the module falls
 back to torch.compile, with a warning, and a saved function that no longer loads is compiled again.
+
+Every code change gives every graph a new key, so old files would pile up (5-11 MB a graph at 0.6B,
+reports/precompiled): a load renews its file's time, and each save removes the files no process has
+loaded or written for PRUNE_AFTER_DAYS (prune_unused).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import pkgutil
 import platform
 import sys
 import tempfile
+import time
 import types
 import warnings
 from dataclasses import fields, is_dataclass
@@ -48,6 +53,25 @@ RUNTIME = "q3tts.standalone"
 FORMAT = 1
 # How deep _describe follows containers and dataclasses (configs nest three deep).
 _DEPTH = 5
+# Saved graphs (and temporary files of interrupted writes) untouched for this long are removed when
+# another graph is saved; a file in use is touched at every load, so only stale keys go.
+PRUNE_AFTER_DAYS = 30
+
+
+def prune_unused(directory: Path, now: float | None = None) -> list[Path]:
+    """Remove the ``*.aot`` and ``*.aot*.tmp`` files in ``directory`` last modified more than
+    PRUNE_AFTER_DAYS before ``now`` (default: the current time); returns the removed paths. A file
+    another process removes first, or one that cannot be removed, is skipped: the cache stays usable."""
+    now = time.time() if now is None else now
+    removed = []
+    for path in [*directory.glob("*.aot"), *directory.glob("*.aot*.tmp")]:
+        try:
+            if now - path.stat().st_mtime > PRUNE_AFTER_DAYS * 86400:
+                path.unlink()
+                removed.append(path)
+        except OSError:
+            continue
+    return removed
 
 
 def _aot_api():
@@ -289,6 +313,8 @@ class PrecompiledGraph:
             fn = api[1].deserialize(path.read_bytes())
             if _accepts(fn, self.module, args):
                 self.loads += 1
+                with contextlib.suppress(OSError):  # in use: kept by prune_unused (a read-only cache still loads)
+                    os.utime(path)
                 return fn
             from torch._dynamo.aot_compile import bind_locals
 
@@ -316,6 +342,7 @@ class PrecompiledGraph:
             return None
         self.compiles += 1
         self._save(path, data)
+        prune_unused(self.dir)
         return fn
 
     @staticmethod

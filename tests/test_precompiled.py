@@ -165,3 +165,38 @@ def test_an_inference_tensor_is_another_kind_of_input(tmp_path):
         again(xi, n)
         again(x, n)
     assert (again.compiles, again.loads) == (0, 2)
+
+
+def test_unused_files_are_pruned_and_a_load_keeps_its_file(tmp_path):
+    """Each save removes saved graphs (and torn temporary files) untouched for PRUNE_AFTER_DAYS; a
+    load renews its file's time, so a graph still in use survives however old its first save."""
+    import os
+    import time
+
+    directory = tmp_path / "precompiled"
+    module = Scaled().eval()
+    x, n = _inputs()
+    with torch.inference_mode():
+        PrecompiledGraph(module, {}, tmp_path)(x, n)
+    (in_use,) = directory.glob("*.aot")
+    long_ago = time.time() - (precompiled.PRUNE_AFTER_DAYS + 1) * 86400
+    stale, torn, recent, other = (directory / name for name in ("Old-1.aot", "Old-1.aot9x.tmp", "New-2.aot", "note"))
+    for path in (stale, torn, recent, other):
+        path.write_bytes(b"x")
+    for path in (in_use, stale, torn, other):
+        os.utime(path, (long_ago, long_ago))
+    with torch.inference_mode():
+        loaded = PrecompiledGraph(module, {}, tmp_path)
+        loaded(x, n)  # loads in_use: its time renewed
+        loaded(*_inputs_with_batch(3))  # a new kind of input: compiled and saved, which prunes
+    assert loaded.loads == 1 and loaded.compiles == 1
+    assert not stale.exists() and not torn.exists()
+    assert in_use.exists() and recent.exists() and other.exists()
+    assert precompiled.prune_unused(directory) == []  # nothing else is old
+
+
+def _inputs_with_batch(batch):
+    x = torch.randn(batch, 16, 8)
+    n = torch.zeros(6)
+    torch._dynamo.mark_dynamic(n, 0)
+    return x, n
