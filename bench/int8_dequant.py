@@ -75,9 +75,8 @@ def run(size: str, rows: int, rounds: int) -> dict:
         "chunks, reused buffer": lambda c, s: dequantize_int8(c, s, bf16, out=buffer[: c.numel()].view(c.shape)),
     }
     out = {name: _best_pass_ms(fn, weights, layers, rounds) for name, fn in forms.items()}
-    x = torch.randn(rows, shapes[0][1], dtype=bf16)
     dense = [dequantize_int8(c, s, bf16) for c, s in weights]
-    xs = [x if w.shape[1] == x.shape[1] else torch.randn(rows, w.shape[1], dtype=bf16) for w in dense]
+    xs = [torch.randn(rows, w.shape[1], dtype=bf16) for w in dense]  # each linear's own input width
     out[f"F.linear over {rows} rows (bf16 weights)"] = _best_pass_ms(
         lambda w, xi: F.linear(xi, w), list(zip(dense, xs)), layers, rounds
     )
